@@ -1,0 +1,1 @@
+"""Toolbox for knowledge distillation through Tucker-decomposed feature maps."""

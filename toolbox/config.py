@@ -1,0 +1,144 @@
+"""Every training flag, its default and its help, in one place.
+
+``Config`` is the single source: the command-line parser is generated from its fields, so a flag
+cannot drift from the value the training loop reads, and the resolved ``Config`` is what each run
+saves as ``config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from toolbox.data_loader import DATASETS
+from toolbox.distillation import DISTILLERS, RECOMP_TARGETS, SOFT_LOSSES
+from toolbox.errors import UsageError
+from toolbox.models import MODELS
+from toolbox.tucker import BACKENDS, parse_ranks
+
+
+def flag(default: Any, help: str, *, type: Optional[type] = None, choices: Sequence[Any] | None = None) -> Any:
+    """A dataclass field that is also a command-line flag."""
+    return field(default=default, metadata={"help": help, "type": type, "choices": choices})
+
+
+@dataclass
+class Config:
+    # What to train
+    distillation: str = flag("tucker", "distillation method ('none' trains without a teacher, e.g. the teacher itself)", choices=list(DISTILLERS))
+    dataset: str = flag("cifar100", "data set ('digits' is offline, built from scikit-learn's 8x8 digits)", choices=DATASETS)
+    teacher: str = flag("ResNet112", "teacher architecture", choices=list(MODELS))
+    student: str = flag("ResNet56", "architecture being trained", choices=list(MODELS))
+    teacher_checkpoint: Optional[str] = flag(None, "teacher weights ({'weights': state_dict}); default: the plain run of --teacher with seed 0 under --experiments_dir", type=str)
+    # The distillation loss
+    beta: Optional[float] = flag(None, "weight of the distillation loss: total = cross-entropy + beta * soft loss (default: 125 for feature-map methods, as in the original; 1 for kd)", type=float)
+    loss: str = flag("l1", "distance between the L2-normalised, flattened maps or cores", choices=SOFT_LOSSES)
+    feature_layer: int = flag(3, "distilled stage: 3 is layer3 (64x8x8 on 32x32 images), 2 is 32x16x16, 1 is 16x32x32", choices=(1, 2, 3))
+    ranks: str = flag("BATCH_SIZE,32,8,8", "Tucker ranks for (batch, channel, height, width); BATCH_SIZE keeps the batch mode whole")
+    recomp_target: str = flag("teacher", "tucker_recomp: reconstruct the teacher map, the student map (projected on the teacher's factors), or both", choices=RECOMP_TARGETS)
+    tucker_backend: str = flag("fast", "'fast': truncated HOSVD from Gram eigendecompositions; 'tensorly': tensorly's tucker at its defaults, as the original", choices=BACKENDS)
+    hooi_iters: int = flag(0, "HOOI refinement sweeps after the fast HOSVD (matter only when several modes are truncated)")
+    kd_temperature: float = flag(4.0, "kd: softmax temperature")
+    noise_std: float = flag(1.0, "noise: standard deviation of the Gaussian noise added to the student's map")
+    # Optimisation (SGD with momentum, cosine schedule over the epochs, as in the original)
+    epochs: int = flag(150, "training epochs")
+    batch_size: int = flag(512, "training batch size")
+    lr: float = flag(0.1, "initial learning rate")
+    momentum: float = flag(0.9, "SGD momentum")
+    weight_decay: float = flag(5e-4, "SGD weight decay")
+    seed: int = flag(0, "seed for initialisation, data order and augmentation")
+    # Where things are
+    data_dir: str = flag("data", "data sets are read from (and CIFAR downloaded into) this folder")
+    experiments_dir: str = flag("experiments", "run folders are created under this folder")
+    experiment_name: Optional[str] = flag(None, "run folder, relative to --experiments_dir (default: derived from the flags, e.g. cifar100/ResNet112-ResNet56/tucker/B-32-8-8/seed0)", type=str)
+    # Speed (none of these changes which run it is: a run may resume with other values)
+    device: str = flag("auto", "'auto' (CUDA when present, else the CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    amp: str = flag("auto", "mixed precision: 'auto' is bf16 autocast on a GPU that supports it and off on the CPU", choices=("auto", "bf16", "off"))
+    compile: bool = flag(False, "torch.compile the models")
+    channels_last: bool = flag(True, "channels-last memory format for the models and batches")
+    eval_batch_size: int = flag(1024, "batch size for evaluation")
+    threads: Optional[int] = flag(None, "CPU threads for torch (default: torch's choice)", type=int)
+    max_batches: Optional[int] = flag(None, "stop each training epoch after this many batches (smoke runs)", type=int)
+
+    def validate(self) -> None:
+        """Reject values that parse but make no sense, naming the flag and what would be valid."""
+        from toolbox.rundir import validate_experiment_name
+
+        for name in ("epochs", "batch_size", "eval_batch_size", "max_batches", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name} must be a positive integer; got {value}")
+        for name in ("lr", "kd_temperature"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"--{name} must be positive; got {getattr(self, name)}")
+        for name in ("beta", "momentum", "weight_decay", "noise_std", "hooi_iters"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise UsageError(f"--{name} must be zero or positive; got {value}")
+        parse_ranks(self.ranks)
+        if self.experiment_name is not None:
+            validate_experiment_name(self.experiment_name)
+
+
+RUNTIME_FIELDS = frozenset(
+    {"device", "amp", "compile", "channels_last", "eval_batch_size", "threads", "data_dir", "experiments_dir", "teacher_checkpoint"}
+)
+"""Fields that may differ when a run resumes: they change speed or location, not the experiment."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (and exit status 2), not the whole usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser(prog: Optional[str] = None, description: Optional[str] = None) -> argparse.ArgumentParser:
+    """A parser with one flag per ``Config`` field."""
+    parser = OneLineParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for item in dataclasses.fields(Config):
+        meta = item.metadata
+        if isinstance(item.default, bool):
+            parser.add_argument(f"--{item.name}", action=argparse.BooleanOptionalAction, default=item.default, help=meta["help"])
+            continue
+        parser.add_argument(
+            f"--{item.name}",
+            default=item.default,
+            type=meta["type"] or type(item.default),
+            choices=meta["choices"],
+            help=meta["help"],
+        )
+    return parser
+
+
+def config_from_namespace(namespace: argparse.Namespace) -> Config:
+    names = {item.name for item in dataclasses.fields(Config)}
+    config = Config(**{k: v for k, v in vars(namespace).items() if k in names})
+    config.validate()
+    return config
+
+
+def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Config:
+    """Flags to a validated ``Config``; bad input exits with status 2 and a one-line message."""
+    parser = build_parser(prog)
+    namespace = parser.parse_args(argv)
+    try:
+        return config_from_namespace(namespace)
+    except UsageError as error:
+        parser.error(str(error))
+        raise  # unreachable: parser.error exits
+
+
+def main_guard(run, *args) -> int:
+    """Run an entry point, turning the project's errors into one line on stderr and an exit code."""
+    from toolbox.errors import DivergedError, Interrupted
+
+    try:
+        run(*args)
+    except (UsageError, DivergedError, Interrupted) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0

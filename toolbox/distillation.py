@@ -1,0 +1,170 @@
+"""Distillation methods: each one a small class behind one interface, registered in one dict.
+
+A distiller turns the teacher's and the student's outputs (``[layer1, layer2, layer3, logits]``)
+into the soft loss; the training loop adds ``beta * soft_loss`` to the cross-entropy and knows no
+method by name. A distiller's own parameters (a 1x1 connector when the widths differ, the noise
+method's generation module) are trained with the student. A new method is one class and one line
+in ``DISTILLERS``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from toolbox.tucker import Factors, check_ranks, parse_ranks, project, recompose, tucker
+
+if TYPE_CHECKING:
+    from toolbox.config import Config
+
+SOFT_LOSSES = ("l1", "l2")
+RECOMP_TARGETS = ("teacher", "student", "both")
+
+
+def normalized_distance(student: Tensor, teacher: Tensor, loss: str) -> Tensor:
+    """Mean L1 or squared-L2 distance between per-sample L2-normalised, flattened tensors.
+
+    Normalising makes the loss blind to the overall scale of either network's activations; it is
+    computed in float32 even under autocast.
+    """
+    s = F.normalize(student.float().flatten(1), dim=1)
+    t = F.normalize(teacher.float().flatten(1), dim=1)
+    return F.l1_loss(s, t) if loss == "l1" else F.mse_loss(s, t)
+
+
+class Distiller(nn.Module):
+    """Base class: the soft loss between teacher and student outputs (zero when not distilling)."""
+
+    needs_teacher = True
+    default_beta = 125.0  # the original's weight for its normalised feature-map losses
+
+    def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
+        """``*_shape`` are the (C, H, W) shapes of the distilled stage of each network."""
+        super().__init__()
+        self.layer = config.feature_layer - 1
+        self.loss = config.loss
+        self.connector: nn.Module = nn.Identity()
+        if student_shape[0] != teacher_shape[0]:  # make the widths match, on the student side
+            self.connector = nn.Conv2d(student_shape[0], teacher_shape[0], kernel_size=1, bias=False)
+
+    def maps(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The distilled stage of each network, the student's passed through the connector."""
+        return teacher_out[self.layer], self.connector(student_out[self.layer])
+
+    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+
+class NoDistillation(Distiller):
+    """Plain training with cross-entropy alone (used to train teachers and baselines)."""
+
+    needs_teacher = False
+    default_beta = 0.0
+
+    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
+        return student_out[-1].new_zeros(())
+
+
+class FeatureMapDistiller(Distiller):
+    """The student's map pulled towards the teacher's, both normalised."""
+
+    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
+        teacher_map, student_map = self.maps(teacher_out, student_out)
+        return normalized_distance(student_map, teacher_map, self.loss)
+
+
+class TuckerDistiller(Distiller):
+    """Tucker-decompose the teacher's map; compare cores after projecting the student's map on
+    the teacher's factors. Subclasses compare other views of the same decomposition."""
+
+    def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
+        super().__init__(config, teacher_shape, student_shape)
+        self.ranks = parse_ranks(config.ranks)
+        check_ranks(self.ranks, teacher_shape)
+        self.backend = config.tucker_backend
+        self.hooi_iters = config.hooi_iters
+
+    def decompose(self, teacher_map: Tensor) -> tuple[Tensor, Factors]:
+        with torch.no_grad():  # the teacher's factors are fixed targets, never trained through
+            return tucker(teacher_map.detach(), self.ranks, backend=self.backend, n_iter=self.hooi_iters)
+
+    def compare(self, teacher_map: Tensor, student_map: Tensor, core: Tensor, factors: Factors) -> Tensor:
+        return normalized_distance(project(student_map.float(), factors), core, self.loss)
+
+    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
+        teacher_map, student_map = self.maps(teacher_out, student_out)
+        core, factors = self.decompose(teacher_map)
+        return self.compare(teacher_map, student_map, core, factors)
+
+
+class TuckerRecompDistiller(TuckerDistiller):
+    """Compare full maps after Tucker reconstruction of the teacher's, the student's (projected on
+    the teacher's factors and reconstructed), or both."""
+
+    def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
+        super().__init__(config, teacher_shape, student_shape)
+        self.target = config.recomp_target
+
+    def compare(self, teacher_map: Tensor, student_map: Tensor, core: Tensor, factors: Factors) -> Tensor:
+        if self.target in ("teacher", "both"):
+            teacher_map = recompose(core, factors)
+        if self.target in ("student", "both"):
+            student_map = recompose(project(student_map.float(), factors), factors)
+        return normalized_distance(student_map, teacher_map, self.loss)
+
+
+class LogitDistiller(Distiller):
+    """Hinton et al.'s knowledge distillation: KL divergence between temperature-softened
+    outputs, scaled by T^2 so that its gradients keep their size as T changes."""
+
+    default_beta = 1.0
+
+    def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
+        super().__init__(config, teacher_shape, student_shape)
+        self.temperature = config.kd_temperature
+
+    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
+        t = self.temperature
+        log_student = F.log_softmax(student_out[-1].float() / t, dim=1)
+        log_teacher = F.log_softmax(teacher_out[-1].float() / t, dim=1)
+        return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * t * t
+
+
+class NoiseDistiller(Distiller):
+    """The original's noise-injection variant (its ``test_noise.py``): Gaussian noise is added to
+    the student's map, a small generation module (3x3 conv, ReLU, 3x3 conv) turns it back into a
+    feature map, and that is pulled towards the teacher's map. The generation module is trained
+    with the student (the original never gave it to the optimiser)."""
+
+    def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
+        super().__init__(config, teacher_shape, student_shape)
+        channels = teacher_shape[0]
+        self.noise_std = config.noise_std
+        self.generator = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
+        teacher_map, student_map = self.maps(teacher_out, student_out)
+        noisy = student_map + self.noise_std * torch.randn_like(student_map)
+        return normalized_distance(self.generator(noisy), teacher_map, self.loss)
+
+
+DISTILLERS: dict[str, type[Distiller]] = {
+    "none": NoDistillation,
+    "featuremap": FeatureMapDistiller,
+    "tucker": TuckerDistiller,
+    "tucker_recomp": TuckerRecompDistiller,
+    "kd": LogitDistiller,
+    "noise": NoiseDistiller,
+}
+
+
+def build_distiller(config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> Distiller:
+    """The registered distiller for ``config.distillation``."""
+    return DISTILLERS[config.distillation](config, teacher_shape, student_shape)

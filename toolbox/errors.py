@@ -1,0 +1,19 @@
+"""Errors that the command-line entry points turn into a one-line message and an exit code."""
+
+
+class UsageError(Exception):
+    """Bad input from the user (a flag, a file, a folder): printed as one line, exit status 2."""
+
+    exit_code = 2
+
+
+class DivergedError(Exception):
+    """The loss became NaN or infinite: the run stops, its last good checkpoint is kept (exit 1)."""
+
+    exit_code = 1
+
+
+class Interrupted(Exception):
+    """SIGUSR1/SIGTERM arrived (preemption, time limit): exit 75 so the job can be requeued."""
+
+    exit_code = 75

@@ -1,0 +1,126 @@
+"""Small shared pieces: atomic writes, seeding, device choice, evaluation and the two plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # runs write PNG files; no display on cluster nodes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from toolbox.errors import UsageError  # noqa: E402
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temporary_path)`` then rename it onto ``path``: readers (and a run killed
+    half-way) see the old file or the new one, never a torn one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def select_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; an unavailable device is a clear error, not a crash later."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    return device
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], autocast: Callable) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in percent; sums stay on the device until the end."""
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for images, labels in batches:
+        with autocast():
+            logits = model(images)[-1]
+        loss_sum = loss_sum + F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct = correct + (logits.argmax(1) == labels).sum()
+        count += len(labels)
+    return float(loss_sum) / count, 100.0 * float(correct) / count
+
+
+def plot_curves(history: dict[str, list[float]], folder: Path) -> None:
+    """``Loss.png`` (log scale; train dotted, test solid) and ``Accuracy.png`` (a line and a label
+    at the best test accuracy), drawn as the original study drew them."""
+    epochs = range(1, len(history["test_acc"]) + 1)
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.plot(epochs, history["train_hard_loss"], ":", label="train cross-entropy")
+    if any(history["train_soft_loss"]):
+        axes.plot(epochs, history["train_soft_loss"], ":", label="train distillation loss")
+    axes.plot(epochs, history["test_loss"], "-", label="test cross-entropy")
+    axes.set(xlabel="epoch", ylabel="loss", yscale="log", title="Loss")
+    axes.legend()
+    figure.tight_layout()
+    atomic_write(folder / "Loss.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+
+    best = int(np.argmax(history["test_acc"]))
+    best_acc = history["test_acc"][best]
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.plot(epochs, history["train_acc"], ":", label="train")
+    axes.plot(epochs, history["test_acc"], "-", label="test")
+    axes.axhline(best_acc, color="grey", linewidth=0.8)
+    axes.annotate(f"best {best_acc:.2f}% (epoch {best + 1})", (best + 1, best_acc), textcoords="offset points", xytext=(0, 6), ha="center")
+    axes.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    atomic_write(folder / "Accuracy.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+
+
+def environment() -> dict[str, Any]:
+    """Library versions and the git commit, saved with each run so results can be traced."""
+    import tensorly
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "torch": torch.__version__,
+        "tensorly": tensorly.__version__,
+        "numpy": np.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "git_commit": commit,
+    }

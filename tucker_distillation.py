@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""Train a teacher, or distil a student from it through (Tucker-decomposed) feature maps.
+
+    python tucker_distillation.py --distillation none --dataset digits --student ResNet20 --epochs 12
+    python tucker_distillation.py --distillation tucker --ranks BATCH_SIZE,16,8,8 --dataset digits \
+        --teacher ResNet20 --student ResNetBaby --epochs 12
+
+Each run lives in ``experiments/<experiment_name>/`` (config.json, last.pt, <Arch>.pth, Loss.png,
+Accuracy.png, and metrics.json once finished). Rerunning an unfinished run resumes it; rerunning a
+finished one does nothing. Every flag, its default and its meaning: ``--help``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from toolbox.config import main_guard, parse_config
+from toolbox.training import train
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv, prog="tucker_distillation.py")
+
+    def run() -> None:
+        metrics = train(config)
+        print(f"best test accuracy {metrics['best_test_acc']:.2f}% (epoch {metrics['best_epoch']}), "
+              f"{metrics['wall_time_s']:.0f}s of training")
+
+    return main_guard(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
