@@ -51,8 +51,9 @@ class Distiller(nn.Module):
             self.connector = nn.Conv2d(student_shape[0], teacher_shape[0], kernel_size=1, bias=False)
 
     def maps(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """The distilled stage of each network, the student's passed through the connector."""
-        return teacher_out[self.layer], self.connector(student_out[self.layer])
+        """The distilled stage of each network, the student's passed through the connector; the
+        teacher's is a fixed target, detached even if a caller forgot ``torch.no_grad``."""
+        return teacher_out[self.layer].detach(), self.connector(student_out[self.layer])
 
     def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
         raise NotImplementedError
@@ -89,7 +90,7 @@ class TuckerDistiller(Distiller):
 
     def decompose(self, teacher_map: Tensor) -> tuple[Tensor, Factors]:
         with torch.no_grad():  # the teacher's factors are fixed targets, never trained through
-            return tucker(teacher_map.detach(), self.ranks, backend=self.backend, n_iter=self.hooi_iters)
+            return tucker(teacher_map, self.ranks, backend=self.backend, n_iter=self.hooi_iters)
 
     def compare(self, teacher_map: Tensor, student_map: Tensor, core: Tensor, factors: Factors) -> Tensor:
         return normalized_distance(project(student_map.float(), factors), core, self.loss)
@@ -129,7 +130,7 @@ class LogitDistiller(Distiller):
     def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
         t = self.temperature
         log_student = F.log_softmax(student_out[-1].float() / t, dim=1)
-        log_teacher = F.log_softmax(teacher_out[-1].float() / t, dim=1)
+        log_teacher = F.log_softmax(teacher_out[-1].detach().float() / t, dim=1)
         return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * t * t
 
 

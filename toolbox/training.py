@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import pickle
 import signal
 import sys
 import threading
@@ -77,7 +78,7 @@ def load_weights(model: nn.Module, path: Path, what: str) -> None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(checkpoint["weights"])
-    except (RuntimeError, KeyError, TypeError, OSError, EOFError, ValueError) as error:
+    except (RuntimeError, KeyError, TypeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
         detail = " ".join(str(error).split())[:400]
         raise UsageError(f"{what} {path} does not fit the model ({type(error).__name__}: {detail})") from None
 
@@ -121,14 +122,15 @@ def make_autocast(config: Config, device: torch.device) -> Callable[[], contextl
 class Trainer:
     """The state of one run (models, optimiser, history) and the steps that advance it."""
 
-    def __init__(self, config: Config, run: RunDir) -> None:
+    def __init__(self, config: Config, run: RunDir, data: Optional[Dataset] = None) -> None:
+        """``data`` replaces the data set named by the config (benchmarks use synthetic data)."""
         self.config = config
         self.run = run
         self.device = select_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
-        self.data: Dataset = load_dataset(config.dataset, config.data_dir, self.device)
+        self.data = data if data is not None else load_dataset(config.dataset, config.data_dir, self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.autocast = make_autocast(config, self.device)
 
@@ -198,6 +200,24 @@ class Trainer:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
 
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimisation step; returns the cross-entropy, the soft loss and the number of
+        correct predictions as device tensors (reading them would make the step wait)."""
+        images = images.contiguous(memory_format=self.memory_format)
+        with self.autocast():
+            student_out = self.student_step(images)
+            teacher_out = None
+            if self.teacher_step is not None:
+                with torch.no_grad():
+                    teacher_out = self.teacher_step(images)
+            soft = self.distiller.soft_loss(teacher_out, student_out)
+            hard = F.cross_entropy(student_out[-1].float(), labels)
+        loss = hard + self.config.beta * soft
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return hard.detach(), soft.detach(), (student_out[-1].detach().argmax(1) == labels).sum()
+
     def train_epoch(self, stop: StopFlag) -> dict[str, float]:
         """One pass over the training set; sums stay on the device until the epoch ends."""
         config = self.config
@@ -212,23 +232,11 @@ class Trainer:
         progress = tqdm(batches, total=n_batches, desc=f"epoch {self.epoch + 1}/{config.epochs}", leave=False,
                         disable=not sys.stderr.isatty(), file=sys.stderr)
         for images, labels in progress:
-            images = images.contiguous(memory_format=self.memory_format)
-            with self.autocast():
-                student_out = self.student_step(images)
-                teacher_out = None
-                if self.teacher_step is not None:
-                    with torch.no_grad():
-                        teacher_out = self.teacher_step(images)
-                soft = self.distiller.soft_loss(teacher_out, student_out)
-                hard = F.cross_entropy(student_out[-1].float(), labels)
-            loss = hard + config.beta * soft
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            hard, soft, right = self.step(images, labels)
             n = len(labels)
-            hard_sum = hard_sum + hard.detach() * n
-            soft_sum = soft_sum + soft.detach() * n
-            correct = correct + (student_out[-1].detach().argmax(1) == labels).sum()
+            hard_sum = hard_sum + hard * n
+            soft_sum = soft_sum + soft * n
+            correct = correct + right
             count += n
             if stop.signal is not None:
                 raise Interrupted(
@@ -237,9 +245,10 @@ class Trainer:
                 )
         hard_loss, soft_loss = float(hard_sum) / count, float(soft_sum) / count
         if not (math.isfinite(hard_loss) and math.isfinite(soft_loss)):
+            kept = f"{self.run.last} keeps the last good epoch ({self.epoch})" if self.epoch else "no epoch was saved"
             raise DivergedError(
                 f"the loss diverged in epoch {self.epoch + 1} (cross-entropy {hard_loss}, distillation {soft_loss}); "
-                f"{self.run.last} keeps the last good epoch ({self.epoch}); try a lower --lr or --beta"
+                f"{kept}; try a lower --lr or --beta"
             )
         return {"train_hard_loss": hard_loss, "train_soft_loss": soft_loss, "train_acc": 100.0 * float(correct) / count}
 
@@ -261,7 +270,7 @@ def train(config: Config) -> dict[str, Any]:
         print(f"{run.path} has finished already (best test accuracy {metrics['best_test_acc']:.2f}%); nothing to do")
         return metrics
     saved = run.read_json(run.config)
-    if saved is not None:
+    if saved is not None and run.last.exists():  # without last.pt there is no epoch to lose
         check_same_run(saved["config"], config, run.path)
 
     trainer = Trainer(config, run)

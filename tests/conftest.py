@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny real runs on the offline digits data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from toolbox.config import parse_config
+from toolbox.training import train
+
+# Small batches so that a few epochs on digits' 1438 training images take a few seconds.
+TINY = ["--dataset", "digits", "--batch_size", "64", "--lr", "0.05"]
+TEACHER = "ResNet20"
+STUDENT = "ResNetBaby"
+
+
+def run_training(experiments_dir: Path, *flags: str) -> dict[str, Any]:
+    """Train in this process with the tiny settings; the run's metrics."""
+    return train(parse_config([*TINY, "--experiments_dir", str(experiments_dir), *flags]))
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A ResNet20 teacher trained on digits at the conventional path (about 30 s on 2 cores):
+    the experiments folder and the teacher's metrics. Tests must not write into this folder;
+    they pass ``--teacher_checkpoint`` or copy it."""
+    experiments = tmp_path_factory.mktemp("teacher-experiments")
+    metrics = run_training(experiments, "--distillation", "none", "--student", TEACHER, "--epochs", "12")
+    return experiments, metrics

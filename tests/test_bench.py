@@ -1,0 +1,67 @@
+"""Smoke test of the benchmarks: each runs with --quick as a user would run it, and its table and
+JSON have the expected shape. Speed goals belong to the full benchmarks, not to a timed test; the
+one numeric check is that our decomposition's error matches tensorly's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ERROR_TOLERANCE = 1e-5
+
+
+def run_benchmark(script: str, json_path: Path) -> tuple[str, dict[str, Any]]:
+    """Run ``bench/<script> --quick`` on the CPU; its stdout and its JSON file. One thread, so
+    that tests of others running at the same time do not stall it (oversubscribed OpenMP threads
+    wait on each other)."""
+    command = [sys.executable, str(ROOT / "bench" / script), "--quick", "--device", "cpu", "--threads", "1", "--json", str(json_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout, json.loads(json_path.read_text())
+
+
+def check_common(stdout: str, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """What both benchmarks print and write: tables, the machine record, a final headline line."""
+    lines = stdout.strip().splitlines()
+    assert lines[-1].startswith("headline: ") and lines[-1] == f"headline: {report['headline']}"
+    assert {"date", "cpu", "cores", "torch", "torchvision", "tensorly", "numpy", "torch_threads"} <= set(report["machine"])
+    assert report["machine"]["torch_threads"] == 1
+    assert {"load_average_start", "load_average_end", "other_processes_cpu_share"} <= set(report["load"])
+    for title, rows in report["tables"].items():
+        assert title in stdout and rows
+    return [row for rows in report["tables"].values() for row in rows]
+
+
+def test_bench_tucker_quick(tmp_path: Path) -> None:
+    stdout, report = run_benchmark("bench_tucker.py", tmp_path / "tucker.json")
+    rows = check_common(stdout, report)
+    assert {row["op"] for row in rows} == {"decompose", "project", "recompose", "loss tucker", "loss tucker_recomp"}
+    for row in rows:
+        assert row["ours_ms"] > 0 and row["tensorly_ms"] > 0 and row["tensorly_speedup"] > 0
+    decompositions = [row for row in rows if row["op"] == "decompose"]
+    assert {row["rank"] for row in decompositions} == set(report["settings"]["ranks"])
+    for row in decompositions:
+        assert 0 < row["ours_error"] < 1
+        assert row["ours_error"] == pytest.approx(row["tensorly_error"], abs=ERROR_TOLERANCE)
+        assert row["ours_error"] == pytest.approx(row["hosvd_error"], abs=ERROR_TOLERANCE)
+    assert "faster than tensorly's tucker" in report["headline"]
+
+
+def test_bench_step_quick(tmp_path: Path) -> None:
+    stdout, report = run_benchmark("bench_step.py", tmp_path / "step.json")
+    check_common(stdout, report)
+    steps, data = report["tables"].values()
+    assert [row["method"] for row in steps] == ["featuremap", "tucker", "tucker_recomp"]
+    for row in steps:
+        for pipeline in ("ours", "ours_contiguous", "reference"):
+            assert row[f"{pipeline}_images_per_s"] > 0
+        assert row["speedup"] > 0 and row["channels_last_gain"] > 0
+        assert ("overhead_vs_featuremap" in row) == (row["method"] != "featuremap")
+    assert data[0]["ours_ms_per_batch"] > 0 and data[0]["reference_ms_per_batch"] > 0
+    assert "overhead over featuremap" in report["headline"]

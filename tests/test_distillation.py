@@ -1,0 +1,148 @@
+"""Distillation losses against float64 references written here, and where their gradients go."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from toolbox.config import parse_config
+from toolbox.distillation import DISTILLERS, Distiller, build_distiller, normalized_distance
+from toolbox.tucker import parse_ranks, project, tucker
+
+SHAPE = (16, 64, 8, 8)
+
+
+def make(method: str, *flags: str, student_channels: int = 64) -> Distiller:
+    config = parse_config(["--distillation", method, *flags])
+    return build_distiller(config, SHAPE[1:], (student_channels, *SHAPE[2:]))
+
+
+def outputs(seed: int, channels: int = 64, grad: bool = False) -> list[torch.Tensor]:
+    """Fake network outputs [layer1, layer2, layer3, logits]; only layer3 and logits matter here."""
+    generator = torch.Generator().manual_seed(seed)
+    layer3 = torch.randn(SHAPE[0], channels, *SHAPE[2:], generator=generator).relu().requires_grad_(grad)
+    logits = torch.randn(SHAPE[0], 10, generator=generator).requires_grad_(grad)
+    return [torch.empty(0), torch.empty(0), layer3, logits]
+
+
+# --- float64 numpy references -----------------------------------------------------------------
+def ref_distance(student: np.ndarray, teacher: np.ndarray, loss: str) -> float:
+    s = student.reshape(len(student), -1)
+    t = teacher.reshape(len(teacher), -1)
+    diff = s / np.linalg.norm(s, axis=1, keepdims=True) - t / np.linalg.norm(t, axis=1, keepdims=True)
+    return float(np.abs(diff).mean() if loss == "l1" else (diff**2).mean())
+
+
+def ref_channel_factor(teacher: np.ndarray, rank: int) -> np.ndarray:
+    """Leading left singular vectors of the channel unfolding, by SVD (signs differ from eigh's)."""
+    unfolding = np.moveaxis(teacher, 1, 0).reshape(teacher.shape[1], -1)
+    return np.linalg.svd(unfolding, full_matrices=False)[0][:, :rank]
+
+
+def ref_project(x: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    return np.einsum("bchw,cr->brhw", x, factor)
+
+
+def ref_recompose(core: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    return np.einsum("brhw,cr->bchw", core, factor)
+
+
+def as_numpy(out: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    return out[2].detach().double().numpy(), out[3].detach().double().numpy()
+
+
+# --- values ---------------------------------------------------------------------------------
+def test_normalized_distance_golden_value() -> None:
+    """Orthogonal unit vectors: |(1,0)-(0,1)| averaged over 2 entries is 1; squared also 1."""
+    s, t = torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 0.5]])
+    assert normalized_distance(s, t, "l1").item() == pytest.approx(1.0)
+    assert normalized_distance(s, t, "l2").item() == pytest.approx(1.0)
+    assert normalized_distance(s, 2 * s, "l1").item() == pytest.approx(0.0)  # blind to scale
+
+
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_featuremap_loss_matches_reference(loss: str) -> None:
+    teacher, student = outputs(0), outputs(1)
+    value = make("featuremap", "--loss", loss).soft_loss(teacher, student)
+    assert value.item() == pytest.approx(ref_distance(as_numpy(student)[0], as_numpy(teacher)[0], loss), rel=1e-5)
+
+
+@pytest.mark.parametrize("rank", [32, 8])
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_tucker_core_loss_matches_reference(rank: int, loss: str) -> None:
+    teacher, student = outputs(0), outputs(1)
+    value = make("tucker", "--ranks", f"BATCH_SIZE,{rank},8,8", "--loss", loss).soft_loss(teacher, student)
+    t, s = as_numpy(teacher)[0], as_numpy(student)[0]
+    factor = ref_channel_factor(t, rank)
+    expected = ref_distance(ref_project(s, factor), ref_project(t, factor), loss)
+    assert value.item() == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("target", ["teacher", "student", "both"])
+def test_tucker_recomp_loss_matches_reference(target: str) -> None:
+    teacher, student = outputs(0), outputs(1)
+    distiller = make("tucker_recomp", "--ranks", "BATCH_SIZE,16,8,8", "--recomp_target", target)
+    t, s = as_numpy(teacher)[0], as_numpy(student)[0]
+    factor = ref_channel_factor(t, 16)
+    t_view = ref_recompose(ref_project(t, factor), factor) if target != "student" else t
+    s_view = ref_recompose(ref_project(s, factor), factor) if target != "teacher" else s
+    assert distiller.soft_loss(teacher, student).item() == pytest.approx(ref_distance(s_view, t_view, "l1"), rel=1e-4)
+
+
+def test_kd_loss_matches_reference() -> None:
+    teacher, student = outputs(0), outputs(1)
+    t_logits, s_logits = as_numpy(teacher)[1] / 4.0, as_numpy(student)[1] / 4.0
+
+    def log_softmax(z: np.ndarray) -> np.ndarray:
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    p_t = np.exp(log_softmax(t_logits))
+    expected = (p_t * (log_softmax(t_logits) - log_softmax(s_logits))).sum(axis=1).mean() * 16.0
+    assert make("kd", "--kd_temperature", "4").soft_loss(teacher, student).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_plain_training_has_no_soft_loss_and_needs_no_teacher() -> None:
+    distiller = make("none")
+    assert not distiller.needs_teacher
+    assert distiller.soft_loss(None, outputs(1)).item() == 0.0
+
+
+@pytest.mark.parametrize("method", ["tucker", "tucker_recomp"])
+def test_tucker_losses_do_not_depend_on_the_sign_of_a_factor_column(method: str) -> None:
+    teacher, student = outputs(0), outputs(1)
+    distiller = make(method, "--ranks", "BATCH_SIZE,16,8,8", "--recomp_target", "both")
+    core, factors = tucker(teacher[2], parse_ranks("BATCH_SIZE,16,8,8"))
+    flipped = [f.clone() if f is not None else None for f in factors]
+    flipped[1][:, [0, 5]] *= -1
+    original = distiller.compare(teacher[2], student[2], core, factors)
+    after_flip = distiller.compare(teacher[2], student[2], project(teacher[2], flipped), flipped)
+    assert after_flip.item() == pytest.approx(original.item(), rel=1e-6)
+
+
+# --- gradients --------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", [m for m in DISTILLERS if m != "none"])
+def test_gradients_reach_the_student_and_connector_never_the_teacher(method: str) -> None:
+    teacher, student = outputs(0, grad=True), outputs(1, channels=32, grad=True)
+    distiller = make(method, "--ranks", "BATCH_SIZE,16,8,8", student_channels=32)
+    assert isinstance(distiller.connector, torch.nn.Conv2d)  # 32 -> 64 channels
+    distiller.soft_loss(teacher, student).backward()
+    assert teacher[2].grad is None and teacher[3].grad is None
+    used = student[3] if method == "kd" else student[2]
+    assert used.grad is not None and used.grad.abs().sum() > 0
+    if method != "kd":
+        assert distiller.connector.weight.grad.abs().sum() > 0
+
+
+def test_noise_generation_module_is_trained() -> None:
+    distiller = make("noise", "--noise_std", "1.0")
+    distiller.soft_loss(outputs(0), outputs(1, grad=True)).backward()
+    grads = [p.grad for p in distiller.generator.parameters()]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_every_method_has_a_default_beta() -> None:
+    assert parse_config(["--distillation", "kd"]).beta is None  # resolved at training time
+    assert DISTILLERS["kd"].default_beta == 1.0
+    assert all(DISTILLERS[m].default_beta == 125.0 for m in ("featuremap", "tucker", "tucker_recomp", "noise"))

@@ -1,0 +1,562 @@
+"""runner.py and toolbox/scheduler.py without a cluster: the grid, the rendered job scripts
+(golden files in tests/golden/; UPDATE_GOLDEN=1 rewrites them), the skip / resubmit / teacher /
+max_queued / dry-run decisions against a fake scheduler, the scheduler classes against fake
+sbatch, squeue, qsub and qstat executables, and run.job itself under bash with a stand-in for the
+training script."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import pytest
+
+import runner
+from toolbox.scheduler import PENDING, RUNNING, LocalScheduler, PbsScheduler, Resources, SchedulerError, SlurmScheduler
+
+GOLDEN = Path(__file__).parent / "golden"
+TINY = ["--dataset", "digits", "--teacher", "ResNetBaby", "--student", "ResNetBaby", "--epochs", "2", "--batch_size", "64"]
+TEACHER = "digits/teacher/ResNetBaby/seed0"
+FEATUREMAP = "digits/ResNetBaby-ResNetBaby/featuremap"
+
+# Stands in for `python tucker_distillation.py FLAGS`: records its flags in the run folder, then
+# acts as FAKE_TRAINING says: finish (write metrics.json; a student first checks that its
+# teacher's weights exist), fail_teacher (exit 1 when training a teacher), or wait (exit 75 on
+# USR1/TERM, like the real script, after writing ready).
+FAKE_TRAINING = f"""#!{sys.executable}
+import json, os, signal, sys, time
+from pathlib import Path
+
+flags = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+run = Path(flags["--experiments_dir"]) / flags["--experiment_name"]
+run.mkdir(parents=True, exist_ok=True)
+(run / "argv.json").write_text(json.dumps(sys.argv[1:]))
+mode = os.environ.get("FAKE_TRAINING", "finish")
+teacher = flags["--distillation"] == "none"
+if mode == "wait":
+    def stop(signum, frame):
+        (run / "signal.txt").write_text(signal.Signals(signum).name)
+        sys.exit(75)
+    signal.signal(signal.SIGUSR1, stop)
+    signal.signal(signal.SIGTERM, stop)
+    (run / "ready").touch()
+    time.sleep(30)
+    sys.exit(1)
+if mode == "fail_teacher" and teacher:
+    sys.exit(1)
+if not teacher:
+    weights = Path(flags["--experiments_dir"], flags["--dataset"], "teacher", flags["--teacher"], "seed0", flags["--teacher"] + ".pth")
+    if not weights.exists():
+        sys.exit(3)
+(run / (flags["--student"] + ".pth")).touch()
+(run / "metrics.json").write_text(json.dumps({{"best_test_acc": 42.0}}))
+"""
+
+
+class FakeSlurm(SlurmScheduler):
+    """SLURM as runner.py sees it, with ``live`` playing squeue and submissions recorded."""
+
+    def __init__(self, live: Optional[dict[str, str]] = None, refuse: tuple[str, ...] = ()) -> None:
+        super().__init__("tester")
+        self.live = dict(live or {})
+        self.refuse = refuse  # parts of run folder paths whose submission fails
+        self.submitted: list[tuple[Path, Optional[str]]] = []
+        self.attempts = 0
+        self.cancelled: list[str] = []
+
+    def submit(self, script: Path, dependency: Optional[str] = None) -> str:
+        self.attempts += 1
+        if any(part in str(script) for part in self.refuse):
+            raise SchedulerError("sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified")
+        self.submitted.append((script, dependency))
+        job_id = str(100 + len(self.submitted))
+        self.live[job_id] = PENDING
+        return job_id
+
+    def live_jobs(self) -> dict[str, str]:
+        return dict(self.live)
+
+    def cancel(self, ids: Iterable[str]) -> None:
+        for job_id in ids:
+            self.cancelled.append(job_id)
+            del self.live[job_id]
+
+    def final_states(self, ids: Iterable[str]) -> dict[str, str]:
+        return {job_id: "TIMEOUT" for job_id in ids}
+
+    def names(self) -> list[str]:
+        """The submitted runs, in order, by their names under the experiments folder."""
+        return [str(script.parent).split("/experiments/", 1)[1] for script, _ in self.submitted]
+
+
+@pytest.fixture
+def experiments(tmp_path: Path) -> Path:
+    return tmp_path / "experiments"
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture) -> Callable[..., tuple[int, str, str]]:
+    """Run runner.main in this process: (exit status, stdout, stderr)."""
+
+    def run(argv: list[str], scheduler: Optional[runner.Scheduler] = None) -> tuple[int, str, str]:
+        try:
+            status = runner.main(argv, scheduler)
+        except SystemExit as exit:  # argparse
+            status = exit.code
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+@pytest.fixture
+def fake_bin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder first on PATH, for fake scheduler commands."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("USER", "tester")
+    return folder
+
+
+def tool(folder: Path, name: str, body: str) -> Path:
+    """A fake command: a bash script."""
+    path = folder / name
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def grid(experiments: Path, *more: str) -> list[str]:
+    return [*TINY, "--experiments_dir", str(experiments), *more]
+
+
+def make_run(experiments: Path, name: str, *files: str, job: Optional[str] = None, best: float = 50.0) -> Path:
+    """A run folder in some state: these files, and a job.json naming ``job``."""
+    path = experiments / name
+    path.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        (path / file).write_text(json.dumps({"best_test_acc": best}) if file == "metrics.json" else "")
+    if job is not None:
+        (path / "job.json").write_text(json.dumps({"job_id": job, "scheduler": "slurm"}))
+    return path
+
+
+# ---------------------------------------------------------------- the grid
+
+def test_default_grid_is_17_configurations_of_3_runs(tmp_path: Path) -> None:
+    args, extra = runner.parse_args(["--experiments_dir", str(tmp_path)])
+    runs = runner.build_grid(args, extra)
+
+    pair = "cifar100/ResNet112-ResNet56"
+    ranks = ["B-32-8-8", "B-24-8-8", "B-16-8-8", "B-8-8-8"]
+    expected = {f"{pair}/featuremap"} | {f"{pair}/tucker/{r}" for r in ranks} | {
+        f"{pair}/tucker_recomp/{target}/{r}" for target in ("teacher", "student", "both") for r in ranks}
+    assert len(expected) == 17
+    assert len(runs) == 51
+    assert {run.name.rsplit("/", 1)[0] for run in runs} == expected
+    for run in runs:
+        seed = run.flags[run.flags.index("--seed") + 1]
+        assert seed in ("0", "1", "2") and run.name.endswith(f"/seed{seed}")
+        assert run.path == tmp_path / run.name
+        assert run.flags[-2:] == ["--experiment_name", run.name]
+        assert run.teacher.name == "cifar100/teacher/ResNet112/seed0"
+        assert run.teacher_checkpoint == run.teacher.path / "ResNet112.pth"
+    assert runner.build_grid(*runner.parse_args(["--experiments_dir", str(tmp_path)])) == runs  # stable
+
+
+def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(experiments: Path) -> None:
+    args, extra = runner.parse_args(grid(experiments, "--distillations", "featuremap", "--runs", "1",
+                                         "--study", "lr0.05", "--", "--lr", "0.05"))
+    (run,) = runner.build_grid(args, extra)
+    assert run.name == f"lr0.05/{FEATUREMAP}/seed0"
+    assert run.teacher.name == TEACHER  # teachers are shared between studies
+    for flags in (run.flags, run.teacher.flags):
+        assert flags[flags.index("--lr") + 1] == "0.05"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet' (choose from"),
+    (["--student", "VGG16"], "argument --student: invalid choice"),
+    (["--distillations", "none"], "argument --distillations: invalid choice: 'none' (choose from 'featuremap'"),
+    (["--ranks_list", "BATCH_SIZE,32,8"], "argument --ranks_list: each value needs 4 comma-separated ranks"),
+    (["--recomp_targets", "neither"], "argument --recomp_targets: invalid choice"),
+    (["--runs", "0"], "argument --runs: must be 1 or more"),
+    (["--mem", "lots"], "argument --mem: must be a whole number with K, M, G or T, e.g. 16G"),
+    (["--time", "90"], "argument --time: must be [D-]HH:MM:SS"),
+    (["--scheduler", "sge"], "argument --scheduler: invalid choice: 'sge' (choose from 'slurm', 'pbs', 'local')"),
+    (["--study", "../outside"], "--study must be a relative path"),
+    (["--study", "/etc"], "--study must be a relative path"),
+    (["--", "--seed", "5"], "--seed cannot follow '--': runner.py sets it for every run from its own --runs"),
+    (["--", "--experiment_name=x"], "--experiment_name cannot follow '--'"),
+    (["--", "--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
+    (["--env_setup", "module load a\nrm -rf /"], "argument --env_setup: must be one line"),
+])
+def test_bad_input_is_one_line_naming_the_flag(cli, experiments: Path, argv: list[str], message: str) -> None:
+    fake = FakeSlurm()
+    status, out, err = cli(grid(experiments, "--runs", "1", *argv), fake)
+    assert status == 2
+    assert err.startswith("runner.py: error: ") and message in err and err.count("\n") == 1
+    assert fake.submitted == []
+
+
+def test_bad_input_from_the_command_line() -> None:
+    done = subprocess.run([sys.executable, "runner.py", "--dataset", "imagenet"], capture_output=True, text=True,
+                          cwd=runner.REPO)
+    assert done.returncode == 2
+    assert done.stderr.startswith("runner.py: error: argument --dataset: invalid choice") and done.stderr.count("\n") == 1
+
+
+def test_run_folder_leaving_the_experiments_folder_is_refused(cli, tmp_path: Path, experiments: Path) -> None:
+    experiments.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (experiments / "digits").symlink_to(tmp_path / "elsewhere")
+    status, _, err = cli(grid(experiments), FakeSlurm())
+    assert status == 2 and "leaves --experiments_dir" in err
+
+
+# ---------------------------------------------------------------- job scripts
+
+GOLDEN_SETTINGS = runner.JobSettings(
+    Resources(partition="gpu", account="proj-42", time="1-12:00:00", gpus=1, cpus=4, mem="16G", signal_seconds=300),
+    python="/opt/venv/bin/python", env_setup="module load cuda/12.1 && source /opt/venv/bin/activate", workdir=Path("/repo"))
+
+
+def golden_run() -> runner.Run:
+    args, extra = runner.parse_args(["--experiments_dir", "/repo/experiments", "--distillations", "tucker_recomp",
+                                     "--recomp_targets", "both", "--ranks_list", "BATCH_SIZE,16,8,8", "--runs", "1",
+                                     "--", "--max_batches", "5"])
+    (run,) = runner.build_grid(args, extra)
+    return run
+
+
+@pytest.mark.parametrize("scheduler, golden", [
+    (SlurmScheduler("someone"), "slurm.job"), (PbsScheduler("someone"), "pbs.job"), (LocalScheduler(), "local.job")])
+def test_rendered_job_matches_golden_file(scheduler: runner.Scheduler, golden: str) -> None:
+    text = runner.render_job(golden_run(), scheduler, GOLDEN_SETTINGS)
+    if os.environ.get("UPDATE_GOLDEN"):
+        (GOLDEN / golden).write_text(text)
+    assert text == (GOLDEN / golden).read_text()
+
+
+def test_empty_values_leave_their_directives_out() -> None:
+    settings = runner.JobSettings(Resources(gpus=0, signal_seconds=0), python="python")
+    slurm = runner.render_job(golden_run(), SlurmScheduler("someone"), settings)
+    directives = [line for line in slurm.splitlines() if line.startswith("#SBATCH")]
+    assert [d.split("=")[0] for d in directives] == [
+        "#SBATCH --job-name", "#SBATCH --output", "#SBATCH --cpus-per-task", "#SBATCH --mem", "#SBATCH --requeue",
+        "#SBATCH --open-mode"]
+    pbs = runner.render_job(golden_run(), PbsScheduler("someone"), settings)
+    assert [line for line in pbs.splitlines() if line.startswith("#PBS -l")] == ["#PBS -l select=1:ncpus=4:mem=16GB"]
+    assert "#PBS -q" not in pbs and "#PBS -P" not in pbs and "#SBATCH" not in pbs
+    assert "set -e\nset +e\n" in slurm  # no set-up line
+
+
+def test_every_value_reaches_the_training_script_intact(tmp_path: Path) -> None:
+    """Paths with spaces, quotes and $(...) are quoted: the shell neither splits nor runs them."""
+    experiments = tmp_path / "runs $(touch PWNED) it's; echo"
+    python = tmp_path / "python with space"
+    python.write_text(FAKE_TRAINING)
+    python.chmod(0o755)
+    args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "1"))
+    teacher = runner.build_grid(args, extra)[0].teacher
+    settings = runner.JobSettings(Resources(), python=str(python))
+    for scheduler in (SlurmScheduler("someone"), PbsScheduler("someone")):
+        script = tmp_path / "run.job"
+        script.write_text(runner.render_job(teacher, scheduler, settings))
+        subprocess.run(["bash", "-n", str(script)], check=True)
+    subprocess.run(["bash", str(script)], cwd=tmp_path, check=True, timeout=60)
+    assert json.loads((teacher.path / "argv.json").read_text()) == [str(runner.REPO / "tucker_distillation.py"), *teacher.flags]
+    assert not list(tmp_path.rglob("PWNED")) and not (runner.REPO / "PWNED").exists()
+
+
+@pytest.mark.parametrize("signal_name, requeued", [("USR1", True), ("TERM", False)])
+def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
+        tmp_path: Path, experiments: Path, fake_bin: Path, signal_name: str, requeued: bool) -> None:
+    """USR1 (SLURM's warning before the time limit): the training stops with 75 and the job
+    requeues itself. TERM (scancel, preemption): the training stops with 75, no requeue."""
+    scontrol_log = tmp_path / "scontrol.log"
+    tool(fake_bin, "scontrol", f'echo "$*" >> {scontrol_log}\n')
+    python = tmp_path / "python"
+    python.write_text(FAKE_TRAINING)
+    python.chmod(0o755)
+    args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "1"))
+    (run,) = runner.build_grid(args, extra)
+    run.path.mkdir(parents=True)
+    script = run.path / "run.job"
+    script.write_text(runner.render_job(run, SlurmScheduler("someone"), runner.JobSettings(Resources(), str(python))))
+
+    job = subprocess.Popen(["bash", str(script)], env={**os.environ, "FAKE_TRAINING": "wait", "SLURM_JOB_ID": "4242"})
+    deadline = time.monotonic() + 30
+    while not (run.path / "ready").exists():
+        assert time.monotonic() < deadline and job.poll() is None, "the stand-in training never started"
+        time.sleep(0.05)
+    job.send_signal(getattr(signal, f"SIG{signal_name}"))
+
+    assert job.wait(timeout=30) == 75
+    assert (run.path / "signal.txt").read_text() == f"SIG{signal_name}"
+    assert (scontrol_log.read_text() if scontrol_log.exists() else "") == ("requeue 4242\n" if requeued else "")
+
+
+# ---------------------------------------------------------------- what gets submitted
+
+def test_teacher_is_submitted_first_and_students_wait_for_it(cli, experiments: Path) -> None:
+    fake = FakeSlurm()
+    status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "tucker", "--ranks_list", "BATCH_SIZE,8,8,8",
+                              "--runs", "2"), fake)
+    assert status == 0
+    assert fake.names() == [TEACHER, f"{FEATUREMAP}/seed0", f"{FEATUREMAP}/seed1",
+                            "digits/ResNetBaby-ResNetBaby/tucker/B-8-8-8/seed0",
+                            "digits/ResNetBaby-ResNetBaby/tucker/B-8-8-8/seed1"]
+    assert [dependency for _, dependency in fake.submitted] == [None, "101", "101", "101", "101"]
+    for script, _ in fake.submitted:
+        assert script.name == "run.job" and script.read_text().startswith("#!/bin/bash\n")
+        job = json.loads((script.parent / "job.json").read_text())
+        assert job["scheduler"] == "slurm" and job["job_id"] in fake.live
+    assert "submitted 5 (teachers: 1), skipped as finished 0, skipped as queued or running 0, failed to submit 0" in out
+
+
+@pytest.mark.parametrize("teacher_files, teacher_job, submits_teacher, dependency", [
+    (["metrics.json", "ResNetBaby.pth", "last.pt"], None, False, None),  # trained
+    (["ResNetBaby.pth"], None, False, None),  # weights put there by hand
+    (["config.json", "last.pt", "ResNetBaby.pth"], "7", False, "7"),  # training now
+    (["config.json", "last.pt", "ResNetBaby.pth"], None, True, "101"),  # crashed half-way: resumed first
+])
+def test_students_wait_for_their_teacher_only_while_it_trains(
+        cli, experiments: Path, teacher_files: list[str], teacher_job: Optional[str], submits_teacher: bool,
+        dependency: Optional[str]) -> None:
+    make_run(experiments, TEACHER, *teacher_files, job=teacher_job)
+    fake = FakeSlurm(live={"7": RUNNING})
+    status, _, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "2"), fake)
+    assert status == 0
+    assert (fake.names()[0] == TEACHER) == submits_teacher
+    assert [d for name, (_, d) in zip(fake.names(), fake.submitted) if name != TEACHER] == [dependency, dependency]
+
+
+def test_finished_and_queued_runs_are_skipped_and_the_others_resubmitted(cli, experiments: Path) -> None:
+    make_run(experiments, TEACHER, "metrics.json", "ResNetBaby.pth")
+    make_run(experiments, f"{FEATUREMAP}/seed0", "metrics.json", job="40")
+    make_run(experiments, f"{FEATUREMAP}/seed1", "config.json", job="50")  # queued
+    make_run(experiments, f"{FEATUREMAP}/seed2", "config.json", "last.pt", job="51")  # crashed, no live job
+    fake = FakeSlurm(live={"50": PENDING})
+
+    status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "4"), fake)
+
+    assert status == 0
+    assert fake.names() == [f"{FEATUREMAP}/seed2", f"{FEATUREMAP}/seed3"]
+    assert json.loads((experiments / FEATUREMAP / "seed2/job.json").read_text())["job_id"] == "101"
+    assert f"submitted    {FEATUREMAP}/seed2  job 101 (resumes from last.pt)" in out
+    assert "submitted 2 (teachers: 0), skipped as finished 1, skipped as queued or running 1, failed to submit 0" in out
+
+
+def test_running_again_submits_nothing_twice(cli, experiments: Path) -> None:
+    fake = FakeSlurm()
+    argv = grid(experiments, "--distillations", "featuremap", "--runs", "2")
+    cli(argv, fake)
+    status, out, _ = cli(argv, fake)
+    assert status == 0 and len(fake.submitted) == 3
+    # The students are queued; their teacher is looked at only when a student needs it.
+    assert "submitted 0 (teachers: 0), skipped as finished 0, skipped as queued or running 2" in out
+
+
+def test_max_queued_stops_submitting_and_says_what_remains(cli, experiments: Path) -> None:
+    fake = FakeSlurm(live={"1": RUNNING, "2": PENDING})  # the user's other jobs count too
+    status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "3", "--max_queued", "4"), fake)
+    assert status == 0
+    assert fake.names() == [TEACHER, f"{FEATUREMAP}/seed0"]
+    assert "--max_queued 4 reached: 2 runs remain; run runner.py again later" in out
+
+
+def test_dry_run_prints_the_scripts_and_submits_and_writes_nothing(cli, experiments: Path) -> None:
+    fake = FakeSlurm()
+    status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "2", "--dry_run"), fake)
+    assert status == 0 and fake.attempts == 0 and not experiments.exists()
+    assert f"would submit {TEACHER}\n#!/bin/bash\n" in out
+    assert f"would submit {FEATUREMAP}/seed1 after job dry-run-1\n" in out
+    assert out.count("#SBATCH --job-name=td.") == 3
+    assert "would submit 3 (teachers: 1)" in out
+
+
+def test_a_refused_submission_is_reported_with_the_schedulers_message(cli, experiments: Path) -> None:
+    fake = FakeSlurm(refuse=("featuremap/seed1",))
+    status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "3"), fake)
+    assert status == 1
+    assert fake.names() == [TEACHER, f"{FEATUREMAP}/seed0", f"{FEATUREMAP}/seed2"]
+    assert f"failed to submit {FEATUREMAP}/seed1: sbatch: error: Batch job submission failed: Invalid account" in out
+    assert not (experiments / FEATUREMAP / "seed1/job.json").exists()
+
+
+def test_a_teacher_that_cannot_be_submitted_fails_its_students_once(cli, experiments: Path) -> None:
+    fake = FakeSlurm(refuse=("teacher",))
+    status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "3"), fake)
+    assert status == 1 and fake.attempts == 1 and fake.submitted == []
+    assert out.count(f"its teacher {TEACHER} failed to submit: sbatch: error:") == 6  # progress line + summary, x3
+
+
+def test_only_one_runner_at_a_time(cli, experiments: Path) -> None:
+    with runner.exclusive(experiments):
+        status, _, err = cli(grid(experiments), FakeSlurm())
+    assert status == 2 and "another runner.py is working on" in err
+
+
+# ---------------------------------------------------------------- the real scheduler classes, faked commands
+
+def test_slurm_commands(cli, tmp_path: Path, experiments: Path, fake_bin: Path) -> None:
+    queue = tmp_path / "queue"
+    queue.write_text("")
+    tool(fake_bin, "sbatch", f'echo "$*" >> {tmp_path}/sbatch.log\n'
+                             f'echo "$((200 + $(wc -l < {tmp_path}/sbatch.log)));dev"\n')
+    tool(fake_bin, "squeue", f'echo "$*" > {tmp_path}/squeue.args\ncat {queue}\n')
+    argv = grid(experiments, "--distillations", "featuremap", "--runs", "2")
+
+    status, out, _ = cli(argv)
+
+    assert status == 0
+    assert (tmp_path / "sbatch.log").read_text().splitlines() == [
+        f"--parsable {experiments}/{TEACHER}/run.job",
+        f"--parsable --dependency=afterok:201 --kill-on-invalid-dep=yes {experiments}/{FEATUREMAP}/seed0/run.job",
+        f"--parsable --dependency=afterok:201 --kill-on-invalid-dep=yes {experiments}/{FEATUREMAP}/seed1/run.job"]
+    assert "--states=all --user tester" in (tmp_path / "squeue.args").read_text()
+    assert json.loads((experiments / FEATUREMAP / "seed1/job.json").read_text())["job_id"] == "203"
+
+    queue.write_text("201 COMPLETED\n202 REQUEUED\n203 CONFIGURING\n999 PENDING\n")
+    assert SlurmScheduler("tester").live_jobs() == {"202": PENDING, "203": RUNNING, "999": PENDING}
+    status, out, _ = cli(argv)
+    assert status == 0 and len((tmp_path / "sbatch.log").read_text().splitlines()) == 3
+    assert f"pending      {FEATUREMAP}/seed0  job 202" in out and f"running      {FEATUREMAP}/seed1  job 203" in out
+
+
+def test_slurm_refusals_and_an_unreachable_queue(cli, experiments: Path, fake_bin: Path) -> None:
+    tool(fake_bin, "squeue", "")
+    tool(fake_bin, "sbatch", 'echo "sbatch: error: invalid partition specified: gpu" >&2; exit 1\n')
+    status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "1", "--partition", "gpu"))
+    assert status == 1
+    assert (f"failed to submit {FEATUREMAP}/seed0: its teacher {TEACHER} failed to submit: "
+            "sbatch: error: invalid partition specified: gpu") in out
+
+    tool(fake_bin, "squeue", 'echo "slurm_load_jobs error: Unable to contact slurm controller" >&2; exit 1\n')
+    status, _, err = cli(grid(experiments, "--distillations", "featuremap", "--runs", "1"))
+    assert status == 1
+    assert err == ("runner.py: error: cannot list the queue, so nothing was submitted: "
+                   "slurm_load_jobs error: Unable to contact slurm controller\n")
+
+
+def test_without_any_scheduler_a_dry_run_still_works(cli, experiments: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "1", "--dry_run"))
+    assert status == 0 and "warning: cannot list the queue (squeue not found" in out and "would submit 2" in out
+    status, _, err = cli(grid(experiments, "--distillations", "featuremap", "--runs", "1"))
+    assert status == 1 and "squeue not found: run this on the cluster's login node" in err
+
+
+def test_pbs_commands(cli, tmp_path: Path, experiments: Path, fake_bin: Path) -> None:
+    queue = tmp_path / "queue"
+    queue.write_text("")
+    tool(fake_bin, "qsub", f'echo "$*" >> {tmp_path}/qsub.log\necho "$((3000 + $(wc -l < {tmp_path}/qsub.log))).pbs01"\n')
+    tool(fake_bin, "qstat", f'cat {queue}\n')
+    argv = grid(experiments, "--scheduler", "pbs", "--distillations", "featuremap", "--runs", "1", "--partition", "gpuvolta",
+                "--account", "ab12", "--time", "1-02:00:00", "--mem", "32G")
+
+    assert cli(argv)[0] == 0
+
+    assert (tmp_path / "qsub.log").read_text().splitlines() == [
+        f"{experiments}/{TEACHER}/run.job",
+        f"-W depend=afterok:3001 {experiments}/{FEATUREMAP}/seed0/run.job"]
+    script = (experiments / FEATUREMAP / "seed0/run.job").read_text()
+    for line in ("#PBS -N td.digits.ResNetBaby-ResNetBaby.featuremap.seed0", "#PBS -q gpuvolta", "#PBS -P ab12",
+                 "#PBS -l select=1:ncpus=4:mem=32GB:ngpus=1", "#PBS -l walltime=26:00:00",
+                 f"#PBS -o {experiments}/{FEATUREMAP}/seed0/", f"#PBS -e {experiments}/{FEATUREMAP}/seed0/"):
+        assert line + "\n" in script
+    assert "#SBATCH" not in script
+
+    queue.write_text(
+        "\npbs01:\n                                                            Req'd  Req'd   Elap\n"
+        "Job ID          Username Queue    Jobname    SessID NDS TSK Memory Time  S Time\n"
+        "--------------- -------- -------- ---------- ------ --- --- ------ ----- - -----\n"
+        "3001.pbs01      tester   gpuvolta td.digits.  12345   1   4   32gb 26:00 R 00:01\n"
+        "3002.pbs01      tester   gpuvolta td.digits.    --    1   4   32gb 26:00 H   -- \n")
+    assert PbsScheduler("tester").live_jobs() == {"3001": RUNNING, "3002": PENDING}
+    status, out, _ = cli(argv)
+    assert status == 0 and len((tmp_path / "qsub.log").read_text().splitlines()) == 2
+    assert f"pending      {FEATUREMAP}/seed0  job 3002" in out
+
+
+def test_local_scheduler_runs_the_grid_here(cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    python = tmp_path / "python"
+    python.write_text(FAKE_TRAINING)
+    python.chmod(0o755)
+    argv = grid(experiments, "--scheduler", "local", "--parallel", "2", "--python", str(python),
+                "--distillations", "featuremap", "--runs", "2")
+
+    status, out, _ = cli(argv)
+
+    assert status == 0, out
+    for name in (TEACHER, f"{FEATUREMAP}/seed0", f"{FEATUREMAP}/seed1"):
+        assert (experiments / name / "metrics.json").exists()  # students found their teacher's weights
+        assert json.loads((experiments / name / "job.json").read_text())["scheduler"] == "local"
+        assert (experiments / name / "local.out").exists()
+    assert "submitted 0" in cli(argv)[1]
+
+    monkeypatch.setenv("FAKE_TRAINING", "fail_teacher")
+    status, out, _ = cli(grid(experiments, "--scheduler", "local", "--python", str(python), "--distillations", "kd",
+                              "--runs", "1", "--dataset", "cifar10"))
+    assert status == 1
+    assert "failed to submit cifar10/ResNetBaby-ResNetBaby/kd/seed0: not run: job local-" in out
+    assert "failed while running cifar10/teacher/ResNetBaby/seed0: exit status 1, see its local.out" in out
+
+
+# ---------------------------------------------------------------- status, cancel, clean
+
+def test_status_table(cli, experiments: Path) -> None:
+    make_run(experiments, TEACHER, "metrics.json", "ResNetBaby.pth", job="10", best=91.234)
+    make_run(experiments, f"{FEATUREMAP}/seed0", "config.json", "last.pt", job="11")
+    make_run(experiments, f"{FEATUREMAP}/seed1", job="12")
+    make_run(experiments, f"{FEATUREMAP}/seed2", "config.json", "last.pt", job="13")
+    fake = FakeSlurm(live={"11": RUNNING, "12": PENDING})
+
+    status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "4", "--status"), fake)
+
+    assert status == 0 and fake.attempts == 0
+    rows = [line.split() for line in out.splitlines()]
+    assert rows[0] == ["state", "job", "best", "acc", "run"]
+    assert rows[1:6] == [["finished", "10", "91.23", TEACHER], ["running", "11", f"{FEATUREMAP}/seed0"],
+                         ["pending", "12", f"{FEATUREMAP}/seed1"], ["failed", "(TIMEOUT)", "13", f"{FEATUREMAP}/seed2"],
+                         ["not", "started", f"{FEATUREMAP}/seed3"]]
+    assert rows[6] == "finished 1, running 1, pending 1, failed 1, not started 1".split()
+
+
+def test_cancel_cancels_only_the_live_jobs_runner_recorded(cli, experiments: Path) -> None:
+    make_run(experiments, "a/seed0", "config.json", job="11")
+    make_run(experiments, "b/seed0", "config.json", job="12")
+    make_run(experiments, "c/seed0", "metrics.json", job="13")
+    # 13 has finished and its job is ending; 99 is not this project's.
+    fake = FakeSlurm(live={"11": RUNNING, "13": RUNNING, "99": PENDING})
+    status, out, _ = cli(["--cancel", "--experiments_dir", str(experiments)], fake)
+    assert status == 0 and fake.cancelled == ["11"] and "cancelled 1 jobs" in out
+
+
+def test_clean_deletes_only_unfinished_runs_without_a_live_job(cli, experiments: Path) -> None:
+    finished = make_run(experiments, "done/seed0", "metrics.json", "last.pt", "config.json")
+    crashed = make_run(experiments, "crashed/deep/seed0", "config.json", "last.pt", job="5")
+    live = make_run(experiments, "live/seed0", "config.json", job="6")
+    around = make_run(experiments, "outer", "config.json")  # holds a finished run below it
+    make_run(experiments, "outer/inner", "metrics.json")
+    fake = FakeSlurm(live={"6": RUNNING})
+
+    assert runner.clean(experiments, fake, confirm=lambda question: False, out=lambda line: None) == []
+    assert crashed.exists()
+    status, err = cli(["--clean", "--experiments_dir", str(experiments)], fake)[::2]
+    assert status == 2 and "pass --yes" in err and crashed.exists()  # no terminal to ask
+
+    status, out, _ = cli(["--clean", "--yes", "--experiments_dir", str(experiments)], fake)
+
+    assert status == 0 and "deleted 1 run folders" in out
+    assert not (experiments / "crashed").exists()  # nor the folders that only held it
+    assert (finished / "metrics.json").exists() and (finished / "last.pt").exists()
+    assert (live / "config.json").exists() and (around / "config.json").exists()

@@ -1,0 +1,199 @@
+"""End to end on digits: a teacher, every distillation variant, resume, finished runs, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import tucker_distillation
+from tests.conftest import STUDENT, TEACHER, TINY, run_training
+from toolbox.errors import DivergedError, UsageError
+from toolbox.models import build_model
+from toolbox.training import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_FILES = {"config.json", "metrics.json", "last.pt", f"{STUDENT}.pth", "Loss.png", "Accuracy.png"}
+HISTORY = ("train_hard_loss", "train_soft_loss", "train_acc", "test_loss", "test_acc")
+
+
+def teacher_flags(digits_teacher: tuple[Path, dict]) -> list[str]:
+    checkpoint = digits_teacher[0] / "digits" / "teacher" / TEACHER / "seed0" / f"{TEACHER}.pth"
+    return ["--teacher", TEACHER, "--student", STUDENT, "--teacher_checkpoint", str(checkpoint)]
+
+
+def test_teacher_learns_digits(digits_teacher: tuple[Path, dict]) -> None:
+    experiments, metrics = digits_teacher
+    assert metrics["best_test_acc"] >= 90.0
+    run = experiments / "digits" / "teacher" / TEACHER / "seed0"
+    assert {"config.json", "metrics.json", f"{TEACHER}.pth", "Loss.png", "Accuracy.png"} <= {p.name for p in run.iterdir()}
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["distillation"] == "none" and saved["environment"]["torch"] == torch.__version__
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        ["--distillation", "featuremap"],
+        ["--distillation", "featuremap", "--loss", "l2"],
+        ["--distillation", "tucker", "--ranks", "BATCH_SIZE,16,8,8"],
+        ["--distillation", "tucker", "--tucker_backend", "tensorly"],
+        ["--distillation", "tucker_recomp", "--recomp_target", "teacher"],
+        ["--distillation", "tucker_recomp", "--recomp_target", "student"],
+        ["--distillation", "tucker_recomp", "--recomp_target", "both", "--ranks", "BATCH_SIZE,8,8,8"],
+        ["--distillation", "kd"],
+        ["--distillation", "noise"],
+    ],
+    ids=lambda v: "-".join(a.strip("-") for a in v[1::2]),
+)
+def test_each_variant_writes_a_finished_run(tmp_path: Path, digits_teacher: tuple[Path, dict], variant: list[str]) -> None:
+    metrics = run_training(tmp_path, *variant, *teacher_flags(digits_teacher), "--epochs", "2", "--max_batches", "4",
+                           "--experiment_name", "run")
+    run = tmp_path / "run"
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert all(len(saved[key]) == 2 for key in HISTORY)
+    assert all(value > 0 for value in saved["train_soft_loss"])  # the distillation loss really ran
+    assert 0 <= saved["best_test_acc"] <= 100 and saved["best_test_acc"] == max(saved["test_acc"])
+    best = torch.load(run / f"{STUDENT}.pth", weights_only=True)
+    build_model(STUDENT, 10).load_state_dict(best["weights"])
+    assert json.loads((run / "config.json").read_text())["config"]["beta"] == (1.0 if "kd" in variant else 125.0)
+
+
+def test_default_run_name_and_teacher_path(tmp_path: Path, digits_teacher: tuple[Path, dict]) -> None:
+    run_training(tmp_path, "--distillation", "tucker_recomp", "--recomp_target", "both", "--ranks", "BATCH_SIZE,24,8,8",
+                 *teacher_flags(digits_teacher), "--epochs", "1", "--max_batches", "1", "--seed", "4")
+    assert (tmp_path / f"digits/{TEACHER}-{STUDENT}/tucker_recomp/both/B-24-8-8/seed4/metrics.json").exists()
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = ["--distillation", "none", "--student", STUDENT, "--epochs", "3", "--max_batches", "3"]
+    uninterrupted = run_training(tmp_path / "a", *flags)
+
+    original_test = Trainer.test
+
+    def crash_in_second_epoch(self: Trainer) -> dict:
+        if self.epoch == 1:
+            raise KeyboardInterrupt  # as if the process were killed mid-epoch
+        return original_test(self)
+
+    monkeypatch.setattr(Trainer, "test", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(tmp_path / "b", *flags)
+    run = tmp_path / "b" / "digits" / "teacher" / STUDENT / "seed0"
+    assert not (run / "metrics.json").exists()
+    assert len(torch.load(run / "last.pt", weights_only=True)["history"]["test_acc"]) == 1
+
+    monkeypatch.setattr(Trainer, "test", original_test)
+    resumed = run_training(tmp_path / "b", *flags)
+    assert len(resumed["test_acc"]) == 3
+    for key in HISTORY:
+        assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-4, abs=1e-6)
+
+
+def test_finished_run_is_left_untouched(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    flags = ["--distillation", "none", "--student", STUDENT, "--epochs", "1", "--max_batches", "1", "--experiment_name", "done"]
+    first = run_training(tmp_path, *flags)
+    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "done").iterdir()}
+    capsys.readouterr()
+    assert run_training(tmp_path, *flags) == json.loads(json.dumps(first))
+    assert "has finished already" in capsys.readouterr().out
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "done").iterdir()} == files
+
+
+def test_divergence_stops_and_keeps_the_last_good_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original_step = Trainer.step
+
+    def nan_in_second_epoch(self: Trainer, images: torch.Tensor, labels: torch.Tensor):
+        hard, soft, correct = original_step(self, images, labels)
+        return (hard * float("nan"), soft, correct) if self.epoch == 1 else (hard, soft, correct)
+
+    monkeypatch.setattr(Trainer, "step", nan_in_second_epoch)
+    with pytest.raises(DivergedError, match="diverged in epoch 2.*keeps the last good epoch \\(1\\)"):
+        run_training(tmp_path, "--distillation", "none", "--student", STUDENT, "--epochs", "3", "--max_batches", "2",
+                     "--experiment_name", "nan")
+    state = torch.load(tmp_path / "nan" / "last.pt", weights_only=True)
+    assert len(state["history"]["test_acc"]) == 1 and not (tmp_path / "nan" / "metrics.json").exists()
+
+
+def test_signal_saves_and_exits_75_then_the_rerun_finishes(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "tucker_distillation.py"), *TINY, "--distillation", "none", "--student", STUDENT,
+               "--epochs", "30", "--max_batches", "2", "--experiments_dir", str(tmp_path), "--experiment_name", "sig"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "sig" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr
+    assert "SIGUSR1" in stderr and "rerun the same command to resume" in stderr
+    assert not (tmp_path / "sig" / "metrics.json").exists()
+    epochs_done = len(torch.load(last, weights_only=True)["history"]["test_acc"])
+    assert 1 <= epochs_done < 30
+
+    other_flags = subprocess.run([*command, "--lr", "0.01"], cwd=ROOT, capture_output=True, text=True)
+    assert other_flags.returncode == 2 and "other flags (--lr 0.05 -> 0.01)" in other_flags.stderr
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert f"resuming {tmp_path / 'sig'} after epoch {epochs_done} of 30" in finished.stdout
+    assert len(json.loads((tmp_path / "sig" / "metrics.json").read_text())["test_acc"]) == 30
+
+
+# --- bad input: one line, a non-zero exit, nothing lost --------------------------------------
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "--epochs must be a positive integer; got 0"),
+        (["--batch_size", "-5"], "--batch_size must be a positive integer"),
+        (["--lr", "0"], "--lr must be positive"),
+        (["--lr", "abc"], "argument --lr: invalid float value"),
+        (["--experiment_name", "../escape"], "--experiment_name must be a relative path"),
+        (["--experiment_name", "/tmp/abs"], "--experiment_name must be a relative path"),
+        (["--experiment_name", "a b;rm -rf x"], "--experiment_name must be a relative path"),
+        (["--ranks", "BATCH_SIZE,32,8"], "--ranks needs 4 comma-separated ranks"),
+        (["--distillation", "magic"], "argument --distillation: invalid choice"),
+        (["--device", "tpu"], "--device must be"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        status = tucker_distillation.main([*TINY, "--experiments_dir", str(tmp_path), "--distillation", "none", *flags])
+        raise SystemExit(status)
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr and len(stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.rglob("*.pt"))
+
+
+def test_rank_above_the_channels_names_the_flag(tmp_path: Path, digits_teacher: tuple[Path, dict]) -> None:
+    with pytest.raises(UsageError, match="--ranks: the channel rank 65 exceeds"):
+        run_training(tmp_path, "--ranks", "BATCH_SIZE,65,8,8", *teacher_flags(digits_teacher), "--epochs", "1")
+
+
+def test_missing_teacher_prints_the_command_that_trains_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    status = tucker_distillation.main([*TINY, "--experiments_dir", str(tmp_path), "--teacher", "ResNet32", "--student", STUDENT])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    expected_path = tmp_path / "digits" / "teacher" / "ResNet32" / "seed0" / "ResNet32.pth"
+    assert f"teacher checkpoint {expected_path} not found" in err
+    assert (f"python tucker_distillation.py --distillation none --dataset digits --student ResNet32 --seed 0 "
+            f"--experiments_dir {tmp_path}") in err
+
+
+@pytest.mark.parametrize("teacher, classes", [("ResNet56", 10), (TEACHER, 100)])  # wrong depth; wrong classes
+def test_wrong_teacher_checkpoint_is_a_clear_error(tmp_path: Path, teacher: str, classes: int) -> None:
+    checkpoint = tmp_path / "wrong.pth"
+    torch.save({"weights": build_model(TEACHER, classes).state_dict()}, checkpoint)
+    with pytest.raises(UsageError, match=f"--teacher_checkpoint \\({teacher}, 10 classes\\) .*wrong.pth does not fit"):
+        run_training(tmp_path, "--teacher", teacher, "--student", STUDENT, "--teacher_checkpoint", str(checkpoint))
+    checkpoint.write_bytes(b"garbage")
+    with pytest.raises(UsageError, match="does not fit"):
+        run_training(tmp_path, "--teacher", TEACHER, "--student", STUDENT, "--teacher_checkpoint", str(checkpoint))

@@ -1,0 +1,397 @@
+"""The study's tables and curves, aggregated from the run folders under an experiments folder.
+
+Only each run's ``config.json`` and ``metrics.json`` are read (see ``toolbox.rundir``): a copy of
+``experiments/`` without checkpoints is enough, and a run counts once its ``metrics.json`` exists,
+so a job still training never shows up as a result.
+
+Runs are grouped into configurations by the flags that change the experiment. Runtime flags and
+the seed never split a configuration, and neither do flags a method ignores (the ranks saved with
+a featuremap run, the reconstruction target of a plain tucker run): see ``METHOD_FIELDS``.
+Configurations are named as in the original study's table (``featuremap``, ``tucker_x0.5``,
+``recomp_both_x0.25``: channel rank over the channels of the distilled map); a label adds the
+other flags in which the configurations of a folder differ (``tucker_x0.5 (beta=50)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+
+from toolbox.config import RUNTIME_FIELDS, Config
+from toolbox.distillation import DISTILLERS
+from toolbox.errors import UsageError
+from toolbox.models import STAGE_STRIDES, STAGE_WIDTHS
+from toolbox.rundir import CONFIG_FILE, RunDir, ranks_tag
+from toolbox.tucker import Ranks, parse_ranks
+
+IMAGE_SIZE = 32  # every data set is fed as 3x32x32 images (see toolbox.data_loader)
+
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "featuremap": ("feature_layer", "loss", "beta"),
+    "tucker": ("feature_layer", "loss", "beta", "ranks", "tucker_backend", "hooi_iters"),
+    "tucker_recomp": ("feature_layer", "loss", "beta", "ranks", "recomp_target", "tucker_backend", "hooi_iters"),
+    "kd": ("beta", "kd_temperature"),
+    "noise": ("feature_layer", "loss", "beta", "noise_std"),
+}
+"""The method-specific flags each distillation method reads; the others are ignored for it."""
+
+METHOD_SPECIFIC = frozenset(field for fields in METHOD_FIELDS.values() for field in fields)
+NOT_FLAGS = RUNTIME_FIELDS | {"seed", "experiment_name"}
+SHOWN_FLAGS = ("distillation", "dataset", "teacher", "student", "ranks", "recomp_target", "epochs")
+"""Always in the compact summary; other flags appear only where configurations differ in them."""
+NAMED_FLAGS = frozenset({"distillation", "ranks", "recomp_target", "noise_std"})
+"""Flags that a configuration's name already spells out."""
+
+CURVES = {
+    "test_acc": "test accuracy (%)",
+    "train_acc": "train accuracy (%)",
+    "test_loss": "test cross-entropy",
+    "train_hard_loss": "train cross-entropy",
+    "train_soft_loss": "train distillation loss",
+}
+BASELINES = {"featuremap": "featuremap", "plain": "none"}
+"""``diff_<name>`` summary column -> distillation method of the configuration compared against."""
+
+NAME_COLUMNS = ("method", "family", "label", "details", "key")
+RUN_STATS = ("seed", "best_test_acc", "final_test_acc", "best_epoch", "wall_time_s")
+SUMMARY_NUMBERS = ("runs", "best_test_acc_mean", "best_test_acc_std", "final_test_acc_mean", "final_test_acc_std",
+                   "max_mean_test_acc")
+SUMMARY_STATS = ("runs", "seeds", *SUMMARY_NUMBERS[1:], *(f"diff_{name}" for name in BASELINES))
+PENDING_COLUMNS = ("run", "status", "distillation", "dataset", "teacher", "student", "seed", "epochs")
+NOT_FLAG_COLUMNS = frozenset({"run", *NAME_COLUMNS, *RUN_STATS, *SUMMARY_STATS, *CURVES})
+
+
+def feature_map_shape(feature_layer: int) -> tuple[int, int, int]:
+    """(C, H, W) of a stage of the CIFAR ResNets, e.g. (64, 8, 8) for layer3."""
+    size = IMAGE_SIZE // math.prod(STAGE_STRIDES[:feature_layer])
+    return STAGE_WIDTHS[feature_layer - 1], size, size
+
+
+def _keeps_other_modes_whole(ranks: Ranks, feature_layer: int) -> bool:
+    """The original's Tucker runs truncated the channel mode only."""
+    _, height, width = feature_map_shape(feature_layer)
+    return ranks[0] is None and tuple(ranks[2:]) == (height, width)
+
+
+def family(config: Mapping[str, Any]) -> str:
+    """A configuration's name without its setting: ``tucker``, ``recomp_both``, ``noise``,
+    ``plain`` (training without a teacher), or the distillation method."""
+    distillation = config["distillation"]
+    if distillation == "tucker_recomp":
+        return f"recomp_{config['recomp_target']}"
+    return "plain" if distillation == "none" else distillation
+
+
+def method_name(config: Mapping[str, Any]) -> str:
+    """The original's name for a configuration: ``featuremap``, ``tucker_x0.5`` (channel rank over
+    channels), ``recomp_both_x0.25``, ``noise_std1``, ``kd``, ``plain``. Tucker ranks that truncate
+    more than the channel mode are appended (``tucker_x0.5_B-32-4-4``)."""
+    name = family(config)
+    if config["distillation"] == "noise":
+        return f"{name}_std{config['noise_std']:g}"
+    if config["distillation"] in ("tucker", "tucker_recomp"):
+        ranks = parse_ranks(config["ranks"])
+        fraction = ranks[1] / feature_map_shape(config["feature_layer"])[0]
+        suffix = "" if _keeps_other_modes_whole(ranks, config["feature_layer"]) else f"_{ranks_tag(config['ranks'])}"
+        return f"{name}_x{fraction:g}{suffix}"
+    return name
+
+
+def identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags that make a run's configuration, in ``Config`` order, those its method ignores
+    set to None. A method missing from ``METHOD_FIELDS`` keeps all its flags, so that the runs of
+    a new method are split too finely rather than mixed."""
+    distillation = config["distillation"]
+    relevant = set(METHOD_FIELDS.get(distillation, METHOD_SPECIFIC))
+    if distillation not in DISTILLERS or DISTILLERS[distillation].needs_teacher:
+        relevant.add("teacher")
+    order = {field.name: index for index, field in enumerate(dataclasses.fields(Config))}
+    flags = sorted((k for k in config if k not in NOT_FLAGS), key=lambda k: (order.get(k, len(order)), k))
+    optional = METHOD_SPECIFIC | {"teacher"}
+    return {k: config[k] if k not in optional or k in relevant else None for k in flags}
+
+
+def flag_columns(table: pd.DataFrame) -> list[str]:
+    """The configuration flags among the columns of a run or summary table."""
+    return [c for c in table.columns if c not in NOT_FLAG_COLUMNS]
+
+
+def _table(records: list[dict[str, Any]], numeric: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
+    """Flags stay Python objects (an ignored flag stays None, an integer stays an integer);
+    the statistics become numbers."""
+    table = pd.DataFrame(records, dtype=object) if records else pd.DataFrame(columns=list(columns), dtype=object)
+    for column in numeric:
+        table[column] = pd.to_numeric(table[column])
+    return table
+
+
+def _isset(value: Any) -> bool:
+    """False for a flag the method ignores (None, or NaN once pandas has been through it)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _with_labels(finished: pd.DataFrame) -> pd.DataFrame:
+    """``details``: the flags, beyond those in the name, in which the configurations of the same
+    family (all tucker runs, all recomp_both runs, all plain runs, ...) differ; ``label``: name and
+    details, which tells every configuration apart and draws each family's rank curve as one line."""
+    flags = [c for c in flag_columns(finished) if c not in NAMED_FLAGS]
+    varying = {
+        name: [c for c in flags if members[c].dropna().nunique() > 1]
+        for name, members in finished.groupby("family", sort=False)
+    }
+    finished["details"] = [
+        ", ".join(f"{c}={row[c]}" for c in varying[row["family"]] if _isset(row[c])) for _, row in finished.iterrows()
+    ]
+    finished["label"] = [
+        f"{method} ({details})" if details else method for method, details in zip(finished["method"], finished["details"])
+    ]
+    return finished
+
+
+@dataclass
+class Runs:
+    """The runs under one experiments folder: ``finished`` has a row per run (name, flags, seed,
+    accuracies, and each curve of ``metrics.json`` as a list); ``pending`` lists the runs without
+    results, unfinished or unreadable, with a ``status``."""
+
+    folder: Path
+    finished: pd.DataFrame
+    pending: pd.DataFrame
+
+
+def _run_record(name: str, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
+    flags = identity(config)
+    return {
+        "run": name,
+        "method": method_name(config),
+        "family": family(config),
+        "key": json.dumps(flags, sort_keys=True),
+        **flags,
+        "seed": config["seed"],
+        "best_test_acc": metrics["best_test_acc"],
+        "final_test_acc": metrics["test_acc"][-1],
+        "best_epoch": metrics["best_epoch"],
+        "wall_time_s": metrics["wall_time_s"],
+        **{curve: list(metrics[curve]) for curve in CURVES},
+    }
+
+
+def load_runs(experiments_dir: str | Path) -> Runs:
+    """Every run folder (a folder with ``config.json``) under ``experiments_dir``; a run whose
+    files cannot be read is listed as pending with the reason, not dropped."""
+    folder = Path(experiments_dir)
+    if not folder.is_dir():
+        raise UsageError(f"experiments folder {folder} does not exist (set EXPERIMENTS_DIR to a folder of runs)")
+    finished, pending = [], []
+    for config_path in sorted(folder.rglob(CONFIG_FILE)):
+        run = RunDir(config_path.parent)
+        name = run.path.relative_to(folder).as_posix()
+        try:
+            config = run.read_json(run.config)["config"]
+            metrics = run.read_json(run.metrics)
+            if metrics is None:
+                pending.append({"run": name, "status": "unfinished", **{k: config.get(k) for k in PENDING_COLUMNS[2:]}})
+            else:
+                finished.append(_run_record(name, config, metrics))
+        except (UsageError, KeyError, TypeError, IndexError, ValueError) as error:
+            pending.append({"run": name, "status": f"unreadable ({type(error).__name__}: {error})"})
+    empty_columns = ["run", *NAME_COLUMNS, *SHOWN_FLAGS, "feature_layer", *RUN_STATS, *CURVES]
+    finished_table = _with_labels(_table(finished, RUN_STATS, empty_columns))
+    return Runs(folder, finished_table, pd.DataFrame(pending, columns=list(PENDING_COLUMNS)))
+
+
+def describe(runs: Runs) -> str:
+    """One line saying what the folder holds, and plainly when there is nothing to summarise."""
+    without = f"{len(runs.pending)} without results"
+    if runs.finished.empty:
+        return f"No finished runs under {runs.folder} ({without}): nothing to summarise yet."
+    configurations = runs.finished["key"].nunique()
+    return f"{len(runs.finished)} finished runs in {configurations} configurations under {runs.folder}; {without}."
+
+
+def _curve_stack(group: pd.DataFrame, curve: str) -> pd.DataFrame:
+    """Runs as rows, epochs as columns; a run shorter than the others leaves NaN, which the
+    statistics skip."""
+    return pd.DataFrame(group[curve].tolist())
+
+
+def summarize(runs: Runs) -> pd.DataFrame:
+    """One row per configuration; within each data set, the best mean best-accuracy first.
+
+    ``*_std`` are sample standard deviations over seeds (NaN for a single run);
+    ``max_mean_test_acc`` is the original's statistic, the maximum over epochs of the mean test
+    accuracy curve; ``diff_featuremap`` and ``diff_plain`` are differences in mean best accuracy
+    to the baseline configuration (see ``baseline``), NaN where there is none.
+    """
+    finished = runs.finished
+    flags = flag_columns(finished)
+    rows = []
+    for key, group in finished.groupby("key", sort=False):
+        first = group.iloc[0]
+        rows.append({
+            **{c: first[c] for c in (*NAME_COLUMNS, *flags)},
+            "runs": len(group),
+            "seeds": ",".join(str(s) for s in sorted(group["seed"])),
+            "best_test_acc_mean": group["best_test_acc"].mean(),
+            "best_test_acc_std": group["best_test_acc"].std(ddof=1),
+            "final_test_acc_mean": group["final_test_acc"].mean(),
+            "final_test_acc_std": group["final_test_acc"].std(ddof=1),
+            "max_mean_test_acc": _curve_stack(group, "test_acc").mean().max(),
+        })
+    summary = _table(rows, SUMMARY_NUMBERS, [*NAME_COLUMNS, *flags, *SUMMARY_STATS[:-len(BASELINES)]])
+    for name, distillation in BASELINES.items():
+        summary[f"diff_{name}"] = pd.Series([
+            row["best_test_acc_mean"] - base["best_test_acc_mean"] if (base := baseline(summary, row, distillation)) is not None else np.nan
+            for _, row in summary.iterrows()
+        ], index=summary.index, dtype=float)
+    if summary.empty:
+        return summary
+    return summary.sort_values(["dataset", "best_test_acc_mean"], ascending=[True, False], kind="stable", ignore_index=True)
+
+
+def baseline(summary: pd.DataFrame, row: pd.Series, distillation: str) -> Optional[pd.Series]:
+    """The configuration of method ``distillation`` that ``row`` is compared against: same data
+    set, student and schedule, and same teacher when both have one. Where several qualify, the one
+    that also agrees on the other flags both use (loss, beta, feature layer); None when that
+    leaves none or several."""
+    flags = flag_columns(summary)
+    shared = [f for f in flags if f not in METHOD_SPECIFIC and f != "distillation"]
+    candidates = summary[summary["distillation"] == distillation]
+    candidates = candidates[[_agree(row, base, shared) for _, base in candidates.iterrows()]]
+    if len(candidates) > 1:
+        specific = [f for f in flags if f in METHOD_SPECIFIC]
+        candidates = candidates[[_agree(row, base, specific) for _, base in candidates.iterrows()]]
+    return candidates.iloc[0] if len(candidates) == 1 else None
+
+
+def _agree(a: pd.Series, b: pd.Series, flags: Sequence[str]) -> bool:
+    """Equal on every flag that both set."""
+    return all(a[f] == b[f] for f in flags if _isset(a[f]) and _isset(b[f]))
+
+
+def compact(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as shown and exported: name, the usual flags, the other flags in which
+    configurations differ, and the statistics."""
+    flags = flag_columns(summary)
+    shown = [f for f in flags if f in SHOWN_FLAGS or summary[f].dropna().nunique() > 1]
+    return summary[["method", *shown, *SUMMARY_STATS]]
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
+    """A GitHub Markdown table: numeric columns right-aligned, floats rounded, unset cells blank
+    (pandas' own ``to_markdown`` needs the optional ``tabulate`` package)."""
+
+    def cell(value: Any) -> str:
+        if not _isset(value):
+            return ""
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
+    lines = [
+        "| " + " | ".join(map(str, table.columns)) + " |",
+        "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
+        *("| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def export_summary(summary: pd.DataFrame, folder: str | Path, stem: str = "summary") -> list[Path]:
+    """Write the compact summary as ``<stem>.csv`` (full precision) and ``<stem>.md``; nothing for
+    an empty summary, so that pointing at the wrong folder never overwrites a good table."""
+    if summary.empty:
+        return []
+    table = compact(summary)
+    folder = Path(folder)
+    csv_path, markdown_path = folder / f"{stem}.csv", folder / f"{stem}.md"
+    table.to_csv(csv_path, index=False)
+    markdown_path.write_text(to_markdown(table))
+    return [csv_path, markdown_path]
+
+
+def curves(runs: Runs, curve: str) -> pd.DataFrame:
+    """Per configuration (``label``) and epoch (from 1): mean and sample standard deviation of
+    ``curve`` over its runs, and how many runs reached that epoch."""
+    if curve not in CURVES:
+        raise UsageError(f"curve must be one of {', '.join(CURVES)}; got {curve!r}")
+    frames = []
+    for label, group in runs.finished.groupby("label", sort=False):
+        stack = _curve_stack(group, curve)
+        frames.append(pd.DataFrame({
+            "label": label, "epoch": stack.columns + 1, "mean": stack.mean().values,
+            "std": stack.std(ddof=1).values, "runs": stack.count().values,
+        }))
+    columns = ["label", "epoch", "mean", "std", "runs"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def _no_data(ax: Axes, message: str) -> Axes:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    return ax
+
+
+def plot_curves(runs: Runs, curve: str, ax: Optional[Axes] = None, labels: Optional[Sequence[str]] = None) -> Axes:
+    """Mean ``curve`` per configuration with a band of one standard deviation; ``labels`` picks
+    the configurations to draw (all by default)."""
+    ax = ax or plt.subplots(figsize=(8, 5))[1]
+    table = curves(runs, curve)
+    if labels is not None:
+        table = table[table["label"].isin(labels)]
+    if table.empty:
+        return _no_data(ax, "no finished runs")
+    for label, line in table.groupby("label", sort=False):
+        band = line["std"].fillna(0)  # a single run has no spread to draw
+        ax.plot(line["epoch"], line["mean"], label=f"{label} (n={line['runs'].max()})")
+        ax.fill_between(line["epoch"], line["mean"] - band, line["mean"] + band, alpha=0.2)
+    ax.set(xlabel="epoch", ylabel=CURVES[curve], title=f"{CURVES[curve]}, mean ± 1 std over seeds")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def rank_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The Tucker configurations with their channel rank and the line each belongs to when
+    accuracy is drawn against rank: its variant (tucker, recomp_teacher, ...), the other modes'
+    ranks where they are truncated, and its details."""
+    rows = []
+    for _, row in summary[summary["distillation"].isin(["tucker", "tucker_recomp"])].iterrows():
+        ranks = parse_ranks(row["ranks"])
+        others = "" if _keeps_other_modes_whole(ranks, row["feature_layer"]) else " " + "-".join(
+            "B" if r is None else "r" if mode == 1 else str(r) for mode, r in enumerate(ranks))
+        rows.append({
+            "line": row["family"] + others + (f" ({row['details']})" if row["details"] else ""),
+            "channel_rank": ranks[1],
+            "channel_fraction": ranks[1] / feature_map_shape(row["feature_layer"])[0],
+            **{c: row[c] for c in ("best_test_acc_mean", "best_test_acc_std", "runs")},
+        })
+    columns = ["line", "channel_rank", "channel_fraction", "best_test_acc_mean", "best_test_acc_std", "runs"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["line", "channel_rank"], kind="stable", ignore_index=True)
+
+
+def plot_accuracy_vs_rank(summary: pd.DataFrame, ax: Optional[Axes] = None) -> Axes:
+    """Mean best test accuracy (± 1 std) against the channel rank, a line per Tucker variant,
+    the featuremap (dashed) and plain (dotted) configurations as horizontal references."""
+    ax = ax or plt.subplots(figsize=(8, 5))[1]
+    table = rank_table(summary)
+    if table.empty:
+        return _no_data(ax, "no finished tucker or tucker_recomp runs")
+    for line, points in table.groupby("line", sort=False):
+        ax.errorbar(points["channel_rank"], points["best_test_acc_mean"], yerr=points["best_test_acc_std"].fillna(0),
+                    marker="o", capsize=3, label=line)
+    for style, distillation in zip(("--", ":"), BASELINES.values()):
+        for _, row in summary[summary["distillation"] == distillation].iterrows():
+            ax.axhline(row["best_test_acc_mean"], linestyle=style, color="grey", linewidth=1)
+            ax.annotate(row["label"], (0, row["best_test_acc_mean"]), xycoords=("axes fraction", "data"),
+                        textcoords="offset points", xytext=(4, 2), fontsize="small", color="grey")
+    ax.set(xlabel="channel rank", ylabel="best test accuracy (%)", title="Accuracy against channel rank, mean ± 1 std over seeds")
+    ax.legend(fontsize="small")
+    return ax

@@ -1,0 +1,267 @@
+"""Batch schedulers behind one small interface, and the rendering of ``run.job``.
+
+``runner.py`` decides what to submit; a ``Scheduler`` only knows how: ``submit`` a script (after
+another job, optionally), list the user's ``live_jobs``, ``cancel`` jobs. SLURM and PBS are asked
+through their commands (``sbatch``/``squeue``/``scancel``, ``qsub``/``qstat``/``qdel``); ``local``
+runs the scripts on this machine for users without a cluster. Tests swap in a fake.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Iterable, Optional
+
+from toolbox.errors import UsageError
+
+RUNNING = "RUNNING"
+PENDING = "PENDING"
+"""The two states ``live_jobs`` reports: a job is on a node, or waiting (queued, held, requeued)."""
+
+DIRECTIVE_PREFIXES = ("#SBATCH", "#PBS")
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_RAW_VALUES = frozenset({"env_setup", "command"})
+"""Placeholders filled verbatim: the set-up line is shell code by design, the command is already quoted."""
+
+
+class SchedulerError(Exception):
+    """The scheduler refused a request or could not be asked; the message is its own words."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each job asks for; an empty (or zero) value leaves the directive out."""
+
+    partition: str = ""
+    account: str = ""
+    time: str = ""  # [D-]HH:MM:SS
+    gpus: int = 1
+    cpus: int = 4
+    mem: str = "16G"  # <number><K|M|G|T>
+    signal_seconds: int = 300  # SLURM: USR1 this long before the time limit
+
+
+def walltime_hours(time_limit: str) -> str:
+    """``[D-]HH:MM:SS`` as PBS wants it (hours may exceed 24): ``2-01:00:00`` -> ``49:00:00``."""
+    days, _, clock = time_limit.rpartition("-")
+    hours, minutes, seconds = clock.split(":")
+    return f"{int(days or 0) * 24 + int(hours):02d}:{minutes}:{seconds}"
+
+
+def render(template: str, directive: str, values: dict[str, str]) -> str:
+    """Fill ``run.job``: keep only the header lines of this scheduler (``directive``, e.g.
+    ``#SBATCH``; ``""`` keeps none), leave out a line whose value is empty, and shell-quote every
+    value except the raw ones. A value with a line break is refused: it would inject lines."""
+    lines = []
+    for line in template.splitlines():
+        prefix = line.split(" ", 1)[0]
+        if prefix in DIRECTIVE_PREFIXES and prefix != directive:
+            continue
+        names = _PLACEHOLDER.findall(line)
+        if any(values[name] == "" for name in names):
+            continue
+        for name in names:
+            if any(char in values[name] for char in "\n\r\0"):
+                raise UsageError(f"{name} must be one line; got {values[name]!r}")
+        lines.append(_PLACEHOLDER.sub(lambda m: _quoted(m[1], values[m[1]]), line))
+    return "\n".join(lines) + "\n"
+
+
+def _quoted(name: str, value: str) -> str:
+    return value if name in _RAW_VALUES else shlex.quote(value)
+
+
+def _run(command: list[str]) -> str:
+    """Run a scheduler command; its stdout, or ``SchedulerError`` with its own message."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise SchedulerError(f"{command[0]} not found: run this on the cluster's login node, "
+                             f"or choose another --scheduler (slurm, pbs, local)") from None
+    except subprocess.TimeoutExpired:
+        raise SchedulerError(f"{command[0]} did not answer within 120 s") from None
+    if done.returncode != 0:
+        message = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}")
+        raise SchedulerError(" ".join(message.split()))
+    return done.stdout
+
+
+class Scheduler(ABC):
+    """How jobs are submitted, listed and cancelled; ``directive`` picks run.job's header lines."""
+
+    name: ClassVar[str]
+    directive: ClassVar[str]
+
+    def header_values(self, resources: Resources, run_dir: Path) -> dict[str, str]:
+        """Values of this scheduler's header placeholders in run.job."""
+        return {}
+
+    @abstractmethod
+    def submit(self, script: Path, dependency: Optional[str] = None) -> str:
+        """Queue ``script``, to start only once job ``dependency`` has succeeded; the job id."""
+
+    @abstractmethod
+    def live_jobs(self) -> dict[str, str]:
+        """The user's queued and running jobs: job id -> ``RUNNING`` or ``PENDING``."""
+
+    @abstractmethod
+    def cancel(self, ids: Iterable[str]) -> None:
+        """Cancel these jobs."""
+
+    def final_states(self, ids: Iterable[str]) -> dict[str, str]:
+        """How ended jobs ended (e.g. ``TIMEOUT``, ``FAILED exit 1``), where the scheduler keeps
+        accounts; empty where it does not."""
+        return {}
+
+    def wait_all(self) -> dict[str, int]:
+        """Wait for the jobs this object started, where it runs them itself; the non-zero exit
+        statuses by job id. Batch schedulers return at once: their jobs outlive runner.py."""
+        return {}
+
+
+class SlurmScheduler(Scheduler):
+    name = "slurm"
+    directive = "#SBATCH"
+    _running_states = frozenset({"RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"})
+    _ended_states = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+                               "OUT_OF_MEMORY", "REVOKED"})
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+
+    def header_values(self, resources: Resources, run_dir: Path) -> dict[str, str]:
+        return {
+            "slurm_log": str(run_dir / "slurm-%j.out"),
+            "time": resources.time,
+            "partition": resources.partition,
+            "account": resources.account,
+            "gpus": str(resources.gpus or ""),
+            "cpus": str(resources.cpus or ""),
+            "mem": resources.mem,
+            "signal_seconds": str(resources.signal_seconds or ""),
+        }
+
+    def submit(self, script: Path, dependency: Optional[str] = None) -> str:
+        # kill-on-invalid-dep: if the teacher fails, its students leave the queue instead of
+        # waiting forever, and the next runner.py resubmits them with a new teacher job.
+        after = [f"--dependency=afterok:{dependency}", "--kill-on-invalid-dep=yes"] if dependency else []
+        return _run(["sbatch", "--parsable", *after, str(script)]).strip().split(";")[0]
+
+    def live_jobs(self) -> dict[str, str]:
+        # All states, not squeue's default few: a job between two states (being requeued, say)
+        # must still count as live, or it would be submitted twice. Only an ended job is not.
+        jobs = {}
+        for line in _run(["squeue", "--noheader", "--states=all", "--user", self.user, "--format=%i %T"]).splitlines():
+            job_id, state = line.split()
+            if state not in self._ended_states:
+                jobs[job_id] = RUNNING if state in self._running_states else PENDING
+        return jobs
+
+    def cancel(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        if ids:
+            _run(["scancel", *ids])
+
+    def final_states(self, ids: Iterable[str]) -> dict[str, str]:
+        ids = list(ids)
+        if not ids:
+            return {}
+        try:
+            out = _run(["sacct", "--noheader", "--allocations", "--parsable2",
+                        "--format=JobID,State,ExitCode", "--jobs", ",".join(ids)])
+        except SchedulerError:
+            return {}  # no accounting on this cluster
+        states = {}
+        for line in out.splitlines():
+            job_id, state, exit_code = line.split("|")
+            status = exit_code.split(":")[0]
+            states[job_id] = state.split()[0] + (f" exit {status}" if status not in ("", "0") else "")
+        return states
+
+
+class PbsScheduler(Scheduler):
+    """PBS Pro / OpenPBS. Job ids are kept as their sequence number (``1234`` of
+    ``1234.server``), which PBS accepts everywhere and which survives qstat's column widths."""
+
+    name = "pbs"
+    directive = "#PBS"
+    _running_states = frozenset({"R", "E"})
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+
+    def header_values(self, resources: Resources, run_dir: Path) -> dict[str, str]:
+        select = f"1:ncpus={resources.cpus or 1}"
+        if resources.mem:
+            select += f":mem={resources.mem}B"
+        if resources.gpus:
+            select += f":ngpus={resources.gpus}"
+        return {
+            "log_dir": f"{run_dir}/",  # a folder: PBS names the files <job name>.o<id> / .e<id>
+            "partition": resources.partition,
+            "account": resources.account,
+            "pbs_select": select,
+            "pbs_walltime": walltime_hours(resources.time) if resources.time else "",
+        }
+
+    def submit(self, script: Path, dependency: Optional[str] = None) -> str:
+        after = ["-W", f"depend=afterok:{dependency}"] if dependency else []
+        return _run(["qsub", *after, str(script)]).strip().split(".")[0]
+
+    def live_jobs(self) -> dict[str, str]:
+        jobs = {}
+        for line in _run(["qstat", "-u", self.user]).splitlines():
+            fields = line.split()
+            match = re.match(r"(\d+)(\.|$)", fields[0]) if len(fields) >= 10 else None
+            if match:
+                jobs[match[1]] = RUNNING if fields[-2] in self._running_states else PENDING
+        return jobs
+
+    def cancel(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        if ids:
+            _run(["qdel", *ids])
+
+
+class LocalScheduler(Scheduler):
+    """Runs the job scripts on this machine, ``parallel`` at a time, with ``bash``; each run's
+    output goes to ``local.out`` in its folder. ``submit`` blocks while all slots are busy, and
+    a job waits for its dependency (and is not run when that failed)."""
+
+    name = "local"
+    directive = ""
+
+    def __init__(self, parallel: int = 1) -> None:
+        self.parallel = parallel
+        self._jobs: dict[str, subprocess.Popen] = {}
+
+    def submit(self, script: Path, dependency: Optional[str] = None) -> str:
+        if dependency is not None:
+            status = self._jobs[dependency].wait()
+            if status != 0:
+                raise SchedulerError(f"not run: job {dependency} it depends on exited with status {status}")
+        while len(self.live_jobs()) >= self.parallel:
+            time.sleep(0.2)
+        with open(script.parent / "local.out", "ab") as log:
+            process = subprocess.Popen(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL)
+        job_id = f"local-{process.pid}"
+        self._jobs[job_id] = process
+        return job_id
+
+    def live_jobs(self) -> dict[str, str]:
+        return {job_id: RUNNING for job_id, process in self._jobs.items() if process.poll() is None}
+
+    def cancel(self, ids: Iterable[str]) -> None:
+        for job_id in ids:
+            if job_id in self._jobs:
+                self._jobs[job_id].terminate()
+
+    def wait_all(self) -> dict[str, int]:
+        statuses = {job_id: process.wait() for job_id, process in self._jobs.items()}
+        return {job_id: status for job_id, status in statuses.items() if status != 0}
