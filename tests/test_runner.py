@@ -193,8 +193,9 @@ def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(exper
     (["--scheduler", "sge"], "argument --scheduler: invalid choice: 'sge' (choose from 'slurm', 'pbs', 'local')"),
     (["--study", "../outside"], "--study must be a relative path"),
     (["--study", "/etc"], "--study must be a relative path"),
-    (["--", "--seed", "5"], "--seed cannot follow '--': runner.py sets it for every run from its own --runs"),
+    (["--", "--seed", "5"], "--seed cannot follow '--': runner.py sets --seed for every run from its own --runs"),
     (["--", "--experiment_name=x"], "--experiment_name cannot follow '--'"),
+    (["--", "--epoch", "9"], "--epoch cannot follow '--': runner.py sets --epochs for every run from its own --epochs"),
     (["--", "--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
     (["--env_setup", "module load a\nrm -rf /"], "argument --env_setup: must be one line"),
 ])
@@ -325,7 +326,7 @@ def test_teacher_is_submitted_first_and_students_wait_for_it(cli, experiments: P
 @pytest.mark.parametrize("teacher_files, teacher_job, submits_teacher, dependency", [
     (["metrics.json", "ResNetBaby.pth", "last.pt"], None, False, None),  # trained
     (["ResNetBaby.pth"], None, False, None),  # weights put there by hand
-    (["config.json", "last.pt", "ResNetBaby.pth"], "7", False, "7"),  # training now
+    (["config.json", "ResNetBaby.pth"], "7", False, "7"),  # training now, between writing .pth and last.pt
     (["config.json", "last.pt", "ResNetBaby.pth"], None, True, "101"),  # crashed half-way: resumed first
 ])
 def test_students_wait_for_their_teacher_only_while_it_trains(
