@@ -153,7 +153,8 @@ def test_signal_saves_and_exits_75_then_the_rerun_finishes(tmp_path: Path) -> No
     [
         (["--epochs", "0"], "--epochs must be a positive integer; got 0"),
         (["--batch_size", "-5"], "--batch_size must be a positive integer"),
-        (["--lr", "0"], "--lr must be positive"),
+        (["--lr", "0"], "--lr must be a positive number"),
+        (["--beta", "inf"], "--beta must be zero or a positive number; got inf"),
         (["--lr", "abc"], "argument --lr: invalid float value"),
         (["--experiment_name", "../escape"], "--experiment_name must be a relative path"),
         (["--experiment_name", "/tmp/abs"], "--experiment_name must be a relative path"),

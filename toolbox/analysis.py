@@ -28,21 +28,15 @@ from matplotlib.axes import Axes
 
 from toolbox.config import RUNTIME_FIELDS, Config
 from toolbox.distillation import DISTILLERS
+from toolbox.data_loader import IMAGE_SIZE
 from toolbox.errors import UsageError
 from toolbox.models import STAGE_STRIDES, STAGE_WIDTHS
 from toolbox.rundir import CONFIG_FILE, RunDir, ranks_tag
 from toolbox.tucker import Ranks, parse_ranks
 
-IMAGE_SIZE = 32  # every data set is fed as 3x32x32 images (see toolbox.data_loader)
+TUCKER_METHODS = ("tucker", "tucker_recomp")
 
-METHOD_FIELDS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "featuremap": ("feature_layer", "loss", "beta"),
-    "tucker": ("feature_layer", "loss", "beta", "ranks", "tucker_backend", "hooi_iters"),
-    "tucker_recomp": ("feature_layer", "loss", "beta", "ranks", "recomp_target", "tucker_backend", "hooi_iters"),
-    "kd": ("beta", "kd_temperature"),
-    "noise": ("feature_layer", "loss", "beta", "noise_std"),
-}
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {name: distiller.flags for name, distiller in DISTILLERS.items()}
 """The method-specific flags each distillation method reads; the others are ignored for it."""
 
 METHOD_SPECIFIC = frozenset(field for fields in METHOD_FIELDS.values() for field in fields)
@@ -83,6 +77,11 @@ def _keeps_other_modes_whole(ranks: Ranks, feature_layer: int) -> bool:
     return ranks[0] is None and tuple(ranks[2:]) == (height, width)
 
 
+def _other_modes_tag(ranks: Ranks) -> str:
+    """``B-r-4-4``: the ranks with the channel rank left open, naming a line of a rank plot."""
+    return "-".join("B" if rank is None else "r" if mode == 1 else str(rank) for mode, rank in enumerate(ranks))
+
+
 def family(config: Mapping[str, Any]) -> str:
     """A configuration's name without its setting: ``tucker``, ``recomp_both``, ``noise``,
     ``plain`` (training without a teacher), or the distillation method."""
@@ -99,7 +98,7 @@ def method_name(config: Mapping[str, Any]) -> str:
     name = family(config)
     if config["distillation"] == "noise":
         return f"{name}_std{config['noise_std']:g}"
-    if config["distillation"] in ("tucker", "tucker_recomp"):
+    if config["distillation"] in TUCKER_METHODS:
         ranks = parse_ranks(config["ranks"])
         fraction = ranks[1] / feature_map_shape(config["feature_layer"])[0]
         suffix = "" if _keeps_other_modes_whole(ranks, config["feature_layer"]) else f"_{ranks_tag(config['ranks'])}"
@@ -363,23 +362,23 @@ def rank_table(summary: pd.DataFrame) -> pd.DataFrame:
     accuracy is drawn against rank: its variant (tucker, recomp_teacher, ...), the other modes'
     ranks where they are truncated, and its details."""
     rows = []
-    for _, row in summary[summary["distillation"].isin(["tucker", "tucker_recomp"])].iterrows():
+    for _, row in summary[summary["distillation"].isin(TUCKER_METHODS)].iterrows():
         ranks = parse_ranks(row["ranks"])
-        others = "" if _keeps_other_modes_whole(ranks, row["feature_layer"]) else " " + "-".join(
-            "B" if r is None else "r" if mode == 1 else str(r) for mode, r in enumerate(ranks))
+        others = "" if _keeps_other_modes_whole(ranks, row["feature_layer"]) else f" {_other_modes_tag(ranks)}"
         rows.append({
+            "method": row["method"],
             "line": row["family"] + others + (f" ({row['details']})" if row["details"] else ""),
             "channel_rank": ranks[1],
             "channel_fraction": ranks[1] / feature_map_shape(row["feature_layer"])[0],
             **{c: row[c] for c in ("best_test_acc_mean", "best_test_acc_std", "runs")},
         })
-    columns = ["line", "channel_rank", "channel_fraction", "best_test_acc_mean", "best_test_acc_std", "runs"]
+    columns = ["method", "line", "channel_rank", "channel_fraction", "best_test_acc_mean", "best_test_acc_std", "runs"]
     return pd.DataFrame(rows, columns=columns).sort_values(["line", "channel_rank"], kind="stable", ignore_index=True)
 
 
 def plot_accuracy_vs_rank(summary: pd.DataFrame, ax: Optional[Axes] = None) -> Axes:
     """Mean best test accuracy (± 1 std) against the channel rank, a line per Tucker variant,
-    the featuremap (dashed) and plain (dotted) configurations as horizontal references."""
+    with the featuremap (dashed) and plain (dotted) baselines of these configurations."""
     ax = ax or plt.subplots(figsize=(8, 5))[1]
     table = rank_table(summary)
     if table.empty:
@@ -387,10 +386,12 @@ def plot_accuracy_vs_rank(summary: pd.DataFrame, ax: Optional[Axes] = None) -> A
     for line, points in table.groupby("line", sort=False):
         ax.errorbar(points["channel_rank"], points["best_test_acc_mean"], yerr=points["best_test_acc_std"].fillna(0),
                     marker="o", capsize=3, label=line)
+    tucker = summary[summary["distillation"].isin(TUCKER_METHODS)]
     for style, distillation in zip(("--", ":"), BASELINES.values()):
-        for _, row in summary[summary["distillation"] == distillation].iterrows():
-            ax.axhline(row["best_test_acc_mean"], linestyle=style, color="grey", linewidth=1)
-            ax.annotate(row["label"], (0, row["best_test_acc_mean"]), xycoords=("axes fraction", "data"),
+        references = {base["key"]: base for _, row in tucker.iterrows() if (base := baseline(summary, row, distillation)) is not None}
+        for reference in references.values():
+            ax.axhline(reference["best_test_acc_mean"], linestyle=style, color="grey", linewidth=1)
+            ax.annotate(reference["label"], (0, reference["best_test_acc_mean"]), xycoords=("axes fraction", "data"),
                         textcoords="offset points", xytext=(4, 2), fontsize="small", color="grey")
     ax.set(xlabel="channel rank", ylabel="best test accuracy (%)", title="Accuracy against channel rank, mean ± 1 std over seeds")
     ax.legend(fontsize="small")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -72,12 +73,13 @@ class Config:
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be a positive integer; got {value}")
         for name in ("lr", "kd_temperature"):
-            if not getattr(self, name) > 0:
-                raise UsageError(f"--{name} must be positive; got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise UsageError(f"--{name} must be a positive number; got {value}")
         for name in ("beta", "momentum", "weight_decay", "noise_std", "hooi_iters"):
             value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise UsageError(f"--{name} must be zero or positive; got {value}")
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise UsageError(f"--{name} must be zero or a positive number; got {value}")
         parse_ranks(self.ranks)
         if self.experiment_name is not None:
             validate_experiment_name(self.experiment_name)

@@ -32,6 +32,7 @@ from torch import Tensor
 from toolbox.errors import UsageError
 
 PAD = 4
+IMAGE_SIZE = 32  # every data set is fed as 3x32x32 images, digits included
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
     digits = sklearn_digits()
     small = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0  # values 0..16
-    large = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
+    large = F.interpolate(small, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
     images = (large.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).numpy()
     order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
     n_test = int(len(images) * DIGITS_TEST_FRACTION)

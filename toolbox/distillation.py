@@ -40,6 +40,8 @@ class Distiller(nn.Module):
 
     needs_teacher = True
     default_beta = 125.0  # the original's weight for its normalised feature-map losses
+    flags: tuple[str, ...] = ("feature_layer", "loss", "beta")
+    """The method's own flags: the others do not change what it computes (analysis groups by these)."""
 
     def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
         """``*_shape`` are the (C, H, W) shapes of the distilled stage of each network."""
@@ -64,6 +66,7 @@ class NoDistillation(Distiller):
 
     needs_teacher = False
     default_beta = 0.0
+    flags = ()
 
     def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
         return student_out[-1].new_zeros(())
@@ -80,6 +83,8 @@ class FeatureMapDistiller(Distiller):
 class TuckerDistiller(Distiller):
     """Tucker-decompose the teacher's map; compare cores after projecting the student's map on
     the teacher's factors. Subclasses compare other views of the same decomposition."""
+
+    flags = (*Distiller.flags, "ranks", "tucker_backend", "hooi_iters")
 
     def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
         super().__init__(config, teacher_shape, student_shape)
@@ -105,6 +110,8 @@ class TuckerRecompDistiller(TuckerDistiller):
     """Compare full maps after Tucker reconstruction of the teacher's, the student's (projected on
     the teacher's factors and reconstructed), or both."""
 
+    flags = (*TuckerDistiller.flags, "recomp_target")
+
     def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
         super().__init__(config, teacher_shape, student_shape)
         self.target = config.recomp_target
@@ -122,6 +129,7 @@ class LogitDistiller(Distiller):
     outputs, scaled by T^2 so that its gradients keep their size as T changes."""
 
     default_beta = 1.0
+    flags = ("beta", "kd_temperature")
 
     def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
         super().__init__(config, teacher_shape, student_shape)
@@ -139,6 +147,8 @@ class NoiseDistiller(Distiller):
     the student's map, a small generation module (3x3 conv, ReLU, 3x3 conv) turns it back into a
     feature map, and that is pulled towards the teacher's map. The generation module is trained
     with the student (the original never gave it to the optimiser)."""
+
+    flags = (*Distiller.flags, "noise_std")
 
     def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
         super().__init__(config, teacher_shape, student_shape)

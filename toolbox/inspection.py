@@ -43,7 +43,7 @@ def load_network(arch: str, checkpoint: str | Path, num_classes: int, device: to
     return model.to(device).eval()
 
 
-def test_images(dataset: Dataset, count: int) -> Tensor:
+def evaluation_images(dataset: Dataset, count: int) -> Tensor:
     """The first ``count`` test images, normalised as for evaluation: a fixed, reproducible batch."""
     return next(eval_batches(dataset, count))[0]
 
@@ -66,8 +66,8 @@ def sweep_ranks(shape: Sequence[int], sweep: str, rank: int) -> Ranks:
 
 
 def default_sweep(size: int) -> list[int]:
-    """Powers of two up to a mode's size, three quarters of it, and the size itself: the
-    original's channel ranks (16, 32, 48 of 64) and a log-spaced view of the rest."""
+    """Powers of two up to a mode's size, three quarters of it, and the size itself: a
+    log-spaced view that includes a quarter, half and three quarters of 64 channels."""
     return sorted(({2**k for k in range(size.bit_length())} | {3 * size // 4, size}) - {0})
 
 
@@ -208,6 +208,8 @@ def plot_subspace_angles(angles: pd.DataFrame, ax: Optional[Axes] = None) -> Axe
 
 
 def _show(ax: Axes, image: Tensor, title: str, limit: float) -> None:
+    """One map on a symmetric colour scale (zero is white), the same for a whole row."""
+    limit = max(limit, 1e-12)  # a dead channel is all zeros
     ax.imshow(image.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
     ax.set_title(title, fontsize="small")
     ax.set_axis_off()
@@ -235,7 +237,7 @@ def plot_reconstructions(x: Tensor, ranks: Sequence[int], image: int = 0, channe
     figure, axes = plt.subplots(len(channels), len(columns), figsize=(2.2 * len(columns), 2.3 * len(channels)), squeeze=False)
     for row, channel in zip(axes, channels):
         limit = float(x[image, channel].abs().max())
-        for ax, (title, maps) in zip(row, columns.items()):
-            _show(ax, maps[image, channel], f"channel {channel}\n{title}" if title == "map" else title, limit)
+        for column, (ax, (title, maps)) in enumerate(zip(row, columns.items())):
+            _show(ax, maps[image, channel], f"channel {channel}\n{title}" if column == 0 else title, limit)
     figure.tight_layout()
     return figure

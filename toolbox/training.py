@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from toolbox.config import RUNTIME_FIELDS, Config
-from toolbox.data_loader import Dataset, eval_batches, load_dataset, train_batches
+from toolbox.data_loader import IMAGE_SIZE, Dataset, eval_batches, load_dataset, train_batches
 from toolbox.distillation import DISTILLERS, Distiller, build_distiller
 from toolbox.errors import DivergedError, Interrupted, UsageError
 from toolbox.models import build_model
@@ -87,7 +87,7 @@ def feature_shape(model: nn.Module, layer: int, device: torch.device) -> tuple[i
     """(C, H, W) of a stage, from one eval-mode forward pass (BatchNorm statistics untouched)."""
     model.eval()
     with torch.no_grad():
-        return tuple(model(torch.zeros(1, 3, 32, 32, device=device))[layer - 1].shape[1:])
+        return tuple(model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device))[layer - 1].shape[1:])
 
 
 class StopFlag:

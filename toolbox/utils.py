@@ -9,16 +9,13 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure  # drawn without pyplot: no backend, no display, no global state
+from torch import Tensor, nn
 
-matplotlib.use("Agg")  # runs write PNG files; no display on cluster nodes
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from toolbox.errors import UsageError  # noqa: E402
+from toolbox.errors import UsageError
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -81,7 +78,8 @@ def plot_curves(history: dict[str, list[float]], folder: Path) -> None:
     at the best test accuracy), drawn as the original study drew them."""
     epochs = range(1, len(history["test_acc"]) + 1)
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
     axes.plot(epochs, history["train_hard_loss"], ":", label="train cross-entropy")
     if any(history["train_soft_loss"]):
         axes.plot(epochs, history["train_soft_loss"], ":", label="train distillation loss")
@@ -90,11 +88,11 @@ def plot_curves(history: dict[str, list[float]], folder: Path) -> None:
     axes.legend()
     figure.tight_layout()
     atomic_write(folder / "Loss.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    plt.close(figure)
 
     best = int(np.argmax(history["test_acc"]))
     best_acc = history["test_acc"][best]
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
     axes.plot(epochs, history["train_acc"], ":", label="train")
     axes.plot(epochs, history["test_acc"], "-", label="test")
     axes.axhline(best_acc, color="grey", linewidth=0.8)
@@ -103,7 +101,6 @@ def plot_curves(history: dict[str, list[float]], folder: Path) -> None:
     axes.legend(loc="lower right")
     figure.tight_layout()
     atomic_write(folder / "Accuracy.png", lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    plt.close(figure)
 
 
 def environment() -> dict[str, Any]:

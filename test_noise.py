@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""The noise-injection study: distil through the student's map with Gaussian noise added, which a
+small generation module (3x3 conv, ReLU, 3x3 conv) turns back into a feature map pulled towards
+the teacher's (the ``noise`` method of ``toolbox/distillation.py``).
+
+    python test_noise.py --dataset digits --teacher ResNet20 --student ResNetBaby --epochs 12
+    python test_noise.py --noise_stds 0.5 1 2 --dataset digits --teacher ResNet20 --student ResNetBaby --epochs 12
+
+Every flag of tucker_distillation.py is accepted, with --distillation fixed to noise. --noise_stds
+sweeps noise levels, one run folder per level (by default .../noise/std0.5/seed0, .../noise/std1/
+seed0, ...); every level is checked before the first one trains. As with tucker_distillation.py, a
+finished level is skipped and an unfinished one resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from toolbox.config import Config, build_parser, config_from_namespace, main_guard
+from toolbox.errors import UsageError
+from toolbox.training import train
+
+
+def build_noise_parser() -> argparse.ArgumentParser:
+    """The training parser with ``noise`` as the method and a list of noise levels."""
+    parser = build_parser(prog="test_noise.py", description=__doc__.split("\n\n")[0])
+    parser.set_defaults(distillation="noise")
+    parser.add_argument("--noise_stds", type=float, nargs="+", metavar="STD", default=None,
+                        help="noise levels to sweep, one run each (instead of the single --noise_std)")
+    return parser
+
+
+def sweep_configs(argv: Optional[Sequence[str]] = None) -> list[Config]:
+    """One validated ``Config`` per noise level; bad input exits with status 2 and one line."""
+    parser = build_noise_parser()
+    namespace = parser.parse_args(argv)
+    stds = namespace.noise_stds or [namespace.noise_std]
+    try:
+        if namespace.distillation != "noise":
+            raise UsageError(f"--distillation: test_noise.py trains the noise method only; use tucker_distillation.py "
+                             f"for {namespace.distillation!r}")
+        if namespace.noise_stds and namespace.noise_std != Config.noise_std:
+            raise UsageError("give --noise_std (one level) or --noise_stds (several), not both")
+        if len(set(stds)) < len(stds):
+            raise UsageError(f"--noise_stds repeats a level: {' '.join(f'{std:g}' for std in stds)}")
+        if len(stds) > 1 and namespace.experiment_name is not None:
+            raise UsageError("--experiment_name names a single run folder; leave it out when sweeping --noise_stds "
+                             "(each level gets its own default name)")
+        return [config_from_namespace(argparse.Namespace(**{**vars(namespace), "noise_std": std})) for std in stds]
+    except UsageError as error:
+        parser.error(str(error))
+        raise  # unreachable: parser.error exits
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    configs = sweep_configs(argv)
+
+    def run() -> None:
+        for config in configs:
+            metrics = train(config)
+            print(f"noise std {config.noise_std:g}: best test accuracy {metrics['best_test_acc']:.2f}% "
+                  f"(epoch {metrics['best_epoch']}), {metrics['wall_time_s']:.0f}s of training", flush=True)
+
+    return main_guard(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

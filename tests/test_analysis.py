@@ -1,0 +1,244 @@
+"""toolbox.analysis on a hand-written experiments tree with known numbers, and toolbox.inspection
+against float64 numpy/scipy references."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.linalg
+import torch
+
+from toolbox import analysis, inspection
+from toolbox.config import Config
+from toolbox.errors import UsageError
+from toolbox.models import build_model
+from toolbox.training import resolve
+from toolbox.tucker import relative_error, recompose
+
+COMMON = {"dataset": "digits", "teacher": "ResNet20", "student": "ResNetBaby", "epochs": 3}
+
+
+def write_run(root: Path, test_acc: Optional[list[float]], **flags: Any) -> str:
+    """A run folder as training leaves it: the resolved config, and metrics when ``test_acc`` is
+    given (the other curves are filler)."""
+    config = resolve(Config(**{**COMMON, "experiments_dir": str(root), **flags}))
+    folder = root / config.experiment_name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config), "environment": {}}))
+    if test_acc is not None:
+        best = int(np.argmax(test_acc))
+        filler = [1.0] * len(test_acc)
+        metrics = {"train_hard_loss": filler, "train_soft_loss": filler, "train_acc": filler, "test_loss": filler,
+                   "test_acc": test_acc, "best_test_acc": test_acc[best], "best_epoch": best + 1,
+                   "epochs": len(test_acc), "wall_time_s": 1.0}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder.relative_to(root).as_posix()
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("experiments")
+    write_run(root, [40, 50, 45], distillation="none", seed=0)
+    write_run(root, [42, 48, 52], distillation="none", seed=1)
+    # Flags featuremap ignores (ranks, recomp_target) differ between its seeds, and must not split it.
+    write_run(root, [50, 60, 70], distillation="featuremap", seed=0, ranks="BATCH_SIZE,16,8,8", recomp_target="both")
+    write_run(root, [52, 66, 64], distillation="featuremap", seed=1)
+    for seed, (acc, target) in enumerate([([55, 70, 72], "student"), ([57, 74, 70], "both"), ([56, 69, 71], "teacher")]):
+        write_run(root, acc, distillation="tucker", ranks="BATCH_SIZE,32,8,8", recomp_target=target, seed=seed)
+    write_run(root, [60, 65, 64], distillation="tucker_recomp", recomp_target="both", ranks="BATCH_SIZE,16,8,8")
+    write_run(root, [30, 35, 40], distillation="noise", noise_std=1.0)
+    write_run(root, None, distillation="tucker", ranks="BATCH_SIZE,48,8,8")
+    broken = root / "broken/run"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{not json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def summary(tree: Path) -> pd.DataFrame:
+    return analysis.summarize(analysis.load_runs(tree)).set_index("method")
+
+
+def test_names_follow_the_original_table() -> None:
+    def name(**flags: Any) -> str:
+        return analysis.method_name(dataclasses.asdict(Config(**flags)))
+
+    assert name(distillation="featuremap") == "featuremap"
+    assert name(distillation="tucker", ranks="BATCH_SIZE,32,8,8") == "tucker_x0.5"
+    assert name(distillation="tucker_recomp", recomp_target="both", ranks="BATCH_SIZE,16,8,8") == "recomp_both_x0.25"
+    assert name(distillation="tucker", ranks="BATCH_SIZE,16,8,8", feature_layer=2) == "tucker_x0.5_B-16-8-8"
+    assert name(distillation="tucker", ranks="BATCH_SIZE,16,16,16", feature_layer=2) == "tucker_x0.5"
+    assert name(distillation="tucker", ranks="BATCH_SIZE,32,4,4") == "tucker_x0.5_B-32-4-4"
+    assert name(distillation="noise", noise_std=1.0) == "noise_std1"
+    assert name(distillation="noise", noise_std=0.5) == "noise_std0.5"
+    assert name(distillation="none") == "plain"
+    assert analysis.feature_map_shape(3) == (64, 8, 8)
+
+
+def test_summary_numbers_match_hand_computed_values(summary: pd.DataFrame) -> None:
+    assert list(summary.index) == ["tucker_x0.5", "featuremap", "recomp_both_x0.25", "plain", "noise_std1"]  # best first
+    expected = {  # runs, best mean, best std, final mean, final std, max of the mean curve, diff featuremap, diff plain
+        "plain": (2, 51, math.sqrt(2), 48.5, math.sqrt(24.5), 49, -17, 0),
+        "featuremap": (2, 68, math.sqrt(8), 67, math.sqrt(18), 67, 0, 17),
+        "tucker_x0.5": (3, 217 / 3, math.sqrt(7 / 3), 71, 1, 71, 217 / 3 - 68, 217 / 3 - 51),
+        "recomp_both_x0.25": (1, 65, np.nan, 64, np.nan, 65, -3, 14),
+        "noise_std1": (1, 40, np.nan, 40, np.nan, 40, -28, -11),
+    }
+    columns = ["runs", "best_test_acc_mean", "best_test_acc_std", "final_test_acc_mean", "final_test_acc_std",
+               "max_mean_test_acc", "diff_featuremap", "diff_plain"]
+    for method, values in expected.items():
+        assert summary.loc[method, columns].to_numpy(dtype=float) == pytest.approx(np.array(values, dtype=float), nan_ok=True), method
+
+
+def test_ignored_flags_do_not_split_configurations(summary: pd.DataFrame) -> None:
+    assert summary.loc["featuremap", "seeds"] == "0,1"
+    assert summary.loc["tucker_x0.5", "seeds"] == "0,1,2"
+    assert summary.loc["featuremap", "ranks"] is None and summary.loc["tucker_x0.5", "recomp_target"] is None
+    assert summary.loc["plain", "teacher"] is None and summary.loc["plain", "beta"] is None
+    assert (summary["label"] == summary.index).all()  # nothing else differs within a family
+
+
+def test_unfinished_and_unreadable_runs_are_listed_apart(tree: Path) -> None:
+    runs = analysis.load_runs(tree)
+    pending = runs.pending.set_index("run")
+    assert pending.loc["digits/ResNet20-ResNetBaby/tucker/B-48-8-8/seed0", "status"] == "unfinished"
+    assert pending.loc["broken/run", "status"].startswith("unreadable")
+    assert len(runs.finished) == 9 and not set(pending.index) & set(runs.finished["run"])
+    assert analysis.describe(runs).startswith("9 finished runs in 5 configurations")
+
+
+def test_curves_are_means_and_sample_deviations_per_epoch(tree: Path) -> None:
+    curves = analysis.curves(analysis.load_runs(tree), "test_acc").set_index(["label", "epoch"])
+    assert curves.loc[("featuremap", 1), ["mean", "std", "runs"]].tolist() == pytest.approx([51, math.sqrt(2), 2])
+    assert curves.loc[("tucker_x0.5", 2), ["mean", "std"]].tolist() == pytest.approx([71, math.sqrt(7)])
+    with pytest.raises(UsageError, match="curve must be one of"):
+        analysis.curves(analysis.load_runs(tree), "accuracy")
+
+
+def test_exports_csv_and_markdown(tree: Path, tmp_path: Path) -> None:
+    summary = analysis.summarize(analysis.load_runs(tree))
+    csv_path, markdown_path = analysis.export_summary(summary, tmp_path)
+    table = pd.read_csv(csv_path)
+    assert list(table.columns) == list(analysis.compact(summary).columns)
+    assert "beta" not in table.columns  # the same everywhere it is set: not shown
+    assert table.loc[0, "method"] == "tucker_x0.5" and table.loc[0, "best_test_acc_mean"] == pytest.approx(217 / 3)
+    lines = markdown_path.read_text().splitlines()
+    assert len(lines) == 2 + len(summary) and lines[0].startswith("| method | distillation | dataset")
+    assert "| recomp_both_x0.25 |" in lines[4] and "| 65.00 |  |" in lines[4]  # NaN std left blank
+
+
+def test_rank_table_places_tucker_variants_by_channel_rank(summary: pd.DataFrame) -> None:
+    table = analysis.rank_table(summary.reset_index())
+    assert table[["line", "channel_rank", "channel_fraction"]].values.tolist() == [["recomp_both", 16, 0.25], ["tucker", 32, 0.5]]
+
+
+def test_labels_and_baselines_where_other_flags_differ(tmp_path: Path) -> None:
+    write_run(tmp_path, [50, 60], distillation="featuremap", beta=125.0)
+    write_run(tmp_path, [50, 62], distillation="featuremap", beta=50.0, experiment_name="featuremap-beta50")
+    write_run(tmp_path, [50, 65], distillation="tucker", beta=50.0, ranks="BATCH_SIZE,32,8,8")
+    write_run(tmp_path, [50, 63], distillation="tucker", beta=50.0, ranks="BATCH_SIZE,16,4,4")
+    write_run(tmp_path, [50, 61], distillation="kd")
+    summary = analysis.summarize(analysis.load_runs(tmp_path)).set_index("label")
+    assert set(summary.index) == {"featuremap (beta=125.0)", "featuremap (beta=50.0)", "tucker_x0.5", "tucker_x0.25_B-16-4-4", "kd"}
+    assert summary.loc["tucker_x0.5", "diff_featuremap"] == pytest.approx(3)  # the featuremap run with its beta
+    assert summary.loc["tucker_x0.25_B-16-4-4", "diff_featuremap"] == pytest.approx(1)
+    lines = analysis.rank_table(summary.reset_index())[["line", "channel_rank"]].values.tolist()
+    assert lines == [["tucker", 32], ["tucker B-r-4-4", 16]]
+    assert math.isnan(summary.loc["kd", "diff_featuremap"])  # two candidates, neither with kd's beta: ambiguous
+    assert math.isnan(summary.loc["kd", "diff_plain"])  # no plain run
+    assert "beta" in analysis.compact(summary.reset_index()).columns
+
+
+def test_empty_folder_says_so_and_draws_nothing(tmp_path: Path) -> None:
+    runs = analysis.load_runs(tmp_path)
+    assert analysis.describe(runs).startswith("No finished runs under")
+    summary = analysis.summarize(runs)
+    assert summary.empty and analysis.export_summary(summary, tmp_path) == []
+    assert analysis.compact(summary).empty and analysis.curves(runs, "test_loss").empty
+    analysis.plot_curves(runs, "test_acc")
+    analysis.plot_accuracy_vs_rank(summary)
+    with pytest.raises(UsageError, match="does not exist"):
+        analysis.load_runs(tmp_path / "missing")
+
+
+# toolbox.inspection
+
+
+@pytest.fixture(scope="module")
+def maps() -> torch.Tensor:
+    """Layer-3 maps of an untrained ResNetBaby on random images: ReLU maps of the right shape."""
+    torch.manual_seed(0)
+    model = build_model("ResNetBaby", 10).eval()
+    return inspection.feature_maps(model, torch.randn(16, 3, 32, 32), 3)
+
+
+def numpy_unfolding(x: np.ndarray, mode: int) -> np.ndarray:
+    return np.moveaxis(x, mode, 0).reshape(x.shape[mode], -1)
+
+
+def test_principal_angles_match_scipy() -> None:
+    generator = np.random.default_rng(0)
+    a = np.linalg.qr(generator.normal(size=(64, 12)))[0]
+    b = np.linalg.qr(generator.normal(size=(64, 8)))[0]
+    close = np.linalg.qr(a + 1e-7 * generator.normal(size=a.shape))[0]  # tiny angles, where arccos fails
+    for first, second in [(a, b), (b, a), (a, close)]:
+        ours = inspection.principal_angles(torch.from_numpy(first), torch.from_numpy(second))
+        reference = np.sort(scipy.linalg.subspace_angles(first, second))
+        assert ours == pytest.approx(reference, abs=1e-12)
+    assert inspection.principal_angles(torch.from_numpy(a), torch.from_numpy(close)).max() < 1e-5
+
+
+def test_channel_subspace_is_the_leading_left_singular_subspace(maps: torch.Tensor) -> None:
+    reference = np.linalg.svd(numpy_unfolding(maps.double().numpy(), 1))[0][:, :10]
+    basis = inspection.channel_subspace(maps, 10)
+    assert (basis.T @ basis).numpy() == pytest.approx(np.eye(10), abs=1e-12)
+    assert inspection.principal_angles(basis, torch.from_numpy(reference)).max() < 1e-6
+    assert torch.equal(inspection.channel_subspace(maps, 64), torch.eye(64, dtype=torch.float64))
+
+
+def test_spectra_match_numpy(maps: torch.Tensor) -> None:
+    x = maps.double().numpy()
+    for mode, (name, values) in enumerate(inspection.mode_spectra(maps).items()):
+        assert name == ("batch", "channel", "height", "width")[mode]
+        assert values == pytest.approx(np.linalg.svd(numpy_unfolding(x, mode), compute_uv=False), rel=1e-10)
+
+
+def test_energy_kept_is_one_minus_squared_error(maps: torch.Tensor) -> None:
+    x = maps.double()
+    singular = np.linalg.svd(numpy_unfolding(x.numpy(), 1), compute_uv=False)
+    for backend in ("fast", "tensorly"):
+        for ranks in [(None, 8, 8, 8), (None, 64, 3, 5), (None, 20, 4, 4)]:
+            core, factors = inspection.decompose(x, ranks, backend)
+            energy = inspection.energy_kept(x, core)
+            assert energy == pytest.approx(1 - relative_error(x, recompose(core, factors)) ** 2, abs=1e-10)
+        core, _ = inspection.decompose(x, (None, 8, 8, 8), backend)
+        assert inspection.energy_kept(x, core) == pytest.approx((singular[:8] ** 2).sum() / (singular**2).sum(), rel=1e-10)
+
+
+def test_rank_sweeps_fall_with_rank_and_backends_agree(maps: torch.Tensor) -> None:
+    assert inspection.default_sweep(64) == [1, 2, 4, 8, 16, 32, 48, 64]
+    assert inspection.default_sweep(8) == [1, 2, 4, 6, 8]
+    sweep = pd.concat([
+        inspection.rank_sweep(maps, "channel", [1, 4, 16, 48, 64]),
+        inspection.rank_sweep(maps, "spatial", [1, 3, 8], n_iter=20),  # HOOI on the fast side too
+    ])
+    for (_, backend), line in sweep.groupby(["sweep", "backend"]):
+        assert line["relative_error"].is_monotonic_decreasing and line["relative_error"].iloc[-1] < 1e-5
+    wide = inspection.compare_backends(sweep)
+    assert wide["error difference (fast - tensorly)"].abs().max() < 1e-5
+    with pytest.raises(UsageError, match="sweep must be one of"):
+        inspection.sweep_ranks(maps.shape, "batch", 2)
+
+
+def test_subspace_angles_table(maps: torch.Tensor) -> None:
+    angles = inspection.subspace_angles({"teacher": maps, "itself": maps.clone()}, 6)
+    assert set(angles["compared"]) == {"itself", "random subspace"}
+    assert angles.loc[angles["compared"] == "itself", "angle_deg"].max() < 1e-4
+    assert len(angles) == 12 and angles["angle_deg"].between(0, 90).all()

@@ -1,0 +1,128 @@
+"""Both analysis notebooks run top to bottom (papermill, the venv's python3 kernel) on a tiny real
+experiments tree, and are committed without outputs."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import papermill
+import pytest
+from jupyter_client import KernelManager
+
+from conftest import STUDENT, TEACHER, run_training
+
+ROOT = Path(__file__).resolve().parent.parent
+AGGREGATOR = ROOT / "analyzer_results_aggregator.ipynb"
+INSPECTION = ROOT / "analyzer_tucker_distillation.ipynb"
+NOTEBOOKS = (AGGREGATOR, INSPECTION)
+TEACHER_RUN = f"digits/teacher/{TEACHER}/seed0"
+STUDENT_RUNS = [  # flags of each tiny student run in the tree
+    ["--distillation", "none"],
+    ["--distillation", "featuremap"],
+    ["--distillation", "tucker", "--ranks", "BATCH_SIZE,16,8,8"],
+    ["--distillation", "tucker", "--ranks", "BATCH_SIZE,32,8,8"],
+    ["--distillation", "tucker", "--ranks", "BATCH_SIZE,32,8,8", "--seed", "1"],
+    ["--distillation", "tucker_recomp", "--recomp_target", "both", "--ranks", "BATCH_SIZE,16,8,8"],
+]
+UNFINISHED = ["--distillation", "tucker_recomp", "--recomp_target", "teacher", "--ranks", "BATCH_SIZE,32,8,8"]
+UNFINISHED_RUN = f"digits/{TEACHER}-{STUDENT}/tucker_recomp/teacher/B-32-8-8/seed0"
+STUDENT_CHECKPOINT = f"digits/{TEACHER}-{STUDENT}/tucker/B-32-8-8/seed0/{STUDENT}.pth"
+
+
+@pytest.fixture(scope="module")
+def experiments(digits_teacher: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared teacher's run copied in, tiny students distilled from it, and one run that
+    stopped before writing metrics.json."""
+    teacher_experiments, _ = digits_teacher
+    root = tmp_path_factory.mktemp("notebook-experiments")
+    shutil.copytree(teacher_experiments / TEACHER_RUN, root / TEACHER_RUN)
+    common = ["--teacher", TEACHER, "--student", STUDENT, "--epochs", "2", "--max_batches", "3",
+              "--teacher_checkpoint", str(root / TEACHER_RUN / f"{TEACHER}.pth")]
+    for flags in [*STUDENT_RUNS, UNFINISHED]:
+        run_training(root, *common, *flags)
+    (root / UNFINISHED_RUN / "metrics.json").unlink()  # as if the job had been killed
+    return root
+
+
+def execute(notebook: Path, output: Path, **parameters: Any) -> nbformat.NotebookNode:
+    """Run a notebook with papermill from the repository root; it raises on an error cell."""
+    papermill.execute_notebook(
+        str(notebook), str(output), parameters=parameters, kernel_name="python3", cwd=str(ROOT),
+        progress_bar=False, log_output=False,
+    )
+    return nbformat.read(output, as_version=4)
+
+
+def outputs(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+
+
+def text(notebook: nbformat.NotebookNode) -> str:
+    """Everything the notebook printed or displayed as text."""
+    return "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs(notebook))
+
+
+def figures(notebook: nbformat.NotebookNode) -> int:
+    return sum("image/png" in o.get("data", {}) for o in outputs(notebook))
+
+
+def assert_no_errors(notebook: nbformat.NotebookNode) -> None:
+    errors = [o for o in outputs(notebook) if o.output_type == "error"]
+    assert not errors, errors[0].get("evalue")
+    assert all(cell.execution_count for cell in notebook.cells if cell.cell_type == "code")
+
+
+def test_kernel_is_this_venvs_python() -> None:
+    """papermill starts ``python3``; jupyter_client turns its ``python`` into this interpreter."""
+    command = KernelManager(kernel_name="python3").format_kernel_cmd()
+    assert Path(command[0]).resolve() == Path(sys.executable).resolve()
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebooks_are_committed_without_outputs(notebook: Path) -> None:
+    content = nbformat.read(notebook, as_version=4)
+    nbformat.validate(content)
+    code = [cell for cell in content.cells if cell.cell_type == "code"]
+    assert all(not cell.outputs and cell.execution_count is None for cell in code)
+    assert code[0].metadata.get("tags") == ["parameters"]
+    assert content.metadata.kernelspec.name == "python3"
+
+
+def test_aggregator_on_experiments(experiments: Path, tmp_path: Path) -> None:
+    notebook = execute(AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(experiments), SUMMARY_DIR=str(tmp_path))
+    assert_no_errors(notebook)
+    printed = text(notebook)
+    assert "7 finished runs in 6 configurations" in printed and "1 without results" in printed
+    assert UNFINISHED_RUN in printed and "unfinished" in printed
+    assert figures(notebook) == 3  # accuracy curves, both loss panels in one figure, accuracy against rank
+    summary = (tmp_path / "summary.csv").read_text()
+    for name in ("featuremap", "tucker_x0.25", "tucker_x0.5", "recomp_both_x0.25", "plain"):
+        assert f"\n{name}," in summary
+    assert (tmp_path / "summary.md").exists()
+
+
+def test_aggregator_on_empty_folder(tmp_path: Path) -> None:
+    empty = tmp_path / "experiments"
+    empty.mkdir()
+    notebook = execute(AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(empty))
+    assert_no_errors(notebook)
+    assert f"No finished runs under {empty}" in text(notebook)
+    assert list(empty.iterdir()) == []  # no summary written for nothing
+
+
+def test_inspection_notebook(experiments: Path, tmp_path: Path) -> None:
+    notebook = execute(
+        INSPECTION, tmp_path / "inspection.ipynb", DATASET="digits", TEACHER=TEACHER, STUDENT=STUDENT,
+        EXPERIMENTS_DIR=str(experiments), STUDENT_CHECKPOINT=str(experiments / STUDENT_CHECKPOINT),
+        N_IMAGES=16, CHANNEL_RANKS=[4, 32, 64], SPATIAL_RANKS=[2, 8], SHOWN_RANKS=[4, 32], SUBSPACE_RANK=8,
+    )
+    assert_no_errors(notebook)
+    printed = text(notebook)
+    assert f"teacher {TEACHER}: maps of shape (16, 64, 8, 8)" in printed
+    assert f"student {STUDENT}: maps of shape (16, 64, 8, 8)" in printed
+    assert "of the teacher map's energy" in printed
+    assert figures(notebook) == 6  # maps, errors, spectra, energy, angles, reconstructions
