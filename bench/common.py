@@ -3,9 +3,11 @@ the table, the JSON file and the closing headline.
 
 Timing is interleaved: every round runs each candidate once, in turn, so that a burst of load from
 another process slows ours and the reference alike instead of whichever happened to be running.
-Times are medians over rounds, and a ratio is the median of the per-round ratios (each round pairs
-the two candidates, so slow drifts of the load cancel). The device is synchronised before a clock
-is read, because CUDA kernels run asynchronously.
+Every other round runs them in reverse order, so that no candidate always finds the caches warmed
+by the same neighbour (worth 10-20% on millisecond operations). Times are medians over rounds, and
+a ratio is the median of the per-round ratios (each round pairs the candidates, so slow drifts of
+the load cancel). The device is synchronised before a clock is read, because CUDA kernels run
+asynchronously.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ Samples = list[float]
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every benchmark takes."""
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few rounds (smoke test)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the table and the machine record here")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the tables, settings, machine record and headline here as JSON")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when present, else the CPU), 'cpu', 'cuda', 'cuda:1'")
     parser.add_argument("--repeats", type=int, help="timed rounds per measurement (default: 7, or 2 with --quick)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
@@ -68,8 +70,9 @@ def interleaved(
     """Seconds per call of each candidate over ``rounds`` rounds, after ``warmup`` untimed ones
     (first calls pay for allocations, lazy imports and library initialisation)."""
     samples: dict[str, Samples] = {name: [] for name in candidates}
+    order = list(candidates.items())
     for round_index in range(warmup + rounds):
-        for name, candidate in candidates.items():
+        for name, candidate in order if round_index % 2 == 0 else reversed(order):
             synchronize(device)
             start = time.perf_counter()
             candidate()
