@@ -561,3 +561,14 @@ def test_clean_deletes_only_unfinished_runs_without_a_live_job(cli, experiments:
     assert not (experiments / "crashed").exists()  # nor the folders that only held it
     assert (finished / "metrics.json").exists() and (finished / "last.pt").exists()
     assert (live / "config.json").exists() and (around / "config.json").exists()
+
+
+def test_local_runs_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two local runs at a time on this machine get half its cores' threads each (at least one)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    script = tmp_path / "run.job"
+    script.write_text(f'echo "$OMP_NUM_THREADS" > {tmp_path / "threads"}\n')
+    scheduler = LocalScheduler(parallel=2)
+    scheduler.submit(script)
+    assert scheduler.wait_all() == {}
+    assert (tmp_path / "threads").read_text().strip() == str(max(1, (os.cpu_count() or 1) // 2))

@@ -8,6 +8,7 @@ runs the scripts on this machine for users without a cluster. Tests swap in a fa
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -247,9 +248,13 @@ class LocalScheduler(Scheduler):
                 raise SchedulerError(f"not run: job {dependency} it depends on exited with status {status}")
         while len(self.live_jobs()) >= self.parallel:
             time.sleep(0.2)
+        # Share the cores between the runs: torch's threads spin, and more threads than cores
+        # make every run several times slower (bench/RESULTS.md, "Threads on a shared CPU").
+        threads = str(max(1, (os.cpu_count() or 1) // self.parallel))
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
         with open(script.parent / "local.out", "ab") as log:
             process = subprocess.Popen(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL)
+                                       stdin=subprocess.DEVNULL, env=env)
         job_id = f"local-{process.pid}"
         self._jobs[job_id] = process
         return job_id
