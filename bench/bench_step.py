@@ -128,6 +128,7 @@ def forever(epoch_batches: Callable[[int], Iterable[tuple[Tensor, Tensor]]]) -> 
 
 
 def our_batches(data: Dataset, batch_size: int, seed: int) -> Batches:
+    """The core's data path: each epoch augments the whole data set on the device, then slices it."""
     return forever(lambda epoch: train_batches(data, batch_size, seed, epoch))
 
 
