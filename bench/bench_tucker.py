@@ -91,7 +91,7 @@ def loss_step(method: str, ranks: Ranks, teacher: Tensor, student: Tensor, optio
 
     def run() -> None:
         if method == "featuremap":
-            stage = config.feature_layer  # the distiller reads output number feature_layer - 1
+            stage = config.feature_layer + 1  # the distiller reads output number feature_layer
             loss = distiller.soft_loss([teacher] * stage, [student] * stage)
         else:
             with torch.no_grad():

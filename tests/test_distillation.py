@@ -18,12 +18,16 @@ def make(method: str, *flags: str, student_channels: int = 64) -> Distiller:
     return build_distiller(config, SHAPE[1:], (student_channels, *SHAPE[2:]))
 
 
+LAYER3, LOGITS = 3, -1  # indexes into a model's outputs
+
+
 def outputs(seed: int, channels: int = 64, grad: bool = False) -> list[torch.Tensor]:
-    """Fake network outputs [layer1, layer2, layer3, logits]; only layer3 and logits matter here."""
+    """Fake network outputs [stem, layer1, layer2, layer3, pooled, logits]; only layer3 and the logits
+    matter here."""
     generator = torch.Generator().manual_seed(seed)
     layer3 = torch.randn(SHAPE[0], channels, *SHAPE[2:], generator=generator).relu().requires_grad_(grad)
     logits = torch.randn(SHAPE[0], 10, generator=generator).requires_grad_(grad)
-    return [torch.empty(0), torch.empty(0), layer3, logits]
+    return [torch.empty(0), torch.empty(0), torch.empty(0), layer3, torch.empty(0), logits]
 
 
 # --- float64 numpy references -----------------------------------------------------------------
@@ -49,7 +53,7 @@ def ref_recompose(core: np.ndarray, factor: np.ndarray) -> np.ndarray:
 
 
 def as_numpy(out: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-    return out[2].detach().double().numpy(), out[3].detach().double().numpy()
+    return out[LAYER3].detach().double().numpy(), out[LOGITS].detach().double().numpy()
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -113,11 +117,11 @@ def test_plain_training_has_no_soft_loss_and_needs_no_teacher() -> None:
 def test_tucker_losses_do_not_depend_on_the_sign_of_a_factor_column(method: str) -> None:
     teacher, student = outputs(0), outputs(1)
     distiller = make(method, "--ranks", "BATCH_SIZE,16,8,8", "--recomp_target", "both")
-    core, factors = tucker(teacher[2], parse_ranks("BATCH_SIZE,16,8,8"))
+    core, factors = tucker(teacher[LAYER3], parse_ranks("BATCH_SIZE,16,8,8"))
     flipped = [f.clone() if f is not None else None for f in factors]
     flipped[1][:, [0, 5]] *= -1
-    original = distiller.compare(teacher[2], student[2], core, factors)
-    after_flip = distiller.compare(teacher[2], student[2], project(teacher[2], flipped), flipped)
+    original = distiller.compare(teacher[LAYER3], student[LAYER3], core, factors)
+    after_flip = distiller.compare(teacher[LAYER3], student[LAYER3], project(teacher[LAYER3], flipped), flipped)
     assert after_flip.item() == pytest.approx(original.item(), rel=1e-6)
 
 
@@ -128,8 +132,8 @@ def test_gradients_reach_the_student_and_connector_never_the_teacher(method: str
     distiller = make(method, "--ranks", "BATCH_SIZE,16,8,8", student_channels=32)
     assert isinstance(distiller.connector, torch.nn.Conv2d)  # 32 -> 64 channels
     distiller.soft_loss(teacher, student).backward()
-    assert teacher[2].grad is None and teacher[3].grad is None
-    used = student[3] if method == "kd" else student[2]
+    assert teacher[LAYER3].grad is None and teacher[LOGITS].grad is None
+    used = student[LOGITS] if method == "kd" else student[LAYER3]
     assert used.grad is not None and used.grad.abs().sum() > 0
     if method != "kd":
         assert distiller.connector.weight.grad.abs().sum() > 0

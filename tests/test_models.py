@@ -13,7 +13,8 @@ BLOCKS = {"ResNet112": 18, "ResNet110": 18, "ResNet56": 9, "ResNet32": 5, "ResNe
 @pytest.mark.parametrize("name", ["ResNet56", "ResNet20", "ResNetBaby"])
 def test_forward_returns_the_three_stages_and_the_logits(name: str) -> None:
     model = build_model(name, num_classes=100).eval()
-    layer1, layer2, layer3, logits = model(torch.randn(2, 3, 32, 32))
+    stem, layer1, layer2, layer3, pooled, logits = model(torch.randn(2, 3, 32, 32))
+    assert stem.shape == (2, 16, 32, 32) and pooled.shape == (2, 64)
     assert layer1.shape == (2, 16, 32, 32) and layer2.shape == (2, 32, 16, 16)
     assert layer3.shape == (2, 64, 8, 8) and logits.shape == (2, 100)
 

@@ -1,6 +1,6 @@
 """Distillation methods: each one a small class behind one interface, registered in one dict.
 
-A distiller turns the teacher's and the student's outputs (``[layer1, layer2, layer3, logits]``)
+A distiller turns the teacher's and the student's outputs (``[stem, layer1, layer2, layer3, pooled, logits]``)
 into the soft loss; the training loop adds ``beta * soft_loss`` to the cross-entropy and knows no
 method by name. A distiller's own parameters (a 1x1 connector when the widths differ, the noise
 method's generation module) are trained with the student. A new method is one class and one line
@@ -46,7 +46,7 @@ class Distiller(nn.Module):
     def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
         """``*_shape`` are the (C, H, W) shapes of the distilled stage of each network."""
         super().__init__()
-        self.layer = config.feature_layer - 1
+        self.layer = config.feature_layer  # output 0 is the stem, k the k-th stage
         self.loss = config.loss
         self.connector: nn.Module = nn.Identity()
         if student_shape[0] != teacher_shape[0]:  # make the widths match, on the student side

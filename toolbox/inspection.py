@@ -51,7 +51,7 @@ def evaluation_images(dataset: Dataset, count: int) -> Tensor:
 @torch.no_grad()
 def feature_maps(model: nn.Module, images: Tensor, feature_layer: int) -> Tensor:
     """The distilled stage's maps (B, C, H, W), float32 on the CPU."""
-    return model(images)[feature_layer - 1].float().cpu().contiguous()
+    return model(images)[feature_layer].float().cpu().contiguous()
 
 
 def sweep_ranks(shape: Sequence[int], sweep: str, rank: int) -> Ranks:

@@ -3,8 +3,9 @@
 A 3x3 stem to 16 channels, three stages of basic blocks (16/32/64 channels, strides 1/2/2), 1x1
 convolution shortcuts where the shape changes, global average pooling and a linear head. The module
 names are the original's state-dict keys, so its checkpoints (``{"weights": state_dict}``) load as
-they are. ``forward`` returns ``[layer1, layer2, layer3, logits]``: the distillers pick the stage
-they need, and nothing has to hook into the model.
+they are. ``forward`` returns ``[stem, layer1, layer2, layer3, pooled, logits]`` (RepDistiller's
+feature list plus the logits): output ``k`` is stage ``k``, ``[-2]`` the pooled features, ``[-1]``
+the logits. The distillers pick what they need, and nothing has to hook into the model.
 """
 
 from __future__ import annotations
@@ -61,12 +62,12 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        out = F.relu(self.bn1(self.conv1(x)))
-        layer1 = self.layer1(out)
+        stem = F.relu(self.bn1(self.conv1(x)))
+        layer1 = self.layer1(stem)
         layer2 = self.layer2(layer1)
         layer3 = self.layer3(layer2)
         pooled = F.adaptive_avg_pool2d(layer3, 1).flatten(1)  # the original's 8x8 average pool
-        return [layer1, layer2, layer3, self.linear(pooled)]
+        return [stem, layer1, layer2, layer3, pooled, self.linear(pooled)]
 
 
 def _resnet(blocks: tuple[int, int, int]) -> Callable[[int], ResNet]:

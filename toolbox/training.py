@@ -87,7 +87,7 @@ def feature_shape(model: nn.Module, layer: int, device: torch.device) -> tuple[i
     """(C, H, W) of a stage, from one eval-mode forward pass (BatchNorm statistics untouched)."""
     model.eval()
     with torch.no_grad():
-        return tuple(model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device))[layer - 1].shape[1:])
+        return tuple(model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device))[layer].shape[1:])
 
 
 class StopFlag:
