@@ -1,20 +1,43 @@
-"""The CIFAR ResNets of the original study.
+"""CIFAR architectures: the original study's ResNets and the field's benchmark networks.
 
-A 3x3 stem to 16 channels, three stages of basic blocks (16/32/64 channels, strides 1/2/2), 1x1
-convolution shortcuts where the shape changes, global average pooling and a linear head. The module
-names are the original's state-dict keys, so its checkpoints (``{"weights": state_dict}``) load as
-they are. ``forward`` returns ``[stem, layer1, layer2, layer3, pooled, logits]`` (RepDistiller's
-feature list plus the logits): output ``k`` is stage ``k``, ``[-2]`` the pooled features, ``[-1]``
-the logits. The distillers pick what they need, and nothing has to hook into the model.
+Every model's ``forward(x)`` returns ``[f0, f1, ..., fk, pooled, logits]``: RepDistiller's feature
+list (``model(x, is_feat=True, preact=False)``) plus the logits. ``f0`` is the stem's output,
+``f1``..``fk`` the stages' outputs, ``pooled`` the flattened pooled features. ``model.stages`` is
+k, so ``--feature_layer`` ranges over 1..k; ``stage_shapes(name)`` gives the (C, H, W) of f0..fk on
+32x32 images. The distillers pick what they need, and nothing has to hook into the model.
+
+*The original study's ResNets* (``ResNet112``, ``ResNet110``, ``ResNet56``, ``ResNet32``,
+``ResNet20``, ``ResNetBaby``): a 3x3 stem to 16 channels, three stages of basic blocks (16/32/64
+channels, strides 1/2/2), 1x1 convolution shortcuts where the shape changes, global average pooling
+and a linear head. The module names are the original's state-dict keys (``shortcut``, ``linear``),
+so its checkpoints (``{"weights": state_dict}``) load as they are.
+
+*The field's CIFAR-100 benchmark* (the CRD paper's RepDistiller and DKD's mdistiller): ``resnet8``
+... ``resnet110``, ``resnet8x4``, ``resnet32x4``, ``ResNet50``, ``wrn_16_2``, ``wrn_40_1``,
+``wrn_40_2``, ``vgg8``, ``vgg13`` here and ``MobileNetV2``, ``ShuffleV1``, ``ShuffleV2`` in
+``toolbox.models_mobile``. They compute what those repositories' definitions compute (same layers,
+order, strides, padding and bias flags) and their module names are those repositories' state-dict
+keys, so their released teachers (``ckpt_epoch_240.pth``) load as they are with
+``load_checkpoint``. ``resnet110`` computes what ``ResNet112`` computes; only the key names differ
+(``downsample``/``fc`` against ``shortcut``/``linear``). ``vgg8`` and ``vgg13`` are the
+BatchNorm variants (``vgg8_bn``, ``vgg13_bn``), as both repositories register them.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from toolbox.errors import UsageError
+from toolbox.models_mobile import mobile_half, shuffle_v1, shuffle_v2
+
+# The original study's ResNets (and the field's 16-wide resnets); any model: ``stage_shapes(name)``.
 STAGE_WIDTHS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
 
@@ -43,6 +66,8 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """CIFAR ResNet with ``blocks[i]`` basic blocks in stage ``i``."""
 
+    stages = 3
+
     def __init__(self, blocks: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, STAGE_WIDTHS[0], 3, stride=1, padding=1, bias=False)
@@ -70,12 +95,294 @@ class ResNet(nn.Module):
         return [stem, layer1, layer2, layer3, pooled, self.linear(pooled)]
 
 
+def _he_normal_fan_out(model: nn.Module) -> None:
+    """torchvision-style init (RepDistiller's resnet.py, resnetv2.py): He-normal convolutions
+    (fan-out), unit BatchNorm; linear layers keep PyTorch's default."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def _normal_by_fan_out(model: nn.Module, linear_std: Optional[float]) -> None:
+    """Wei Yang's init (RepDistiller's wrn.py, vgg.py): convolutions N(0, 2 / (k*k*out)), zero conv
+    biases, unit BatchNorm, zero linear biases; linear weights N(0, linear_std) (vgg) or PyTorch's
+    default (wrn: ``linear_std=None``)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            if linear_std is not None:
+                nn.init.normal_(module.weight, 0.0, linear_std)
+            nn.init.zeros_(module.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# The field's CIFAR ResNets (RepDistiller's and mdistiller's resnet.py)
+
+
+class ResidualBlock(nn.Module):
+    """Basic block with RepDistiller's key names: ``conv1``/``bn1``/``conv2``/``bn2`` and, where
+    the shape changes, a ``downsample`` 1x1 convolution + BatchNorm."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: Optional[nn.Sequential] = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class CifarResNet(nn.Module):
+    """RepDistiller's ``ResNet(depth, num_filters, 'basicblock')``: a 3x3 stem to ``widths[0]``
+    channels, three stages of (depth - 2) / 6 basic blocks with ``widths[1:]`` channels (strides
+    1/2/2), an 8x8 average pool and a linear head ``fc``. Features: stem, layer1..3, pooled."""
+
+    stages = 3
+
+    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"a CIFAR ResNet of basic blocks has 6n+2 layers, not {depth}")
+        count = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        in_planes = widths[0]
+        stages = []
+        for planes, stride in zip(widths[1:], (1, 2, 2)):
+            blocks = []
+            for block_stride in [stride] + [1] * (count - 1):
+                blocks.append(ResidualBlock(in_planes, planes, block_stride))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(widths[3], num_classes)
+        _he_normal_fan_out(self)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        stem = F.relu(self.bn1(self.conv1(x)))
+        layer1 = self.layer1(stem)
+        layer2 = self.layer2(layer1)
+        layer3 = self.layer3(layer2)
+        pooled = F.avg_pool2d(layer3, 8).flatten(1)  # RepDistiller's AvgPool2d(8): 8x8 maps on 32x32 images
+        return [stem, layer1, layer2, layer3, pooled, self.fc(pooled)]
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNet50 for CIFAR (RepDistiller's resnetv2.py: the ImageNet layout with a 3x3 stride-1 stem)
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride), 1x1 expand to 4x ``planes``; ``shortcut`` is a 1x1
+    convolution + BatchNorm where the shape changes, empty otherwise."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        out_planes = self.expansion * planes
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != out_planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class BottleneckResNet(nn.Module):
+    """RepDistiller's resnetv2 ``ResNet(Bottleneck, blocks)``: a 3x3 stem to 64 channels, four
+    stages (64/128/256/512 x 4 channels, strides 1/2/2/2), global average pooling and a linear head
+    ``linear``. Features: stem, layer1..4, pooled."""
+
+    stages = 4
+
+    def __init__(self, blocks: tuple[int, int, int, int], num_classes: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        in_planes = 64
+        stages = []
+        for count, planes, stride in zip(blocks, (64, 128, 256, 512), (1, 2, 2, 2)):
+            units = []
+            for block_stride in [stride] + [1] * (count - 1):
+                units.append(BottleneckBlock(in_planes, planes, block_stride))
+                in_planes = planes * BottleneckBlock.expansion
+            stages.append(nn.Sequential(*units))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(512 * BottleneckBlock.expansion, num_classes)
+        _he_normal_fan_out(self)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = [F.relu(self.bn1(self.conv1(x)))]
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            feats.append(stage(feats[-1]))
+        pooled = F.adaptive_avg_pool2d(feats[-1], 1).flatten(1)
+        return feats + [pooled, self.linear(pooled)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Wide ResNets (RepDistiller's wrn.py: pre-activation blocks)
+
+
+class WideBlock(nn.Module):
+    """Pre-activation block: BN-ReLU-conv3x3-BN-ReLU-conv3x3. Where the width changes, the
+    activated input also feeds a 1x1 ``convShortcut``; otherwise the raw input is added."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
+        self.equal_in_out = in_planes == out_planes
+        self.convShortcut: Optional[nn.Conv2d] = None
+        if not self.equal_in_out:
+            self.convShortcut = nn.Conv2d(in_planes, out_planes, 1, stride=stride, padding=0, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        activated = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(activated))))  # dropRate 0 in every registered WRN
+        return (x if self.convShortcut is None else self.convShortcut(activated)) + out
+
+
+class WideStage(nn.Module):
+    """RepDistiller's ``NetworkBlock``: the blocks sit under ``layer`` (keys ``blockN.layer.i``)."""
+
+    def __init__(self, count: int, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(
+            *(WideBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1) for i in range(count))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-k: a 3x3 stem to 16 channels, three stages of (depth - 4) / 6 pre-activation
+    blocks (16k/32k/64k channels, strides 1/2/2), a final BN-ReLU (``bn1``), an 8x8 average pool and
+    a linear head ``fc``. Features (as RepDistiller, before the final BN-ReLU): conv1, block1..3,
+    pooled."""
+
+    stages = 3
+
+    def __init__(self, depth: int, widen_factor: int, num_classes: int) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"a wide ResNet has 6n+4 layers, not {depth}")
+        count = (depth - 4) // 6
+        widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+        self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
+        self.block1 = WideStage(count, widths[0], widths[1], 1)
+        self.block2 = WideStage(count, widths[1], widths[2], 2)
+        self.block3 = WideStage(count, widths[2], widths[3], 2)
+        self.bn1 = nn.BatchNorm2d(widths[3])
+        self.fc = nn.Linear(widths[3], num_classes)
+        _normal_by_fan_out(self, linear_std=None)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        stem = self.conv1(x)
+        block1 = self.block1(stem)
+        block2 = self.block2(block1)
+        block3 = self.block3(block2)
+        pooled = F.avg_pool2d(F.relu(self.bn1(block3)), 8).flatten(1)
+        return [stem, block1, block2, block3, pooled, self.fc(pooled)]
+
+
+# ---------------------------------------------------------------------------------------------
+# VGG with BatchNorm (RepDistiller's vgg.py, ``vgg*_bn``; the fully connected layers removed)
+
+VGG_CONFIGS = {
+    "vgg8": ((64,), (128,), (256,), (512,), (512,)),
+    "vgg13": ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+}
+
+
+def _vgg_block(widths: tuple[int, ...], in_channels: int) -> nn.Sequential:
+    """conv3x3(+bias)-BN-ReLU per width, without the last ReLU (the forward applies it)."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        in_channels = width
+    return nn.Sequential(*layers[:-1])
+
+
+class VGG(nn.Module):
+    """Five blocks (``block0``..``block4``) with 2x2 max pools after the first three (and after
+    the fourth on 64x64 inputs only), global average pooling and a linear head ``classifier``.
+    Features: the five blocks' activated outputs, pooled."""
+
+    stages = 4
+
+    def __init__(self, config: tuple[tuple[int, ...], ...], num_classes: int) -> None:
+        super().__init__()
+        in_channels = 3
+        for index, widths in enumerate(config):
+            setattr(self, f"block{index}", _vgg_block(widths, in_channels))
+            in_channels = widths[-1]
+        self.classifier = nn.Linear(512, num_classes)
+        _normal_by_fan_out(self, linear_std=0.01)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        size = x.shape[2]
+        feats = [F.relu(self.block0(x))]
+        for index in range(1, 5):
+            out = feats[-1]
+            if index < 4 or size == 64:
+                out = F.max_pool2d(out, 2, 2)
+            feats.append(F.relu(getattr(self, f"block{index}")(out)))
+        pooled = F.adaptive_avg_pool2d(feats[-1], 1).flatten(1)
+        return feats + [pooled, self.classifier(pooled)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
 def _resnet(blocks: tuple[int, int, int]) -> Callable[[int], ResNet]:
     return lambda num_classes: ResNet(blocks, num_classes)
 
 
-# Depth = 6 * blocks + 2. ResNet112 is the original study's name for its teacher (110 layers deep).
-MODELS: dict[str, Callable[[int], ResNet]] = {
+def _cifar_resnet(depth: int, widths: tuple[int, int, int, int] = (16, 16, 32, 64)) -> Callable[[int], CifarResNet]:
+    return lambda num_classes: CifarResNet(depth, widths, num_classes)
+
+
+def _wrn(depth: int, widen_factor: int) -> Callable[[int], WideResNet]:
+    return lambda num_classes: WideResNet(depth, widen_factor, num_classes)
+
+
+def _vgg(name: str) -> Callable[[int], VGG]:
+    return lambda num_classes: VGG(VGG_CONFIGS[name], num_classes)
+
+
+# Name -> constructor taking the number of classes.
+# The original study's (depth = 6 * blocks + 2; ResNet112 is its name for its 110-layer teacher):
+ORIGINAL_MODELS: dict[str, Callable[[int], nn.Module]] = {
     "ResNet112": _resnet((18, 18, 18)),
     "ResNet110": _resnet((18, 18, 18)),
     "ResNet56": _resnet((9, 9, 9)),
@@ -83,8 +390,185 @@ MODELS: dict[str, Callable[[int], ResNet]] = {
     "ResNet20": _resnet((3, 3, 3)),
     "ResNetBaby": _resnet((1, 1, 1)),
 }
+# The field's, under RepDistiller's / mdistiller's names:
+FIELD_MODELS: dict[str, Callable[[int], nn.Module]] = {
+    "resnet8": _cifar_resnet(8),
+    "resnet14": _cifar_resnet(14),
+    "resnet20": _cifar_resnet(20),
+    "resnet32": _cifar_resnet(32),
+    "resnet44": _cifar_resnet(44),
+    "resnet56": _cifar_resnet(56),
+    "resnet110": _cifar_resnet(110),
+    "resnet8x4": _cifar_resnet(8, (32, 64, 128, 256)),
+    "resnet32x4": _cifar_resnet(32, (32, 64, 128, 256)),
+    "ResNet50": lambda num_classes: BottleneckResNet((3, 4, 6, 3), num_classes),
+    "wrn_16_2": _wrn(16, 2),
+    "wrn_40_1": _wrn(40, 1),
+    "wrn_40_2": _wrn(40, 2),
+    "vgg8": _vgg("vgg8"),
+    "vgg13": _vgg("vgg13"),
+    "MobileNetV2": mobile_half,
+    "ShuffleV1": shuffle_v1,
+    "ShuffleV2": shuffle_v2,
+}
+MODELS: dict[str, Callable[[int], nn.Module]] = {**ORIGINAL_MODELS, **FIELD_MODELS}
+CIFAR_IMAGE_SIZE = 32
 
 
-def build_model(name: str, num_classes: int) -> ResNet:
-    """A fresh model by its registry name."""
-    return MODELS[name](num_classes)
+def build_model(name: str, num_classes: int) -> nn.Module:
+    """A fresh model by its registry name; ``model.arch`` remembers the name."""
+    model = MODELS[name](num_classes)
+    model.arch = name
+    return model
+
+
+def stage_shapes(name: str, num_classes: int = 100, image_size: int = CIFAR_IMAGE_SIZE) -> tuple[tuple[int, int, int], ...]:
+    """(C, H, W) of the model's outputs f0 (stem) .. fk (last stage) on ``image_size`` images, so
+    ``len(...) - 1`` is its number of stages (``model.stages``). The number of classes changes no
+    map; it is accepted for symmetry with ``build_model``."""
+    return _traced_shapes(name, image_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _traced_shapes(name: str, image_size: int) -> tuple[tuple[int, int, int], ...]:
+    """Traced on the meta device: no memory, no arithmetic."""
+    with torch.device("meta"):
+        model = MODELS[name](1).eval()
+    outputs = model(torch.empty(1, 3, image_size, image_size, device="meta"))
+    return tuple(tuple(out.shape[1:]) for out in outputs[:-2])
+
+
+def head_of(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The classifier: the last linear layer, with its module name."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+
+
+def state_dict_of(checkpoint: Any) -> dict[str, Tensor]:
+    """The weights in a loaded checkpoint: ``{"weights": sd}`` (the original study's and this
+    project's), ``{"model": sd, "epoch", "accuracy", "optimizer"...}`` (RepDistiller's and
+    mdistiller's ``ckpt_epoch_240.pth``), ``{"state_dict": sd}``, or a bare state dict. Strips
+    DataParallel's ``module.`` (and torch.compile's ``_orig_mod.``) prefix. ValueError if none."""
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"it holds a {type(checkpoint).__name__}, not a dict of weights")
+    state: Any = checkpoint
+    for key in ("weights", "model", "state_dict"):
+        if isinstance(checkpoint.get(key), Mapping):
+            state = checkpoint[key]
+            break
+    if not state or not all(isinstance(key, str) and isinstance(value, Tensor) for key, value in state.items()):
+        keys = ", ".join(map(repr, list(checkpoint)[:5]))
+        raise ValueError(f"it holds no state dict (entries: {keys or 'none'})")
+    state = dict(state)
+    for prefix in WRAPPER_PREFIXES:
+        if all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    return state
+
+
+def _shape(tensor: Tensor) -> str:
+    return "x".join(map(str, tensor.shape)) or "scalar"
+
+
+def _first(keys: list[str], count: int = 3) -> str:
+    return ", ".join(keys[:count]) + (f" (+{len(keys) - count} more)" if len(keys) > count else "")
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(name: str) -> tuple[dict[str, torch.Size], str]:
+    """An architecture's state-dict shapes (one class) and its head's name, built on the meta device."""
+    with torch.device("meta"):
+        model = MODELS[name](1)
+    return {key: value.shape for key, value in model.state_dict().items()}, head_of(model)[0]
+
+
+def identify(state: Mapping[str, Tensor]) -> list[str]:
+    """The registry's architectures whose weights ``state`` holds, as ``"name (C classes)"``."""
+    found = []
+    for name in MODELS:
+        shapes, head = _signature(name)
+        heads = {f"{head}.weight", f"{head}.bias"}
+        if set(shapes) == set(state) and all(shapes[key] == state[key].shape for key in shapes if key not in heads):
+            found.append(f"{name} ({state[f'{head}.weight'].shape[0]} classes)")
+    return found
+
+
+def describe_mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> Optional[str]:
+    """Why ``state`` does not load into ``model`` (missing/unexpected keys, shapes), or None."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [
+        f"{key} (file {_shape(state[key])}, model {_shape(expected[key])})"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_first(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
+    if reshaped:
+        problems.append(f"{len(reshaped)} shapes differ: {_first(reshaped, 2)}")
+    return "; ".join(problems) or None
+
+
+def _read_error(error: Exception) -> str:
+    """torch.load's failure in a few words (its weights-only refusals carry a page of advice)."""
+    text = str(error)
+    if text.startswith("Weights only load failed"):
+        paragraphs = [part.strip() for part in text.split("\n\n")[1:]]
+        reason = [part for part in paragraphs if part and not part.startswith(("Check the documentation", "Please file an issue"))]
+        text = "weights-only loading refused it: " + (" ".join(reason) or "unsupported content")
+    else:
+        text = f"{type(error).__name__}: {text or 'empty or truncated file'}"
+    return " ".join(text.split())[:240]
+
+
+def _describe(model: nn.Module) -> str:
+    """``"resnet32x4 (100 classes)"``: the registry name (or class) and the head's width."""
+    arch = getattr(model, "arch", type(model).__name__)
+    heads = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    return f"{arch} ({heads[-1].out_features} classes)" if heads else arch
+
+
+def load_checkpoint(model: nn.Module, path: Path, what: str) -> None:
+    """Load a checkpoint's weights into ``model`` (strictly: every key, every shape).
+
+    Reads with ``weights_only=True`` (a file that would run code is refused) and accepts the
+    layouts of ``state_dict_of``. BatchNorm ``num_batches_tracked`` counters absent from old files
+    are set to zero. Any failure (no such file, not a torch file, no weights in it, another
+    architecture or number of classes) raises ``UsageError`` with one line
+    ``"{what} {path} ..."`` naming the expected architecture and classes, the first differing keys
+    and, when the file holds one of the registry's architectures, which.
+    """
+    expected = _describe(model)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # missing, unreadable, truncated, junk, or a pickle that runs code
+        raise UsageError(f"{what} {path} cannot be read as a torch checkpoint ({_read_error(error)})") from None
+    try:
+        state = state_dict_of(checkpoint)
+    except ValueError as error:
+        raise UsageError(f"{what} {path} is not a checkpoint of {expected}: {error}") from None
+    for key, buffer in model.state_dict().items():
+        if key.endswith("num_batches_tracked") and key not in state and key.rsplit(".", 1)[0] + ".running_mean" in state:
+            state[key] = torch.zeros_like(buffer, device="cpu")
+    problem = describe_mismatch(model, state)
+    if problem is None:
+        try:
+            model.load_state_dict(state)
+            return
+        except Exception as error:  # e.g. a dtype that cannot be copied
+            problem = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+    try:
+        holds = identify(state)
+    except Exception:  # only a hint for the message
+        holds = []
+    guess = f"; the file holds {' or '.join(holds)} weights" if holds else ""
+    raise UsageError(f"{what} {path} does not fit {expected}: {problem}{guess}")
