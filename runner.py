@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import getpass
 import io
-import json
 import os
 import re
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,17 +34,17 @@ from typing import Callable, Iterator, Optional
 from toolbox.config import Config, OneLineParser, parse_config
 from toolbox.distillation import DISTILLERS, RECOMP_TARGETS
 from toolbox.errors import UsageError
-from toolbox.rundir import (CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, TEACHER_SEED, default_teacher_checkpoint,
-                            experiment_name, validate_experiment_name)
-from toolbox.scheduler import (PENDING, RUNNING, LocalScheduler, PbsScheduler, Resources, Scheduler,
-                               SchedulerError, SlurmScheduler, render)
+from toolbox.naming import validate_experiment_name
+from toolbox.rundir import (CONFIG_FILE, CONFLICTING, CORRUPT, FAILED, FINISHED, JOB_FILE, LAST_CHECKPOINT, LOCK_FILE,
+                            METRICS_FILE, NOT_STARTED, PENDING, RUNNING, SCRIPT_FILE, TEACHER_SEED, RunDir, RunState,
+                            default_teacher_checkpoint, experiment_name, resolve)
+from toolbox.scheduler import (LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError, SlurmScheduler,
+                               render)
 from toolbox.tucker import parse_ranks
 from toolbox.utils import atomic_write, atomic_write_json
 
 REPO = Path(__file__).resolve().parent
 TEMPLATE = REPO / "run.job"
-JOB_FILE = "job.json"
-SCRIPT_FILE = "run.job"
 DISTILLATIONS = [name for name in DISTILLERS if name != "none"]
 DEFAULT_DISTILLATIONS = ["featuremap", "tucker", "tucker_recomp"]
 DEFAULT_RANKS = ["BATCH_SIZE,32,8,8", "BATCH_SIZE,24,8,8", "BATCH_SIZE,16,8,8", "BATCH_SIZE,8,8,8"]
@@ -56,9 +55,6 @@ OWN_FLAGS = {
     "experiments_dir": "--experiments_dir",
 }
 """Training flags runner.py sets for every run, and its own flag that sets each."""
-
-FINISHED, NOT_STARTED, FAILED = "finished", "not started", "failed"
-STATES = {RUNNING: "running", PENDING: "pending"}
 
 
 # ---------------------------------------------------------------- flags
@@ -187,7 +183,7 @@ class Run:
     name: str  # relative to the experiments folder
     path: Path
     flags: list[str]  # for tucker_distillation.py, --experiment_name included
-    config: Config
+    config: Config  # resolved, as the training will save it
     teacher: Optional[Run] = None  # the run that trains the teacher this one needs
     teacher_checkpoint: Optional[Path] = None
 
@@ -212,6 +208,7 @@ def make_run(flags: list[str], experiments_dir: Path, study: str = "") -> Run:
     path = experiments_dir / name
     if not path.resolve().is_relative_to(experiments_dir.resolve()):
         raise UsageError(f"run folder {path} leaves --experiments_dir {experiments_dir} (a symbolic link?)")
+    config = resolve(dataclasses.replace(config, experiment_name=name))
     return Run(name, path, [*flags, "--experiment_name", name], config)
 
 
@@ -247,12 +244,11 @@ def build_grid(args: argparse.Namespace, extra: list[str]) -> list[Run]:
 def attach_teacher(run: Run, teacher: Run) -> None:
     """Point ``run`` at the weights it distils from: the teacher run's, or --teacher_checkpoint."""
     config = run.config
-    if config.teacher_checkpoint is not None:
-        run.teacher_checkpoint = Path(config.teacher_checkpoint)
+    run.teacher_checkpoint = Path(config.teacher_checkpoint)
+    if run.teacher_checkpoint != default_teacher_checkpoint(config):  # given with --teacher_checkpoint
         if not run.teacher_checkpoint.exists():
             raise UsageError(f"--teacher_checkpoint {config.teacher_checkpoint} does not exist")
         return
-    run.teacher_checkpoint = default_teacher_checkpoint(config.experiments_dir, config.dataset, config.teacher)
     run.teacher = teacher
 
 
@@ -262,30 +258,14 @@ def teachers(runs: list[Run]) -> list[Run]:
 
 # ---------------------------------------------------------------- run folders
 
-def read_job(path: Path) -> Optional[dict]:
-    """What runner.py recorded about the run's last submission, if anything readable."""
-    try:
-        return json.loads((path / JOB_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def run_state(path: Path, live: dict[str, str], scheduler: Scheduler) -> tuple[str, Optional[str]]:
-    """(state, recorded job id): finished, running, pending, failed (started or submitted, but no
-    live job), or not started."""
-    job = read_job(path)
-    job_id = job["job_id"] if job and job.get("scheduler") == scheduler.name else None
-    if (path / METRICS_FILE).exists():
-        return FINISHED, job_id
-    if job_id in live:
-        return STATES[live[job_id]], job_id
-    started = job or (path / CONFIG_FILE).exists() or (path / LAST_CHECKPOINT).exists()
-    return (FAILED if started else NOT_STARTED), job_id
+def run_state(run: Run, live: dict[str, str], scheduler: Scheduler) -> RunState:
+    """What the run's folder holds, checked against the flags the grid gives it."""
+    return RunDir(run.path).state(live, scheduler.name, run.config)
 
 
 def run_folders(experiments_dir: Path) -> list[Path]:
     """Folders under ``experiments_dir`` that the runner or the training wrote."""
-    markers = (JOB_FILE, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE)
+    markers = (JOB_FILE, SCRIPT_FILE, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, LOCK_FILE)
     return sorted({found.parent for marker in markers for found in experiments_dir.rglob(marker)})
 
 
@@ -384,18 +364,23 @@ class Submitter:
             self.out(f"warning: cannot list the queue ({error}); the dry run assumes it is empty")
             return {}
 
-    def state(self, run: Run) -> tuple[str, Optional[str]]:
+    def state(self, run: Run) -> RunState:
         if run.name in self.new_jobs:
-            return "pending", self.new_jobs[run.name]
-        return run_state(run.path, self.live, self.scheduler)
+            return RunState(PENDING, self.new_jobs[run.name])
+        return run_state(run, self.live, self.scheduler)
 
     def visit(self, run: Run) -> None:
-        state, job_id = self.state(run)
-        if state == FINISHED:
+        state = self.state(run)
+        if state.state == FINISHED:
             self.summary.finished.append(run.name)
-        elif state in ("running", "pending"):
+        elif state.state in (RUNNING, PENDING):
             self.summary.queued.append(run.name)
-            self.out(f"{state:<12} {run.name}  job {job_id}")
+            self.out(f"{state.state:<12} {run.name}  " + (f"job {state.job_id}" if state.job_id else state.detail))
+        elif state.state in (CONFLICTING, CORRUPT):  # never submitted: training would refuse it anyway
+            message = (f"its folder holds a run with other flags ({state.detail}); give this grid its own --study"
+                       if state.state == CONFLICTING else state.detail)
+            self.summary.failed.append((run.name, message))
+            self.out(f"{'refused':<12} {run.name}: {message}")
         else:
             try:
                 dependency = self.teacher_job(run) if run.teacher else None
@@ -412,14 +397,22 @@ class Submitter:
         teacher = run.teacher
         if teacher.name in self.broken_teachers:
             raise SchedulerError(self.broken_teachers[teacher.name])
-        state, job_id = self.state(teacher)
+        teacher_state = self.state(teacher)
+        state, job_id = teacher_state.state, teacher_state.job_id
         has_weights = run.teacher_checkpoint.exists()
         if state == FINISHED and not has_weights:
             self.broken_teachers[teacher.name] = f"teacher {teacher.name} finished but {run.teacher_checkpoint} is missing"
             raise SchedulerError(self.broken_teachers[teacher.name])
         if state == FINISHED or (state == NOT_STARTED and has_weights):
             return None  # trained, or weights put in place by hand
-        if state in ("running", "pending"):
+        if state in (CONFLICTING, CORRUPT):
+            self.broken_teachers[teacher.name] = f"its teacher {teacher.name} cannot be trained: {teacher_state.detail}"
+            raise SchedulerError(self.broken_teachers[teacher.name])
+        if state == RUNNING and job_id is None:  # trained by a process no job records: nothing to wait for
+            self.broken_teachers[teacher.name] = (f"its teacher {teacher.name} is being trained by {teacher_state.detail}, "
+                                                  "outside any job to wait for; run runner.py again once it has finished")
+            raise SchedulerError(self.broken_teachers[teacher.name])
+        if state in (RUNNING, PENDING):
             return job_id
         try:
             job_id = self.submit(teacher, None)
@@ -444,7 +437,7 @@ class Submitter:
             atomic_write(script_path, lambda tmp: tmp.write_text(script))
             job_id = self.scheduler.submit(script_path, dependency)
             atomic_write_json(run.path / JOB_FILE, {
-                "job_id": job_id, "scheduler": self.scheduler.name, "dependency": dependency,
+                "run": run.name, "job_id": job_id, "scheduler": self.scheduler.name, "dependency": dependency,
                 "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "script": SCRIPT_FILE,
             })
             self.out(f"{'submitted':<12} {run.name}  job {job_id}{after}{resumes}")
@@ -477,19 +470,19 @@ def status_table(runs: list[Run], scheduler: Scheduler) -> str:
     try:
         live, note = scheduler.live_jobs(), ""
     except SchedulerError as error:
-        live, note = {}, f"\n(the queue could not be listed: {error}; running and pending runs show as failed)"
-    rows = [(run, *run_state(run.path, live, scheduler)) for run in teachers(runs) + runs]
-    ended = scheduler.final_states(job_id for _, state, job_id in rows if state == FAILED and job_id)
+        live, note = {}, f"\n(the queue could not be listed: {error}; queued runs show as failed)"
+    rows = [(run, run_state(run, live, scheduler)) for run in teachers(runs) + runs]
+    ended = scheduler.final_states(state.job_id for _, state in rows if state.state == FAILED and state.job_id)
     lines = [f"{'state':<24} {'job':<12} {'best acc':>8}  run"]
     counts: dict[str, int] = {}
-    for run, state, job_id in rows:
-        counts[state] = counts.get(state, 0) + 1
-        accuracy = ""
-        if state == FINISHED:
-            accuracy = f"{json.loads((run.path / METRICS_FILE).read_text())['best_test_acc']:.2f}"
-        shown = f"{state} ({ended[job_id]})" if job_id in ended and state == FAILED else state
-        lines.append(f"{shown:<24} {job_id or '':<12} {accuracy:>8}  {run.name}")
-    lines.append(", ".join(f"{state} {counts.get(state, 0)}" for state in (FINISHED, "running", "pending", FAILED, NOT_STARTED)))
+    for run, state in rows:
+        counts[state.state] = counts.get(state.state, 0) + 1
+        accuracy = state.detail if state.state == FINISHED else ""
+        shown = f"{state.state} ({ended[state.job_id]})" if state.job_id in ended and state.state == FAILED else state.state
+        why = f"  ({state.detail})" if state.state in (CONFLICTING, CORRUPT) or (state.state == RUNNING and not state.job_id) else ""
+        lines.append(f"{shown:<24} {state.job_id or '':<12} {accuracy:>8}  {run.name}{why}")
+    shown_states = (FINISHED, RUNNING, PENDING, FAILED, NOT_STARTED, CONFLICTING, CORRUPT)
+    lines.append(", ".join(f"{state} {counts.get(state, 0)}" for state in shown_states if counts.get(state) or state in shown_states[:5]))
     return "\n".join(lines) + note
 
 
@@ -498,10 +491,10 @@ def cancel_jobs(experiments_dir: Path, scheduler: Scheduler, out: Callable[[str]
     live = scheduler.live_jobs()
     ids = []
     for path in run_folders(experiments_dir):
-        state, job_id = run_state(path, live, scheduler)
-        if state in ("running", "pending"):
-            ids.append(job_id)
-            out(f"cancel {job_id} ({state})  {path.relative_to(experiments_dir)}")
+        state = RunDir(path).state(live, scheduler.name)
+        if state.job_id in live and state.state in (RUNNING, PENDING):
+            ids.append(state.job_id)
+            out(f"cancel {state.job_id} ({state.state})  {path.relative_to(experiments_dir)}")
     scheduler.cancel(ids)
     out(f"cancelled {len(ids)} jobs")
     return ids
@@ -509,27 +502,45 @@ def cancel_jobs(experiments_dir: Path, scheduler: Scheduler, out: Callable[[str]
 
 def clean(experiments_dir: Path, scheduler: Scheduler, confirm: Callable[[str], bool],
           out: Callable[[str], None] = print) -> list[Path]:
-    """Delete the folders of unfinished runs that have no live job, once ``confirm`` agrees.
-    A folder with a metrics.json (its own or below it) is never touched."""
+    """Delete unfinished runs that nothing is training, once ``confirm`` agrees. Only folders that
+    are provably this project's runs (``RunDir.is_ours``) qualify, never one holding a metrics.json
+    (its own or below it), never one whose lock a live process holds; and only the files the
+    project writes are deleted: a folder with anything else in it is kept with that."""
     live = scheduler.live_jobs()
     doomed = [path for path in run_folders(experiments_dir)
-              if run_state(path, live, scheduler)[0] == FAILED and not any(path.rglob(METRICS_FILE))]
+              if RunDir(path).is_ours(experiments_dir) and RunDir(path).state(live, scheduler.name).state == FAILED
+              and not any(path.rglob(METRICS_FILE))]
     for path in doomed:
-        out(f"unfinished, no live job: {path.relative_to(experiments_dir)}")
+        out(f"unfinished, no live job or process: {path}")
     if not doomed:
         out("nothing to clean")
         return []
     if not confirm(f"delete these {len(doomed)} run folders? [y/N] "):
         out("nothing deleted")
         return []
+    deleted = []
     for path in doomed:
-        shutil.rmtree(path)
-        for parent in path.parents:  # and the folders that only held it
-            if parent == experiments_dir or any(parent.iterdir()):
+        run = RunDir(path)
+        try:
+            with run.locked(wait_s=0):  # a training that started meanwhile keeps its folder
+                files = run.own_files()
+                for file in files:
+                    file.unlink()
+        except UsageError as error:
+            out(f"kept {path}: {error}")
+            continue
+        kept = sorted(p.name for p in path.iterdir())
+        if kept:
+            out(f"kept {path}: it also holds {', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}")
+            continue
+        path.rmdir()
+        deleted.append(path)
+        for parent in path.parents:  # and the folders that only held it, up to the experiments folder
+            if parent == experiments_dir or not parent.is_relative_to(experiments_dir) or any(parent.iterdir()):
                 break
             parent.rmdir()
-    out(f"deleted {len(doomed)} run folders")
-    return doomed
+    out(f"deleted {len(deleted)} run folders")
+    return deleted
 
 
 def ask(question: str) -> bool:

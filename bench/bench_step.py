@@ -45,8 +45,8 @@ from common import Column, LoadMonitor, add_common_flags, finish, interleaved, m
 from toolbox.config import parse_config
 from toolbox.data_loader import CIFAR_MEAN_STD, IMAGE_SIZE, PAD, Dataset, train_batches
 from toolbox.models import MODELS, build_model
-from toolbox.rundir import RunDir
-from toolbox.training import Trainer, resolve
+from toolbox.rundir import RunDir, resolve
+from toolbox.training import Trainer
 
 METHODS = ("featuremap", "tucker", "tucker_recomp")
 PIPELINES = ("ours", "ours_contiguous", "reference")

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from toolbox.config import parse_config
+from toolbox.rundir import experiment_name
 from toolbox.training import train
 
 # Small batches so that a few epochs on digits' 1438 training images take a few seconds.
@@ -21,11 +22,19 @@ def run_training(experiments_dir: Path, *flags: str) -> dict[str, Any]:
     return train(parse_config([*TINY, "--experiments_dir", str(experiments_dir), *flags]))
 
 
+TEACHER_FLAGS = ["--distillation", "none", "--student", TEACHER, "--epochs", "12"]
+
+
+def teacher_run(experiments_dir: Path) -> Path:
+    """The folder of the ``digits_teacher`` run (named after its flags, as every run is)."""
+    return experiments_dir / experiment_name(parse_config([*TINY, *TEACHER_FLAGS]))
+
+
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """A ResNet20 teacher trained on digits at the conventional path (about 30 s on 2 cores):
     the experiments folder and the teacher's metrics. Tests must not write into this folder;
     they pass ``--teacher_checkpoint`` or copy it."""
     experiments = tmp_path_factory.mktemp("teacher-experiments")
-    metrics = run_training(experiments, "--distillation", "none", "--student", TEACHER, "--epochs", "12")
+    metrics = run_training(experiments, *TEACHER_FLAGS)
     return experiments, metrics

@@ -19,7 +19,7 @@ from toolbox import analysis, inspection
 from toolbox.config import Config
 from toolbox.errors import UsageError
 from toolbox.models import build_model
-from toolbox.training import resolve
+from toolbox.rundir import resolve
 from toolbox.tucker import relative_error, recompose
 
 COMMON = {"dataset": "digits", "teacher": "ResNet20", "student": "ResNetBaby", "epochs": 3}
@@ -108,7 +108,7 @@ def test_ignored_flags_do_not_split_configurations(summary: pd.DataFrame) -> Non
 def test_unfinished_and_unreadable_runs_are_listed_apart(tree: Path) -> None:
     runs = analysis.load_runs(tree)
     pending = runs.pending.set_index("run")
-    assert pending.loc["digits/ResNet20-ResNetBaby/tucker/B-48-8-8/seed0", "status"] == "unfinished"
+    assert pending.loc["digits/ResNet20-ResNetBaby/tucker/B-48-8-8/epochs=3/seed0", "status"] == "unfinished"
     assert pending.loc["broken/run", "status"].startswith("unreadable")
     assert len(runs.finished) == 9 and not set(pending.index) & set(runs.finished["run"])
     assert analysis.describe(runs).startswith("9 finished runs in 5 configurations")

@@ -14,8 +14,8 @@ import torch
 
 from conftest import STUDENT, TEACHER, TINY
 from toolbox import analysis
-from toolbox.rundir import RunDir
-from toolbox.training import Trainer, resolve
+from toolbox.rundir import RunDir, resolve
+from toolbox.training import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "test_noise.py"

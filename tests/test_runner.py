@@ -6,6 +6,7 @@ training script."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,8 +23,9 @@ from toolbox.scheduler import PENDING, RUNNING, LocalScheduler, PbsScheduler, Re
 
 GOLDEN = Path(__file__).parent / "golden"
 TINY = ["--dataset", "digits", "--teacher", "ResNetBaby", "--student", "ResNetBaby", "--epochs", "2", "--batch_size", "64"]
-TEACHER = "digits/teacher/ResNetBaby/seed0"
-FEATUREMAP = "digits/ResNetBaby-ResNetBaby/featuremap"
+CHANGES = "epochs=2,batch_size=64"  # the flags of TINY that differ from their defaults name the runs
+TEACHER = f"digits/teacher/ResNetBaby/{CHANGES}/seed0"
+FEATUREMAP = f"digits/ResNetBaby-ResNetBaby/featuremap/{CHANGES}"
 
 # Stands in for `python tucker_distillation.py FLAGS`: records its flags in the run folder, then
 # acts as FAKE_TRAINING says: finish (write metrics.json; a student first checks that its
@@ -32,6 +34,9 @@ FEATUREMAP = "digits/ResNetBaby-ResNetBaby/featuremap"
 FAKE_TRAINING = f"""#!{sys.executable}
 import json, os, signal, sys, time
 from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from toolbox.config import parse_config
+from toolbox.rundir import default_teacher_checkpoint
 
 flags = dict(zip(sys.argv[2::2], sys.argv[3::2]))
 run = Path(flags["--experiments_dir"]) / flags["--experiment_name"]
@@ -51,7 +56,7 @@ if mode == "wait":
 if mode == "fail_teacher" and teacher:
     sys.exit(1)
 if not teacher:
-    weights = Path(flags["--experiments_dir"], flags["--dataset"], "teacher", flags["--teacher"], "seed0", flags["--teacher"] + ".pth")
+    weights = default_teacher_checkpoint(parse_config(sys.argv[2:]))
     if not weights.exists():
         sys.exit(3)
 (run / (flags["--student"] + ".pth")).touch()
@@ -137,14 +142,27 @@ def grid(experiments: Path, *more: str) -> list[str]:
     return [*TINY, "--experiments_dir", str(experiments), *more]
 
 
+def saved_config(experiments: Path, name: str) -> dict:
+    """What the training saves in config.json: the config of the run of that name in the test's
+    grid (every method), or a made-up config naming the run for other names."""
+    args, extra = runner.parse_args(grid(experiments, "--distillations", *runner.DISTILLATIONS))
+    runs = runner.build_grid(args, extra)
+    configs = {run.name: run.config for run in [*runs, *runner.teachers(runs)]}
+    if name in configs:
+        return {"config": dataclasses.asdict(configs[name])}
+    return {"config": {**dataclasses.asdict(configs[TEACHER]), "experiment_name": name}}
+
+
 def make_run(experiments: Path, name: str, *files: str, job: Optional[str] = None, best: float = 50.0) -> Path:
-    """A run folder in some state: these files, and a job.json naming ``job``."""
+    """A run folder in some state: these files (a config.json as the training writes it), and a
+    job.json naming ``job`` as runner.py writes it."""
     path = experiments / name
     path.mkdir(parents=True, exist_ok=True)
     for file in files:
-        (path / file).write_text(json.dumps({"best_test_acc": best}) if file == "metrics.json" else "")
+        content = {"metrics.json": {"best_test_acc": best}, "config.json": saved_config(experiments, name)}.get(file)
+        (path / file).write_text(json.dumps(content) if content else "")
     if job is not None:
-        (path / "job.json").write_text(json.dumps({"job_id": job, "scheduler": "slurm"}))
+        (path / "job.json").write_text(json.dumps({"run": name, "job_id": job, "scheduler": "slurm"}))
     return path
 
 
@@ -175,8 +193,8 @@ def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(exper
     args, extra = runner.parse_args(grid(experiments, "--distillations", "featuremap", "--runs", "1",
                                          "--study", "lr0.05", "--", "--lr", "0.05"))
     (run,) = runner.build_grid(args, extra)
-    assert run.name == f"lr0.05/{FEATUREMAP}/seed0"
-    assert run.teacher.name == TEACHER  # teachers are shared between studies
+    assert run.name == f"lr0.05/{FEATUREMAP},lr=0.05/seed0"  # named after its flags, under the study
+    assert run.teacher.name == f"digits/teacher/ResNetBaby/{CHANGES},lr=0.05/seed0"  # the same recipe, not in the study
     for flags in (run.flags, run.teacher.flags):
         assert flags[flags.index("--lr") + 1] == "0.05"
 
@@ -313,8 +331,8 @@ def test_teacher_is_submitted_first_and_students_wait_for_it(cli, experiments: P
                               "--runs", "2"), fake)
     assert status == 0
     assert fake.names() == [TEACHER, f"{FEATUREMAP}/seed0", f"{FEATUREMAP}/seed1",
-                            "digits/ResNetBaby-ResNetBaby/tucker/B-8-8-8/seed0",
-                            "digits/ResNetBaby-ResNetBaby/tucker/B-8-8-8/seed1"]
+                            f"digits/ResNetBaby-ResNetBaby/tucker/B-8-8-8/{CHANGES}/seed0",
+                            f"digits/ResNetBaby-ResNetBaby/tucker/B-8-8-8/{CHANGES}/seed1"]
     assert [dependency for _, dependency in fake.submitted] == [None, "101", "101", "101", "101"]
     for script, _ in fake.submitted:
         assert script.name == "run.job" and script.read_text().startswith("#!/bin/bash\n")
@@ -385,7 +403,7 @@ def test_dry_run_prints_the_scripts_and_submits_and_writes_nothing(cli, experime
 
 
 def test_a_refused_submission_is_reported_with_the_schedulers_message(cli, experiments: Path) -> None:
-    fake = FakeSlurm(refuse=("featuremap/seed1",))
+    fake = FakeSlurm(refuse=(f"featuremap/{CHANGES}/seed1",))
     status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "3"), fake)
     assert status == 1
     assert fake.names() == [TEACHER, f"{FEATUREMAP}/seed0", f"{FEATUREMAP}/seed2"]
@@ -470,7 +488,7 @@ def test_pbs_commands(cli, tmp_path: Path, experiments: Path, fake_bin: Path) ->
         f"{experiments}/{TEACHER}/run.job",
         f"-W depend=afterok:3001 {experiments}/{FEATUREMAP}/seed0/run.job"]
     script = (experiments / FEATUREMAP / "seed0/run.job").read_text()
-    for line in ("#PBS -N td.digits.ResNetBaby-ResNetBaby.featuremap.seed0", "#PBS -q gpuvolta", "#PBS -P ab12",
+    for line in ("#PBS -N td.digits.ResNetBaby-ResNetBaby.featuremap.epochs.2.batch_size.64.seed0", "#PBS -q gpuvolta", "#PBS -P ab12",
                  "#PBS -l select=1:ncpus=4:mem=32GB:ngpus=1", "#PBS -l walltime=26:00:00",
                  f"#PBS -o {experiments}/{FEATUREMAP}/seed0/", f"#PBS -e {experiments}/{FEATUREMAP}/seed0/"):
         assert line + "\n" in script
@@ -508,8 +526,8 @@ def test_local_scheduler_runs_the_grid_here(cli, tmp_path: Path, experiments: Pa
     status, out, _ = cli(grid(experiments, "--scheduler", "local", "--python", str(python), "--distillations", "kd",
                               "--runs", "1", "--dataset", "cifar10"))
     assert status == 1
-    assert "failed to submit cifar10/ResNetBaby-ResNetBaby/kd/seed0: not run: job local-" in out
-    assert "failed while running cifar10/teacher/ResNetBaby/seed0: exit status 1, see its local.out" in out
+    assert f"failed to submit cifar10/ResNetBaby-ResNetBaby/kd/{CHANGES}/seed0: not run: job local-" in out
+    assert f"failed while running cifar10/teacher/ResNetBaby/{CHANGES}/seed0: exit status 1, see its local.out" in out
 
 
 # ---------------------------------------------------------------- status, cancel, clean

@@ -13,9 +13,11 @@ import pytest
 import torch
 
 import tucker_distillation
-from tests.conftest import STUDENT, TEACHER, TINY, run_training
+from tests.conftest import STUDENT, TEACHER, TINY, run_training, teacher_run
+from toolbox.config import parse_config
 from toolbox.errors import DivergedError, UsageError
 from toolbox.models import build_model
+from toolbox.rundir import experiment_name
 from toolbox.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,14 +26,15 @@ HISTORY = ("train_hard_loss", "train_soft_loss", "train_acc", "test_loss", "test
 
 
 def teacher_flags(digits_teacher: tuple[Path, dict]) -> list[str]:
-    checkpoint = digits_teacher[0] / "digits" / "teacher" / TEACHER / "seed0" / f"{TEACHER}.pth"
+    checkpoint = teacher_run(digits_teacher[0]) / f"{TEACHER}.pth"
     return ["--teacher", TEACHER, "--student", STUDENT, "--teacher_checkpoint", str(checkpoint)]
 
 
 def test_teacher_learns_digits(digits_teacher: tuple[Path, dict]) -> None:
     experiments, metrics = digits_teacher
     assert metrics["best_test_acc"] >= 90.0
-    run = experiments / "digits" / "teacher" / TEACHER / "seed0"
+    run = teacher_run(experiments)
+    assert run == experiments / "digits/teacher" / TEACHER / "epochs=12,batch_size=64,lr=0.05/seed0"
     assert {"config.json", "metrics.json", f"{TEACHER}.pth", "Loss.png", "Accuracy.png"} <= {p.name for p in run.iterdir()}
     saved = json.loads((run / "config.json").read_text())
     assert saved["config"]["distillation"] == "none" and saved["environment"]["torch"] == torch.__version__
@@ -87,7 +90,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(Trainer, "test", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         run_training(tmp_path / "b", *flags)
-    run = tmp_path / "b" / "digits" / "teacher" / STUDENT / "seed0"
+    run = tmp_path / "b" / experiment_name(parse_config([*TINY, *flags]))
     assert not (run / "metrics.json").exists()
     assert len(torch.load(run / "last.pt", weights_only=True)["history"]["test_acc"]) == 1
 
@@ -140,7 +143,7 @@ def test_signal_saves_and_exits_75_then_the_rerun_finishes(tmp_path: Path) -> No
     assert 1 <= epochs_done < 30
 
     other_flags = subprocess.run([*command, "--lr", "0.01"], cwd=ROOT, capture_output=True, text=True)
-    assert other_flags.returncode == 2 and "other flags (--lr 0.05 -> 0.01)" in other_flags.stderr
+    assert other_flags.returncode == 2 and "other flags (--lr 0.05 there, 0.01 here)" in other_flags.stderr
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     assert f"resuming {tmp_path / 'sig'} after epoch {epochs_done} of 30" in finished.stdout
@@ -183,10 +186,10 @@ def test_missing_teacher_prints_the_command_that_trains_it(tmp_path: Path, capsy
     status = tucker_distillation.main([*TINY, "--experiments_dir", str(tmp_path), "--teacher", "ResNet32", "--student", STUDENT])
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1
-    expected_path = tmp_path / "digits" / "teacher" / "ResNet32" / "seed0" / "ResNet32.pth"
+    expected_path = tmp_path / "digits/teacher/ResNet32/batch_size=64,lr=0.05/seed0/ResNet32.pth"  # same recipe
     assert f"teacher checkpoint {expected_path} not found" in err
     assert (f"python tucker_distillation.py --distillation none --dataset digits --student ResNet32 --seed 0 "
-            f"--experiments_dir {tmp_path}") in err
+            f"--batch_size 64 --lr 0.05 --experiments_dir {tmp_path}") in err
 
 
 @pytest.mark.parametrize("teacher, classes", [("ResNet56", 10), (TEACHER, 100)])  # wrong depth; wrong classes

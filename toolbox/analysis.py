@@ -6,7 +6,7 @@ so a job still training never shows up as a result.
 
 Runs are grouped into configurations by the flags that change the experiment. Runtime flags and
 the seed never split a configuration, and neither do flags a method ignores (the ranks saved with
-a featuremap run, the reconstruction target of a plain tucker run): see ``METHOD_FIELDS``.
+a featuremap run, the reconstruction target of a plain tucker run): see ``toolbox.rundir.defining_flags``.
 Configurations are named as in the original study's table (``featuremap``, ``tucker_x0.5``,
 ``recomp_both_x0.25``: channel rank over the channels of the distilled map); a label adds the
 other flags in which the configurations of a folder differ (``tucker_x0.5 (beta=50)``).
@@ -27,19 +27,16 @@ import pandas as pd
 from matplotlib.axes import Axes
 
 from toolbox.config import RUNTIME_FIELDS, Config
-from toolbox.distillation import DISTILLERS
 from toolbox.data_loader import IMAGE_SIZE
 from toolbox.errors import UsageError
 from toolbox.models import STAGE_STRIDES, STAGE_WIDTHS
-from toolbox.rundir import CONFIG_FILE, RunDir, ranks_tag
+from toolbox.naming import ranks_tag
+from toolbox.rundir import CONFIG_FILE, RunDir, defining_flags, method_specific
 from toolbox.tucker import Ranks, parse_ranks
 
 TUCKER_METHODS = ("tucker", "tucker_recomp")
 
-METHOD_FIELDS: dict[str, tuple[str, ...]] = {name: distiller.flags for name, distiller in DISTILLERS.items()}
-"""The method-specific flags each distillation method reads; the others are ignored for it."""
-
-METHOD_SPECIFIC = frozenset(field for fields in METHOD_FIELDS.values() for field in fields)
+METHOD_SPECIFIC = method_specific()
 NOT_FLAGS = RUNTIME_FIELDS | {"seed", "experiment_name"}
 SHOWN_FLAGS = ("distillation", "dataset", "teacher", "student", "ranks", "recomp_target", "epochs")
 """Always in the compact summary; other flags appear only where configurations differ in them."""
@@ -107,13 +104,10 @@ def method_name(config: Mapping[str, Any]) -> str:
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The flags that make a run's configuration, in ``Config`` order, those its method ignores
-    set to None. A method missing from ``METHOD_FIELDS`` keeps all its flags, so that the runs of
-    a new method are split too finely rather than mixed."""
-    distillation = config["distillation"]
-    relevant = set(METHOD_FIELDS.get(distillation, METHOD_SPECIFIC))
-    if distillation not in DISTILLERS or DISTILLERS[distillation].needs_teacher:
-        relevant.add("teacher")
+    """The flags that make a run's configuration (``toolbox.rundir.defining_flags``, the same rule
+    that names and checks runs), in ``Config`` order, those its method ignores set to None. An
+    unknown method keeps all its flags, so that its runs are split too finely rather than mixed."""
+    relevant = set(defining_flags(config["distillation"]))
     order = {field.name: index for index, field in enumerate(dataclasses.fields(Config))}
     flags = sorted((k for k in config if k not in NOT_FLAGS), key=lambda k: (order.get(k, len(order)), k))
     optional = METHOD_SPECIFIC | {"teacher"}

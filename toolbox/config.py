@@ -17,8 +17,9 @@ from typing import Any, Optional, Sequence
 from toolbox.data_loader import DATASETS
 from toolbox.distillation import DISTILLERS, RECOMP_TARGETS, SOFT_LOSSES
 from toolbox.errors import UsageError
-from toolbox.models import MODELS
-from toolbox.tucker import BACKENDS, parse_ranks
+from toolbox.models import MODELS, stage_shapes
+from toolbox.naming import validate_experiment_name
+from toolbox.tucker import BACKENDS, HOOI_MAX_SWEEPS, TUCKER_CORES, parse_ranks
 
 
 def flag(default: Any, help: str, *, type: Optional[type] = None, choices: Sequence[Any] | None = None) -> Any:
@@ -33,15 +34,16 @@ class Config:
     dataset: str = flag("cifar100", "data set ('digits' is offline, built from scikit-learn's 8x8 digits)", choices=DATASETS)
     teacher: str = flag("ResNet112", "teacher architecture", choices=list(MODELS))
     student: str = flag("ResNet56", "architecture being trained", choices=list(MODELS))
-    teacher_checkpoint: Optional[str] = flag(None, "teacher weights ({'weights': state_dict}); default: the plain run of --teacher with seed 0 under --experiments_dir", type=str)
+    teacher_checkpoint: Optional[str] = flag(None, "teacher weights ({'weights': state_dict}); default: the plain run of --teacher with seed 0 and the same training flags under --experiments_dir (a run is tied to its teacher's content: a resumed run refuses a different file)", type=str)
     # The distillation loss
     beta: Optional[float] = flag(None, "weight of the distillation loss: total = cross-entropy + beta * soft loss (default: 125 for feature-map methods, as in the original; 1 for kd)", type=float)
     loss: str = flag("l1", "distance between the L2-normalised, flattened maps or cores", choices=SOFT_LOSSES)
-    feature_layer: int = flag(3, "distilled stage: 3 is layer3 (64x8x8 on 32x32 images), 2 is 32x16x16, 1 is 16x32x32", choices=(1, 2, 3))
+    feature_layer: int = flag(3, "distilled stage, from 1 to the architecture's number of stages (0 is the stem): for the CIFAR ResNets 3 is layer3 (64x8x8 on 32x32 images), 2 is 32x16x16, 1 is 16x32x32")
     ranks: str = flag("BATCH_SIZE,32,8,8", "Tucker ranks for (batch, channel, height, width); BATCH_SIZE keeps the batch mode whole")
     recomp_target: str = flag("teacher", "tucker_recomp: reconstruct the teacher map, the student map (projected on the teacher's factors), or both", choices=RECOMP_TARGETS)
-    tucker_backend: str = flag("fast", "'fast': truncated HOSVD from Gram eigendecompositions; 'tensorly': tensorly's tucker at its defaults, as the original", choices=BACKENDS)
-    hooi_iters: int = flag(0, "HOOI refinement sweeps after the fast HOSVD (matter only when several modes are truncated)")
+    tucker_backend: str = flag("fast", "'fast': tensorly's result in closed form, from float64 Gram eigendecompositions; 'tensorly': tensorly's tucker, as the original called it", choices=BACKENDS)
+    hooi_iters: int = flag(HOOI_MAX_SWEEPS, "most HOOI sweeps, on either back end (tensorly's n_iter_max; it stops earlier at its tolerance, 1e-4); 0: the SVD initialisation alone")
+    tucker_core: str = flag("original", "tucker: 'original' compares cores with the full-rank modes (batch, spatial) rotated as tensorly rotates them, the study's loss; 'per_sample' leaves them unrotated, comparing each sample's own core (--tucker_backend fast only)", choices=TUCKER_CORES)
     kd_temperature: float = flag(4.0, "kd: softmax temperature")
     noise_std: float = flag(1.0, "noise: standard deviation of the Gaussian noise added to the student's map")
     # Optimisation (SGD with momentum, cosine schedule over the epochs, as in the original)
@@ -54,7 +56,7 @@ class Config:
     # Where things are
     data_dir: str = flag("data", "data sets are read from (and CIFAR downloaded into) this folder")
     experiments_dir: str = flag("experiments", "run folders are created under this folder")
-    experiment_name: Optional[str] = flag(None, "run folder, relative to --experiments_dir (default: derived from the flags, e.g. cifar100/ResNet112-ResNet56/tucker/B-32-8-8/seed0)", type=str)
+    experiment_name: Optional[str] = flag(None, "run folder, relative to --experiments_dir (default: derived from the flags: cifar100/ResNet112-ResNet56/tucker/B-32-8-8/seed0 at the defaults; every other flag that differs from its default and is not a speed or location flag is added, e.g. .../B-32-8-8/lr=0.01/seed0)", type=str)
     # Speed (none of these changes which run it is: a run may resume with other values)
     device: str = flag("auto", "'auto' (CUDA when present, else the CPU), 'cpu', 'cuda', 'cuda:1', ...")
     amp: str = flag("auto", "mixed precision: 'auto' is bf16 autocast on a GPU that supports it and off on the CPU", choices=("auto", "bf16", "off"))
@@ -66,8 +68,6 @@ class Config:
 
     def validate(self) -> None:
         """Reject values that parse but make no sense, naming the flag and what would be valid."""
-        from toolbox.rundir import validate_experiment_name
-
         for name in ("epochs", "batch_size", "eval_batch_size", "max_batches", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -81,9 +81,16 @@ class Config:
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 raise UsageError(f"--{name} must be zero or a positive number; got {value}")
         parse_ranks(self.ranks)
+        archs = [self.student, self.teacher] if DISTILLERS[self.distillation].needs_teacher else [self.student]
+        stages = min(len(stage_shapes(arch)) - 1 for arch in archs)
+        if not 0 <= self.feature_layer <= stages:
+            raise UsageError(f"--feature_layer must be from 0 (the stem) to {stages} for {' and '.join(archs)}; "
+                             f"got {self.feature_layer}")
         if self.experiment_name is not None:
             validate_experiment_name(self.experiment_name)
 
+
+IO_ERROR = 74  # sysexits' EX_IOERR: a write failed (full disk, permissions)
 
 RUNTIME_FIELDS = frozenset(
     {"device", "amp", "compile", "channels_last", "eval_batch_size", "threads", "data_dir", "experiments_dir", "teacher_checkpoint"}
@@ -135,7 +142,8 @@ def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
 
 
 def main_guard(run, *args) -> int:
-    """Run an entry point, turning the project's errors into one line on stderr and an exit code."""
+    """Run an entry point, turning the project's errors into one line on stderr and an exit code
+    (README.md lists them)."""
     from toolbox.errors import DivergedError, Interrupted
 
     try:
@@ -143,4 +151,9 @@ def main_guard(run, *args) -> int:
     except (UsageError, DivergedError, Interrupted) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # a full disk, a folder that became read-only, ...
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}; fix that (free space, permissions) and rerun the same "
+              f"command: the run resumes from its last completed epoch", file=sys.stderr)
+        return IO_ERROR
     return 0

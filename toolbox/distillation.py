@@ -9,13 +9,14 @@ in ``DISTILLERS``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolbox.tucker import Factors, check_ranks, parse_ranks, project, recompose, tucker
+from toolbox.naming import format_value, ranks_tag
+from toolbox.tucker import Factors, check_core, check_ranks, parse_ranks, project, recompose, tucker
 
 if TYPE_CHECKING:
     from toolbox.config import Config
@@ -39,9 +40,19 @@ class Distiller(nn.Module):
     """Base class: the soft loss between teacher and student outputs (zero when not distilling)."""
 
     needs_teacher = True
-    default_beta = 125.0  # the original's weight for its normalised feature-map losses
+    defaults: dict[str, Any] = {"beta": 125.0}  # the original's weight for its normalised feature-map losses
+    """Values of flags left unset (None) on the command line, where they depend on the method."""
     flags: tuple[str, ...] = ("feature_layer", "loss", "beta")
-    """The method's own flags: the others do not change what it computes (analysis groups by these)."""
+    """The method's own flags: the others do not change what it computes. A run's name and its
+    identity (resume, skip when finished, the notebooks' grouping) take these into account."""
+    tag_flags: tuple[str, ...] = ()
+    """The flags that ``run_tag`` spells out in the run's name; other flags that differ from their
+    defaults are appended to the name as ``flag=value``."""
+
+    @classmethod
+    def run_tag(cls, config: Config) -> list[str]:
+        """Folder names after the method's name, e.g. ``["B-32-8-8"]`` for ``tucker``."""
+        return [str(getattr(config, flag)) for flag in cls.tag_flags]
 
     def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
         """``*_shape`` are the (C, H, W) shapes of the distilled stage of each network."""
@@ -65,7 +76,7 @@ class NoDistillation(Distiller):
     """Plain training with cross-entropy alone (used to train teachers and baselines)."""
 
     needs_teacher = False
-    default_beta = 0.0
+    defaults: dict[str, Any] = {"beta": 0.0}
     flags = ()
 
     def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
@@ -82,9 +93,16 @@ class FeatureMapDistiller(Distiller):
 
 class TuckerDistiller(Distiller):
     """Tucker-decompose the teacher's map; compare cores after projecting the student's map on
-    the teacher's factors. Subclasses compare other views of the same decomposition."""
+    the teacher's factors, the original's loss (``--tucker_core original``: the full-rank modes
+    rotated as tensorly rotates them) or each sample's own core (``per_sample``). Subclasses compare
+    other views of the same decomposition."""
 
-    flags = (*Distiller.flags, "ranks", "tucker_backend", "hooi_iters")
+    flags = (*Distiller.flags, "ranks", "tucker_backend", "hooi_iters", "tucker_core")
+    tag_flags = ("ranks",)
+
+    @classmethod
+    def run_tag(cls, config: Config) -> list[str]:
+        return [*super().run_tag(config)[:-1], ranks_tag(config.ranks)]  # B-32-8-8: no commas in names
 
     def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
         super().__init__(config, teacher_shape, student_shape)
@@ -92,10 +110,16 @@ class TuckerDistiller(Distiller):
         check_ranks(self.ranks, teacher_shape)
         self.backend = config.tucker_backend
         self.hooi_iters = config.hooi_iters
+        self.core = self.core_kind(config)
+        check_core(self.core, self.backend)
+
+    def core_kind(self, config: Config) -> str:
+        """Which core the decomposition computes, one of ``toolbox.tucker.TUCKER_CORES``."""
+        return config.tucker_core
 
     def decompose(self, teacher_map: Tensor) -> tuple[Tensor, Factors]:
         with torch.no_grad():  # the teacher's factors are fixed targets, never trained through
-            return tucker(teacher_map, self.ranks, backend=self.backend, n_iter=self.hooi_iters)
+            return tucker(teacher_map, self.ranks, backend=self.backend, n_iter=self.hooi_iters, core=self.core)
 
     def compare(self, teacher_map: Tensor, student_map: Tensor, core: Tensor, factors: Factors) -> Tensor:
         return normalized_distance(project(student_map.float(), factors), core, self.loss)
@@ -103,18 +127,27 @@ class TuckerDistiller(Distiller):
     def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
         teacher_map, student_map = self.maps(teacher_out, student_out)
         core, factors = self.decompose(teacher_map)
-        return self.compare(teacher_map, student_map, core, factors)
+        # in float32 even under autocast: a bf16 rotation of the batch would swamp the core's small rows
+        with torch.autocast(student_map.device.type, enabled=False):
+            return self.compare(teacher_map, student_map, core, factors)
 
 
 class TuckerRecompDistiller(TuckerDistiller):
     """Compare full maps after Tucker reconstruction of the teacher's, the student's (projected on
     the teacher's factors and reconstructed), or both."""
 
-    flags = (*TuckerDistiller.flags, "recomp_target")
+    # Reconstruction undoes the rotations of full-rank modes, so --tucker_core changes nothing here.
+    flags = (*(name for name in TuckerDistiller.flags if name != "tucker_core"), "recomp_target")
+    tag_flags = ("recomp_target", "ranks")
 
     def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
         super().__init__(config, teacher_shape, student_shape)
         self.target = config.recomp_target
+
+    def core_kind(self, config: Config) -> str:
+        """The same maps either way, so the fast back end skips the full-rank rotations (less work);
+        tensorly computes them regardless."""
+        return "per_sample" if config.tucker_backend == "fast" else "original"
 
     def compare(self, teacher_map: Tensor, student_map: Tensor, core: Tensor, factors: Factors) -> Tensor:
         if self.target in ("teacher", "both"):
@@ -128,7 +161,7 @@ class LogitDistiller(Distiller):
     """Hinton et al.'s knowledge distillation: KL divergence between temperature-softened
     outputs, scaled by T^2 so that its gradients keep their size as T changes."""
 
-    default_beta = 1.0
+    defaults: dict[str, Any] = {"beta": 1.0}
     flags = ("beta", "kd_temperature")
 
     def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
@@ -149,6 +182,11 @@ class NoiseDistiller(Distiller):
     with the student (the original never gave it to the optimiser)."""
 
     flags = (*Distiller.flags, "noise_std")
+    tag_flags = ("noise_std",)
+
+    @classmethod
+    def run_tag(cls, config: Config) -> list[str]:
+        return [f"std{format_value(config.noise_std)}"]
 
     def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
         super().__init__(config, teacher_shape, student_shape)

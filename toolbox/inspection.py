@@ -25,8 +25,7 @@ from torch import Tensor, nn
 
 from toolbox.data_loader import Dataset, eval_batches
 from toolbox.errors import UsageError
-from toolbox.models import build_model
-from toolbox.training import load_weights
+from toolbox.models import build_model, load_checkpoint
 from toolbox.tucker import BACKENDS, MODE_NAMES, Factors, Ranks, recompose, relative_error, tucker
 
 SWEEPS = ("channel", "spatial")
@@ -39,7 +38,7 @@ def load_network(arch: str, checkpoint: str | Path, num_classes: int, device: to
     if not path.exists():
         raise UsageError(f"checkpoint {path} not found: train that network first, or point the notebook's parameters at its .pth file")
     model = build_model(arch, num_classes)
-    load_weights(model, path, f"{arch} checkpoint ({num_classes} classes)")
+    load_checkpoint(model, path, f"{arch} checkpoint")
     return model.to(device).eval()
 
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import pickle
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -24,12 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from toolbox.config import RUNTIME_FIELDS, Config
+from toolbox.config import Config
 from toolbox.data_loader import IMAGE_SIZE, Dataset, eval_batches, load_dataset, train_batches
 from toolbox.distillation import DISTILLERS, Distiller, build_distiller
 from toolbox.errors import DivergedError, Interrupted, UsageError
-from toolbox.models import build_model
-from toolbox.rundir import RunDir, default_teacher_checkpoint, experiment_name, teacher_command
+from toolbox.models import build_model, load_checkpoint
+from toolbox.rundir import RunDir, differences, file_digest, resolve, teacher_command
+from toolbox.stop import StopFlag, stop_flag
 from toolbox.utils import (
     atomic_torch_save,
     atomic_write_json,
@@ -41,46 +39,17 @@ from toolbox.utils import (
 )
 
 HISTORY_KEYS = ("train_hard_loss", "train_soft_loss", "train_acc", "test_loss", "test_acc")
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
-
-def resolve(config: Config) -> Config:
-    """Fill in the defaults that depend on other flags, so that config.json says what ran."""
-    distiller = DISTILLERS[config.distillation]
-    teacher_checkpoint = config.teacher_checkpoint
-    if teacher_checkpoint is None and distiller.needs_teacher:
-        teacher_checkpoint = str(default_teacher_checkpoint(config.experiments_dir, config.dataset, config.teacher))
-    return dataclasses.replace(
-        config,
-        beta=distiller.default_beta if config.beta is None else config.beta,
-        experiment_name=config.experiment_name or experiment_name(config),
-        teacher_checkpoint=teacher_checkpoint if distiller.needs_teacher else None,
-    )
 
 
 def check_same_run(saved: dict[str, Any], config: Config, path: Path) -> None:
-    """A folder holds one experiment: resuming it with other flags would mix two runs."""
-    current = dataclasses.asdict(config)
-    changed = [
-        f"--{key} {saved.get(key)!r} -> {value!r}"
-        for key, value in current.items()
-        if key not in RUNTIME_FIELDS and saved.get(key) != value
-    ]
+    """A folder holds one experiment: returning or resuming it for other flags would report or mix
+    two experiments as one."""
+    changed = differences(saved, config)
     if changed:
         raise UsageError(
-            f"{path} holds a run with other flags ({'; '.join(changed)}); "
-            "rerun with the same flags to resume it, or choose another --experiment_name"
+            f"{path} holds a run with other flags ({'; '.join(changed)}); rerun with its flags to use it, or leave "
+            "out --experiment_name (runs are named after their flags) or choose another one for a separate run"
         )
-
-
-def load_weights(model: nn.Module, path: Path, what: str) -> None:
-    """Load ``{"weights": state_dict}`` (the original's format) with a one-line error on mismatch."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(checkpoint["weights"])
-    except (RuntimeError, KeyError, TypeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        detail = " ".join(str(error).split())[:400]
-        raise UsageError(f"{what} {path} does not fit the model ({type(error).__name__}: {detail})") from None
 
 
 def feature_shape(model: nn.Module, layer: int, device: torch.device) -> tuple[int, ...]:
@@ -88,28 +57,6 @@ def feature_shape(model: nn.Module, layer: int, device: torch.device) -> tuple[i
     model.eval()
     with torch.no_grad():
         return tuple(model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device))[layer].shape[1:])
-
-
-class StopFlag:
-    """Set by SIGUSR1/SIGTERM (preemption, a time limit): the loop stops after the current step."""
-
-    def __init__(self) -> None:
-        self.signal: Optional[int] = None
-
-    @contextlib.contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
 
 
 def make_autocast(config: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -147,6 +94,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
         self.history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
         self.elapsed = 0.0  # seconds of training, summed over resumed sessions
+        self.teacher_sha256: Optional[str] = None  # the teacher file's content, which a resumed run must keep
 
         self.student.to(memory_format=self.memory_format)
         self.student_step = torch.compile(self.student) if config.compile else self.student
@@ -164,7 +112,10 @@ class Trainer:
                 f"(it is saved there by default), or pass --teacher_checkpoint"
             )
         teacher = build_model(config.teacher, self.data.num_classes)
-        load_weights(teacher, path, f"--teacher_checkpoint ({config.teacher}, {self.data.num_classes} classes)")
+        load_checkpoint(teacher, path, "--teacher_checkpoint")
+        if not all_finite(teacher):
+            raise UsageError(f"--teacher_checkpoint {path} holds NaN or infinite weights (a diverged teacher); "
+                             "retrain the teacher or pass another checkpoint")
         teacher.to(self.device).eval()
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
@@ -176,20 +127,21 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         state = {
+            "config": dataclasses.asdict(self.config),  # what a resume checks, even if config.json is lost
             "student": self.student.state_dict(),
             "distiller": self.distiller.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
             "elapsed": self.elapsed,
+            "teacher_sha256": self.teacher_sha256,
             "torch_rng": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def restore(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+    def restore(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["student"])
         self.distiller.load_state_dict(state["distiller"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -238,19 +190,20 @@ class Trainer:
             soft_sum = soft_sum + soft * n
             correct = correct + right
             count += n
-            if stop.signal is not None:
-                raise Interrupted(
-                    f"stopped by signal {signal.Signals(stop.signal).name} during epoch {self.epoch + 1}; "
-                    f"{self.run.last} holds epoch {self.epoch}: rerun the same command to resume"
-                )
+            check_stop(stop, self.run, self.epoch)
         hard_loss, soft_loss = float(hard_sum) / count, float(soft_sum) / count
-        if not (math.isfinite(hard_loss) and math.isfinite(soft_loss)):
-            kept = f"{self.run.last} keeps the last good epoch ({self.epoch})" if self.epoch else "no epoch was saved"
-            raise DivergedError(
-                f"the loss diverged in epoch {self.epoch + 1} (cross-entropy {hard_loss}, distillation {soft_loss}); "
-                f"{kept}; try a lower --lr or --beta"
-            )
         return {"train_hard_loss": hard_loss, "train_soft_loss": soft_loss, "train_acc": 100.0 * float(correct) / count}
+
+    def check_finite(self, record: dict[str, float]) -> None:
+        """Divergence is a non-finite training or test loss or a non-finite weight; it stops the
+        run before anything is saved, so last.pt and the best checkpoint only ever hold finite states."""
+        losses = {key: value for key, value in record.items() if "loss" in key}
+        if all(math.isfinite(value) for value in losses.values()) and all_finite(self.student, self.distiller):
+            return
+        kept = f"{self.run.last} keeps the last good epoch ({self.epoch})" if self.epoch else "no epoch was saved"
+        shown = ", ".join(f"{key} {value:.4g}" for key, value in losses.items())
+        raise DivergedError(f"the run diverged in epoch {self.epoch + 1} ({shown}, or a weight is NaN or infinite); "
+                            f"{kept}; try a lower --lr or --beta")
 
     def test(self) -> dict[str, float]:
         batches = (
@@ -261,34 +214,96 @@ class Trainer:
         return {"test_loss": loss, "test_acc": accuracy}
 
 
+def all_finite(*modules: nn.Module) -> bool:
+    """Every floating-point parameter and buffer (BatchNorm statistics too) is finite."""
+    tensors = [t for module in modules for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def check_stop(stop: StopFlag, run: RunDir, epoch: int) -> None:
+    """Leave through ``Interrupted`` (exit 75, the job requeues) once a stop signal has arrived."""
+    if stop.signal is not None:
+        raise Interrupted(f"stopped by signal {stop.name} during epoch {epoch + 1}; {run.last} holds epoch {epoch}: "
+                          "rerun the same command to resume")
+
+
+def read_last(run: RunDir, device: torch.device) -> Optional[dict[str, Any]]:
+    """The run's resumable state, or None when it has none; unreadable is a one-line error."""
+    if not run.last.exists():
+        return None
+    try:
+        state = torch.load(run.last, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or "student" not in state:
+            raise ValueError("not a last.pt of this project")
+        return state
+    except Exception as error:  # a damaged pickle fails in many ways (KeyError, UnpicklingError, EOFError, ...)
+        detail = " ".join(str(error).split())[:200]
+        raise UsageError(f"{run.last} is unreadable ({type(error).__name__}: {detail}); it was left as it is: move it "
+                         f"away to restart this run from epoch 0, or restore it") from None
+
+
+def finished_metrics(run: RunDir, config: Config) -> dict[str, Any]:
+    """A finished run's metrics, once its config.json shows it was trained with these flags."""
+    saved = run.saved_config()
+    if saved is None:
+        raise UsageError(f"{run.path} has finished but has no config.json, so the flags it was trained with cannot be "
+                         "checked; restore its config.json, or choose another --experiment_name")
+    check_same_run(saved, config, run.path)
+    metrics = run.read_json(run.metrics)
+    print(f"{run.path} has finished already (best test accuracy {metrics['best_test_acc']:.2f}%); nothing to do")
+    return metrics
+
+
 def train(config: Config) -> dict[str, Any]:
-    """Train (or resume, or skip when finished) the run that ``config`` describes; its metrics."""
+    """Train (or resume, or skip when finished) the run that ``config`` describes; its metrics.
+    The run's folder is locked for the whole call: a second process on it fails at once."""
     config = resolve(config)
     run = RunDir(Path(config.experiments_dir) / config.experiment_name)
-    if run.finished:
-        metrics = run.read_json(run.metrics)
-        print(f"{run.path} has finished already (best test accuracy {metrics['best_test_acc']:.2f}%); nothing to do")
-        return metrics
-    saved = run.read_json(run.config)
-    if saved is not None and run.last.exists():  # without last.pt there is no epoch to lose
-        check_same_run(saved["config"], config, run.path)
+    run.create()
+    with run.locked(), stop_flag() as stop:
+        run.remove_stale_temporaries()
+        if run.finished:
+            return finished_metrics(run, config)
+        state = read_last(run, torch.device("cpu"))
+        saved = state.get("config") if state else None
+        if state is not None and saved is None:
+            saved = run.saved_config()
+            if saved is None:
+                raise UsageError(f"{run.last} does not record its flags and {run.config} is missing, so resuming cannot be "
+                                 "checked; move last.pt away to restart the run from epoch 0")
+        if saved is not None:
+            check_same_run(saved, config, run.path)
 
-    trainer = Trainer(config, run)
-    run.path.mkdir(parents=True, exist_ok=True)
-    if run.last.exists():
-        trainer.restore(run.last)
-        print(f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}")
-    else:
-        atomic_write_json(run.config, {"config": dataclasses.asdict(config), "environment": environment()})
-        what = config.student if trainer.teacher is None else f"{config.teacher} -> {config.student}"
-        print(f"training {run.path} on {trainer.device} ({config.distillation}: {what})")
+        trainer = Trainer(config, run)
+        if trainer.teacher is not None:
+            trainer.teacher_sha256 = file_digest(Path(config.teacher_checkpoint))
+        if state is not None:
+            if state.get("teacher_sha256") != trainer.teacher_sha256:
+                raise UsageError(f"--teacher_checkpoint {config.teacher_checkpoint} is not the teacher {run.path} was "
+                                 "trained with (its content differs); pass that teacher's file to resume, or choose "
+                                 "another --experiment_name for a run with this teacher")
+            trainer.restore(state)
+            print(f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}")
+        else:
+            what = config.student if trainer.teacher is None else f"{config.teacher} -> {config.student}"
+            print(f"training {run.path} on {trainer.device} ({config.distillation}: {what})")
+        try:  # keep the environment the run started in; an unreadable config.json is rewritten from last.pt
+            previous = run.read_json(run.config) if state is not None else None
+        except UsageError:
+            previous = None
+        atomic_write_json(run.config, {  # the flags as they are now (a moved teacher's new path)
+            "config": dataclasses.asdict(config),
+            "environment": (previous or {}).get("environment") or environment(),
+            "teacher_sha256": trainer.teacher_sha256,
+        })
+        check_stop(stop, run, trainer.epoch)
 
-    best_path = run.best_checkpoint(config.student)
-    with StopFlag().installed() as stop:
+        best_path = run.best_checkpoint(config.student)
         while trainer.epoch < config.epochs:
             started = time.perf_counter()
             record = trainer.train_epoch(stop)
             record.update(trainer.test())
+            trainer.check_finite(record)
             trainer.scheduler.step()
             trainer.elapsed += time.perf_counter() - started
             is_best = trainer.epoch == 0 or record["test_acc"] > max(trainer.history["test_acc"])
@@ -306,13 +321,13 @@ def train(config: Config) -> dict[str, Any]:
                 flush=True,
             )
 
-    best_epoch = max(range(config.epochs), key=lambda i: trainer.history["test_acc"][i])
-    metrics = {
-        **trainer.history,
-        "best_test_acc": trainer.history["test_acc"][best_epoch],
-        "best_epoch": best_epoch + 1,
-        "epochs": config.epochs,
-        "wall_time_s": trainer.elapsed,
-    }
-    atomic_write_json(run.metrics, metrics)
-    return metrics
+        best_epoch = max(range(config.epochs), key=lambda i: trainer.history["test_acc"][i])
+        metrics = {
+            **trainer.history,
+            "best_test_acc": trainer.history["test_acc"][best_epoch],
+            "best_epoch": best_epoch + 1,
+            "epochs": config.epochs,
+            "wall_time_s": trainer.elapsed,
+        }
+        atomic_write_json(run.metrics, metrics)
+        return metrics

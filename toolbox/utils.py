@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -24,7 +25,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(temporary)
+        try:
+            write(temporary)
+        except RuntimeError as error:  # torch.save reports a failed write (a full disk) this way
+            raise OSError(errno.EIO, f"writing failed ({' '.join(str(error).split())[:120]})", str(path)) from None
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -33,7 +37,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    """Strict JSON (a NaN is an error, never written), atomically."""
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
