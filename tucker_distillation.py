@@ -21,13 +21,18 @@ from toolbox.stop import StopFlag
 StopFlag().install()  # before the heavy imports: a SLURM warning during start-up still means "stop and requeue"
 
 from toolbox.config import main_guard, parse_config  # noqa: E402
-from toolbox.training import train  # noqa: E402
+from toolbox.training import evaluate_checkpoint, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv, prog="tucker_distillation.py")
 
     def run() -> None:
+        if config.evaluate:
+            result = evaluate_checkpoint(config)
+            print(f"{config.evaluate}: test accuracy {result['test_acc']:.2f}%, test loss {result['test_loss']:.4f} "
+                  f"({config.student} on {config.dataset})")
+            return
         metrics = train(config)
         print(f"best test accuracy {metrics['best_test_acc']:.2f}% (epoch {metrics['best_epoch']}), "
               f"{metrics['wall_time_s']:.0f}s of training")

@@ -8,6 +8,7 @@ import torch
 
 from toolbox.config import parse_config
 from toolbox.distillation import DISTILLERS, Distiller, build_distiller, normalized_distance
+from toolbox.errors import UsageError
 from toolbox.tucker import parse_ranks, project, tucker
 
 SHAPE = (16, 64, 8, 8)
@@ -48,6 +49,16 @@ def ref_project(x: np.ndarray, factor: np.ndarray) -> np.ndarray:
     return np.einsum("bchw,cr->brhw", x, factor)
 
 
+def ref_full_rank_factors(projected: np.ndarray) -> list[np.ndarray]:
+    """The original's batch, height and width factors: all left singular vectors of each mode's
+    unfolding of the teacher map projected on its channel factor."""
+    return [np.linalg.svd(np.moveaxis(projected, mode, 0).reshape(projected.shape[mode], -1))[0] for mode in (0, 2, 3)]
+
+
+def ref_rotate(x: np.ndarray, batch: np.ndarray, height: np.ndarray, width: np.ndarray) -> np.ndarray:
+    return np.einsum("brhw,bi,hj,wk->irjk", x, batch, height, width)
+
+
 def ref_recompose(core: np.ndarray, factor: np.ndarray) -> np.ndarray:
     return np.einsum("brhw,cr->bchw", core, factor)
 
@@ -74,13 +85,25 @@ def test_featuremap_loss_matches_reference(loss: str) -> None:
 
 @pytest.mark.parametrize("rank", [32, 8])
 @pytest.mark.parametrize("loss", ["l1", "l2"])
-def test_tucker_core_loss_matches_reference(rank: int, loss: str) -> None:
+@pytest.mark.parametrize("core", ["original", "per_sample"])
+def test_tucker_core_loss_matches_reference(rank: int, loss: str, core: str) -> None:
+    """``original`` rotates the batch and spatial modes of both cores by the teacher's full-rank
+    factors, as tensorly's tucker does; ``per_sample`` compares each sample's own core."""
     teacher, student = outputs(0), outputs(1)
-    value = make("tucker", "--ranks", f"BATCH_SIZE,{rank},8,8", "--loss", loss).soft_loss(teacher, student)
+    value = make("tucker", "--ranks", f"BATCH_SIZE,{rank},8,8", "--loss", loss, "--tucker_core", core).soft_loss(teacher, student)
     t, s = as_numpy(teacher)[0], as_numpy(student)[0]
     factor = ref_channel_factor(t, rank)
-    expected = ref_distance(ref_project(s, factor), ref_project(t, factor), loss)
-    assert value.item() == pytest.approx(expected, rel=1e-4)
+    t_core, s_core = ref_project(t, factor), ref_project(s, factor)
+    if core == "original":
+        rotations = ref_full_rank_factors(t_core)
+        t_core, s_core = ref_rotate(t_core, *rotations), ref_rotate(s_core, *rotations)
+    assert value.item() == pytest.approx(ref_distance(s_core, t_core, loss), rel=1e-4)
+
+
+def test_the_two_cores_give_different_losses() -> None:
+    teacher, student = outputs(0), outputs(1)
+    losses = [make("tucker", "--tucker_core", core).soft_loss(teacher, student).item() for core in ("original", "per_sample")]
+    assert abs(losses[0] - losses[1]) > 0.01 * losses[0]
 
 
 @pytest.mark.parametrize("target", ["teacher", "student", "both"])
@@ -114,15 +137,46 @@ def test_plain_training_has_no_soft_loss_and_needs_no_teacher() -> None:
 
 
 @pytest.mark.parametrize("method", ["tucker", "tucker_recomp"])
-def test_tucker_losses_do_not_depend_on_the_sign_of_a_factor_column(method: str) -> None:
+def test_tucker_losses_do_not_depend_on_the_signs_or_order_of_factor_columns(method: str) -> None:
+    """Why the fast back end may differ from tensorly's SVDs in signs and in the order of the
+    full-rank factors' columns."""
     teacher, student = outputs(0), outputs(1)
     distiller = make(method, "--ranks", "BATCH_SIZE,16,8,8", "--recomp_target", "both")
     core, factors = tucker(teacher[LAYER3], parse_ranks("BATCH_SIZE,16,8,8"))
-    flipped = [f.clone() if f is not None else None for f in factors]
-    flipped[1][:, [0, 5]] *= -1
+    generator = torch.Generator().manual_seed(0)
+    changed = [f[:, torch.randperm(f.shape[1], generator=generator)] * torch.where(torch.rand(f.shape[1], generator=generator) < 0.5, -1.0, 1.0) for f in factors]
     original = distiller.compare(teacher[LAYER3], student[LAYER3], core, factors)
-    after_flip = distiller.compare(teacher[LAYER3], student[LAYER3], project(teacher[LAYER3], flipped), flipped)
-    assert after_flip.item() == pytest.approx(original.item(), rel=1e-6)
+    after = distiller.compare(teacher[LAYER3], student[LAYER3], project(teacher[LAYER3], changed), changed)
+    assert after.item() == pytest.approx(original.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("target", ["teacher", "student", "both"])
+def test_tucker_recomp_skips_full_rank_rotations_without_changing_the_loss(target: str) -> None:
+    """Reconstruction undoes them: the distiller's per-sample decomposition gives the loss of the
+    original's, with the full-rank factors, and ignores --tucker_core."""
+    teacher, student = outputs(0), outputs(1)
+    distiller = make("tucker_recomp", "--ranks", "BATCH_SIZE,16,8,8", "--recomp_target", target)
+    assert distiller.core == "per_sample" and "tucker_core" not in distiller.flags
+    core, factors = tucker(teacher[LAYER3], parse_ranks("BATCH_SIZE,16,8,8"), core="original")
+    assert all(factor is not None for factor in factors)
+    with_rotations = distiller.compare(teacher[LAYER3], student[LAYER3], core, factors)
+    assert distiller.soft_loss(teacher, student).item() == pytest.approx(with_rotations.item(), rel=1e-6)
+
+
+def test_per_sample_core_needs_the_fast_backend() -> None:
+    with pytest.raises(UsageError, match="--tucker_core per_sample needs --tucker_backend fast"):
+        make("tucker", "--tucker_core", "per_sample", "--tucker_backend", "tensorly")
+    make("tucker_recomp", "--tucker_core", "per_sample", "--tucker_backend", "tensorly")  # ignored there
+
+
+def test_tucker_loss_stays_float32_under_autocast() -> None:
+    """A bf16 rotation of the batch mode would swamp the core's small rows."""
+    teacher, student = outputs(0), outputs(1)
+    distiller = make("tucker", "--ranks", "BATCH_SIZE,8,8,8")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = distiller.soft_loss(teacher, student)
+    assert under_autocast.dtype == torch.float32
+    assert under_autocast.item() == pytest.approx(distiller.soft_loss(teacher, student).item(), rel=1e-6)
 
 
 # --- gradients --------------------------------------------------------------------------------
@@ -130,7 +184,7 @@ def test_tucker_losses_do_not_depend_on_the_sign_of_a_factor_column(method: str)
 def test_gradients_reach_the_student_and_connector_never_the_teacher(method: str) -> None:
     teacher, student = outputs(0, grad=True), outputs(1, channels=32, grad=True)
     distiller = make(method, "--ranks", "BATCH_SIZE,16,8,8", student_channels=32)
-    assert isinstance(distiller.connector, torch.nn.Conv2d)  # 32 -> 64 channels
+    assert isinstance(distiller.connector, torch.nn.Identity if method == "kd" else torch.nn.Conv2d)  # 32 -> 64 channels
     distiller.soft_loss(teacher, student).backward()
     assert teacher[LAYER3].grad is None and teacher[LOGITS].grad is None
     used = student[LOGITS] if method == "kd" else student[LAYER3]
@@ -148,5 +202,5 @@ def test_noise_generation_module_is_trained() -> None:
 
 def test_every_method_has_a_default_beta() -> None:
     assert parse_config(["--distillation", "kd"]).beta is None  # resolved at training time
-    assert DISTILLERS["kd"].default_beta == 1.0
-    assert all(DISTILLERS[m].default_beta == 125.0 for m in ("featuremap", "tucker", "tucker_recomp", "noise"))
+    assert DISTILLERS["kd"].defaults["beta"] == 1.0
+    assert all(DISTILLERS[m].defaults["beta"] == 125.0 for m in ("featuremap", "tucker", "tucker_recomp", "noise"))

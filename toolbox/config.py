@@ -22,6 +22,35 @@ from toolbox.naming import validate_experiment_name
 from toolbox.tucker import BACKENDS, HOOI_MAX_SWEEPS, TUCKER_CORES, parse_ranks
 
 
+RECIPES: dict[str, dict[str, Any]] = {
+    "original": {},  # the flags' own defaults
+    "crd": {"epochs": 240, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
+            "lr_milestones": "150,180,210", "lr_decay": 0.1},
+}
+"""Training recipes: what each changes from the flags' defaults."""
+RECIPE_STUDENT_LR = {"crd": {"MobileNetV2": 0.01, "ShuffleV1": 0.01, "ShuffleV2": 0.01}}
+"""Learning rates a recipe sets for some students instead of its own (RepDistiller's for these)."""
+
+
+def recipe_defaults(recipe: str, student: str) -> dict[str, Any]:
+    """The values ``recipe`` gives the flags for ``student`` (flags not named keep their defaults)."""
+    values = dict(RECIPES[recipe])
+    if student in RECIPE_STUDENT_LR.get(recipe, {}):
+        values["lr"] = RECIPE_STUDENT_LR[recipe][student]
+    return values
+
+
+def milestones(text: str, flag: str = "--lr_milestones") -> list[int]:
+    """``150,180,210`` -> [150, 180, 210]: increasing positive epochs."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values) or values != sorted(set(values)):
+        raise UsageError(f"{flag} must be increasing positive epochs separated by commas, e.g. 150,180,210; got {text!r}")
+    return values
+
+
 def flag(default: Any, help: str, *, type: Optional[type] = None, choices: Sequence[Any] | None = None) -> Any:
     """A dataclass field that is also a command-line flag."""
     return field(default=default, metadata={"help": help, "type": type, "choices": choices})
@@ -46,12 +75,16 @@ class Config:
     tucker_core: str = flag("original", "tucker: 'original' compares cores with the full-rank modes (batch, spatial) rotated as tensorly rotates them, the study's loss; 'per_sample' leaves them unrotated, comparing each sample's own core (--tucker_backend fast only)", choices=TUCKER_CORES)
     kd_temperature: float = flag(4.0, "kd: softmax temperature")
     noise_std: float = flag(1.0, "noise: standard deviation of the Gaussian noise added to the student's map")
-    # Optimisation (SGD with momentum, cosine schedule over the epochs, as in the original)
+    # Optimisation (SGD with momentum; the original's cosine schedule, or the CRD benchmark's steps)
+    recipe: str = flag("original", "training recipe, the defaults of the flags below: 'original' is the study's (150 epochs, batch 512, lr 0.1, cosine); 'crd' is the CIFAR-100 benchmark's of RepDistiller and mdistiller (240 epochs, batch 64, lr 0.05 or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 students, x0.1 at epochs 150, 180, 210); flags given explicitly win", choices=tuple(RECIPES))
     epochs: int = flag(150, "training epochs")
     batch_size: int = flag(512, "training batch size")
     lr: float = flag(0.1, "initial learning rate")
     momentum: float = flag(0.9, "SGD momentum")
     weight_decay: float = flag(5e-4, "SGD weight decay")
+    schedule: str = flag("cosine", "learning-rate schedule: 'cosine' anneals to 0 over the epochs; 'step' multiplies it by --lr_decay after each epoch in --lr_milestones", choices=("cosine", "step"))
+    lr_milestones: str = flag("150,180,210", "step schedule: the epochs after which the learning rate decays")
+    lr_decay: float = flag(0.1, "step schedule: the factor applied at each milestone")
     seed: int = flag(0, "seed for initialisation, data order and augmentation")
     # Where things are
     data_dir: str = flag("data", "data sets are read from (and CIFAR downloaded into) this folder")
@@ -64,6 +97,8 @@ class Config:
     channels_last: bool = flag(True, "channels-last memory format for the models and batches")
     eval_batch_size: int = flag(1024, "batch size for evaluation")
     threads: Optional[int] = flag(None, "CPU threads for torch (default: torch's choice)", type=int)
+    deterministic: bool = flag(False, "deterministic algorithms (torch and cuDNN) for bit-for-bit reproducible runs, at their speed cost")
+    evaluate: Optional[str] = flag(None, "evaluate this checkpoint of --student (ours, the original's or a RepDistiller/mdistiller ckpt_epoch_*.pth) on --dataset's test split, print its accuracy and loss, and exit", type=str)
     max_batches: Optional[int] = flag(None, "stop each training epoch after this many batches (smoke runs)", type=int)
 
     def validate(self) -> None:
@@ -72,6 +107,9 @@ class Config:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be a positive integer; got {value}")
+        milestones(self.lr_milestones)
+        if not 0 < self.lr_decay <= 1:
+            raise UsageError(f"--lr_decay must be in (0, 1]; got {self.lr_decay}")
         for name in ("lr", "kd_temperature"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
@@ -93,7 +131,7 @@ class Config:
 IO_ERROR = 74  # sysexits' EX_IOERR: a write failed (full disk, permissions)
 
 RUNTIME_FIELDS = frozenset(
-    {"device", "amp", "compile", "channels_last", "eval_batch_size", "threads", "data_dir", "experiments_dir", "teacher_checkpoint"}
+    {"deterministic", "evaluate", "device", "amp", "compile", "channels_last", "eval_batch_size", "threads", "data_dir", "experiments_dir", "teacher_checkpoint"}
 )
 """Fields that may differ when a run resumes: they change speed or location, not the experiment."""
 
@@ -133,6 +171,8 @@ def config_from_namespace(namespace: argparse.Namespace) -> Config:
 def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Config:
     """Flags to a validated ``Config``; bad input exits with status 2 and a one-line message."""
     parser = build_parser(prog)
+    first, _ = parser.parse_known_args(argv)  # the recipe and the student decide the other defaults
+    parser.set_defaults(**recipe_defaults(first.recipe, first.student))
     namespace = parser.parse_args(argv)
     try:
         return config_from_namespace(namespace)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from toolbox.errors import UsageError
 from toolbox.naming import format_value, ranks_tag
 from toolbox.tucker import Factors, check_core, check_ranks, parse_ranks, project, recompose, tucker
 
@@ -36,10 +37,29 @@ def normalized_distance(student: Tensor, teacher: Tensor, loss: str) -> Tensor:
     return F.l1_loss(s, t) if loss == "l1" else F.mse_loss(s, t)
 
 
+def connector(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
+    """A learnable map from the student's (C, H, W) stage to the teacher's, on the student side:
+    nothing when they agree, a 1x1 convolution when only the widths differ, and where the sizes
+    differ too, the convolution RepDistiller's regressor chooses by the size ratio (3x3 stride 2 to
+    halve, a 4x4 transposed convolution to double, else a valid convolution that shrinks to fit)."""
+    (s_c, s_h, s_w), (t_c, t_h, t_w) = student_shape, teacher_shape
+    if (s_h, s_w) == (t_h, t_w):
+        return nn.Identity() if s_c == t_c else nn.Conv2d(s_c, t_c, kernel_size=1, bias=False)
+    if (s_h, s_w) == (2 * t_h, 2 * t_w):
+        return nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
+    if (2 * s_h, 2 * s_w) == (t_h, t_w):
+        return nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
+    if s_h >= t_h and s_w >= t_w:
+        return nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+    raise UsageError(f"--feature_layer: the student's map {'x'.join(map(str, student_shape))} cannot be mapped onto the "
+                     f"teacher's {'x'.join(map(str, teacher_shape))}; choose another --feature_layer")
+
+
 class Distiller(nn.Module):
     """Base class: the soft loss between teacher and student outputs (zero when not distilling)."""
 
     needs_teacher = True
+    reads_maps = True  # False: no connector is built (it would be trained and saved for nothing)
     defaults: dict[str, Any] = {"beta": 125.0}  # the original's weight for its normalised feature-map losses
     """Values of flags left unset (None) on the command line, where they depend on the method."""
     flags: tuple[str, ...] = ("feature_layer", "loss", "beta")
@@ -59,9 +79,7 @@ class Distiller(nn.Module):
         super().__init__()
         self.layer = config.feature_layer  # output 0 is the stem, k the k-th stage
         self.loss = config.loss
-        self.connector: nn.Module = nn.Identity()
-        if student_shape[0] != teacher_shape[0]:  # make the widths match, on the student side
-            self.connector = nn.Conv2d(student_shape[0], teacher_shape[0], kernel_size=1, bias=False)
+        self.connector = connector(student_shape, teacher_shape) if self.reads_maps else nn.Identity()
 
     def maps(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The distilled stage of each network, the student's passed through the connector; the
@@ -76,6 +94,7 @@ class NoDistillation(Distiller):
     """Plain training with cross-entropy alone (used to train teachers and baselines)."""
 
     needs_teacher = False
+    reads_maps = False
     defaults: dict[str, Any] = {"beta": 0.0}
     flags = ()
 
@@ -161,6 +180,7 @@ class LogitDistiller(Distiller):
     """Hinton et al.'s knowledge distillation: KL divergence between temperature-softened
     outputs, scaled by T^2 so that its gradients keep their size as T changes."""
 
+    reads_maps = False
     defaults: dict[str, Any] = {"beta": 1.0}
     flags = ("beta", "kd_temperature")
 

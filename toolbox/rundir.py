@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from toolbox.config import RUNTIME_FIELDS, Config
+from toolbox.config import RUNTIME_FIELDS, Config, recipe_defaults
 from toolbox.distillation import DISTILLERS, Distiller
 from toolbox.errors import UsageError
 from toolbox.naming import format_value, validate_experiment_name
@@ -79,10 +79,14 @@ def identity(config: Mapping[str, Any]) -> dict[str, Any]:
     return {name: config.get(name, ABSENT) for name in defining_flags(config["distillation"])}
 
 
-def method_default(distiller: type[Distiller], name: str) -> Any:
-    """A flag's default for a method: the method's own (``beta``), else the flag's."""
+def method_default(distiller: type[Distiller], name: str, config: Optional[Config] = None) -> Any:
+    """A flag's default for a run: the method's own (``beta``), else its recipe's (``--recipe crd``
+    sets 240 epochs), else the flag's."""
     if name in distiller.defaults:
         return distiller.defaults[name]
+    recipe = recipe_defaults(config.recipe, config.student) if config is not None else {}
+    if name in recipe:
+        return recipe[name]
     return next(item.default for item in dataclasses.fields(Config) if item.name == name)
 
 
@@ -95,7 +99,7 @@ def changed_flags(config: Config) -> dict[str, Any]:
         value = getattr(config, name)
         if name in NAME_FIELDS or name in distiller.tag_flags or value is None:  # None: the method's default
             continue
-        if value != method_default(distiller, name):
+        if value != method_default(distiller, name, config):
             changed[name] = value
     return changed
 
@@ -115,8 +119,12 @@ def experiment_name(config: Config) -> str:
 
 
 def teacher_config(config: Config) -> Config:
-    """The plain run that trains the teacher of ``config`` by default: the same recipe, seed 0."""
-    return dataclasses.replace(config, distillation="none", student=config.teacher, seed=TEACHER_SEED,
+    """The plain run that trains the teacher of ``config`` by default: the same recipe and flags,
+    seed 0; a flag the recipe sets per architecture (the CRD recipe's lr) takes the teacher's value
+    unless the student's was given explicitly."""
+    own, theirs = recipe_defaults(config.recipe, config.student), recipe_defaults(config.recipe, config.teacher)
+    per_arch = {name: theirs[name] for name in own if getattr(config, name) == own[name]}
+    return dataclasses.replace(config, **per_arch, distillation="none", student=config.teacher, seed=TEACHER_SEED,
                                experiment_name=None, teacher_checkpoint=None, beta=None)
 
 

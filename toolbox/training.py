@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from toolbox.config import Config
+from toolbox.config import Config, milestones
 from toolbox.data_loader import IMAGE_SIZE, Dataset, eval_batches, load_dataset, train_batches
 from toolbox.distillation import DISTILLERS, Distiller, build_distiller
 from toolbox.errors import DivergedError, Interrupted, UsageError
@@ -59,6 +60,23 @@ def feature_shape(model: nn.Module, layer: int, device: torch.device) -> tuple[i
         return tuple(model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device))[layer].shape[1:])
 
 
+def make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch: cosine annealing over the run (the original's), or x``lr_decay``
+    after each epoch in ``lr_milestones`` (RepDistiller's: the lr of epoch 151 is the first decayed)."""
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(config.lr_milestones), gamma=config.lr_decay)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic algorithms (an error where torch has none) and cuDNN without autotuning."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+
+
 def make_autocast(config: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """bf16 autocast on GPUs that support it (``--amp auto``), float32 elsewhere."""
     if config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
@@ -77,6 +95,7 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
+        set_deterministic(config.deterministic)
         self.data = data if data is not None else load_dataset(config.dataset, config.data_dir, self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.autocast = make_autocast(config, self.device)
@@ -91,7 +110,7 @@ class Trainer:
 
         parameters = list(self.student.parameters()) + list(self.distiller.parameters())
         self.optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
+        self.scheduler = make_scheduler(config, self.optimizer)
         self.history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
         self.elapsed = 0.0  # seconds of training, summed over resumed sessions
         self.teacher_sha256: Optional[str] = None  # the teacher file's content, which a resumed run must keep
@@ -240,6 +259,21 @@ def read_last(run: RunDir, device: torch.device) -> Optional[dict[str, Any]]:
         detail = " ".join(str(error).split())[:200]
         raise UsageError(f"{run.last} is unreadable ({type(error).__name__}: {detail}); it was left as it is: move it "
                          f"away to restart this run from epoch 0, or restore it") from None
+
+
+def evaluate_checkpoint(config: Config) -> dict[str, float]:
+    """Test loss and accuracy of the ``--evaluate`` checkpoint as a ``--student`` on ``--dataset``:
+    check a downloaded teacher before distilling from it."""
+    device = select_device(config.device)
+    data = load_dataset(config.dataset, config.data_dir, device)
+    model = build_model(config.student, data.num_classes)
+    load_checkpoint(model, Path(config.evaluate), "--evaluate")
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    batches = ((images.contiguous(memory_format=memory_format), labels)
+               for images, labels in eval_batches(data, config.eval_batch_size))
+    loss, accuracy = evaluate(model, batches, make_autocast(config, device))
+    return {"test_loss": loss, "test_acc": accuracy}
 
 
 def finished_metrics(run: RunDir, config: Config) -> dict[str, Any]:

@@ -1,0 +1,126 @@
+"""The field's architectures and recipe in training: cross-architecture pairs end to end on digits,
+the CRD recipe and its step schedule, the evaluation entry, the deterministic switch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY, run_training
+from toolbox.config import parse_config
+from toolbox.distillation import connector
+from toolbox.errors import UsageError
+from toolbox.models import build_model, stage_shapes
+from toolbox.rundir import default_teacher_checkpoint, experiment_name
+from toolbox.training import make_scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = [("resnet32x4", "resnet8x4", "BATCH_SIZE,32,8,8"), ("vgg13", "MobileNetV2", "BATCH_SIZE,32,4,4"),
+         ("wrn_40_2", "ShuffleV1", "BATCH_SIZE,32,8,8")]
+METHODS = [["--distillation", "featuremap"], ["--distillation", "tucker"],
+           ["--distillation", "tucker_recomp", "--recomp_target", "both"]]
+
+
+@pytest.fixture(scope="module")
+def field_teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Untrained teachers saved as RepDistiller saves its ckpt_epoch_240.pth (weights under "model")."""
+    folder = tmp_path_factory.mktemp("teachers")
+    paths = {}
+    for teacher, _, _ in PAIRS:
+        torch.manual_seed(0)
+        paths[teacher] = folder / f"{teacher}.pth"
+        torch.save({"model": build_model(teacher, 10).state_dict(), "epoch": 240, "accuracy": torch.tensor(10.0),
+                    "optimizer": {"state": {}}}, paths[teacher])
+    return paths
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: "-".join(m[1::2]))
+@pytest.mark.parametrize("teacher, student, ranks", PAIRS, ids=lambda v: v if "," not in v else "")
+def test_cross_architecture_pairs_train_end_to_end(tmp_path: Path, field_teachers: dict[str, Path], teacher: str,
+                                                   student: str, ranks: str, method: list[str]) -> None:
+    metrics = run_training(tmp_path, *method, "--teacher", teacher, "--student", student, "--ranks", ranks,
+                           "--teacher_checkpoint", str(field_teachers[teacher]), "--epochs", "1", "--max_batches", "3")
+    (run,) = [p.parent for p in tmp_path.rglob("metrics.json")]
+    assert {"config.json", "last.pt", f"{student}.pth", "Loss.png", "Accuracy.png"} <= {p.name for p in run.iterdir()}
+    assert metrics["train_soft_loss"][0] > 0 and len(metrics["test_acc"]) == 1
+
+
+@pytest.mark.parametrize("student_shape, teacher_shape, kind", [
+    ((64, 8, 8), (64, 8, 8), torch.nn.Identity), ((32, 8, 8), (64, 8, 8), torch.nn.Conv2d),
+    ((960, 4, 4), (128, 8, 8), torch.nn.ConvTranspose2d), ((32, 16, 16), (64, 8, 8), torch.nn.Conv2d),
+    ((32, 6, 6), (64, 4, 4), torch.nn.Conv2d)])
+def test_the_connector_maps_the_students_stage_onto_the_teachers(student_shape, teacher_shape, kind) -> None:
+    module = connector(student_shape, teacher_shape)
+    assert type(module) is kind
+    assert module(torch.randn(2, *student_shape)).shape == (2, *teacher_shape)
+
+
+def test_a_smaller_student_map_than_can_be_mapped_is_a_clear_error() -> None:
+    with pytest.raises(UsageError, match="--feature_layer: the student's map 32x2x2 cannot be mapped onto the teacher's 64x8x8"):
+        connector((32, 2, 2), (64, 8, 8))
+
+
+def test_feature_layer_is_checked_against_both_architectures() -> None:
+    assert len(stage_shapes("ResNet50")) - 1 == 4 and parse_config(["--student", "ResNet50", "--teacher", "ResNet50",
+                                                                      "--feature_layer", "4"]).feature_layer == 4
+    with pytest.raises(SystemExit):
+        parse_config(["--student", "ResNet50", "--feature_layer", "4"])  # the teacher ResNet112 has 3 stages
+
+
+# ---------------------------------------------------------------- the recipes
+
+def test_the_crd_recipe_sets_its_defaults_and_explicit_flags_win() -> None:
+    crd = parse_config(["--recipe", "crd", "--student", "resnet8x4"])
+    assert (crd.epochs, crd.batch_size, crd.lr, crd.schedule, crd.lr_milestones, crd.lr_decay) == \
+        (240, 64, 0.05, "step", "150,180,210", 0.1)
+    assert parse_config(["--recipe", "crd", "--student", "ShuffleV2"]).lr == 0.01
+    assert parse_config(["--recipe", "crd", "--student", "ShuffleV2", "--lr", "0.02"]).lr == 0.02
+    assert experiment_name(crd) == "cifar100/ResNet112-resnet8x4/tucker/B-32-8-8/recipe=crd/seed0"
+    assert experiment_name(parse_config(["--recipe", "crd", "--epochs", "100"])).endswith("/recipe=crd,epochs=100/seed0")
+    original = parse_config([])
+    assert (original.epochs, original.batch_size, original.lr, original.schedule) == (150, 512, 0.1, "cosine")
+
+
+def test_a_crd_student_finds_the_teacher_trained_with_the_teachers_crd_learning_rate() -> None:
+    student = parse_config(["--recipe", "crd", "--teacher", "resnet32x4", "--student", "ShuffleV1"])
+    assert student.lr == 0.01
+    teacher_run = parse_config(["--recipe", "crd", "--distillation", "none", "--student", "resnet32x4"])
+    assert default_teacher_checkpoint(student).parent.as_posix().endswith(experiment_name(teacher_run))
+
+
+def test_the_step_schedule_decays_after_each_milestone_as_repdistiller() -> None:
+    config = parse_config(["--recipe", "crd", "--lr_milestones", "2,4", "--epochs", "6"])
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    scheduler = make_scheduler(config, optimizer)
+    lrs = []
+    for epoch in range(1, 7):  # RepDistiller: lr * 0.1 ** (number of milestones below this 1-based epoch)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        assert lrs[-1] == pytest.approx(0.05 * 0.1 ** sum(epoch > m for m in (2, 4)))
+        optimizer.step()  # an epoch of training
+        scheduler.step()
+
+
+@pytest.mark.parametrize("value", ["", "0,10", "10,5", "a,b"])
+def test_bad_milestones_are_one_line_errors(value: str) -> None:
+    with pytest.raises(SystemExit):
+        parse_config(["--lr_milestones", value])
+
+
+# ---------------------------------------------------------------- evaluation, determinism
+
+def test_evaluate_prints_the_accuracy_the_run_recorded(tmp_path: Path) -> None:
+    metrics = run_training(tmp_path, "--distillation", "none", "--student", "ResNetBaby", "--epochs", "2",
+                           "--max_batches", "3", "--deterministic", "--experiment_name", "r")
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["deterministic"] is True
+    result = subprocess.run([sys.executable, str(ROOT / "tucker_distillation.py"), *TINY, "--student", "ResNetBaby",
+                             "--evaluate", str(tmp_path / "r" / "ResNetBaby.pth")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"test accuracy {metrics['best_test_acc']:.2f}%" in result.stdout
+    wrong = subprocess.run([sys.executable, str(ROOT / "tucker_distillation.py"), *TINY, "--student", "resnet20",
+                            "--evaluate", str(tmp_path / "r" / "ResNetBaby.pth")], cwd=ROOT, capture_output=True, text=True)
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and "does not fit resnet20" in wrong.stderr
