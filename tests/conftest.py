@@ -25,9 +25,15 @@ def run_training(experiments_dir: Path, *flags: str) -> dict[str, Any]:
 TEACHER_FLAGS = ["--distillation", "none", "--student", TEACHER, "--epochs", "12"]
 
 
+TEACHER_RUN = experiment_name(parse_config([*TINY, *TEACHER_FLAGS]))
+"""The name of the ``digits_teacher`` run (named after its flags, as every run is)."""
+SMOKE_CHANGES = "epochs=2,batch_size=64,lr=0.05,max_batches=3"
+"""How TINY with ``--epochs 2 --max_batches 3`` appears in run names."""
+
+
 def teacher_run(experiments_dir: Path) -> Path:
-    """The folder of the ``digits_teacher`` run (named after its flags, as every run is)."""
-    return experiments_dir / experiment_name(parse_config([*TINY, *TEACHER_FLAGS]))
+    """The folder of the ``digits_teacher`` run."""
+    return experiments_dir / TEACHER_RUN
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import STUDENT, TEACHER, TINY
+from conftest import SMOKE_CHANGES, STUDENT, TEACHER, TINY, teacher_run
 from toolbox import analysis
 from toolbox.rundir import RunDir, resolve
 from toolbox.training import Trainer
@@ -39,7 +39,7 @@ def sweep(digits_teacher: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.
     teacher_experiments, _ = digits_teacher
     experiments = tmp_path_factory.mktemp("noise-experiments")
     argv = [*TINY, "--teacher", TEACHER, "--student", STUDENT, "--epochs", "2", "--max_batches", "3",
-            "--teacher_checkpoint", str(teacher_experiments / "digits/teacher/ResNet20/seed0/ResNet20.pth"),
+            "--teacher_checkpoint", str(teacher_run(teacher_experiments) / f"{TEACHER}.pth"),
             "--experiments_dir", str(experiments), "--noise_stds", "0.5", "1"]
     assert noise_study.main(argv) == 0
     return experiments, argv
@@ -48,7 +48,7 @@ def sweep(digits_teacher: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.
 def test_sweep_writes_one_finished_run_per_level(sweep: tuple[Path, list[str]]) -> None:
     experiments, _ = sweep
     for level in ("0.5", "1"):
-        run = RunDir(experiments / f"digits/{TEACHER}-{STUDENT}/noise/std{level}/seed0")
+        run = RunDir(experiments / f"digits/{TEACHER}-{STUDENT}/noise/std{level}/{SMOKE_CHANGES}/seed0")
         assert run.finished
         assert run.read_json(run.config)["config"]["noise_std"] == float(level)
     summary = analysis.summarize(analysis.load_runs(experiments))

@@ -13,13 +13,12 @@ import papermill
 import pytest
 from jupyter_client import KernelManager
 
-from conftest import STUDENT, TEACHER, run_training
+from conftest import SMOKE_CHANGES, STUDENT, TEACHER, TEACHER_RUN, run_training
 
 ROOT = Path(__file__).resolve().parent.parent
 AGGREGATOR = ROOT / "analyzer_results_aggregator.ipynb"
 INSPECTION = ROOT / "analyzer_tucker_distillation.ipynb"
 NOTEBOOKS = (AGGREGATOR, INSPECTION)
-TEACHER_RUN = f"digits/teacher/{TEACHER}/seed0"
 STUDENT_RUNS = [  # flags of each tiny student run in the tree
     ["--distillation", "none"],
     ["--distillation", "featuremap"],
@@ -29,8 +28,8 @@ STUDENT_RUNS = [  # flags of each tiny student run in the tree
     ["--distillation", "tucker_recomp", "--recomp_target", "both", "--ranks", "BATCH_SIZE,16,8,8"],
 ]
 UNFINISHED = ["--distillation", "tucker_recomp", "--recomp_target", "teacher", "--ranks", "BATCH_SIZE,32,8,8"]
-UNFINISHED_RUN = f"digits/{TEACHER}-{STUDENT}/tucker_recomp/teacher/B-32-8-8/seed0"
-STUDENT_CHECKPOINT = f"digits/{TEACHER}-{STUDENT}/tucker/B-32-8-8/seed0/{STUDENT}.pth"
+UNFINISHED_RUN = f"digits/{TEACHER}-{STUDENT}/tucker_recomp/teacher/B-32-8-8/{SMOKE_CHANGES}/seed0"
+STUDENT_CHECKPOINT = f"digits/{TEACHER}-{STUDENT}/tucker/B-32-8-8/{SMOKE_CHANGES}/seed0/{STUDENT}.pth"
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ import pytest
 from toolbox.scheduler import SlurmScheduler
 
 REPO = Path(__file__).resolve().parent.parent
-TEACHER = "digits/teacher/ResNetBaby/seed0"
+SMALL = "epochs=2,batch_size=64,max_batches=3"  # the grid's flags that differ from their defaults, as named
+TEACHER = f"digits/teacher/ResNetBaby/{SMALL}/seed0"
 PAIR = "digits/ResNetBaby-ResNetBaby"
 # Tiny jobs: 1 CPU and 1 GB each, so that two run at once on 2 cores.
 JOBS = ["--gpus", "0", "--cpus", "1", "--mem", "1G", "--time", "00:10:00"]
@@ -100,7 +101,7 @@ def log(run: Path, job: str) -> str:
 def test_grid_runs_through_sbatch_and_is_not_submitted_twice(slurm: SlurmScheduler, experiments: Path) -> None:
     grid = [*TINY, "--epochs", "2", "--batch_size", "64", "--distillations", "featuremap", "tucker",
             "--ranks_list", "BATCH_SIZE,8,8,8", "--runs", "1", *TRAINING, "--max_batches", "3"]
-    runs = [experiments / name for name in (TEACHER, f"{PAIR}/featuremap/seed0", f"{PAIR}/tucker/B-8-8-8/seed0")]
+    runs = [experiments / name for name in (TEACHER, f"{PAIR}/featuremap/{SMALL}/seed0", f"{PAIR}/tucker/B-8-8-8/{SMALL}/seed0")]
 
     out = runner(experiments, *grid)
 
@@ -119,13 +120,14 @@ def test_interrupted_jobs_resume_from_their_checkpoint(slurm: SlurmScheduler, ex
     """seed0 is cancelled (scancel) once its first epoch is saved: the next runner.py resubmits it.
     seed1 gets USR1 as before its time limit: the job requeues itself. Both resume."""
     # Epochs of a few seconds, so that the interruptions land mid-run.
+    long = "epochs=3,batch_size=8,max_batches=120"
     grid = [*TINY, "--study", "interrupted", "--epochs", "3", "--batch_size", "8", "--distillations", "featuremap",
             "--runs", "2", *TRAINING, "--max_batches", "120"]
-    cancelled, warned = (experiments / f"interrupted/{PAIR}/featuremap/seed{seed}" for seed in (0, 1))
+    cancelled, warned = (experiments / f"interrupted/{PAIR}/featuremap/{long}/seed{seed}" for seed in (0, 1))
 
     runner(experiments, *grid)
     first, second = job_id(cancelled), job_id(warned)
-    wait_until(lambda: (cancelled / "last.pt").exists(), "the first epoch of the run to cancel")
+    wait_until(lambda: (cancelled / "last.pt").exists(), "the first epoch of the run to cancel", timeout=400)  # after its teacher
     subprocess.run(["scancel", first], check=True)
     wait_until(lambda: (warned / "last.pt").exists(), "the first epoch of the run to warn")
     subprocess.run(["scancel", "--signal=USR1", "--batch", second], check=True)
@@ -138,7 +140,7 @@ def test_interrupted_jobs_resume_from_their_checkpoint(slurm: SlurmScheduler, ex
     out = runner(experiments, *grid)
 
     assert "submitted 1 (teachers: 0)" in out and "skipped as queued or running 1" in out, out
-    assert f"interrupted/{PAIR}/featuremap/seed0  job" in out and "(resumes from last.pt)" in out, out
+    assert f"interrupted/{PAIR}/featuremap/{long}/seed0  job" in out and "(resumes from last.pt)" in out, out
     third = job_id(cancelled)
     assert third != first
     wait_for_jobs(slurm, [second, third])
