@@ -432,10 +432,17 @@ class Submitter:
             job_id = f"dry-run-{len(self.new_jobs) + 1}"
             self.out(f"{'would submit':<12} {run.name}{after}{resumes}\n{script}")
         else:
+            fresh = not run.path.exists()
             run.path.mkdir(parents=True, exist_ok=True)
             script_path = run.path / SCRIPT_FILE
             atomic_write(script_path, lambda tmp: tmp.write_text(script))
-            job_id = self.scheduler.submit(script_path, dependency)
+            try:
+                job_id = self.scheduler.submit(script_path, dependency)
+            except SchedulerError:  # leave no folder that only a run.job says is a run
+                if fresh:
+                    script_path.unlink()
+                    run.path.rmdir()
+                raise
             atomic_write_json(run.path / JOB_FILE, {
                 "run": run.name, "job_id": job_id, "scheduler": self.scheduler.name, "dependency": dependency,
                 "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "script": SCRIPT_FILE,

@@ -408,7 +408,30 @@ def test_a_refused_submission_is_reported_with_the_schedulers_message(cli, exper
     assert status == 1
     assert fake.names() == [TEACHER, f"{FEATUREMAP}/seed0", f"{FEATUREMAP}/seed2"]
     assert f"failed to submit {FEATUREMAP}/seed1: sbatch: error: Batch job submission failed: Invalid account" in out
-    assert not (experiments / FEATUREMAP / "seed1/job.json").exists()
+    assert not (experiments / FEATUREMAP / "seed1").exists()  # nothing left that looks like a run
+
+
+def test_a_folder_holding_a_run_with_other_flags_is_refused_not_submitted(cli, experiments: Path) -> None:
+    conflicting = make_run(experiments, f"{FEATUREMAP}/seed1", "config.json", "metrics.json")
+    saved = json.loads((conflicting / "config.json").read_text())
+    saved["config"]["lr"] = 0.5  # trained with another learning rate under this name
+    (conflicting / "config.json").write_text(json.dumps(saved))
+    fake = FakeSlurm()
+    status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "2"), fake)
+    assert status == 1 and fake.names() == [TEACHER, f"{FEATUREMAP}/seed0"]
+    assert f"failed to submit {FEATUREMAP}/seed1: its folder holds a run with other flags (--lr 0.5 there, 0.1 here)" in out
+
+
+def test_a_run_trained_by_a_live_process_is_running_without_any_job(cli, experiments: Path) -> None:
+    make_run(experiments, TEACHER, "config.json", "metrics.json", "ResNetBaby.pth")
+    busy = runner.RunDir(make_run(experiments, f"{FEATUREMAP}/seed0", "config.json", "last.pt"))
+    fake = FakeSlurm()
+    with busy.locked():  # as a training started by hand holds it
+        status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "1"), fake)
+        assert status == 0 and fake.submitted == [] and "skipped as queued or running 1" in out
+        assert f"running      {FEATUREMAP}/seed0  process {os.getpid()} on" in out
+        status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "1", "--status"), fake)
+        assert "running" in out and f"process {os.getpid()}" in out
 
 
 def test_a_teacher_that_cannot_be_submitted_fails_its_students_once(cli, experiments: Path) -> None:
