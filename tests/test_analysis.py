@@ -79,7 +79,9 @@ def test_names_follow_the_original_table() -> None:
     assert name(distillation="noise", noise_std=1.0) == "noise_std1"
     assert name(distillation="noise", noise_std=0.5) == "noise_std0.5"
     assert name(distillation="none") == "plain"
-    assert analysis.feature_map_shape(3) == (64, 8, 8)
+    assert analysis.feature_map_shape({"teacher": "ResNet20", "feature_layer": 3}) == (64, 8, 8)
+    assert analysis.feature_map_shape({"teacher": "wrn_40_2", "feature_layer": 3}) == (128, 8, 8)
+    assert name(distillation="tucker", teacher="wrn_40_2", ranks="BATCH_SIZE,32,8,8") == "tucker_x0.25"
 
 
 def test_summary_numbers_match_hand_computed_values(summary: pd.DataFrame) -> None:

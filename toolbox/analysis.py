@@ -29,7 +29,7 @@ from matplotlib.axes import Axes
 from toolbox.config import RUNTIME_FIELDS, Config
 from toolbox.data_loader import IMAGE_SIZE
 from toolbox.errors import UsageError
-from toolbox.models import STAGE_STRIDES, STAGE_WIDTHS
+from toolbox.models import stage_shapes
 from toolbox.naming import ranks_tag
 from toolbox.rundir import CONFIG_FILE, RunDir, defining_flags, method_specific
 from toolbox.tucker import Ranks, parse_ranks
@@ -62,15 +62,15 @@ PENDING_COLUMNS = ("run", "status", "distillation", "dataset", "teacher", "stude
 NOT_FLAG_COLUMNS = frozenset({"run", *NAME_COLUMNS, *RUN_STATS, *SUMMARY_STATS, *CURVES})
 
 
-def feature_map_shape(feature_layer: int) -> tuple[int, int, int]:
-    """(C, H, W) of a stage of the CIFAR ResNets, e.g. (64, 8, 8) for layer3."""
-    size = IMAGE_SIZE // math.prod(STAGE_STRIDES[:feature_layer])
-    return STAGE_WIDTHS[feature_layer - 1], size, size
+def feature_map_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W) of the teacher's distilled map, e.g. (64, 8, 8) for layer3 of the CIFAR ResNets
+    (config.json also records it as ``feature_shapes``)."""
+    return stage_shapes(config["teacher"], image_size=IMAGE_SIZE)[config["feature_layer"]]
 
 
-def _keeps_other_modes_whole(ranks: Ranks, feature_layer: int) -> bool:
+def _keeps_other_modes_whole(ranks: Ranks, config: Mapping[str, Any]) -> bool:
     """The original's Tucker runs truncated the channel mode only."""
-    _, height, width = feature_map_shape(feature_layer)
+    _, height, width = feature_map_shape(config)
     return ranks[0] is None and tuple(ranks[2:]) == (height, width)
 
 
@@ -97,8 +97,8 @@ def method_name(config: Mapping[str, Any]) -> str:
         return f"{name}_std{config['noise_std']:g}"
     if config["distillation"] in TUCKER_METHODS:
         ranks = parse_ranks(config["ranks"])
-        fraction = ranks[1] / feature_map_shape(config["feature_layer"])[0]
-        suffix = "" if _keeps_other_modes_whole(ranks, config["feature_layer"]) else f"_{ranks_tag(config['ranks'])}"
+        fraction = ranks[1] / feature_map_shape(config)[0]
+        suffix = "" if _keeps_other_modes_whole(ranks, config) else f"_{ranks_tag(config['ranks'])}"
         return f"{name}_x{fraction:g}{suffix}"
     return name
 
@@ -358,12 +358,12 @@ def rank_table(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, row in summary[summary["distillation"].isin(TUCKER_METHODS)].iterrows():
         ranks = parse_ranks(row["ranks"])
-        others = "" if _keeps_other_modes_whole(ranks, row["feature_layer"]) else f" {_other_modes_tag(ranks)}"
+        others = "" if _keeps_other_modes_whole(ranks, row) else f" {_other_modes_tag(ranks)}"
         rows.append({
             "method": row["method"],
             "line": row["family"] + others + (f" ({row['details']})" if row["details"] else ""),
             "channel_rank": ranks[1],
-            "channel_fraction": ranks[1] / feature_map_shape(row["feature_layer"])[0],
+            "channel_fraction": ranks[1] / feature_map_shape(row)[0],
             **{c: row[c] for c in ("best_test_acc_mean", "best_test_acc_std", "runs")},
         })
     columns = ["method", "line", "channel_rank", "channel_fraction", "best_test_acc_mean", "best_test_acc_std", "runs"]

@@ -107,6 +107,7 @@ class Trainer:
             self.teacher = self._load_teacher()
             teacher_shape = feature_shape(self.teacher, config.feature_layer, self.device)
         self.distiller: Distiller = build_distiller(config, teacher_shape, student_shape).to(self.device)
+        self.feature_shapes = {"teacher": teacher_shape, "student": student_shape}
 
         parameters = list(self.student.parameters()) + list(self.distiller.parameters())
         self.optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -329,6 +330,7 @@ def train(config: Config) -> dict[str, Any]:
             "config": dataclasses.asdict(config),
             "environment": (previous or {}).get("environment") or environment(),
             "teacher_sha256": trainer.teacher_sha256,
+            "feature_shapes": trainer.feature_shapes,  # the distilled maps, (C, H, W), for the notebooks
         })
         check_stop(stop, run, trainer.epoch)
 
