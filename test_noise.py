@@ -8,7 +8,8 @@ the teacher's (the ``noise`` method of ``toolbox/distillation.py``).
 
 Every flag of tucker_distillation.py is accepted, with --distillation fixed to noise. --noise_stds
 sweeps noise levels, one run folder per level (by default .../noise/std0.5/seed0, .../noise/std1/
-seed0, ...); every level is checked before the first one trains. As with tucker_distillation.py, a
+seed0, ...), planned by the same grid code as runner.py's --grid noise_std=...; every level is
+checked before the first one trains. As with tucker_distillation.py, a
 finished level is skipped and an unfinished one resumes.
 """
 
@@ -20,6 +21,7 @@ from typing import Optional, Sequence
 
 from toolbox.config import Config, build_parser, config_from_namespace, main_guard
 from toolbox.errors import UsageError
+from toolbox.sweep import grid_points
 from toolbox.training import train
 
 
@@ -48,7 +50,9 @@ def sweep_configs(argv: Optional[Sequence[str]] = None) -> list[Config]:
         if len(stds) > 1 and namespace.experiment_name is not None:
             raise UsageError("--experiment_name names a single run folder; leave it out when sweeping --noise_stds "
                              "(each level gets its own default name)")
-        return [config_from_namespace(argparse.Namespace(**{**vars(namespace), "noise_std": std})) for std in stds]
+        points = grid_points({"distillation": ["noise"], "noise_std": [repr(std) for std in stds]})
+        return [config_from_namespace(argparse.Namespace(**{**vars(namespace), "noise_std": float(point["noise_std"])}))
+                for point in points]
     except UsageError as error:
         parser.error(str(error))
         raise  # unreachable: parser.error exits

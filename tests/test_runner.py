@@ -19,7 +19,10 @@ from typing import Callable, Iterable, Optional
 import pytest
 
 import runner
-from toolbox.scheduler import PENDING, RUNNING, LocalScheduler, PbsScheduler, Resources, SchedulerError, SlurmScheduler
+from toolbox import sweep
+from toolbox.rundir import RunDir
+from toolbox.scheduler import (PENDING, RUNNING, LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError,
+                               SlurmScheduler)
 
 GOLDEN = Path(__file__).parent / "golden"
 TINY = ["--dataset", "digits", "--teacher", "ResNetBaby", "--student", "ResNetBaby", "--epochs", "2", "--batch_size", "64"]
@@ -109,7 +112,7 @@ def experiments(tmp_path: Path) -> Path:
 def cli(capsys: pytest.CaptureFixture) -> Callable[..., tuple[int, str, str]]:
     """Run runner.main in this process: (exit status, stdout, stderr)."""
 
-    def run(argv: list[str], scheduler: Optional[runner.Scheduler] = None) -> tuple[int, str, str]:
+    def run(argv: list[str], scheduler: Optional[Scheduler] = None) -> tuple[int, str, str]:
         try:
             status = runner.main(argv, scheduler)
         except SystemExit as exit:  # argparse
@@ -138,6 +141,11 @@ def tool(folder: Path, name: str, body: str) -> Path:
     return path
 
 
+def plan(args, extra: list[str]) -> list[sweep.Run]:
+    """The runs runner.py plans for its parsed flags."""
+    return sweep.build_grid(runner.grid_axes(args), extra, Path(args.experiments_dir).absolute(), args.study)
+
+
 def grid(experiments: Path, *more: str) -> list[str]:
     return [*TINY, "--experiments_dir", str(experiments), *more]
 
@@ -146,8 +154,8 @@ def saved_config(experiments: Path, name: str) -> dict:
     """What the training saves in config.json: the config of the run of that name in the test's
     grid (every method), or a made-up config naming the run for other names."""
     args, extra = runner.parse_args(grid(experiments, "--distillations", *runner.DISTILLATIONS))
-    runs = runner.build_grid(args, extra)
-    configs = {run.name: run.config for run in [*runs, *runner.teachers(runs)]}
+    runs = plan(args, extra)
+    configs = {run.name: run.config for run in [*runs, *sweep.teachers(runs)]}
     if name in configs:
         return {"config": dataclasses.asdict(configs[name])}
     return {"config": {**dataclasses.asdict(configs[TEACHER]), "experiment_name": name}}
@@ -170,7 +178,7 @@ def make_run(experiments: Path, name: str, *files: str, job: Optional[str] = Non
 
 def test_default_grid_is_17_configurations_of_3_runs(tmp_path: Path) -> None:
     args, extra = runner.parse_args(["--experiments_dir", str(tmp_path)])
-    runs = runner.build_grid(args, extra)
+    runs = plan(args, extra)
 
     pair = "cifar100/ResNet112-ResNet56"
     ranks = ["B-32-8-8", "B-24-8-8", "B-16-8-8", "B-8-8-8"]
@@ -186,13 +194,13 @@ def test_default_grid_is_17_configurations_of_3_runs(tmp_path: Path) -> None:
         assert run.flags[-2:] == ["--experiment_name", run.name]
         assert run.teacher.name == "cifar100/teacher/ResNet112/seed0"
         assert run.teacher_checkpoint == run.teacher.path / "ResNet112.pth"
-    assert runner.build_grid(*runner.parse_args(["--experiments_dir", str(tmp_path)])) == runs  # stable
+    assert plan(*runner.parse_args(["--experiments_dir", str(tmp_path)])) == runs  # stable
 
 
 def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(experiments: Path) -> None:
     args, extra = runner.parse_args(grid(experiments, "--distillations", "featuremap", "--runs", "1",
                                          "--study", "lr0.05", "--", "--lr", "0.05"))
-    (run,) = runner.build_grid(args, extra)
+    (run,) = plan(args, extra)
     assert run.name == f"lr0.05/{FEATUREMAP},lr=0.05/seed0"  # named after its flags, under the study
     assert run.teacher.name == f"digits/teacher/ResNetBaby/{CHANGES},lr=0.05/seed0"  # the same recipe, not in the study
     for flags in (run.flags, run.teacher.flags):
@@ -227,7 +235,7 @@ def test_bad_input_is_one_line_naming_the_flag(cli, experiments: Path, argv: lis
 
 def test_bad_input_from_the_command_line() -> None:
     done = subprocess.run([sys.executable, "runner.py", "--dataset", "imagenet"], capture_output=True, text=True,
-                          cwd=runner.REPO)
+                          cwd=sweep.REPO)
     assert done.returncode == 2
     assert done.stderr.startswith("runner.py: error: argument --dataset: invalid choice") and done.stderr.count("\n") == 1
 
@@ -242,36 +250,36 @@ def test_run_folder_leaving_the_experiments_folder_is_refused(cli, tmp_path: Pat
 
 # ---------------------------------------------------------------- job scripts
 
-GOLDEN_SETTINGS = runner.JobSettings(
+GOLDEN_SETTINGS = sweep.JobSettings(
     Resources(partition="gpu", account="proj-42", time="1-12:00:00", gpus=1, cpus=4, mem="16G", signal_seconds=300),
     python="/opt/venv/bin/python", env_setup="module load cuda/12.1 && source /opt/venv/bin/activate", workdir=Path("/repo"))
 
 
-def golden_run() -> runner.Run:
+def golden_run() -> sweep.Run:
     args, extra = runner.parse_args(["--experiments_dir", "/repo/experiments", "--distillations", "tucker_recomp",
                                      "--recomp_targets", "both", "--ranks_list", "BATCH_SIZE,16,8,8", "--runs", "1",
                                      "--", "--max_batches", "5"])
-    (run,) = runner.build_grid(args, extra)
+    (run,) = plan(args, extra)
     return run
 
 
 @pytest.mark.parametrize("scheduler, golden", [
     (SlurmScheduler("someone"), "slurm.job"), (PbsScheduler("someone"), "pbs.job"), (LocalScheduler(), "local.job")])
-def test_rendered_job_matches_golden_file(scheduler: runner.Scheduler, golden: str) -> None:
-    text = runner.render_job(golden_run(), scheduler, GOLDEN_SETTINGS)
+def test_rendered_job_matches_golden_file(scheduler: Scheduler, golden: str) -> None:
+    text = sweep.render_job(golden_run(), scheduler, GOLDEN_SETTINGS)
     if os.environ.get("UPDATE_GOLDEN"):
         (GOLDEN / golden).write_text(text)
     assert text == (GOLDEN / golden).read_text()
 
 
 def test_empty_values_leave_their_directives_out() -> None:
-    settings = runner.JobSettings(Resources(gpus=0, signal_seconds=0), python="python")
-    slurm = runner.render_job(golden_run(), SlurmScheduler("someone"), settings)
+    settings = sweep.JobSettings(Resources(gpus=0, signal_seconds=0), python="python")
+    slurm = sweep.render_job(golden_run(), SlurmScheduler("someone"), settings)
     directives = [line for line in slurm.splitlines() if line.startswith("#SBATCH")]
     assert [d.split("=")[0] for d in directives] == [
         "#SBATCH --job-name", "#SBATCH --output", "#SBATCH --cpus-per-task", "#SBATCH --mem", "#SBATCH --requeue",
         "#SBATCH --open-mode"]
-    pbs = runner.render_job(golden_run(), PbsScheduler("someone"), settings)
+    pbs = sweep.render_job(golden_run(), PbsScheduler("someone"), settings)
     assert [line for line in pbs.splitlines() if line.startswith("#PBS -l")] == ["#PBS -l select=1:ncpus=4:mem=16GB"]
     assert "#PBS -q" not in pbs and "#PBS -P" not in pbs and "#SBATCH" not in pbs
     assert "set -e\nset +e\n" in slurm  # no set-up line
@@ -284,15 +292,15 @@ def test_every_value_reaches_the_training_script_intact(tmp_path: Path) -> None:
     python.write_text(FAKE_TRAINING)
     python.chmod(0o755)
     args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "1"))
-    teacher = runner.build_grid(args, extra)[0].teacher
-    settings = runner.JobSettings(Resources(), python=str(python))
+    teacher = plan(args, extra)[0].teacher
+    settings = sweep.JobSettings(Resources(), python=str(python))
     for scheduler in (SlurmScheduler("someone"), PbsScheduler("someone")):
         script = tmp_path / "run.job"
-        script.write_text(runner.render_job(teacher, scheduler, settings))
+        script.write_text(sweep.render_job(teacher, scheduler, settings))
         subprocess.run(["bash", "-n", str(script)], check=True)
     subprocess.run(["bash", str(script)], cwd=tmp_path, check=True, timeout=60)
-    assert json.loads((teacher.path / "argv.json").read_text()) == [str(runner.REPO / "tucker_distillation.py"), *teacher.flags]
-    assert not list(tmp_path.rglob("PWNED")) and not (runner.REPO / "PWNED").exists()
+    assert json.loads((teacher.path / "argv.json").read_text()) == [str(sweep.REPO / "tucker_distillation.py"), *teacher.flags]
+    assert not list(tmp_path.rglob("PWNED")) and not (sweep.REPO / "PWNED").exists()
 
 
 @pytest.mark.parametrize("signal_name, requeued", [("USR1", True), ("TERM", False)])
@@ -306,10 +314,10 @@ def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
     python.write_text(FAKE_TRAINING)
     python.chmod(0o755)
     args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "1"))
-    (run,) = runner.build_grid(args, extra)
+    (run,) = plan(args, extra)
     run.path.mkdir(parents=True)
     script = run.path / "run.job"
-    script.write_text(runner.render_job(run, SlurmScheduler("someone"), runner.JobSettings(Resources(), str(python))))
+    script.write_text(sweep.render_job(run, SlurmScheduler("someone"), sweep.JobSettings(Resources(), str(python))))
 
     job = subprocess.Popen(["bash", str(script)], env={**os.environ, "FAKE_TRAINING": "wait", "SLURM_JOB_ID": "4242"})
     deadline = time.monotonic() + 30
@@ -424,7 +432,7 @@ def test_a_folder_holding_a_run_with_other_flags_is_refused_not_submitted(cli, e
 
 def test_a_run_trained_by_a_live_process_is_running_without_any_job(cli, experiments: Path) -> None:
     make_run(experiments, TEACHER, "config.json", "metrics.json", "ResNetBaby.pth")
-    busy = runner.RunDir(make_run(experiments, f"{FEATUREMAP}/seed0", "config.json", "last.pt"))
+    busy = RunDir(make_run(experiments, f"{FEATUREMAP}/seed0", "config.json", "last.pt"))
     fake = FakeSlurm()
     with busy.locked():  # as a training started by hand holds it
         status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "1"), fake)
@@ -442,7 +450,7 @@ def test_a_teacher_that_cannot_be_submitted_fails_its_students_once(cli, experim
 
 
 def test_only_one_runner_at_a_time(cli, experiments: Path) -> None:
-    with runner.exclusive(experiments):
+    with sweep.exclusive(experiments):
         status, _, err = cli(grid(experiments), FakeSlurm())
     assert status == 2 and "another runner.py is working on" in err
 
@@ -591,7 +599,7 @@ def test_clean_deletes_only_unfinished_runs_without_a_live_job(cli, experiments:
     make_run(experiments, "outer/inner", "metrics.json")
     fake = FakeSlurm(live={"6": RUNNING})
 
-    assert runner.clean(experiments, fake, confirm=lambda question: False, out=lambda line: None) == []
+    assert sweep.clean(experiments, fake, confirm=lambda question: False, out=lambda line: None) == []
     assert crashed.exists()
     status, err = cli(["--clean", "--experiments_dir", str(experiments)], fake)[::2]
     assert status == 2 and "pass --yes" in err and crashed.exists()  # no terminal to ask

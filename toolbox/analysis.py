@@ -30,6 +30,7 @@ from toolbox.config import RUNTIME_FIELDS, Config
 from toolbox.data_loader import IMAGE_SIZE
 from toolbox.errors import UsageError
 from toolbox.models import stage_shapes
+from toolbox.utils import markdown_cell, markdown_table
 from toolbox.naming import ranks_tag
 from toolbox.rundir import CONFIG_FILE, RunDir, defining_flags, method_specific
 from toolbox.tucker import Ranks, parse_ranks
@@ -284,18 +285,9 @@ def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
     """A GitHub Markdown table: numeric columns right-aligned, floats rounded, unset cells blank
     (pandas' own ``to_markdown`` needs the optional ``tabulate`` package)."""
 
-    def cell(value: Any) -> str:
-        if not _isset(value):
-            return ""
-        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
     numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
-    lines = [
-        "| " + " | ".join(map(str, table.columns)) + " |",
-        "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
-        *("| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)),
-    ]
-    return "\n".join(lines) + "\n"
+    rows = [[markdown_cell(v, digits) if _isset(v) else "" for v in row] for row in table.itertuples(index=False)]
+    return markdown_table([str(c) for c in table.columns], rows, numeric)
 
 
 def export_summary(summary: pd.DataFrame, folder: str | Path, stem: str = "summary") -> list[Path]:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from toolbox.data_loader import Dataset, eval_batches
 from toolbox.errors import UsageError
 from toolbox.models import build_model, load_checkpoint
-from toolbox.tucker import BACKENDS, MODE_NAMES, Factors, Ranks, recompose, relative_error, tucker
+from toolbox.tucker import BACKENDS, HOOI_MAX_SWEEPS, MODE_NAMES, Factors, Ranks, recompose, relative_error, tucker
 
 SWEEPS = ("channel", "spatial")
 SWEEP_VALUES = {"relative_error": "relative reconstruction error", "energy_kept": "fraction of the energy kept"}
@@ -70,7 +70,7 @@ def default_sweep(size: int) -> list[int]:
     return sorted(({2**k for k in range(size.bit_length())} | {3 * size // 4, size}) - {0})
 
 
-def decompose(x: Tensor, ranks: Ranks, backend: str = "fast", n_iter: int = 0) -> tuple[Tensor, Factors]:
+def decompose(x: Tensor, ranks: Ranks, backend: str = "fast", n_iter: int = HOOI_MAX_SWEEPS) -> tuple[Tensor, Factors]:
     """``toolbox.tucker.tucker``, without tensorly's warning that the whole batch rank exceeds the
     rank of a projected unfolding: it then keeps fewer batch components, which loses nothing."""
     with warnings.catch_warnings():
@@ -129,7 +129,7 @@ def mode_spectra(x: Tensor) -> dict[str, np.ndarray]:
 def channel_subspace(x: Tensor, rank: int) -> Tensor:
     """An orthonormal basis (C, rank) of the leading channel subspace of a batch of maps: the
     channel factor that the tucker method projects on (float64)."""
-    _, factors = tucker(x.double(), sweep_ranks(x.shape, "channel", rank))
+    _, factors = tucker(x.double(), sweep_ranks(x.shape, "channel", rank), core="per_sample")  # a subspace: no rotations
     return factors[1] if factors[1] is not None else torch.eye(x.shape[1], dtype=torch.float64)
 
 

@@ -8,7 +8,7 @@ import os
 import random
 import subprocess
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,21 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def markdown_cell(value: Any, digits: int = 2) -> str:
+    """A table cell: floats rounded, None blank."""
+    if value is None:
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[bool] = ()) -> str:
+    """A GitHub Markdown table of ready-made cells; ``right[i]`` right-aligns column ``i``."""
+    align = [right[i] if i < len(right) else False for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if r else "---" for r in align) + "|",
+             *("| " + " | ".join(row) + " |" for row in rows)]
+    return "\n".join(lines) + "\n"
 
 
 def seed_everything(seed: int) -> None:

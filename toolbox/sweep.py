@@ -1,0 +1,438 @@
+"""Sweeps: a grid of runs from any training flags, submitted, listed, cancelled and cleaned.
+
+``runner.py`` and ``test_noise.py`` are command lines over this module. A grid is a set of axes
+(``beta=50,125,250``) crossed with each other; each point is one run folder, named by the training
+script's own rule (``toolbox.rundir``), which is also what decides a run's state. Schedulers
+(SLURM, PBS, local) are objects with ``submit``, ``live_jobs`` and ``cancel`` (``toolbox.scheduler``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import io
+import itertools
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from toolbox.config import RUNTIME_FIELDS, Config, parse_config
+from toolbox.distillation import DISTILLERS
+from toolbox.errors import UsageError
+from toolbox.naming import format_value, validate_experiment_name
+from toolbox.rundir import (CONFIG_FILE, CONFLICTING, CORRUPT, FAILED, FINISHED, JOB_FILE, LAST_CHECKPOINT, LOCK_FILE, METRICS_FILE,
+                            NOT_STARTED, PENDING, RUNNING, SCRIPT_FILE, TEACHER_SEED, RunDir, RunState,
+                            default_teacher_checkpoint, defining_flags, experiment_name, resolve)
+from toolbox.scheduler import Resources, Scheduler, SchedulerError, render
+from toolbox.utils import atomic_write, atomic_write_json, markdown_table
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "run.job"
+# ---------------------------------------------------------------- the grid
+
+@dataclass
+class Run:
+    """One training job: its folder, its flags, and what it needs first."""
+
+    name: str  # relative to the experiments folder
+    path: Path
+    flags: list[str]  # for tucker_distillation.py, --experiment_name included
+    config: Config  # resolved, as the training will save it
+    teacher: Optional[Run] = None  # the run that trains the teacher this one needs
+    teacher_checkpoint: Optional[Path] = None
+
+
+def training_config(flags: list[str]) -> Config:
+    """The training script's own parsing of ``flags``, so runner.py accepts exactly what it does."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return parse_config(flags, prog="runner.py")
+    except SystemExit:
+        lines = stderr.getvalue().strip().splitlines() or ["bad training flags"]
+        raise UsageError(lines[-1].removeprefix("runner.py: error: ")) from None
+
+
+def make_run(flags: list[str], experiments_dir: Path, study: str = "") -> Run:
+    """A run named as the training script names it (under ``study``), refused if the name would
+    leave the experiments folder."""
+    config = training_config(flags)
+    name = "/".join(filter(None, [study, experiment_name(config)]))
+    validate_experiment_name(name)
+    path = experiments_dir / name
+    if not path.resolve().is_relative_to(experiments_dir.resolve()):
+        raise UsageError(f"run folder {path} leaves --experiments_dir {experiments_dir} (a symbolic link?)")
+    config = resolve(dataclasses.replace(config, experiment_name=name))
+    return Run(name, path, [*flags, "--experiment_name", name], config)
+
+
+Axes = dict[str, list[str]]
+"""Grid axes: a training flag's name -> its values, spelled as on the command line."""
+
+
+def parse_axis(text: str) -> tuple[str, list[str]]:
+    """``beta=50,125,250`` -> ("beta", ["50", "125", "250"]). Values that contain commas (Tucker
+    ranks) are separated by ``:`` instead: ``ranks=BATCH_SIZE,32,8,8:BATCH_SIZE,8,8,8``."""
+    name, sep, values = text.partition("=")
+    fields = {item.name for item in dataclasses.fields(Config)} - RUNTIME_FIELDS - {"experiment_name"}
+    if not sep or name not in fields:
+        raise UsageError(f"--grid takes FLAG=VALUE,VALUE,... with FLAG a training flag that defines a run "
+                         f"({', '.join(sorted(fields))}); got {text!r}")
+    parts = values.split(":" if ":" in values else ",")
+    if not all(parts):
+        raise UsageError(f"--grid {name}: empty value in {values!r}")
+    return name, list(dict.fromkeys(parts))
+
+
+def grid_points(axes: Axes) -> Iterator[dict[str, str]]:
+    """Every combination of the axes' values, the first axis slowest, each with only the flags its
+    method reads (a featuremap run ignores ranks), and never the same run twice."""
+    seen = set()
+    for values in itertools.product(*axes.values()):
+        point = dict(zip(axes, values))
+        applies = set(defining_flags(point.get("distillation", Config.distillation))) | {"distillation"}
+        point = {name: value for name, value in point.items() if name in applies}
+        key = tuple(sorted(point.items()))
+        if key not in seen:
+            seen.add(key)
+            yield point
+
+
+def as_flags(point: dict[str, str]) -> list[str]:
+    return [token for name, value in point.items() for token in (f"--{name}", value)]
+
+
+def build_grid(axes: Axes, common: list[str], experiments_dir: Path, study: str = "") -> list[Run]:
+    """The student runs of the grid, in submission order, deduplicated by run name; each points to
+    the teacher run it needs (the plain run of its teacher with seed 0 and the same training flags,
+    shared by all the students that need it, and kept outside ``study``)."""
+    common = [*common, "--experiments_dir", str(experiments_dir)]
+    runs: dict[str, Run] = {}
+    teacher_runs: dict[str, Run] = {}
+    for point in grid_points(axes):
+        run = make_run([*as_flags(point), *common], experiments_dir, study)
+        if run.name in runs:
+            continue
+        if DISTILLERS[run.config.distillation].needs_teacher:
+            general = {name: value for name, value in point.items() if name in defining_flags("none")}
+            general.update(distillation="none", student=run.config.teacher, seed=str(TEACHER_SEED))
+            teacher = make_run([*as_flags(general), *common], experiments_dir)
+            attach_teacher(run, teacher_runs.setdefault(teacher.name, teacher))
+        runs[run.name] = run
+    return list(runs.values())
+
+
+def grid_table(runs: list[Run], axes: Axes) -> str:
+    """The grid as a table: one row per run, a column per axis with several values (a flag the
+    run's method does not read shows as ``-``), then the run's folder."""
+    shown = [name for name, values in axes.items() if len(values) > 1]
+    rows = [[*(format_value(getattr(run.config, name)) if name in defining_flags(run.config.distillation) or
+               name == "distillation" else "-" for name in shown), run.name] for run in runs]
+    return f"the grid: {len(runs)} runs\n" + markdown_table([*shown, "run"], rows)
+
+
+def attach_teacher(run: Run, teacher: Run) -> None:
+    """Point ``run`` at the weights it distils from: the teacher run's, or --teacher_checkpoint."""
+    config = run.config
+    run.teacher_checkpoint = Path(config.teacher_checkpoint)
+    if run.teacher_checkpoint != default_teacher_checkpoint(config):  # given with --teacher_checkpoint
+        if not run.teacher_checkpoint.exists():
+            raise UsageError(f"--teacher_checkpoint {config.teacher_checkpoint} does not exist")
+        return
+    run.teacher = teacher
+
+
+def teachers(runs: list[Run]) -> list[Run]:
+    return list({run.teacher.name: run.teacher for run in runs if run.teacher}.values())
+
+
+# ---------------------------------------------------------------- run folders
+
+def run_state(run: Run, live: dict[str, str], scheduler: Scheduler) -> RunState:
+    """What the run's folder holds, checked against the flags the grid gives it."""
+    return RunDir(run.path).state(live, scheduler.name, run.config)
+
+
+def run_folders(experiments_dir: Path) -> list[Path]:
+    """Folders under ``experiments_dir`` that the runner or the training wrote."""
+    markers = (JOB_FILE, SCRIPT_FILE, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, LOCK_FILE)
+    return sorted({found.parent for marker in markers for found in experiments_dir.rglob(marker)})
+
+
+@contextlib.contextmanager
+def exclusive(experiments_dir: Path) -> Iterator[None]:
+    """One runner.py at a time per experiments folder: two would submit the same runs twice."""
+    experiments_dir.mkdir(parents=True, exist_ok=True)
+    with open(experiments_dir / ".runner.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another runner.py is working on {experiments_dir}; let it finish first") from None
+        yield
+
+
+# ---------------------------------------------------------------- submitting
+
+@dataclass
+class JobSettings:
+    """Everything in a job script besides the run itself."""
+
+    resources: Resources
+    python: str
+    env_setup: str = ""
+    workdir: Path = REPO
+    template: str = field(default_factory=TEMPLATE.read_text)
+
+
+def job_name(run_name: str) -> str:
+    """A job name every scheduler accepts: ``digits/teacher/ResNet20/seed0`` -> ``td.digits.teacher.ResNet20.seed0``."""
+    return "td." + re.sub(r"[^A-Za-z0-9_.-]", ".", run_name)
+
+
+def render_job(run: Run, scheduler: Scheduler, settings: JobSettings) -> str:
+    command = [settings.python, str(settings.workdir / "tucker_distillation.py"), *run.flags]
+    values = {
+        "job_name": job_name(run.name),
+        "workdir": str(settings.workdir),
+        "env_setup": settings.env_setup,
+        "command": shlex.join(command),
+        **scheduler.header_values(settings.resources, run.path),
+    }
+    return render(settings.template, scheduler.directive, values)
+
+
+class QueueFull(Exception):
+    """--max_queued jobs are in the queue."""
+
+
+@dataclass
+class Summary:
+    submitted: list[str] = field(default_factory=list)
+    teachers: int = 0
+    finished: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (run, the scheduler's message)
+    crashed: list[tuple[str, str]] = field(default_factory=list)  # local runs that ended badly
+    held_back: int = 0  # not submitted because of --max_queued
+
+    def report(self, max_queued: int, dry_run: bool = False) -> str:
+        lines = [f"{'would submit' if dry_run else 'submitted'} {len(self.submitted)} (teachers: {self.teachers}), skipped as finished "
+                 f"{len(self.finished)}, skipped as queued or running {len(self.queued)}, failed to submit {len(self.failed)}"]
+        if self.crashed:
+            lines[0] += f", failed while running {len(self.crashed)}"
+        lines += [f"failed to submit {name}: {message}" for name, message in self.failed]
+        lines += [f"failed while running {name}: {message}" for name, message in self.crashed]
+        if self.held_back:
+            lines.append(f"--max_queued {max_queued} reached: {self.held_back} runs remain; run runner.py again later")
+        return "\n".join(lines)
+
+
+class Submitter:
+    """Walks the grid once: skips what is finished or live, submits the rest, teachers first."""
+
+    def __init__(self, scheduler: Scheduler, settings: JobSettings, max_queued: int = 0, dry_run: bool = False,
+                 out: Callable[[str], None] = print) -> None:
+        self.scheduler, self.settings, self.max_queued, self.dry_run, self.out = scheduler, settings, max_queued, dry_run, out
+        self.live = self._live_jobs()
+        self.queued = len(self.live)
+        self.new_jobs: dict[str, str] = {}  # run name -> job submitted now
+        self.broken_teachers: dict[str, str] = {}  # teacher run name -> why it cannot be submitted
+        self.summary = Summary()
+
+    def _live_jobs(self) -> dict[str, str]:
+        try:
+            return self.scheduler.live_jobs()
+        except SchedulerError as error:
+            if not self.dry_run:
+                raise SchedulerError(f"cannot list the queue, so nothing was submitted: {error}") from None
+            self.out(f"warning: cannot list the queue ({error}); the dry run assumes it is empty")
+            return {}
+
+    def state(self, run: Run) -> RunState:
+        if run.name in self.new_jobs:
+            return RunState(PENDING, self.new_jobs[run.name])
+        return run_state(run, self.live, self.scheduler)
+
+    def visit(self, run: Run) -> None:
+        state = self.state(run)
+        if state.state == FINISHED:
+            self.summary.finished.append(run.name)
+        elif state.state in (RUNNING, PENDING):
+            self.summary.queued.append(run.name)
+            self.out(f"{state.state:<12} {run.name}  " + (f"job {state.job_id}" if state.job_id else state.detail))
+        elif state.state in (CONFLICTING, CORRUPT):  # never submitted: training would refuse it anyway
+            message = (f"its folder holds a run with other flags ({state.detail}); give this grid its own --study"
+                       if state.state == CONFLICTING else state.detail)
+            self.summary.failed.append((run.name, message))
+            self.out(f"{'refused':<12} {run.name}: {message}")
+        else:
+            try:
+                dependency = self.teacher_job(run) if run.teacher else None
+                self.submit(run, dependency)
+            except QueueFull:
+                self.summary.held_back += 1
+            except SchedulerError as error:
+                self.summary.failed.append((run.name, str(error)))
+                self.out(f"{'failed':<12} {run.name}: {error}")
+
+    def teacher_job(self, run: Run) -> Optional[str]:
+        """The job ``run`` must wait for: none when its teacher is trained, else the teacher's live
+        job or one submitted now."""
+        teacher = run.teacher
+        if teacher.name in self.broken_teachers:
+            raise SchedulerError(self.broken_teachers[teacher.name])
+        teacher_state = self.state(teacher)
+        state, job_id = teacher_state.state, teacher_state.job_id
+        has_weights = run.teacher_checkpoint.exists()
+        if state == FINISHED and not has_weights:
+            self.broken_teachers[teacher.name] = f"teacher {teacher.name} finished but {run.teacher_checkpoint} is missing"
+            raise SchedulerError(self.broken_teachers[teacher.name])
+        if state == FINISHED or (state == NOT_STARTED and has_weights):
+            return None  # trained, or weights put in place by hand
+        if state in (CONFLICTING, CORRUPT):
+            self.broken_teachers[teacher.name] = f"its teacher {teacher.name} cannot be trained: {teacher_state.detail}"
+            raise SchedulerError(self.broken_teachers[teacher.name])
+        if state == RUNNING and job_id is None:  # trained by a process no job records: nothing to wait for
+            self.broken_teachers[teacher.name] = (f"its teacher {teacher.name} is being trained by {teacher_state.detail}, "
+                                                  "outside any job to wait for; run runner.py again once it has finished")
+            raise SchedulerError(self.broken_teachers[teacher.name])
+        if state in (RUNNING, PENDING):
+            return job_id
+        try:
+            job_id = self.submit(teacher, None)
+        except SchedulerError as error:
+            self.broken_teachers[teacher.name] = f"its teacher {teacher.name} failed to submit: {error}"
+            raise SchedulerError(self.broken_teachers[teacher.name]) from None
+        self.summary.teachers += 1
+        return job_id
+
+    def submit(self, run: Run, dependency: Optional[str]) -> str:
+        if self.max_queued and self.queued >= self.max_queued:
+            raise QueueFull
+        script = render_job(run, self.scheduler, self.settings)
+        resumes = " (resumes from last.pt)" if (run.path / LAST_CHECKPOINT).exists() else ""
+        after = f" after job {dependency}" if dependency else ""
+        if self.dry_run:
+            job_id = f"dry-run-{len(self.new_jobs) + 1}"
+            self.out(f"{'would submit':<12} {run.name}{after}{resumes}\n{script}")
+        else:
+            fresh = not run.path.exists()
+            run.path.mkdir(parents=True, exist_ok=True)
+            script_path = run.path / SCRIPT_FILE
+            atomic_write(script_path, lambda tmp: tmp.write_text(script))
+            try:
+                job_id = self.scheduler.submit(script_path, dependency)
+            except SchedulerError:  # leave no folder that only a run.job says is a run
+                if fresh:
+                    script_path.unlink()
+                    run.path.rmdir()
+                raise
+            atomic_write_json(run.path / JOB_FILE, {
+                "run": run.name, "job_id": job_id, "scheduler": self.scheduler.name, "dependency": dependency,
+                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "script": SCRIPT_FILE,
+            })
+            self.out(f"{'submitted':<12} {run.name}  job {job_id}{after}{resumes}")
+        self.queued += 1
+        self.new_jobs[run.name] = job_id
+        self.summary.submitted.append(run.name)
+        return job_id
+
+    def wait_local(self) -> None:
+        """Where the scheduler runs the jobs itself, wait for them and count the failures."""
+        names = {job_id: name for name, job_id in self.new_jobs.items()}
+        for job_id, status in self.scheduler.wait_all().items():
+            name = names[job_id]
+            self.summary.crashed.append((name, f"exit status {status}, see its local.out"))
+
+
+def submit_grid(runs: list[Run], scheduler: Scheduler, settings: JobSettings, max_queued: int = 0,
+                dry_run: bool = False, out: Callable[[str], None] = print) -> Summary:
+    submitter = Submitter(scheduler, settings, max_queued, dry_run, out)
+    for run in runs:
+        submitter.visit(run)
+    submitter.wait_local()
+    return submitter.summary
+
+
+# ---------------------------------------------------------------- status, cancel, clean
+
+def status_table(runs: list[Run], scheduler: Scheduler) -> str:
+    """The grid as a table, teachers first, with the best accuracy of finished runs."""
+    try:
+        live, note = scheduler.live_jobs(), ""
+    except SchedulerError as error:
+        live, note = {}, f"\n(the queue could not be listed: {error}; queued runs show as failed)"
+    rows = [(run, run_state(run, live, scheduler)) for run in teachers(runs) + runs]
+    ended = scheduler.final_states(state.job_id for _, state in rows if state.state == FAILED and state.job_id)
+    lines = [f"{'state':<24} {'job':<12} {'best acc':>8}  run"]
+    counts: dict[str, int] = {}
+    for run, state in rows:
+        counts[state.state] = counts.get(state.state, 0) + 1
+        accuracy = state.detail if state.state == FINISHED else ""
+        shown = f"{state.state} ({ended[state.job_id]})" if state.job_id in ended and state.state == FAILED else state.state
+        why = f"  ({state.detail})" if state.state in (CONFLICTING, CORRUPT) or (state.state == RUNNING and not state.job_id) else ""
+        lines.append(f"{shown:<24} {state.job_id or '':<12} {accuracy:>8}  {run.name}{why}")
+    shown_states = (FINISHED, RUNNING, PENDING, FAILED, NOT_STARTED, CONFLICTING, CORRUPT)
+    lines.append(", ".join(f"{state} {counts.get(state, 0)}" for state in shown_states if counts.get(state) or state in shown_states[:5]))
+    return "\n".join(lines) + note
+
+
+def cancel_jobs(experiments_dir: Path, scheduler: Scheduler, out: Callable[[str], None] = print) -> list[str]:
+    """Cancel the live jobs that runner.py recorded under ``experiments_dir``; their ids."""
+    live = scheduler.live_jobs()
+    ids = []
+    for path in run_folders(experiments_dir):
+        state = RunDir(path).state(live, scheduler.name)
+        if state.job_id in live and state.state in (RUNNING, PENDING):
+            ids.append(state.job_id)
+            out(f"cancel {state.job_id} ({state.state})  {path.relative_to(experiments_dir)}")
+    scheduler.cancel(ids)
+    out(f"cancelled {len(ids)} jobs")
+    return ids
+
+
+def clean(experiments_dir: Path, scheduler: Scheduler, confirm: Callable[[str], bool],
+          out: Callable[[str], None] = print) -> list[Path]:
+    """Delete unfinished runs that nothing is training, once ``confirm`` agrees. Only folders that
+    are provably this project's runs (``RunDir.is_ours``) qualify, never one holding a metrics.json
+    (its own or below it), never one whose lock a live process holds; and only the files the
+    project writes are deleted: a folder with anything else in it is kept with that."""
+    live = scheduler.live_jobs()
+    doomed = [path for path in run_folders(experiments_dir)
+              if RunDir(path).is_ours(experiments_dir) and RunDir(path).state(live, scheduler.name).state == FAILED
+              and not any(path.rglob(METRICS_FILE))]
+    for path in doomed:
+        out(f"unfinished, no live job or process: {path}")
+    if not doomed:
+        out("nothing to clean")
+        return []
+    if not confirm(f"delete these {len(doomed)} run folders? [y/N] "):
+        out("nothing deleted")
+        return []
+    deleted = []
+    for path in doomed:
+        run = RunDir(path)
+        try:
+            with run.locked(wait_s=0):  # a training that started meanwhile keeps its folder
+                files = run.own_files()
+                for file in files:
+                    file.unlink()
+        except UsageError as error:
+            out(f"kept {path}: {error}")
+            continue
+        kept = sorted(p.name for p in path.iterdir())
+        if kept:
+            out(f"kept {path}: it also holds {', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}")
+            continue
+        path.rmdir()
+        deleted.append(path)
+        for parent in path.parents:  # and the folders that only held it, up to the experiments folder
+            if parent == experiments_dir or not parent.is_relative_to(experiments_dir) or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    out(f"deleted {len(deleted)} run folders")
+    return deleted
