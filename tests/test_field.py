@@ -18,6 +18,7 @@ from toolbox.errors import UsageError
 from toolbox.models import build_model, stage_shapes
 from toolbox.rundir import default_teacher_checkpoint, experiment_name
 from toolbox.training import make_scheduler
+from toolbox.tucker import absolute_ranks, format_ranks, parse_ranks, tucker
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("resnet32x4", "resnet8x4", "BATCH_SIZE,32,8,8"), ("vgg13", "MobileNetV2", "BATCH_SIZE,32,4,4"),
@@ -124,3 +125,33 @@ def test_evaluate_prints_the_accuracy_the_run_recorded(tmp_path: Path) -> None:
     wrong = subprocess.run([sys.executable, str(ROOT / "tucker_distillation.py"), *TINY, "--student", "resnet20",
                             "--evaluate", str(tmp_path / "r" / "ResNetBaby.pth")], cwd=ROOT, capture_output=True, text=True)
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and "does not fit resnet20" in wrong.stderr
+
+
+# ---------------------------------------------------------------- Tucker ranks on any map
+
+@pytest.mark.parametrize("arch, layer", [("resnet20", 1), ("resnet32x4", 3), ("vgg13", 4), ("ShuffleV1", 3),
+                                         ("ResNet50", 4), ("MobileNetV2", 4)])
+def test_relative_ranks_fit_every_stage_of_every_architecture(arch: str, layer: int) -> None:
+    shape = stage_shapes(arch)[layer]
+    ranks = absolute_ranks(parse_ranks("BATCH_SIZE,x0.5,x1,x1"), shape)
+    assert ranks == (None, max(1, round(shape[0] / 2)), shape[1], shape[2])
+    maps = torch.randn(6, *shape)
+    core, factors = tucker(maps, ranks)
+    assert core.shape == (6, *ranks[1:]) and factors[1].shape == (shape[0], ranks[1])
+
+
+def test_relative_ranks_round_trip_and_name_runs() -> None:
+    assert format_ranks(parse_ranks("BATCH_SIZE,x0.25,x1,8")) == "BATCH_SIZE,x0.25,x1,8"
+    assert experiment_name(parse_config(["--ranks", "BATCH_SIZE,x0.5,x1,x1"])).endswith("/tucker/B-x0.5-x1-x1/seed0")
+
+
+@pytest.mark.parametrize("text, message", [("BATCH_SIZE,x0,8,8", "a relative channel rank is x followed by a fraction"),
+                                           ("BATCH_SIZE,x1.5,8,8", "in \\(0, 1\\]"), ("BATCH_SIZE,xhalf,8,8", "e.g. x0.5")])
+def test_bad_relative_ranks_are_one_line_errors(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_ranks(text)
+
+
+def test_a_rank_too_large_for_a_map_names_the_map() -> None:
+    with pytest.raises(UsageError, match="the height rank 8 exceeds the feature map's height size 4 \\(map shape 512x4x4\\)"):
+        absolute_ranks(parse_ranks("BATCH_SIZE,32,8,8"), stage_shapes("vgg13")[3])

@@ -33,7 +33,7 @@ from toolbox.models import stage_shapes
 from toolbox.utils import markdown_cell, markdown_table
 from toolbox.naming import ranks_tag
 from toolbox.rundir import CONFIG_FILE, RunDir, defining_flags, method_specific
-from toolbox.tucker import Ranks, parse_ranks
+from toolbox.tucker import Ranks, absolute_ranks, parse_ranks
 
 TUCKER_METHODS = ("tucker", "tucker_recomp")
 
@@ -97,7 +97,7 @@ def method_name(config: Mapping[str, Any]) -> str:
     if config["distillation"] == "noise":
         return f"{name}_std{config['noise_std']:g}"
     if config["distillation"] in TUCKER_METHODS:
-        ranks = parse_ranks(config["ranks"])
+        ranks = absolute_ranks(parse_ranks(config["ranks"]), feature_map_shape(config))
         fraction = ranks[1] / feature_map_shape(config)[0]
         suffix = "" if _keeps_other_modes_whole(ranks, config) else f"_{ranks_tag(config['ranks'])}"
         return f"{name}_x{fraction:g}{suffix}"
@@ -349,7 +349,7 @@ def rank_table(summary: pd.DataFrame) -> pd.DataFrame:
     ranks where they are truncated, and its details."""
     rows = []
     for _, row in summary[summary["distillation"].isin(TUCKER_METHODS)].iterrows():
-        ranks = parse_ranks(row["ranks"])
+        ranks = absolute_ranks(parse_ranks(row["ranks"]), feature_map_shape(row))
         others = "" if _keeps_other_modes_whole(ranks, row) else f" {_other_modes_tag(ranks)}"
         rows.append({
             "method": row["method"],

@@ -68,7 +68,7 @@ class Config:
     beta: Optional[float] = flag(None, "weight of the distillation loss: total = cross-entropy + beta * soft loss (default: 125 for feature-map methods, as in the original; 1 for kd)", type=float)
     loss: str = flag("l1", "distance between the L2-normalised, flattened maps or cores", choices=SOFT_LOSSES)
     feature_layer: int = flag(3, "distilled stage, from 1 to the architecture's number of stages (0 is the stem): for the CIFAR ResNets 3 is layer3 (64x8x8 on 32x32 images), 2 is 32x16x16, 1 is 16x32x32")
-    ranks: str = flag("BATCH_SIZE,32,8,8", "Tucker ranks for (batch, channel, height, width); BATCH_SIZE keeps the batch mode whole")
+    ranks: str = flag("BATCH_SIZE,32,8,8", "Tucker ranks for (batch, channel, height, width); BATCH_SIZE keeps the batch mode whole; xF is a fraction of the map's mode, e.g. BATCH_SIZE,x0.5,x1,x1 on any architecture")
     recomp_target: str = flag("teacher", "tucker_recomp: reconstruct the teacher map, the student map (projected on the teacher's factors), or both", choices=RECOMP_TARGETS)
     tucker_backend: str = flag("fast", "'fast': tensorly's result in closed form, from float64 Gram eigendecompositions; 'tensorly': tensorly's tucker, as the original called it", choices=BACKENDS)
     hooi_iters: int = flag(HOOI_MAX_SWEEPS, "most HOOI sweeps, on either back end (tensorly's n_iter_max; it stops earlier at its tolerance, 1e-4); 0: the SVD initialisation alone")

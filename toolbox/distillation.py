@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from toolbox.errors import UsageError
 from toolbox.naming import format_value, ranks_tag
-from toolbox.tucker import Factors, check_core, check_ranks, parse_ranks, project, recompose, tucker
+from toolbox.tucker import Factors, absolute_ranks, check_core, parse_ranks, project, recompose, tucker
 
 if TYPE_CHECKING:
     from toolbox.config import Config
@@ -125,8 +125,7 @@ class TuckerDistiller(Distiller):
 
     def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
         super().__init__(config, teacher_shape, student_shape)
-        self.ranks = parse_ranks(config.ranks)
-        check_ranks(self.ranks, teacher_shape)
+        self.ranks = absolute_ranks(parse_ranks(config.ranks), teacher_shape)
         self.backend = config.tucker_backend
         self.hooi_iters = config.hooi_iters
         self.core = self.core_kind(config)

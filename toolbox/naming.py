@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from toolbox.errors import UsageError
-from toolbox.tucker import parse_ranks
+from toolbox.tucker import BATCH_TOKEN, format_ranks, parse_ranks
 
 _NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+,-]*")
 MAX_PART_BYTES = 255  # what Linux file systems accept for one folder name
@@ -35,8 +35,9 @@ def validate_experiment_name(name: str, flag: str = "--experiment_name") -> str:
 
 
 def ranks_tag(text: str) -> str:
-    """``BATCH_SIZE,32,8,8`` -> ``B-32-8-8``: ranks without commas, for folder names."""
-    return "-".join("B" if r is None else str(r) for r in parse_ranks(text))
+    """``BATCH_SIZE,32,8,8`` -> ``B-32-8-8``, ``BATCH_SIZE,x0.5,x1,x1`` -> ``B-x0.5-x1-x1``: ranks
+    without commas, for folder names."""
+    return format_ranks(parse_ranks(text)).replace(BATCH_TOKEN, "B").replace(",", "-")
 
 
 def format_value(value: object) -> str:
