@@ -6,23 +6,44 @@ normalisation. No DataLoader workers, no host-to-device copies on the hot path. 
 augmentation is drawn from a generator seeded by (seed, epoch), so a resumed run sees the same
 batches as an uninterrupted one.
 
-CIFAR-10/100 are downloaded into ``data_dir`` in torchvision's folder layout (an existing
-torchvision download is reused) and parsed from their python-pickle batches. ``digits`` is
-scikit-learn's offline 8x8 digits, resized to 3x32x32 with a fixed split, so that every model and
-every Tucker rank behaves as on CIFAR.
+CIFAR-10/100 come from ``torchvision.datasets.CIFAR10/CIFAR100``: its URL, archive MD5, per-file
+MD5s, download function and folder layout (``data_dir/cifar-10-batches-py``,
+``data_dir/cifar-100-python``, the archive next to it), so an existing torchvision download is
+reused. ``prepare_dataset`` makes sure a data set is complete in ``data_dir`` and is safe when many
+jobs start at once on a shared folder:
+
+* an exclusive ``fcntl.flock`` on ``data_dir/.<name>.lock`` is held while checking, downloading and
+  extracting, so concurrent jobs wait for one another and the archive is fetched once; the kernel
+  releases the lock when its holder dies. Reading takes the same lock shared, so jobs read in
+  parallel but never while another process is extracting.
+* the archive is downloaded only when its MD5 does not match (a bad or partial one is removed),
+  extracted into a hidden staging folder, checked file by file against torchvision's MD5s and then
+  renamed into place: a half-extracted folder is never visible under its final name.
+* after a successful check a marker ``<folder>/.verified`` (written atomically) records each file's
+  size and mtime; later checks compare those instead of hashing 180 MB again.
+
+Problems are one-line ``UsageError``s naming the file or folder and the command that fixes them.
+``digits`` is scikit-learn's offline 8x8 digits, resized to 3x32x32 with a fixed split, so that
+every model and every Tucker rank behaves as on CIFAR.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import errno
+import fcntl
+import json
+import os
 import pickle
 import shutil
+import sys
 import tarfile
 import tempfile
-import urllib.request
+import urllib.error
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -33,41 +54,9 @@ from toolbox.errors import UsageError
 
 PAD = 4
 IMAGE_SIZE = 32  # every data set is fed as 3x32x32 images, digits included
+REPO = Path(__file__).resolve().parent.parent
 
-
-@dataclass(frozen=True)
-class CifarSource:
-    """Where a CIFAR archive comes from and how torchvision lays it out on disk."""
-
-    url: str
-    md5: str
-    folder: str
-    train_files: tuple[str, ...]
-    test_files: tuple[str, ...]
-    label_key: str
-    num_classes: int
-
-
-CIFAR_SOURCES = {
-    "cifar10": CifarSource(
-        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        md5="c58f30108f718f92721af3b95e74349a",
-        folder="cifar-10-batches-py",
-        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
-        test_files=("test_batch",),
-        label_key="labels",
-        num_classes=10,
-    ),
-    "cifar100": CifarSource(
-        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        md5="eb9058c3a382ffc7106e4002c42a8d85",
-        folder="cifar-100-python",
-        train_files=("train",),
-        test_files=("test",),
-        label_key="fine_labels",
-        num_classes=100,
-    ),
-}
+CIFAR_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 # Per-channel statistics of the training images, in [0, 1] units.
 CIFAR_MEAN_STD = {
@@ -78,6 +67,7 @@ CIFAR_MEAN_STD = {
 DATASETS = ("cifar10", "cifar100", "digits")
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
+VERIFIED_MARKER = ".verified"
 
 
 @dataclass
@@ -96,63 +86,233 @@ class Dataset:
         return (images.float() - self.mean) / self.std
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# ---------------------------------------------------------------- CIFAR on disk
+
+def cifar_class(name: str) -> Any:
+    """torchvision's dataset class for ``name`` (imported here: digits-only runs do without it)."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    classes = {"cifar10": CIFAR10, "cifar100": CIFAR100}
+    if name not in classes:
+        raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}; got {name!r}")
+    return classes[name]
 
 
-def download_cifar(source: CifarSource, data_dir: Path) -> None:
-    """Download and check the archive, then extract it. Nothing is extracted from a bad archive,
-    and a half-finished download never lands under its final name."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    archive = data_dir / Path(source.url).name
-    if not archive.exists():
-        print(f"downloading {source.url} into {data_dir}")
-        with tempfile.NamedTemporaryFile(dir=data_dir, delete=False, suffix=".part") as part:
-            try:
-                with urllib.request.urlopen(source.url) as response:
-                    shutil.copyfileobj(response, part)
-            except OSError as error:
-                Path(part.name).unlink()
-                raise UsageError(f"could not download {source.url} ({error}); place the archive at {archive}") from None
-        Path(part.name).replace(archive)
-    if md5sum(archive) != source.md5:
-        raise UsageError(f"{archive} fails its MD5 check (expected {source.md5}); delete it to download it again")
-    with tarfile.open(archive, "r:gz") as tar:
-        tar.extractall(data_dir, filter="data")
+def fetch_command(name: str, data_dir: Path) -> str:
+    """The command that downloads ``name`` into ``data_dir``, for error messages."""
+    call = f"prepare_dataset({name!r}, {str(Path(data_dir).absolute())!r})"
+    return f'cd {REPO} && python -c "from toolbox.data_loader import prepare_dataset; {call}"'
 
 
-def read_cifar_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 3, 32, 32) uint8 and labels (N,) from CIFAR's python-pickle batch files."""
-    images, labels = [], []
-    for name in files:
-        path = folder / name
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+@contextlib.contextmanager
+def data_lock(data_dir: Path, name: str, shared: bool = False) -> Iterator[None]:
+    """``flock`` on ``data_dir/.<name>.lock``: exclusive to check/download/extract, shared to read.
+
+    The lock file is never deleted (deleting it would let two processes lock two different files).
+    Where it cannot be created (a read-only shared data folder) nothing can be extracted either, so
+    we go on without it."""
+    path = data_dir / f".{name}.lock"
+    try:  # read-only is enough for flock, and works on a lock file another user created
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
+            yield
+            return
+        raise
+    try:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
-            with open(path, "rb") as handle:
-                entry = pickle.load(handle, encoding="latin1")
-            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(entry[label_key], dtype=np.int64))
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process preparing {name} in {data_dir} (lock {path})", file=sys.stderr, flush=True)
+            fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _expected_files(cls: Any) -> list[tuple[str, str]]:
+    """(file name, MD5) of every file torchvision reads, the meta file included."""
+    return [(file, md5) for file, md5 in [*cls.train_list, *cls.test_list]] + [(cls.meta["filename"], cls.meta["md5"])]
+
+
+def _fingerprint(folder: Path, cls: Any) -> dict | None:
+    """What the marker records: each file's expected MD5, size and mtime; None if one is missing."""
+    files = {}
+    for file, md5 in _expected_files(cls):
+        try:
+            stat = (folder / file).stat()
+        except OSError:
+            return None
+        files[file] = [md5, stat.st_size, stat.st_mtime_ns]
+    return {"archive_md5": cls.tgz_md5, "files": files}
+
+
+def _marker_is_current(folder: Path, cls: Any) -> bool:
+    try:
+        recorded = json.loads((folder / VERIFIED_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return recorded == _fingerprint(folder, cls)
+
+
+def _write_marker(folder: Path, fingerprint: dict | None) -> None:
+    """Atomically (temporary file, then rename); skipped where the folder is read-only."""
+    if fingerprint is None:
+        return
+    try:
+        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=VERIFIED_MARKER, suffix=".tmp", delete=False) as handle:
+            json.dump(fingerprint, handle)
+        os.replace(handle.name, folder / VERIFIED_MARKER)
+    except OSError:
+        with contextlib.suppress(OSError, NameError):
+            os.unlink(handle.name)
+
+
+def _first_bad_file(folder: Path, cls: Any) -> str | None:
+    """The first file that is missing or fails torchvision's MD5, or None."""
+    from torchvision.datasets import utils
+
+    for file, md5 in _expected_files(cls):
+        if not utils.check_integrity(folder / file, md5):
+            return file
+    return None
+
+
+def prepare_dataset(name: str, data_dir: str | Path, download: bool = True) -> None:
+    """Make sure ``name`` is present and complete in ``data_dir``, downloading it once if allowed.
+
+    Safe to call from many processes at once on one (local or NFS) folder: they take turns on an
+    exclusive lock, the first downloads and extracts, the others find the data complete. Cheap
+    once the data was verified. ``digits`` needs nothing. Raises a one-line UsageError with the
+    command to run when the data is missing and ``download`` is False, or is corrupt."""
+    if name == "digits":
+        return
+    cls = cifar_class(name)
+    data_dir = Path(data_dir)
+    if download:
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"cannot create the data folder {data_dir} ({_one_line(error)}); pass another --data_dir") from None
+    elif not data_dir.is_dir():
+        raise _missing_error(name, cls, data_dir)
+    with data_lock(data_dir, name):
+        _prepare_locked(name, cls, data_dir, download)
+
+
+def _missing_error(name: str, cls: Any, data_dir: Path) -> UsageError:
+    return UsageError(
+        f"{name} is not in {data_dir / cls.base_folder} and downloading is off: run `{fetch_command(name, data_dir)}` "
+        f"where there is internet, or download {cls.url} into {data_dir}/ (it is extracted on first use)"
+    )
+
+
+def _prepare_locked(name: str, cls: Any, data_dir: Path, download: bool) -> None:
+    folder = data_dir / cls.base_folder
+    if folder.is_dir():
+        if _marker_is_current(folder, cls):
+            return
+        fingerprint = _fingerprint(folder, cls)  # before hashing: a change while we hash shows next time
+        bad = _first_bad_file(folder, cls)
+        if bad is not None:
             raise UsageError(
-                f"{path} is missing or corrupt ({type(error).__name__}: {error}); "
-                f"delete {folder} to download the data set again"
+                f"{folder / bad} is missing or corrupt (MD5 differs from torchvision's); move {folder} away "
+                f"and download again: {fetch_command(name, data_dir)}"
+            )
+        _write_marker(folder, fingerprint)
+        return
+    for stale in data_dir.glob(f".{name}-extracting-*"):  # left by a process that died while extracting
+        shutil.rmtree(stale, ignore_errors=True)
+    archive = data_dir / cls.filename
+    from torchvision.datasets import utils
+
+    if not utils.check_integrity(archive, cls.tgz_md5):
+        if not download:
+            if archive.exists():
+                raise UsageError(
+                    f"{archive} fails its MD5 check (expected {cls.tgz_md5}); delete it and download again: "
+                    f"{fetch_command(name, data_dir)}"
+                )
+            raise _missing_error(name, cls, data_dir)
+        _download(name, cls, data_dir, archive)
+    _extract(name, cls, data_dir, archive, folder)
+
+
+def _download(name: str, cls: Any, data_dir: Path, archive: Path) -> None:
+    """torchvision's download_url (its URL, its MD5 check); a failed or bad download is removed."""
+    from torchvision.datasets import utils
+
+    print(f"downloading {cls.url} into {data_dir}", flush=True)
+    try:
+        utils.download_url(cls.url, str(data_dir), cls.filename, cls.tgz_md5)
+    except (urllib.error.URLError, OSError, ValueError, RecursionError) as error:
+        archive.unlink(missing_ok=True)
+        raise UsageError(
+            f"could not download {cls.url} ({_one_line(error)}); download it where there is internet and place the "
+            f"archive at {archive}, or run `{fetch_command(name, data_dir)}` there"
+        ) from None
+    except RuntimeError:  # download_url's "File not found or corrupted.": the MD5 differs
+        archive.unlink(missing_ok=True)
+        raise UsageError(
+            f"{archive} downloaded from {cls.url} fails its MD5 check (expected {cls.tgz_md5}); removed it, nothing "
+            f"was extracted; try again, or place a good copy of the archive at {archive}"
+        ) from None
+
+
+def _extract(name: str, cls: Any, data_dir: Path, archive: Path, folder: Path) -> None:
+    """Extract into a hidden staging folder, check every file, then rename the folder into place."""
+    from torchvision.datasets import utils
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-extracting-", dir=data_dir))
+    try:
+        try:
+            utils.extract_archive(str(archive), str(staging))
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+            raise UsageError(
+                f"could not extract {archive} into {data_dir} ({_one_line(error)}); delete {archive} and download "
+                f"again: {fetch_command(name, data_dir)}"
             ) from None
-        if len(images[-1]) != len(labels[-1]):
-            raise UsageError(f"{path} is corrupt: {len(images[-1])} images but {len(labels[-1])} labels")
-    return np.concatenate(images), np.concatenate(labels)
+        extracted = staging / cls.base_folder
+        fingerprint = _fingerprint(extracted, cls)
+        bad = _first_bad_file(extracted, cls)
+        if bad is not None:
+            raise UsageError(
+                f"{archive} passes its MD5 check but its {cls.base_folder}/{bad} is missing or differs from "
+                f"torchvision's MD5; nothing was extracted; delete {archive} and download again"
+            )
+        _write_marker(extracted, fingerprint)
+        os.rename(extracted, folder)  # atomic: the folder appears complete or not at all
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def load_cifar(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    source = CIFAR_SOURCES[name]
-    folder = data_dir / source.folder
-    if not folder.is_dir():
-        download_cifar(source, data_dir)
-    train = read_cifar_batches(folder, source.train_files, source.label_key)
-    test = read_cifar_batches(folder, source.test_files, source.label_key)
-    return (*train, *test)
+def load_cifar(
+    name: str, data_dir: Path, download: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of both splits, read by torchvision."""
+    prepare_dataset(name, data_dir, download)
+    cls = cifar_class(name)
+    folder = data_dir / cls.base_folder
+    with data_lock(data_dir, name, shared=True):  # never while another process extracts
+        try:
+            splits = [cls(root=data_dir, train=train, download=False) for train in (True, False)]
+        except (RuntimeError, OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
+            with contextlib.suppress(OSError):
+                (folder / VERIFIED_MARKER).unlink()  # verify again next time
+            raise UsageError(
+                f"{folder} cannot be read by torchvision ({_one_line(error)}); move it away and download again: "
+                f"{fetch_command(name, data_dir)}"
+            ) from None
+    arrays = []
+    for split in splits:
+        arrays.append(np.asarray(split.data, dtype=np.uint8).transpose(0, 3, 1, 2))  # NHWC -> NCHW
+        arrays.append(np.asarray(split.targets, dtype=np.int64))
+    return tuple(arrays)  # type: ignore[return-value]
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -170,17 +330,17 @@ def load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return images[train], labels[train], images[test], labels[test]
 
 
-def load_dataset(name: str, data_dir: str | Path, device: torch.device | str) -> Dataset:
-    """Load a data set by name onto ``device``."""
+def load_dataset(name: str, data_dir: str | Path, device: torch.device | str, download: bool = True) -> Dataset:
+    """Load a data set by name onto ``device`` (CIFAR through ``prepare_dataset``: locked, downloaded once)."""
     if name == "digits":
         train_x, train_y, test_x, test_y = load_digits()
         num_classes = 10
         pixels = torch.from_numpy(train_x).float()
         mean = pixels.mean(dim=(0, 2, 3)) / 255
         std = pixels.std(dim=(0, 2, 3)) / 255
-    elif name in CIFAR_SOURCES:
-        train_x, train_y, test_x, test_y = load_cifar(name, Path(data_dir))
-        num_classes = CIFAR_SOURCES[name].num_classes
+    elif name in CIFAR_NUM_CLASSES:
+        train_x, train_y, test_x, test_y = load_cifar(name, Path(data_dir), download)
+        num_classes = CIFAR_NUM_CLASSES[name]
         mean, std = map(torch.tensor, CIFAR_MEAN_STD[name])
     else:
         raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}; got {name!r}")
