@@ -58,7 +58,20 @@ DEFAULTS = {"teacher": "ResNet56", "student": "ResNet20", "batch_size": 128, "ep
 QUICK = {"teacher": "ResNet20", "student": "ResNetBaby", "batch_size": 16, "epoch_batches": 4, "steps": 1}
 
 Batches = Iterator[tuple[Tensor, Tensor]]
+BENCHMARK_PAIRS = (  # the CRD/DKD CIFAR-100 benchmark: seven same-architecture pairs, six across architectures
+    ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
+    ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "MobileNetV2"),
+    ("ResNet50", "MobileNetV2"), ("ResNet50", "vgg8"), ("resnet32x4", "ShuffleV1"), ("resnet32x4", "ShuffleV2"),
+    ("wrn_40_2", "ShuffleV1"),
+)
+PAIR_RANKS = "BATCH_SIZE,x0.5,x1,x1"  # half the teacher's channels, on any map
+PAIR_BATCH = {"quick": 8, "full": 64}  # the benchmark recipe's batch size
 
+PAIR_COLUMNS = [
+    Column("pair", "teacher -> student"),
+    Column("teacher_map", "teacher map"),
+    Column("images_per_s", "tucker img/s", "{:.1f}"),
+]
 STEP_COLUMNS = [
     Column("method", "method"),
     Column("ours_images_per_s", "ours img/s", "{:.1f}"),
@@ -148,11 +161,12 @@ def reference_batches(data: Dataset, batch_size: int, workers: int, seed: int, d
     return ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in forever(lambda _: loader))
 
 
-def build_trainer(args: argparse.Namespace, method: str, pipeline: str, data: Dataset, checkpoint: Path, device: torch.device) -> Trainer:
+def build_trainer(args: argparse.Namespace, method: str, pipeline: str, data: Dataset, checkpoint: Path, device: torch.device,
+                  *more: str) -> Trainer:
     """A trainer for one pipeline, in training mode; every one starts from the same weights."""
     flags = ["--distillation", method, "--teacher", args.teacher, "--student", args.student,
              "--teacher_checkpoint", str(checkpoint), "--batch_size", str(args.batch_size),
-             "--seed", str(args.seed), "--device", str(device)]
+             "--seed", str(args.seed), "--device", str(device), *more]
     if pipeline == "reference":
         flags += ["--amp", "off", "--no-channels_last", "--tucker_backend", "tensorly"]
     else:
@@ -204,6 +218,26 @@ def measure_steps(args: argparse.Namespace, data: Dataset, checkpoint: Path, dev
             row["overhead_vs_featuremap"] = paired_ratio(samples[f"{method}/ours"], samples["featuremap/ours"]) - 1
         rows.append(row)
     return rows
+
+
+def measure_pairs(args: argparse.Namespace, data: Dataset, folder: Path, device: torch.device) -> list[dict[str, Any]]:
+    """Our ``tucker`` step (ranks ``PAIR_RANKS`` on layer 3) for every pair of the benchmark: every
+    architecture runs through the same path (channels-last, autocast where the core turns it on)."""
+    candidates: dict[str, Callable[[], None]] = {}
+    maps = {}
+    batch_size = PAIR_BATCH["quick" if args.quick else "full"]
+    for teacher, student in BENCHMARK_PAIRS:
+        checkpoint = folder / f"{teacher}.pth"
+        if not checkpoint.exists():
+            save_teacher(teacher, data, checkpoint)
+        pair = argparse.Namespace(**{**vars(args), "teacher": teacher, "student": student, "batch_size": batch_size})
+        trainer = build_trainer(pair, "tucker", "ours", data, checkpoint, device, "--ranks", PAIR_RANKS)
+        name = f"{teacher} -> {student}"
+        maps[name] = "x".join(map(str, trainer.feature_shapes["teacher"]))
+        candidates[name] = training_steps(trainer, our_batches(data, batch_size, args.seed), args.steps)
+    samples = interleaved(candidates, device, max(1, args.repeats // 2))
+    return [{"pair": name, "teacher_map": maps[name], "images_per_s": batch_size * args.steps / median(samples[name])}
+            for name in candidates]
 
 
 def passes(trainer: Trainer, images: Tensor, labels: Tensor) -> dict[str, Callable[[], None]]:
@@ -295,6 +329,7 @@ def main() -> None:
         step_rows = measure_steps(args, data, checkpoint, device)
         pass_rows = measure_passes(args, data, checkpoint, device)
         data_rows = measure_data(args, data, device)
+        pair_rows = measure_pairs(args, data, Path(folder), device)
     settings = {name: getattr(args, name) for name in ("teacher", "student", "batch_size", "methods", "steps", "epoch_batches", "ref_workers", "amp", "compile", "repeats")}
     tables = {
         f"One training step, {args.teacher} -> {args.student}, batch {args.batch_size}, {device.type}: "
@@ -302,6 +337,8 @@ def main() -> None:
         f"Passes alone, {args.teacher} -> {args.student}, batch {args.batch_size}, --amp {args.amp}: "
         f"channels-last against contiguous": (pass_rows, PASS_COLUMNS),
         f"Input pipeline alone, {args.epoch_batches} batches of {args.batch_size} (one epoch)": (data_rows, DATA_COLUMNS),
+        f"The benchmark's pairs: our tucker step ({PAIR_RANKS}, layer 3), batch {PAIR_BATCH['quick' if args.quick else 'full']}, "
+        f"{device.type}": (pair_rows, PAIR_COLUMNS),
     }
     finish(args, device, tables, settings, load, headline(step_rows, device))
 

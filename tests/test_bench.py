@@ -58,7 +58,9 @@ def test_bench_tucker_quick(tmp_path: Path) -> None:
 def test_bench_step_quick(tmp_path: Path) -> None:
     stdout, report = run_benchmark("bench_step.py", tmp_path / "step.json")
     check_common(stdout, report)
-    steps, passes, data = report["tables"].values()
+    steps, passes, data, pairs = report["tables"].values()
+    assert len(pairs) == 13 and all(row["images_per_s"] > 0 for row in pairs)  # every benchmark pair trains
+    assert {"resnet32x4 -> ShuffleV1", "vgg13 -> MobileNetV2", "ResNet50 -> vgg8"} <= {row["pair"] for row in pairs}
     assert [row["method"] for row in steps] == ["featuremap", "tucker", "tucker_recomp"]
     for row in steps:
         for pipeline in ("ours", "ours_contiguous", "reference"):

@@ -6,8 +6,8 @@ normalisation. No DataLoader workers, no host-to-device copies on the hot path. 
 augmentation is drawn from a generator seeded by (seed, epoch), so a resumed run sees the same
 batches as an uninterrupted one.
 
-CIFAR-10/100 come from ``torchvision.datasets.CIFAR10/CIFAR100``: its URL, archive MD5, per-file
-MD5s, download function and folder layout (``data_dir/cifar-10-batches-py``,
+CIFAR-10/100 come from ``torchvision.datasets.CIFAR10/CIFAR100``: they are read by it, with its
+URL, archive MD5, per-file MD5s, extraction and folder layout (``data_dir/cifar-10-batches-py``,
 ``data_dir/cifar-100-python``, the archive next to it), so an existing torchvision download is
 reused. ``prepare_dataset`` makes sure a data set is complete in ``data_dir`` and is safe when many
 jobs start at once on a shared folder:
@@ -16,8 +16,8 @@ jobs start at once on a shared folder:
   extracting, so concurrent jobs wait for one another and the archive is fetched once; the kernel
   releases the lock when its holder dies. Reading takes the same lock shared, so jobs read in
   parallel but never while another process is extracting.
-* the archive is downloaded only when its MD5 does not match (a bad or partial one is removed),
-  extracted into a hidden staging folder, checked file by file against torchvision's MD5s and then
+* the archive is downloaded (into a temporary file, renamed once its MD5 matches) only when no
+  good copy is in ``data_dir``, which is also where to put one by hand; it is extracted into a hidden staging folder, checked file by file against torchvision's MD5s and then
   renamed into place: a half-extracted folder is never visible under its final name.
 * after a successful check a marker ``<folder>/.verified`` (written atomically) records each file's
   size and mtime; later checks compare those instead of hashing 180 MB again.
@@ -40,6 +40,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.error
+import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ DATASETS = ("cifar10", "cifar100", "digits")
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 VERIFIED_MARKER = ".verified"
+DOWNLOAD_TIMEOUT_S = 60  # per network read: a stalled download must not hold the lock for ever
 
 
 @dataclass
@@ -164,13 +166,13 @@ def _write_marker(folder: Path, fingerprint: dict | None) -> None:
     """Atomically (temporary file, then rename); skipped where the folder is read-only."""
     if fingerprint is None:
         return
+    temporary = folder / f"{VERIFIED_MARKER}.{os.getpid()}.tmp"
     try:
-        with tempfile.NamedTemporaryFile("w", dir=folder, prefix=VERIFIED_MARKER, suffix=".tmp", delete=False) as handle:
-            json.dump(fingerprint, handle)
-        os.replace(handle.name, folder / VERIFIED_MARKER)
+        temporary.write_text(json.dumps(fingerprint))
+        os.replace(temporary, folder / VERIFIED_MARKER)
     except OSError:
-        with contextlib.suppress(OSError, NameError):
-            os.unlink(handle.name)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
 
 
 def _first_bad_file(folder: Path, cls: Any) -> str | None:
@@ -228,6 +230,8 @@ def _prepare_locked(name: str, cls: Any, data_dir: Path, download: bool) -> None
         return
     for stale in data_dir.glob(f".{name}-extracting-*"):  # left by a process that died while extracting
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in data_dir.glob(f".{cls.filename}.*.part"):  # ... or while downloading
+        stale.unlink(missing_ok=True)
     archive = data_dir / cls.filename
     from torchvision.datasets import utils
 
@@ -244,24 +248,32 @@ def _prepare_locked(name: str, cls: Any, data_dir: Path, download: bool) -> None
 
 
 def _download(name: str, cls: Any, data_dir: Path, archive: Path) -> None:
-    """torchvision's download_url (its URL, its MD5 check); a failed or bad download is removed."""
+    """Fetch torchvision's URL into a temporary file, check torchvision's MD5, then rename it to the
+    archive's name: a failed, partial or bad download never lands under that name.
+
+    Not torchvision's ``download_url``: its progress bar reads ``response.length``, which file://
+    responses (a mirror on a shared disk, the tests) do not have, and it has no timeout."""
     from torchvision.datasets import utils
 
     print(f"downloading {cls.url} into {data_dir}", flush=True)
+    part = data_dir / f".{cls.filename}.{os.getpid()}.part"
     try:
-        utils.download_url(cls.url, str(data_dir), cls.filename, cls.tgz_md5)
-    except (urllib.error.URLError, OSError, ValueError, RecursionError) as error:
-        archive.unlink(missing_ok=True)
+        request = urllib.request.Request(cls.url, headers={"User-Agent": utils.USER_AGENT})
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as handle:
+            shutil.copyfileobj(response, handle, 1 << 20)
+    except (urllib.error.URLError, OSError, ValueError) as error:  # ValueError: not a URL
+        part.unlink(missing_ok=True)
         raise UsageError(
             f"could not download {cls.url} ({_one_line(error)}); download it where there is internet and place the "
             f"archive at {archive}, or run `{fetch_command(name, data_dir)}` there"
         ) from None
-    except RuntimeError:  # download_url's "File not found or corrupted.": the MD5 differs
-        archive.unlink(missing_ok=True)
+    if not utils.check_integrity(part, cls.tgz_md5):
+        part.unlink()
         raise UsageError(
-            f"{archive} downloaded from {cls.url} fails its MD5 check (expected {cls.tgz_md5}); removed it, nothing "
-            f"was extracted; try again, or place a good copy of the archive at {archive}"
-        ) from None
+            f"{archive.name} downloaded from {cls.url} fails its MD5 check (expected {cls.tgz_md5}); nothing was "
+            f"kept or extracted; try again, or place a good copy of the archive at {archive}"
+        )
+    os.replace(part, archive)  # replaces a bad archive placed by hand
 
 
 def _extract(name: str, cls: Any, data_dir: Path, archive: Path, folder: Path) -> None:
