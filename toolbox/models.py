@@ -35,15 +35,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolbox.errors import UsageError
-from toolbox.models_mobile import mobile_half, shuffle_v1, shuffle_v2
+from toolbox.models_mobile import mobile_half, normal_by_fan_out, shuffle_v1, shuffle_v2
 
 # The original study's ResNets (and the field's 16-wide resnets); any model: ``stage_shapes(name)``.
 STAGE_WIDTHS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection (projected by a 1x1 conv when needed)."""
+class TwoConvolutions(nn.Module):
+    """Two 3x3 convolutions with BatchNorm, the body of every CIFAR basic block; ``projection`` is
+    the 1x1 convolution + BatchNorm a residual needs where the shape changes (None elsewhere)."""
 
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
@@ -51,16 +52,27 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-            )
+
+    @staticmethod
+    def projection(in_planes: int, planes: int, stride: int) -> Optional[nn.Sequential]:
+        if stride == 1 and in_planes == planes:
+            return None
+        return nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+
+    def body(self, x: Tensor) -> Tensor:
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+
+class BasicBlock(TwoConvolutions):
+    """The original study's block: its residual is ``shortcut`` (an empty Sequential where the
+    shape is kept), as in its checkpoints."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__(in_planes, planes, stride)
+        self.shortcut = self.projection(in_planes, planes, stride) or nn.Sequential()
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.body(x) + self.shortcut(x))
 
 
 class ResNet(nn.Module):
@@ -106,47 +118,20 @@ def _he_normal_fan_out(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _normal_by_fan_out(model: nn.Module, linear_std: Optional[float]) -> None:
-    """Wei Yang's init (RepDistiller's wrn.py, vgg.py): convolutions N(0, 2 / (k*k*out)), zero conv
-    biases, unit BatchNorm, zero linear biases; linear weights N(0, linear_std) (vgg) or PyTorch's
-    default (wrn: ``linear_std=None``)."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            if linear_std is not None:
-                nn.init.normal_(module.weight, 0.0, linear_std)
-            nn.init.zeros_(module.bias)
-
-
 # ---------------------------------------------------------------------------------------------
 # The field's CIFAR ResNets (RepDistiller's and mdistiller's resnet.py)
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(TwoConvolutions):
     """Basic block with RepDistiller's key names: ``conv1``/``bn1``/``conv2``/``bn2`` and, where
     the shape changes, a ``downsample`` 1x1 convolution + BatchNorm."""
 
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample: Optional[nn.Sequential] = None
-        if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+        super().__init__(in_planes, planes, stride)
+        self.downsample = self.projection(in_planes, planes, stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+        return F.relu(self.body(x) + (x if self.downsample is None else self.downsample(x)))
 
 
 class CifarResNet(nn.Module):
@@ -303,7 +288,7 @@ class WideResNet(nn.Module):
         self.block3 = WideStage(count, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
-        _normal_by_fan_out(self, linear_std=None)
+        normal_by_fan_out(self, linear_std=None)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         stem = self.conv1(x)
@@ -346,7 +331,7 @@ class VGG(nn.Module):
             setattr(self, f"block{index}", _vgg_block(widths, in_channels))
             in_channels = widths[-1]
         self.classifier = nn.Linear(512, num_classes)
-        _normal_by_fan_out(self, linear_std=0.01)
+        normal_by_fan_out(self, linear_std=0.01)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         size = x.shape[2]

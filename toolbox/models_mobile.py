@@ -11,14 +11,17 @@ they are. ``forward`` returns their feature list (``is_feat=True, preact=False``
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _init_like_repdistiller(model: nn.Module) -> None:
-    """He-normal convolutions (fan = k*k*out channels), unit BatchNorm, N(0, 0.01) linear layers."""
+def normal_by_fan_out(model: nn.Module, linear_std: Optional[float]) -> None:
+    """Wei Yang's init (RepDistiller's wrn.py, vgg.py): convolutions N(0, 2 / (k*k*out)), zero conv
+    biases, unit BatchNorm, zero linear biases; linear weights N(0, linear_std) (vgg) or PyTorch's
+    default (wrn: ``linear_std=None``). The mobile models use it with 0.01."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
@@ -29,7 +32,8 @@ def _init_like_repdistiller(model: nn.Module) -> None:
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
+            if linear_std is not None:
+                nn.init.normal_(module.weight, 0.0, linear_std)
             nn.init.zeros_(module.bias)
 
 
@@ -105,7 +109,7 @@ class MobileNetV2(nn.Module):
         self.last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.conv2 = _conv_bn_relu(channels, self.last_channel, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
-        _init_like_repdistiller(self)
+        normal_by_fan_out(self, linear_std=0.01)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         out = self.conv1(x)
