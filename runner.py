@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from toolbox.config import OneLineParser
+from toolbox.data_loader import prepare_dataset
 from toolbox.distillation import DISTILLERS, RECOMP_TARGETS
 from toolbox.errors import UsageError
 from toolbox.naming import validate_experiment_name
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     actions = parser.add_argument_group("what to do (default: submit what is missing)")
     actions.add_argument("--max_queued", type=_count, default=0, help="stop submitting once you have this many jobs in the queue (0: no limit)")
+    actions.add_argument("--prepare_data", action="store_true", help="download and check the grid's data sets into their "
+                         "--data_dir, then exit (runner.py also does it before submitting; run this where there is internet)")
     actions.add_argument("--dry_run", action="store_true", help="print what would be submitted, and the job scripts; submit nothing")
     only = actions.add_mutually_exclusive_group()
     only.add_argument("--status", action="store_true", help="print the grid as a table: finished, running, pending, failed, not started")
@@ -178,6 +181,14 @@ def grid_axes(args: argparse.Namespace) -> Axes:
     axes.update(dict(args.grid))
     axes["seed"] = axes.pop("seed", [str(seed) for seed in range(args.runs)])
     return axes
+
+
+def prepare_data(runs: list, workdir: Path) -> None:
+    """Download (once) and check every data set the grid reads, in the folder its jobs will read:
+    a relative --data_dir is relative to where the jobs run."""
+    for dataset, data_dir in sorted({(run.config.dataset, run.config.data_dir) for run in runs}):
+        path = Path(data_dir)
+        prepare_dataset(dataset, path if path.is_absolute() else workdir / path)
 
 
 def job_settings(args: argparse.Namespace) -> JobSettings:
@@ -223,6 +234,11 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
         settings = job_settings(args)
         if args.dry_run:
             print(grid_table(runs, axes))
+        else:  # data before jobs: compute nodes may have no internet, and many jobs start at once
+            prepare_data(runs, settings.workdir)
+        if args.prepare_data:
+            print("the grid's data sets are ready")
+            return 0
         with contextlib.nullcontext() if args.dry_run else exclusive(experiments_dir):
             summary = submit_grid(runs, scheduler, settings, args.max_queued, args.dry_run,
                                   out=lambda line: print(line, flush=True))

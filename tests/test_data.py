@@ -139,7 +139,7 @@ def test_verified_data_is_not_hashed_again_until_a_file_changes(tmp_path: Path, 
         prepare_dataset("cifar10", tmp_path)
     message = str(error.value)
     assert "\n" not in message and "data_batch_3 is missing or corrupt" in message
-    assert f"move {folder} away and download again" in message and "prepare_dataset('cifar10'" in message
+    assert f"move {folder} away and download again" in message and "runner.py --prepare_data --dataset cifar10" in message
 
 
 def test_corrupt_file_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,7 +194,7 @@ def test_without_download_missing_data_names_the_url_and_folder(tmp_path: Path, 
         prepare_dataset("cifar10", data_dir, download=False)
     message = str(error.value)
     assert "\n" not in message and "downloading is off" in message and archive.as_uri() in message
-    assert f"into {data_dir}/" in message and f"prepare_dataset('cifar10', '{data_dir}')" in message
+    assert f"into {data_dir}/" in message and f"runner.py --prepare_data --dataset cifar10 -- --data_dir {data_dir}" in message
     assert not (data_dir / "cifar-10-batches-py").exists()
     (data_dir / archive.name).write_bytes(archive.read_bytes())  # as the message says: an archive placed by hand
     data = load_dataset("cifar10", data_dir, "cpu", download=False)  # is extracted without any network

@@ -555,10 +555,23 @@ def test_local_scheduler_runs_the_grid_here(cli, tmp_path: Path, experiments: Pa
 
     monkeypatch.setenv("FAKE_TRAINING", "fail_teacher")
     status, out, _ = cli(grid(experiments, "--scheduler", "local", "--python", str(python), "--distillations", "kd",
-                              "--runs", "1", "--dataset", "cifar10"))
+                              "--runs", "1", "--epochs", "3"))  # another teacher
     assert status == 1
-    assert f"failed to submit cifar10/ResNetBaby-ResNetBaby/kd/{CHANGES}/seed0: not run: job local-" in out
-    assert f"failed while running cifar10/teacher/ResNetBaby/{CHANGES}/seed0: exit status 1, see its local.out" in out
+    assert "failed to submit digits/ResNetBaby-ResNetBaby/kd/epochs=3,batch_size=64/seed0: not run: job local-" in out
+    assert "failed while running digits/teacher/ResNetBaby/epochs=3,batch_size=64/seed0: exit status 1, see its local.out" in out
+
+
+def test_the_data_is_made_ready_before_any_job_is_submitted(cli, tmp_path: Path, experiments: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", (tmp_path / "nowhere.tar.gz").as_uri())  # never the internet
+    fake = FakeSlurm()
+    status, _, err = cli(grid(experiments, "--dataset", "cifar10", "--runs", "1", "--distillations", "featuremap",
+                              "--", "--data_dir", str(tmp_path / "offline")), fake)
+    assert status == 2 and fake.attempts == 0 and len(err.strip().splitlines()) == 1
+    assert "could not download" in err and "--prepare_data --dataset cifar10" in err
+    assert not experiments.exists() or not any(experiments.rglob("*.job"))
 
 
 # ---------------------------------------------------------------- status, cancel, clean

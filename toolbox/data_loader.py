@@ -17,10 +17,12 @@ jobs start at once on a shared folder:
   releases the lock when its holder dies. Reading takes the same lock shared, so jobs read in
   parallel but never while another process is extracting.
 * the archive is downloaded (into a temporary file, renamed once its MD5 matches) only when no
-  good copy is in ``data_dir``, which is also where to put one by hand; it is extracted into a hidden staging folder, checked file by file against torchvision's MD5s and then
-  renamed into place: a half-extracted folder is never visible under its final name.
+  good copy is in ``data_dir``, which is also where to put one by hand. It is extracted into a
+  hidden staging folder, checked file by file against torchvision's MD5s, then renamed into
+  place: a half-extracted folder is never visible under its final name.
 * after a successful check a marker ``<folder>/.verified`` (written atomically) records each file's
-  size and mtime; later checks compare those instead of hashing 180 MB again.
+  size and mtime; later checks under the exclusive lock compare those instead of hashing 180 MB
+  again (torchvision still hashes the files it reads, but in parallel, under the shared lock).
 
 Problems are one-line ``UsageError``s naming the file or folder and the command that fixes them.
 ``digits`` is scikit-learn's offline 8x8 digits, resized to 3x32x32 with a fixed split, so that
@@ -30,6 +32,7 @@ every model and every Tucker rank behaves as on CIFAR.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import errno
 import fcntl
 import json
@@ -102,8 +105,8 @@ def cifar_class(name: str) -> Any:
 
 def fetch_command(name: str, data_dir: Path) -> str:
     """The command that downloads ``name`` into ``data_dir``, for error messages."""
-    call = f"prepare_dataset({name!r}, {str(Path(data_dir).absolute())!r})"
-    return f'cd {REPO} && python -c "from toolbox.data_loader import prepare_dataset; {call}"'
+    return shlex.join(["python", str(REPO / "runner.py"), "--prepare_data", "--dataset", name, "--",
+                       "--data_dir", str(Path(data_dir).absolute())])
 
 
 def _one_line(error: BaseException) -> str:
