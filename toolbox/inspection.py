@@ -25,7 +25,9 @@ from torch import Tensor, nn
 
 from toolbox.data_loader import Dataset, eval_batches
 from toolbox.errors import UsageError
+from toolbox.config import Config
 from toolbox.models import build_model, load_checkpoint
+from toolbox.rundir import RunDir, default_teacher_checkpoint
 from toolbox.tucker import BACKENDS, HOOI_MAX_SWEEPS, MODE_NAMES, Factors, Ranks, recompose, relative_error, tucker
 
 SWEEPS = ("channel", "spatial")
@@ -40,6 +42,17 @@ def load_network(arch: str, checkpoint: str | Path, num_classes: int, device: to
     model = build_model(arch, num_classes)
     load_checkpoint(model, path, f"{arch} checkpoint")
     return model.to(device).eval()
+
+
+def teacher_checkpoint(experiments_dir: str | Path, dataset: str, teacher: str,
+                       student_checkpoint: Optional[str | Path] = None) -> Path:
+    """The teacher a student's run distilled from (its config.json), else the plain run of
+    ``teacher`` at the default flags."""
+    if student_checkpoint:
+        saved = RunDir(Path(student_checkpoint).parent).saved_config()
+        if saved and saved.get("teacher_checkpoint"):
+            return Path(saved["teacher_checkpoint"])
+    return default_teacher_checkpoint(Config(dataset=dataset, teacher=teacher, experiments_dir=str(experiments_dir)))
 
 
 def evaluation_images(dataset: Dataset, count: int) -> Tensor:
