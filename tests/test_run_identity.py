@@ -41,6 +41,7 @@ OTHER_VALUES: dict[str, Any] = {
     "recomp_target": "both", "tucker_backend": "tensorly", "hooi_iters": 3, "tucker_core": "per_sample",
     "kd_temperature": 2.0, "noise_std": 0.5, "epochs": 12, "batch_size": 64, "lr": 0.01, "momentum": 0.5,
     "weight_decay": 1e-4, "seed": 3, "max_batches": 3, "dataset": "cifar10", "student": "ResNet20",
+    "recipe": "crd", "schedule": "step", "lr_milestones": "100,200", "lr_decay": 0.2,
 }
 CASES = [(method, flag) for method in DISTILLERS for flag in defining_flags(method) if flag != "distillation"]
 
