@@ -47,7 +47,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -217,19 +217,23 @@ def _missing_error(name: str, cls: Any, data_dir: Path) -> UsageError:
     )
 
 
+def _verify(folder: Path, cls: Any, problem: Callable[[str], str]) -> None:
+    """Check every file of ``folder`` against torchvision's MD5s (``problem(file)`` is the error for
+    the first bad one), then leave the marker that spares the next check the hashing."""
+    fingerprint = _fingerprint(folder, cls)  # before hashing: a change while we hash shows next time
+    bad = _first_bad_file(folder, cls)
+    if bad is not None:
+        raise UsageError(problem(bad))
+    _write_marker(folder, fingerprint)
+
+
 def _prepare_locked(name: str, cls: Any, data_dir: Path, download: bool) -> None:
     folder = data_dir / cls.base_folder
     if folder.is_dir():
         if _marker_is_current(folder, cls):
             return
-        fingerprint = _fingerprint(folder, cls)  # before hashing: a change while we hash shows next time
-        bad = _first_bad_file(folder, cls)
-        if bad is not None:
-            raise UsageError(
-                f"{folder / bad} is missing or corrupt (MD5 differs from torchvision's); move {folder} away "
-                f"and download again: {fetch_command(name, data_dir)}"
-            )
-        _write_marker(folder, fingerprint)
+        _verify(folder, cls, lambda bad: f"{folder / bad} is missing or corrupt (MD5 differs from torchvision's); "
+                f"move {folder} away and download again: {fetch_command(name, data_dir)}")
         return
     for stale in data_dir.glob(f".{name}-extracting-*"):  # left by a process that died while extracting
         shutil.rmtree(stale, ignore_errors=True)
@@ -293,14 +297,8 @@ def _extract(name: str, cls: Any, data_dir: Path, archive: Path, folder: Path) -
                 f"again: {fetch_command(name, data_dir)}"
             ) from None
         extracted = staging / cls.base_folder
-        fingerprint = _fingerprint(extracted, cls)
-        bad = _first_bad_file(extracted, cls)
-        if bad is not None:
-            raise UsageError(
-                f"{archive} passes its MD5 check but its {cls.base_folder}/{bad} is missing or differs from "
-                f"torchvision's MD5; nothing was extracted; delete {archive} and download again"
-            )
-        _write_marker(extracted, fingerprint)
+        _verify(extracted, cls, lambda bad: f"{archive} passes its MD5 check but its {cls.base_folder}/{bad} is "
+                f"missing or differs from torchvision's MD5; nothing was extracted; delete {archive} and download again")
         os.rename(extracted, folder)  # atomic: the folder appears complete or not at all
     finally:
         shutil.rmtree(staging, ignore_errors=True)
