@@ -23,9 +23,9 @@ import torch
 
 import runner
 from tests.conftest import STUDENT, TINY, run_training
-from toolbox.config import Config, parse_config
+from toolbox.config import Config
 from toolbox.distillation import DISTILLERS, NoiseDistiller
-from toolbox.errors import DivergedError, UsageError
+from toolbox.errors import UsageError
 from toolbox.rundir import (CORRUPT, FAILED, RUNNING, RunDir, defining_flags, experiment_name, method_default, resolve,
                             teacher_config)
 from toolbox.scheduler import LocalScheduler

@@ -26,7 +26,6 @@ BatchNorm variants (``vgg8_bn``, ``vgg13_bn``), as both repositories register th
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 

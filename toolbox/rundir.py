@@ -313,8 +313,9 @@ class RunDir:
                     return RunState(CORRUPT, job_id, f"{self.metrics} has no best_test_acc")
         except UsageError as error:
             return RunState(CORRUPT, job_id, str(error))
-        if saved is not None and expected is not None and differences(saved, expected):
-            return RunState(CONFLICTING, job_id, "; ".join(differences(saved, expected)))
+        changed = differences(saved, expected) if saved is not None and expected is not None else []
+        if changed:
+            return RunState(CONFLICTING, job_id, "; ".join(changed))
         if self.finished:
             return RunState(FINISHED, job_id, f"{metrics['best_test_acc']:.2f}")
         holder = self.holder()

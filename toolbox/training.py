@@ -237,7 +237,7 @@ class Trainer:
 def all_finite(*modules: nn.Module) -> bool:
     """Every floating-point parameter and buffer (BatchNorm statistics too) is finite."""
     tensors = [t for module in modules for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())  # one device sync, not one per tensor
 
 
 def check_stop(stop: StopFlag, run: RunDir, epoch: int) -> None:
