@@ -6,6 +6,7 @@
     python runner.py --dataset digits --teacher ResNetBaby --student ResNetBaby --epochs 2 -- --max_batches 3
     python runner.py --scheduler local --parallel 2      # no cluster: the grid on this machine
     python runner.py --status              # the grid as a table (also: --cancel, --clean)
+    python runner.py --benchmark --dry_run # the CRD/DKD CIFAR-100 benchmark: 7 pairs x 15 methods x 3 seeds
 
 Every run has its own folder experiments/<name>/, named as tucker_distillation.py names it. A run
 is skipped when it has finished (metrics.json) or when its job, recorded in job.json, is queued or
@@ -25,19 +26,41 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from toolbox.config import OneLineParser
+from toolbox.choices import RECOMP_TARGETS, SAME_ARCH_PAIRS, parse_ranks
+from toolbox.config import Config, OneLineParser
 from toolbox.data_loader import prepare_dataset
-from toolbox.distillation import DISTILLERS, RECOMP_TARGETS
 from toolbox.errors import UsageError
+from toolbox.methods import DISTILLERS
 from toolbox.naming import validate_experiment_name
 from toolbox.scheduler import LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError, SlurmScheduler
-from toolbox.sweep import (Axes, JobSettings, build_grid, cancel_jobs, clean, exclusive, grid_table, parse_axis,
-                           status_table, submit_grid)
-from toolbox.tucker import parse_ranks
+from toolbox.sweep import (
+    Axes,
+    JobSettings,
+    build_grid,
+    cancel_jobs,
+    clean,
+    exclusive,
+    grid_table,
+    parse_axis,
+    status_table,
+    submit_grid,
+)
 
 DISTILLATIONS = [name for name in DISTILLERS if name != "none"]
-DEFAULT_DISTILLATIONS = ["featuremap", "tucker", "tucker_recomp"]
-DEFAULT_RANKS = ["BATCH_SIZE,32,8,8", "BATCH_SIZE,24,8,8", "BATCH_SIZE,16,8,8", "BATCH_SIZE,8,8,8"]
+STUDY: Axes = {  # the original study: 17 configurations
+    "distillation": ["featuremap", "tucker", "tucker_recomp"],
+    "recomp_target": list(RECOMP_TARGETS),
+    "ranks": ["BATCH_SIZE,32,8,8", "BATCH_SIZE,24,8,8", "BATCH_SIZE,16,8,8", "BATCH_SIZE,8,8,8"],
+}
+BENCHMARK: Axes = {  # the CRD/DKD CIFAR-100 benchmark's same-architecture table, with the Tucker methods beside
+    "dataset": ["cifar100"],
+    "recipe": ["crd"],
+    "pair": [f"{teacher}-{student}" for teacher, student in SAME_ARCH_PAIRS],
+    "distillation": ["none", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd", "featuremap", "tucker",
+                     "tucker_recomp"],
+    "recomp_target": list(RECOMP_TARGETS),
+    "ranks": ["BATCH_SIZE,x0.5,x1,x1"],  # half the teacher's channels, as the study's rank 32 of 64
+}
 OWN_FLAGS = {
     "distillation": "--distillations", "ranks": "--ranks_list", "recomp_target": "--recomp_targets",
     "seed": "--runs", "experiment_name": "--study", "dataset": "--dataset", "teacher": "--teacher",
@@ -99,20 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="runner.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog="Flags after '--' go to every run's tucker_distillation.py, e.g. -- --max_batches 3 --lr 0.05.")
     grid = parser.add_argument_group("the grid")
-    grid.add_argument("--distillations", nargs="+", default=DEFAULT_DISTILLATIONS, choices=DISTILLATIONS, metavar="METHOD",
-                      help=f"methods to compare, from {', '.join(DISTILLATIONS)} (default: {' '.join(DEFAULT_DISTILLATIONS)})")
-    grid.add_argument("--ranks_list", nargs="+", default=DEFAULT_RANKS, type=_ranks, metavar="RANKS",
-                      help=f"Tucker ranks, one configuration each, for tucker and tucker_recomp (default: {' '.join(DEFAULT_RANKS)})")
-    grid.add_argument("--recomp_targets", nargs="+", default=list(RECOMP_TARGETS), choices=RECOMP_TARGETS, metavar="TARGET",
+    grid.add_argument("--benchmark", action="store_true",
+                      help="the CRD/DKD CIFAR-100 benchmark instead of the study: its seven same-architecture pairs "
+                      f"({', '.join(BENCHMARK['pair'])}) x {{{', '.join(BENCHMARK['distillation'])}}} (tucker_recomp with "
+                      f"every target; Tucker ranks {BENCHMARK['ranks'][0]}) x --runs seeds, --recipe crd; teachers are "
+                      "trained first, or read from --teacher_dir; the flags below replace its axes")
+    grid.add_argument("--distillations", nargs="+", choices=["none", *DISTILLATIONS], metavar="METHOD",
+                      help=f"methods to compare, from {', '.join(DISTILLATIONS)}, or none, the student without a teacher "
+                      f"(default: {' '.join(STUDY['distillation'])})")
+    grid.add_argument("--ranks_list", nargs="+", type=_ranks, metavar="RANKS",
+                      help=f"Tucker ranks, one configuration each, for tucker and tucker_recomp (default: {' '.join(STUDY['ranks'])})")
+    grid.add_argument("--recomp_targets", nargs="+", choices=RECOMP_TARGETS, metavar="TARGET",
                       help=f"tucker_recomp targets (default: all of {' '.join(RECOMP_TARGETS)})")
     grid.add_argument("--runs", type=_positive, default=3, help="runs per configuration; run i has seed i (default: %(default)s)")
     same = "as for tucker_distillation.py (default: %(default)s)"
-    grid.add_argument("--dataset", default="cifar100", help=same)
-    grid.add_argument("--teacher", default="ResNet112", help=same)
-    grid.add_argument("--student", default="ResNet56", help=same)
-    grid.add_argument("--epochs", type=_positive, default=150, help=same)
-    grid.add_argument("--batch_size", type=_positive, default=512, help=same)
+    grid.add_argument("--dataset", help="as for tucker_distillation.py (default: cifar100)")
+    grid.add_argument("--teacher", help="as for tucker_distillation.py (default: ResNet112)")
+    grid.add_argument("--student", help="as for tucker_distillation.py (default: ResNet56)")
+    grid.add_argument("--epochs", type=_positive, help="as for tucker_distillation.py (default: the recipe's, 150 for the study)")
+    grid.add_argument("--batch_size", type=_positive, help="as for tucker_distillation.py (default: the recipe's, 512 for the study)")
     grid.add_argument("--experiments_dir", default="experiments", help=same)
+    grid.add_argument("--teacher_dir", type=Path, metavar="DIR",
+                      help="distil from the teachers in DIR instead of training them: DIR/<arch>_vanilla/ckpt_epoch_240.pth "
+                      "(RepDistiller's and mdistiller's downloads) or DIR/<arch>.pth, for every teacher the grid needs")
     grid.add_argument("--grid", action="append", default=[], type=_axis, metavar="FLAG=V1,V2",
                       help="an axis of the grid over any training flag that defines a run, crossed with the others; "
                       "repeatable, e.g. --grid beta=50,125,250 --grid lr=0.1,0.05; ':' separates values that contain "
@@ -173,14 +205,36 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def grid_axes(args: argparse.Namespace) -> Axes:
-    """The grid's axes: the study's (methods, reconstruction targets, ranks), the single values of
-    the flags above, then each --grid axis (replacing the one for the same flag), seeds last."""
-    axes: Axes = {"dataset": [args.dataset], "teacher": [args.teacher], "student": [args.student],
-                  "epochs": [str(args.epochs)], "batch_size": [str(args.batch_size)],
-                  "distillation": args.distillations, "recomp_target": args.recomp_targets, "ranks": args.ranks_list}
+    """The grid's axes: the study's or the benchmark's, the values of the flags above that were
+    given, then each --grid axis (replacing the one for the same flag), seeds last."""
+    axes: Axes = dict(BENCHMARK if args.benchmark else STUDY)
+    given = {"dataset": args.dataset, "teacher": args.teacher, "student": args.student, "epochs": args.epochs,
+             "batch_size": args.batch_size, "distillation": args.distillations, "ranks": args.ranks_list,
+             "recomp_target": args.recomp_targets}
+    axes.update({name: [str(v) for v in value] if isinstance(value, list) else [str(value)]
+                 for name, value in given.items() if value is not None})
     axes.update(dict(args.grid))
+    if "pair" in axes and ({"teacher", "student"} & axes.keys()):
+        raise UsageError("--teacher/--student and the pairs (of --benchmark or --grid pair=...) both set the teacher and "
+                         "student; give one of them")
     axes["seed"] = axes.pop("seed", [str(seed) for seed in range(args.runs)])
     return axes
+
+
+def teacher_files(teacher_dir: Optional[Path], runs_axes: Axes) -> dict[str, Path]:
+    """--teacher_dir: the checkpoint of every teacher architecture the grid's axes name."""
+    if teacher_dir is None:
+        return {}
+    archs = {pair.partition("-")[0] for pair in runs_axes.get("pair", [])} | set(runs_axes.get("teacher", [Config.teacher]))
+    found = {}
+    for arch in sorted(archs):
+        candidates = [teacher_dir / f"{arch}_vanilla" / "ckpt_epoch_240.pth", teacher_dir / f"{arch}.pth"]
+        path = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if path is None:
+            raise UsageError(f"--teacher_dir {teacher_dir} has no checkpoint for the teacher {arch}: put it at "
+                             f"{candidates[0]} or {candidates[1]}")
+        found[arch] = path.absolute()
+    return found
 
 
 def prepare_data(runs: list, workdir: Path) -> None:
@@ -227,7 +281,7 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
                 clean(experiments_dir, scheduler, (lambda _: True) if args.yes else ask)
             return 0
         axes = grid_axes(args)
-        runs = build_grid(axes, extra, experiments_dir, args.study)
+        runs = build_grid(axes, extra, experiments_dir, args.study, teacher_files(args.teacher_dir, axes))
         if args.status:
             print(status_table(runs, scheduler))
             return 0

@@ -21,11 +21,11 @@ from toolbox.stop import StopFlag
 StopFlag().install()  # before the heavy imports: a SLURM warning during start-up still means "stop and requeue"
 
 from toolbox.config import main_guard, parse_config  # noqa: E402
-from toolbox.training import evaluate_checkpoint, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv, prog="tucker_distillation.py")
+    from toolbox.training import evaluate_checkpoint, train  # torch loads only now: --help and bad flags answer at once
 
     def run() -> None:
         if config.evaluate:

@@ -37,33 +37,39 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import (
+    Column,
+    LoadMonitor,
+    add_common_flags,
+    finish,
+    interleaved,
+    median,
+    paired_ratio,
+    save_teacher,
+    setup,
+    synthetic_data,
+)
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision import transforms
 
-from common import Column, LoadMonitor, add_common_flags, finish, interleaved, median, paired_ratio, setup
+from toolbox.choices import CROSS_ARCH_PAIRS, SAME_ARCH_PAIRS
 from toolbox.config import parse_config
 from toolbox.data_loader import CIFAR_MEAN_STD, IMAGE_SIZE, PAD, Dataset, train_batches
-from toolbox.models import MODELS, build_model
+from toolbox.models import MODELS
 from toolbox.rundir import RunDir, resolve
 from toolbox.training import Trainer
 
 METHODS = ("featuremap", "tucker", "tucker_recomp")
 PIPELINES = ("ours", "ours_contiguous", "reference")
-NUM_CLASSES = 100
 MEAN, STD = CIFAR_MEAN_STD["cifar100"]
 OVERHEAD_GOAL = 0.05
 # Values of the size flags left unset; --quick: small enough for a smoke test.
 DEFAULTS = {"teacher": "ResNet56", "student": "ResNet20", "batch_size": 128, "epoch_batches": 391, "steps": 3}
 QUICK = {"teacher": "ResNet20", "student": "ResNetBaby", "batch_size": 16, "epoch_batches": 4, "steps": 1}
 
-Batches = Iterator[tuple[Tensor, Tensor]]
-BENCHMARK_PAIRS = (  # the CRD/DKD CIFAR-100 benchmark: seven same-architecture pairs, six across architectures
-    ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
-    ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "MobileNetV2"),
-    ("ResNet50", "MobileNetV2"), ("ResNet50", "vgg8"), ("resnet32x4", "ShuffleV1"), ("resnet32x4", "ShuffleV2"),
-    ("wrn_40_2", "ShuffleV1"),
-)
+Batches = Iterator[tuple[Tensor, Tensor, Tensor]]  # images, labels, sample indices
+BENCHMARK_PAIRS = (*SAME_ARCH_PAIRS, *CROSS_ARCH_PAIRS)
 PAIR_RANKS = "BATCH_SIZE,x0.5,x1,x1"  # half the teacher's channels, on any map
 PAIR_BATCH = {"quick": 8, "full": 64}  # the benchmark recipe's batch size
 
@@ -107,34 +113,11 @@ class InMemoryImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index]), index
 
 
-def synthetic_data(size: int, device: torch.device) -> Dataset:
-    """``size`` random uint8 CIFAR-shaped training images with CIFAR-100's statistics."""
-    images = torch.randint(0, 256, (size, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-    labels = torch.randint(0, NUM_CLASSES, (size,))
-    scale = lambda values: (torch.tensor(values) * 255).view(1, 3, 1, 1).to(device)  # noqa: E731
-    return Dataset(images.to(device), labels.to(device), images[:0].to(device), labels[:0].to(device),
-                   scale(MEAN), scale(STD), NUM_CLASSES)
-
-
-def save_teacher(name: str, data: Dataset, path: Path) -> None:
-    """A random teacher whose BatchNorm running statistics are the exact averages over a few
-    batches (momentum None): without them a deep random ResNet's maps grow by orders of magnitude."""
-    teacher = build_model(name, NUM_CLASSES).to(data.train_images.device)
-    for module in teacher.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None
-    teacher.train()
-    with torch.no_grad():
-        for start in range(0, min(len(data.train_labels), 512), 128):
-            teacher(data.normalize(data.train_images[start : start + 128]))
-    torch.save({"weights": teacher.state_dict()}, path)
-
-
-def forever(epoch_batches: Callable[[int], Iterable[tuple[Tensor, Tensor]]]) -> Batches:
+def forever(epoch_batches: Callable[[int], Iterable[tuple[Tensor, Tensor, Tensor]]]) -> Batches:
     """Epoch after epoch, as training does."""
     for epoch in itertools.count():
         yield from epoch_batches(epoch)
@@ -158,7 +141,7 @@ def reference_batches(data: Dataset, batch_size: int, workers: int, seed: int, d
         images, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
     )
-    return ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in forever(lambda _: loader))
+    return (tuple(t.to(device, non_blocking=True) for t in batch) for batch in forever(lambda _: loader))
 
 
 def build_trainer(args: argparse.Namespace, method: str, pipeline: str, data: Dataset, checkpoint: Path, device: torch.device,
@@ -182,8 +165,8 @@ def training_steps(trainer: Trainer, batches: Batches, count: int) -> Callable[[
     """``count`` training steps, each fetching its batch."""
 
     def run() -> None:
-        for images, labels in itertools.islice(batches, count):
-            trainer.step(images, labels)
+        for images, labels, indices in itertools.islice(batches, count):
+            trainer.step(images, labels, indices)
 
     return run
 
@@ -260,7 +243,7 @@ def passes(trainer: Trainer, images: Tensor, labels: Tensor) -> dict[str, Callab
 
 def measure_passes(args: argparse.Namespace, data: Dataset, checkpoint: Path, device: torch.device) -> list[dict[str, Any]]:
     """Channels-last against contiguous memory for the passes that make up most of a step."""
-    images, labels = next(our_batches(data, args.batch_size, args.seed))
+    images, labels, _ = next(our_batches(data, args.batch_size, args.seed))
     candidates: dict[str, Callable[[], None]] = {}
     for pipeline in ("ours", "ours_contiguous"):
         trainer = build_trainer(args, "featuremap", pipeline, data, checkpoint, device)

@@ -36,12 +36,14 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from common import Column, LoadMonitor, add_common_flags, finish, interleaved, median, paired_ratio, setup
 from torch import Tensor
 
-from common import Column, LoadMonitor, add_common_flags, finish, interleaved, median, paired_ratio, setup
+from toolbox.choices import BATCH_TOKEN, HOOI_MAX_SWEEPS
 from toolbox.config import parse_config
-from toolbox.distillation import build_distiller
-from toolbox.tucker import BATCH_TOKEN, HOOI_MAX_SWEEPS, Factors, project, recompose, relative_error, tucker
+from toolbox.distillation import Step
+from toolbox.methods import distiller_for
+from toolbox.tucker import Factors, project, recompose, relative_error, tucker
 
 CHANNELS, SIZE = 64, 8
 BATCHES, RANKS = (128, 512), (32, 24, 16, 8)
@@ -144,12 +146,13 @@ def measure_case(batch: int, rank: int, layout: torch.memory_format, device: tor
     ranks = [batch, rank, SIZE, SIZE]
     teacher, student = (torch.randn(batch, CHANNELS, SIZE, SIZE, device=device).relu_().contiguous(memory_format=layout) for _ in range(2))
     student.requires_grad_()
+    outputs = lambda stage: [stage if layer == 3 else torch.empty(0) for layer in range(6)]  # noqa: E731
     distillers = {
-        method: build_distiller(parse_config(["--distillation", method, "--ranks", ranks_text]), teacher.shape[1:], student.shape[1:]).to(device)
+        method: distiller_for(parse_config(["--distillation", method, "--ranks", ranks_text]), outputs(teacher), outputs(student)).to(device)
         for method in ("featuremap", *TUCKER_METHODS)
     }
-    outputs = lambda stage: [stage if layer == 3 else torch.empty(0) for layer in range(6)]  # noqa: E731
-    ours_loss = {method: (lambda s, d=distiller: d.soft_loss(outputs(teacher), outputs(s))) for method, distiller in distillers.items()}
+    step = Step(torch.zeros(batch, dtype=torch.long), torch.arange(batch), epoch=1)  # not read by these methods
+    ours_loss = {method: (lambda s, d=distiller: d.soft_loss(outputs(teacher), outputs(s), step)) for method, distiller in distillers.items()}
     theirs_loss = {method: (lambda s, m=method: original_loss(m, teacher, s, ranks)) for method in TUCKER_METHODS}
 
     # The same loss, or no timing: ours and the original's float32 call, against the formula in float64.

@@ -31,9 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as ``python bench/bench_*.py`` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from toolbox.data_loader import CIFAR_MEAN_STD, IMAGE_SIZE, Dataset  # noqa: E402
+from toolbox.models import build_model  # noqa: E402
 from toolbox.utils import environment, select_device  # noqa: E402
 
 Samples = list[float]
+NUM_CLASSES = 100  # the synthetic data are CIFAR-100-shaped
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +59,29 @@ def setup(args: argparse.Namespace) -> torch.device:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     return select_device(args.device)
+
+
+def synthetic_data(size: int, device: torch.device, test_size: int = 0) -> Dataset:
+    """``size`` random uint8 CIFAR-shaped training images (and ``test_size`` test images) with
+    CIFAR-100's statistics, on ``device`` as training keeps them."""
+    images = torch.randint(0, 256, (size + test_size, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (size + test_size,), device=device)
+    mean, std = ((torch.tensor(values) * 255).view(1, 3, 1, 1).to(device) for values in CIFAR_MEAN_STD["cifar100"])
+    return Dataset(images[:size], labels[:size], images[size:], labels[size:], mean, std, NUM_CLASSES)
+
+
+def save_teacher(name: str, data: Dataset, path: Path) -> None:
+    """A random teacher whose BatchNorm running statistics are the exact averages over a few
+    batches (momentum None): without them a deep random ResNet's maps grow by orders of magnitude."""
+    teacher = build_model(name, NUM_CLASSES).to(data.train_images.device)
+    for module in teacher.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    teacher.train()
+    with torch.no_grad():
+        for start in range(0, min(len(data.train_labels), 512), 128):
+            teacher(data.normalize(data.train_images[start : start + 128]))
+    torch.save({"weights": teacher.state_dict()}, path)
 
 
 def synchronize(device: torch.device) -> None:

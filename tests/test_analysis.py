@@ -16,11 +16,12 @@ import scipy.linalg
 import torch
 
 from toolbox import analysis, inspection
-from toolbox.config import Config
+from toolbox.config import Config, recipe_defaults
 from toolbox.errors import UsageError
+from toolbox.methods import with_defaults
 from toolbox.models import build_model
 from toolbox.rundir import resolve
-from toolbox.tucker import relative_error, recompose
+from toolbox.tucker import recompose, relative_error
 
 COMMON = {"dataset": "digits", "teacher": "ResNet20", "student": "ResNetBaby", "epochs": 3}
 
@@ -68,7 +69,7 @@ def summary(tree: Path) -> pd.DataFrame:
 
 def test_names_follow_the_original_table() -> None:
     def name(**flags: Any) -> str:
-        return analysis.method_name(dataclasses.asdict(Config(**flags)))
+        return analysis.method_name(dataclasses.asdict(with_defaults(Config(**flags))))
 
     assert name(distillation="featuremap") == "featuremap"
     assert name(distillation="tucker", ranks="BATCH_SIZE,32,8,8") == "tucker_x0.5"
@@ -168,6 +169,156 @@ def test_empty_folder_says_so_and_draws_nothing(tmp_path: Path) -> None:
     analysis.plot_accuracy_vs_rank(summary)
     with pytest.raises(UsageError, match="does not exist"):
         analysis.load_runs(tmp_path / "missing")
+
+
+# The benchmark table (CRD layout)
+
+CRD = {**recipe_defaults("crd", "wrn_16_2"), "recipe": "crd", "dataset": "cifar100", "epochs": 3}
+"""The CRD recipe as ``--recipe crd --epochs 3`` resolves it (these students get the recipe's lr)."""
+WRN, RESNET, OTHER = "wrn_40_2→wrn_16_2", "resnet56→resnet20", "wrn_40_2→resnet8"
+
+
+def write_benchmark_runs(root: Path, pair: tuple[str, str], distillation: str, curves: list[list[float]], **flags: Any) -> None:
+    """One run per seed; plain training (``none``) of ``pair[1]``, as the teacher's run is written."""
+    teacher, student = pair
+    for seed, test_acc in enumerate(curves):
+        write_run(root, test_acc, **{**CRD, "teacher": teacher, "student": student, "distillation": distillation, "seed": seed,
+                                     **flags})
+
+
+def write_benchmark_tree(root: Path) -> Path:
+    """Two published pairs and one other, 1 to 3 seeds, written in no particular order; a cell's
+    last-epoch and best-epoch statistics differ."""
+    write_benchmark_runs(root, ("resnet56", "resnet20"), "kd", [[60, 72, 70], [72, 60, 72]])
+    write_benchmark_runs(root, ("resnet56", "resnet20"), "noise", [[60, 65, 64]], noise_std=1.0)
+    write_benchmark_runs(root, ("resnet56", "resnet20"), "tucker_recomp", [[60, 69, 70]], recomp_target="both",
+                         ranks="BATCH_SIZE,x0.5,x1,x1")
+    write_benchmark_runs(root, ("resnet56", "resnet20"), "featuremap", [[60, 70, 70]])
+    write_benchmark_runs(root, ("wrn_40_2", "resnet8"), "kd", [[50, 55, 54]])
+    write_benchmark_runs(root, ("wrn_40_2", "wrn_16_2"), "tucker", [[60, 74, 75], [60, 76, 73]], ranks="BATCH_SIZE,x0.5,x1,x1")
+    write_benchmark_runs(root, ("wrn_40_2", "wrn_16_2"), "tucker", [[60, 70, 71]], ranks="BATCH_SIZE,x0.25,x1,x1")
+    write_benchmark_runs(root, ("wrn_40_2", "wrn_16_2"), "kd", [[60, 75, 74], [60, 76, 75], [60, 77, 76]])
+    write_benchmark_runs(root, ("resnet20", "resnet20"), "none", [[60, 70, 69], [60, 68, 67]])
+    write_benchmark_runs(root, ("resnet56", "resnet56"), "none", [[60, 73, 72]])
+    write_benchmark_runs(root, ("wrn_16_2", "wrn_16_2"), "none", [[60, 74, 73], [60, 72, 71], [60, 73, 72]])
+    write_benchmark_runs(root, ("wrn_40_2", "wrn_40_2"), "none", [[70, 76, 75], [71, 77, 76]])
+    write_run(root, [10, 20, 30], distillation="kd")  # digits: another data set, never in a cifar100 table
+    return root
+
+
+@pytest.fixture(scope="module")
+def benchmark_runs(tmp_path_factory: pytest.TempPathFactory) -> analysis.Runs:
+    return analysis.load_runs(write_benchmark_tree(tmp_path_factory.mktemp("benchmark")))
+
+
+BENCHMARK_ROWS = ["teacher", "student", "kd", "featuremap", "tucker_x0.25", "tucker_x0.5", "recomp_both_x0.5", "noise_std1"]
+BENCHMARK_COLUMNS = [WRN, "wrn_40_2→wrn_40_1", RESNET, OTHER]  # published order; wrn_40_1: its teacher has a run
+
+
+def test_benchmark_table_cells_rows_and_columns(benchmark_runs: analysis.Runs) -> None:
+    last = analysis.benchmark_table(benchmark_runs, "last", "cifar100")
+    assert list(last.index) == BENCHMARK_ROWS and list(last.columns) == BENCHMARK_COLUMNS
+    assert last.loc["teacher"].tolist() == ["75.50 ± 0.71", "75.50 ± 0.71", "72.00", "75.50 ± 0.71"]  # one seed: no ±
+    assert last.loc["student"].tolist() == ["72.00 ± 1.00", "", "68.00 ± 1.41", ""]
+    assert last.loc["kd"].tolist() == ["75.00 ± 1.00", "", "71.00 ± 1.41", "54.00"]
+    assert last.loc["tucker_x0.5", WRN] == "74.00 ± 1.41" and last.loc["tucker_x0.25", WRN] == "71.00"
+    assert last.loc["recomp_both_x0.5", RESNET] == "70.00" and last.loc["noise_std1", RESNET] == "64.00"
+    best = analysis.benchmark_table(benchmark_runs, "best", "cifar100")
+    assert list(best.index) == BENCHMARK_ROWS and list(best.columns) == BENCHMARK_COLUMNS
+    assert best.loc["teacher"].tolist() == ["76.50 ± 0.71", "76.50 ± 0.71", "73.00", "76.50 ± 0.71"]
+    assert best.loc["kd"].tolist() == ["76.00 ± 1.00", "", "72.00 ± 0.00", "55.00"]
+    assert best.loc["tucker_x0.5", WRN] == "75.50 ± 0.71" and best.loc["noise_std1", RESNET] == "65.00"
+    digits = analysis.benchmark_table(benchmark_runs, "last", "digits")
+    assert list(digits.index) == ["teacher", "student", "kd"] and list(digits.columns) == ["ResNet20→ResNetBaby"]
+    assert analysis.benchmark_table(benchmark_runs, "last", "cifar10").empty
+    with pytest.raises(UsageError, match="statistic must be one of last, best"):
+        analysis.benchmark_table(benchmark_runs, "mean")
+
+
+def test_row_order_places_the_field_s_methods_first() -> None:
+    names = [("noise_std1", "noise"), ("cc", "cc"), ("recomp_both_x0.25", "recomp_both"), ("tucker_x0.5", "tucker"),
+             ("tucker_x0.25_B-16-4-4", "tucker"), ("featuremap", "featuremap"), ("dkd", "dkd"), ("crd", "crd"),
+             ("vid", "vid"), ("rkd", "rkd"), ("pkt", "pkt"), ("sp", "sp"), ("at", "at"), ("fitnet", "fitnet"),
+             ("kd", "kd"), ("student", "plain"), ("teacher", "plain"), ("recomp_teacher_x0.5", "recomp_teacher")]
+    ordered = sorted(names, key=lambda n: analysis._row_order(n[0], n[0], n[1]))
+    assert [name for name, _ in ordered] == [
+        "teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd", "featuremap",
+        "tucker_x0.25_B-16-4-4", "tucker_x0.5", "recomp_teacher_x0.5", "recomp_both_x0.25", "cc", "noise_std1"]
+
+
+def test_a_cell_never_mixes_recipes_or_settings(tmp_path: Path) -> None:
+    pair = ("wrn_40_2", "wrn_16_2")
+    write_benchmark_runs(tmp_path, pair, "kd", [[60, 70, 70], [60, 72, 72]])
+    write_benchmark_runs(tmp_path, ("wrn_40_2", "wrn_40_2"), "none", [[60, 75, 75]])
+    runs = analysis.load_runs(tmp_path)
+    assert analysis.benchmark_table(runs).loc["kd", WRN] == "71.00 ± 1.41"
+    # Another setting of the method: its own row, labelled with the setting.
+    write_benchmark_runs(tmp_path, pair, "kd", [[60, 60, 60]], beta=0.5)
+    table = analysis.benchmark_table(analysis.load_runs(tmp_path))
+    assert list(table.index) == ["teacher", "student", "kd (beta=0.5)", "kd (beta=0.9)"]
+    assert table[WRN].tolist() == ["75.00", "", "60.00", "71.00 ± 1.41"]
+    # Another recipe (here more epochs) in the same folder: refused, in one line, until one is picked.
+    write_benchmark_runs(tmp_path, pair, "kd", [[60, 80, 80, 80]], epochs=4)
+    runs = analysis.load_runs(tmp_path)
+    with pytest.raises(UsageError, match=r"2 recipes.*crd, epochs=3 \(3 configurations\); crd, epochs=4 \(1 configuration\)") as error:
+        analysis.benchmark_table(runs)
+    assert "\n" not in str(error.value) and "where={'epochs': 3}" in str(error.value)
+    assert analysis.benchmark_table(runs, where={"epochs": 3}).equals(table)
+    assert analysis.benchmark_table(runs, where={"epochs": 4}).loc["kd", WRN] == "80.00"
+    # The recipe's own learning rate for a MobileNetV2 student is the recipe, not a change to it.
+    write_run(tmp_path, [60, 65, 66], **{**CRD, "lr": recipe_defaults("crd", "MobileNetV2")["lr"], "distillation": "kd",
+                                          "teacher": "wrn_40_2", "student": "MobileNetV2"})
+    table = analysis.benchmark_table(analysis.load_runs(tmp_path), where={"epochs": 3})
+    assert table.loc["kd (beta=0.9)", "wrn_40_2→MobileNetV2"] == "66.00"
+    with pytest.raises(UsageError, match="'warmup' is not a flag"):
+        analysis.benchmark_table(runs, where={"warmup": 5})
+
+
+def test_published_numbers() -> None:
+    published = analysis.published_results()
+    assert list(published.columns) == ["teacher", "student", "method", "top1", "source"] and len(published) == 77
+    indexed = published.set_index(["teacher", "student", "method"])
+    assert indexed.loc[("wrn_40_2", "wrn_16_2", "teacher"), "top1"] == 75.61
+    assert math.isnan(indexed.loc[("resnet110", "resnet20", "dkd"), "top1"])  # not published, not zero
+    assert indexed.loc[("vgg13", "vgg8", "crd"), "top1"] == 73.94
+    assert indexed.loc[("resnet32x4", "resnet8x4", "dkd"), "source"] == "https://github.com/megvii-research/mdistiller"
+    assert set(published.loc[published["method"] != "dkd", "source"]) == {"https://github.com/HobbitLong/RepDistiller"}
+    wide = analysis.published_table(published)
+    assert list(wide.index) == ["teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd"]
+    assert list(wide.columns) == [analysis.pair_label(*pair) for pair in analysis.BENCHMARK_PAIRS]
+    assert wide.loc["student", "resnet110→resnet32"] == 71.14
+
+
+def test_benchmark_markdown_with_published_numbers(benchmark_runs: analysis.Runs, tmp_path: Path) -> None:
+    table = analysis.with_published(analysis.benchmark_table(benchmark_runs, "last"))
+    assert table.loc["teacher"].tolist() == ["75.50 ± 0.71 (75.61)", "75.50 ± 0.71 (75.61)", "72.00 (72.34)", "75.50 ± 0.71"]
+    assert table.loc["kd"].tolist() == ["75.00 ± 1.00 (74.92)", "– (73.54)", "71.00 ± 1.41 (70.66)", "54.00"]
+    assert table.loc["tucker_x0.5", WRN] == "74.00 ± 1.41"  # no published number: ours alone
+    lines = analysis.benchmark_markdown(table).splitlines()
+    assert lines[:3] == [
+        f"| method | {WRN} | wrn_40_2→wrn_40_1 | {RESNET} | {OTHER} |",
+        "|---|---:|---:|---:|---:|",
+        "| teacher | 75.50 ± 0.71 (75.61) | 75.50 ± 0.71 (75.61) | 72.00 (72.34) | 75.50 ± 0.71 |",
+    ]
+    assert lines[-1] == "| noise_std1 |  |  | 64.00 |  |" and len(lines) == 2 + len(BENCHMARK_ROWS)
+    dkd = pd.DataFrame({"resnet110→resnet20": ["70.10"]}, index=pd.Index(["dkd"], name="method"))
+    assert analysis.with_published(dkd).iloc[0, 0] == "70.10 (–)"  # nothing published for this cell
+
+    reports = analysis.benchmark_reports(benchmark_runs, "cifar100")
+    assert list(reports) == ["last", "best"]
+    assert "last epoch" in reports["last"] and "published numbers in parentheses" in reports["last"]
+    assert "| kd | 76.00 ± 1.00 (74.92) |" in reports["best"]
+    digits = analysis.benchmark_reports(benchmark_runs, "digits")
+    assert "none is shown" in digits["last"] and "| kd | 30.00 |" in digits["last"] and "(" not in digits["last"].split("\n\n")[1]
+    assert analysis.benchmark_reports(benchmark_runs, "cifar10") == {}
+    paths = analysis.export_benchmark(reports, tmp_path)
+    assert [p.name for p in paths] == ["benchmark_last.md", "benchmark_best.md"] and paths[0].read_text() == reports["last"]
+    assert analysis.export_benchmark({}, tmp_path / "nothing") == []
+
+
+def test_benchmark_of_an_empty_folder(tmp_path: Path) -> None:
+    runs = analysis.load_runs(tmp_path)
+    assert analysis.benchmark_table(runs).empty and analysis.benchmark_reports(runs) == {}
 
 
 # toolbox.inspection

@@ -20,8 +20,16 @@ import pytest
 import torch
 from torchvision.datasets import utils as tv_utils
 
-from toolbox.data_loader import (CIFAR_NUM_CLASSES, VERIFIED_MARKER, augment, cifar_class, eval_batches, load_dataset,
-                                 prepare_dataset, train_batches)
+from toolbox.data_loader import (
+    CIFAR_NUM_CLASSES,
+    VERIFIED_MARKER,
+    augment,
+    cifar_class,
+    eval_batches,
+    load_dataset,
+    prepare_dataset,
+    train_batches,
+)
 from toolbox.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -309,8 +317,11 @@ def test_training_batches_are_reproducible_per_seed_and_epoch() -> None:
     first = list(train_batches(data, 512, seed=3, epoch=2))
     again = list(train_batches(data, 512, seed=3, epoch=2))
     other_epoch = next(train_batches(data, 512, seed=3, epoch=3))
-    assert [len(y) for _, y in first] == [512, 512, 414]  # the last batch is kept, smaller
+    assert [len(y) for _, y, _ in first] == [512, 512, 414]  # the last batch is kept, smaller
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    indices = torch.cat([i for _, _, i in first])  # each training sample once, its label with it
+    assert torch.equal(indices.sort().values, torch.arange(len(data.train_labels)))
+    assert torch.equal(torch.cat([y for _, y, _ in first]), data.train_labels[indices])
     assert not torch.equal(first[0][0], other_epoch[0])
     assert len(list(train_batches(data, 512, seed=3, epoch=2, max_batches=2))) == 2
     assert sum(len(y) for _, y in eval_batches(data, 100)) == 359

@@ -6,20 +6,23 @@ import numpy as np
 import pytest
 import torch
 
+from toolbox.choices import parse_ranks
 from toolbox.config import parse_config
-from toolbox.distillation import DISTILLERS, Distiller, build_distiller, normalized_distance
+from toolbox.distillation import Distiller, Step, normalized_distance
 from toolbox.errors import UsageError
-from toolbox.tucker import parse_ranks, project, tucker
+from toolbox.methods import DISTILLERS, distiller_for
+from toolbox.tucker import project, tucker
 
 SHAPE = (16, 64, 8, 8)
 
 
 def make(method: str, *flags: str, student_channels: int = 64) -> Distiller:
     config = parse_config(["--distillation", method, *flags])
-    return build_distiller(config, SHAPE[1:], (student_channels, *SHAPE[2:]))
+    return distiller_for(config, outputs(0), outputs(0, channels=student_channels))
 
 
 LAYER3, LOGITS = 3, -1  # indexes into a model's outputs
+STEP = Step(labels=torch.zeros(SHAPE[0], dtype=torch.long), indices=torch.arange(SHAPE[0]), epoch=1)
 
 
 def outputs(seed: int, channels: int = 64, grad: bool = False) -> list[torch.Tensor]:
@@ -79,7 +82,7 @@ def test_normalized_distance_golden_value() -> None:
 @pytest.mark.parametrize("loss", ["l1", "l2"])
 def test_featuremap_loss_matches_reference(loss: str) -> None:
     teacher, student = outputs(0), outputs(1)
-    value = make("featuremap", "--loss", loss).soft_loss(teacher, student)
+    value = make("featuremap", "--loss", loss).soft_loss(teacher, student, STEP)
     assert value.item() == pytest.approx(ref_distance(as_numpy(student)[0], as_numpy(teacher)[0], loss), rel=1e-5)
 
 
@@ -90,7 +93,7 @@ def test_tucker_core_loss_matches_reference(rank: int, loss: str, core: str) -> 
     """``original`` rotates the batch and spatial modes of both cores by the teacher's full-rank
     factors, as tensorly's tucker does; ``per_sample`` compares each sample's own core."""
     teacher, student = outputs(0), outputs(1)
-    value = make("tucker", "--ranks", f"BATCH_SIZE,{rank},8,8", "--loss", loss, "--tucker_core", core).soft_loss(teacher, student)
+    value = make("tucker", "--ranks", f"BATCH_SIZE,{rank},8,8", "--loss", loss, "--tucker_core", core).soft_loss(teacher, student, STEP)
     t, s = as_numpy(teacher)[0], as_numpy(student)[0]
     factor = ref_channel_factor(t, rank)
     t_core, s_core = ref_project(t, factor), ref_project(s, factor)
@@ -102,7 +105,7 @@ def test_tucker_core_loss_matches_reference(rank: int, loss: str, core: str) -> 
 
 def test_the_two_cores_give_different_losses() -> None:
     teacher, student = outputs(0), outputs(1)
-    losses = [make("tucker", "--tucker_core", core).soft_loss(teacher, student).item() for core in ("original", "per_sample")]
+    losses = [make("tucker", "--tucker_core", core).soft_loss(teacher, student, STEP).item() for core in ("original", "per_sample")]
     assert abs(losses[0] - losses[1]) > 0.01 * losses[0]
 
 
@@ -114,7 +117,7 @@ def test_tucker_recomp_loss_matches_reference(target: str) -> None:
     factor = ref_channel_factor(t, 16)
     t_view = ref_recompose(ref_project(t, factor), factor) if target != "student" else t
     s_view = ref_recompose(ref_project(s, factor), factor) if target != "teacher" else s
-    assert distiller.soft_loss(teacher, student).item() == pytest.approx(ref_distance(s_view, t_view, "l1"), rel=1e-4)
+    assert distiller.soft_loss(teacher, student, STEP).item() == pytest.approx(ref_distance(s_view, t_view, "l1"), rel=1e-4)
 
 
 def test_kd_loss_matches_reference() -> None:
@@ -127,13 +130,13 @@ def test_kd_loss_matches_reference() -> None:
 
     p_t = np.exp(log_softmax(t_logits))
     expected = (p_t * (log_softmax(t_logits) - log_softmax(s_logits))).sum(axis=1).mean() * 16.0
-    assert make("kd", "--kd_temperature", "4").soft_loss(teacher, student).item() == pytest.approx(expected, rel=1e-5)
+    assert make("kd", "--kd_temperature", "4").soft_loss(teacher, student, STEP).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_plain_training_has_no_soft_loss_and_needs_no_teacher() -> None:
     distiller = make("none")
     assert not distiller.needs_teacher
-    assert distiller.soft_loss(None, outputs(1)).item() == 0.0
+    assert distiller.soft_loss(None, outputs(1), STEP).item() == 0.0
 
 
 @pytest.mark.parametrize("method", ["tucker", "tucker_recomp"])
@@ -160,7 +163,7 @@ def test_tucker_recomp_skips_full_rank_rotations_without_changing_the_loss(targe
     core, factors = tucker(teacher[LAYER3], parse_ranks("BATCH_SIZE,16,8,8"), core="original")
     assert all(factor is not None for factor in factors)
     with_rotations = distiller.compare(teacher[LAYER3], student[LAYER3], core, factors)
-    assert distiller.soft_loss(teacher, student).item() == pytest.approx(with_rotations.item(), rel=1e-6)
+    assert distiller.soft_loss(teacher, student, STEP).item() == pytest.approx(with_rotations.item(), rel=1e-6)
 
 
 def test_per_sample_core_needs_the_fast_backend() -> None:
@@ -174,18 +177,18 @@ def test_tucker_loss_stays_float32_under_autocast() -> None:
     teacher, student = outputs(0), outputs(1)
     distiller = make("tucker", "--ranks", "BATCH_SIZE,8,8,8")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = distiller.soft_loss(teacher, student)
+        under_autocast = distiller.soft_loss(teacher, student, STEP)
     assert under_autocast.dtype == torch.float32
-    assert under_autocast.item() == pytest.approx(distiller.soft_loss(teacher, student).item(), rel=1e-6)
+    assert under_autocast.item() == pytest.approx(distiller.soft_loss(teacher, student, STEP).item(), rel=1e-6)
 
 
 # --- gradients --------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", [m for m in DISTILLERS if m != "none"])
+@pytest.mark.parametrize("method", ["featuremap", "tucker", "tucker_recomp", "kd", "noise"])  # the baselines: test_baselines.py
 def test_gradients_reach_the_student_and_connector_never_the_teacher(method: str) -> None:
     teacher, student = outputs(0, grad=True), outputs(1, channels=32, grad=True)
     distiller = make(method, "--ranks", "BATCH_SIZE,16,8,8", student_channels=32)
     assert isinstance(distiller.connector, torch.nn.Identity if method == "kd" else torch.nn.Conv2d)  # 32 -> 64 channels
-    distiller.soft_loss(teacher, student).backward()
+    distiller.soft_loss(teacher, student, STEP).backward()
     assert teacher[LAYER3].grad is None and teacher[LOGITS].grad is None
     used = student[LOGITS] if method == "kd" else student[LAYER3]
     assert used.grad is not None and used.grad.abs().sum() > 0
@@ -195,12 +198,13 @@ def test_gradients_reach_the_student_and_connector_never_the_teacher(method: str
 
 def test_noise_generation_module_is_trained() -> None:
     distiller = make("noise", "--noise_std", "1.0")
-    distiller.soft_loss(outputs(0), outputs(1, grad=True)).backward()
+    distiller.soft_loss(outputs(0), outputs(1, grad=True), STEP).backward()
     grads = [p.grad for p in distiller.generator.parameters()]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_every_method_has_a_default_beta() -> None:
     assert parse_config(["--distillation", "kd"]).beta is None  # resolved at training time
-    assert DISTILLERS["kd"].defaults["beta"] == 1.0
+    assert (DISTILLERS["kd"].defaults["beta"], DISTILLERS["kd"].defaults["ce_weight"]) == (0.9, 0.1)  # RepDistiller's
     assert all(DISTILLERS[m].defaults["beta"] == 125.0 for m in ("featuremap", "tucker", "tucker_recomp", "noise"))
+    assert all(distiller.defaults["ce_weight"] == 1.0 for name, distiller in DISTILLERS.items() if name != "kd")

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from tests.conftest import TINY, run_training
+from toolbox.choices import format_ranks, parse_ranks
 from toolbox.config import parse_config
 from toolbox.distillation import connector
 from toolbox.errors import UsageError
 from toolbox.models import build_model, stage_shapes
-from toolbox.rundir import default_teacher_checkpoint, experiment_name
+from toolbox.rundir import default_teacher_checkpoint, experiment_name, resolve
 from toolbox.training import make_scheduler
-from toolbox.tucker import absolute_ranks, format_ranks, parse_ranks, tucker
+from toolbox.tucker import absolute_ranks, tucker
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("resnet32x4", "resnet8x4", "BATCH_SIZE,32,8,8"), ("vgg13", "MobileNetV2", "BATCH_SIZE,32,4,4"),
@@ -67,10 +68,10 @@ def test_a_smaller_student_map_than_can_be_mapped_is_a_clear_error() -> None:
 
 
 def test_feature_layer_is_checked_against_both_architectures() -> None:
-    assert len(stage_shapes("ResNet50")) - 1 == 4 and parse_config(["--student", "ResNet50", "--teacher", "ResNet50",
-                                                                      "--feature_layer", "4"]).feature_layer == 4
-    with pytest.raises(SystemExit):
-        parse_config(["--student", "ResNet50", "--feature_layer", "4"])  # the teacher ResNet112 has 3 stages
+    assert len(stage_shapes("ResNet50")) - 1 == 4 and resolve(parse_config(["--student", "ResNet50", "--teacher", "ResNet50",
+                                                                              "--feature_layer", "4"])).feature_layer == 4
+    with pytest.raises(UsageError, match="--feature_layer must be from 0 .the stem. to 3 for ResNet50 and ResNet112; got 4"):
+        resolve(parse_config(["--student", "ResNet50", "--feature_layer", "4"]))  # the teacher ResNet112 has 3 stages
 
 
 # ---------------------------------------------------------------- the recipes

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import SMOKE_CHANGES, STUDENT, TEACHER, TINY, teacher_run
+
 from toolbox import analysis
 from toolbox.rundir import RunDir, resolve
 from toolbox.training import Trainer

@@ -11,9 +11,8 @@ from typing import Any
 import nbformat
 import papermill
 import pytest
-from jupyter_client import KernelManager
-
 from conftest import SMOKE_CHANGES, STUDENT, TEACHER, TEACHER_RUN, run_training
+from jupyter_client import KernelManager
 
 ROOT = Path(__file__).resolve().parent.parent
 AGGREGATOR = ROOT / "analyzer_results_aggregator.ipynb"
@@ -92,7 +91,8 @@ def test_notebooks_are_committed_without_outputs(notebook: Path) -> None:
 
 
 def test_aggregator_on_experiments(experiments: Path, tmp_path: Path) -> None:
-    notebook = execute(AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(experiments), SUMMARY_DIR=str(tmp_path))
+    notebook = execute(AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(experiments), SUMMARY_DIR=str(tmp_path),
+                       DATASET="digits", BENCHMARK_FLAGS={"epochs": 2})  # the students' runs; the teacher trained longer
     assert_no_errors(notebook)
     printed = text(notebook)
     assert "7 finished runs in 6 configurations" in printed and "1 without results" in printed
@@ -102,6 +102,14 @@ def test_aggregator_on_experiments(experiments: Path, tmp_path: Path) -> None:
     for name in ("featuremap", "tucker_x0.25", "tucker_x0.5", "recomp_both_x0.25", "plain"):
         assert f"\n{name}," in summary
     assert (tmp_path / "summary.md").exists()
+    # The benchmark table: the students' pair, no published numbers for digits; the teacher's row
+    # is empty, its run (12 epochs) being left out by BENCHMARK_FLAGS.
+    assert f"| method | {TEACHER}→{STUDENT} |" in printed and "none is shown beside these digits runs" in printed
+    benchmark = (tmp_path / "benchmark_last.md").read_text()
+    rows = [line.split(" | ")[0] for line in benchmark.splitlines() if line.startswith("| ")][1:]
+    assert rows == ["| teacher", "| student", "| featuremap", "| tucker_x0.25", "| tucker_x0.5", "| recomp_both_x0.25"]
+    assert "| teacher |  |" in benchmark and " ± " in benchmark.split("| tucker_x0.5 |")[1].splitlines()[0]  # two seeds
+    assert "best epoch" in (tmp_path / "benchmark_best.md").read_text()
 
 
 def test_aggregator_on_empty_folder(tmp_path: Path) -> None:
@@ -110,6 +118,7 @@ def test_aggregator_on_empty_folder(tmp_path: Path) -> None:
     notebook = execute(AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(empty))
     assert_no_errors(notebook)
     assert f"No finished runs under {empty}" in text(notebook)
+    assert "No benchmark table: no finished cifar100 runs of a teacher→student pair" in text(notebook)
     assert list(empty.iterdir()) == []  # no summary written for nothing
 
 

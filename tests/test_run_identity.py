@@ -24,10 +24,20 @@ import torch
 import runner
 from tests.conftest import STUDENT, TINY, run_training
 from toolbox.config import Config
-from toolbox.distillation import DISTILLERS, NoiseDistiller
+from toolbox.distillation import NoiseDistiller
 from toolbox.errors import UsageError
-from toolbox.rundir import (CORRUPT, FAILED, RUNNING, RunDir, defining_flags, experiment_name, method_default, resolve,
-                            teacher_config)
+from toolbox.methods import DISTILLERS
+from toolbox.rundir import (
+    CORRUPT,
+    FAILED,
+    RUNNING,
+    RunDir,
+    defining_flags,
+    experiment_name,
+    method_default,
+    resolve,
+    teacher_config,
+)
 from toolbox.scheduler import LocalScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +47,13 @@ TINY_RUN = [*PLAIN, "--epochs", "1", "--max_batches", "1"]
 
 # A second value for every flag that can define an experiment (a different one from the default).
 OTHER_VALUES: dict[str, Any] = {
-    "teacher": "ResNet56", "beta": 50.0, "loss": "l2", "feature_layer": 2, "ranks": "BATCH_SIZE,16,8,8",
+    "teacher": "ResNet56", "beta": 50.0, "loss": "l2", "feature_layer": 1, "ranks": "BATCH_SIZE,16,8,8",
     "recomp_target": "both", "tucker_backend": "tensorly", "hooi_iters": 3, "tucker_core": "per_sample",
     "kd_temperature": 2.0, "noise_std": 0.5, "epochs": 12, "batch_size": 64, "lr": 0.01, "momentum": 0.5,
     "weight_decay": 1e-4, "seed": 3, "max_batches": 3, "dataset": "cifar10", "student": "ResNet20",
-    "recipe": "crd", "schedule": "step", "lr_milestones": "100,200", "lr_decay": 0.2,
+    "recipe": "crd", "schedule": "step", "lr_milestones": "100,200", "lr_decay": 0.2, "ce_weight": 0.5,
+    "dkd_alpha": 2.0, "dkd_beta": 4.0, "dkd_warmup": 5, "crd_dim": 64, "crd_negatives": 100, "crd_temperature": 0.1,
+    "crd_momentum": 0.9, "rkd_distance": 10.0, "rkd_angle": 20.0,
 }
 CASES = [(method, flag) for method in DISTILLERS for flag in defining_flags(method) if flag != "distillation"]
 
@@ -87,7 +99,7 @@ def test_default_runs_keep_their_names() -> None:
     assert experiment_name(Config(distillation="none")) == "cifar100/teacher/ResNet56/seed0"
     assert (experiment_name(Config(distillation="tucker_recomp", recomp_target="both", ranks="BATCH_SIZE,8,8,8", seed=2))
             == "cifar100/ResNet112-ResNet56/tucker_recomp/both/B-8-8-8/seed2")
-    assert experiment_name(Config(distillation="kd", beta=1.0)) == "cifar100/ResNet112-ResNet56/kd/seed0"  # kd's default
+    assert experiment_name(Config(distillation="kd", beta=0.9, ce_weight=0.1)) == "cifar100/ResNet112-ResNet56/kd/seed0"  # kd's defaults
     assert (experiment_name(Config(distillation="featuremap", lr=0.01, beta=50.0))
             == "cifar100/ResNet112-ResNet56/featuremap/beta=50,lr=0.01/seed0")
     # flags a method does not read never name it
@@ -106,7 +118,7 @@ def test_a_toy_method_with_its_own_flag_gets_its_own_folders(tmp_path: Path, mon
 
         flags = ("noise_std",)
         tag_flags = ()
-        defaults = {"beta": 7.0}
+        defaults = {**NoiseDistiller.defaults, "beta": 7.0}
 
         @classmethod
         def run_tag(cls, config: Config) -> list[str]:

@@ -21,8 +21,7 @@ import pytest
 import runner
 from toolbox import sweep
 from toolbox.rundir import RunDir
-from toolbox.scheduler import (PENDING, RUNNING, LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError,
-                               SlurmScheduler)
+from toolbox.scheduler import PENDING, RUNNING, LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError, SlurmScheduler
 
 GOLDEN = Path(__file__).parent / "golden"
 TINY = ["--dataset", "digits", "--teacher", "ResNetBaby", "--student", "ResNetBaby", "--epochs", "2", "--batch_size", "64"]

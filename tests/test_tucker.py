@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from toolbox.choices import format_ranks, parse_ranks
 from toolbox.errors import UsageError
-from toolbox.tucker import check_ranks, format_ranks, mode_dot, parse_ranks, project, recompose, relative_error, tucker
+from toolbox.tucker import check_ranks, mode_dot, project, recompose, relative_error, tucker
 
 
 def low_rank_tensor(shape: tuple[int, ...], ranks: tuple[int, ...], seed: int = 0) -> torch.Tensor:

@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from tensorly.decomposition import tucker as tensorly_tucker
 from torch import Tensor
 
+from toolbox.choices import parse_ranks
 from toolbox.config import parse_config
 from toolbox.data_loader import load_dataset, train_batches
-from toolbox.distillation import build_distiller
+from toolbox.distillation import Step
+from toolbox.methods import distiller_for
 from toolbox.models import build_model
-from toolbox.tucker import parse_ranks, project, recompose, tucker
+from toolbox.tucker import project, recompose, tucker
 
 TEACHER, STUDENT = "ResNetBaby", "ResNetBaby"  # different weights; the smallest network keeps this file quick
 MAP_BATCH = 512  # the study's batch size
@@ -60,7 +62,7 @@ def train_briefly(name: str, data, steps: int, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build_model(name, data.num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for images, labels in train_batches(data, 64, seed, epoch=0, max_batches=steps):
+    for images, labels, _ in train_batches(data, 64, seed, epoch=0, max_batches=steps):
         optimizer.zero_grad()
         F.cross_entropy(model(images)[-1], labels).backward()
         optimizer.step()
@@ -72,7 +74,7 @@ def maps() -> Maps:
     """Layer -> (teacher map, student map) of one batch of 512 training images, float32."""
     data = load_dataset("digits", "unused", "cpu")  # digits is built offline, from scikit-learn
     teacher, student = train_briefly(TEACHER, data, 30, seed=0), train_briefly(STUDENT, data, 15, seed=1)
-    images, _ = next(train_batches(data, MAP_BATCH, seed=2, epoch=0))
+    images, _, _ = next(train_batches(data, MAP_BATCH, seed=2, epoch=0))
     with torch.no_grad():
         teacher_out, student_out = teacher(images), student(images)
     return {layer: (teacher_out[layer], student_out[layer]) for layer in (2, 3)}
@@ -142,8 +144,9 @@ def distiller_case(maps: Maps, decomposition: Optional[Decomposition], method: s
     flags = ["--distillation", method, "--feature_layer", str(layer)]
     flags += ["--ranks", ranks] if ranks else []
     flags += ["--recomp_target", target] if target else []
-    distiller = build_distiller(parse_config(flags), teacher.shape[1:], student.shape[1:])
-    ours = loss_and_gradient(lambda s: distiller.soft_loss(outputs(teacher, layer), outputs(s, layer)), student)
+    distiller = distiller_for(parse_config(flags), outputs(teacher, layer), outputs(student, layer))
+    step = Step(torch.zeros(batch, dtype=torch.long), torch.arange(batch), epoch=1)  # not read by these methods
+    ours = loss_and_gradient(lambda s: distiller.soft_loss(outputs(teacher, layer), outputs(s, layer), step), student)
     reference = loss_and_gradient(lambda s: original_loss(method, target, teacher, s, decomposition), student)
     assert_close(ours, reference, LOSS_TOLERANCE, GRADIENT_COSINE)
 

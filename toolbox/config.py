@@ -2,7 +2,7 @@
 
 ``Config`` is the single source: the command-line parser is generated from its fields, so a flag
 cannot drift from the value the training loop reads, and the resolved ``Config`` is what each run
-saves as ``config.json``.
+saves as ``config.json``. This module does not load torch: ``--help`` and bad flags answer at once.
 """
 
 from __future__ import annotations
@@ -14,13 +14,19 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from toolbox.data_loader import DATASETS
-from toolbox.distillation import DISTILLERS, RECOMP_TARGETS, SOFT_LOSSES
+from toolbox.choices import (
+    BACKENDS,
+    DATASETS,
+    HOOI_MAX_SWEEPS,
+    METHODS,
+    MODELS,
+    RECOMP_TARGETS,
+    SOFT_LOSSES,
+    TUCKER_CORES,
+    parse_ranks,
+)
 from toolbox.errors import UsageError
-from toolbox.models import MODELS, stage_shapes
 from toolbox.naming import validate_experiment_name
-from toolbox.tucker import BACKENDS, HOOI_MAX_SWEEPS, TUCKER_CORES, parse_ranks
-
 
 RECIPES: dict[str, dict[str, Any]] = {
     "original": {},  # the flags' own defaults
@@ -59,21 +65,31 @@ def flag(default: Any, help: str, *, type: Optional[type] = None, choices: Seque
 @dataclass
 class Config:
     # What to train
-    distillation: str = flag("tucker", "distillation method ('none' trains without a teacher, e.g. the teacher itself)", choices=list(DISTILLERS))
+    distillation: str = flag("tucker", "distillation method ('none' trains without a teacher, e.g. the teacher itself)", choices=METHODS)
     dataset: str = flag("cifar100", "data set ('digits' is offline, built from scikit-learn's 8x8 digits)", choices=DATASETS)
-    teacher: str = flag("ResNet112", "teacher architecture", choices=list(MODELS))
-    student: str = flag("ResNet56", "architecture being trained", choices=list(MODELS))
+    teacher: str = flag("ResNet112", "teacher architecture", choices=MODELS)
+    student: str = flag("ResNet56", "architecture being trained", choices=MODELS)
     teacher_checkpoint: Optional[str] = flag(None, "teacher weights ({'weights': state_dict}); default: the plain run of --teacher with seed 0 and the same training flags under --experiments_dir (a run is tied to its teacher's content: a resumed run refuses a different file)", type=str)
     # The distillation loss
-    beta: Optional[float] = flag(None, "weight of the distillation loss: total = cross-entropy + beta * soft loss (default: 125 for feature-map methods, as in the original; 1 for kd)", type=float)
-    loss: str = flag("l1", "distance between the L2-normalised, flattened maps or cores", choices=SOFT_LOSSES)
-    feature_layer: int = flag(3, "distilled stage, from 1 to the architecture's number of stages (0 is the stem): for the CIFAR ResNets 3 is layer3 (64x8x8 on 32x32 images), 2 is 32x16x16, 1 is 16x32x32")
+    ce_weight: Optional[float] = flag(None, "weight of the cross-entropy: total = ce_weight * cross-entropy + beta * soft loss (default: 1; kd 0.1, as RepDistiller and mdistiller train it)", type=float)
+    beta: Optional[float] = flag(None, "weight of the distillation loss (default: the method's own: 125 for the original's feature-map losses; kd 0.9, fitnet 100, at 1000, sp 3000, pkt 30000, rkd 1, vid 1, crd 0.8, dkd 1, the published CIFAR-100 settings)", type=float)
+    loss: str = flag("l1", "featuremap, tucker, tucker_recomp, noise: distance between the L2-normalised, flattened maps or cores", choices=SOFT_LOSSES)
+    feature_layer: Optional[int] = flag(None, "distilled stage, from 1 to the architecture's number of stages (0 is the stem; default 3, fitnet's hint layer 2): for the CIFAR ResNets 3 is layer3 (64x8x8 on 32x32 images), 2 is 32x16x16, 1 is 16x32x32", type=int)
     ranks: str = flag("BATCH_SIZE,32,8,8", "Tucker ranks for (batch, channel, height, width); BATCH_SIZE keeps the batch mode whole; xF is a fraction of the map's mode, e.g. BATCH_SIZE,x0.5,x1,x1 on any architecture")
     recomp_target: str = flag("teacher", "tucker_recomp: reconstruct the teacher map, the student map (projected on the teacher's factors), or both", choices=RECOMP_TARGETS)
     tucker_backend: str = flag("fast", "'fast': tensorly's result in closed form, from float64 Gram eigendecompositions; 'tensorly': tensorly's tucker, as the original called it", choices=BACKENDS)
     hooi_iters: int = flag(HOOI_MAX_SWEEPS, "most HOOI sweeps, on either back end (tensorly's n_iter_max; it stops earlier at its tolerance, 1e-4); 0: the SVD initialisation alone")
     tucker_core: str = flag("original", "tucker: 'original' compares cores with the full-rank modes (batch, spatial) rotated as tensorly rotates them, the study's loss; 'per_sample' leaves them unrotated, comparing each sample's own core (--tucker_backend fast only)", choices=TUCKER_CORES)
-    kd_temperature: float = flag(4.0, "kd: softmax temperature")
+    kd_temperature: float = flag(4.0, "kd, dkd: softmax temperature")
+    dkd_alpha: float = flag(1.0, "dkd: weight of the target-class term (TCKD)")
+    dkd_beta: Optional[float] = flag(None, "dkd: weight of the non-target-class term (NCKD); default 8, or mdistiller's per pair: 2 for resnet56->resnet20 and resnet110->resnet32, 6 for vgg13->vgg8, vgg13->MobileNetV2, wrn_40_2->wrn_16_2 and wrn_40_2->wrn_40_1", type=float)
+    dkd_warmup: int = flag(20, "dkd: epochs over which the loss weight rises linearly to beta")
+    crd_dim: int = flag(128, "crd: dimension of the contrastive embeddings")
+    crd_negatives: int = flag(16384, "crd: negatives per sample, drawn from other classes")
+    crd_temperature: float = flag(0.07, "crd: temperature of the contrastive softmax")
+    crd_momentum: float = flag(0.5, "crd: momentum of the memory bank's update")
+    rkd_distance: float = flag(25.0, "rkd: weight of the distance term")
+    rkd_angle: float = flag(50.0, "rkd: weight of the angle term")
     noise_std: float = flag(1.0, "noise: standard deviation of the Gaussian noise added to the student's map")
     # Optimisation (SGD with momentum; the original's cosine schedule, or the CRD benchmark's steps)
     recipe: str = flag("original", "training recipe, the defaults of the flags below: 'original' is the study's (150 epochs, batch 512, lr 0.1, cosine); 'crd' is the CIFAR-100 benchmark's of RepDistiller and mdistiller (240 epochs, batch 64, lr 0.05 or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 students, x0.1 at epochs 150, 180, 210); flags given explicitly win", choices=tuple(RECIPES))
@@ -103,27 +119,27 @@ class Config:
 
     def validate(self) -> None:
         """Reject values that parse but make no sense, naming the flag and what would be valid."""
-        for name in ("epochs", "batch_size", "eval_batch_size", "max_batches", "threads"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "max_batches", "threads", "crd_dim", "crd_negatives"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be a positive integer; got {value}")
         milestones(self.lr_milestones)
+        if not 0 <= self.crd_momentum < 1:
+            raise UsageError(f"--crd_momentum must be in [0, 1); got {self.crd_momentum}")
         if not 0 < self.lr_decay <= 1:
             raise UsageError(f"--lr_decay must be in (0, 1]; got {self.lr_decay}")
-        for name in ("lr", "kd_temperature"):
+        for name in ("lr", "kd_temperature", "crd_temperature"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise UsageError(f"--{name} must be a positive number; got {value}")
-        for name in ("beta", "momentum", "weight_decay", "noise_std", "hooi_iters"):
+        for name in ("beta", "ce_weight", "momentum", "weight_decay", "noise_std", "hooi_iters", "dkd_alpha", "dkd_beta",
+                     "dkd_warmup", "rkd_distance", "rkd_angle"):
             value = getattr(self, name)
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 raise UsageError(f"--{name} must be zero or a positive number; got {value}")
         parse_ranks(self.ranks)
-        archs = [self.student, self.teacher] if DISTILLERS[self.distillation].needs_teacher else [self.student]
-        stages = min(len(stage_shapes(arch)) - 1 for arch in archs)
-        if not 0 <= self.feature_layer <= stages:
-            raise UsageError(f"--feature_layer must be from 0 (the stem) to {stages} for {' and '.join(archs)}; "
-                             f"got {self.feature_layer}")
+        if self.feature_layer is not None and self.feature_layer < 0:
+            raise UsageError(f"--feature_layer must be 0 (the stem) or a stage number; got {self.feature_layer}")
         if self.experiment_name is not None:
             validate_experiment_name(self.experiment_name)
 

@@ -32,12 +32,12 @@ every model and every Tucker rank behaves as on CIFAR.
 from __future__ import annotations
 
 import contextlib
-import shlex
 import errno
 import fcntl
 import json
 import os
 import pickle
+import shlex
 import shutil
 import sys
 import tarfile
@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from toolbox.choices import DATASETS
 from toolbox.errors import UsageError
 
 PAD = 4
@@ -68,7 +69,6 @@ CIFAR_MEAN_STD = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 
-DATASETS = ("cifar10", "cifar100", "digits")
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 VERIFIED_MARKER = ".verified"
@@ -393,8 +393,9 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
 
 def train_batches(
     dataset: Dataset, batch_size: int, seed: int, epoch: int, max_batches: int | None = None
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled, augmented, normalised training batches; the last one may be smaller."""
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Shuffled, augmented, normalised training batches (images, labels, and the samples' indices
+    in the training set); the last one may be smaller."""
     device = dataset.train_images.device
     generator = epoch_generator(seed, epoch, device)
     order = torch.randperm(len(dataset.train_labels), device=device, generator=generator)
@@ -403,7 +404,8 @@ def train_batches(
     for index, start in enumerate(range(0, len(order), batch_size)):
         if max_batches is not None and index >= max_batches:
             return
-        yield dataset.normalize(images[start : start + batch_size]), labels[start : start + batch_size]
+        end = start + batch_size
+        yield dataset.normalize(images[start:end]), labels[start:end], order[start:end]
 
 
 def eval_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:

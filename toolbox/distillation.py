@@ -1,29 +1,62 @@
 """Distillation methods: each one a small class behind one interface, registered in one dict.
 
-A distiller turns the teacher's and the student's outputs (``[stem, layer1, layer2, layer3, pooled, logits]``)
-into the soft loss; the training loop adds ``beta * soft_loss`` to the cross-entropy and knows no
-method by name. A distiller's own parameters (a 1x1 connector when the widths differ, the noise
-method's generation module) are trained with the student. A new method is one class and one line
-in ``DISTILLERS``.
+A distiller is built for a ``Setup`` (the shapes of every output of both networks, the training
+labels) and turns the teacher's and the student's outputs (``[stem, stage 1, ..., stage k, pooled,
+logits]``) and the ``Step`` (labels, sample indices, epoch) into the soft loss; the training loop
+computes ``ce_weight * cross-entropy + beta * soft_loss`` and knows no method by name. A
+distiller's own modules (connectors, regressors, embeddings, a memory bank) are trained and
+checkpointed with the student. A new method is one class and one line in ``DISTILLERS``: the
+original study's methods are here, the field's baselines in ``toolbox.baselines``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from toolbox.choices import parse_ranks
 from toolbox.errors import UsageError
 from toolbox.naming import format_value, ranks_tag
-from toolbox.tucker import Factors, absolute_ranks, check_core, parse_ranks, project, recompose, tucker
+from toolbox.tucker import Factors, absolute_ranks, check_core, project, recompose, tucker
 
 if TYPE_CHECKING:
     from toolbox.config import Config
 
-SOFT_LOSSES = ("l1", "l2")
-RECOMP_TARGETS = ("teacher", "student", "both")
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a distiller is built for."""
+
+    teacher_shapes: tuple[Shape, ...]  # per sample, of every output: stem, stages, pooled, logits
+    student_shapes: tuple[Shape, ...]
+    train_labels: Tensor  # of the whole training set, by sample index (CRD draws negatives from other classes)
+
+    @classmethod
+    def of(cls, teacher_out: Sequence[Tensor], student_out: Sequence[Tensor], train_labels: Tensor | None = None) -> Setup:
+        """The setup of two networks' outputs on one batch (tests, benchmarks, notebooks)."""
+        shapes = [tuple(tuple(out.shape[1:]) for out in outs) for outs in (teacher_out, student_out)]
+        labels = train_labels if train_labels is not None else torch.zeros(0, dtype=torch.long)
+        return cls(shapes[0], shapes[1], labels)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a training step knows besides the outputs."""
+
+    labels: Tensor
+    indices: Tensor  # of the batch's samples in the training set
+    epoch: int  # from 1
+
+
+def stages(outputs: Sequence[Any]) -> Sequence[Any]:
+    """The stages of an output list (or of its shapes): without the stem, the pooled features and the logits."""
+    return outputs[1:-2]
 
 
 def normalized_distance(student: Tensor, teacher: Tensor, loss: str) -> Tensor:
@@ -60,7 +93,7 @@ class Distiller(nn.Module):
 
     needs_teacher = True
     reads_maps = True  # False: no connector is built (it would be trained and saved for nothing)
-    defaults: dict[str, Any] = {"beta": 125.0}  # the original's weight for its normalised feature-map losses
+    defaults: dict[str, Any] = {"beta": 125.0, "ce_weight": 1.0, "feature_layer": 3}  # the original study's
     """Values of flags left unset (None) on the command line, where they depend on the method."""
     flags: tuple[str, ...] = ("feature_layer", "loss", "beta")
     """The method's own flags: the others do not change what it computes. A run's name and its
@@ -74,19 +107,25 @@ class Distiller(nn.Module):
         """Folder names after the method's name, e.g. ``["B-32-8-8"]`` for ``tucker``."""
         return [str(getattr(config, flag)) for flag in cls.tag_flags]
 
-    def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
-        """``*_shape`` are the (C, H, W) shapes of the distilled stage of each network."""
+    @classmethod
+    def defaults_for(cls, config: Config) -> dict[str, Any]:
+        """The method's defaults for this run (a method may choose some per architecture pair)."""
+        return cls.defaults
+
+    def __init__(self, config: Config, setup: Setup) -> None:
         super().__init__()
         self.layer = config.feature_layer  # output 0 is the stem, k the k-th stage
         self.loss = config.loss
-        self.connector = connector(student_shape, teacher_shape) if self.reads_maps else nn.Identity()
+        self.teacher_shape = setup.teacher_shapes[self.layer]  # the distilled stage, (C, H, W)
+        self.student_shape = setup.student_shapes[self.layer]
+        self.connector = connector(self.student_shape, self.teacher_shape) if self.reads_maps else nn.Identity()
 
     def maps(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The distilled stage of each network, the student's passed through the connector; the
         teacher's is a fixed target, detached even if a caller forgot ``torch.no_grad``."""
         return teacher_out[self.layer].detach(), self.connector(student_out[self.layer])
 
-    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
+    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
         raise NotImplementedError
 
 
@@ -95,17 +134,17 @@ class NoDistillation(Distiller):
 
     needs_teacher = False
     reads_maps = False
-    defaults: dict[str, Any] = {"beta": 0.0}
+    defaults: dict[str, Any] = {**Distiller.defaults, "beta": 0.0}
     flags = ()
 
-    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
+    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
         return student_out[-1].new_zeros(())
 
 
 class FeatureMapDistiller(Distiller):
     """The student's map pulled towards the teacher's, both normalised."""
 
-    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
+    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
         teacher_map, student_map = self.maps(teacher_out, student_out)
         return normalized_distance(student_map, teacher_map, self.loss)
 
@@ -123,9 +162,9 @@ class TuckerDistiller(Distiller):
     def run_tag(cls, config: Config) -> list[str]:
         return [*super().run_tag(config)[:-1], ranks_tag(config.ranks)]  # B-32-8-8: no commas in names
 
-    def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
-        super().__init__(config, teacher_shape, student_shape)
-        self.ranks = absolute_ranks(parse_ranks(config.ranks), teacher_shape)
+    def __init__(self, config: Config, setup: Setup) -> None:
+        super().__init__(config, setup)
+        self.ranks = absolute_ranks(parse_ranks(config.ranks), self.teacher_shape)
         self.backend = config.tucker_backend
         self.hooi_iters = config.hooi_iters
         self.core = self.core_kind(config)
@@ -142,7 +181,7 @@ class TuckerDistiller(Distiller):
     def compare(self, teacher_map: Tensor, student_map: Tensor, core: Tensor, factors: Factors) -> Tensor:
         return normalized_distance(project(student_map.float(), factors), core, self.loss)
 
-    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
+    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
         teacher_map, student_map = self.maps(teacher_out, student_out)
         core, factors = self.decompose(teacher_map)
         # in float32 even under autocast: a bf16 rotation of the batch would swamp the core's small rows
@@ -158,8 +197,8 @@ class TuckerRecompDistiller(TuckerDistiller):
     flags = (*(name for name in TuckerDistiller.flags if name != "tucker_core"), "recomp_target")
     tag_flags = ("recomp_target", "ranks")
 
-    def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
-        super().__init__(config, teacher_shape, student_shape)
+    def __init__(self, config: Config, setup: Setup) -> None:
+        super().__init__(config, setup)
         self.target = config.recomp_target
 
     def core_kind(self, config: Config) -> str:
@@ -175,23 +214,28 @@ class TuckerRecompDistiller(TuckerDistiller):
         return normalized_distance(student_map, teacher_map, self.loss)
 
 
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """KL(teacher || student) between temperature-softened outputs, averaged over the batch and
+    scaled by T^2 so that its gradients keep their size as T changes (RepDistiller's DistillKL)."""
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
 class LogitDistiller(Distiller):
-    """Hinton et al.'s knowledge distillation: KL divergence between temperature-softened
-    outputs, scaled by T^2 so that its gradients keep their size as T changes."""
+    """Hinton et al.'s knowledge distillation, weighted as RepDistiller and mdistiller train it on
+    CIFAR-100: 0.1 * cross-entropy + 0.9 * KD at T = 4."""
 
     reads_maps = False
-    defaults: dict[str, Any] = {"beta": 1.0}
+    defaults: dict[str, Any] = {**Distiller.defaults, "beta": 0.9, "ce_weight": 0.1}
     flags = ("beta", "kd_temperature")
 
-    def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
-        super().__init__(config, teacher_shape, student_shape)
+    def __init__(self, config: Config, setup: Setup) -> None:
+        super().__init__(config, setup)
         self.temperature = config.kd_temperature
 
-    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
-        t = self.temperature
-        log_student = F.log_softmax(student_out[-1].float() / t, dim=1)
-        log_teacher = F.log_softmax(teacher_out[-1].detach().float() / t, dim=1)
-        return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * t * t
+    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
+        return kd_loss(student_out[-1], teacher_out[-1], self.temperature)
 
 
 class NoiseDistiller(Distiller):
@@ -207,9 +251,9 @@ class NoiseDistiller(Distiller):
     def run_tag(cls, config: Config) -> list[str]:
         return [f"std{format_value(config.noise_std)}"]
 
-    def __init__(self, config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> None:
-        super().__init__(config, teacher_shape, student_shape)
-        channels = teacher_shape[0]
+    def __init__(self, config: Config, setup: Setup) -> None:
+        super().__init__(config, setup)
+        channels = self.teacher_shape[0]
         self.noise_std = config.noise_std
         self.generator = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1),
@@ -217,22 +261,7 @@ class NoiseDistiller(Distiller):
             nn.Conv2d(channels, channels, 3, padding=1),
         )
 
-    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> Tensor:
+    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
         teacher_map, student_map = self.maps(teacher_out, student_out)
         noisy = student_map + self.noise_std * torch.randn_like(student_map)
         return normalized_distance(self.generator(noisy), teacher_map, self.loss)
-
-
-DISTILLERS: dict[str, type[Distiller]] = {
-    "none": NoDistillation,
-    "featuremap": FeatureMapDistiller,
-    "tucker": TuckerDistiller,
-    "tucker_recomp": TuckerRecompDistiller,
-    "kd": LogitDistiller,
-    "noise": NoiseDistiller,
-}
-
-
-def build_distiller(config: Config, teacher_shape: Sequence[int], student_shape: Sequence[int]) -> Distiller:
-    """The registered distiller for ``config.distillation``."""
-    return DISTILLERS[config.distillation](config, teacher_shape, student_shape)

@@ -23,12 +23,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from toolbox.choices import BACKENDS, HOOI_MAX_SWEEPS, MODE_NAMES
+from toolbox.config import Config
 from toolbox.data_loader import Dataset, eval_batches
 from toolbox.errors import UsageError
-from toolbox.config import Config
 from toolbox.models import build_model, load_checkpoint
 from toolbox.rundir import RunDir, default_teacher_checkpoint
-from toolbox.tucker import BACKENDS, HOOI_MAX_SWEEPS, MODE_NAMES, Factors, Ranks, recompose, relative_error, tucker
+from toolbox.tucker import Factors, Ranks, recompose, relative_error, tucker
 
 SWEEPS = ("channel", "spatial")
 SWEEP_VALUES = {"relative_error": "relative reconstruction error", "energy_kept": "fraction of the energy kept"}

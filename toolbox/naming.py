@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
+from toolbox.choices import BATCH_TOKEN, format_ranks, parse_ranks
 from toolbox.errors import UsageError
-from toolbox.tucker import BATCH_TOKEN, format_ranks, parse_ranks
 
 _NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+,-]*")
 MAX_PART_BYTES = 255  # what Linux file systems accept for one folder name

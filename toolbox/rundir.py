@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from toolbox.config import RUNTIME_FIELDS, Config, recipe_defaults
-from toolbox.distillation import DISTILLERS, Distiller
+from toolbox.distillation import Distiller
 from toolbox.errors import UsageError
+from toolbox.methods import DISTILLERS, with_defaults
+from toolbox.models import stage_shapes
 from toolbox.naming import format_value, validate_experiment_name
 
 CONFIG_FILE = "config.json"
@@ -79,11 +81,18 @@ def identity(config: Mapping[str, Any]) -> dict[str, Any]:
     return {name: config.get(name, ABSENT) for name in defining_flags(config["distillation"])}
 
 
+def method_defaulted() -> frozenset[str]:
+    """Flags whose default depends on the method (``beta``, ``ce_weight``, ...): a teacher's run
+    never inherits them from a student's."""
+    return frozenset(name for distiller in DISTILLERS.values() for name in distiller.defaults)
+
+
 def method_default(distiller: type[Distiller], name: str, config: Optional[Config] = None) -> Any:
     """A flag's default for a run: the method's own (``beta``), else its recipe's (``--recipe crd``
     sets 240 epochs), else the flag's."""
-    if name in distiller.defaults:
-        return distiller.defaults[name]
+    own = distiller.defaults_for(config) if config is not None else distiller.defaults
+    if name in own:
+        return own[name]
     recipe = recipe_defaults(config.recipe, config.student) if config is not None else {}
     if name in recipe:
         return recipe[name]
@@ -124,8 +133,8 @@ def teacher_config(config: Config) -> Config:
     unless the student's was given explicitly."""
     own, theirs = recipe_defaults(config.recipe, config.student), recipe_defaults(config.recipe, config.teacher)
     per_arch = {name: theirs[name] for name in own if getattr(config, name) == own[name]}
-    return dataclasses.replace(config, **per_arch, distillation="none", student=config.teacher, seed=TEACHER_SEED,
-                               experiment_name=None, teacher_checkpoint=None, beta=None)
+    return dataclasses.replace(config, **per_arch, **dict.fromkeys(method_defaulted()), distillation="none",
+                               student=config.teacher, seed=TEACHER_SEED, experiment_name=None, teacher_checkpoint=None)
 
 
 def default_teacher_checkpoint(config: Config) -> Path:
@@ -155,8 +164,18 @@ def resolve(config: Config) -> Config:
     teacher_checkpoint = config.teacher_checkpoint
     if teacher_checkpoint is None and distiller.needs_teacher:
         teacher_checkpoint = str(default_teacher_checkpoint(config))
-    unset = {name: value for name, value in distiller.defaults.items() if getattr(config, name) is None}
-    return dataclasses.replace(config, **unset, teacher_checkpoint=teacher_checkpoint if distiller.needs_teacher else None)
+    config = with_defaults(dataclasses.replace(config, teacher_checkpoint=teacher_checkpoint if distiller.needs_teacher else None))
+    check_feature_layer(config)
+    return config
+
+
+def check_feature_layer(config: Config) -> None:
+    """``--feature_layer`` names a stage that both networks have."""
+    archs = [config.student, config.teacher] if DISTILLERS[config.distillation].needs_teacher else [config.student]
+    last = min(len(stage_shapes(arch)) - 1 for arch in archs)
+    if not 0 <= config.feature_layer <= last:
+        raise UsageError(f"--feature_layer must be from 0 (the stem) to {last} for {' and '.join(archs)}; "
+                         f"got {config.feature_layer}")
 
 
 def differences(saved: Mapping[str, Any], config: Config) -> list[str]:

@@ -18,15 +18,35 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
+from toolbox.choices import MODELS
 from toolbox.config import RUNTIME_FIELDS, Config, parse_config
-from toolbox.distillation import DISTILLERS
 from toolbox.errors import UsageError
+from toolbox.methods import DISTILLERS
 from toolbox.naming import format_value, validate_experiment_name
-from toolbox.rundir import (CONFIG_FILE, CONFLICTING, CORRUPT, FAILED, FINISHED, JOB_FILE, LAST_CHECKPOINT, LOCK_FILE, METRICS_FILE,
-                            NOT_STARTED, PENDING, RUNNING, SCRIPT_FILE, TEACHER_SEED, RunDir, RunState,
-                            default_teacher_checkpoint, defining_flags, experiment_name, resolve)
+from toolbox.rundir import (
+    CONFIG_FILE,
+    CONFLICTING,
+    CORRUPT,
+    FAILED,
+    FINISHED,
+    JOB_FILE,
+    LAST_CHECKPOINT,
+    LOCK_FILE,
+    METRICS_FILE,
+    NOT_STARTED,
+    PENDING,
+    RUNNING,
+    SCRIPT_FILE,
+    TEACHER_SEED,
+    RunDir,
+    RunState,
+    default_teacher_checkpoint,
+    defining_flags,
+    experiment_name,
+    resolve,
+)
 from toolbox.scheduler import Resources, Scheduler, SchedulerError, render
 from toolbox.utils import atomic_write, atomic_write_json, markdown_table
 
@@ -71,21 +91,34 @@ def make_run(flags: list[str], experiments_dir: Path, study: str = "") -> Run:
 
 
 Axes = dict[str, list[str]]
-"""Grid axes: a training flag's name -> its values, spelled as on the command line."""
+"""Grid axes: a training flag's name -> its values, spelled as on the command line; the axis
+``pair`` sets ``teacher`` and ``student`` together (``resnet56-resnet20``)."""
+PAIR = "pair"
 
 
 def parse_axis(text: str) -> tuple[str, list[str]]:
     """``beta=50,125,250`` -> ("beta", ["50", "125", "250"]). Values that contain commas (Tucker
     ranks) are separated by ``:`` instead: ``ranks=BATCH_SIZE,32,8,8:BATCH_SIZE,8,8,8``."""
     name, sep, values = text.partition("=")
-    fields = {item.name for item in dataclasses.fields(Config)} - RUNTIME_FIELDS - {"experiment_name"}
+    fields = {item.name for item in dataclasses.fields(Config)} - RUNTIME_FIELDS - {"experiment_name"} | {PAIR}
     if not sep or name not in fields:
-        raise UsageError(f"--grid takes FLAG=VALUE,VALUE,... with FLAG a training flag that defines a run "
-                         f"({', '.join(sorted(fields))}); got {text!r}")
+        raise UsageError(f"--grid takes FLAG=VALUE,VALUE,... with FLAG a training flag that defines a run, or pair "
+                         f"(teacher-student, e.g. pair=resnet56-resnet20,vgg13-vgg8) ({', '.join(sorted(fields))}); got {text!r}")
     parts = values.split(":" if ":" in values else ",")
     if not all(parts):
         raise UsageError(f"--grid {name}: empty value in {values!r}")
+    if name == PAIR:
+        for part in parts:
+            split_pair(part)
     return name, list(dict.fromkeys(parts))
+
+
+def split_pair(text: str) -> tuple[str, str]:
+    """``resnet56-resnet20`` -> ("resnet56", "resnet20"), as run folders spell a pair."""
+    teacher, sep, student = text.partition("-")
+    if not sep or teacher not in MODELS or student not in MODELS:
+        raise UsageError(f"--grid pair: each value is TEACHER-STUDENT with both among {', '.join(MODELS)}; got {text!r}")
+    return teacher, student
 
 
 def grid_points(axes: Axes) -> Iterator[dict[str, str]]:
@@ -94,6 +127,8 @@ def grid_points(axes: Axes) -> Iterator[dict[str, str]]:
     seen = set()
     for values in itertools.product(*axes.values()):
         point = dict(zip(axes, values))
+        if PAIR in point:
+            point["teacher"], point["student"] = split_pair(point.pop(PAIR))
         applies = set(defining_flags(point.get("distillation", Config.distillation))) | {"distillation"}
         point = {name: value for name, value in point.items() if name in applies}
         key = tuple(sorted(point.items()))
@@ -106,18 +141,24 @@ def as_flags(point: dict[str, str]) -> list[str]:
     return [token for name, value in point.items() for token in (f"--{name}", value)]
 
 
-def build_grid(axes: Axes, common: list[str], experiments_dir: Path, study: str = "") -> list[Run]:
+def build_grid(axes: Axes, common: list[str], experiments_dir: Path, study: str = "",
+               teacher_files: Mapping[str, Path] | None = None) -> list[Run]:
     """The student runs of the grid, in submission order, deduplicated by run name; each points to
     the teacher run it needs (the plain run of its teacher with seed 0 and the same training flags,
-    shared by all the students that need it, and kept outside ``study``)."""
+    shared by all the students that need it, and kept outside ``study``), or to the file that
+    ``teacher_files`` gives for its teacher architecture."""
     common = [*common, "--experiments_dir", str(experiments_dir)]
     runs: dict[str, Run] = {}
     teacher_runs: dict[str, Run] = {}
     for point in grid_points(axes):
         run = make_run([*as_flags(point), *common], experiments_dir, study)
+        needs_teacher = DISTILLERS[run.config.distillation].needs_teacher
+        if needs_teacher and run.config.teacher in (teacher_files or {}):
+            given = ["--teacher_checkpoint", str(teacher_files[run.config.teacher])]
+            run = make_run([*as_flags(point), *common, *given], experiments_dir, study)
         if run.name in runs:
             continue
-        if DISTILLERS[run.config.distillation].needs_teacher:
+        if needs_teacher:
             general = {name: value for name, value in point.items() if name in defining_flags("none")}
             general.update(distillation="none", student=run.config.teacher, seed=str(TEACHER_SEED))
             teacher = make_run([*as_flags(general), *common], experiments_dir)
@@ -127,12 +168,20 @@ def build_grid(axes: Axes, common: list[str], experiments_dir: Path, study: str 
 
 
 def grid_table(runs: list[Run], axes: Axes) -> str:
-    """The grid as a table: one row per run, a column per axis with several values (a flag the
-    run's method does not read shows as ``-``), then the run's folder."""
-    shown = [name for name, values in axes.items() if len(values) > 1]
-    rows = [[*(format_value(getattr(run.config, name)) if name in defining_flags(run.config.distillation) or
-               name == "distillation" else "-" for name in shown), run.name] for run in runs]
+    """The grid as a table: one row per run, a column per axis on which its runs differ (a flag
+    the run's method does not read shows as ``-``), then the run's folder."""
+    columns = {name: [axis_value(run.config, name) for run in runs] for name, values in axes.items() if len(values) > 1}
+    shown = [name for name, values in columns.items() if len(set(values)) > 1]
+    rows = [[*(columns[name][index] for name in shown), run.name] for index, run in enumerate(runs)]
     return f"the grid: {len(runs)} runs\n" + markdown_table([*shown, "run"], rows)
+
+
+def axis_value(config: Config, axis: str) -> str:
+    """A run's value on a grid axis, ``-`` where its method does not read the flag."""
+    own = set(defining_flags(config.distillation)) | {"distillation"}
+    if axis == PAIR:
+        return f"{config.teacher}-{config.student}" if "teacher" in own else config.student
+    return format_value(getattr(config, axis)) if axis in own else "-"
 
 
 def attach_teacher(run: Run, teacher: Run) -> None:

@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from toolbox.config import Config, milestones
 from toolbox.data_loader import IMAGE_SIZE, Dataset, eval_batches, load_dataset, train_batches
-from toolbox.distillation import DISTILLERS, Distiller, build_distiller
+from toolbox.distillation import Distiller, Setup, Step
 from toolbox.errors import DivergedError, Interrupted, UsageError
+from toolbox.methods import DISTILLERS, build_distiller
 from toolbox.models import build_model, load_checkpoint
 from toolbox.rundir import RunDir, differences, file_digest, resolve, teacher_command
 from toolbox.stop import StopFlag, stop_flag
@@ -53,11 +54,12 @@ def check_same_run(saved: dict[str, Any], config: Config, path: Path) -> None:
         )
 
 
-def feature_shape(model: nn.Module, layer: int, device: torch.device) -> tuple[int, ...]:
-    """(C, H, W) of a stage, from one eval-mode forward pass (BatchNorm statistics untouched)."""
+def output_shapes(model: nn.Module, device: torch.device) -> tuple[tuple[int, ...], ...]:
+    """Per-sample shapes of every output (stem, stages, pooled, logits), from one eval-mode forward
+    pass (BatchNorm statistics untouched)."""
     model.eval()
     with torch.no_grad():
-        return tuple(model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device))[layer].shape[1:])
+        return tuple(tuple(out.shape[1:]) for out in model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)))
 
 
 def make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -102,12 +104,13 @@ class Trainer:
 
         self.student = build_model(config.student, self.data.num_classes).to(self.device)
         self.teacher: Optional[nn.Module] = None
-        teacher_shape = student_shape = feature_shape(self.student, config.feature_layer, self.device)
+        teacher_shapes = student_shapes = output_shapes(self.student, self.device)
         if DISTILLERS[config.distillation].needs_teacher:
             self.teacher = self._load_teacher()
-            teacher_shape = feature_shape(self.teacher, config.feature_layer, self.device)
-        self.distiller: Distiller = build_distiller(config, teacher_shape, student_shape).to(self.device)
-        self.feature_shapes = {"teacher": teacher_shape, "student": student_shape}
+            teacher_shapes = output_shapes(self.teacher, self.device)
+        setup = Setup(teacher_shapes, student_shapes, self.data.train_labels)
+        self.distiller: Distiller = build_distiller(config, setup).to(self.device)
+        self.feature_shapes = {"teacher": teacher_shapes[config.feature_layer], "student": student_shapes[config.feature_layer]}
 
         parameters = list(self.student.parameters()) + list(self.distiller.parameters())
         self.optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -172,9 +175,10 @@ class Trainer:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One optimisation step; returns the cross-entropy, the soft loss and the number of
-        correct predictions as device tensors (reading them would make the step wait)."""
+    def step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimisation step on the training samples ``indices``; returns the cross-entropy,
+        the soft loss and the number of correct predictions as device tensors (reading them would
+        make the step wait)."""
         images = images.contiguous(memory_format=self.memory_format)
         with self.autocast():
             student_out = self.student_step(images)
@@ -182,9 +186,9 @@ class Trainer:
             if self.teacher_step is not None:
                 with torch.no_grad():
                     teacher_out = self.teacher_step(images)
-            soft = self.distiller.soft_loss(teacher_out, student_out)
+            soft = self.distiller.soft_loss(teacher_out, student_out, Step(labels, indices, self.epoch + 1))
             hard = F.cross_entropy(student_out[-1].float(), labels)
-        loss = hard + self.config.beta * soft
+        loss = self.config.ce_weight * hard + self.config.beta * soft
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -203,8 +207,8 @@ class Trainer:
         batches = train_batches(self.data, config.batch_size, config.seed, self.epoch, config.max_batches)
         progress = tqdm(batches, total=n_batches, desc=f"epoch {self.epoch + 1}/{config.epochs}", leave=False,
                         disable=not sys.stderr.isatty(), file=sys.stderr)
-        for images, labels in progress:
-            hard, soft, right = self.step(images, labels)
+        for images, labels, indices in progress:
+            hard, soft, right = self.step(images, labels, indices)
             n = len(labels)
             hard_sum = hard_sum + hard * n
             soft_sum = soft_sum + soft * n

@@ -30,58 +30,13 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from toolbox.choices import BACKENDS, HOOI_MAX_SWEEPS, MODE_NAMES, TUCKER_CORES, RankSpec
 from toolbox.errors import UsageError
 
-BATCH_TOKEN = "BATCH_SIZE"
-MODE_NAMES = ("batch", "channel", "height", "width")
-BACKENDS = ("fast", "tensorly")
-TUCKER_CORES = ("original", "per_sample")
-HOOI_MAX_SWEEPS, HOOI_TOLERANCE = 100, 1e-4  # tensorly's defaults: n_iter_max and tol (written 10e-5)
+HOOI_TOLERANCE = 1e-4  # tensorly's default tol (written 10e-5); its n_iter_max is choices.HOOI_MAX_SWEEPS
 
 Ranks = tuple[Optional[int], ...]  # None: the batch mode, kept at the size of each batch
-RankSpec = tuple[Optional[int | float], ...]  # as given: a float is a fraction of its mode (x0.5)
 Factors = list[Optional[Tensor]]  # None: a mode kept at full rank and left unrotated (identity, no work)
-
-
-def parse_ranks(text: str, flag: str = "--ranks") -> RankSpec:
-    """Parse ``BATCH_SIZE,32,8,8``: the token keeps the batch mode whole, whatever a batch's size.
-    A rank may be a fraction of its mode instead, ``x0.5`` (half the channels, rounded), so that one
-    spelling fits the maps of every architecture: ``BATCH_SIZE,x0.5,x1,x1``."""
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != len(MODE_NAMES):
-        raise UsageError(
-            f"{flag} needs 4 comma-separated ranks for (batch, channel, height, width), "
-            f"e.g. {BATCH_TOKEN},32,8,8; got {text!r}"
-        )
-    ranks: list[Optional[int | float]] = []
-    for mode, part in zip(MODE_NAMES, parts):
-        if mode == "batch" and part == BATCH_TOKEN:
-            ranks.append(None)
-            continue
-        if mode != "batch" and part.startswith("x"):
-            try:
-                fraction = float(part[1:])
-            except ValueError:
-                fraction = math.nan
-            if not 0 < fraction <= 1:
-                raise UsageError(f"{flag}: a relative {mode} rank is x followed by a fraction in (0, 1], e.g. x0.5; "
-                                 f"got {part!r} in {text!r}")
-            ranks.append(fraction)
-            continue
-        try:
-            value = int(part)
-        except ValueError:
-            valid = f"{BATCH_TOKEN} or a positive integer" if mode == "batch" else "a positive integer or a fraction x0.5"
-            raise UsageError(f"{flag}: the {mode} rank must be {valid}; got {part!r} in {text!r}") from None
-        if value < 1:
-            raise UsageError(f"{flag}: the {mode} rank must be at least 1; got {value} in {text!r}")
-        ranks.append(value)
-    return tuple(ranks)
-
-
-def format_ranks(ranks: RankSpec) -> str:
-    """The inverse of :func:`parse_ranks`."""
-    return ",".join(BATCH_TOKEN if r is None else f"x{r:g}" if isinstance(r, float) else str(r) for r in ranks)
 
 
 def absolute_ranks(ranks: RankSpec, feature_shape: Sequence[int], flag: str = "--ranks") -> Ranks:

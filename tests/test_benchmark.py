@@ -1,0 +1,91 @@
+"""The field's baselines in training and the benchmark grid: every method end to end on the
+benchmark's pairs (on digits), a resumed crd run's memory bank, and ``runner.py --benchmark``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_training
+from toolbox.choices import METHODS, SAME_ARCH_PAIRS
+from toolbox.config import parse_config
+from toolbox.models import build_model
+from toolbox.rundir import experiment_name
+from toolbox.training import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = [("resnet32x4", "resnet8x4"), ("vgg13", "MobileNetV2")]
+RANKS = "BATCH_SIZE,x0.5,x1,x1"  # fits every map
+SMALL = ["--epochs", "1", "--batch_size", "16", "--max_batches", "2", "--eval_batch_size", "512", "--crd_negatives", "256"]
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Untrained teachers, saved as RepDistiller saves its ckpt_epoch_240.pth (weights under "model")."""
+    folder = tmp_path_factory.mktemp("teachers")
+    paths = {}
+    for arch in ("resnet32x4", "vgg13", "resnet8"):
+        torch.manual_seed(0)
+        paths[arch] = folder / f"{arch}.pth"
+        torch.save({"model": build_model(arch, 10).state_dict(), "epoch": 240}, paths[arch])
+    return paths
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("teacher, student", PAIRS, ids="-".join)
+def test_every_method_trains_on_the_benchmark_pairs(tmp_path: Path, teachers: dict[str, Path], teacher: str, student: str,
+                                                    method: str) -> None:
+    metrics = run_training(tmp_path, "--distillation", method, "--teacher", teacher, "--student", student, "--ranks", RANKS,
+                           "--teacher_checkpoint", str(teachers[teacher]), *SMALL)
+    (run,) = [path.parent for path in tmp_path.rglob("metrics.json")]
+    assert {"config.json", "last.pt", f"{student}.pth", "Loss.png", "Accuracy.png"} <= {p.name for p in run.iterdir()}
+    assert len(metrics["test_acc"]) == 1
+    assert (metrics["train_soft_loss"][0] == 0) == (method == "none")  # every method's loss really ran
+
+
+def test_a_resumed_crd_run_has_the_memory_bank_of_an_uninterrupted_one(tmp_path: Path, teachers: dict[str, Path],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = ["--distillation", "crd", "--teacher", "resnet8", "--student", "resnet8", "--teacher_checkpoint",
+             str(teachers["resnet8"]), "--epochs", "2", "--batch_size", "32", "--max_batches", "3", "--crd_negatives", "64"]
+    run_training(tmp_path / "whole", *flags)
+
+    original_test = Trainer.test
+
+    def killed_in_second_epoch(self: Trainer) -> dict:
+        if self.epoch == 1:
+            raise KeyboardInterrupt  # as if the process were killed before the second epoch ended
+        return original_test(self)
+
+    monkeypatch.setattr(Trainer, "test", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(tmp_path / "resumed", *flags)
+    monkeypatch.setattr(Trainer, "test", original_test)
+    run_training(tmp_path / "resumed", *flags)
+
+    name = experiment_name(parse_config(["--dataset", "digits", "--batch_size", "64", "--lr", "0.05", *flags]))
+    whole, resumed = (torch.load(tmp_path / part / name / "last.pt", weights_only=True)["distiller"] for part in ("whole", "resumed"))
+    assert {"memory_s", "memory_t", "z"} <= whole.keys()
+    assert not torch.equal(whole["memory_s"], torch.load(tmp_path / "whole" / name / "last.pt", weights_only=True)
+                           ["distiller"]["memory_s"].new_zeros(whole["memory_s"].shape))
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+
+
+def test_the_benchmark_grid_is_one_runner_command() -> None:
+    result = subprocess.run([sys.executable, "runner.py", "--benchmark", "--dry_run", "--scheduler", "local"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # 7 pairs x 14 distilled configurations (tucker_recomp with 3 targets) x 3 seeds, and the 6 students alone x 3
+    assert lines[0] == f"the grid: {7 * 14 * 3 + 6 * 3} runs"
+    assert lines[1] == "| pair | distillation | recomp_target | seed | run |"
+    assert "| wrn_40_2-wrn_16_2 | kd | - | 0 | cifar100/wrn_40_2-wrn_16_2/kd/recipe=crd/seed0 |" in lines
+    assert "| resnet110-resnet32 | tucker_recomp | both | 2 | cifar100/resnet110-resnet32/tucker_recomp/both/B-x0.5-x1-x1/recipe=crd/seed2 |" in lines
+    assert "| resnet20 | none | - | 1 | cifar100/teacher/resnet20/recipe=crd/seed1 |" in lines
+    teachers = sorted({teacher for teacher, _ in SAME_ARCH_PAIRS})
+    for arch in teachers:  # each teacher is trained once, first, on the same recipe
+        assert f"would submit cifar100/teacher/{arch}/recipe=crd/seed0" in result.stdout
