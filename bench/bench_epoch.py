@@ -28,12 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import Column, LoadMonitor, add_common_flags, finish, median, save_teacher, setup, synchronize, synthetic_data
+from common import (
+    Column,
+    LoadMonitor,
+    add_common_flags,
+    add_pair_flags,
+    finish,
+    median,
+    save_teacher,
+    setup,
+    synchronize,
+    synthetic_data,
+)
 
 from toolbox.config import parse_config
 from toolbox.data_loader import train_batches
 from toolbox.methods import DISTILLERS
-from toolbox.models import MODELS
 from toolbox.rundir import RunDir, resolve
 from toolbox.stop import StopFlag
 from toolbox.training import Trainer
@@ -92,9 +102,7 @@ def measure(args: argparse.Namespace, method: str, amp: str, compiled: bool, che
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(parser)
-    parser.add_argument("--teacher", choices=list(MODELS), help="teacher architecture (default ResNet112)")
-    parser.add_argument("--student", choices=list(MODELS), help="student architecture (default ResNet56)")
-    parser.add_argument("--batch_size", type=int, help="training batch size (default 512, the study's)")
+    add_pair_flags(parser, DEFAULTS)
     parser.add_argument("--train_size", type=int, help="training images (default 50,000, CIFAR's)")
     parser.add_argument("--test_size", type=int, help="test images (default 10,000, CIFAR's)")
     parser.add_argument("--epochs", type=int, help="timed epochs per configuration (default 2)")
@@ -105,10 +113,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time each configuration with torch.compile")
     parser.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="further tucker_distillation.py flags for every run")
     args = parser.parse_args()
-    for name, value in (QUICK if args.quick else DEFAULTS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    device = setup(args)
+    device = setup(args, DEFAULTS, QUICK)
     args.device = str(device)
 
     with LoadMonitor() as load, tempfile.TemporaryDirectory() as folder:

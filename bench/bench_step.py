@@ -41,6 +41,7 @@ from common import (
     Column,
     LoadMonitor,
     add_common_flags,
+    add_pair_flags,
     finish,
     interleaved,
     median,
@@ -56,7 +57,6 @@ from torchvision import transforms
 from toolbox.choices import CROSS_ARCH_PAIRS, SAME_ARCH_PAIRS
 from toolbox.config import parse_config
 from toolbox.data_loader import CIFAR_MEAN_STD, IMAGE_SIZE, PAD, Dataset, train_batches
-from toolbox.models import MODELS
 from toolbox.rundir import RunDir, resolve
 from toolbox.training import Trainer
 
@@ -290,9 +290,7 @@ def headline(rows: list[dict[str, Any]], device: torch.device) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(parser)
-    parser.add_argument("--teacher", choices=list(MODELS), help="teacher architecture (default ResNet56)")
-    parser.add_argument("--student", choices=list(MODELS), help="student architecture (default ResNet20)")
-    parser.add_argument("--batch_size", type=int, help="images per step (default 128)")
+    add_pair_flags(parser, DEFAULTS)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="distillation methods to time")
     parser.add_argument("--steps", type=int, help="consecutive steps per timed sample (default 3)")
     parser.add_argument("--epoch_batches", type=int, help="synthetic training set size, in batches (default 391: CIFAR's 50,000 images)")
@@ -300,10 +298,7 @@ def main() -> None:
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"), help="our pipelines' --amp (the reference is float32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our pipelines' models (compiled in the untimed warm-up round)")
     args = parser.parse_args()
-    for name, value in (QUICK if args.quick else DEFAULTS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    device = setup(args)
+    device = setup(args, DEFAULTS, QUICK)
 
     with LoadMonitor() as load, tempfile.TemporaryDirectory() as folder:
         data = synthetic_data(args.batch_size * args.epoch_batches, device)

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as ``python bench/bench_*.py`` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from toolbox.choices import MODELS  # noqa: E402
 from toolbox.data_loader import CIFAR_MEAN_STD, IMAGE_SIZE, Dataset  # noqa: E402
 from toolbox.models import build_model  # noqa: E402
 from toolbox.utils import environment, select_device  # noqa: E402
@@ -49,8 +50,20 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for the synthetic data and the models")
 
 
-def setup(args: argparse.Namespace) -> torch.device:
-    """Device, threads and seed from the common flags; fills in ``args.repeats``."""
+def add_pair_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, Any]) -> None:
+    """--teacher, --student and --batch_size, left unset (None) for ``setup`` to fill in."""
+    parser.add_argument("--teacher", choices=list(MODELS), help=f"teacher architecture (default {defaults['teacher']})")
+    parser.add_argument("--student", choices=list(MODELS), help=f"student architecture (default {defaults['student']})")
+    parser.add_argument("--batch_size", type=int, help=f"training batch size (default {defaults['batch_size']})")
+
+
+def setup(args: argparse.Namespace, defaults: Optional[Mapping[str, Any]] = None,
+          quick: Optional[Mapping[str, Any]] = None) -> torch.device:
+    """Device, threads and seed from the common flags; the size flags left unset take their values
+    from ``quick`` (with --quick) or ``defaults``, and ``args.repeats`` its own."""
+    for name, value in ((quick if args.quick else defaults) or {}).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.repeats is None:
         args.repeats = 2 if args.quick else 7
     if args.repeats < 1:

@@ -194,6 +194,10 @@ def write_benchmark_tree(root: Path) -> Path:
     write_benchmark_runs(root, ("resnet56", "resnet20"), "tucker_recomp", [[60, 69, 70]], recomp_target="both",
                          ranks="BATCH_SIZE,x0.5,x1,x1")
     write_benchmark_runs(root, ("resnet56", "resnet20"), "featuremap", [[60, 70, 70]])
+    write_benchmark_runs(root, ("resnet56", "resnet20"), "dkd", [[60, 72, 71], [60, 73, 72]])  # dkd_beta 2 for this pair
+    write_benchmark_runs(root, ("wrn_40_2", "wrn_16_2"), "dkd", [[60, 77, 76]])  # and 6 for this one: still one row
+    write_benchmark_runs(root, ("wrn_40_2", "wrn_16_2"), "crd", [[60, 75, 75.5]])
+    write_benchmark_runs(root, ("resnet56", "resnet20"), "fitnet", [[60, 69, 69]])
     write_benchmark_runs(root, ("wrn_40_2", "resnet8"), "kd", [[50, 55, 54]])
     write_benchmark_runs(root, ("wrn_40_2", "wrn_16_2"), "tucker", [[60, 74, 75], [60, 76, 73]], ranks="BATCH_SIZE,x0.5,x1,x1")
     write_benchmark_runs(root, ("wrn_40_2", "wrn_16_2"), "tucker", [[60, 70, 71]], ranks="BATCH_SIZE,x0.25,x1,x1")
@@ -211,7 +215,8 @@ def benchmark_runs(tmp_path_factory: pytest.TempPathFactory) -> analysis.Runs:
     return analysis.load_runs(write_benchmark_tree(tmp_path_factory.mktemp("benchmark")))
 
 
-BENCHMARK_ROWS = ["teacher", "student", "kd", "featuremap", "tucker_x0.25", "tucker_x0.5", "recomp_both_x0.5", "noise_std1"]
+BENCHMARK_ROWS = ["teacher", "student", "kd", "fitnet", "crd", "dkd", "featuremap", "tucker_x0.25", "tucker_x0.5",
+                  "recomp_both_x0.5", "noise_std1"]
 BENCHMARK_COLUMNS = [WRN, "wrn_40_2→wrn_40_1", RESNET, OTHER]  # published order; wrn_40_1: its teacher has a run
 
 
@@ -223,6 +228,8 @@ def test_benchmark_table_cells_rows_and_columns(benchmark_runs: analysis.Runs) -
     assert last.loc["kd"].tolist() == ["75.00 ± 1.00", "", "71.00 ± 1.41", "54.00"]
     assert last.loc["tucker_x0.5", WRN] == "74.00 ± 1.41" and last.loc["tucker_x0.25", WRN] == "71.00"
     assert last.loc["recomp_both_x0.5", RESNET] == "70.00" and last.loc["noise_std1", RESNET] == "64.00"
+    assert last.loc["dkd"].tolist() == ["76.00", "", "71.50 ± 0.71", ""] and last.loc["crd", WRN] == "75.50"
+    assert last.loc["fitnet"].tolist() == ["", "", "69.00", ""]
     best = analysis.benchmark_table(benchmark_runs, "best", "cifar100")
     assert list(best.index) == BENCHMARK_ROWS and list(best.columns) == BENCHMARK_COLUMNS
     assert best.loc["teacher"].tolist() == ["76.50 ± 0.71", "76.50 ± 0.71", "73.00", "76.50 ± 0.71"]
@@ -294,6 +301,7 @@ def test_benchmark_markdown_with_published_numbers(benchmark_runs: analysis.Runs
     assert table.loc["teacher"].tolist() == ["75.50 ± 0.71 (75.61)", "75.50 ± 0.71 (75.61)", "72.00 (72.34)", "75.50 ± 0.71"]
     assert table.loc["kd"].tolist() == ["75.00 ± 1.00 (74.92)", "– (73.54)", "71.00 ± 1.41 (70.66)", "54.00"]
     assert table.loc["tucker_x0.5", WRN] == "74.00 ± 1.41"  # no published number: ours alone
+    assert table.loc["dkd"].tolist() == ["76.00 (76.23)", "– (74.81)", "71.50 ± 0.71 (71.97)", ""]
     lines = analysis.benchmark_markdown(table).splitlines()
     assert lines[:3] == [
         f"| method | {WRN} | wrn_40_2→wrn_40_1 | {RESNET} | {OTHER} |",

@@ -16,11 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ERROR_TOLERANCE = 1e-5
 
 
-def run_benchmark(script: str, json_path: Path) -> tuple[str, dict[str, Any]]:
+def run_benchmark(script: str, json_path: Path, *flags: str) -> tuple[str, dict[str, Any]]:
     """Run ``bench/<script> --quick`` on the CPU; its stdout and its JSON file. One thread, so
     that tests of others running at the same time do not stall it (oversubscribed OpenMP threads
     wait on each other)."""
-    command = [sys.executable, str(ROOT / "bench" / script), "--quick", "--device", "cpu", "--threads", "1", "--json", str(json_path)]
+    command = [sys.executable, str(ROOT / "bench" / script), "--quick", "--device", "cpu", "--threads", "1", "--json", str(json_path), *flags]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout, json.loads(json_path.read_text())
@@ -71,3 +71,15 @@ def test_bench_step_quick(tmp_path: Path) -> None:
     assert all(row["channels_last_ms"] > 0 and row["contiguous_ms"] > 0 for row in passes)
     assert data[0]["ours_ms_per_batch"] > 0 and data[0]["reference_ms_per_batch"] > 0
     assert "overhead over featuremap" in report["headline"]
+
+
+def test_bench_epoch_quick(tmp_path: Path) -> None:
+    stdout, report = run_benchmark("bench_epoch.py", tmp_path / "epoch.json", "--methods", "none", "crd", "--amp", "off")
+    (rows,) = report["tables"].values()
+    check_common(stdout, report)
+    assert [(row["method"], row["amp"], row["compile"]) for row in rows] == [("none", "off", "no"), ("crd", "off", "no")]
+    for row in rows:
+        assert 0 < row["test_s"] < row["epoch_s"] and row["train_images_per_s"] > 0
+        cifar_epoch_s = row["run_hours"] * 3600 / report["settings"]["run_epochs"]  # extrapolated from the measured rates
+        assert cifar_epoch_s == pytest.approx(50_000 / row["train_images_per_s"] + row["test_s"] * 10_000 / 64, rel=1e-6)
+    assert "CIFAR epochs on cpu" in report["headline"]

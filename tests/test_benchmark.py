@@ -89,3 +89,36 @@ def test_the_benchmark_grid_is_one_runner_command() -> None:
     teachers = sorted({teacher for teacher, _ in SAME_ARCH_PAIRS})
     for arch in teachers:  # each teacher is trained once, first, on the same recipe
         assert f"would submit cifar100/teacher/{arch}/recipe=crd/seed0" in result.stdout
+
+
+def runner(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "runner.py", "--dry_run", "--scheduler", "local", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--benchmark", "--teacher", "resnet56"], "--teacher/--student and the pairs (of --benchmark or --grid pair=...) both set"),
+    (["--grid", "pair=resnet56"], "--grid pair: each value is TEACHER-STUDENT with both among ResNet112,"),
+    (["--grid", "pair=resnet56-resnet2O"], "got 'resnet56-resnet2O'"),
+])
+def test_bad_pairs_are_one_line_errors(argv: list[str], message: str) -> None:
+    result = runner(*argv)
+    assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_teachers_come_from_teacher_dir_in_the_downloads_layout(tmp_path: Path) -> None:
+    archs = sorted({teacher for teacher, _ in SAME_ARCH_PAIRS})
+    for arch in archs[1:]:
+        (tmp_path / f"{arch}_vanilla").mkdir()
+        (tmp_path / f"{arch}_vanilla" / "ckpt_epoch_240.pth").write_bytes(b"weights")
+    missing = runner("--benchmark", "--teacher_dir", str(tmp_path))
+    assert missing.returncode == 2
+    assert (f"--teacher_dir {tmp_path} has no checkpoint for the teacher {archs[0]}: put it at "
+            f"{tmp_path / f'{archs[0]}_vanilla' / 'ckpt_epoch_240.pth'} or {tmp_path / f'{archs[0]}.pth'}") in missing.stderr
+
+    (tmp_path / f"{archs[0]}.pth").write_bytes(b"weights")
+    given = runner("--benchmark", "--teacher_dir", str(tmp_path), "--runs", "1")
+    assert given.returncode == 0, given.stderr
+    assert "would submit cifar100/teacher/resnet110/recipe=crd/seed0" not in given.stdout  # nothing to train first
+    assert f"--teacher_checkpoint {tmp_path / 'resnet110_vanilla' / 'ckpt_epoch_240.pth'}" in given.stdout
+    assert f"--teacher_checkpoint {tmp_path / f'{archs[0]}.pth'}" in given.stdout

@@ -209,7 +209,7 @@ def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(exper
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet' (choose from"),
     (["--student", "VGG16"], "argument --student: invalid choice"),
-    (["--distillations", "none"], "argument --distillations: invalid choice: 'none' (choose from 'featuremap'"),
+    (["--distillations", "hint"], "argument --distillations: invalid choice: 'hint' (choose from 'none', 'featuremap'"),
     (["--ranks_list", "BATCH_SIZE,32,8"], "argument --ranks_list: each value needs 4 comma-separated ranks"),
     (["--recomp_targets", "neither"], "argument --recomp_targets: invalid choice"),
     (["--runs", "0"], "argument --runs: must be 1 or more"),

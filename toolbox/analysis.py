@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from toolbox.choices import parse_ranks
+from toolbox.choices import SAME_ARCH_PAIRS, parse_ranks
 from toolbox.config import RECIPES, RUNTIME_FIELDS, Config, recipe_defaults
 from toolbox.data_loader import IMAGE_SIZE
 from toolbox.errors import UsageError
@@ -390,8 +390,7 @@ def plot_accuracy_vs_rank(summary: pd.DataFrame, ax: Optional[Axes] = None) -> A
 PUBLISHED_CSV = Path(__file__).resolve().parent / "published" / "crd_cifar100.csv"
 """The published CIFAR-100 numbers of the benchmark (RepDistiller's README; DKD from mdistiller's)."""
 PUBLISHED_DATASET = "cifar100"
-BENCHMARK_PAIRS = (("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
-                   ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"))
+BENCHMARK_PAIRS = SAME_ARCH_PAIRS
 """The published table's teacher->student pairs (same architectural type), in its column order."""
 BENCHMARK_ROWS = ("teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd", "featuremap")
 """Rows in this order, then the Tucker variants (``TUCKER_FAMILIES``), then any other method by name."""
