@@ -225,7 +225,10 @@ def teacher_files(teacher_dir: Optional[Path], runs_axes: Axes) -> dict[str, Pat
     """--teacher_dir: the checkpoint of every teacher architecture the grid's axes name."""
     if teacher_dir is None:
         return {}
-    archs = {pair.partition("-")[0] for pair in runs_axes.get("pair", [])} | set(runs_axes.get("teacher", [Config.teacher]))
+    if "pair" in runs_axes:
+        archs = {pair.partition("-")[0] for pair in runs_axes["pair"]}
+    else:
+        archs = set(runs_axes.get("teacher", [Config.teacher]))
     found = {}
     for arch in sorted(archs):
         candidates = [teacher_dir / f"{arch}_vanilla" / "ckpt_epoch_240.pth", teacher_dir / f"{arch}.pth"]

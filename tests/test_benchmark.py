@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_training
+from tests.conftest import TINY, run_training
 from toolbox.choices import METHODS, SAME_ARCH_PAIRS
 from toolbox.config import parse_config
 from toolbox.models import build_model
@@ -20,7 +20,7 @@ from toolbox.training import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("resnet32x4", "resnet8x4"), ("vgg13", "MobileNetV2")]
 RANKS = "BATCH_SIZE,x0.5,x1,x1"  # fits every map
-SMALL = ["--epochs", "1", "--batch_size", "16", "--max_batches", "2", "--eval_batch_size", "512", "--crd_negatives", "256"]
+SMALL = ["--epochs", "1", "--batch_size", "16", "--max_batches", "2", "--eval_batch_size", "512"]
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +35,54 @@ def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(scope="module")
+def tiny_grid(teachers: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The benchmark grid in miniature on digits, one experiments folder: both pairs x every method
+    (one seed; the teachers' own plain runs too), each run one epoch of 2 batches. Returns the
+    folder and each (pair, method)'s run folder and metrics."""
+    root = tmp_path_factory.mktemp("tiny-grid")
+    runs = {}
+
+    def train(key: tuple[str, str], *flags: str) -> None:
+        runs[key] = (root / experiment_name(parse_config([*TINY, *flags, *SMALL])), run_training(root, *flags, *SMALL))
+
+    for teacher, student in PAIRS:
+        train((f"{teacher}-{student}", "teacher"), "--distillation", "none", "--student", teacher)
+        for method in METHODS:
+            train((f"{teacher}-{student}", method), "--distillation", method, "--teacher", teacher, "--student", student,
+                  "--ranks", RANKS, "--teacher_checkpoint", str(teachers[teacher]))
+    return root, runs
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("teacher, student", PAIRS, ids="-".join)
-def test_every_method_trains_on_the_benchmark_pairs(tmp_path: Path, teachers: dict[str, Path], teacher: str, student: str,
+def test_every_method_trains_on_the_benchmark_pairs(tiny_grid: tuple[Path, dict], teacher: str, student: str,
                                                     method: str) -> None:
-    metrics = run_training(tmp_path, "--distillation", method, "--teacher", teacher, "--student", student, "--ranks", RANKS,
-                           "--teacher_checkpoint", str(teachers[teacher]), *SMALL)
-    (run,) = [path.parent for path in tmp_path.rglob("metrics.json")]
-    assert {"config.json", "last.pt", f"{student}.pth", "Loss.png", "Accuracy.png"} <= {p.name for p in run.iterdir()}
-    assert len(metrics["test_acc"]) == 1
-    assert (metrics["train_soft_loss"][0] == 0) == (method == "none")  # every method's loss really ran
+    run, metrics = tiny_grid[1][(f"{teacher}-{student}", method)]
+    assert {"config.json", "last.pt", f"{student}.pth", "Loss.png", "Accuracy.png", "metrics.json"} <= {p.name for p in run.iterdir()}
+    soft = metrics["train_soft_loss"]
+    assert len(soft) == 1 and (soft[0] == 0) == (method == "none")  # every method's loss really ran
+
+
+def test_the_aggregator_renders_the_crd_layout_table(tiny_grid: tuple[Path, dict], tmp_path: Path) -> None:
+    from tests.test_notebooks import AGGREGATOR, execute, outputs
+
+    root, _ = tiny_grid
+    notebook = execute(AGGREGATOR, tmp_path / "out.ipynb", EXPERIMENTS_DIR=str(root), SUMMARY_DIR=str(tmp_path),
+                       DATASET="digits")
+    text = "".join(output.get("text", "") for output in outputs(notebook))
+    table = (tmp_path / "benchmark_last.md").read_text()
+    assert "benchmark_last.md" in text and "digits, test accuracy of the last epoch" in table
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert "\n".join(lines) in text  # the notebook shows what it wrote
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    # vgg13→vgg8 too: a published pair whose teacher has a plain run (shown as teachers finish first)
+    assert header == ["method", "resnet32x4→resnet8x4", "vgg13→vgg8", "vgg13→MobileNetV2"]
+    rows = [line.split("|")[1].strip() for line in lines[2:]]
+    assert rows[:12] == ["teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd", "featuremap"]
+    assert rows[12:] == ["tucker_x0.5", "recomp_teacher_x0.5", "noise_std1"]
+    assert all(line.split("|")[2].strip() and line.split("|")[4].strip() for line in lines[2:])  # every run is a cell
+    assert (tmp_path / "benchmark_best.md").exists()
 
 
 def test_a_resumed_crd_run_has_the_memory_bank_of_an_uninterrupted_one(tmp_path: Path, teachers: dict[str, Path],
@@ -98,7 +136,7 @@ def runner(*argv: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("argv, message", [
     (["--benchmark", "--teacher", "resnet56"], "--teacher/--student and the pairs (of --benchmark or --grid pair=...) both set"),
-    (["--grid", "pair=resnet56"], "--grid pair: each value is TEACHER-STUDENT with both among ResNet112,"),
+    (["--grid", "pair=resnet56"], "argument --grid: pair: each value is TEACHER-STUDENT with both among ResNet112,"),
     (["--grid", "pair=resnet56-resnet2O"], "got 'resnet56-resnet2O'"),
 ])
 def test_bad_pairs_are_one_line_errors(argv: list[str], message: str) -> None:
@@ -119,6 +157,6 @@ def test_teachers_come_from_teacher_dir_in_the_downloads_layout(tmp_path: Path) 
     (tmp_path / f"{archs[0]}.pth").write_bytes(b"weights")
     given = runner("--benchmark", "--teacher_dir", str(tmp_path), "--runs", "1")
     assert given.returncode == 0, given.stderr
-    assert "would submit cifar100/teacher/resnet110/recipe=crd/seed0" not in given.stdout  # nothing to train first
-    assert f"--teacher_checkpoint {tmp_path / 'resnet110_vanilla' / 'ckpt_epoch_240.pth'}" in given.stdout
+    assert "would submit cifar100/teacher/resnet56/recipe=crd/seed0" not in given.stdout  # nothing to train first
+    assert f"--teacher_checkpoint {tmp_path / 'resnet56_vanilla' / 'ckpt_epoch_240.pth'}" in given.stdout
     assert f"--teacher_checkpoint {tmp_path / f'{archs[0]}.pth'}" in given.stdout

@@ -66,9 +66,16 @@ def test_dry_run_prints_the_grid_as_a_table(tmp_path: Path, capsys: pytest.Captu
     status = runner.main([*SMALL, "--experiments_dir", str(tmp_path), "--distillations", "featuremap", "--runs", "1",
                           "--grid", "beta=50,250", "--scheduler", "local", "--dry_run"])
     out = capsys.readouterr().out
-    assert status == 0 and out.startswith("the grid: 2 runs\n| recomp_target | ranks | beta | run |")
-    assert "| - | - | 50 | digits/ResNetBaby-ResNetBaby/featuremap/beta=50,epochs=2,batch_size=64/seed0 |" in out
+    assert status == 0 and out.startswith("the grid: 2 runs\n| beta | run |")  # columns where the runs differ
+    assert "| 50 | digits/ResNetBaby-ResNetBaby/featuremap/beta=50,epochs=2,batch_size=64/seed0 |" in out
     assert not list(tmp_path.rglob("*.json"))  # a dry run writes nothing
+
+    status = runner.main([*SMALL, "--experiments_dir", str(tmp_path), "--distillations", "featuremap", "tucker", "--runs", "1",
+                          "--ranks_list", "BATCH_SIZE,8,8,8", "BATCH_SIZE,4,8,8", "--scheduler", "local", "--dry_run"])
+    out = capsys.readouterr().out
+    assert status == 0 and out.startswith("the grid: 3 runs\n| distillation | ranks | run |")
+    assert "| featuremap | - | digits/ResNetBaby-ResNetBaby/featuremap/epochs=2,batch_size=64/seed0 |" in out  # ranks unread
+    assert "| tucker | BATCH_SIZE,4,8,8 | digits/ResNetBaby-ResNetBaby/tucker/B-4-8-8/epochs=2,batch_size=64/seed0 |" in out
 
 
 @pytest.mark.parametrize("axis, method, column", [("beta=50,250", "featuremap", "beta"),

@@ -67,7 +67,8 @@ def test_each_variant_writes_a_finished_run(tmp_path: Path, digits_teacher: tupl
     assert 0 <= saved["best_test_acc"] <= 100 and saved["best_test_acc"] == max(saved["test_acc"])
     best = torch.load(run / f"{STUDENT}.pth", weights_only=True)
     build_model(STUDENT, 10).load_state_dict(best["weights"])
-    assert json.loads((run / "config.json").read_text())["config"]["beta"] == (1.0 if "kd" in variant else 125.0)
+    saved_config = json.loads((run / "config.json").read_text())["config"]
+    assert (saved_config["beta"], saved_config["ce_weight"]) == ((0.9, 0.1) if "kd" in variant else (125.0, 1.0))
 
 
 def test_default_run_name_and_teacher_path(tmp_path: Path, digits_teacher: tuple[Path, dict]) -> None:
