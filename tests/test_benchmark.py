@@ -138,6 +138,8 @@ def runner(*argv: str) -> subprocess.CompletedProcess:
     (["--benchmark", "--teacher", "resnet56"], "--teacher/--student and the pairs (of --benchmark or --grid pair=...) both set"),
     (["--grid", "pair=resnet56"], "argument --grid: pair: each value is TEACHER-STUDENT with both among ResNet112,"),
     (["--grid", "pair=resnet56-resnet2O"], "got 'resnet56-resnet2O'"),
+    (["--grid", "pair=resnet32x4-vgg8", "--distillations", "kd", "at"],  # refused before anything is submitted
+     "--distillation at needs the same number of stages in teacher and student; resnet32x4 has 3, vgg8 has 4"),
 ])
 def test_bad_pairs_are_one_line_errors(argv: list[str], message: str) -> None:
     result = runner(*argv)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from toolbox.config import Config
 from toolbox.distillation import Distiller, Setup, Step, connector, stages
 from toolbox.errors import UsageError
+from toolbox.models import stage_shapes
 
 
 class BaselineDistiller(Distiller):
@@ -44,10 +45,10 @@ class BaselineDistiller(Distiller):
             return self.compare(teacher, student, step).float()
 
 
-def check_same_stage_count(config: Config, setup: Setup) -> None:
+def check_same_stage_count(config: Config) -> None:
     """Stage-wise methods pair stage i with stage i; RepDistiller zips the lists and silently drops
     the deeper network's last stages, we refuse."""
-    teacher, student = len(stages(setup.teacher_shapes)), len(stages(setup.student_shapes))
+    teacher, student = (len(stage_shapes(arch)) - 1 for arch in (config.teacher, config.student))
     if teacher != student:
         raise UsageError(f"--distillation {config.distillation} needs the same number of stages in teacher and student; "
                          f"{config.teacher} has {teacher}, {config.student} has {student}")
@@ -103,8 +104,12 @@ class AttentionDistiller(BaselineDistiller):
     defaults: dict[str, Any] = {**Distiller.defaults, "beta": 1000.0}
     flags = ("beta",)
 
+    @classmethod
+    def check(cls, config: Config) -> None:
+        check_same_stage_count(config)
+
     def __init__(self, config: Config, setup: Setup) -> None:
-        check_same_stage_count(config, setup)
+        self.check(config)
         super().__init__(config, setup)
 
     def select(self, outputs: Sequence[Tensor]) -> Sequence[Tensor]:
@@ -237,8 +242,12 @@ class VIDDistiller(BaselineDistiller):
     defaults: dict[str, Any] = {**Distiller.defaults, "beta": 1.0}
     flags = ("beta",)
 
+    @classmethod
+    def check(cls, config: Config) -> None:
+        check_same_stage_count(config)
+
     def __init__(self, config: Config, setup: Setup) -> None:
-        check_same_stage_count(config, setup)
+        self.check(config)
         super().__init__(config, setup)
         pairs = zip(stages(setup.student_shapes), stages(setup.teacher_shapes))
         self.per_stage = nn.ModuleList(VIDStage(s[0], t[0]) for s, t in pairs)

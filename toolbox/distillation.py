@@ -108,6 +108,11 @@ class Distiller(nn.Module):
         return [str(getattr(config, flag)) for flag in cls.tag_flags]
 
     @classmethod
+    def check(cls, config: Config) -> None:
+        """Refuse a configuration the method cannot train, from the flags alone: ``resolve`` calls
+        it, so runner.py refuses such a run before submitting anything."""
+
+    @classmethod
     def defaults_for(cls, config: Config) -> dict[str, Any]:
         """The method's defaults for this run (a method may choose some per architecture pair)."""
         return cls.defaults

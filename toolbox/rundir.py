@@ -166,6 +166,7 @@ def resolve(config: Config) -> Config:
         teacher_checkpoint = str(default_teacher_checkpoint(config))
     config = with_defaults(dataclasses.replace(config, teacher_checkpoint=teacher_checkpoint if distiller.needs_teacher else None))
     check_feature_layer(config)
+    distiller.check(config)
     return config
 
 
