@@ -45,13 +45,24 @@ class BaselineDistiller(Distiller):
             return self.compare(teacher, student, step).float()
 
 
-def check_same_stage_count(config: Config) -> None:
-    """Stage-wise methods pair stage i with stage i; RepDistiller zips the lists and silently drops
-    the deeper network's last stages, we refuse."""
-    teacher, student = (len(stage_shapes(arch)) - 1 for arch in (config.teacher, config.student))
-    if teacher != student:
-        raise UsageError(f"--distillation {config.distillation} needs the same number of stages in teacher and student; "
-                         f"{config.teacher} has {teacher}, {config.student} has {student}")
+class StageWiseDistiller(BaselineDistiller):
+    """A loss that pairs stage i of the student with stage i of the teacher, at every stage.
+    RepDistiller zips the two lists and silently drops the deeper network's last stages; we refuse
+    pairs whose stage counts differ."""
+
+    @classmethod
+    def check(cls, config: Config) -> None:
+        teacher, student = (len(stage_shapes(arch)) - 1 for arch in (config.teacher, config.student))
+        if teacher != student:
+            raise UsageError(f"--distillation {config.distillation} needs the same number of stages in teacher and "
+                             f"student; {config.teacher} has {teacher}, {config.student} has {student}")
+
+    def __init__(self, config: Config, setup: Setup) -> None:
+        self.check(config)
+        super().__init__(config, setup)
+
+    def select(self, outputs: Sequence[Tensor]) -> Sequence[Tensor]:
+        return stages(outputs)
 
 
 def match_spatial(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
@@ -97,23 +108,12 @@ def attention_map(feature: Tensor) -> Tensor:
     return F.normalize(feature.pow(2).mean(1).flatten(1))
 
 
-class AttentionDistiller(BaselineDistiller):
+class AttentionDistiller(StageWiseDistiller):
     """Attention Transfer (Zagoruyko & Komodakis, 2017): at every stage, the mean squared
     difference between the two networks' normalised attention maps, summed over the stages."""
 
     defaults: dict[str, Any] = {**Distiller.defaults, "beta": 1000.0}
     flags = ("beta",)
-
-    @classmethod
-    def check(cls, config: Config) -> None:
-        check_same_stage_count(config)
-
-    def __init__(self, config: Config, setup: Setup) -> None:
-        self.check(config)
-        super().__init__(config, setup)
-
-    def select(self, outputs: Sequence[Tensor]) -> Sequence[Tensor]:
-        return stages(outputs)
 
     def compare(self, teacher: list[Tensor], student: list[Tensor], step: Step) -> Tensor:
         pairs = (match_spatial(s, t) for s, t in zip(student, teacher))
@@ -234,7 +234,7 @@ class VIDStage(nn.Module):
         return (0.5 * ((self.regressor(student) - teacher).pow(2) / variance + variance.log())).mean()
 
 
-class VIDDistiller(BaselineDistiller):
+class VIDDistiller(StageWiseDistiller):
     """Variational Information Distillation (Ahn et al., 2019): at every stage, the Gaussian
     negative log-likelihood of the teacher's map given the student's (``VIDStage``), summed over
     the stages."""
@@ -242,18 +242,10 @@ class VIDDistiller(BaselineDistiller):
     defaults: dict[str, Any] = {**Distiller.defaults, "beta": 1.0}
     flags = ("beta",)
 
-    @classmethod
-    def check(cls, config: Config) -> None:
-        check_same_stage_count(config)
-
     def __init__(self, config: Config, setup: Setup) -> None:
-        self.check(config)
         super().__init__(config, setup)
         pairs = zip(stages(setup.student_shapes), stages(setup.teacher_shapes))
         self.per_stage = nn.ModuleList(VIDStage(s[0], t[0]) for s, t in pairs)
-
-    def select(self, outputs: Sequence[Tensor]) -> Sequence[Tensor]:
-        return stages(outputs)
 
     def compare(self, teacher: list[Tensor], student: list[Tensor], step: Step) -> Tensor:
         return sum(stage(s, t) for stage, s, t in zip(self.per_stage, student, teacher))
