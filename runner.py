@@ -6,7 +6,7 @@
     python runner.py --dataset digits --teacher ResNetBaby --student ResNetBaby --epochs 2 -- --max_batches 3
     python runner.py --scheduler local --parallel 2      # no cluster: the grid on this machine
     python runner.py --status              # the grid as a table (also: --cancel, --clean)
-    python runner.py --benchmark --dry_run # the CRD/DKD CIFAR-100 benchmark: 7 pairs x 15 methods x 3 seeds
+    python runner.py --benchmark --dry_run # the CRD/DKD CIFAR-100 benchmark: 7 pairs x 15 configurations x 3 seeds
 
 Every run has its own folder experiments/<name>/, named as tucker_distillation.py names it. A run
 is skipped when it has finished (metrics.json) or when its job, recorded in job.json, is queued or

@@ -70,6 +70,7 @@ QUICK = {"teacher": "ResNet20", "student": "ResNetBaby", "batch_size": 16, "epoc
 
 Batches = Iterator[tuple[Tensor, Tensor, Tensor]]  # images, labels, sample indices
 BENCHMARK_PAIRS = (*SAME_ARCH_PAIRS, *CROSS_ARCH_PAIRS)
+QUICK_PAIRS = (("resnet32x4", "resnet8x4"), ("vgg13", "MobileNetV2"), ("wrn_40_2", "ShuffleV1"))  # one per model family
 PAIR_RANKS = "BATCH_SIZE,x0.5,x1,x1"  # half the teacher's channels, on any map
 PAIR_BATCH = {"quick": 8, "full": 64}  # the benchmark recipe's batch size
 
@@ -209,7 +210,7 @@ def measure_pairs(args: argparse.Namespace, data: Dataset, folder: Path, device:
     candidates: dict[str, Callable[[], None]] = {}
     maps = {}
     batch_size = PAIR_BATCH["quick" if args.quick else "full"]
-    for teacher, student in BENCHMARK_PAIRS:
+    for teacher, student in QUICK_PAIRS if args.quick else BENCHMARK_PAIRS:
         checkpoint = folder / f"{teacher}.pth"
         if not checkpoint.exists():
             save_teacher(teacher, data, checkpoint)

@@ -22,7 +22,7 @@ def run_training(experiments_dir: Path, *flags: str) -> dict[str, Any]:
     return train(parse_config([*TINY, "--experiments_dir", str(experiments_dir), *flags]))
 
 
-TEACHER_FLAGS = ["--distillation", "none", "--student", TEACHER, "--epochs", "12"]
+TEACHER_FLAGS = ["--distillation", "none", "--student", TEACHER, "--epochs", "6"]
 
 
 TEACHER_RUN = experiment_name(parse_config([*TINY, *TEACHER_FLAGS]))

@@ -59,8 +59,8 @@ def test_bench_step_quick(tmp_path: Path) -> None:
     stdout, report = run_benchmark("bench_step.py", tmp_path / "step.json")
     check_common(stdout, report)
     steps, passes, data, pairs = report["tables"].values()
-    assert len(pairs) == 13 and all(row["images_per_s"] > 0 for row in pairs)  # every benchmark pair trains
-    assert {"resnet32x4 -> ShuffleV1", "vgg13 -> MobileNetV2", "ResNet50 -> vgg8"} <= {row["pair"] for row in pairs}
+    assert [row["pair"] for row in pairs] == ["resnet32x4 -> resnet8x4", "vgg13 -> MobileNetV2", "wrn_40_2 -> ShuffleV1"]
+    assert all(row["images_per_s"] > 0 for row in pairs)
     assert [row["method"] for row in steps] == ["featuremap", "tucker", "tucker_recomp"]
     for row in steps:
         for pipeline in ("ours", "ours_contiguous", "reference"):

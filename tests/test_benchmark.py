@@ -55,7 +55,7 @@ def tiny_grid(teachers: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("teacher, student", PAIRS, ids="-".join)
+@pytest.mark.parametrize("teacher, student", PAIRS, ids=[f"{t}-{s}" for t, s in PAIRS])
 def test_every_method_trains_on_the_benchmark_pairs(tiny_grid: tuple[Path, dict], teacher: str, student: str,
                                                     method: str) -> None:
     run, metrics = tiny_grid[1][(f"{teacher}-{student}", method)]

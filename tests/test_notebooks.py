@@ -103,7 +103,7 @@ def test_aggregator_on_experiments(experiments: Path, tmp_path: Path) -> None:
         assert f"\n{name}," in summary
     assert (tmp_path / "summary.md").exists()
     # The benchmark table: the students' pair, no published numbers for digits; the teacher's row
-    # is empty, its run (12 epochs) being left out by BENCHMARK_FLAGS.
+    # is empty, its run (6 epochs) being left out by BENCHMARK_FLAGS.
     assert f"| method | {TEACHER}→{STUDENT} |" in printed and "none is shown beside these digits runs" in printed
     benchmark = (tmp_path / "benchmark_last.md").read_text()
     rows = [line.split(" | ")[0] for line in benchmark.splitlines() if line.startswith("| ")][1:]

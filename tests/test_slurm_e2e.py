@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+import torch
 
+from toolbox.models import build_model
 from toolbox.scheduler import SlurmScheduler
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,16 +120,19 @@ def test_grid_runs_through_sbatch_and_is_not_submitted_twice(slurm: SlurmSchedul
 
 def test_interrupted_jobs_resume_from_their_checkpoint(slurm: SlurmScheduler, experiments: Path) -> None:
     """seed0 is cancelled (scancel) once its first epoch is saved: the next runner.py resubmits it.
-    seed1 gets USR1 as before its time limit: the job requeues itself. Both resume."""
+    seed1 gets USR1 as before its time limit: the job requeues itself. Both resume. Their teacher is
+    a given file (an untrained one), so no teacher job runs first."""
     # Epochs of a few seconds, so that the interruptions land mid-run.
     long = "epochs=3,batch_size=8,max_batches=120"
+    teacher = experiments.parent / "untrained-teacher.pth"
+    torch.save({"weights": build_model("ResNetBaby", 10).state_dict()}, teacher)
     grid = [*TINY, "--study", "interrupted", "--epochs", "3", "--batch_size", "8", "--distillations", "featuremap",
-            "--runs", "2", *TRAINING, "--max_batches", "120"]
+            "--runs", "2", *TRAINING, "--max_batches", "120", "--teacher_checkpoint", str(teacher)]
     cancelled, warned = (experiments / f"interrupted/{PAIR}/featuremap/{long}/seed{seed}" for seed in (0, 1))
 
     runner(experiments, *grid)
     first, second = job_id(cancelled), job_id(warned)
-    wait_until(lambda: (cancelled / "last.pt").exists(), "the first epoch of the run to cancel", timeout=400)  # after its teacher
+    wait_until(lambda: (cancelled / "last.pt").exists(), "the first epoch of the run to cancel", timeout=400)
     subprocess.run(["scancel", first], check=True)
     wait_until(lambda: (warned / "last.pt").exists(), "the first epoch of the run to warn")
     subprocess.run(["scancel", "--signal=USR1", "--batch", second], check=True)

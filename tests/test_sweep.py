@@ -83,7 +83,7 @@ def test_dry_run_prints_the_grid_as_a_table(tmp_path: Path, capsys: pytest.Captu
 def test_a_sweep_end_to_end_gives_one_row_per_value(tmp_path: Path, capsys: pytest.CaptureFixture, axis: str,
                                                      method: str, column: str) -> None:
     argv = [*SMALL, "--experiments_dir", str(tmp_path), "--distillations", method, "--runs", "1", "--grid", axis,
-            "--scheduler", "local", "--parallel", "1", *TRAINING]
+            "--scheduler", "local", "--parallel", "2", *TRAINING]
     assert runner.main(argv) == 0, capsys.readouterr()
     assert "submitted 3 (teachers: 1)" in capsys.readouterr().out
     summary = analysis.summarize(analysis.load_runs(tmp_path))
