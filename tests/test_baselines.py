@@ -378,3 +378,52 @@ def test_float32_under_autocast_and_on_channels_last_maps(method: str) -> None:
         return [out.float().to(memory_format=torch.channels_last) if out.dim() == 4 else out.float() for out in outs]
 
     assert_close(distiller.soft_loss(channels_last(teacher), channels_last(student), at), expected.item())
+
+
+# --- on real feature maps -------------------------------------------------------------------------
+REAL_BATCH = 64
+
+
+@pytest.fixture(scope="module")
+def real_outputs() -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Every output of a ResNet20 teacher and a ResNetBaby student trained briefly on digits, on one
+    batch of training images: maps with a trained network's structure (a few dominant directions,
+    many zeros after the ReLU), which random tensors lack; and the batch's labels."""
+    from tests.test_tucker_fidelity import train_briefly
+    from toolbox.data_loader import load_dataset, train_batches
+
+    data = load_dataset("digits", "unused", "cpu")
+    teacher, student = train_briefly("ResNet20", data, 30, seed=0), train_briefly("ResNetBaby", data, 15, seed=1)
+    images, labels, _ = next(train_batches(data, REAL_BATCH, seed=2, epoch=0))
+    with torch.no_grad():
+        return teacher(images), student(images), labels
+
+
+@pytest.mark.parametrize("method", ["at", "sp", "pkt", "rkd", "vid", "dkd"])
+def test_losses_and_gradients_on_real_feature_maps(real_outputs: tuple[list[Tensor], list[Tensor], Tensor],
+                                                   method: str) -> None:
+    """The value against the float64 reference of the published formula; the float32 gradient
+    against the same computation's in float64 (cosine), as training calls it."""
+    teacher, student, labels = real_outputs
+    distiller = build(method, teacher, student, "ResNet20", "ResNetBaby")
+    at = Step(labels, torch.arange(REAL_BATCH), epoch=40)
+    references = {
+        "at": lambda: ref_at([f64(x) for x in teacher[1:-2]], [f64(x) for x in student[1:-2]]),
+        "sp": lambda: ref_sp(f64(teacher[-3]), f64(student[-3])),
+        "pkt": lambda: ref_pkt(f64(teacher[-2]), f64(student[-2])),
+        "rkd": lambda: ref_rkd(f64(teacher[-2]), f64(student[-2]), 25.0, 50.0),
+        "vid": lambda: ref_vid(teacher[1:-2], student[1:-2], distiller.per_stage),
+        "dkd": lambda: ref_dkd(f64(teacher[-1]), f64(student[-1]), labels.numpy(), 1.0, 8.0, 4.0),
+    }
+    student32 = [out.clone().requires_grad_() for out in student]
+    assert_close(loss := distiller.soft_loss(teacher, student32, at), references[method]())
+    loss.backward()
+    distiller.double()
+    student64 = [out.double().requires_grad_() for out in student]
+    selected = [x.double() for x in distiller.select(teacher)]
+    distiller.compare(selected, list(distiller.select(student64)), at).backward()
+    used = [index for index, out in enumerate(student32) if out.grad is not None]
+    assert used, "the loss reaches no student output"
+    ours = torch.cat([student32[index].grad.flatten().double() for index in used])
+    exact = torch.cat([student64[index].grad.flatten() for index in used])
+    assert F.cosine_similarity(ours, exact, dim=0).item() >= 0.99999
