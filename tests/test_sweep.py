@@ -90,3 +90,12 @@ def test_a_sweep_end_to_end_gives_one_row_per_value(tmp_path: Path, capsys: pyte
     students = summary[summary["distillation"] == method]
     assert len(students) == 2 and sorted(students[column]) == sorted(float(v) for v in axis.split("=")[1].split(","))
     assert runner.main(argv) == 0 and "skipped as finished 2" in capsys.readouterr().out
+
+
+def test_a_sweep_over_a_method_flag_shares_one_teacher_trained_with_the_defaults(tmp_path: Path) -> None:
+    """beta, ce_weight, ...: the students' own weights; their teacher is the plain run they all
+    look for (teacher_config), not one per value."""
+    axes = {"dataset": ["digits"], "distillation": ["featuremap", "kd"], "ce_weight": ["0.5", "1"], "beta": ["2"]}
+    runs = sweep.build_grid(axes, [], tmp_path)
+    assert len(runs) == 4 and {run.teacher.name for run in runs} == {"digits/teacher/ResNet112/seed0"}
+    assert all(run.teacher_checkpoint == tmp_path / "digits/teacher/ResNet112/seed0/ResNet112.pth" for run in runs)

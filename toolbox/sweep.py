@@ -25,28 +25,9 @@ from toolbox.config import RUNTIME_FIELDS, Config, parse_config
 from toolbox.errors import UsageError
 from toolbox.methods import DISTILLERS
 from toolbox.naming import format_value, validate_experiment_name
-from toolbox.rundir import (
-    CONFIG_FILE,
-    CONFLICTING,
-    CORRUPT,
-    FAILED,
-    FINISHED,
-    JOB_FILE,
-    LAST_CHECKPOINT,
-    LOCK_FILE,
-    METRICS_FILE,
-    NOT_STARTED,
-    PENDING,
-    RUNNING,
-    SCRIPT_FILE,
-    TEACHER_SEED,
-    RunDir,
-    RunState,
-    default_teacher_checkpoint,
-    defining_flags,
-    experiment_name,
-    resolve,
-)
+from toolbox.rundir import (CONFIG_FILE, CONFLICTING, CORRUPT, FAILED, FINISHED, JOB_FILE, LAST_CHECKPOINT, LOCK_FILE, METRICS_FILE,
+                            NOT_STARTED, PENDING, RUNNING, SCRIPT_FILE, TEACHER_SEED, RunDir, RunState,
+                            default_teacher_checkpoint, defining_flags, experiment_name, method_defaulted, resolve)
 from toolbox.scheduler import Resources, Scheduler, SchedulerError, render
 from toolbox.utils import atomic_write, atomic_write_json, markdown_table
 
@@ -159,7 +140,9 @@ def build_grid(axes: Axes, common: list[str], experiments_dir: Path, study: str 
         if run.name in runs:
             continue
         if needs_teacher:
-            general = {name: value for name, value in point.items() if name in defining_flags("none")}
+            # the teacher's run shares the student's training flags, never its method's (teacher_config)
+            general = {name: value for name, value in point.items()
+                       if name in defining_flags("none") and name not in method_defaulted()}
             general.update(distillation="none", student=run.config.teacher, seed=str(TEACHER_SEED))
             teacher = make_run([*as_flags(general), *common], experiments_dir)
             attach_teacher(run, teacher_runs.setdefault(teacher.name, teacher))
