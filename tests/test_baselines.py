@@ -333,7 +333,7 @@ def test_stagewise_methods_refuse_different_numbers_of_stages(method: str) -> No
 
 def test_fitnet_refuses_a_layer_that_is_no_map_and_sizes_it_cannot_map() -> None:
     teacher, student = pair_outputs("resnet32x4", "vgg8")
-    expected = "^--feature_layer 4: fitnet distils the stem .0. or a stage from 1 to 3 of resnet32x4 and vgg8$"
+    expected = "^--feature_layer must be from 0 .the stem. to 3 for vgg8 and resnet32x4; got 4$"  # every method's check
     with pytest.raises(UsageError, match=expected):
         build("fitnet", teacher, student, "resnet32x4", "vgg8", feature_layer=4)
     teacher = fake_outputs(((8, 32, 32), (64, 8, 8), (64,)), 0, batch=SMALL)

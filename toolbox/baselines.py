@@ -52,14 +52,11 @@ class StageWiseDistiller(BaselineDistiller):
 
     @classmethod
     def check(cls, config: Config) -> None:
+        super().check(config)
         teacher, student = (len(stage_shapes(arch)) - 1 for arch in (config.teacher, config.student))
         if teacher != student:
             raise UsageError(f"--distillation {config.distillation} needs the same number of stages in teacher and "
                              f"student; {config.teacher} has {teacher}, {config.student} has {student}")
-
-    def __init__(self, config: Config, setup: Setup) -> None:
-        self.check(config)
-        super().__init__(config, setup)
 
     def select(self, outputs: Sequence[Tensor]) -> Sequence[Tensor]:
         return stages(outputs)
@@ -84,10 +81,6 @@ class FitNetDistiller(BaselineDistiller):
     flags = ("feature_layer", "beta")
 
     def __init__(self, config: Config, setup: Setup) -> None:
-        last = min(len(stages(setup.teacher_shapes)), len(stages(setup.student_shapes)))
-        if not 0 <= config.feature_layer <= last:
-            raise UsageError(f"--feature_layer {config.feature_layer}: fitnet distils the stem (0) or a stage from 1 to "
-                             f"{last} of {config.teacher} and {config.student}")
         super().__init__(config, setup)
         (s_c, s_h, s_w), (t_c, t_h, t_w) = self.student_shape, self.teacher_shape
         # at equal sizes ConvReg's valid convolution is 1x1 with a bias (the connector would build none or one without)

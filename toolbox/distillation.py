@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from toolbox.choices import parse_ranks
 from toolbox.errors import UsageError
+from toolbox.models import stage_shapes
 from toolbox.naming import format_value, ranks_tag
 from toolbox.tucker import Factors, absolute_ranks, check_core, project, recompose, tucker
 
@@ -110,7 +111,13 @@ class Distiller(nn.Module):
     @classmethod
     def check(cls, config: Config) -> None:
         """Refuse a configuration the method cannot train, from the flags alone: ``resolve`` calls
-        it, so runner.py refuses such a run before submitting anything."""
+        it, so runner.py refuses such a run before submitting anything. Here: ``--feature_layer``
+        names a stage that both networks have."""
+        archs = [config.student, config.teacher] if cls.needs_teacher else [config.student]
+        last = min(len(stage_shapes(arch)) - 1 for arch in archs)
+        if not 0 <= config.feature_layer <= last:
+            raise UsageError(f"--feature_layer must be from 0 (the stem) to {last} for {' and '.join(archs)}; "
+                             f"got {config.feature_layer}")
 
     @classmethod
     def defaults_for(cls, config: Config) -> dict[str, Any]:
@@ -118,6 +125,7 @@ class Distiller(nn.Module):
         return cls.defaults
 
     def __init__(self, config: Config, setup: Setup) -> None:
+        self.check(config)
         super().__init__()
         self.layer = config.feature_layer  # output 0 is the stem, k the k-th stage
         self.loss = config.loss

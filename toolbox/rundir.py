@@ -32,7 +32,6 @@ from toolbox.config import RUNTIME_FIELDS, Config, recipe_defaults
 from toolbox.distillation import Distiller
 from toolbox.errors import UsageError
 from toolbox.methods import DISTILLERS, with_defaults
-from toolbox.models import stage_shapes
 from toolbox.naming import format_value, validate_experiment_name
 
 CONFIG_FILE = "config.json"
@@ -165,18 +164,8 @@ def resolve(config: Config) -> Config:
     if teacher_checkpoint is None and distiller.needs_teacher:
         teacher_checkpoint = str(default_teacher_checkpoint(config))
     config = with_defaults(dataclasses.replace(config, teacher_checkpoint=teacher_checkpoint if distiller.needs_teacher else None))
-    check_feature_layer(config)
     distiller.check(config)
     return config
-
-
-def check_feature_layer(config: Config) -> None:
-    """``--feature_layer`` names a stage that both networks have."""
-    archs = [config.student, config.teacher] if DISTILLERS[config.distillation].needs_teacher else [config.student]
-    last = min(len(stage_shapes(arch)) - 1 for arch in archs)
-    if not 0 <= config.feature_layer <= last:
-        raise UsageError(f"--feature_layer must be from 0 (the stem) to {last} for {' and '.join(archs)}; "
-                         f"got {config.feature_layer}")
 
 
 def differences(saved: Mapping[str, Any], config: Config) -> list[str]:
