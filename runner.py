@@ -29,7 +29,7 @@ from typing import Optional
 from toolbox.choices import RECOMP_TARGETS, SAME_ARCH_PAIRS, parse_ranks
 from toolbox.config import Config, OneLineParser
 from toolbox.data_loader import prepare_dataset
-from toolbox.errors import UsageError
+from toolbox.errors import Interrupted, UsageError
 from toolbox.methods import DISTILLERS
 from toolbox.naming import validate_experiment_name
 from toolbox.scheduler import LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError, SlurmScheduler
@@ -301,7 +301,7 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
                                   out=lambda line: print(line, flush=True))
         print(summary.report(args.max_queued, args.dry_run))
         return 1 if summary.failed or summary.crashed else 0
-    except UsageError as error:
+    except (UsageError, Interrupted) as error:  # Interrupted: a stop signal while waiting for a data-set lock
         print(f"runner.py: error: {error}", file=sys.stderr)
         return error.exit_code
     except SchedulerError as error:
