@@ -31,8 +31,9 @@ FEATUREMAP = f"digits/ResNetBaby-ResNetBaby/featuremap/{CHANGES}"
 
 # Stands in for `python tucker_distillation.py FLAGS`: records its flags in the run folder, then
 # acts as FAKE_TRAINING says: finish (write metrics.json; a student first checks that its
-# teacher's weights exist), fail_teacher (exit 1 when training a teacher), or wait (exit 75 on
-# USR1/TERM, like the real script, after writing ready).
+# teacher's weights exist), fail_teacher (exit 1 when training a teacher), wait (exit 75 on
+# USR1/TERM, like the real script, after writing ready), or unprepared (write ready, then die of
+# USR1/TERM, like the real script before its handler is installed).
 FAKE_TRAINING = f"""#!{sys.executable}
 import json, os, signal, sys, time
 from pathlib import Path
@@ -46,12 +47,13 @@ run.mkdir(parents=True, exist_ok=True)
 (run / "argv.json").write_text(json.dumps(sys.argv[1:]))
 mode = os.environ.get("FAKE_TRAINING", "finish")
 teacher = flags["--distillation"] == "none"
-if mode == "wait":
+if mode in ("wait", "unprepared"):
     def stop(signum, frame):
         (run / "signal.txt").write_text(signal.Signals(signum).name)
         sys.exit(75)
-    signal.signal(signal.SIGUSR1, stop)
-    signal.signal(signal.SIGTERM, stop)
+    if mode == "wait":
+        signal.signal(signal.SIGUSR1, stop)
+        signal.signal(signal.SIGTERM, stop)
     (run / "ready").touch()
     time.sleep(30)
     sys.exit(1)
@@ -302,11 +304,13 @@ def test_every_value_reaches_the_training_script_intact(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("PWNED")) and not (sweep.REPO / "PWNED").exists()
 
 
+@pytest.mark.parametrize("training", ["wait", "unprepared"])
 @pytest.mark.parametrize("signal_name, requeued", [("USR1", True), ("TERM", False)])
 def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
-        tmp_path: Path, experiments: Path, fake_bin: Path, signal_name: str, requeued: bool) -> None:
+        tmp_path: Path, experiments: Path, fake_bin: Path, signal_name: str, requeued: bool, training: str) -> None:
     """USR1 (SLURM's warning before the time limit): the training stops with 75 and the job
-    requeues itself. TERM (scancel, preemption): the training stops with 75, no requeue."""
+    requeues itself. TERM (scancel, preemption): the training stops with 75, no requeue. A training
+    killed by the forwarded signal (it came before its handler) counts as stopped: 75 as well."""
     scontrol_log = tmp_path / "scontrol.log"
     tool(fake_bin, "scontrol", f'echo "$*" >> {scontrol_log}\n')
     python = tmp_path / "python"
@@ -318,7 +322,7 @@ def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
     script = run.path / "run.job"
     script.write_text(sweep.render_job(run, SlurmScheduler("someone"), sweep.JobSettings(Resources(), str(python))))
 
-    job = subprocess.Popen(["bash", str(script)], env={**os.environ, "FAKE_TRAINING": "wait", "SLURM_JOB_ID": "4242"})
+    job = subprocess.Popen(["bash", str(script)], env={**os.environ, "FAKE_TRAINING": training, "SLURM_JOB_ID": "4242"})
     deadline = time.monotonic() + 30
     while not (run.path / "ready").exists():
         assert time.monotonic() < deadline and job.poll() is None, "the stand-in training never started"
@@ -326,7 +330,8 @@ def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
     job.send_signal(getattr(signal, f"SIG{signal_name}"))
 
     assert job.wait(timeout=30) == 75
-    assert (run.path / "signal.txt").read_text() == f"SIG{signal_name}"
+    if training == "wait":
+        assert (run.path / "signal.txt").read_text() == f"SIG{signal_name}"
     assert (scontrol_log.read_text() if scontrol_log.exists() else "") == ("requeue 4242\n" if requeued else "")
 
 
