@@ -638,3 +638,35 @@ def test_local_runs_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     scheduler.submit(script)
     assert scheduler.wait_all() == {}
     assert (tmp_path / "threads").read_text().strip() == str(max(1, (os.cpu_count() or 1) // 2))
+
+
+def test_util_sh_reads_relative_paths_from_where_it_is_called(tmp_path: Path) -> None:
+    """util.sh status / clean / logs, called from another folder with relative paths, act on that
+    folder's runs, as runner.py there would; the repository's experiments/ is left alone."""
+    here = tmp_path / "here"
+    experiments = here / "exp"
+    make_run(experiments, TEACHER, "metrics.json", "ResNetBaby.pth", best=91.234)
+    crashed = make_run(experiments, "crashed/seed0", "config.json", "last.pt")
+    (crashed / "local.out").write_text("epoch 1/2 ...\n")
+    (here / "experiments" / "logged").mkdir(parents=True)  # the default experiments folder, relative to here
+    (here / "experiments" / "logged" / "local.out").write_text("in the default folder\n")
+    repo_experiments = sorted((sweep.REPO / "experiments").rglob("*"))
+
+    def util(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(sweep.REPO / "util.sh"), *args], cwd=here, capture_output=True, text=True,
+                              env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+
+    status = util("status", "--scheduler", "local", *TINY, "--experiments_dir", "exp", "--distillations", "kd",
+                  "--runs", "1")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[1].split() == ["finished", "91.23", TEACHER]
+
+    logs = util("logs", "exp/crashed/seed0")
+    assert logs.returncode == 0 and logs.stdout == "epoch 1/2 ...\n", logs.stderr
+    logs = util("logs", "logged")
+    assert logs.returncode == 0 and logs.stdout == "in the default folder\n", logs.stderr
+
+    clean = util("clean", "--yes", "--scheduler", "local", "--experiments_dir", "exp")
+    assert clean.returncode == 0 and "deleted 1 run folders" in clean.stdout, clean.stderr
+    assert not crashed.exists() and (experiments / TEACHER / "metrics.json").exists()
+    assert sorted((sweep.REPO / "experiments").rglob("*")) == repo_experiments
