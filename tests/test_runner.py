@@ -670,3 +670,33 @@ def test_util_sh_reads_relative_paths_from_where_it_is_called(tmp_path: Path) ->
     assert clean.returncode == 0 and "deleted 1 run folders" in clean.stdout, clean.stderr
     assert not crashed.exists() and (experiments / TEACHER / "metrics.json").exists()
     assert sorted((sweep.REPO / "experiments").rglob("*")) == repo_experiments
+
+
+@pytest.mark.parametrize("command", [[], ["--status"], ["--clean", "--yes"], ["--cancel"]])
+def test_an_experiments_path_that_cannot_be_a_folder_is_one_line_with_status_2(
+        cli, tmp_path: Path, command: list[str]) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("a user's file")
+    for experiments in (taken, taken / "experiments"):
+        status, _, err = cli([*grid(experiments, "--distillations", "kd"), *command], FakeSlurm())
+        assert status == 2 and err == f"runner.py: error: --experiments_dir {experiments} cannot be a folder: {taken} " \
+                                      "is not a folder; pass another --experiments_dir\n"
+    assert taken.read_text() == "a user's file"
+
+
+@pytest.mark.parametrize("failing", ["atomic_write", "atomic_write_json"])
+def test_a_failed_write_is_one_line_with_status_74_and_leaves_no_run_folder(
+        cli, experiments: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """The run.job (before submitting) or the job.json (after: the job is cancelled, else the next
+    runner.py would submit the run twice) cannot be written, as on a full disk."""
+    def full_disk(path: Path, *_) -> None:
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(sweep, failing, full_disk)
+    fake = FakeSlurm()
+    status, out, err = cli(grid(experiments, "--distillations", "kd", "--runs", "1"), fake)
+    written = sweep.SCRIPT_FILE if failing == "atomic_write" else sweep.JOB_FILE
+    assert status == 74 and err == (f"runner.py: error: {experiments / TEACHER / written}: No space left on device; "
+                                    "fix that (free space, permissions) and run runner.py again\n")
+    assert fake.cancelled == ([] if failing == "atomic_write" else ["101"]) and not fake.live
+    assert [p.name for p in experiments.rglob("*")] == [".runner.lock"]  # no folder of the run, nor above it
