@@ -44,10 +44,10 @@ class StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         self.signal = signum
         if self.waiting_for is not None:
-            self.raise_interrupted()
+            self.raise_interrupted("while")
 
-    def raise_interrupted(self) -> None:
-        raise Interrupted(f"stopped by signal {self.name} while {self.waiting_for}; nothing was lost: rerun the same "
+    def raise_interrupted(self, when: str) -> None:
+        raise Interrupted(f"stopped by signal {self.name} {when} {self.waiting_for}; nothing was lost: rerun the same "
                           "command")
 
     @contextlib.contextmanager
@@ -57,7 +57,7 @@ class StopFlag:
         previous, self.waiting_for = self.waiting_for, waiting_for
         try:
             if self.signal is not None:
-                self.raise_interrupted()
+                self.raise_interrupted("before")
             yield
         finally:
             self.waiting_for = previous
