@@ -12,7 +12,10 @@ Every run has its own folder experiments/<name>/, named as tucker_distillation.p
 is skipped when it has finished (metrics.json) or when its job, recorded in job.json, is queued or
 running; every other run is submitted, and resumes from its last.pt if it has one. A student
 whose teacher is not trained yet waits for the teacher's job, submitted first when needed.
-Cluster settings come from flags or TD_* environment variables (listed by --help).
+Cluster settings come from flags or TD_* environment variables (listed by --help). Exit status:
+0 done, 1 a run could not be submitted (or, with --scheduler local, failed) or the scheduler could not
+be asked, 2 bad input, 74 a write failed (a full disk, a read-only folder): no run folder is left
+half-made, so fix it and run runner.py again.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from pathlib import Path
 from typing import Optional
 
 from toolbox.choices import RECOMP_TARGETS, SAME_ARCH_PAIRS, parse_ranks
-from toolbox.config import Config, OneLineParser
+from toolbox.config import IO_ERROR, Config, OneLineParser, os_error_line
 from toolbox.data_loader import prepare_dataset
-from toolbox.errors import UsageError
+from toolbox.errors import Interrupted, UsageError
 from toolbox.methods import DISTILLERS
 from toolbox.naming import validate_experiment_name
 from toolbox.scheduler import LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError, SlurmScheduler
@@ -271,11 +274,19 @@ def ask(question: str) -> bool:
 
 # ---------------------------------------------------------------- main
 
+def check_folder(path: Path, flag: str) -> None:
+    """``path`` is, or can become, a folder: no file stands where it or a folder above it should be."""
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path} cannot be a folder: {existing} is not a folder; pass another {flag}")
+
+
 def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None) -> int:
     try:
         args, extra = parse_args(sys.argv[1:] if argv is None else argv)
         scheduler = scheduler or make_scheduler(args)
         experiments_dir = Path(args.experiments_dir).absolute()
+        check_folder(experiments_dir, "--experiments_dir")
         if args.cancel:
             cancel_jobs(experiments_dir, scheduler)
             return 0
@@ -301,12 +312,16 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
                                   out=lambda line: print(line, flush=True))
         print(summary.report(args.max_queued, args.dry_run))
         return 1 if summary.failed or summary.crashed else 0
-    except UsageError as error:
+    except (UsageError, Interrupted) as error:  # Interrupted: a stop signal while waiting for a data-set lock
         print(f"runner.py: error: {error}", file=sys.stderr)
         return error.exit_code
     except SchedulerError as error:
         print(f"runner.py: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a write failed: a full disk, a folder that became read-only, ...
+        print(f"runner.py: error: {os_error_line(error)}; fix that (free space, permissions) and run runner.py again",
+              file=sys.stderr)
+        return IO_ERROR
 
 
 if __name__ == "__main__":

@@ -14,11 +14,19 @@ flag, its default and its meaning: ``--help``.
 
 from __future__ import annotations
 
-import sys
+import signal
 
-from toolbox.stop import StopFlag
+# First of all, with nothing but signal: a SLURM warning during start-up still means "stop and requeue"
+# (toolbox/stop.py). StopFlag takes over what these record while the modules load.
+early_signals: list[int] = []
+for stop_signal in (signal.SIGUSR1, signal.SIGTERM):
+    signal.signal(stop_signal, lambda signum, frame: early_signals.append(signum))
 
-StopFlag().install()  # before the heavy imports: a SLURM warning during start-up still means "stop and requeue"
+import sys  # noqa: E402
+
+from toolbox.stop import StopFlag  # noqa: E402
+
+StopFlag().install(caught=early_signals)  # read after the switch: no signal falls between
 
 from toolbox.config import main_guard, parse_config  # noqa: E402
 

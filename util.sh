@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Everyday commands for the project; `./util.sh help` lists them.
 set -euo pipefail
-cd "$(dirname "$0")"
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+# Paths given to a command are the caller's, as for runner.py itself: only the project's own files
+# are taken from the repository.
+REPO="$(cd "$(dirname "$0")" && pwd)"
+PYTHON=${PYTHON:-$([ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || echo python3)}
 
 usage() {
     sed -n 's/^    \([a-z|-]*\)) *# \(.*\)/\1\t\2/p' "$0" | while IFS=$'\t' read -r name text; do
@@ -12,13 +14,13 @@ usage() {
 
 # Create .venv and install requirements.txt into it, once (again when requirements.txt changes).
 ensure_venv() {
-    if [ ! -x .venv/bin/python ] || [ requirements.txt -nt .venv/.installed ]; then
-        python3 -m venv .venv
-        .venv/bin/pip install --quiet --upgrade pip
-        .venv/bin/pip install --quiet -r requirements.txt
-        touch .venv/.installed
+    if [ ! -x "$REPO/.venv/bin/python" ] || [ "$REPO/requirements.txt" -nt "$REPO/.venv/.installed" ]; then
+        python3 -m venv "$REPO/.venv"
+        "$REPO/.venv/bin/pip" install --quiet --upgrade pip
+        "$REPO/.venv/bin/pip" install --quiet -r "$REPO/requirements.txt"
+        touch "$REPO/.venv/.installed"
     fi
-    PYTHON=.venv/bin/python
+    PYTHON="$REPO/.venv/bin/python"
 }
 
 case "${1:-help}" in
@@ -32,7 +34,7 @@ case "${1:-help}" in
         summary=()
         demo_run() { # LABEL FLAGS...: one training run; its last line (the best accuracy) goes to the summary
             local label=$1; shift
-            "$PYTHON" tucker_distillation.py "$@" "${common[@]}" | tee "$log"
+            "$PYTHON" "$REPO/tucker_distillation.py" "$@" "${common[@]}" | tee "$log"
             summary+=("$label $(tail -n 1 "$log")")
         }
         start=$SECONDS
@@ -43,10 +45,10 @@ case "${1:-help}" in
         printf '%s\n' "${summary[@]}"
         echo "demo finished in $((SECONDS - start)) s; runs are under experiments/digits/" ;;
     test) # [pytest flags]  set up, then run the whole test suite
-        shift; ensure_venv; exec "$PYTHON" -m pytest "$@" ;;
+        shift; ensure_venv; cd "$REPO"; exec "$PYTHON" -m pytest "$@" ;;
     # ---- cluster: runner.py's grid of runs, and a SLURM cluster on this machine ----
     status) # [runner.py flags]  each run of the grid: finished / running / pending / failed / not started, best accuracy
-        shift; exec "$PYTHON" runner.py --status "$@" ;;
+        shift; exec "$PYTHON" "$REPO/runner.py" --status "$@" ;;
     logs) # RUN [tail flags, e.g. -f]  the end of the run's newest job log (RUN: its folder, or its name under experiments/)
         run=${2:?usage: util.sh logs RUN [tail flags]}; shift 2
         [ -d "$run" ] || run="${EXPERIMENTS_DIR:-experiments}/$run"
@@ -57,13 +59,13 @@ case "${1:-help}" in
         echo "==> $log <==" >&2
         exec tail -n 40 "$@" "$log" ;;
     cancel) # [--experiments_dir DIR]  cancel the queued and running jobs that runner.py recorded in job.json files
-        shift; exec "$PYTHON" runner.py --cancel "$@" ;;
+        shift; exec "$PYTHON" "$REPO/runner.py" --cancel "$@" ;;
     clean) # [--yes] [--experiments_dir DIR]  delete the folders of unfinished runs without a live job (asks first)
-        shift; exec "$PYTHON" runner.py --clean "$@" ;;
+        shift; exec "$PYTHON" "$REPO/runner.py" --clean "$@" ;;
     slurm-up) # start a single-node SLURM cluster on this machine (root; installs the packages if missing)
-        exec scripts/slurm-dev.sh up ;;
+        exec "$REPO/scripts/slurm-dev.sh" up ;;
     slurm-down) # cancel its jobs and stop the daemons that slurm-up started
-        exec scripts/slurm-dev.sh down ;;
+        exec "$REPO/scripts/slurm-dev.sh" down ;;
     # ---- end of cluster commands ----
     help|-h|--help) # this list
         usage ;;

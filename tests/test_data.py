@@ -4,6 +4,7 @@ augmentation."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -325,3 +326,27 @@ def test_training_batches_are_reproducible_per_seed_and_epoch() -> None:
     assert not torch.equal(first[0][0], other_epoch[0])
     assert len(list(train_batches(data, 512, seed=3, epoch=2, max_batches=2))) == 2
     assert sum(len(y) for _, y in eval_batches(data, 100)) == 359
+
+
+@pytest.mark.parametrize("command", [["--distillation", "none", "--epochs", "1"], ["--evaluate", "unused.pth"]])
+def test_a_stop_signal_ends_the_wait_for_the_data_lock_with_75(tmp_path: Path, command: list[str]) -> None:
+    """A job queued behind another one's download is stopped at once, not after the download."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    holder = os.open(data_dir / ".cifar10.lock", os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process preparing cifar10
+    try:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "tucker_distillation.py"), "--dataset", "cifar10", "--student", "ResNetBaby",
+             "--data_dir", str(data_dir), "--experiments_dir", str(tmp_path / "experiments"), *command],
+            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        assert "waiting for another process preparing cifar10" in process.stderr.readline()
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 75, stderr
+        assert time.monotonic() - sent < 5
+        assert f"stopped by signal SIGTERM while waiting for the lock {data_dir / '.cifar10.lock'}" in stderr
+    finally:
+        os.close(holder)
+    assert sorted(p.name for p in data_dir.iterdir()) == [".cifar10.lock"]  # nothing downloaded

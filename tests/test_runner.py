@@ -31,8 +31,9 @@ FEATUREMAP = f"digits/ResNetBaby-ResNetBaby/featuremap/{CHANGES}"
 
 # Stands in for `python tucker_distillation.py FLAGS`: records its flags in the run folder, then
 # acts as FAKE_TRAINING says: finish (write metrics.json; a student first checks that its
-# teacher's weights exist), fail_teacher (exit 1 when training a teacher), or wait (exit 75 on
-# USR1/TERM, like the real script, after writing ready).
+# teacher's weights exist), fail_teacher (exit 1 when training a teacher), wait (exit 75 on
+# USR1/TERM, like the real script, after writing ready), or unprepared (write ready, then die of
+# USR1/TERM, like the real script before its handler is installed).
 FAKE_TRAINING = f"""#!{sys.executable}
 import json, os, signal, sys, time
 from pathlib import Path
@@ -46,12 +47,13 @@ run.mkdir(parents=True, exist_ok=True)
 (run / "argv.json").write_text(json.dumps(sys.argv[1:]))
 mode = os.environ.get("FAKE_TRAINING", "finish")
 teacher = flags["--distillation"] == "none"
-if mode == "wait":
+if mode in ("wait", "unprepared"):
     def stop(signum, frame):
         (run / "signal.txt").write_text(signal.Signals(signum).name)
         sys.exit(75)
-    signal.signal(signal.SIGUSR1, stop)
-    signal.signal(signal.SIGTERM, stop)
+    if mode == "wait":
+        signal.signal(signal.SIGUSR1, stop)
+        signal.signal(signal.SIGTERM, stop)
     (run / "ready").touch()
     time.sleep(30)
     sys.exit(1)
@@ -302,11 +304,13 @@ def test_every_value_reaches_the_training_script_intact(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("PWNED")) and not (sweep.REPO / "PWNED").exists()
 
 
+@pytest.mark.parametrize("training", ["wait", "unprepared"])
 @pytest.mark.parametrize("signal_name, requeued", [("USR1", True), ("TERM", False)])
 def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
-        tmp_path: Path, experiments: Path, fake_bin: Path, signal_name: str, requeued: bool) -> None:
+        tmp_path: Path, experiments: Path, fake_bin: Path, signal_name: str, requeued: bool, training: str) -> None:
     """USR1 (SLURM's warning before the time limit): the training stops with 75 and the job
-    requeues itself. TERM (scancel, preemption): the training stops with 75, no requeue."""
+    requeues itself. TERM (scancel, preemption): the training stops with 75, no requeue. A training
+    killed by the forwarded signal (it came before its handler) counts as stopped: 75 as well."""
     scontrol_log = tmp_path / "scontrol.log"
     tool(fake_bin, "scontrol", f'echo "$*" >> {scontrol_log}\n')
     python = tmp_path / "python"
@@ -318,7 +322,7 @@ def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
     script = run.path / "run.job"
     script.write_text(sweep.render_job(run, SlurmScheduler("someone"), sweep.JobSettings(Resources(), str(python))))
 
-    job = subprocess.Popen(["bash", str(script)], env={**os.environ, "FAKE_TRAINING": "wait", "SLURM_JOB_ID": "4242"})
+    job = subprocess.Popen(["bash", str(script)], env={**os.environ, "FAKE_TRAINING": training, "SLURM_JOB_ID": "4242"})
     deadline = time.monotonic() + 30
     while not (run.path / "ready").exists():
         assert time.monotonic() < deadline and job.poll() is None, "the stand-in training never started"
@@ -326,7 +330,8 @@ def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
     job.send_signal(getattr(signal, f"SIG{signal_name}"))
 
     assert job.wait(timeout=30) == 75
-    assert (run.path / "signal.txt").read_text() == f"SIG{signal_name}"
+    if training == "wait":
+        assert (run.path / "signal.txt").read_text() == f"SIG{signal_name}"
     assert (scontrol_log.read_text() if scontrol_log.exists() else "") == ("requeue 4242\n" if requeued else "")
 
 
@@ -633,3 +638,65 @@ def test_local_runs_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     scheduler.submit(script)
     assert scheduler.wait_all() == {}
     assert (tmp_path / "threads").read_text().strip() == str(max(1, (os.cpu_count() or 1) // 2))
+
+
+def test_util_sh_reads_relative_paths_from_where_it_is_called(tmp_path: Path) -> None:
+    """util.sh status / clean / logs, called from another folder with relative paths, act on that
+    folder's runs, as runner.py there would; the repository's experiments/ is left alone."""
+    here = tmp_path / "here"
+    experiments = here / "exp"
+    make_run(experiments, TEACHER, "metrics.json", "ResNetBaby.pth", best=91.234)
+    crashed = make_run(experiments, "crashed/seed0", "config.json", "last.pt")
+    (crashed / "local.out").write_text("epoch 1/2 ...\n")
+    (here / "experiments" / "logged").mkdir(parents=True)  # the default experiments folder, relative to here
+    (here / "experiments" / "logged" / "local.out").write_text("in the default folder\n")
+    repo_experiments = sorted((sweep.REPO / "experiments").rglob("*"))
+
+    def util(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(sweep.REPO / "util.sh"), *args], cwd=here, capture_output=True, text=True,
+                              env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+
+    status = util("status", "--scheduler", "local", *TINY, "--experiments_dir", "exp", "--distillations", "kd",
+                  "--runs", "1")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[1].split() == ["finished", "91.23", TEACHER]
+
+    logs = util("logs", "exp/crashed/seed0")
+    assert logs.returncode == 0 and logs.stdout == "epoch 1/2 ...\n", logs.stderr
+    logs = util("logs", "logged")
+    assert logs.returncode == 0 and logs.stdout == "in the default folder\n", logs.stderr
+
+    clean = util("clean", "--yes", "--scheduler", "local", "--experiments_dir", "exp")
+    assert clean.returncode == 0 and "deleted 1 run folders" in clean.stdout, clean.stderr
+    assert not crashed.exists() and (experiments / TEACHER / "metrics.json").exists()
+    assert sorted((sweep.REPO / "experiments").rglob("*")) == repo_experiments
+
+
+@pytest.mark.parametrize("command", [[], ["--status"], ["--clean", "--yes"], ["--cancel"]])
+def test_an_experiments_path_that_cannot_be_a_folder_is_one_line_with_status_2(
+        cli, tmp_path: Path, command: list[str]) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("a user's file")
+    for experiments in (taken, taken / "experiments"):
+        status, _, err = cli([*grid(experiments, "--distillations", "kd"), *command], FakeSlurm())
+        assert status == 2 and err == f"runner.py: error: --experiments_dir {experiments} cannot be a folder: {taken} " \
+                                      "is not a folder; pass another --experiments_dir\n"
+    assert taken.read_text() == "a user's file"
+
+
+@pytest.mark.parametrize("failing", ["atomic_write", "atomic_write_json"])
+def test_a_failed_write_is_one_line_with_status_74_and_leaves_no_run_folder(
+        cli, experiments: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """The run.job (before submitting) or the job.json (after: the job is cancelled, else the next
+    runner.py would submit the run twice) cannot be written, as on a full disk."""
+    def full_disk(path: Path, *_) -> None:
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(sweep, failing, full_disk)
+    fake = FakeSlurm()
+    status, out, err = cli(grid(experiments, "--distillations", "kd", "--runs", "1"), fake)
+    written = sweep.SCRIPT_FILE if failing == "atomic_write" else sweep.JOB_FILE
+    assert status == 74 and err == (f"runner.py: error: {experiments / TEACHER / written}: No space left on device; "
+                                    "fix that (free space, permissions) and run runner.py again\n")
+    assert fake.cancelled == ([] if failing == "atomic_write" else ["101"]) and not fake.live
+    assert [p.name for p in experiments.rglob("*")] == [".runner.lock"]  # no folder of the run, nor above it

@@ -208,8 +208,13 @@ def main_guard(run, *args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except OSError as error:  # a full disk, a folder that became read-only, ...
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"error: {where}{error.strerror or error}; fix that (free space, permissions) and rerun the same "
+        print(f"error: {os_error_line(error)}; fix that (free space, permissions) and rerun the same "
               f"command: the run resumes from its last completed epoch", file=sys.stderr)
         return IO_ERROR
     return 0
+
+
+def os_error_line(error: OSError) -> str:
+    """``path: reason``, the part of a failed write's one-line message that names it."""
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}"

@@ -56,6 +56,7 @@ from torch import Tensor
 
 from toolbox.choices import DATASETS
 from toolbox.errors import UsageError
+from toolbox.stop import interruptible
 
 PAD = 4
 IMAGE_SIZE = 32  # every data set is fed as 3x32x32 images, digits included
@@ -134,7 +135,8 @@ def data_lock(data_dir: Path, name: str, shared: bool = False) -> Iterator[None]
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             print(f"waiting for another process preparing {name} in {data_dir} (lock {path})", file=sys.stderr, flush=True)
-            fcntl.flock(fd, mode)
+            with interruptible(f"waiting for the lock {path}"):  # a stop signal ends the wait, not just the job after it
+                fcntl.flock(fd, mode)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -13,7 +13,9 @@ class DivergedError(Exception):
     exit_code = 1
 
 
-class Interrupted(Exception):
-    """SIGUSR1/SIGTERM arrived (preemption, time limit): exit 75 so the job can be requeued."""
+class Interrupted(BaseException):
+    """SIGUSR1/SIGTERM arrived (preemption, time limit): exit 75 so the job can be requeued. Like
+    KeyboardInterrupt, a ``BaseException``: the signal handler may raise it inside any code
+    (toolbox/stop.py), whose ``except Exception`` must not take it for a failure of its own."""
 
     exit_code = 75

@@ -352,21 +352,23 @@ class Submitter:
             job_id = f"dry-run-{len(self.new_jobs) + 1}"
             self.out(f"{'would submit':<12} {run.name}{after}{resumes}\n{script}")
         else:
-            fresh = not run.path.exists()
-            run.path.mkdir(parents=True, exist_ok=True)
+            created = list(itertools.takewhile(lambda folder: not folder.exists(), [run.path, *run.path.parents]))
             script_path = run.path / SCRIPT_FILE
-            atomic_write(script_path, lambda tmp: tmp.write_text(script))
             try:
+                run.path.mkdir(parents=True, exist_ok=True)
+                atomic_write(script_path, lambda tmp: tmp.write_text(script))
                 job_id = self.scheduler.submit(script_path, dependency)
-            except SchedulerError:  # leave no folder that only a run.job says is a run
-                if fresh:
-                    script_path.unlink()
-                    run.path.rmdir()
+                try:
+                    atomic_write_json(run.path / JOB_FILE, {
+                        "run": run.name, "job_id": job_id, "scheduler": self.scheduler.name, "dependency": dependency,
+                        "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "script": SCRIPT_FILE,
+                    })
+                except OSError:  # a job no job.json records would be submitted again by the next runner.py
+                    self.scheduler.cancel([job_id])
+                    raise
+            except (SchedulerError, OSError):  # leave no folder that only a run.job says is a run
+                remove_created(script_path, created)
                 raise
-            atomic_write_json(run.path / JOB_FILE, {
-                "run": run.name, "job_id": job_id, "scheduler": self.scheduler.name, "dependency": dependency,
-                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "script": SCRIPT_FILE,
-            })
             self.out(f"{'submitted':<12} {run.name}  job {job_id}{after}{resumes}")
         self.queued += 1
         self.new_jobs[run.name] = job_id
@@ -379,6 +381,17 @@ class Submitter:
         for job_id, status in self.scheduler.wait_all().items():
             name = names[job_id]
             self.summary.crashed.append((name, f"exit status {status}, see its local.out"))
+
+
+def remove_created(script_path: Path, created: list[Path]) -> None:
+    """Undo a failed submission: its ``run.job`` and the folders made for it (deepest first), those
+    only; a folder something else was written into meanwhile stays."""
+    if not created:
+        return
+    script_path.unlink(missing_ok=True)
+    for folder in created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def submit_grid(runs: list[Run], scheduler: Scheduler, settings: JobSettings, max_queued: int = 0,

@@ -29,7 +29,7 @@ from toolbox.errors import DivergedError, Interrupted, UsageError
 from toolbox.methods import DISTILLERS, build_distiller
 from toolbox.models import build_model, load_checkpoint
 from toolbox.rundir import RunDir, differences, file_digest, resolve, teacher_command
-from toolbox.stop import StopFlag, stop_flag
+from toolbox.stop import StopFlag, interruptible, stop_flag
 from toolbox.utils import (
     atomic_torch_save,
     atomic_write_json,
@@ -268,16 +268,17 @@ def read_last(run: RunDir, device: torch.device) -> Optional[dict[str, Any]]:
 
 def evaluate_checkpoint(config: Config) -> dict[str, float]:
     """Test loss and accuracy of the ``--evaluate`` checkpoint as a ``--student`` on ``--dataset``:
-    check a downloaded teacher before distilling from it."""
-    device = select_device(config.device)
-    data = load_dataset(config.dataset, config.data_dir, device)
-    model = build_model(config.student, data.num_classes)
-    load_checkpoint(model, Path(config.evaluate), "--evaluate")
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
-    batches = ((images.contiguous(memory_format=memory_format), labels)
-               for images, labels in eval_batches(data, config.eval_batch_size))
-    loss, accuracy = evaluate(model, batches, make_autocast(config, device))
+    check a downloaded teacher before distilling from it. It writes nothing, so a stop signal ends it at once."""
+    with interruptible(f"evaluating {config.evaluate}"):
+        device = select_device(config.device)
+        data = load_dataset(config.dataset, config.data_dir, device)
+        model = build_model(config.student, data.num_classes)
+        load_checkpoint(model, Path(config.evaluate), "--evaluate")
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        model.to(device, memory_format=memory_format)
+        batches = ((images.contiguous(memory_format=memory_format), labels)
+                   for images, labels in eval_batches(data, config.eval_batch_size))
+        loss, accuracy = evaluate(model, batches, make_autocast(config, device))
     return {"test_loss": loss, "test_acc": accuracy}
 
 
@@ -303,7 +304,8 @@ def train(config: Config) -> dict[str, Any]:
         run.remove_stale_temporaries()
         if run.finished:
             return finished_metrics(run, config)
-        state = read_last(run, torch.device("cpu"))
+        with stop.interruptible(f"reading {run.last}"):
+            state = read_last(run, torch.device("cpu"))
         saved = state.get("config") if state else None
         if state is not None and saved is None:
             saved = run.saved_config()
@@ -313,7 +315,8 @@ def train(config: Config) -> dict[str, Any]:
         if saved is not None:
             check_same_run(saved, config, run.path)
 
-        trainer = Trainer(config, run)
+        with stop.interruptible("loading the data set and the teacher"):
+            trainer = Trainer(config, run)
         if trainer.teacher is not None:
             trainer.teacher_sha256 = file_digest(Path(config.teacher_checkpoint))
         if state is not None:
@@ -336,10 +339,10 @@ def train(config: Config) -> dict[str, Any]:
             "teacher_sha256": trainer.teacher_sha256,
             "feature_shapes": trainer.feature_shapes,  # the distilled maps, (C, H, W), for the notebooks
         })
-        check_stop(stop, run, trainer.epoch)
 
         best_path = run.best_checkpoint(config.student)
         while trainer.epoch < config.epochs:
+            check_stop(stop, run, trainer.epoch)  # also a signal that came during the previous epoch's test
             started = time.perf_counter()
             record = trainer.train_epoch(stop)
             record.update(trainer.test())
