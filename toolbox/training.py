@@ -27,7 +27,7 @@ from toolbox.data_loader import IMAGE_SIZE, Dataset, eval_batches, load_dataset,
 from toolbox.distillation import Distiller, Setup, Step
 from toolbox.errors import DivergedError, Interrupted, UsageError
 from toolbox.methods import DISTILLERS, build_distiller
-from toolbox.models import build_model, load_checkpoint
+from toolbox.models import NotACheckpoint, build_model, load_checkpoint, read_checkpoint, read_error
 from toolbox.rundir import RunDir, differences, file_digest, resolve, teacher_command
 from toolbox.stop import StopFlag, stop_flag
 from toolbox.utils import (
@@ -41,6 +41,7 @@ from toolbox.utils import (
 )
 
 HISTORY_KEYS = ("train_hard_loss", "train_soft_loss", "train_acc", "test_loss", "test_acc")
+KEEP_LAST = "it was left as it is: move it away to restart this run from epoch 0, or restore it"
 
 
 def check_same_run(saved: dict[str, Any], config: Config, path: Path) -> None:
@@ -165,9 +166,21 @@ class Trainer:
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.student.load_state_dict(state["student"])
-        self.distiller.load_state_dict(state["distiller"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Continue from ``read_last``'s state; state dicts that do not fit this run's models (missing
+        keys, other shapes, e.g. CRD's memory bank of another data set) are a one-line error."""
+        if set(state["scheduler"]) != set(self.scheduler.state_dict()):
+            raise UsageError(f"{self.run.last} does not fit this run: its 'scheduler' entry is not this run's "
+                             f"schedule; {KEEP_LAST}")
+        for key in ("student", "distiller", "optimizer"):
+            try:
+                getattr(self, key).load_state_dict(state[key])
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+                detail = " ".join(str(error).split())[:200]
+                raise UsageError(f"{self.run.last} does not fit this run: its {key!r} entry ({detail}); {KEEP_LAST}") from None
+        momenta = ((parameter, entry.get("momentum_buffer")) for parameter, entry in self.optimizer.state.items())
+        if any(buffer is not None and buffer.shape != parameter.shape for parameter, buffer in momenta):
+            raise UsageError(f"{self.run.last} does not fit this run: its 'optimizer' entry holds momentum of other "
+                             f"shapes than the parameters; {KEEP_LAST}")
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = state["history"]
         self.elapsed = state["elapsed"]
@@ -251,19 +264,51 @@ def check_stop(stop: StopFlag, run: RunDir, epoch: int) -> None:
                           "rerun the same command to resume")
 
 
+STATE_DICTS = ("student", "distiller", "optimizer", "scheduler")
+
+
+def last_pt_problem(state: Any) -> Optional[str]:
+    """What makes a loaded last.pt unusable for resuming (its structure and types), or None; whether
+    its state dicts fit the run's models is checked where they are loaded (``Trainer.restore``)."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict"
+    for key in STATE_DICTS:
+        if not isinstance(state.get(key), dict):
+            return f"its {key!r} entry is not a state dict"
+    if not isinstance(state.get("torch_rng"), torch.Tensor) or state["torch_rng"].dtype != torch.uint8:
+        return "its 'torch_rng' entry is not a random-number-generator state"
+    if "config" in state and not isinstance(state["config"], dict):
+        return "its 'config' entry is not a dict of flags"
+    if not isinstance(state.get("elapsed"), (int, float)) or isinstance(state["elapsed"], bool):
+        return "its 'elapsed' entry is not a number"
+    if not isinstance(state.get("teacher_sha256"), (str, type(None))):
+        return "its 'teacher_sha256' entry is not a digest"
+    history = state.get("history")
+    if not isinstance(history, dict) or set(history) != set(HISTORY_KEYS):
+        return f"its 'history' entry is not a dict of {', '.join(HISTORY_KEYS)}"
+    for key, values in history.items():
+        if not isinstance(values, list) or not all(isinstance(v, float) and math.isfinite(v) for v in values):
+            return f"its history's {key!r} is not a list of finite numbers"
+    if len({len(values) for values in history.values()}) != 1:
+        return "its history's lists have different lengths"
+    return None
+
+
 def read_last(run: RunDir, device: torch.device) -> Optional[dict[str, Any]]:
-    """The run's resumable state, or None when it has none; unreadable is a one-line error."""
+    """The run's resumable state, or None when it has none; unreadable or damaged is a one-line
+    error that leaves it in place."""
     if not run.last.exists():
         return None
     try:
-        state = torch.load(run.last, map_location=device, weights_only=True)
-        if not isinstance(state, dict) or "student" not in state:
-            raise ValueError("not a last.pt of this project")
-        return state
+        state = read_checkpoint(run.last, device)
+    except NotACheckpoint as error:
+        raise UsageError(f"{run.last} {error}; {KEEP_LAST}") from None
     except Exception as error:  # a damaged pickle fails in many ways (KeyError, UnpicklingError, EOFError, ...)
-        detail = " ".join(str(error).split())[:200]
-        raise UsageError(f"{run.last} is unreadable ({type(error).__name__}: {detail}); it was left as it is: move it "
-                         f"away to restart this run from epoch 0, or restore it") from None
+        raise UsageError(f"{run.last} is unreadable ({read_error(error)[:200]}); {KEEP_LAST}") from None
+    problem = last_pt_problem(state)
+    if problem is not None:
+        raise UsageError(f"{run.last} is not a last.pt of this project: {problem}; {KEEP_LAST}")
+    return state
 
 
 def evaluate_checkpoint(config: Config) -> dict[str, float]:
@@ -289,6 +334,10 @@ def finished_metrics(run: RunDir, config: Config) -> dict[str, Any]:
                          "checked; restore its config.json, or choose another --experiment_name")
     check_same_run(saved, config, run.path)
     metrics = run.read_json(run.metrics)
+    best = metrics.get("best_test_acc")
+    if not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best):
+        raise UsageError(f"{run.metrics} has no numeric 'best_test_acc'; it was left as it is: restore it, or move it "
+                         "away and rerun: it is written again from last.pt")
     print(f"{run.path} has finished already (best test accuracy {metrics['best_test_acc']:.2f}%); nothing to do")
     return metrics
 
