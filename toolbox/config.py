@@ -205,11 +205,11 @@ def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
 def main_guard(run, *args) -> int:
     """Run an entry point, turning the project's errors into one line on stderr and an exit code
     (README.md lists them)."""
-    from toolbox.errors import DivergedError, Interrupted
+    from toolbox.errors import DivergedError, Interrupted, IOFailure
 
     try:
         run(*args)
-    except (UsageError, DivergedError, Interrupted) as error:
+    except (UsageError, DivergedError, Interrupted, IOFailure) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except OSError as error:  # a full disk, a folder that became read-only, ...

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from toolbox.config import Config, milestones
 from toolbox.data_loader import IMAGE_SIZE, Dataset, eval_batches, load_dataset, train_batches
 from toolbox.distillation import Distiller, Setup, Step
-from toolbox.errors import DivergedError, Interrupted, UsageError
+from toolbox.errors import DivergedError, Interrupted, IOFailure, UsageError
 from toolbox.methods import DISTILLERS, build_distiller
 from toolbox.models import NotACheckpoint, build_model, load_checkpoint, read_checkpoint, read_error
 from toolbox.rundir import RunDir, differences, file_digest, resolve, teacher_command
@@ -80,6 +80,18 @@ def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def data_set(config: Config, device: torch.device) -> Dataset:
+    """``--dataset`` from ``--data_dir``; a failed read or write there (a read-only data folder, a
+    full disk) is one line naming the file, not a run's write."""
+    try:
+        return load_dataset(config.dataset, config.data_dir, device)
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        raise IOFailure(f"{where}{error.strerror or error}, while preparing --dataset {config.dataset} in --data_dir "
+                        f"{config.data_dir}; make that folder readable and writable (or pass another --data_dir), "
+                        "then rerun") from None
+
+
 def make_autocast(config: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """bf16 autocast on GPUs that support it (``--amp auto``), float32 elsewhere."""
     if config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
@@ -99,7 +111,7 @@ class Trainer:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
         set_deterministic(config.deterministic)
-        self.data = data if data is not None else load_dataset(config.dataset, config.data_dir, self.device)
+        self.data = data if data is not None else data_set(config, self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.autocast = make_autocast(config, self.device)
 
@@ -315,7 +327,7 @@ def evaluate_checkpoint(config: Config) -> dict[str, float]:
     """Test loss and accuracy of the ``--evaluate`` checkpoint as a ``--student`` on ``--dataset``:
     check a downloaded teacher before distilling from it."""
     device = select_device(config.device)
-    data = load_dataset(config.dataset, config.data_dir, device)
+    data = data_set(config, device)
     model = build_model(config.student, data.num_classes)
     load_checkpoint(model, Path(config.evaluate), "--evaluate")
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
