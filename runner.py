@@ -235,10 +235,12 @@ def teacher_files(teacher_dir: Optional[Path], runs_axes: Axes) -> dict[str, Pat
     found = {}
     for arch in sorted(archs):
         candidates = [teacher_dir / f"{arch}_vanilla" / "ckpt_epoch_240.pth", teacher_dir / f"{arch}.pth"]
-        path = next((candidate for candidate in candidates if candidate.is_file()), None)
+        path = next((candidate for candidate in candidates if candidate.exists()), None)
         if path is None:
             raise UsageError(f"--teacher_dir {teacher_dir} has no checkpoint for the teacher {arch}: put it at "
                              f"{candidates[0]} or {candidates[1]}")
+        if not path.is_file():
+            raise UsageError(f"--teacher_dir: {path} is not a regular file; put the teacher {arch}'s checkpoint there")
         found[arch] = path.absolute()
     return found
 

@@ -165,11 +165,13 @@ class PKTDistiller(BaselineDistiller):
 
 def rkd_distances(feature: Tensor) -> Tensor:
     """Pairwise Euclidean distances (squares clamped at 1e-12, a zero diagonal) divided by their
-    mean over the pairs at positive distance."""
+    mean over the pairs at positive distance; all zeros where there is no pair (a one-sample batch),
+    whose mean RepDistiller's 0/0 makes NaN."""
     squares = feature.pow(2).sum(1)
     distances = (squares[:, None] + squares[None, :] - 2 * feature @ feature.T).clamp(min=1e-12).sqrt()
     distances = distances.masked_fill(torch.eye(len(feature), dtype=torch.bool, device=feature.device), 0.0)
-    return distances / (distances.sum() / (distances > 0).sum())  # the mean of d[d > 0], without a device sync
+    mean = distances.sum() / (distances > 0).sum().clamp(min=1)  # the mean of d[d > 0], without a device sync
+    return distances / torch.where(mean > 0, mean, torch.ones_like(mean))
 
 
 def rkd_angles(feature: Tensor) -> Tensor:
@@ -181,7 +183,8 @@ def rkd_angles(feature: Tensor) -> Tensor:
 class RKDDistiller(BaselineDistiller):
     """Relational KD (Park et al., 2019): smooth-L1 losses between the two networks' normalised
     pairwise distances (weighted by ``--rkd_distance``) and triplet angles (``--rkd_angle``) of the
-    batch's pooled features."""
+    batch's pooled features. A batch of one sample (the last of an epoch can be) has no pair and no
+    triplet: both terms are 0 for that step, where RepDistiller's distance term is NaN."""
 
     defaults: dict[str, Any] = {**Distiller.defaults, "beta": 1.0}
     flags = ("beta", "rkd_distance", "rkd_angle")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -137,6 +138,10 @@ class Config:
             value = getattr(self, name)
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 raise UsageError(f"--{name} must be zero or a positive number; got {value}")
+        if not 0 <= self.seed < 2**32:
+            raise UsageError(f"--seed must be from 0 to 2**32 - 1 (numpy's range); got {self.seed}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise UsageError(f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}")
         parse_ranks(self.ranks)
         if self.feature_layer is not None and self.feature_layer < 0:
             raise UsageError(f"--feature_layer must be 0 (the stem) or a stage number; got {self.feature_layer}")
@@ -200,11 +205,11 @@ def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
 def main_guard(run, *args) -> int:
     """Run an entry point, turning the project's errors into one line on stderr and an exit code
     (README.md lists them)."""
-    from toolbox.errors import DivergedError, Interrupted
+    from toolbox.errors import DivergedError, Interrupted, IOFailure
 
     try:
         run(*args)
-    except (UsageError, DivergedError, Interrupted) as error:
+    except (UsageError, DivergedError, Interrupted, IOFailure) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except OSError as error:  # a full disk, a folder that became read-only, ...

@@ -19,17 +19,15 @@ with the same banks. Negatives are drawn on the training device with torch's glo
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from toolbox.config import Config
 from toolbox.distillation import Distiller, Setup, Step
 from toolbox.errors import UsageError
-
-if TYPE_CHECKING:
-    from toolbox.config import Config
 
 EPS = 1e-7  # RepDistiller's ContrastLoss
 
@@ -94,6 +92,12 @@ class CRDDistiller(Distiller):
         present = counts > 0
         if bool((others[present] == 0).any()):
             raise UsageError("crd draws its negatives from other classes, but the training set has a single class")
+        # At most the largest number of samples outside a class, or the default (RepDistiller's nce_k,
+        # drawn with replacement where a class has fewer others): more only repeats samples, at B x K memory a step.
+        largest = max(int(others[present].max()), Config.crd_negatives)
+        if self.negatives > largest:
+            raise UsageError(f"--crd_negatives must be at most {largest} on this training set of {self.n_data} samples "
+                             f"(each sample's negatives come from the other classes; got {self.negatives})")
         replace = self.negatives > others  # np.random.choice(..., replace=K > len(cls_negative)) per class
         self.mode = ("replace" if bool(replace[present].all()) else
                      "exact" if not bool(replace[present].any()) else "mixed")

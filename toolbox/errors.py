@@ -13,6 +13,13 @@ class DivergedError(Exception):
     exit_code = 1
 
 
+class IOFailure(Exception):
+    """A read or write outside the run's own checkpoints failed (a read-only run or data folder): the
+    message names the file and what to fix, exit status 74."""
+
+    exit_code = 74
+
+
 class Interrupted(BaseException):
     """SIGUSR1/SIGTERM arrived (preemption, time limit): exit 75 so the job can be requeued. Like
     KeyboardInterrupt, a ``BaseException``: the signal handler may raise it inside any code

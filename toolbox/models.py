@@ -26,8 +26,12 @@ BatchNorm variants (``vgg8_bn``, ``vgg13_bn``), as both repositories register th
 from __future__ import annotations
 
 import functools
+import os
+import re
+import stat
+import zipfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -502,16 +506,65 @@ def describe_mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> Optional
     return "; ".join(problems) or None
 
 
-def _read_error(error: Exception) -> str:
-    """torch.load's failure in a few words (its weights-only refusals carry a page of advice)."""
-    text = str(error)
+TORCH_ADVICE = ("weights_only", "safe_globals", "trust", "file an issue", "documentation", "can still be loaded",
+                "following error message")
+"""Words of torch's advice on how to load a refused file anyway: never repeated to the user."""
+
+
+def read_error(error: Exception) -> str:
+    """torch.load's failure in a few words: its weights-only refusals carry a page of advice, among
+    it to load with ``weights_only=False`` (running the file's code), which is left out."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # terminal colours
     if text.startswith("Weights only load failed"):
-        paragraphs = [part.strip() for part in text.split("\n\n")[1:]]
-        reason = [part for part in paragraphs if part and not part.startswith(("Check the documentation", "Please file an issue"))]
+        text = text.partition("WeightsUnpickler error:")[2] or text
+        sentences = (part.strip() for part in re.split(r"(?<=[.:])\s+|\n+", text))
+        reason = [part for part in sentences if part and not any(word in part for word in TORCH_ADVICE)]
         text = "weights-only loading refused it: " + (" ".join(reason) or "unsupported content")
     else:
         text = f"{type(error).__name__}: {text or 'empty or truncated file'}"
     return " ".join(text.split())[:240]
+
+
+class NotACheckpoint(ValueError):
+    """A file ``read_checkpoint`` refuses before torch reads it; the message says why."""
+
+
+ZIP_SLACK = 1 << 20  # bytes of declared content beyond twice the file's size that a checkpoint may claim
+
+
+def _check_zip(handle: Any, size: int) -> None:
+    """torch.save stores a zip's entries uncompressed, so their sizes add up to about the file's;
+    entries that would inflate far beyond it are a decompression bomb, refused before torch inflates them."""
+    if handle.read(4) != b"PK\x03\x04":
+        return  # not a zip: torch's legacy format, or junk that torch.load refuses by itself
+    handle.seek(0)
+    declared = sum(entry.file_size for entry in zipfile.ZipFile(handle).infolist())
+    if declared > 2 * size + ZIP_SLACK:
+        raise NotACheckpoint(f"is not a torch checkpoint: its entries are compressed to {size} bytes from {declared} "
+                             "(torch.save stores them uncompressed)")
+
+
+def read_checkpoint(path: Union[str, Path], map_location: Any) -> Any:
+    """``torch.load(path, weights_only=True)`` of a regular file only: a FIFO or a device would block
+    or never end, so the file is opened without blocking and checked before torch reads it (a
+    symbolic link to a checkpoint is followed). NotACheckpoint for such a file or a zip bomb;
+    torch's and the OS's errors as they come."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(status.st_mode) else "a FIFO" if stat.S_ISFIFO(status.st_mode)
+                    else "a device or socket")
+            raise NotACheckpoint(f"is not a regular file ({kind})")
+        os.set_blocking(descriptor, True)
+        handle = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with handle:
+        _check_zip(handle, status.st_size)
+        handle.seek(0)
+        return torch.load(handle, map_location=map_location, weights_only=True)
 
 
 def _describe(model: nn.Module) -> str:
@@ -524,7 +577,7 @@ def _describe(model: nn.Module) -> str:
 def load_checkpoint(model: nn.Module, path: Path, what: str) -> None:
     """Load a checkpoint's weights into ``model`` (strictly: every key, every shape).
 
-    Reads with ``weights_only=True`` (a file that would run code is refused) and accepts the
+    Reads with ``read_checkpoint`` (a file that would run code is refused) and accepts the
     layouts of ``state_dict_of``. BatchNorm ``num_batches_tracked`` counters absent from old files
     are set to zero. Any failure (no such file, not a torch file, no weights in it, another
     architecture or number of classes) raises ``UsageError`` with one line
@@ -533,9 +586,11 @@ def load_checkpoint(model: nn.Module, path: Path, what: str) -> None:
     """
     expected = _describe(model)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(path, "cpu")
+    except NotACheckpoint as error:
+        raise UsageError(f"{what} {path} {error}") from None
     except Exception as error:  # missing, unreadable, truncated, junk, or a pickle that runs code
-        raise UsageError(f"{what} {path} cannot be read as a torch checkpoint ({_read_error(error)})") from None
+        raise UsageError(f"{what} {path} cannot be read as a torch checkpoint ({read_error(error)})") from None
     try:
         state = state_dict_of(checkpoint)
     except ValueError as error:

@@ -15,6 +15,7 @@ dies, however it dies.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -30,7 +31,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from toolbox.config import RUNTIME_FIELDS, Config, recipe_defaults
 from toolbox.distillation import Distiller
-from toolbox.errors import UsageError
+from toolbox.errors import IOFailure, UsageError
 from toolbox.methods import DISTILLERS, with_defaults
 from toolbox.naming import format_value, validate_experiment_name
 
@@ -261,11 +262,18 @@ class RunDir:
     def locked(self, wait_s: float = 2.0) -> Iterator[None]:
         """Hold the run's lock for the block, or fail in one line naming the process that holds it.
         The kernel releases it when this process ends, so a killed run never leaves a stale lock."""
+        writable = True
         try:
             handle = open(self.lock_file, "a+")
         except OSError as error:
-            raise UsageError(f"cannot write in the run folder {self.path}: {error.strerror}; "
-                             "check its permissions and the free space") from None
+            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise UsageError(f"cannot write in the run folder {self.path}: {error.strerror}; "
+                                 "check its permissions and the free space") from None
+            if not (self.finished and self.lock_file.is_file()):
+                raise IOFailure(f"the run folder {self.path} is read-only / permission denied ({error.strerror}); "
+                                "make it writable, then rerun") from None
+            handle = open(self.lock_file)  # a finished run is only read, and flock works on a read-only file
+            writable = False
         with handle:
             deadline = time.monotonic() + wait_s  # a status probe holds it for an instant
             while True:
@@ -279,10 +287,11 @@ class RunDir:
                         raise UsageError(f"{self.path} is being trained by {holder}; wait for it to finish "
                                          "or stop that process, then rerun") from None
                     time.sleep(0.1)
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-            handle.flush()
+            if writable:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+                handle.flush()
             yield
 
     def holder(self) -> Optional[str]:

@@ -25,9 +25,9 @@ from tqdm import tqdm
 from toolbox.config import Config, milestones
 from toolbox.data_loader import IMAGE_SIZE, Dataset, eval_batches, load_dataset, train_batches
 from toolbox.distillation import Distiller, Setup, Step
-from toolbox.errors import DivergedError, Interrupted, UsageError
+from toolbox.errors import DivergedError, Interrupted, IOFailure, UsageError
 from toolbox.methods import DISTILLERS, build_distiller
-from toolbox.models import build_model, load_checkpoint
+from toolbox.models import NotACheckpoint, build_model, load_checkpoint, read_checkpoint, read_error
 from toolbox.rundir import RunDir, differences, file_digest, resolve, teacher_command
 from toolbox.stop import StopFlag, interruptible, stop_flag
 from toolbox.utils import (
@@ -41,6 +41,7 @@ from toolbox.utils import (
 )
 
 HISTORY_KEYS = ("train_hard_loss", "train_soft_loss", "train_acc", "test_loss", "test_acc")
+KEEP_LAST = "it was left as it is: move it away to restart this run from epoch 0, or restore it"
 
 
 def check_same_run(saved: dict[str, Any], config: Config, path: Path) -> None:
@@ -79,6 +80,18 @@ def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def data_set(config: Config, device: torch.device) -> Dataset:
+    """``--dataset`` from ``--data_dir``; a failed read or write there (a read-only data folder, a
+    full disk) is one line naming the file, not a run's write."""
+    try:
+        return load_dataset(config.dataset, config.data_dir, device)
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        raise IOFailure(f"{where}{error.strerror or error}, while preparing --dataset {config.dataset} in --data_dir "
+                        f"{config.data_dir}; make that folder readable and writable (or pass another --data_dir), "
+                        "then rerun") from None
+
+
 def make_autocast(config: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """bf16 autocast on GPUs that support it (``--amp auto``), float32 elsewhere."""
     if config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
@@ -98,7 +111,7 @@ class Trainer:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
         set_deterministic(config.deterministic)
-        self.data = data if data is not None else load_dataset(config.dataset, config.data_dir, self.device)
+        self.data = data if data is not None else data_set(config, self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.autocast = make_autocast(config, self.device)
 
@@ -165,9 +178,21 @@ class Trainer:
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.student.load_state_dict(state["student"])
-        self.distiller.load_state_dict(state["distiller"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Continue from ``read_last``'s state; state dicts that do not fit this run's models (missing
+        keys, other shapes, e.g. CRD's memory bank of another data set) are a one-line error."""
+        if set(state["scheduler"]) != set(self.scheduler.state_dict()):
+            raise UsageError(f"{self.run.last} does not fit this run: its 'scheduler' entry is not this run's "
+                             f"schedule; {KEEP_LAST}")
+        for key in ("student", "distiller", "optimizer"):
+            try:
+                getattr(self, key).load_state_dict(state[key])
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+                detail = " ".join(str(error).split())[:200]
+                raise UsageError(f"{self.run.last} does not fit this run: its {key!r} entry ({detail}); {KEEP_LAST}") from None
+        momenta = ((parameter, entry.get("momentum_buffer")) for parameter, entry in self.optimizer.state.items())
+        if any(buffer is not None and buffer.shape != parameter.shape for parameter, buffer in momenta):
+            raise UsageError(f"{self.run.last} does not fit this run: its 'optimizer' entry holds momentum of other "
+                             f"shapes than the parameters; {KEEP_LAST}")
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = state["history"]
         self.elapsed = state["elapsed"]
@@ -251,19 +276,51 @@ def check_stop(stop: StopFlag, run: RunDir, epoch: int) -> None:
                           "rerun the same command to resume")
 
 
+STATE_DICTS = ("student", "distiller", "optimizer", "scheduler")
+
+
+def last_pt_problem(state: Any) -> Optional[str]:
+    """What makes a loaded last.pt unusable for resuming (its structure and types), or None; whether
+    its state dicts fit the run's models is checked where they are loaded (``Trainer.restore``)."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict"
+    for key in STATE_DICTS:
+        if not isinstance(state.get(key), dict):
+            return f"its {key!r} entry is not a state dict"
+    if not isinstance(state.get("torch_rng"), torch.Tensor) or state["torch_rng"].dtype != torch.uint8:
+        return "its 'torch_rng' entry is not a random-number-generator state"
+    if "config" in state and not isinstance(state["config"], dict):
+        return "its 'config' entry is not a dict of flags"
+    if not isinstance(state.get("elapsed"), (int, float)) or isinstance(state["elapsed"], bool):
+        return "its 'elapsed' entry is not a number"
+    if not isinstance(state.get("teacher_sha256"), (str, type(None))):
+        return "its 'teacher_sha256' entry is not a digest"
+    history = state.get("history")
+    if not isinstance(history, dict) or set(history) != set(HISTORY_KEYS):
+        return f"its 'history' entry is not a dict of {', '.join(HISTORY_KEYS)}"
+    for key, values in history.items():
+        if not isinstance(values, list) or not all(isinstance(v, float) and math.isfinite(v) for v in values):
+            return f"its history's {key!r} is not a list of finite numbers"
+    if len({len(values) for values in history.values()}) != 1:
+        return "its history's lists have different lengths"
+    return None
+
+
 def read_last(run: RunDir, device: torch.device) -> Optional[dict[str, Any]]:
-    """The run's resumable state, or None when it has none; unreadable is a one-line error."""
+    """The run's resumable state, or None when it has none; unreadable or damaged is a one-line
+    error that leaves it in place."""
     if not run.last.exists():
         return None
     try:
-        state = torch.load(run.last, map_location=device, weights_only=True)
-        if not isinstance(state, dict) or "student" not in state:
-            raise ValueError("not a last.pt of this project")
-        return state
+        state = read_checkpoint(run.last, device)
+    except NotACheckpoint as error:
+        raise UsageError(f"{run.last} {error}; {KEEP_LAST}") from None
     except Exception as error:  # a damaged pickle fails in many ways (KeyError, UnpicklingError, EOFError, ...)
-        detail = " ".join(str(error).split())[:200]
-        raise UsageError(f"{run.last} is unreadable ({type(error).__name__}: {detail}); it was left as it is: move it "
-                         f"away to restart this run from epoch 0, or restore it") from None
+        raise UsageError(f"{run.last} is unreadable ({read_error(error)[:200]}); {KEEP_LAST}") from None
+    problem = last_pt_problem(state)
+    if problem is not None:
+        raise UsageError(f"{run.last} is not a last.pt of this project: {problem}; {KEEP_LAST}")
+    return state
 
 
 def evaluate_checkpoint(config: Config) -> dict[str, float]:
@@ -271,7 +328,7 @@ def evaluate_checkpoint(config: Config) -> dict[str, float]:
     check a downloaded teacher before distilling from it. It writes nothing, so a stop signal ends it at once."""
     with interruptible(f"evaluating {config.evaluate}"):
         device = select_device(config.device)
-        data = load_dataset(config.dataset, config.data_dir, device)
+        data = data_set(config, device)
         model = build_model(config.student, data.num_classes)
         load_checkpoint(model, Path(config.evaluate), "--evaluate")
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -290,6 +347,10 @@ def finished_metrics(run: RunDir, config: Config) -> dict[str, Any]:
                          "checked; restore its config.json, or choose another --experiment_name")
     check_same_run(saved, config, run.path)
     metrics = run.read_json(run.metrics)
+    best = metrics.get("best_test_acc")
+    if not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best):
+        raise UsageError(f"{run.metrics} has no numeric 'best_test_acc'; it was left as it is: restore it, or move it "
+                         "away and rerun: it is written again from last.pt")
     print(f"{run.path} has finished already (best test accuracy {metrics['best_test_acc']:.2f}%); nothing to do")
     return metrics
 

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -21,17 +22,22 @@ from toolbox.errors import UsageError
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(temporary_path)`` then rename it onto ``path``: readers (and a run killed
-    half-way) see the old file or the new one, never a torn one."""
+    half-way) see the old file or the new one, never a torn one. A failure is an OSError naming
+    ``path`` (not the temporary) and the OS's reason."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         try:
             write(temporary)
-        except RuntimeError as error:  # torch.save reports a failed write (a full disk) this way
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as error:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+        except RuntimeError as error:  # torch.save reports a failed write this way ("unexpected pos ..."), without the reason
+            if shutil.disk_usage(path.parent).free < 1 << 20:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
             raise OSError(errno.EIO, f"writing failed ({' '.join(str(error).split())[:120]})", str(path)) from None
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
 
