@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import STUDENT, TINY, run_training
+from tests.conftest import STUDENT, TINY, age, run_training
 from tests.test_run_identity import PLAIN, SCRIPT, TINY_RUN, clean, finished_tiny_run, script
 from toolbox.config import Config
 from toolbox.errors import Interrupted, UsageError
-from toolbox.rundir import CORRUPT, FAILED, QUIET_S, RUNNING, RunDir, experiment_name, resolve
+from toolbox.rundir import CORRUPT, FAILED, RUNNING, RunDir, experiment_name, resolve
 from toolbox.stop import StopFlag
 from toolbox.sweep import exclusive
 from toolbox.training import check_stop, train
@@ -42,13 +42,6 @@ def refused(result: subprocess.CompletedProcess, *named: str) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert all(name in lines[0] for name in named), lines[0]
-
-
-def age(folder: Path) -> None:
-    """As if the run had stopped long ago."""
-    old = time.time() - 10 * QUIET_S
-    for path in [folder, *folder.rglob("*")]:
-        os.utime(path, (old, old), follow_symlinks=False)
 
 
 def test_a_folder_that_is_not_a_run_of_ours_is_refused_and_left_as_it_is(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import runner
-from tests.conftest import STUDENT, TINY, run_training
+from tests.conftest import STUDENT, TINY, age, run_training
 from toolbox.config import Config
 from toolbox.distillation import NoiseDistiller
 from toolbox.errors import UsageError
@@ -337,6 +337,7 @@ def test_clean_deletes_only_provable_runs_of_ours(tmp_path: Path) -> None:
     (moved / "metrics.json").unlink()
     (experiments / "renamed").mkdir()
     os.rename(moved, experiments / "renamed" / "x")  # no longer where its name says
+    age(experiments)
     assert clean(experiments) == [other]
     assert (experiments / "notes" / "todo.txt").exists() and (experiments / "config.json").exists()
     assert (hf / "pytorch_model.bin").exists() and (experiments / "renamed" / "x" / "last.pt").exists()
@@ -357,4 +358,5 @@ def test_clean_never_deletes_a_run_a_live_process_trains(tmp_path: Path) -> None
     finally:
         holder.kill()
         holder.wait()
+    age(run)
     assert clean(tmp_path) == [run] and not run.exists()
