@@ -183,9 +183,13 @@ def test_a_stop_without_last_pt_says_so(tmp_path: Path) -> None:
 def test_a_local_job_of_another_runner_that_is_starting_is_running(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "r")
     run.create()
-    run.script.write_text("sleep 30\n")
+    run.script.write_text("sleep 30 &\nwait $!\n")  # as run.job waits for its training (bash stays the process)
     job = subprocess.Popen(["bash", str(run.script)])
     try:
+        deadline = time.monotonic() + 10
+        while b"bash" not in Path(f"/proc/{job.pid}/cmdline").read_bytes():  # until bash runs it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         run.job.write_text(json.dumps({"run": "r", "job_id": f"local-{job.pid}", "scheduler": "local"}))
         assert run.state({}, "local").state == RUNNING
     finally:
