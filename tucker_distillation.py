@@ -28,22 +28,37 @@ from toolbox.stop import StopFlag  # noqa: E402
 
 StopFlag().install(caught=early_signals)  # read after the switch: no signal falls between
 
-from toolbox.config import main_guard, parse_config  # noqa: E402
+import contextlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from toolbox.config import Config, main_guard, parse_config  # noqa: E402
+from toolbox.rundir import RunDir  # noqa: E402  (no torch)
+
+
+def claimed_early(config: Config) -> contextlib.AbstractContextManager:
+    """The folder that --experiment_name names (as runner.py's jobs do), locked before torch loads:
+    a clean during the seconds of start-up cannot take it. A name derived from the flags needs the
+    methods (and torch); train() locks that one as soon as it is known."""
+    if config.experiment_name is None or config.evaluate:
+        return contextlib.nullcontext()
+    return RunDir(Path(config.experiments_dir) / config.experiment_name).claimed(config.experiment_name)
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv, prog="tucker_distillation.py")
-    from toolbox.training import evaluate_checkpoint, train  # torch loads only now: --help and bad flags answer at once
 
     def run() -> None:
-        if config.evaluate:
-            result = evaluate_checkpoint(config)
-            print(f"{config.evaluate}: test accuracy {result['test_acc']:.2f}%, test loss {result['test_loss']:.4f} "
-                  f"({config.student} on {config.dataset})")
-            return
-        metrics = train(config)
-        print(f"best test accuracy {metrics['best_test_acc']:.2f}% (epoch {metrics['best_epoch']}), "
-              f"{metrics['wall_time_s']:.0f}s of training")
+        with claimed_early(config):
+            from toolbox.training import evaluate_checkpoint, train  # torch loads only now: --help and bad flags answer at once
+
+            if config.evaluate:
+                result = evaluate_checkpoint(config)
+                print(f"{config.evaluate}: test accuracy {result['test_acc']:.2f}%, test loss {result['test_loss']:.4f} "
+                      f"({config.student} on {config.dataset})")
+                return
+            metrics = train(config)
+            print(f"best test accuracy {metrics['best_test_acc']:.2f}% (epoch {metrics['best_epoch']}), "
+                  f"{metrics['wall_time_s']:.0f}s of training")
 
     return main_guard(run)
 

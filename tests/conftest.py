@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from toolbox.config import parse_config
-from toolbox.rundir import experiment_name
+from toolbox.rundir import QUIET_S, experiment_name
 from toolbox.training import train
 
 # Small batches so that a few epochs on digits' 1438 training images take a few seconds.
@@ -20,6 +22,14 @@ STUDENT = "ResNetBaby"
 def run_training(experiments_dir: Path, *flags: str) -> dict[str, Any]:
     """Train in this process with the tiny settings; the run's metrics."""
     return train(parse_config([*TINY, "--experiments_dir", str(experiments_dir), *flags]))
+
+
+def age(folder: Path) -> None:
+    """As if the runs in ``folder`` had stopped long ago: clean keeps a folder changed in the last
+    QUIET_S seconds, which may belong to a run that is starting."""
+    old = time.time() - 10 * QUIET_S
+    for path in [folder, *folder.rglob("*")]:
+        os.utime(path, (old, old), follow_symlinks=False)
 
 
 TEACHER_FLAGS = ["--distillation", "none", "--student", TEACHER, "--epochs", "6"]

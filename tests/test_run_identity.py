@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import runner
-from tests.conftest import STUDENT, TINY, run_training
+from tests.conftest import STUDENT, TINY, age, run_training
 from toolbox.config import Config
 from toolbox.distillation import NoiseDistiller
 from toolbox.errors import UsageError
@@ -226,16 +226,13 @@ def test_a_corrupt_last_pt_is_a_one_line_error_that_keeps_it(tmp_path: Path, con
     assert (run / "last.pt").read_bytes() == damaged
 
 
-@pytest.mark.parametrize("damage", ["missing", "unreadable"])
-def test_a_lost_config_json_is_rewritten_from_last_pt_and_still_guards_the_flags(tmp_path: Path, damage: str) -> None:
+def test_a_lost_config_json_is_rewritten_from_last_pt_and_still_guards_the_flags(tmp_path: Path) -> None:
+    """Lost, not damaged: a damaged config.json is refused and kept (tests/test_hostile_folders.py)."""
     flags = [*PLAIN, "--epochs", "3", "--max_batches", "1", "--experiment_name", "r"]
     run_training(tmp_path, *flags[:-4], "--epochs", "1", "--max_batches", "1", "--experiment_name", "r")
     run = tmp_path / "r"
     (run / "metrics.json").unlink()
-    if damage == "missing":
-        (run / "config.json").unlink()
-    else:
-        (run / "config.json").write_text("{ not json")
+    (run / "config.json").unlink()
     # last.pt says epochs=1: resuming with other flags is refused even without config.json
     with pytest.raises(UsageError, match="--epochs 1 there, 3 here"):
         run_training(tmp_path, *flags)
@@ -340,6 +337,7 @@ def test_clean_deletes_only_provable_runs_of_ours(tmp_path: Path) -> None:
     (moved / "metrics.json").unlink()
     (experiments / "renamed").mkdir()
     os.rename(moved, experiments / "renamed" / "x")  # no longer where its name says
+    age(experiments)
     assert clean(experiments) == [other]
     assert (experiments / "notes" / "todo.txt").exists() and (experiments / "config.json").exists()
     assert (hf / "pytorch_model.bin").exists() and (experiments / "renamed" / "x" / "last.pt").exists()
@@ -360,4 +358,5 @@ def test_clean_never_deletes_a_run_a_live_process_trains(tmp_path: Path) -> None
     finally:
         holder.kill()
         holder.wait()
+    age(run)
     assert clean(tmp_path) == [run] and not run.exists()

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Optional
 import pytest
 
 import runner
+from tests.conftest import age
 from toolbox import sweep
 from toolbox.rundir import RunDir
 from toolbox.scheduler import PENDING, RUNNING, LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError, SlurmScheduler
@@ -615,6 +616,7 @@ def test_clean_deletes_only_unfinished_runs_without_a_live_job(cli, experiments:
     around = make_run(experiments, "outer", "config.json")  # holds a finished run below it
     make_run(experiments, "outer/inner", "metrics.json")
     fake = FakeSlurm(live={"6": RUNNING})
+    age(experiments)
 
     assert sweep.clean(experiments, fake, confirm=lambda question: False, out=lambda line: None) == []
     assert crashed.exists()

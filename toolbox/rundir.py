@@ -27,13 +27,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
+from toolbox.choices import format_ranks, parse_ranks
 from toolbox.config import RUNTIME_FIELDS, Config, recipe_defaults
-from toolbox.distillation import Distiller
 from toolbox.errors import IOFailure, UsageError
-from toolbox.methods import DISTILLERS, with_defaults
 from toolbox.naming import format_value, validate_experiment_name
+from toolbox.scheduler import LocalScheduler
+
+if TYPE_CHECKING:
+    from toolbox.distillation import Distiller
 
 CONFIG_FILE = "config.json"
 LAST_CHECKPOINT = "last.pt"
@@ -43,6 +46,32 @@ JOB_FILE = "job.json"
 SCRIPT_FILE = "run.job"
 PLOTS = ("Loss.png", "Accuracy.png")
 TEACHER_SEED = 0
+QUIET_S = 60
+"""A folder with a file changed more recently than this may belong to a run that is starting."""
+LAUNCH_FILES = re.compile(r"slurm-\d+\.out|td\.[A-Za-z0-9_.-]+\.[oe]\d+(\.\S+)?|local\.out|run\.job|job\.json")
+"""What runner.py puts in a run folder before its training starts: the job script, its record, its logs."""
+_HELD: set[str] = set()
+"""The run folders whose lock this process holds (real paths)."""
+
+
+def distillers() -> dict[str, type[Distiller]]:
+    """The registry of methods, loaded (with torch) on first use: the folder, its lock and its files
+    are handled before torch loads, so that a starting run holds its lock at once."""
+    from toolbox.methods import DISTILLERS
+
+    return DISTILLERS
+
+
+def open_nofollow(path: Path, flags: int) -> int:
+    """``os.open`` that refuses a symbolic link: a lock or state file that is a link would have the
+    project write to whatever file it points to."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+    raise UsageError(f"{path} is a symbolic link, and the project never writes through one; it was left as it is: "
+                     "remove the link, then rerun")
 
 NAME_FIELDS = ("distillation", "dataset", "teacher", "student", "seed")
 """Flags that the structure of every default run name spells out."""
@@ -50,7 +79,7 @@ NAME_FIELDS = ("distillation", "dataset", "teacher", "student", "seed")
 
 def method_specific() -> frozenset[str]:
     """Flags that only some methods read (ranks, beta, the KD temperature, ...), as registered now."""
-    return frozenset(flag for distiller in DISTILLERS.values() for flag in distiller.flags)
+    return frozenset(flag for distiller in distillers().values() for flag in distiller.flags)
 
 ABSENT = "<absent>"
 """A flag that a saved config.json does not have (written before the flag existed)."""
@@ -65,7 +94,7 @@ def defining_flags(distillation: str) -> list[str]:
     """The flags that make a run of ``distillation`` the experiment it is, in ``Config`` order:
     all but the speed and location flags, less the flags only other methods read (and less the
     teacher for a method without one). An unknown method keeps them all: split, never mixed."""
-    distiller = DISTILLERS.get(distillation)
+    distiller = distillers().get(distillation)
     specific = method_specific()
     own = set(distiller.flags) if distiller else specific
     return [
@@ -84,7 +113,7 @@ def identity(config: Mapping[str, Any]) -> dict[str, Any]:
 def method_defaulted() -> frozenset[str]:
     """Flags whose default depends on the method (``beta``, ``ce_weight``, ...): a teacher's run
     never inherits them from a student's."""
-    return frozenset(name for distiller in DISTILLERS.values() for name in distiller.defaults)
+    return frozenset(name for distiller in distillers().values() for name in distiller.defaults)
 
 
 def method_default(distiller: type[Distiller], name: str, config: Optional[Config] = None) -> Any:
@@ -102,7 +131,7 @@ def method_default(distiller: type[Distiller], name: str, config: Optional[Confi
 def changed_flags(config: Config) -> dict[str, Any]:
     """The defining flags that differ from their defaults, apart from those the name's structure
     and the method's tag already spell out."""
-    distiller = DISTILLERS[config.distillation]
+    distiller = distillers()[config.distillation]
     changed = {}
     for name in defining_flags(config.distillation):
         value = getattr(config, name)
@@ -117,7 +146,7 @@ def experiment_name(config: Config) -> str:
     """Default run name: ``{dataset}/teacher/{arch}[/{changes}]/seed{seed}`` for training without a
     teacher, else ``{dataset}/{teacher}-{student}/{method}/{tag...}[/{changes}]/seed{seed}``, where
     ``{changes}`` lists the other defining flags that differ from their defaults: ``lr=0.01,beta=50``."""
-    distiller = DISTILLERS[config.distillation]
+    distiller = distillers()[config.distillation]
     if distiller.needs_teacher:
         head = [config.dataset, f"{config.teacher}-{config.student}", config.distillation]
     else:
@@ -159,11 +188,14 @@ def teacher_command(config: Config) -> str:
 def resolve(config: Config) -> Config:
     """Fill in what depends on other flags (the run's name, the method's defaults, the teacher's
     path), so that config.json says what ran and two spellings of one run compare equal."""
-    distiller = DISTILLERS[config.distillation]
-    config = dataclasses.replace(config, experiment_name=config.experiment_name or experiment_name(config))
+    distiller = distillers()[config.distillation]
+    config = dataclasses.replace(config, experiment_name=config.experiment_name or experiment_name(config),
+                                 ranks=format_ranks(parse_ranks(config.ranks)))  # one spelling: ' 8' and '８' are 8
     teacher_checkpoint = config.teacher_checkpoint
     if teacher_checkpoint is None and distiller.needs_teacher:
         teacher_checkpoint = str(default_teacher_checkpoint(config))
+    from toolbox.methods import with_defaults
+
     config = with_defaults(dataclasses.replace(config, teacher_checkpoint=teacher_checkpoint if distiller.needs_teacher else None))
     distiller.check(config)
     return config
@@ -231,24 +263,38 @@ class RunDir:
         return data
 
     def saved_config(self) -> Optional[dict[str, Any]]:
-        """The flags config.json says the run was started with (None without config.json)."""
+        """The flags config.json says the run was started with (None without config.json); one that
+        lacks what every reader needs (the method, the run's name) is a one-line error that keeps it."""
         saved = self.read_json(self.config)
-        if saved is not None and not isinstance(saved.get("config"), dict):
-            raise UsageError(f"{self.config} is not a config.json of this project (no 'config' entry); it was left as it is")
-        return None if saved is None else saved["config"]
+        if saved is None:
+            return None
+        config = saved.get("config")
+        if not isinstance(config, dict):
+            raise UsageError(f"{self.config} is not a config.json of this project (no 'config' entry); it was left as "
+                             f"it is: {self.path} is not a run of this project, choose another --experiment_name")
+        for name in ("distillation", "experiment_name"):
+            if not isinstance(config.get(name), str):
+                raise UsageError(f"{self.config} is damaged ('config' has no text '{name}'); it was left as it is: "
+                                 f"restore it, or move the run folder {self.path} away and start the run afresh")
+        return config
 
     def read_job(self) -> Optional[dict[str, Any]]:
-        """What runner.py recorded about the run's last submission, if anything readable."""
-        try:
-            job = json.loads(self.job.read_text())
-        except (OSError, UnicodeDecodeError, ValueError):
-            return None
-        return job if isinstance(job, dict) else None
+        """What runner.py recorded about the run's last submission (None without job.json); a damaged
+        one is a one-line error that keeps it."""
+        job = self.read_json(self.job)
+        bad = [name for name in ("run", "job_id", "scheduler") if job is not None and not isinstance(job.get(name), str)]
+        if bad:
+            raise UsageError(f"{self.job} is damaged ('{bad[0]}' is not a text); it was left as it is: restore it, "
+                             f"or move it away")
+        return job
 
     # -- one process per run folder
 
-    def create(self) -> None:
-        """Make the folder, or say in one line why it cannot be made."""
+    def create(self) -> Optional[Path]:
+        """Make the folder, or say in one line why it cannot be made; the topmost folder this call
+        created (None when the folder was there)."""
+        top = next((folder for folder in (self.path, *self.path.parents) if folder.parent.exists()), self.path)
+        top = None if top.exists() else top
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -257,14 +303,73 @@ class RunDir:
         except OSError as error:
             raise UsageError(f"cannot create the run folder {self.path}: {error.strerror} "
                              f"(check --experiments_dir and its permissions)") from None
+        return top
+
+    def check_ours(self, name: str) -> None:
+        """Training writes in a folder only if it is empty (but for a ``.lock`` and runner.py's job
+        files, none of which it writes) or its own files say that it is run ``name``: a folder of
+        something else (a downloaded model with its own config.json) is never overwritten. A last.pt
+        is checked when read."""
+        saved = self.saved_config()
+        if saved is not None:
+            if saved["experiment_name"] != name:
+                raise UsageError(f"{self.config} belongs to the run {saved['experiment_name']!r}, not {name!r}; it was "
+                                 "left as it is: move the folder back, or choose another --experiment_name")
+            return
+        job = self.read_job()
+        if (job is not None and job["run"] == name) or self.last.exists():
+            return
+        foreign = sorted(entry.name for entry in self.path.iterdir()
+                         if entry.name != LOCK_FILE and not LAUNCH_FILES.fullmatch(entry.name))
+        if foreign:
+            raise UsageError(f"{self.path} is not a run folder of this project (it holds {', '.join(foreign[:3])}"
+                             f"{' ...' if len(foreign) > 3 else ''}); it was left as it is: choose another "
+                             "--experiment_name, or move those files away")
 
     @contextmanager
-    def locked(self, wait_s: float = 2.0) -> Iterator[None]:
+    def claimed(self, name: str) -> Iterator[None]:
+        """Create the folder, check that it may hold run ``name`` and lock it for the block. A start-up
+        that fails before writing its config.json leaves nothing behind: the lock file it made, and the
+        folders it created if they are empty then."""
+        created = self.create()
+        self.check_ours(name)
+        with self.locked() as fresh:
+            written = self.config_version()
+            try:
+                yield
+            except BaseException:
+                if fresh and self.config_version() == written:
+                    self.lock_file.unlink()
+                    for folder in (self.path, *self.path.parents) if created else ():
+                        if any(folder.iterdir()):
+                            break
+                        folder.rmdir()
+                        if folder == created:
+                            break
+                raise
+
+    def config_version(self) -> Optional[tuple[int, int]]:
+        """Which config.json the folder holds (None: none), to tell whether a start-up wrote one."""
+        try:
+            found = self.config.lstat()
+        except FileNotFoundError:
+            return None
+        return found.st_ino, found.st_mtime_ns
+
+    @contextmanager
+    def locked(self, wait_s: float = 2.0) -> Iterator[bool]:
         """Hold the run's lock for the block, or fail in one line naming the process that holds it.
-        The kernel releases it when this process ends, so a killed run never leaves a stale lock."""
+        The kernel releases it when this process ends, so a killed run never leaves a stale lock.
+        Yields whether this call created the lock file; inside a block of this process that holds
+        the lock already, it yields False at once."""
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            yield False
+            return
+        fresh = not os.path.lexists(self.lock_file)
         writable = True
         try:
-            handle = open(self.lock_file, "a+")
+            descriptor = open_nofollow(self.lock_file, os.O_RDWR | os.O_CREAT)
         except OSError as error:
             if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise UsageError(f"cannot write in the run folder {self.path}: {error.strerror}; "
@@ -272,9 +377,10 @@ class RunDir:
             if not (self.finished and self.lock_file.is_file()):
                 raise IOFailure(f"the run folder {self.path} is read-only / permission denied ({error.strerror}); "
                                 "make it writable, then rerun") from None
-            handle = open(self.lock_file)  # a finished run is only read, and flock works on a read-only file
+            # a finished run is only read, and flock works on a read-only file
+            descriptor = open_nofollow(self.lock_file, os.O_RDONLY)
             writable = False
-        with handle:
+        with os.fdopen(descriptor, "r+" if writable else "r") as handle:
             deadline = time.monotonic() + wait_s  # a status probe holds it for an instant
             while True:
                 try:
@@ -282,30 +388,38 @@ class RunDir:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        handle.seek(0)
                         holder = handle.read().strip() or "another process"
                         raise UsageError(f"{self.path} is being trained by {holder}; wait for it to finish "
                                          "or stop that process, then rerun") from None
                     time.sleep(0.1)
             if writable:
-                handle.seek(0)
                 handle.truncate()
                 handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
                 handle.flush()
-            yield
+            _HELD.add(key)
+            try:
+                yield fresh
+            finally:
+                _HELD.discard(key)
 
     def holder(self) -> Optional[str]:
         """Who holds the run's lock (``process 123 on node7``), or None when nobody trains it."""
         try:
-            handle = open(self.lock_file)
+            descriptor = open_nofollow(self.lock_file, os.O_RDONLY)
         except OSError:
             return None
-        with handle:
+        with os.fdopen(descriptor) as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 return handle.read().strip() or "another process"
             return None
+
+    def recently_changed(self) -> bool:
+        """Whether the folder or a file in it changed in the last ``QUIET_S`` seconds: a run that is
+        starting (before it holds its lock) looks like this."""
+        since = time.time() - QUIET_S
+        return any(path.lstat().st_mtime > since for path in (self.path, *self.path.iterdir()))
 
     def remove_stale_temporaries(self) -> None:
         """Temporary files left by a killed write of the training's own files. Only the lock
@@ -319,16 +433,19 @@ class RunDir:
 
     def state(self, live: Mapping[str, str], scheduler: str, expected: Optional[Config] = None) -> RunState:
         """finished, running (the lock is held, or its job runs), pending (its job waits),
-        conflicting (it holds other flags than ``expected``), corrupt (metrics.json unreadable),
-        failed (started or submitted, but nothing alive) or not started."""
-        job = self.read_job()
-        job_id = job.get("job_id") if job and job.get("scheduler") == scheduler else None
+        conflicting (it holds other flags than ``expected``), corrupt (a damaged config.json,
+        job.json or metrics.json, a linked .lock), failed (started or submitted, but nothing alive)
+        or not started."""
+        job_id = None
         try:
+            job = self.read_job()
+            job_id = job["job_id"] if job and job["scheduler"] == scheduler else None
             saved = self.saved_config()
             if self.finished:
                 metrics = self.read_json(self.metrics)
                 if not isinstance(metrics.get("best_test_acc"), (int, float)):
                     return RunState(CORRUPT, job_id, f"{self.metrics} has no best_test_acc")
+            holder = self.holder()
         except UsageError as error:
             return RunState(CORRUPT, job_id, str(error))
         changed = differences(saved, expected) if saved is not None and expected is not None else []
@@ -336,11 +453,12 @@ class RunDir:
             return RunState(CONFLICTING, job_id, "; ".join(changed))
         if self.finished:
             return RunState(FINISHED, job_id, f"{metrics['best_test_acc']:.2f}")
-        holder = self.holder()
         if holder:
             return RunState(RUNNING, job_id, holder)
         if job_id in live:  # the scheduler's RUNNING or PENDING
             return RunState(live[job_id].lower(), job_id)
+        if scheduler == LocalScheduler.name and LocalScheduler.alive(job_id, self.script):  # another runner.py's job
+            return RunState(RUNNING, job_id, "starting")
         started = job or saved is not None or self.last.exists()
         return RunState(FAILED if started else NOT_STARTED, job_id)
 
@@ -348,7 +466,8 @@ class RunDir:
 
     def is_ours(self, experiments_dir: Path) -> bool:
         """Provably a run folder of this project: strictly inside ``experiments_dir``, and its
-        config.json or job.json names this very folder as the run it belongs to."""
+        config.json or job.json names this very folder as the run it belongs to, or it holds nothing
+        but a lock file as training writes it (a start-up that failed)."""
         try:
             name = self.path.resolve().relative_to(experiments_dir.resolve()).as_posix()
         except ValueError:
@@ -356,23 +475,25 @@ class RunDir:
         if name == ".":
             return False
         try:
-            saved = self.saved_config()
+            saved, job = self.saved_config(), self.read_job() or {}
         except UsageError:
-            saved = None
-        job = self.read_job() or {}
-        return (saved is not None and saved.get("experiment_name") == name) or job.get("run") == name
+            return False
+        return (saved is not None and saved["experiment_name"] == name) or job.get("run") == name or self.only_lock()
+
+    def only_lock(self) -> bool:
+        """The folder holds a ``.lock`` file (no link) with what ``locked`` writes, and nothing else."""
+        if [entry.name for entry in self.path.iterdir()] != [LOCK_FILE] or not self.lock_file.is_file() \
+                or self.lock_file.is_symlink():
+            return False
+        return re.fullmatch(r"(process \d+ on \S+\n)?", self.lock_file.read_text(errors="replace")) is not None
 
     def own_files(self) -> list[Path]:
         """The files this project writes in a run folder (never metrics.json: a finished run is
         never cleaned), so that clean deletes nothing else."""
-        saved = {}
-        try:
-            saved = self.saved_config() or {}
-        except UsageError:
-            pass
-        names = {CONFIG_FILE, LAST_CHECKPOINT, LOCK_FILE, JOB_FILE, SCRIPT_FILE, "local.out", *PLOTS}
+        saved = self.saved_config() or {}
+        names = {CONFIG_FILE, LAST_CHECKPOINT, LOCK_FILE, *PLOTS}
         if isinstance(saved.get("student"), str):
             names.add(f"{saved['student']}.pth")
-        logs = re.compile(r"slurm-\d+\.out|td\.[A-Za-z0-9_.-]+\.[oe]\d+(\.\S+)?|\..+\.\d+\.tmp")
-        return sorted(path for path in self.path.iterdir()
-                      if path.is_file() and not path.is_symlink() and (path.name in names or logs.fullmatch(path.name)))
+        temporaries = re.compile(r"\..+\.\d+\.tmp")
+        return sorted(path for path in self.path.iterdir() if path.is_file() and not path.is_symlink()
+                      and (path.name in names or LAUNCH_FILES.fullmatch(path.name) or temporaries.fullmatch(path.name)))

@@ -262,6 +262,19 @@ class LocalScheduler(Scheduler):
     def live_jobs(self) -> dict[str, str]:
         return {job_id: RUNNING for job_id, process in self._jobs.items() if process.poll() is None}
 
+    @staticmethod
+    def alive(job_id: Optional[str], script: Path) -> bool:
+        """Whether the job ``local-<pid>`` that another runner.py started on this machine still runs
+        ``script`` (a process id reused by another program does not count)."""
+        pid = (job_id or "").removeprefix("local-")
+        if not pid.isdigit():
+            return False
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return any(os.fsencode(str(path)) in command for path in (script, script.resolve()))
+
     def cancel(self, ids: Iterable[str]) -> None:
         for job_id in ids:
             if job_id in self._jobs:

@@ -13,6 +13,7 @@ import dataclasses
 import fcntl
 import io
 import itertools
+import os
 import re
 import shlex
 import time
@@ -27,7 +28,8 @@ from toolbox.methods import DISTILLERS
 from toolbox.naming import format_value, validate_experiment_name
 from toolbox.rundir import (CONFIG_FILE, CONFLICTING, CORRUPT, FAILED, FINISHED, JOB_FILE, LAST_CHECKPOINT, LOCK_FILE, METRICS_FILE,
                             NOT_STARTED, PENDING, RUNNING, SCRIPT_FILE, TEACHER_SEED, RunDir, RunState,
-                            default_teacher_checkpoint, defining_flags, experiment_name, method_defaulted, resolve)
+                            QUIET_S, default_teacher_checkpoint, defining_flags, experiment_name, method_defaulted,
+                            open_nofollow, resolve)
 from toolbox.scheduler import Resources, Scheduler, SchedulerError, render
 from toolbox.utils import atomic_write, atomic_write_json, markdown_table
 
@@ -199,7 +201,7 @@ def run_folders(experiments_dir: Path) -> list[Path]:
 def exclusive(experiments_dir: Path) -> Iterator[None]:
     """One runner.py at a time per experiments folder: two would submit the same runs twice."""
     experiments_dir.mkdir(parents=True, exist_ok=True)
-    with open(experiments_dir / ".runner.lock", "w") as handle:
+    with os.fdopen(open_nofollow(experiments_dir / ".runner.lock", os.O_WRONLY | os.O_CREAT), "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -445,13 +447,21 @@ def clean(experiments_dir: Path, scheduler: Scheduler, confirm: Callable[[str], 
     """Delete unfinished runs that nothing is training, once ``confirm`` agrees. Only folders that
     are provably this project's runs (``RunDir.is_ours``) qualify, never one holding a metrics.json
     (its own or below it), never one whose lock a live process holds; and only the files the
-    project writes are deleted: a folder with anything else in it is kept with that."""
+    project writes are deleted: a folder with anything else in it is kept with that. A damaged run,
+    and one changed in the last ``QUIET_S`` seconds (a run starting), are listed and kept."""
     live = scheduler.live_jobs()
-    doomed = [path for path in run_folders(experiments_dir)
-              if RunDir(path).is_ours(experiments_dir) and RunDir(path).state(live, scheduler.name).state == FAILED
-              and not any(path.rglob(METRICS_FILE))]
-    for path in doomed:
-        out(f"unfinished, no live job or process: {path}")
+    doomed = []
+    for path in run_folders(experiments_dir):
+        run = RunDir(path)
+        state = run.state(live, scheduler.name)
+        if state.state == CORRUPT:
+            out(f"kept {path}: {CORRUPT}: {state.detail}")
+        elif state.state in (FAILED, NOT_STARTED) and run.is_ours(experiments_dir) and not any(path.rglob(METRICS_FILE)):
+            if run.recently_changed():
+                out(f"kept {path}: changed in the last {QUIET_S} s, it may be a run that is starting")
+            else:
+                doomed.append(path)
+                out(f"unfinished, no live job or process: {path}")
     if not doomed:
         out("nothing to clean")
         return []

@@ -44,15 +44,15 @@ HISTORY_KEYS = ("train_hard_loss", "train_soft_loss", "train_acc", "test_loss", 
 KEEP_LAST = "it was left as it is: move it away to restart this run from epoch 0, or restore it"
 
 
-def check_same_run(saved: dict[str, Any], config: Config, path: Path) -> None:
+def check_same_run(saved: dict[str, Any], config: Config, path: Path, named: bool) -> None:
     """A folder holds one experiment: returning or resuming it for other flags would report or mix
-    two experiments as one."""
+    two experiments as one. ``named``: the folder was given with --experiment_name."""
     changed = differences(saved, config)
     if changed:
-        raise UsageError(
-            f"{path} holds a run with other flags ({'; '.join(changed)}); rerun with its flags to use it, or leave "
-            "out --experiment_name (runs are named after their flags) or choose another one for a separate run"
-        )
+        advice = ("leave out --experiment_name (runs are named after their flags) or choose another one for a separate run"
+                  if named else "move that folder away to train these flags there")
+        raise UsageError(f"{path} holds a run with other flags ({'; '.join(changed)}); rerun with its flags to use it, "
+                         f"or {advice}")
 
 
 def output_shapes(model: nn.Module, device: torch.device) -> tuple[tuple[int, ...], ...]:
@@ -272,8 +272,8 @@ def all_finite(*modules: nn.Module) -> bool:
 def check_stop(stop: StopFlag, run: RunDir, epoch: int) -> None:
     """Leave through ``Interrupted`` (exit 75, the job requeues) once a stop signal has arrived."""
     if stop.signal is not None:
-        raise Interrupted(f"stopped by signal {stop.name} during epoch {epoch + 1}; {run.last} holds epoch {epoch}: "
-                          "rerun the same command to resume")
+        kept = f"{run.last} holds epoch {epoch}" if run.last.exists() else "no epoch has been saved yet"
+        raise Interrupted(f"stopped by signal {stop.name} during epoch {epoch + 1}; {kept}: rerun the same command to resume")
 
 
 STATE_DICTS = ("student", "distiller", "optimizer", "scheduler")
@@ -339,13 +339,13 @@ def evaluate_checkpoint(config: Config) -> dict[str, float]:
     return {"test_loss": loss, "test_acc": accuracy}
 
 
-def finished_metrics(run: RunDir, config: Config) -> dict[str, Any]:
+def finished_metrics(run: RunDir, config: Config, named: bool) -> dict[str, Any]:
     """A finished run's metrics, once its config.json shows it was trained with these flags."""
     saved = run.saved_config()
     if saved is None:
         raise UsageError(f"{run.path} has finished but has no config.json, so the flags it was trained with cannot be "
                          "checked; restore its config.json, or choose another --experiment_name")
-    check_same_run(saved, config, run.path)
+    check_same_run(saved, config, run.path, named)
     metrics = run.read_json(run.metrics)
     best = metrics.get("best_test_acc")
     if not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best):
@@ -358,23 +358,22 @@ def finished_metrics(run: RunDir, config: Config) -> dict[str, Any]:
 def train(config: Config) -> dict[str, Any]:
     """Train (or resume, or skip when finished) the run that ``config`` describes; its metrics.
     The run's folder is locked for the whole call: a second process on it fails at once."""
+    named = config.experiment_name is not None
     config = resolve(config)
     run = RunDir(Path(config.experiments_dir) / config.experiment_name)
-    run.create()
-    with run.locked(), stop_flag() as stop:
+    with run.claimed(config.experiment_name), stop_flag() as stop:
         run.remove_stale_temporaries()
         if run.finished:
-            return finished_metrics(run, config)
+            return finished_metrics(run, config, named)
         with stop.interruptible(f"reading {run.last}"):
             state = read_last(run, torch.device("cpu"))
-        saved = state.get("config") if state else None
-        if state is not None and saved is None:
-            saved = run.saved_config()
-            if saved is None:
-                raise UsageError(f"{run.last} does not record its flags and {run.config} is missing, so resuming cannot be "
-                                 "checked; move last.pt away to restart the run from epoch 0")
-        if saved is not None:
-            check_same_run(saved, config, run.path)
+        saved, recorded = run.saved_config(), state.get("config") if state else None
+        if state is not None and saved is None and recorded is None:
+            raise UsageError(f"{run.last} does not record its flags and {run.config} is missing, so resuming cannot be "
+                             "checked; move last.pt away to restart the run from epoch 0")
+        for flags in (saved, recorded):
+            if flags is not None:
+                check_same_run(flags, config, run.path, named)
 
         with stop.interruptible("loading the data set and the teacher"):
             trainer = Trainer(config, run)
@@ -390,10 +389,7 @@ def train(config: Config) -> dict[str, Any]:
         else:
             what = config.student if trainer.teacher is None else f"{config.teacher} -> {config.student}"
             print(f"training {run.path} on {trainer.device} ({config.distillation}: {what})")
-        try:  # keep the environment the run started in; an unreadable config.json is rewritten from last.pt
-            previous = run.read_json(run.config) if state is not None else None
-        except UsageError:
-            previous = None
+        previous = run.read_json(run.config) if state is not None else None  # keep the environment the run started in
         atomic_write_json(run.config, {  # the flags as they are now (a moved teacher's new path)
             "config": dataclasses.asdict(config),
             "environment": (previous or {}).get("environment") or environment(),

@@ -26,6 +26,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     ``path`` (not the temporary) and the OS's reason."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    create_temporary(temporary)
     try:
         try:
             write(temporary)
@@ -40,6 +41,20 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             raise OSError(errno.EIO, f"writing failed ({' '.join(str(error).split())[:120]})", str(path)) from None
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def create_temporary(temporary: Path) -> None:
+    """Create the temporary file afresh, never through a symbolic link planted at its name (which
+    would have the write go to the file it points to); a stale one of a killed write is replaced."""
+    for attempt in range(2):
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            return
+        except FileExistsError:
+            if attempt or temporary.is_symlink():
+                raise UsageError(f"{temporary} is in the way (a symbolic link or a file being written); it was left "
+                                 "as it is: remove it, then rerun") from None
+            temporary.unlink()
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
