@@ -196,13 +196,15 @@ def main(tmp_path: Path, *flags: str) -> int:
 
 
 def refuse_writing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The run folder as a read-only mount shows it (tests run as root, where chmod restricts nothing)."""
-    def read_only_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if mode != "r":
-            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(file))
-        return open(file, mode, *args, **kwargs)
+    """The run folder as a read-only mount shows it (tests run as root, where chmod restricts nothing):
+    the lock file opens for reading only."""
+    def read_only_open(path: Path, flags: int) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return opened(path, flags)
 
-    monkeypatch.setattr(rundir, "open", read_only_open, raising=False)
+    opened = rundir.open_nofollow
+    monkeypatch.setattr(rundir, "open_nofollow", read_only_open)
 
 
 def test_a_finished_run_in_a_read_only_folder_reports_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -244,9 +246,10 @@ def test_a_failed_write_names_its_target_and_the_reason(tmp_path: Path, monkeypa
 def test_config_json_that_is_a_folder_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "r" / "config.json").mkdir(parents=True)
     before = digests(tmp_path)
-    assert main(tmp_path) == 74
+    assert main(tmp_path) == 2
     line = one_line(capsys.readouterr().err)
-    assert line.startswith(f"error: {tmp_path / 'r' / 'config.json'}: Is a directory") and ".tmp" not in line
+    assert line.startswith(f"error: {tmp_path / 'r' / 'config.json'} is unreadable") and "Is a directory" in line
+    assert ".tmp" not in line
     assert digests(tmp_path) == before
 
 

@@ -668,6 +668,7 @@ def test_util_sh_reads_relative_paths_from_where_it_is_called(tmp_path: Path) ->
     logs = util("logs", "logged")
     assert logs.returncode == 0 and logs.stdout == "in the default folder\n", logs.stderr
 
+    age(experiments)
     clean = util("clean", "--yes", "--scheduler", "local", "--experiments_dir", "exp")
     assert clean.returncode == 0 and "deleted 1 run folders" in clean.stdout, clean.stderr
     assert not crashed.exists() and (experiments / TEACHER / "metrics.json").exists()
