@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.datasets import VisionDataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, pil_loader
@@ -204,9 +204,9 @@ IMAGE_DATASETS: dict[str, Callable[[str | Path], tuple[ImageFiles, ImageFiles]]]
 
 # ---------------------------------------------------------------- loading
 
-def image_loader(dataset: ImageFiles, batch_size: int, train: bool, seed: int, device: torch.device, workers: int) -> DataLoader:
-    """Batches of uint8 images decoded by ``workers`` processes (kept alive across epochs),
-    pinned when they go to a GPU.
+def image_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, device: torch.device, workers: int) -> DataLoader:
+    """Batches of ``dataset``'s uint8 images (an ``ImageFiles`` or a subset of one) decoded by
+    ``workers`` processes (kept alive across epochs), pinned when they go to a GPU.
 
     Training: (images, labels, indices) in the seeded order of ``loader.batch_sampler``, an
     ``EpochBatchSampler``: call ``loader.batch_sampler.set_epoch(epoch, start_batch)`` before each

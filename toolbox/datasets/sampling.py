@@ -48,10 +48,11 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 class SeededSamples(Dataset):
-    """``dataset`` read by (index, seed): the random transforms run under torch's generator seeded
-    with ``seed`` (the caller's generator state is restored afterwards, so reading in the main
-    process changes no other randomness). Items are (image, label, index), the index for the
-    methods that keep per-sample memory (CRD)."""
+    """``dataset`` read by (index, seed): the random transforms run under torch's CPU generator
+    seeded with ``seed``, and its state is restored afterwards, so reading in the main process
+    changes no other randomness. Only the CPU generator: ``torch.manual_seed`` also queues the seed
+    for CUDA with a stack trace where CUDA is not initialised (a worker), a millisecond per image.
+    Items are (image, label, index), the index for the methods that keep per-sample memory (CRD)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -61,7 +62,11 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Any, Any, int]:
         index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        generator = torch.random.default_generator
+        state = generator.get_state()
+        generator.manual_seed(seed)
+        try:
             image, label = self.dataset[index]
+        finally:
+            generator.set_state(state)
         return image, label, index
