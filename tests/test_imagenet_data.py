@@ -123,9 +123,11 @@ def test_epochs_are_seeded_and_resume_mid_epoch(tiny: Path) -> None:
 
 
 def test_workers_give_the_same_batches(tiny: Path) -> None:
+    """Also across epochs of the same persistent workers, the first one resumed."""
     train, _ = tiny_imagenet_datasets(tiny)
-    in_process = epoch(image_loader(train, 4, train=True, seed=0, device=CPU, workers=0), 0, start_batch=1)
-    with_workers = epoch(image_loader(train, 4, train=True, seed=0, device=CPU, workers=2), 0, start_batch=1)
+    loaders = [image_loader(train, 4, train=True, seed=0, device=CPU, workers=workers) for workers in (0, 2)]
+    in_process, with_workers = ([*epoch(loader, 0, start_batch=1), *epoch(loader, 1)] for loader in loaders)
+    assert len(in_process) == 2 + 3
     assert_same_batches(in_process, with_workers)
 
 
