@@ -83,3 +83,12 @@ def test_bench_epoch_quick(tmp_path: Path) -> None:
         cifar_epoch_s = row["run_hours"] * 3600 / report["settings"]["run_epochs"]  # extrapolated from the measured rates
         assert cifar_epoch_s == pytest.approx(50_000 / row["train_images_per_s"] + row["test_s"] * 10_000 / 64, rel=1e-6)
     assert "CIFAR epochs on cpu" in report["headline"]
+
+
+def test_bench_imagenet_input_quick(tmp_path: Path) -> None:
+    stdout, report = run_benchmark("bench_imagenet_input.py", tmp_path / "input.json", "--workers", "0")  # workers: test_imagenet_data.py
+    rows = check_common(stdout, report)
+    assert [row["split"] for row in rows] == ["train (RandomResizedCrop + flip)", "eval (Resize + CenterCrop)"]
+    for row in rows:
+        assert row["images"] == 12 and row["ours_images_per_s"] > 0 and row["torchvision_images_per_s"] > 0 and row["speedup"] > 0
+    assert "torchvision's default on training" in report["headline"]

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from toolbox.choices import DATASETS
+from toolbox.datasets.sampling import epoch_generator
 from toolbox.errors import UsageError
 from toolbox.stop import interruptible
 
@@ -384,13 +385,6 @@ def augment(images: Tensor, generator: torch.Generator) -> Tensor:
     cols = torch.where(flip, dx + width - 1 - torch.arange(width, device=device).view(1, 1, width), cols)
     batch_index = torch.arange(n, device=device).view(n, 1, 1)
     return padded.permute(0, 2, 3, 1)[batch_index, rows, cols].permute(0, 3, 1, 2)
-
-
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """A generator for one epoch's order and augmentation, independent of all other randomness."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed * 1_000_003 + epoch)
-    return generator
 
 
 def train_batches(

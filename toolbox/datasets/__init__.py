@@ -1,0 +1,1 @@
+"""Data set readers behind ``toolbox.data_loader``, one module per family of data sets."""

@@ -1,0 +1,223 @@
+"""ImageNet and Tiny-ImageNet read from JPEG files by DataLoader workers, as uint8 tensors.
+
+Layouts (``data_dir`` is ``--data_dir``):
+
+* ``imagenet``: the ImageFolder layout that torchvision's ``ImageNet`` and mdistiller read,
+  ``data_dir/imagenet/train/<wnid>/*.JPEG`` and ``data_dir/imagenet/val/<wnid>/*.JPEG``. The
+  validation archive unpacks flat; sorting it into class folders is the standard ``valprep.sh``'s
+  job, or torchvision's parser's (``torchvision.datasets.ImageNet(data_dir/imagenet, split="val")``
+  with ``ILSVRC2012_img_val.tar`` and ``ILSVRC2012_devkit_t12.tar.gz`` in that folder).
+* ``tiny-imagenet``: ``tiny-imagenet-200.zip`` as it unpacks, ``data_dir/tiny-imagenet-200/`` with
+  ``wnids.txt``, ``train/<wnid>/images/*.JPEG`` and ``val/images/*.JPEG`` labelled by
+  ``val/val_annotations.txt`` (tab-separated: file, wnid, box); 200 classes of 64x64 images.
+
+Both splits map the sorted wnids (of ``train/``; Tiny-ImageNet: of ``wnids.txt``) to 0..C-1, as
+ImageFolder does for ``train/``, so a label means the same class in both.
+
+Transforms are the field's (mdistiller's ``dataset/imagenet.py`` and ``dataset/tiny_imagenet.py``)
+up to the tensor conversion: ImageNet trains on RandomResizedCrop(224) + horizontal flip and
+evaluates on Resize(256) + CenterCrop(224); Tiny-ImageNet trains on RandomRotation(20) + horizontal
+flip of the 64x64 images and evaluates on them as they are (mdistiller's recipe, so results compare
+with its Tiny-ImageNet tables). Images leave the workers as uint8 CHW tensors instead of normalised
+float32: a quarter of the bytes through worker pipes, pinned memory and the host-to-device copy,
+and no per-image float arithmetic on the CPU. ``normalize_on_device`` then normalises whole
+batches where the model runs, with the same values as ToTensor + Normalize.
+
+Layout problems are one-line ``UsageError``s naming the folder or file and the expected layout.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+from torchvision.datasets import VisionDataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, pil_loader
+
+from toolbox.datasets.sampling import EpochBatchSampler, SeededSamples
+from toolbox.errors import UsageError
+
+MeanStd = tuple[tuple[float, float, float], tuple[float, float, float]]
+# Per-channel statistics in [0, 1] units: torchvision's ImageNet ones (its pretrained weights expect
+# them) and mdistiller's Tiny-ImageNet ones.
+IMAGENET_MEAN_STD: MeanStd = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+TINY_IMAGENET_MEAN_STD: MeanStd = ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262))
+MEAN_STD = {"imagenet": IMAGENET_MEAN_STD, "tiny-imagenet": TINY_IMAGENET_MEAN_STD}
+
+IMAGENET_LAYOUT = "DATA_DIR/imagenet/train/<wnid>/*.JPEG and DATA_DIR/imagenet/val/<wnid>/*.JPEG"
+TINY_IMAGENET_LAYOUT = (
+    "DATA_DIR/tiny-imagenet-200/ as tiny-imagenet-200.zip unpacks: wnids.txt, train/<wnid>/images/*.JPEG, "
+    "val/images/*.JPEG and val/val_annotations.txt"
+)
+VALPREP = (
+    "sort them into <wnid>/ folders with the standard valprep.sh, or let torchvision.datasets.ImageNet(DATA_DIR/imagenet, "
+    "split='val') parse ILSVRC2012_img_val.tar with the devkit"
+)
+
+
+class ImageFiles(VisionDataset):
+    """Labelled image files, read like torchvision's ImageFolder: ``samples`` (path, label),
+    ``targets``, ``classes``, ``class_to_idx``, items (transformed image, label); ``loader``
+    opens a file as an RGB PIL image."""
+
+    def __init__(self, root: Path, samples: list[tuple[str, int]], classes: list[str], transform: Callable[[Image.Image], Any]) -> None:
+        super().__init__(str(root), transform=transform)
+        self.samples, self.classes = samples, classes
+        self.targets = [label for _, label in samples]
+        self.class_to_idx = {name: index for index, name in enumerate(classes)}
+        self.loader: Callable[[str], Image.Image] = pil_loader
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        return self.transform(self.loader(path)), label
+
+
+# ---------------------------------------------------------------- transforms and normalisation
+
+def imagenet_transform(train: bool) -> transforms.Compose:
+    """RandomResizedCrop(224) + flip to train, Resize(256) + CenterCrop(224) to evaluate; uint8 CHW."""
+    steps = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()] if train else [transforms.Resize(256), transforms.CenterCrop(224)]
+    return transforms.Compose([*steps, transforms.PILToTensor()])
+
+
+def tiny_imagenet_transform(train: bool) -> transforms.Compose:
+    """mdistiller's: RandomRotation(20) + flip to train, the 64x64 image as it is to evaluate; uint8 CHW."""
+    steps = [transforms.RandomRotation(20), transforms.RandomHorizontalFlip()] if train else []
+    return transforms.Compose([*steps, transforms.PILToTensor()])
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_std_255(mean_std: MeanStd, device: torch.device) -> tuple[Tensor, Tensor]:
+    mean, std = (torch.tensor(values, device=device).view(1, 3, 1, 1) * 255 for values in mean_std)
+    return mean, std
+
+
+def normalize_on_device(batch: Tensor, mean_std: MeanStd = IMAGENET_MEAN_STD) -> Tensor:
+    """A uint8 (N, 3, H, W) batch as normalised float32, computed where the batch is (move it to
+    the GPU first): (x / 255 - mean) / std, what ToTensor + Normalize give on the CPU."""
+    mean, std = _mean_std_255(mean_std, batch.device)
+    return (batch.float() - mean) / std
+
+
+# ---------------------------------------------------------------- reading the layouts
+
+def _folder(path: Path, layout: str) -> Path:
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a folder; expected {layout}")
+    return path
+
+
+def _image_names(folder: Path) -> list[str]:
+    """The image files directly in ``folder`` (ImageFolder's extensions), sorted."""
+    with os.scandir(folder) as entries:
+        return sorted(entry.name for entry in entries if entry.is_file() and has_file_allowed_extension(entry.name, IMG_EXTENSIONS))
+
+
+def _images_of_class(folder: Path, layout: str) -> list[str]:
+    names = _image_names(folder)
+    if not names:
+        raise UsageError(f"{folder} holds no images ({', '.join(IMG_EXTENSIONS)}); expected {layout}")
+    return [str(folder / name) for name in names]
+
+
+def _class_folders(split: Path, classes: Sequence[str] | None) -> tuple[list[str], list[tuple[str, int]]]:
+    """The classes (sorted sub-folder names) and samples of one ImageNet split; ``classes`` (the
+    training split's) fixes the labels of the validation split."""
+    with os.scandir(_folder(split, IMAGENET_LAYOUT)) as entries:
+        found = sorted(entry.name for entry in entries if entry.is_dir())
+    if not found:
+        loose = len(_image_names(split))
+        fix = f"it holds {loose} images but no class folders: {VALPREP}" if loose else "it holds no class folders"
+        raise UsageError(f"{split} is not in the class-folder layout ({fix}); expected {IMAGENET_LAYOUT}")
+    classes = found if classes is None else classes
+    index = {name: label for label, name in enumerate(classes)}
+    strays = [name for name in found if name not in index]
+    if strays:
+        raise UsageError(
+            f"{split / strays[0]} is a class that {split.parent / 'train'} lacks ({len(strays)} such folders); "
+            f"both splits need the same <wnid> folders: {IMAGENET_LAYOUT}"
+        )
+    samples = [(path, index[name]) for name in found for path in _images_of_class(split / name, IMAGENET_LAYOUT)]
+    return list(classes), samples
+
+
+def imagenet_datasets(data_dir: str | Path) -> tuple[ImageFiles, ImageFiles]:
+    """ImageNet's training and validation splits with the standard transforms."""
+    root = Path(data_dir) / "imagenet"
+    classes, train = _class_folders(root / "train", None)
+    _, val = _class_folders(root / "val", classes)
+    return (ImageFiles(root / "train", train, classes, imagenet_transform(train=True)),
+            ImageFiles(root / "val", val, classes, imagenet_transform(train=False)))
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text().splitlines() if line.strip()]
+    except OSError as error:
+        raise UsageError(f"{path} cannot be read ({error.strerror or error}); expected {TINY_IMAGENET_LAYOUT}") from None
+
+
+def tiny_imagenet_datasets(data_dir: str | Path) -> tuple[ImageFiles, ImageFiles]:
+    """Tiny-ImageNet's training and validation splits (200 classes, 64x64) with mdistiller's transforms."""
+    root = _folder(Path(data_dir) / "tiny-imagenet-200", TINY_IMAGENET_LAYOUT)
+    classes = sorted({line.strip() for line in _read_lines(root / "wnids.txt")})
+    train = [
+        (path, label)
+        for label, wnid in enumerate(classes)
+        for path in _images_of_class(_folder(root / "train" / wnid / "images", TINY_IMAGENET_LAYOUT), TINY_IMAGENET_LAYOUT)
+    ]
+    images = _folder(root / "val" / "images", TINY_IMAGENET_LAYOUT)
+    present = set(_image_names(images))
+    annotations = root / "val" / "val_annotations.txt"
+    index = {name: label for label, name in enumerate(classes)}
+    val = []
+    for number, line in enumerate(_read_lines(annotations), 1):
+        fields = line.split("\t")
+        problem = (
+            "has fewer than 2 tab-separated fields" if len(fields) < 2
+            else f"names {fields[0]}, which {images} lacks" if fields[0] not in present
+            else f"names the class {fields[1]}, which wnids.txt lacks" if fields[1] not in index
+            else None
+        )  # fmt: skip
+        if problem:
+            raise UsageError(f"{annotations} line {number} {problem}; expected {TINY_IMAGENET_LAYOUT}")
+        val.append((str(images / fields[0]), index[fields[1]]))
+    return (ImageFiles(root / "train", train, classes, tiny_imagenet_transform(train=True)),
+            ImageFiles(root / "val", val, classes, tiny_imagenet_transform(train=False)))
+
+
+IMAGE_DATASETS: dict[str, Callable[[str | Path], tuple[ImageFiles, ImageFiles]]] = {
+    "imagenet": imagenet_datasets,
+    "tiny-imagenet": tiny_imagenet_datasets,
+}
+
+
+# ---------------------------------------------------------------- loading
+
+def image_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, device: torch.device, workers: int) -> DataLoader:
+    """Batches of ``dataset``'s uint8 images (an ``ImageFiles`` or a subset of one) decoded by
+    ``workers`` processes (kept alive across epochs), pinned when they go to a GPU.
+
+    Training: (images, labels, indices) in the seeded order of ``loader.batch_sampler``, an
+    ``EpochBatchSampler``: call ``loader.batch_sampler.set_epoch(epoch, start_batch)`` before each
+    epoch. Evaluation: (images, labels) in file order. The loader's own generator is seeded, so
+    iterating it draws nothing from torch's global one."""
+    options: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": workers > 0,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+    if train:
+        return DataLoader(SeededSamples(dataset), batch_sampler=EpochBatchSampler(len(dataset), batch_size, seed), **options)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **options)

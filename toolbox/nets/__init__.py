@@ -1,0 +1,1 @@
+"""Network definitions behind ``toolbox.models``, one module per family of architectures."""
