@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from toolbox import choices, models
+from toolbox.config import RUNTIME_FIELDS, Config, build_parser
 from toolbox.methods import DISTILLERS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,3 +34,26 @@ def test_help_and_flag_errors_need_no_torch() -> None:
     assert refused.returncode == 2 and "--lr must be a positive number; got -1.0" in refused.stderr
     parsed = run_without_torch("from toolbox.config import parse_config; print(parse_config(['--distillation', 'kd']).kd_temperature)")
     assert parsed.stdout.strip() == "4.0", parsed.stderr
+
+
+def help_blocks() -> dict[str, str]:
+    """Each flag of ``tucker_distillation.py --help`` and the text shown for it."""
+    text = build_parser("tucker_distillation.py").format_help().split("\nwhat to train:", 1)[1]
+    blocks = re.split(r"\n  (?=--)", text.split("\nexit status:")[0])
+    return {block.split()[0]: " ".join(block.split()) for block in blocks if block.startswith("--")}
+
+
+def test_each_flag_states_its_default_once() -> None:
+    blocks = help_blocks()
+    assert len(blocks) == len(dataclasses.fields(Config))
+    twice = {name: text for name, text in blocks.items() if text.lower().count("default") > 1}
+    assert not twice
+    assert "(default: 0.07)" in blocks["--crd_temperature"] and "(default: None)" not in " ".join(blocks.values())
+
+
+def test_help_groups_show_which_flags_may_change_on_resume() -> None:
+    parser = build_parser("tucker_distillation.py")
+    may_change = {action.dest for group in parser._action_groups if "may change when a run resumes" in (group.title or "")
+                  for action in group._group_actions}
+    assert may_change - {"experiment_name"} == RUNTIME_FIELDS
+    assert "exit status" in parser.epilog and "75" in parser.epilog
