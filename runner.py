@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from toolbox.choices import RECOMP_TARGETS, SAME_ARCH_PAIRS, parse_ranks
-from toolbox.config import Config, OneLineParser
+from toolbox.config import Config, OneLineParser, quiet_on_closed_pipe
 from toolbox.data_loader import prepare_dataset
 from toolbox.errors import UsageError
 from toolbox.methods import DISTILLERS
@@ -310,4 +310,4 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

@@ -19,7 +19,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from toolbox.config import Config, build_parser, config_from_namespace, main_guard
+from toolbox.config import Config, build_parser, config_from_namespace, main_guard, quiet_on_closed_pipe
 from toolbox.errors import UsageError
 from toolbox.sweep import grid_points
 from toolbox.training import train
@@ -71,4 +71,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

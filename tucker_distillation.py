@@ -20,7 +20,7 @@ from toolbox.stop import StopFlag
 
 StopFlag().install()  # before the heavy imports: a SLURM warning during start-up still means "stop and requeue"
 
-from toolbox.config import main_guard, parse_config  # noqa: E402
+from toolbox.config import main_guard, parse_config, quiet_on_closed_pipe  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,4 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from toolbox import choices, models
-from toolbox.config import RUNTIME_FIELDS, Config, build_parser
+from toolbox.config import CLOSED_PIPE, RUNTIME_FIELDS, Config, build_parser
 from toolbox.methods import DISTILLERS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,3 +60,22 @@ def test_help_groups_show_which_flags_may_change_on_resume() -> None:
                   for action in group._group_actions}
     assert may_change - {"experiment_name"} == RUNTIME_FIELDS
     assert "exit status" in parser.epilog and "75" in parser.epilog
+
+
+
+@pytest.mark.parametrize(("command", "status"), [
+    (["tucker_distillation.py", "--dataset", "digits", "--distillation", "none", "--student", "ResNetBaby", "--epochs", "1",
+      "--max_batches", "1", "--experiments_dir", "EXPERIMENTS"], CLOSED_PIPE),
+    (["runner.py", "--dataset", "digits", "--epochs", "1", "--dry_run", "--experiments_dir", "EXPERIMENTS"], CLOSED_PIPE),
+    (["test_noise.py", "--help"], 0),  # argparse drops a help it cannot write
+], ids=["tucker_distillation.py", "runner.py", "test_noise.py"])
+def test_a_closed_pipe_ends_quietly(tmp_path: Path, command: list[str], status: int) -> None:
+    """``script ... | head``: the reader is gone before the script writes; no traceback."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, *(str(tmp_path) if arg == "EXPERIMENTS" else arg for arg in command)],
+                              cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (status, "")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from toolbox.choices import (
     BACKENDS,
@@ -237,6 +238,22 @@ def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
         raise  # unreachable: parser.error exits
 
 
+CLOSED_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
+
+
+def quiet_on_closed_pipe(main: Callable[[], int]) -> int:
+    """Run a script's ``main``; when the reader of its output has gone (``| head``), end quietly
+    instead of with a BrokenPipeError traceback (Python's documentation, "Note on SIGPIPE")."""
+    try:
+        status = main()
+        sys.stdout.flush()  # inside the try: a pending write can fail here too
+        return status
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's last flush does not fail again
+        return CLOSED_PIPE
+
+
 def main_guard(run, *args) -> int:
     """Run an entry point, turning the project's errors into one line on stderr and an exit code
     (README.md lists them)."""
@@ -247,6 +264,8 @@ def main_guard(run, *args) -> int:
     except (UsageError, DivergedError, Interrupted) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:  # not a failed write of the run's: quiet_on_closed_pipe ends the script
+        raise
     except OSError as error:  # a full disk, a folder that became read-only, ...
         where = f"{error.filename}: " if error.filename else ""
         print(f"error: {where}{error.strerror or error}; fix that (free space, permissions) and rerun the same "
