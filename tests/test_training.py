@@ -18,7 +18,7 @@ from toolbox.config import parse_config
 from toolbox.errors import DivergedError, UsageError
 from toolbox.models import build_model
 from toolbox.rundir import experiment_name
-from toolbox.training import Trainer
+from toolbox.training import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {"config.json", "metrics.json", "last.pt", f"{STUDENT}.pth", "Loss.png", "Accuracy.png"}
@@ -196,6 +196,15 @@ def test_missing_teacher_prints_the_command_that_trains_it(tmp_path: Path, capsy
     assert (f"python tucker_distillation.py --distillation none --dataset digits --student ResNet32 --seed 0 "
             f"--batch_size 64 --lr 0.05 --experiments_dir {tmp_path}") in err
 
+
+
+def test_a_missing_teacher_is_reported_before_the_data_is_loaded(tmp_path: Path) -> None:
+    """The defaults (CIFAR-100, a ResNet112 teacher) with neither the data nor the teacher: the
+    error is the teacher's, and nothing was downloaded first."""
+    data_dir = tmp_path / "data"
+    with pytest.raises(UsageError, match="teacher checkpoint .*ResNet112.pth not found; train the teacher first"):
+        train(parse_config(["--experiments_dir", str(tmp_path / "experiments"), "--data_dir", str(data_dir)]))
+    assert not data_dir.exists()
 
 @pytest.mark.parametrize("teacher, classes", [("ResNet56", 10), (TEACHER, 100)])  # wrong depth; wrong classes
 def test_wrong_teacher_checkpoint_is_a_clear_error(tmp_path: Path, teacher: str, classes: int) -> None:

@@ -93,6 +93,9 @@ class Trainer:
         """``data`` replaces the data set named by the config (benchmarks use synthetic data)."""
         self.config = config
         self.run = run
+        needs_teacher = DISTILLERS[config.distillation].needs_teacher
+        if needs_teacher:
+            check_teacher_exists(config)  # before the data: a CIFAR download should not come first
         self.device = select_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -105,7 +108,7 @@ class Trainer:
         self.student = build_model(config.student, self.data.num_classes).to(self.device)
         self.teacher: Optional[nn.Module] = None
         teacher_shapes = student_shapes = output_shapes(self.student, self.device)
-        if DISTILLERS[config.distillation].needs_teacher:
+        if needs_teacher:
             self.teacher = self._load_teacher()
             teacher_shapes = output_shapes(self.teacher, self.device)
         setup = Setup(teacher_shapes, student_shapes, self.data.train_labels)
@@ -129,11 +132,6 @@ class Trainer:
     def _load_teacher(self) -> nn.Module:
         config = self.config
         path = Path(config.teacher_checkpoint)
-        if not path.exists():
-            raise UsageError(
-                f"teacher checkpoint {path} not found; train the teacher first with: {teacher_command(config)} "
-                f"(it is saved there by default), or pass --teacher_checkpoint"
-            )
         teacher = build_model(config.teacher, self.data.num_classes)
         load_checkpoint(teacher, path, "--teacher_checkpoint")
         if not all_finite(teacher):
@@ -236,6 +234,15 @@ class Trainer:
         )
         loss, accuracy = evaluate(self.student_step, batches, self.autocast)
         return {"test_loss": loss, "test_acc": accuracy}
+
+
+def check_teacher_exists(config: Config) -> None:
+    """A missing teacher is an error that says how to train it."""
+    if not Path(config.teacher_checkpoint).exists():
+        raise UsageError(
+            f"teacher checkpoint {config.teacher_checkpoint} not found; train the teacher first with: "
+            f"{teacher_command(config)} (it is saved there by default), or pass --teacher_checkpoint"
+        )
 
 
 def all_finite(*modules: nn.Module) -> bool:
