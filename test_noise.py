@@ -62,10 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configs = sweep_configs(argv)
 
     def run() -> None:
-        for config in configs:
-            metrics = train(config)
-            print(f"noise std {config.noise_std:g}: best test accuracy {metrics['best_test_acc']:.2f}% "
-                  f"(epoch {metrics['best_epoch']}), {metrics['wall_time_s']:.0f}s of training", flush=True)
+        for config in configs:  # each run prints its folder (named after its level) and its best accuracy
+            train(config)
 
     return main_guard(run)
 

@@ -6,7 +6,7 @@
         --teacher ResNet20 --student ResNetBaby --epochs 12
 
 Each run lives in ``experiments/<experiment_name>/`` (config.json, last.pt, <Arch>.pth, Loss.png,
-Accuracy.png, and metrics.json once finished). Rerunning an unfinished run resumes it; rerunning a
+Accuracy.png, train.log, and metrics.json once finished). Rerunning an unfinished run resumes it; rerunning a
 finished one does nothing (after checking that it was trained with these flags). Exit status: 0 done,
 2 bad input, 1 diverged, 75 stopped by SIGUSR1/SIGTERM (rerun to resume), 74 a write failed. Every
 flag, its default and its meaning: ``--help``.
@@ -33,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{config.evaluate}: test accuracy {result['test_acc']:.2f}%, test loss {result['test_loss']:.4f} "
                   f"({config.student} on {config.dataset})")
             return
-        metrics = train(config)
-        print(f"best test accuracy {metrics['best_test_acc']:.2f}% (epoch {metrics['best_epoch']}), "
-              f"{metrics['wall_time_s']:.0f}s of training")
+        train(config)  # it prints (and logs in train.log) each epoch and the best accuracy
 
     return main_guard(run)
 

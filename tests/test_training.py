@@ -102,6 +102,12 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch:
     for key in HISTORY:
         assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-4, abs=1e-6)
 
+    # train.log holds what both sessions printed, the second appended to the first
+    lines = (run / "train.log").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["training", "epoch", "error:", "resuming", "epoch", "epoch", "best"]
+    assert lines[1].startswith("epoch 1/3 ") and lines[2] == "error: KeyboardInterrupt: "
+    assert lines[3] == f"resuming {run} after epoch 1 of 3" and lines[5].startswith("epoch 3/3 ")
+
 
 def test_finished_run_is_left_untouched(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     flags = ["--distillation", "none", "--student", STUDENT, "--epochs", "1", "--max_batches", "1", "--experiment_name", "done"]

@@ -40,6 +40,7 @@ METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"
 JOB_FILE = "job.json"
 SCRIPT_FILE = "run.job"
+LOG_FILE = "train.log"
 PLOTS = ("Loss.png", "Accuracy.png")
 TEACHER_SEED = 0
 
@@ -207,6 +208,7 @@ class RunDir:
         self.lock_file = self.path / LOCK_FILE
         self.job = self.path / JOB_FILE
         self.script = self.path / SCRIPT_FILE
+        self.log = self.path / LOG_FILE
 
     def best_checkpoint(self, arch: str) -> Path:
         return self.path / f"{arch}.pth"
@@ -361,7 +363,7 @@ class RunDir:
             saved = self.saved_config() or {}
         except UsageError:
             pass
-        names = {CONFIG_FILE, LAST_CHECKPOINT, LOCK_FILE, JOB_FILE, SCRIPT_FILE, "local.out", *PLOTS}
+        names = {CONFIG_FILE, LAST_CHECKPOINT, LOCK_FILE, JOB_FILE, SCRIPT_FILE, LOG_FILE, "local.out", *PLOTS}
         if isinstance(saved.get("student"), str):
             names.add(f"{saved['student']}.pth")
         logs = re.compile(r"slurm-\d+\.out|td\.[A-Za-z0-9_.-]+\.[oe]\d+(\.\S+)?|\..+\.\d+\.tmp")

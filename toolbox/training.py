@@ -288,6 +288,40 @@ def evaluate_checkpoint(config: Config) -> dict[str, float]:
     return {"test_loss": loss, "test_acc": accuracy}
 
 
+class ConsoleLog:
+    """Prints a run's lines and appends them to its ``train.log``, so that a run trained directly
+    keeps what it printed, as a scheduler's job log would (progress bars stay on the terminal).
+    As a context manager it also records the error that ends the block (the entry point prints it).
+    A finished run's folder is left as it is: nothing is appended once metrics.json exists."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def record(self, line: str) -> None:
+        if self.run.finished:
+            return
+        with open(self.run.log, "a", encoding="utf-8") as log:
+            log.write(line + "\n")
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        self.record(line)
+
+    def __enter__(self) -> ConsoleLog:
+        return self
+
+    def __exit__(self, kind: Optional[type], error: Optional[BaseException], traceback: Any) -> None:
+        if error is not None:
+            shown = str(error) if isinstance(error, (UsageError, DivergedError, Interrupted)) else f"{kind.__name__}: {error}"
+            with contextlib.suppress(OSError):  # the error may be that this disk is full
+                self.record(f"error: {shown}")
+
+
+def final_line(metrics: dict[str, Any]) -> str:
+    return (f"best test accuracy {metrics['best_test_acc']:.2f}% (epoch {metrics['best_epoch']}), "
+            f"{metrics['wall_time_s']:.0f}s of training")
+
+
 def finished_metrics(run: RunDir, config: Config) -> dict[str, Any]:
     """A finished run's metrics, once its config.json shows it was trained with these flags."""
     saved = run.saved_config()
@@ -296,7 +330,7 @@ def finished_metrics(run: RunDir, config: Config) -> dict[str, Any]:
                          "checked; restore its config.json, or choose another --experiment_name")
     check_same_run(saved, config, run.path)
     metrics = run.read_json(run.metrics)
-    print(f"{run.path} has finished already (best test accuracy {metrics['best_test_acc']:.2f}%); nothing to do")
+    print(f"{run.path} has finished already; nothing to do")
     return metrics
 
 
@@ -306,10 +340,12 @@ def train(config: Config) -> dict[str, Any]:
     config = resolve(config)
     run = RunDir(Path(config.experiments_dir) / config.experiment_name)
     run.create()
-    with run.locked(), stop_flag() as stop:
+    with run.locked(), stop_flag() as stop, ConsoleLog(run) as log:
         run.remove_stale_temporaries()
         if run.finished:
-            return finished_metrics(run, config)
+            metrics = finished_metrics(run, config)
+            log(final_line(metrics))
+            return metrics
         state = read_last(run, torch.device("cpu"))
         saved = state.get("config") if state else None
         if state is not None and saved is None:
@@ -329,10 +365,10 @@ def train(config: Config) -> dict[str, Any]:
                                  "trained with (its content differs); pass that teacher's file to resume, or choose "
                                  "another --experiment_name for a run with this teacher")
             trainer.restore(state)
-            print(f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}")
+            log(f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}")
         else:
             what = config.student if trainer.teacher is None else f"{config.teacher} -> {config.student}"
-            print(f"training {run.path} on {trainer.device} ({config.distillation}: {what})")
+            log(f"training {run.path} on {trainer.device} ({config.distillation}: {what})")
         try:  # keep the environment the run started in; an unreadable config.json is rewritten from last.pt
             previous = run.read_json(run.config) if state is not None else None
         except UsageError:
@@ -360,12 +396,11 @@ def train(config: Config) -> dict[str, Any]:
                 atomic_torch_save(best_path, {"weights": trainer.student.state_dict()})
             atomic_torch_save(run.last, trainer.state())
             plot_curves(trainer.history, run.path)
-            print(
+            log(
                 f"epoch {trainer.epoch}/{config.epochs}  cross-entropy {record['train_hard_loss']:.4f}  "
                 f"distillation {record['train_soft_loss']:.4g}  train {record['train_acc']:.2f}%  "
                 f"test {record['test_acc']:.2f}% (best {max(trainer.history['test_acc']):.2f}%)  "
-                f"{time.perf_counter() - started:.1f}s",
-                flush=True,
+                f"{time.perf_counter() - started:.1f}s"
             )
 
         best_epoch = max(range(config.epochs), key=lambda i: trainer.history["test_acc"][i])
@@ -376,5 +411,6 @@ def train(config: Config) -> dict[str, Any]:
             "epochs": config.epochs,
             "wall_time_s": trainer.elapsed,
         }
+        log(final_line(metrics))  # before metrics.json, which closes the log
         atomic_write_json(run.metrics, metrics)
         return metrics
