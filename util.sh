@@ -45,7 +45,7 @@ case "${1:-help}" in
     test) # [pytest flags]  set up, then run the whole test suite
         shift; ensure_venv; exec "$PYTHON" -m pytest "$@" ;;
     # ---- cluster: runner.py's grid of runs, and a SLURM cluster on this machine ----
-    status) # [runner.py flags]  each run of the grid: finished / running / pending / failed / not started, best accuracy
+    status) # [runner.py flags]  each run of the grid: finished / running / pending / failed / not started, best accuracy (a local sweep: add --scheduler local)
         shift; exec "$PYTHON" runner.py --status "$@" ;;
     logs) # RUN [tail flags, e.g. -f]  the end of the run's newest log, its job's or its train.log (RUN: its folder, or its name under experiments/)
         run=${2:?usage: util.sh logs RUN [tail flags]}; shift 2
@@ -58,7 +58,7 @@ case "${1:-help}" in
         exec tail -n 40 "$@" "$log" ;;
     cancel) # [--experiments_dir DIR]  cancel the queued and running jobs that runner.py recorded in job.json files
         shift; exec "$PYTHON" runner.py --cancel "$@" ;;
-    clean) # [--yes] [--experiments_dir DIR]  delete the folders of unfinished runs without a live job (asks first)
+    clean) # [--yes] [--experiments_dir DIR]  delete the folders of unfinished runs without a live job (asks first; a local sweep: add --scheduler local)
         shift; exec "$PYTHON" runner.py --clean "$@" ;;
     slurm-up) # start a single-node SLURM cluster on this machine (root; installs the packages if missing)
         exec scripts/slurm-dev.sh up ;;
