@@ -13,10 +13,12 @@ usage() {
 # Create .venv and install requirements.txt into it, once (again when requirements.txt changes).
 ensure_venv() {
     if [ ! -x .venv/bin/python ] || [ requirements.txt -nt .venv/.installed ]; then
+        echo "util.sh: installing requirements.txt into .venv (torch is a large download, a few minutes)..."
         python3 -m venv .venv
         .venv/bin/pip install --quiet --upgrade pip
-        .venv/bin/pip install --quiet -r requirements.txt
+        .venv/bin/pip install -r requirements.txt  # its progress shows: torch takes minutes
         touch .venv/.installed
+        echo "util.sh: .venv is ready; 'source .venv/bin/activate' makes its python the one README's commands run"
     fi
     PYTHON=.venv/bin/python
 }
@@ -41,7 +43,8 @@ case "${1:-help}" in
             --teacher ResNet20 --student ResNetBaby
         demo_run "baseline ResNetBaby, no teacher  :" --distillation none --student ResNetBaby
         printf '%s\n' "${summary[@]}"
-        echo "demo finished in $((SECONDS - start)) s; runs are under experiments/digits/" ;;
+        echo "demo finished in $((SECONDS - start)) s; runs are under experiments/digits/"
+        echo "to run README's python commands, activate the project's environment first: source .venv/bin/activate" ;;
     test) # [pytest flags]  set up, then run the whole test suite
         shift; ensure_venv; exec "$PYTHON" -m pytest "$@" ;;
     # ---- cluster: runner.py's grid of runs, and a SLURM cluster on this machine ----
