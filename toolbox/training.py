@@ -291,8 +291,9 @@ def evaluate_checkpoint(config: Config) -> dict[str, float]:
 class ConsoleLog:
     """Prints a run's lines and appends them to its ``train.log``, so that a run trained directly
     keeps what it printed, as a scheduler's job log would (progress bars stay on the terminal).
-    As a context manager it also records the error that ends the block (the entry point prints it).
-    A finished run's folder is left as it is: nothing is appended once metrics.json exists."""
+    As a context manager it also records the error that stops a run that has a log (the entry point
+    prints it): a failed start-up leaves no train.log behind. A finished run's folder is left as it
+    is: nothing is appended once metrics.json exists."""
 
     def __init__(self, run: RunDir) -> None:
         self.run = run
@@ -311,7 +312,7 @@ class ConsoleLog:
         return self
 
     def __exit__(self, kind: Optional[type], error: Optional[BaseException], traceback: Any) -> None:
-        if error is not None:
+        if error is not None and self.run.log.exists():
             shown = str(error) if isinstance(error, (UsageError, DivergedError, Interrupted)) else f"{kind.__name__}: {error}"
             with contextlib.suppress(OSError):  # the error may be that this disk is full
                 self.record(f"error: {shown}")
