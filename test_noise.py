@@ -19,10 +19,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from toolbox.config import Config, build_parser, config_from_namespace, main_guard, quiet_on_closed_pipe
-from toolbox.errors import UsageError
-from toolbox.sweep import grid_points
-from toolbox.training import train
+from toolbox.config import Config, build_parser, config_from_namespace, main_guard, quiet_on_closed_pipe, wait_passively
+
+wait_passively()  # before torch loads
+
+from toolbox.errors import UsageError  # noqa: E402
+from toolbox.sweep import grid_points  # noqa: E402
+from toolbox.training import train  # noqa: E402
 
 
 def build_noise_parser() -> argparse.ArgumentParser:

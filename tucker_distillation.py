@@ -20,7 +20,9 @@ from toolbox.stop import StopFlag
 
 StopFlag().install()  # before the heavy imports: a SLURM warning during start-up still means "stop and requeue"
 
-from toolbox.config import main_guard, parse_config, quiet_on_closed_pipe  # noqa: E402
+from toolbox.config import main_guard, parse_config, quiet_on_closed_pipe, wait_passively  # noqa: E402
+
+wait_passively()  # before torch loads
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,3 +79,14 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path, command: list[str], status: 
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (status, "")
+
+
+@pytest.mark.parametrize(("environment", "policy"), [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),
+                                                     ({"SLURM_CPUS_PER_TASK": "4"}, None)])
+def test_threads_wait_passively_unless_told_or_on_cores_of_their_own(environment: dict, policy: str) -> None:
+    """Set before torch loads (OpenMP reads it once): importing the script does not load torch."""
+    code = "import os, sys, tucker_distillation; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "SLURM_CPUS_PER_TASK")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**clean, **environment}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.split() == [str(policy), "False"], done.stderr

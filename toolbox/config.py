@@ -115,7 +115,7 @@ class Config:
     compile: bool = flag(False, "torch.compile the models")
     channels_last: bool = flag(True, "channels-last memory format for the models and batches")
     eval_batch_size: int = flag(1024, "batch size for evaluation")
-    threads: Optional[int] = flag(None, "CPU threads for torch (default: torch's choice)", type=int)
+    threads: Optional[int] = flag(None, "CPU threads for torch (default: torch's choice, one per core); they sleep while they wait for each other unless OMP_WAIT_POLICY says otherwise (README, Speed)", type=int)
     deterministic: bool = flag(False, "deterministic algorithms (torch and cuDNN) for bit-for-bit reproducible runs, at their speed cost")
     evaluate: Optional[str] = flag(None, "evaluate this checkpoint of --student (ours, the original's or a RepDistiller/mdistiller ckpt_epoch_*.pth) on --dataset's test split, print its accuracy and loss, and exit", type=str)
 
@@ -236,6 +236,17 @@ def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
     except UsageError as error:
         parser.error(str(error))
         raise  # unreachable: parser.error exits
+
+
+def wait_passively() -> None:
+    """Let torch's CPU threads sleep, not spin, while they wait for each other: on a CPU that
+    another busy process shares, spinning threads make training several times slower; waiting
+    passively keeps the speed of the cores left (bench/RESULTS.md, "Threads on a shared CPU").
+    OpenMP reads this once, when torch loads: call it before. A value already set wins, and a
+    SLURM job given its own CPUs keeps OpenMP's default (a short spin, then sleep): on cores that
+    nothing else uses, spinning is faster."""
+    if "SLURM_CPUS_PER_TASK" not in os.environ:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 CLOSED_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
