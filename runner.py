@@ -4,6 +4,7 @@
     python runner.py                       # the whole study (17 configurations x 3 runs) on SLURM
     python runner.py --dry_run             # what it would submit, with the rendered job scripts
     python runner.py --dataset digits --teacher ResNetBaby --student ResNetBaby --epochs 2 -- --max_batches 3
+                                           # the same 51 runs, tiny (and their teacher: 52 jobs)
     python runner.py --scheduler local --parallel 2      # no cluster: the grid on this machine
     python runner.py --status              # the grid as a table (also: --cancel, --clean)
     python runner.py --benchmark --dry_run # the CRD/DKD CIFAR-100 benchmark: 7 pairs x 15 configurations x 3 seeds
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 from toolbox.choices import RECOMP_TARGETS, SAME_ARCH_PAIRS, parse_ranks
-from toolbox.config import IO_ERROR, Config, OneLineParser, os_error_line
+from toolbox.config import IO_ERROR, Config, OneLineParser, os_error_line, quiet_on_closed_pipe
 from toolbox.data_loader import prepare_dataset
 from toolbox.errors import Interrupted, UsageError
 from toolbox.methods import DISTILLERS
@@ -327,4 +328,4 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

@@ -19,10 +19,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from toolbox.config import Config, build_parser, config_from_namespace, main_guard
-from toolbox.errors import UsageError
-from toolbox.sweep import grid_points
-from toolbox.training import train
+from toolbox.config import Config, build_parser, config_from_namespace, main_guard, quiet_on_closed_pipe, wait_passively
+
+wait_passively()  # before torch loads
+
+from toolbox.errors import UsageError  # noqa: E402
+from toolbox.sweep import grid_points  # noqa: E402
+from toolbox.training import train  # noqa: E402
 
 
 def build_noise_parser() -> argparse.ArgumentParser:
@@ -62,13 +65,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configs = sweep_configs(argv)
 
     def run() -> None:
-        for config in configs:
-            metrics = train(config)
-            print(f"noise std {config.noise_std:g}: best test accuracy {metrics['best_test_acc']:.2f}% "
-                  f"(epoch {metrics['best_epoch']}), {metrics['wall_time_s']:.0f}s of training", flush=True)
+        for config in configs:  # each run prints its folder (named after its level) and its best accuracy
+            train(config)
 
     return main_guard(run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

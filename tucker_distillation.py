@@ -6,7 +6,7 @@
         --teacher ResNet20 --student ResNetBaby --epochs 12
 
 Each run lives in ``experiments/<experiment_name>/`` (config.json, last.pt, <Arch>.pth, Loss.png,
-Accuracy.png, and metrics.json once finished). Rerunning an unfinished run resumes it; rerunning a
+Accuracy.png, train.log, and metrics.json once finished). Rerunning an unfinished run resumes it; rerunning a
 finished one does nothing (after checking that it was trained with these flags). Exit status: 0 done,
 2 bad input, 1 diverged, 75 stopped by SIGUSR1/SIGTERM (rerun to resume), 74 a write failed. Every
 flag, its default and its meaning: ``--help``.
@@ -31,8 +31,10 @@ StopFlag().install(caught=early_signals)  # read after the switch: no signal fal
 import contextlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from toolbox.config import Config, main_guard, parse_config  # noqa: E402
+from toolbox.config import Config, main_guard, parse_config, quiet_on_closed_pipe, wait_passively  # noqa: E402
 from toolbox.rundir import RunDir  # noqa: E402  (no torch)
+
+wait_passively()  # before torch loads
 
 
 def claimed_early(config: Config) -> contextlib.AbstractContextManager:
@@ -56,12 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{config.evaluate}: test accuracy {result['test_acc']:.2f}%, test loss {result['test_loss']:.4f} "
                       f"({config.student} on {config.dataset})")
                 return
-            metrics = train(config)
-            print(f"best test accuracy {metrics['best_test_acc']:.2f}% (epoch {metrics['best_epoch']}), "
-                  f"{metrics['wall_time_s']:.0f}s of training")
+            train(config)  # it prints (and logs in train.log) each epoch and the best accuracy
 
     return main_guard(run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_on_closed_pipe(main))

@@ -15,10 +15,12 @@ usage() {
 # Create .venv and install requirements.txt into it, once (again when requirements.txt changes).
 ensure_venv() {
     if [ ! -x "$REPO/.venv/bin/python" ] || [ "$REPO/requirements.txt" -nt "$REPO/.venv/.installed" ]; then
+        echo "util.sh: installing requirements.txt into .venv (torch is a large download, a few minutes)..."
         python3 -m venv "$REPO/.venv"
         "$REPO/.venv/bin/pip" install --quiet --upgrade pip
-        "$REPO/.venv/bin/pip" install --quiet -r "$REPO/requirements.txt"
+        "$REPO/.venv/bin/pip" install -r "$REPO/requirements.txt"  # its progress shows: torch takes minutes
         touch "$REPO/.venv/.installed"
+        echo "util.sh: .venv is ready; 'source .venv/bin/activate' makes its python the one README's commands run"
     fi
     PYTHON="$REPO/.venv/bin/python"
 }
@@ -43,24 +45,25 @@ case "${1:-help}" in
             --teacher ResNet20 --student ResNetBaby
         demo_run "baseline ResNetBaby, no teacher  :" --distillation none --student ResNetBaby
         printf '%s\n' "${summary[@]}"
-        echo "demo finished in $((SECONDS - start)) s; runs are under experiments/digits/" ;;
+        echo "demo finished in $((SECONDS - start)) s; runs are under experiments/digits/"
+        echo "to run README's python commands, activate the project's environment first: source .venv/bin/activate" ;;
     test) # [pytest flags]  set up, then run the whole test suite
         shift; ensure_venv; cd "$REPO"; exec "$PYTHON" -m pytest "$@" ;;
     # ---- cluster: runner.py's grid of runs, and a SLURM cluster on this machine ----
-    status) # [runner.py flags]  each run of the grid: finished / running / pending / failed / not started, best accuracy
+    status) # [runner.py flags]  each run of the grid: finished / running / pending / failed / not started, best accuracy (a local sweep: add --scheduler local)
         shift; exec "$PYTHON" "$REPO/runner.py" --status "$@" ;;
-    logs) # RUN [tail flags, e.g. -f]  the end of the run's newest job log (RUN: its folder, or its name under experiments/)
+    logs) # RUN [tail flags, e.g. -f]  the end of the run's newest log, its job's or its train.log (RUN: its folder, or its name under experiments/)
         run=${2:?usage: util.sh logs RUN [tail flags]}; shift 2
         [ -d "$run" ] || run="${EXPERIMENTS_DIR:-experiments}/$run"
         [ -d "$run" ] || { echo "util.sh: no run folder $run" >&2; exit 2; }
         # shellcheck disable=SC2012  # the log names are the schedulers', without odd characters
-        log=$(ls -t "$run"/slurm-*.out "$run"/*.[oe][0-9]* "$run"/local.out 2>/dev/null | head -n 1 || true)
-        [ -n "$log" ] || { echo "util.sh: $run has no job log yet" >&2; exit 1; }
+        log=$(ls -t "$run"/slurm-*.out "$run"/*.[oe][0-9]* "$run"/local.out "$run"/train.log 2>/dev/null | head -n 1 || true)
+        [ -n "$log" ] || { echo "util.sh: $run has no log yet" >&2; exit 1; }
         echo "==> $log <==" >&2
         exec tail -n 40 "$@" "$log" ;;
     cancel) # [--experiments_dir DIR]  cancel the queued and running jobs that runner.py recorded in job.json files
         shift; exec "$PYTHON" "$REPO/runner.py" --cancel "$@" ;;
-    clean) # [--yes] [--experiments_dir DIR]  delete the folders of unfinished runs without a live job (asks first)
+    clean) # [--yes] [--experiments_dir DIR]  delete the folders of unfinished runs without a live job (asks first; a local sweep: add --scheduler local)
         shift; exec "$PYTHON" "$REPO/runner.py" --clean "$@" ;;
     slurm-up) # start a single-node SLURM cluster on this machine (root; installs the packages if missing)
         exec "$REPO/scripts/slurm-dev.sh" up ;;

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -403,3 +404,16 @@ def test_subspace_angles_table(maps: torch.Tensor) -> None:
     assert set(angles["compared"]) == {"itself", "random subspace"}
     assert angles.loc[angles["compared"] == "itself", "angle_deg"].max() < 1e-4
     assert len(angles) == 12 and angles["angle_deg"].between(0, 90).all()
+
+
+def test_reconstruction_figure_gives_the_batch_error_once_and_each_maps_own() -> None:
+    x = torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(0))
+    damaged = x.clone()
+    damaged[1, 2] = 0
+    errors = inspection.channel_errors(x, damaged, image=1)
+    assert float(errors[2]) == 1.0 and float(errors[torch.arange(8) != 2].abs().max()) == 0.0
+    figure = inspection.plot_reconstructions(x, [2, 8], image=1, channels=(0, 2))
+    titles = [ax.get_title() for ax in figure.axes]
+    assert sum("batch error" in title for title in titles) == 2  # once per rank, in the first row
+    assert sum("map error" in title for title in titles) == 4 and len(figure.axes) == 2 * 3 + 2  # and a colour bar per row
+    plt.close(figure)

@@ -18,7 +18,7 @@ from toolbox.config import parse_config
 from toolbox.errors import DivergedError, UsageError
 from toolbox.models import build_model
 from toolbox.rundir import experiment_name
-from toolbox.training import Trainer
+from toolbox.training import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {"config.json", "metrics.json", "last.pt", f"{STUDENT}.pth", "Loss.png", "Accuracy.png"}
@@ -101,6 +101,12 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch:
     assert len(resumed["test_acc"]) == 3
     for key in HISTORY:
         assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-4, abs=1e-6)
+
+    # train.log holds what both sessions printed, the second appended to the first
+    lines = (run / "train.log").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["training", "epoch", "error:", "resuming", "epoch", "epoch", "best"]
+    assert lines[1].startswith("epoch 1/3 ") and lines[2] == "error: KeyboardInterrupt: "
+    assert lines[3] == f"resuming {run} after epoch 1 of 3" and lines[5].startswith("epoch 3/3 ")
 
 
 def test_finished_run_is_left_untouched(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -196,6 +202,15 @@ def test_missing_teacher_prints_the_command_that_trains_it(tmp_path: Path, capsy
     assert (f"python tucker_distillation.py --distillation none --dataset digits --student ResNet32 --seed 0 "
             f"--batch_size 64 --lr 0.05 --experiments_dir {tmp_path}") in err
 
+
+
+def test_a_missing_teacher_is_reported_before_the_data_is_loaded(tmp_path: Path) -> None:
+    """The defaults (CIFAR-100, a ResNet112 teacher) with neither the data nor the teacher: the
+    error is the teacher's, and nothing was downloaded first."""
+    data_dir = tmp_path / "data"
+    with pytest.raises(UsageError, match="teacher checkpoint .*ResNet112.pth not found; train the teacher first"):
+        train(parse_config(["--experiments_dir", str(tmp_path / "experiments"), "--data_dir", str(data_dir)]))
+    assert not data_dir.exists()
 
 @pytest.mark.parametrize("teacher, classes", [("ResNet56", 10), (TEACHER, 100)])  # wrong depth; wrong classes
 def test_wrong_teacher_checkpoint_is_a_clear_error(tmp_path: Path, teacher: str, classes: int) -> None:

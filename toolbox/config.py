@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from toolbox.choices import (
     BACKENDS,
@@ -65,12 +66,12 @@ def flag(default: Any, help: str, *, type: Optional[type] = None, choices: Seque
 
 @dataclass
 class Config:
+    # The sections below are --help's groups (FLAG_GROUPS).
     # What to train
     distillation: str = flag("tucker", "distillation method ('none' trains without a teacher, e.g. the teacher itself)", choices=METHODS)
     dataset: str = flag("cifar100", "data set ('digits' is offline, built from scikit-learn's 8x8 digits)", choices=DATASETS)
     teacher: str = flag("ResNet112", "teacher architecture", choices=MODELS)
     student: str = flag("ResNet56", "architecture being trained", choices=MODELS)
-    teacher_checkpoint: Optional[str] = flag(None, "teacher weights ({'weights': state_dict}); default: the plain run of --teacher with seed 0 and the same training flags under --experiments_dir (a run is tied to its teacher's content: a resumed run refuses a different file)", type=str)
     # The distillation loss
     ce_weight: Optional[float] = flag(None, "weight of the cross-entropy: total = ce_weight * cross-entropy + beta * soft loss (default: 1; kd 0.1, as RepDistiller and mdistiller train it)", type=float)
     beta: Optional[float] = flag(None, "weight of the distillation loss (default: the method's own: 125 for the original's feature-map losses; kd 0.9, fitnet 100, at 1000, sp 3000, pkt 30000, rkd 1, vid 1, crd 0.8, dkd 1, the published CIFAR-100 settings)", type=float)
@@ -93,7 +94,7 @@ class Config:
     rkd_angle: float = flag(50.0, "rkd: weight of the angle term")
     noise_std: float = flag(1.0, "noise: standard deviation of the Gaussian noise added to the student's map")
     # Optimisation (SGD with momentum; the original's cosine schedule, or the CRD benchmark's steps)
-    recipe: str = flag("original", "training recipe, the defaults of the flags below: 'original' is the study's (150 epochs, batch 512, lr 0.1, cosine); 'crd' is the CIFAR-100 benchmark's of RepDistiller and mdistiller (240 epochs, batch 64, lr 0.05 or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 students, x0.1 at epochs 150, 180, 210); flags given explicitly win", choices=tuple(RECIPES))
+    recipe: str = flag("original", "training recipe, which sets the flags below unless they are given: 'original' is the study's (150 epochs, batch 512, lr 0.1, cosine); 'crd' is the CIFAR-100 benchmark's of RepDistiller and mdistiller (240 epochs, batch 64, lr 0.05 or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 students, x0.1 at epochs 150, 180, 210)", choices=tuple(RECIPES))
     epochs: int = flag(150, "training epochs")
     batch_size: int = flag(512, "training batch size")
     lr: float = flag(0.1, "initial learning rate")
@@ -103,20 +104,21 @@ class Config:
     lr_milestones: str = flag("150,180,210", "step schedule: the epochs after which the learning rate decays")
     lr_decay: float = flag(0.1, "step schedule: the factor applied at each milestone")
     seed: int = flag(0, "seed for initialisation, data order and augmentation")
-    # Where things are
+    max_batches: Optional[int] = flag(None, "stop each training epoch after this many batches (smoke runs)", type=int)
+    # Where things are (all but experiment_name may change when a run resumes)
     data_dir: str = flag("data", "data sets are read from (and CIFAR downloaded into) this folder")
     experiments_dir: str = flag("experiments", "run folders are created under this folder")
-    experiment_name: Optional[str] = flag(None, "run folder, relative to --experiments_dir (default: derived from the flags: cifar100/ResNet112-ResNet56/tucker/B-32-8-8/seed0 at the defaults; every other flag that differs from its default and is not a speed or location flag is added, e.g. .../B-32-8-8/lr=0.01/seed0)", type=str)
+    experiment_name: Optional[str] = flag(None, "run folder, relative to --experiments_dir (default: derived from the flags: cifar100/ResNet112-ResNet56/tucker/B-32-8-8/seed0 when no flag is given; every other flag given another value is added, except the speed and location flags, e.g. .../B-32-8-8/lr=0.01/seed0)", type=str)
+    teacher_checkpoint: Optional[str] = flag(None, "teacher weights ({'weights': state_dict}); default: the plain run of --teacher with seed 0 and the same training flags under --experiments_dir (a run is tied to its teacher's content: a resumed run refuses a different file)", type=str)
     # Speed (none of these changes which run it is: a run may resume with other values)
     device: str = flag("auto", "'auto' (CUDA when present, else the CPU), 'cpu', 'cuda', 'cuda:1', ...")
     amp: str = flag("auto", "mixed precision: 'auto' is bf16 autocast on a GPU that supports it and off on the CPU", choices=("auto", "bf16", "off"))
     compile: bool = flag(False, "torch.compile the models")
     channels_last: bool = flag(True, "channels-last memory format for the models and batches")
     eval_batch_size: int = flag(1024, "batch size for evaluation")
-    threads: Optional[int] = flag(None, "CPU threads for torch (default: torch's choice)", type=int)
+    threads: Optional[int] = flag(None, "CPU threads for torch (default: torch's choice, one per core); they sleep while they wait for each other unless OMP_WAIT_POLICY says otherwise (README, Speed)", type=int)
     deterministic: bool = flag(False, "deterministic algorithms (torch and cuDNN) for bit-for-bit reproducible runs, at their speed cost")
     evaluate: Optional[str] = flag(None, "evaluate this checkpoint of --student (ours, the original's or a RepDistiller/mdistiller ckpt_epoch_*.pth) on --dataset's test split, print its accuracy and loss, and exit", type=str)
-    max_batches: Optional[int] = flag(None, "stop each training epoch after this many batches (smoke runs)", type=int)
 
     def validate(self) -> None:
         """Reject values that parse but make no sense, naming the flag and what would be valid."""
@@ -164,20 +166,59 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser(prog: Optional[str] = None, description: Optional[str] = None) -> argparse.ArgumentParser:
-    """A parser with one flag per ``Config`` field."""
-    parser = OneLineParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+DESCRIPTION = """\
+Train one run: a teacher (--distillation none) or a student distilled from its teacher by one
+method, in its own folder under --experiments_dir, named after the flags that define it. Rerunning
+the same command resumes an unfinished run after its last completed epoch, and does nothing for a
+finished one. The defaults are the original study's (CIFAR-100, ResNet112 -> ResNet56, tucker);
+--dataset digits trains offline, in minutes on a CPU."""
+
+EPILOG = """\
+exit status:
+  0   done (or finished already)
+  1   the run diverged (last.pt keeps the last good epoch)
+  2   bad input: a flag, a file or a folder (one line on stderr says which and what to do)
+  74  a write failed (a full disk, permissions): fix it and rerun, the run resumes
+  75  stopped by SIGUSR1 or SIGTERM: rerun the same command to resume"""
+
+FLAG_GROUPS = {
+    "distillation": "what to train",
+    "ce_weight": "the distillation loss (each method reads its own flags only)",
+    "recipe": "optimisation",
+    "data_dir": "where things are (all but --experiment_name may change when a run resumes)",
+    "device": "speed (may change when a run resumes: these do not change which run it is)",
+}
+"""The first flag of each of ``Config``'s sections, and the title of its group in ``--help``."""
+
+
+def flag_help(item: dataclasses.Field) -> str:
+    """A flag's help with its default once: a None default is explained by the help text itself."""
+    text = item.metadata["help"]
+    if item.default is None:
+        return text
+    shown = ("on" if item.default else "off") if isinstance(item.default, bool) else item.default
+    return f"{text} (default: {shown})".replace("%", "%%")  # argparse %-formats help strings
+
+
+def build_parser(prog: Optional[str] = None, description: str = DESCRIPTION) -> argparse.ArgumentParser:
+    """A parser with one flag per ``Config`` field, grouped as ``Config``'s sections."""
+    parser = OneLineParser(prog=prog, description=description, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser
     for item in dataclasses.fields(Config):
         meta = item.metadata
+        if item.name in FLAG_GROUPS:
+            group = parser.add_argument_group(FLAG_GROUPS[item.name])
         if isinstance(item.default, bool):
-            parser.add_argument(f"--{item.name}", action=argparse.BooleanOptionalAction, default=item.default, help=meta["help"])
+            group.add_argument(f"--{item.name}", action=argparse.BooleanOptionalAction, default=item.default,
+                               help=flag_help(item))
             continue
-        parser.add_argument(
+        group.add_argument(
             f"--{item.name}",
             default=item.default,
             type=meta["type"] or type(item.default),
             choices=meta["choices"],
-            help=meta["help"],
+            help=flag_help(item),
         )
     return parser
 
@@ -202,6 +243,33 @@ def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
         raise  # unreachable: parser.error exits
 
 
+def wait_passively() -> None:
+    """Let torch's CPU threads sleep, not spin, while they wait for each other: on a CPU that
+    another busy process shares, spinning threads make training several times slower; waiting
+    passively keeps the speed of the cores left (bench/RESULTS.md, "Threads on a shared CPU").
+    OpenMP reads this once, when torch loads: call it before. A value already set wins, and a
+    SLURM job given its own CPUs keeps OpenMP's default (a short spin, then sleep): on cores that
+    nothing else uses, spinning is faster."""
+    if "SLURM_CPUS_PER_TASK" not in os.environ:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+CLOSED_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
+
+
+def quiet_on_closed_pipe(main: Callable[[], int]) -> int:
+    """Run a script's ``main``; when the reader of its output has gone (``| head``), end quietly
+    instead of with a BrokenPipeError traceback (Python's documentation, "Note on SIGPIPE")."""
+    try:
+        status = main()
+        sys.stdout.flush()  # inside the try: a pending write can fail here too
+        return status
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's last flush does not fail again
+        return CLOSED_PIPE
+
+
 def main_guard(run, *args) -> int:
     """Run an entry point, turning the project's errors into one line on stderr and an exit code
     (README.md lists them)."""
@@ -212,6 +280,8 @@ def main_guard(run, *args) -> int:
     except (UsageError, DivergedError, Interrupted, IOFailure) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:  # not a failed write of the run's: quiet_on_closed_pipe ends the script
+        raise
     except OSError as error:  # a full disk, a folder that became read-only, ...
         print(f"error: {os_error_line(error)}; fix that (free space, permissions) and rerun the same "
               f"command: the run resumes from its last completed epoch", file=sys.stderr)

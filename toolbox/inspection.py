@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.axes import Axes
+from matplotlib.image import AxesImage
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
@@ -220,37 +221,47 @@ def plot_subspace_angles(angles: pd.DataFrame, ax: Optional[Axes] = None) -> Axe
     return ax
 
 
-def _show(ax: Axes, image: Tensor, title: str, limit: float) -> None:
+def _show(ax: Axes, image: Tensor, title: str, limit: float) -> AxesImage:
     """One map on a symmetric colour scale (zero is white), the same for a whole row."""
     limit = max(limit, 1e-12)  # a dead channel is all zeros
-    ax.imshow(image.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+    shown = ax.imshow(image.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
     ax.set_title(title, fontsize="small")
     ax.set_axis_off()
+    return shown
 
 
 def plot_maps(maps: dict[str, Tensor], image: int = 0, channels: int = 8) -> Figure:
     """The first ``channels`` channels of one image's maps, a row per network, each row on one
-    colour scale."""
-    figure, axes = plt.subplots(len(maps), channels, figsize=(1.6 * channels, 1.9 * len(maps)), squeeze=False)
+    colour scale (its colour bar at the right)."""
+    figure, axes = plt.subplots(len(maps), channels, figsize=(1.6 * channels + 1, 1.9 * len(maps)), squeeze=False,
+                                layout="constrained")
     for row, (name, x) in zip(axes, maps.items()):
         limit = float(x[image, :channels].abs().max())
         for channel, ax in enumerate(row):
-            _show(ax, x[image, channel], f"{name}\nchannel {channel}" if channel == 0 else f"channel {channel}", limit)
-    figure.tight_layout()
+            shown = _show(ax, x[image, channel], f"{name}\nchannel {channel}" if channel == 0 else f"channel {channel}", limit)
+        figure.colorbar(shown, ax=row, shrink=0.8)
     return figure
+
+
+def channel_errors(x: Tensor, approximation: Tensor, image: int) -> Tensor:
+    """Relative reconstruction error of each channel of one image's map, (C,)."""
+    return torch.linalg.vector_norm(x[image] - approximation[image], dim=(1, 2)) / torch.linalg.vector_norm(x[image], dim=(1, 2))
 
 
 def plot_reconstructions(x: Tensor, ranks: Sequence[int], image: int = 0, channels: Sequence[int] = (0, 1, 2, 3)) -> Figure:
     """A few channels of one image's map beside their reconstructions from channel-rank
-    truncations of the whole batch (fast backend); the batch's relative error in each title."""
-    columns = {"map": x}
-    for rank in ranks:
-        approximation = recompose(*decompose(x, sweep_ranks(x.shape, "channel", rank)))
-        columns[f"rank {rank}\nerror {relative_error(x, approximation):.3f}"] = approximation
-    figure, axes = plt.subplots(len(channels), len(columns), figsize=(2.2 * len(columns), 2.3 * len(channels)), squeeze=False)
-    for row, channel in zip(axes, channels):
+    truncations of the whole batch (fast backend): each column's title gives the relative error
+    of the whole batch, each map's the relative error of that channel of that image. A row per
+    channel, on one colour scale (its colour bar at the right)."""
+    approximations = {rank: recompose(*decompose(x, sweep_ranks(x.shape, "channel", rank))) for rank in ranks}
+    figure, axes = plt.subplots(len(channels), 1 + len(ranks), figsize=(2.2 * (1 + len(ranks)) + 1, 2.3 * len(channels)),
+                                squeeze=False, layout="constrained")
+    for index, (row, channel) in enumerate(zip(axes, channels)):
         limit = float(x[image, channel].abs().max())
-        for column, (ax, (title, maps)) in enumerate(zip(row, columns.items())):
-            _show(ax, maps[image, channel], f"channel {channel}\n{title}" if column == 0 else title, limit)
-    figure.tight_layout()
+        shown = _show(row[0], x[image, channel], f"map\nchannel {channel}" if index == 0 else f"channel {channel}", limit)
+        for ax, (rank, approximation) in zip(row[1:], approximations.items()):
+            error = f"map error {float(channel_errors(x, approximation, image)[channel]):.3f}"
+            header = f"rank {rank}\nbatch error {relative_error(x, approximation):.3f}\n" if index == 0 else ""
+            _show(ax, approximation[image, channel], header + error, limit)
+        figure.colorbar(shown, ax=row, shrink=0.8)
     return figure

@@ -44,6 +44,7 @@ METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"
 JOB_FILE = "job.json"
 SCRIPT_FILE = "run.job"
+LOG_FILE = "train.log"
 PLOTS = ("Loss.png", "Accuracy.png")
 TEACHER_SEED = 0
 QUIET_S = 60
@@ -240,6 +241,7 @@ class RunDir:
         self.lock_file = self.path / LOCK_FILE
         self.job = self.path / JOB_FILE
         self.script = self.path / SCRIPT_FILE
+        self.log = self.path / LOG_FILE
 
     def best_checkpoint(self, arch: str) -> Path:
         return self.path / f"{arch}.pth"
@@ -491,7 +493,7 @@ class RunDir:
         """The files this project writes in a run folder (never metrics.json: a finished run is
         never cleaned), so that clean deletes nothing else."""
         saved = self.saved_config() or {}
-        names = {CONFIG_FILE, LAST_CHECKPOINT, LOCK_FILE, *PLOTS}
+        names = {CONFIG_FILE, LAST_CHECKPOINT, LOCK_FILE, LOG_FILE, *PLOTS}
         if isinstance(saved.get("student"), str):
             names.add(f"{saved['student']}.pth")
         temporaries = re.compile(r"\..+\.\d+\.tmp")

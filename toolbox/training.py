@@ -28,7 +28,7 @@ from toolbox.distillation import Distiller, Setup, Step
 from toolbox.errors import DivergedError, Interrupted, IOFailure, UsageError
 from toolbox.methods import DISTILLERS, build_distiller
 from toolbox.models import NotACheckpoint, build_model, load_checkpoint, read_checkpoint, read_error
-from toolbox.rundir import RunDir, differences, file_digest, resolve, teacher_command
+from toolbox.rundir import RunDir, differences, file_digest, open_nofollow, resolve, teacher_command
 from toolbox.stop import StopFlag, interruptible, stop_flag
 from toolbox.utils import (
     atomic_torch_save,
@@ -106,6 +106,9 @@ class Trainer:
         """``data`` replaces the data set named by the config (benchmarks use synthetic data)."""
         self.config = config
         self.run = run
+        needs_teacher = DISTILLERS[config.distillation].needs_teacher
+        if needs_teacher:
+            check_teacher_exists(config)  # before the data: a CIFAR download should not come first
         self.device = select_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -118,7 +121,7 @@ class Trainer:
         self.student = build_model(config.student, self.data.num_classes).to(self.device)
         self.teacher: Optional[nn.Module] = None
         teacher_shapes = student_shapes = output_shapes(self.student, self.device)
-        if DISTILLERS[config.distillation].needs_teacher:
+        if needs_teacher:
             self.teacher = self._load_teacher()
             teacher_shapes = output_shapes(self.teacher, self.device)
         setup = Setup(teacher_shapes, student_shapes, self.data.train_labels)
@@ -142,11 +145,6 @@ class Trainer:
     def _load_teacher(self) -> nn.Module:
         config = self.config
         path = Path(config.teacher_checkpoint)
-        if not path.exists():
-            raise UsageError(
-                f"teacher checkpoint {path} not found; train the teacher first with: {teacher_command(config)} "
-                f"(it is saved there by default), or pass --teacher_checkpoint"
-            )
         teacher = build_model(config.teacher, self.data.num_classes)
         load_checkpoint(teacher, path, "--teacher_checkpoint")
         if not all_finite(teacher):
@@ -263,6 +261,15 @@ class Trainer:
         return {"test_loss": loss, "test_acc": accuracy}
 
 
+def check_teacher_exists(config: Config) -> None:
+    """A missing teacher is an error that says how to train it."""
+    if not Path(config.teacher_checkpoint).exists():
+        raise UsageError(
+            f"teacher checkpoint {config.teacher_checkpoint} not found; train the teacher first with: "
+            f"{teacher_command(config)} (it is saved there by default), or pass --teacher_checkpoint"
+        )
+
+
 def all_finite(*modules: nn.Module) -> bool:
     """Every floating-point parameter and buffer (BatchNorm statistics too) is finite."""
     tensors = [t for module in modules for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
@@ -339,6 +346,41 @@ def evaluate_checkpoint(config: Config) -> dict[str, float]:
     return {"test_loss": loss, "test_acc": accuracy}
 
 
+class ConsoleLog:
+    """Prints a run's lines and appends them to its ``train.log``, so that a run trained directly
+    keeps what it printed, as a scheduler's job log would (progress bars stay on the terminal).
+    As a context manager it also records the error that stops a run that has a log (the entry point
+    prints it): a failed start-up leaves no train.log behind. A finished run's folder is left as it
+    is: nothing is appended once metrics.json exists."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def record(self, line: str) -> None:
+        if self.run.finished:
+            return
+        with os.fdopen(open_nofollow(self.run.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8") as log:
+            log.write(line + "\n")
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        self.record(line)
+
+    def __enter__(self) -> ConsoleLog:
+        return self
+
+    def __exit__(self, kind: Optional[type], error: Optional[BaseException], traceback: Any) -> None:
+        if error is not None and self.run.log.exists():
+            shown = str(error) if isinstance(error, (UsageError, DivergedError, Interrupted)) else f"{kind.__name__}: {error}"
+            with contextlib.suppress(OSError):  # the error may be that this disk is full
+                self.record(f"error: {shown}")
+
+
+def final_line(metrics: dict[str, Any]) -> str:
+    return (f"best test accuracy {metrics['best_test_acc']:.2f}% (epoch {metrics['best_epoch']}), "
+            f"{metrics['wall_time_s']:.0f}s of training")
+
+
 def finished_metrics(run: RunDir, config: Config, named: bool) -> dict[str, Any]:
     """A finished run's metrics, once its config.json shows it was trained with these flags."""
     saved = run.saved_config()
@@ -351,7 +393,7 @@ def finished_metrics(run: RunDir, config: Config, named: bool) -> dict[str, Any]
     if not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best):
         raise UsageError(f"{run.metrics} has no numeric 'best_test_acc'; it was left as it is: restore it, or move it "
                          "away and rerun: it is written again from last.pt")
-    print(f"{run.path} has finished already (best test accuracy {metrics['best_test_acc']:.2f}%); nothing to do")
+    print(f"{run.path} has finished already; nothing to do")
     return metrics
 
 
@@ -361,10 +403,12 @@ def train(config: Config) -> dict[str, Any]:
     named = config.experiment_name is not None
     config = resolve(config)
     run = RunDir(Path(config.experiments_dir) / config.experiment_name)
-    with run.claimed(config.experiment_name), stop_flag() as stop:
+    with run.claimed(config.experiment_name), stop_flag() as stop, ConsoleLog(run) as log:
         run.remove_stale_temporaries()
         if run.finished:
-            return finished_metrics(run, config, named)
+            metrics = finished_metrics(run, config, named)
+            log(final_line(metrics))
+            return metrics
         with stop.interruptible(f"reading {run.last}"):
             state = read_last(run, torch.device("cpu"))
         saved, recorded = run.saved_config(), state.get("config") if state else None
@@ -385,10 +429,10 @@ def train(config: Config) -> dict[str, Any]:
                                  "trained with (its content differs); pass that teacher's file to resume, or choose "
                                  "another --experiment_name for a run with this teacher")
             trainer.restore(state)
-            print(f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}")
+            log(f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}")
         else:
             what = config.student if trainer.teacher is None else f"{config.teacher} -> {config.student}"
-            print(f"training {run.path} on {trainer.device} ({config.distillation}: {what})")
+            log(f"training {run.path} on {trainer.device} ({config.distillation}: {what})")
         previous = run.read_json(run.config) if state is not None else None  # keep the environment the run started in
         atomic_write_json(run.config, {  # the flags as they are now (a moved teacher's new path)
             "config": dataclasses.asdict(config),
@@ -413,12 +457,11 @@ def train(config: Config) -> dict[str, Any]:
                 atomic_torch_save(best_path, {"weights": trainer.student.state_dict()})
             atomic_torch_save(run.last, trainer.state())
             plot_curves(trainer.history, run.path)
-            print(
+            log(
                 f"epoch {trainer.epoch}/{config.epochs}  cross-entropy {record['train_hard_loss']:.4f}  "
                 f"distillation {record['train_soft_loss']:.4g}  train {record['train_acc']:.2f}%  "
                 f"test {record['test_acc']:.2f}% (best {max(trainer.history['test_acc']):.2f}%)  "
-                f"{time.perf_counter() - started:.1f}s",
-                flush=True,
+                f"{time.perf_counter() - started:.1f}s"
             )
 
         best_epoch = max(range(config.epochs), key=lambda i: trainer.history["test_acc"][i])
@@ -429,5 +472,6 @@ def train(config: Config) -> dict[str, Any]:
             "epochs": config.epochs,
             "wall_time_s": trainer.elapsed,
         }
+        log(final_line(metrics))  # before metrics.json, which closes the log
         atomic_write_json(run.metrics, metrics)
         return metrics

@@ -116,8 +116,9 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], autocas
 
 
 def plot_curves(history: dict[str, list[float]], folder: Path) -> None:
-    """``Loss.png`` (log scale; train dotted, test solid) and ``Accuracy.png`` (a line and a label
-    at the best test accuracy), drawn as the original study drew them."""
+    """``Loss.png`` (log scale; train dotted, test solid; the distillation loss only for a run that
+    has one) and ``Accuracy.png`` (a line and a mark at the best test accuracy, named in the
+    legend), drawn as the original study drew them."""
     epochs = range(1, len(history["test_acc"]) + 1)
 
     figure = Figure(figsize=(7, 4.5))
@@ -137,8 +138,8 @@ def plot_curves(history: dict[str, list[float]], folder: Path) -> None:
     axes = figure.subplots()
     axes.plot(epochs, history["train_acc"], ":", label="train")
     axes.plot(epochs, history["test_acc"], "-", label="test")
-    axes.axhline(best_acc, color="grey", linewidth=0.8)
-    axes.annotate(f"best {best_acc:.2f}% (epoch {best + 1})", (best + 1, best_acc), textcoords="offset points", xytext=(0, 6), ha="center")
+    axes.axhline(best_acc, color="grey", linewidth=0.8)  # the legend labels it: a label by the line left the frame
+    axes.plot(best + 1, best_acc, "o", color="grey", label=f"best {best_acc:.2f}% (epoch {best + 1})")
     axes.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     axes.legend(loc="lower right")
     figure.tight_layout()
