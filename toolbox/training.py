@@ -429,10 +429,10 @@ def train(config: Config) -> dict[str, Any]:
                                  "trained with (its content differs); pass that teacher's file to resume, or choose "
                                  "another --experiment_name for a run with this teacher")
             trainer.restore(state)
-            log(f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}")
+            starting = f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}"
         else:
             what = config.student if trainer.teacher is None else f"{config.teacher} -> {config.student}"
-            log(f"training {run.path} on {trainer.device} ({config.distillation}: {what})")
+            starting = f"training {run.path} on {trainer.device} ({config.distillation}: {what})"
         previous = run.read_json(run.config) if state is not None else None  # keep the environment the run started in
         atomic_write_json(run.config, {  # the flags as they are now (a moved teacher's new path)
             "config": dataclasses.asdict(config),
@@ -440,6 +440,7 @@ def train(config: Config) -> dict[str, Any]:
             "teacher_sha256": trainer.teacher_sha256,
             "feature_shapes": trainer.feature_shapes,  # the distilled maps, (C, H, W), for the notebooks
         })
+        log(starting)  # train.log only ever stands beside the config.json that makes the folder a run of ours
 
         best_path = run.best_checkpoint(config.student)
         while trainer.epoch < config.epochs:
