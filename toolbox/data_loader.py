@@ -231,9 +231,11 @@ def prepare_dataset(name: str, data_dir: str | Path, download: bool = True) -> N
 
     Safe to call from many processes at once on one (local or NFS) folder: they take turns on an
     exclusive lock, the first downloads and extracts, the others find the data complete. Cheap
-    once the data was verified. ``digits`` needs nothing. Raises a one-line UsageError with the
-    command to run when the data is missing and ``download`` is False, or is corrupt."""
-    if name == "digits":
+    once the data was verified. ``digits`` needs nothing, nor do the data sets read from files
+    (``FILE_DATASETS``: nothing is downloaded; a run checks their layout when it loads them).
+    Raises a one-line UsageError with the command to run when the data is missing and
+    ``download`` is False, or is corrupt."""
+    if name == "digits" or name in FILE_DATASETS:
         return
     cls = cifar_class(name)
     data_dir = Path(data_dir)
