@@ -212,7 +212,8 @@ def test_without_download_missing_data_names_the_url_and_folder(tmp_path: Path, 
 
 def test_digits_needs_no_preparation() -> None:
     prepare_dataset("digits", "/nonexistent", download=False)
-    with pytest.raises(UsageError, match="--dataset must be one of cifar10, cifar100, digits; got 'mnist'"):
+    prepare_dataset("imagenet", "/nonexistent", download=False)  # read from files where they are: nothing to prepare
+    with pytest.raises(UsageError, match="--dataset must be one of cifar10, cifar100, digits, imagenet, tiny-imagenet; got 'mnist'"):
         prepare_dataset("mnist", "/nonexistent")
 
 
@@ -325,6 +326,8 @@ def test_training_batches_are_reproducible_per_seed_and_epoch() -> None:
     assert torch.equal(torch.cat([y for _, y, _ in first]), data.train_labels[indices])
     assert not torch.equal(first[0][0], other_epoch[0])
     assert len(list(train_batches(data, 512, seed=3, epoch=2, max_batches=2))) == 2
+    rest = list(data.train_batches(512, seed=3, epoch=2, start_batch=1))  # a run resumed after one batch
+    assert len(rest) == 2 and all(torch.equal(a, b) for x, y in zip(rest, first[1:]) for a, b in zip(x, y))
     assert sum(len(y) for _, y in eval_batches(data, 100)) == 359
 
 

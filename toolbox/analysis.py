@@ -26,9 +26,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from toolbox.choices import SAME_ARCH_PAIRS, parse_ranks
+from toolbox.choices import IMAGE_SIZES, SAME_ARCH_PAIRS, parse_ranks
 from toolbox.config import RECIPES, RUNTIME_FIELDS, Config, recipe_defaults
-from toolbox.data_loader import IMAGE_SIZE
 from toolbox.errors import UsageError
 from toolbox.models import stage_shapes
 from toolbox.naming import format_value, ranks_tag
@@ -67,7 +66,7 @@ NOT_FLAG_COLUMNS = frozenset({"run", *NAME_COLUMNS, *RUN_STATS, *SUMMARY_STATS, 
 def feature_map_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
     """(C, H, W) of the teacher's distilled map, e.g. (64, 8, 8) for layer3 of the CIFAR ResNets
     (config.json also records it as ``feature_shapes``)."""
-    return stage_shapes(config["teacher"], image_size=IMAGE_SIZE)[config["feature_layer"]]
+    return stage_shapes(config["teacher"], image_size=IMAGE_SIZES[config["dataset"]])[config["feature_layer"]]
 
 
 def _keeps_other_modes_whole(ranks: Ranks, config: Mapping[str, Any]) -> bool:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from toolbox.choices import IMAGE_SIZES
 from toolbox.config import Config
 from toolbox.distillation import Distiller, Setup, Step, connector, stages
 from toolbox.errors import UsageError
@@ -53,7 +54,8 @@ class StageWiseDistiller(BaselineDistiller):
     @classmethod
     def check(cls, config: Config) -> None:
         super().check(config)
-        teacher, student = (len(stage_shapes(arch)) - 1 for arch in (config.teacher, config.student))
+        size = IMAGE_SIZES[config.dataset]
+        teacher, student = (len(stage_shapes(arch, image_size=size)) - 1 for arch in (config.teacher, config.student))
         if teacher != student:
             raise UsageError(f"--distillation {config.distillation} needs the same number of stages in teacher and "
                              f"student; {config.teacher} has {teacher}, {config.student} has {student}")

@@ -19,9 +19,15 @@ ORIGINAL_MODELS = ("ResNet112", "ResNet110", "ResNet56", "ResNet32", "ResNet20",
 FIELD_MODELS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
                 "resnet32x4", "ResNet50", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13", "MobileNetV2", "ShuffleV1",
                 "ShuffleV2")
-MODELS = (*ORIGINAL_MODELS, *FIELD_MODELS)
+IMAGENET_MODELS = ("resnet18", "resnet34", "resnet50", "MobileNetV1")
+"""torchvision's ImageNet ResNets (``resnet50`` is not the CIFAR bottleneck ``ResNet50``) and mdistiller's MobileNetV1."""
+MODELS = (*ORIGINAL_MODELS, *FIELD_MODELS, *IMAGENET_MODELS)
 """``--teacher``, ``--student``: the keys of ``toolbox.models.MODELS``, in that order."""
-DATASETS = ("cifar10", "cifar100", "digits")
+FILE_DATASETS = ("imagenet", "tiny-imagenet")
+"""Data sets read from JPEG files by DataLoader workers (the others are kept on the device)."""
+DATASETS = ("cifar10", "cifar100", "digits", *FILE_DATASETS)
+IMAGE_SIZES = {"cifar10": 32, "cifar100": 32, "digits": 32, "imagenet": 224, "tiny-imagenet": 64}
+"""The side of the images each data set feeds the models: what the feature maps' shapes follow."""
 SAME_ARCH_PAIRS = (("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
                    ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"))
 CROSS_ARCH_PAIRS = (("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2"), ("ResNet50", "vgg8"), ("resnet32x4", "ShuffleV1"),

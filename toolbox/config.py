@@ -69,8 +69,8 @@ class Config:
     # The sections below are --help's groups (FLAG_GROUPS).
     # What to train
     distillation: str = flag("tucker", "distillation method ('none' trains without a teacher, e.g. the teacher itself)", choices=METHODS)
-    dataset: str = flag("cifar100", "data set ('digits' is offline, built from scikit-learn's 8x8 digits)", choices=DATASETS)
-    teacher: str = flag("ResNet112", "teacher architecture", choices=MODELS)
+    dataset: str = flag("cifar100", "data set ('digits' is offline, built from scikit-learn's 8x8 digits; 'imagenet' and 'tiny-imagenet' are read from JPEG files under --data_dir, see README.md)", choices=DATASETS)
+    teacher: str = flag("ResNet112", "teacher architecture ('resnet18', 'resnet34', 'resnet50' are torchvision's ImageNet ResNets, 'MobileNetV1' mdistiller's; 'ResNet50' is the CIFAR bottleneck network)", choices=MODELS)
     student: str = flag("ResNet56", "architecture being trained", choices=MODELS)
     # The distillation loss
     ce_weight: Optional[float] = flag(None, "weight of the cross-entropy: total = ce_weight * cross-entropy + beta * soft loss (default: 1; kd 0.1, as RepDistiller and mdistiller train it)", type=float)
@@ -119,6 +119,9 @@ class Config:
     threads: Optional[int] = flag(None, "CPU threads for torch (default: torch's choice, one per core); they sleep while they wait for each other unless OMP_WAIT_POLICY says otherwise (README, Speed)", type=int)
     deterministic: bool = flag(False, "deterministic algorithms (torch and cuDNN) for bit-for-bit reproducible runs, at their speed cost")
     evaluate: Optional[str] = flag(None, "evaluate this checkpoint of --student (ours, the original's or a RepDistiller/mdistiller ckpt_epoch_*.pth) on --dataset's test split, print its accuracy and loss, and exit", type=str)
+    workers: Optional[int] = flag(None, "imagenet, tiny-imagenet: DataLoader processes decoding the JPEGs (default: min(8, the CPUs this process may use)); 0 decodes in the training process. CIFAR and digits are kept on the device and need none", type=int)
+    log_every: int = flag(100, "print a progress line (step, images/s, losses, the epoch's ETA) every this many training steps; 0: none")
+    checkpoint_every: int = flag(1000, "save last.pt within an epoch every this many training steps, so that a killed run resumes from there (five times an ImageNet epoch at batch 256; CIFAR and digits epochs have fewer steps, so they save once an epoch); 0: only at the end of each epoch. A stop signal saves where the run stopped either way")
 
     def validate(self) -> None:
         """Reject values that parse but make no sense, naming the flag and what would be valid."""
@@ -126,6 +129,10 @@ class Config:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be a positive integer; got {value}")
+        for name in ("workers", "log_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UsageError(f"--{name} must be 0 or a positive integer; got {value}")
         milestones(self.lr_milestones)
         if not 0 <= self.crd_momentum < 1:
             raise UsageError(f"--crd_momentum must be in [0, 1); got {self.crd_momentum}")
@@ -154,7 +161,8 @@ class Config:
 IO_ERROR = 74  # sysexits' EX_IOERR: a write failed (full disk, permissions)
 
 RUNTIME_FIELDS = frozenset(
-    {"deterministic", "evaluate", "device", "amp", "compile", "channels_last", "eval_batch_size", "threads", "data_dir", "experiments_dir", "teacher_checkpoint"}
+    {"deterministic", "evaluate", "device", "amp", "compile", "channels_last", "eval_batch_size", "threads", "data_dir", "experiments_dir", "teacher_checkpoint",
+     "workers", "log_every", "checkpoint_every"}
 )
 """Fields that may differ when a run resumes: they change speed or location, not the experiment."""
 

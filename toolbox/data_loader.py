@@ -27,6 +27,10 @@ jobs start at once on a shared folder:
 Problems are one-line ``UsageError``s naming the file or folder and the command that fixes them.
 ``digits`` is scikit-learn's offline 8x8 digits, resized to 3x32x32 with a fixed split, so that
 every model and every Tucker rank behaves as on CIFAR.
+
+``imagenet`` and ``tiny-imagenet`` are read from JPEG files by DataLoader workers
+(``toolbox.datasets.imagenet``). ``load_dataset`` returns, for every data set, an object of the
+``DataSource`` protocol, so the training loop reads them all the same way.
 """
 
 from __future__ import annotations
@@ -47,14 +51,14 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from toolbox.choices import DATASETS
+from toolbox.choices import DATASETS, FILE_DATASETS
 from toolbox.datasets.sampling import epoch_generator
 from toolbox.errors import UsageError
 from toolbox.stop import interruptible
@@ -77,9 +81,29 @@ VERIFIED_MARKER = ".verified"
 DOWNLOAD_TIMEOUT_S = 60  # per network read: a stalled download must not hold the lock for ever
 
 
+class DataSource(Protocol):
+    """What the training loop reads from a data set, wherever its images are kept."""
+
+    num_classes: int
+    train_labels: Tensor  # (N,) on the training device, by sample index (CRD draws negatives by class)
+
+    @property
+    def image_size(self) -> int: ...  # the side of the images fed to the models
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
+                      max_batches: Optional[int] = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """The epoch's batches from ``start_batch`` on (normalised images, labels, sample indices,
+        on the device): the same ones an uninterrupted epoch sees there."""
+        ...
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The test split in order: normalised images and labels on the device."""
+        ...
+
+
 @dataclass
 class Dataset:
-    """Images (N, 3, 32, 32) uint8 and labels (N,) int64, both on the training device."""
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64, both on the training device; a ``DataSource``."""
 
     train_images: Tensor
     train_labels: Tensor
@@ -91,6 +115,17 @@ class Dataset:
 
     def normalize(self, images: Tensor) -> Tensor:
         return (images.float() - self.mean) / self.std
+
+    @property
+    def image_size(self) -> int:
+        return self.train_images.shape[-1]
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
+                      max_batches: Optional[int] = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        return train_batches(self, batch_size, seed, epoch, max_batches, start_batch)
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        return eval_batches(self, batch_size)
 
 
 # ---------------------------------------------------------------- CIFAR on disk
@@ -196,9 +231,11 @@ def prepare_dataset(name: str, data_dir: str | Path, download: bool = True) -> N
 
     Safe to call from many processes at once on one (local or NFS) folder: they take turns on an
     exclusive lock, the first downloads and extracts, the others find the data complete. Cheap
-    once the data was verified. ``digits`` needs nothing. Raises a one-line UsageError with the
-    command to run when the data is missing and ``download`` is False, or is corrupt."""
-    if name == "digits":
+    once the data was verified. ``digits`` needs nothing, nor do the data sets read from files
+    (``FILE_DATASETS``: nothing is downloaded; a run checks their layout when it loads them).
+    Raises a one-line UsageError with the command to run when the data is missing and
+    ``download`` is False, or is corrupt."""
+    if name == "digits" or name in FILE_DATASETS:
         return
     cls = cifar_class(name)
     data_dir = Path(data_dir)
@@ -346,8 +383,14 @@ def load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return images[train], labels[train], images[test], labels[test]
 
 
-def load_dataset(name: str, data_dir: str | Path, device: torch.device | str, download: bool = True) -> Dataset:
-    """Load a data set by name onto ``device`` (CIFAR through ``prepare_dataset``: locked, downloaded once)."""
+def load_dataset(name: str, data_dir: str | Path, device: torch.device | str, download: bool = True,
+                 workers: Optional[int] = None) -> DataSource:
+    """Load a data set by name for ``device``: CIFAR (through ``prepare_dataset``: locked, downloaded
+    once) and digits onto it; ImageNet and Tiny-ImageNet as files read by ``workers`` processes."""
+    if name in FILE_DATASETS:
+        from toolbox.datasets.imagenet import FileImages  # torchvision and PIL: only for these data sets
+
+        return FileImages(name, data_dir, torch.device(device), workers)
     if name == "digits":
         train_x, train_y, test_x, test_y = load_digits()
         num_classes = 10
@@ -388,16 +431,20 @@ def augment(images: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def train_batches(
-    dataset: Dataset, batch_size: int, seed: int, epoch: int, max_batches: int | None = None
+    dataset: Dataset, batch_size: int, seed: int, epoch: int, max_batches: int | None = None, start_batch: int = 0
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Shuffled, augmented, normalised training batches (images, labels, and the samples' indices
-    in the training set); the last one may be smaller."""
+    in the training set); the last one may be smaller. From ``start_batch`` on, the epoch's whole
+    permutation and augmentation are drawn as for the whole epoch, then sliced: a run resumed
+    mid-epoch sees exactly the remaining batches."""
     device = dataset.train_images.device
     generator = epoch_generator(seed, epoch, device)
     order = torch.randperm(len(dataset.train_labels), device=device, generator=generator)
     images = augment(dataset.train_images[order], generator)
     labels = dataset.train_labels[order]
     for index, start in enumerate(range(0, len(order), batch_size)):
+        if index < start_batch:
+            continue
         if max_batches is not None and index >= max_batches:
             return
         end = start + batch_size

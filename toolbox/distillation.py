@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolbox.choices import parse_ranks
+from toolbox.choices import IMAGE_SIZES, parse_ranks
 from toolbox.errors import UsageError
 from toolbox.models import stage_shapes
 from toolbox.naming import format_value, ranks_tag
@@ -114,7 +114,7 @@ class Distiller(nn.Module):
         it, so runner.py refuses such a run before submitting anything. Here: ``--feature_layer``
         names a stage that both networks have."""
         archs = [config.student, config.teacher] if cls.needs_teacher else [config.student]
-        last = min(len(stage_shapes(arch)) - 1 for arch in archs)
+        last = min(len(stage_shapes(arch, image_size=IMAGE_SIZES[config.dataset])) - 1 for arch in archs)
         if not 0 <= config.feature_layer <= last:
             raise UsageError(f"--feature_layer must be from 0 (the stem) to {last} for {' and '.join(archs)}; "
                              f"got {config.feature_layer}")

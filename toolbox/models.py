@@ -3,8 +3,9 @@
 Every model's ``forward(x)`` returns ``[f0, f1, ..., fk, pooled, logits]``: RepDistiller's feature
 list (``model(x, is_feat=True, preact=False)``) plus the logits. ``f0`` is the stem's output,
 ``f1``..``fk`` the stages' outputs, ``pooled`` the flattened pooled features. ``model.stages`` is
-k, so ``--feature_layer`` ranges over 1..k; ``stage_shapes(name)`` gives the (C, H, W) of f0..fk on
-32x32 images. The distillers pick what they need, and nothing has to hook into the model.
+k, so ``--feature_layer`` ranges over 1..k; ``stage_shapes(name, image_size=...)`` gives the (C, H, W)
+of f0..fk on the data set's images (32x32 by default). ``MODELS`` also holds the ImageNet
+networks of ``toolbox.nets.imagenet``. The distillers pick what they need, and nothing has to hook into the model.
 
 *The original study's ResNets* (``ResNet112``, ``ResNet110``, ``ResNet56``, ``ResNet32``,
 ``ResNet20``, ``ResNetBaby``): a 3x3 stem to 16 channels, three stages of basic blocks (16/32/64
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 
 from toolbox.errors import UsageError
 from toolbox.models_mobile import mobile_half, normal_by_fan_out, shuffle_v1, shuffle_v2
+from toolbox.nets.imagenet import IMAGENET_MODELS
 
 # The original study's ResNets (and the field's 16-wide resnets); any model: ``stage_shapes(name)``.
 STAGE_WIDTHS = (16, 32, 64)
@@ -399,7 +401,10 @@ FIELD_MODELS: dict[str, Callable[[int], nn.Module]] = {
     "ShuffleV1": shuffle_v1,
     "ShuffleV2": shuffle_v2,
 }
-MODELS: dict[str, Callable[[int], nn.Module]] = {**ORIGINAL_MODELS, **FIELD_MODELS}
+CIFAR_MODELS: dict[str, Callable[[int], nn.Module]] = {**ORIGINAL_MODELS, **FIELD_MODELS}
+# ImageNet's (``toolbox.nets.imagenet``): torchvision's resnet18/34/50, with torchvision's keys, and
+# mdistiller's MobileNetV1; ``resnet50`` is torchvision's, ``ResNet50`` the CIFAR bottleneck network.
+MODELS: dict[str, Callable[[int], nn.Module]] = {**CIFAR_MODELS, **IMAGENET_MODELS}
 CIFAR_IMAGE_SIZE = 32
 
 

@@ -4,6 +4,9 @@ The loop knows no method by name: the distiller gives the soft loss, and its par
 trained with the student. Per-step metrics are summed on the device and read once per epoch, so a
 step never waits for the GPU. After every epoch ``last.pt`` is written atomically; rerunning the
 same command resumes from it, and ``metrics.json`` is written only when the last epoch is done.
+Within an epoch, last.pt is also written every ``--checkpoint_every`` steps and where a stop signal
+arrives, with the position in the epoch (``toolbox.progress``). The loop reads every data set
+through the same ``DataSource`` face and knows neither where its images are kept nor their size.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from torch import nn
 from tqdm import tqdm
 
 from toolbox.config import Config, milestones
-from toolbox.data_loader import IMAGE_SIZE, Dataset, eval_batches, load_dataset, train_batches
+from toolbox.data_loader import DataSource, load_dataset
 from toolbox.distillation import Distiller, Setup, Step
 from toolbox.errors import DivergedError, Interrupted, IOFailure, UsageError
 from toolbox.methods import DISTILLERS, build_distiller
 from toolbox.models import NotACheckpoint, build_model, load_checkpoint, read_checkpoint, read_error
+from toolbox.progress import Position, position_problem, progress_line
 from toolbox.rundir import RunDir, differences, file_digest, open_nofollow, resolve, teacher_command
 from toolbox.stop import StopFlag, interruptible, stop_flag
 from toolbox.utils import (
@@ -55,12 +59,12 @@ def check_same_run(saved: dict[str, Any], config: Config, path: Path, named: boo
                          f"or {advice}")
 
 
-def output_shapes(model: nn.Module, device: torch.device) -> tuple[tuple[int, ...], ...]:
-    """Per-sample shapes of every output (stem, stages, pooled, logits), from one eval-mode forward
-    pass (BatchNorm statistics untouched)."""
+def output_shapes(model: nn.Module, device: torch.device, image_size: int) -> tuple[tuple[int, ...], ...]:
+    """Per-sample shapes of every output (stem, stages, pooled, logits) on the data set's images,
+    from one eval-mode forward pass (BatchNorm statistics untouched)."""
     model.eval()
     with torch.no_grad():
-        return tuple(tuple(out.shape[1:]) for out in model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)))
+        return tuple(tuple(out.shape[1:]) for out in model(torch.zeros(1, 3, image_size, image_size, device=device)))
 
 
 def make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -80,11 +84,11 @@ def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def data_set(config: Config, device: torch.device) -> Dataset:
+def data_set(config: Config, device: torch.device) -> DataSource:
     """``--dataset`` from ``--data_dir``; a failed read or write there (a read-only data folder, a
     full disk) is one line naming the file, not a run's write."""
     try:
-        return load_dataset(config.dataset, config.data_dir, device)
+        return load_dataset(config.dataset, config.data_dir, device, workers=config.workers)
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         raise IOFailure(f"{where}{error.strerror or error}, while preparing --dataset {config.dataset} in --data_dir "
@@ -102,7 +106,7 @@ def make_autocast(config: Config, device: torch.device) -> Callable[[], contextl
 class Trainer:
     """The state of one run (models, optimiser, history) and the steps that advance it."""
 
-    def __init__(self, config: Config, run: RunDir, data: Optional[Dataset] = None) -> None:
+    def __init__(self, config: Config, run: RunDir, data: Optional[DataSource] = None) -> None:
         """``data`` replaces the data set named by the config (benchmarks use synthetic data)."""
         self.config = config
         self.run = run
@@ -120,10 +124,10 @@ class Trainer:
 
         self.student = build_model(config.student, self.data.num_classes).to(self.device)
         self.teacher: Optional[nn.Module] = None
-        teacher_shapes = student_shapes = output_shapes(self.student, self.device)
+        teacher_shapes = student_shapes = output_shapes(self.student, self.device, self.data.image_size)
         if needs_teacher:
             self.teacher = self._load_teacher()
-            teacher_shapes = output_shapes(self.teacher, self.device)
+            teacher_shapes = output_shapes(self.teacher, self.device, self.data.image_size)
         setup = Setup(teacher_shapes, student_shapes, self.data.train_labels)
         self.distiller: Distiller = build_distiller(config, setup).to(self.device)
         self.feature_shapes = {"teacher": teacher_shapes[config.feature_layer], "student": student_shapes[config.feature_layer]}
@@ -133,6 +137,9 @@ class Trainer:
         self.scheduler = make_scheduler(config, self.optimizer)
         self.history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
         self.elapsed = 0.0  # seconds of training, summed over resumed sessions
+        self.clock = time.perf_counter()  # when ``elapsed`` was last brought up to date
+        self.position: Optional[Position] = None  # where the epoch to train next was saved, if within it
+        self.position_saved = 0  # batches of the current epoch that last.pt holds (0: none)
         self.teacher_sha256: Optional[str] = None  # the teacher file's content, which a resumed run must keep
 
         self.student.to(memory_format=self.memory_format)
@@ -159,7 +166,8 @@ class Trainer:
     def epoch(self) -> int:
         return len(self.history["test_acc"])
 
-    def state(self) -> dict[str, Any]:
+    def state(self, position: Optional[Position] = None) -> dict[str, Any]:
+        """What last.pt holds: at an epoch's end, or within an epoch at ``position``."""
         state = {
             "config": dataclasses.asdict(self.config),  # what a resume checks, even if config.json is lost
             "student": self.student.state_dict(),
@@ -170,6 +178,7 @@ class Trainer:
             "elapsed": self.elapsed,
             "teacher_sha256": self.teacher_sha256,
             "torch_rng": torch.get_rng_state(),
+            "position": None if position is None else dataclasses.asdict(position),
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -194,6 +203,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = state["history"]
         self.elapsed = state["elapsed"]
+        self.position = Position(**state["position"]) if state.get("position") else None
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
@@ -217,29 +227,51 @@ class Trainer:
         self.optimizer.step()
         return hard.detach(), soft.detach(), (student_out[-1].detach().argmax(1) == labels).sum()
 
-    def train_epoch(self, stop: StopFlag) -> dict[str, float]:
-        """One pass over the training set; sums stay on the device until the epoch ends."""
+    def train_epoch(self, stop: StopFlag, say: Callable[[str], None] = print) -> dict[str, float]:
+        """One pass over the training set, or the rest of the one a saved position stopped in; sums
+        stay on the device except where a progress line (``say``) or a checkpoint reads them."""
         config = self.config
         self.student.train()
         self.distiller.train()
-        zero = torch.zeros((), device=self.device)
-        hard_sum, soft_sum, correct, count = zero, zero, zero, 0
+        done, self.position = self.position or Position(), None
+        hard_sum, soft_sum, correct = (torch.tensor(value, device=self.device) for value in (done.hard_sum, done.soft_sum, done.correct))
+        count = done.count
         n_batches = math.ceil(len(self.data.train_labels) / config.batch_size)
         if config.max_batches:
             n_batches = min(n_batches, config.max_batches)
-        batches = train_batches(self.data, config.batch_size, config.seed, self.epoch, config.max_batches)
-        progress = tqdm(batches, total=n_batches, desc=f"epoch {self.epoch + 1}/{config.epochs}", leave=False,
-                        disable=not sys.stderr.isatty(), file=sys.stderr)
-        for images, labels, indices in progress:
+        batches = self.data.train_batches(config.batch_size, config.seed, self.epoch, done.batch, config.max_batches)
+        progress = tqdm(batches, initial=done.batch, total=n_batches, desc=f"epoch {self.epoch + 1}/{config.epochs}",
+                        leave=False, disable=not sys.stderr.isatty(), file=sys.stderr)
+        started, first_count = time.perf_counter(), count
+        for batch, (images, labels, indices) in enumerate(progress, done.batch + 1):
             hard, soft, right = self.step(images, labels, indices)
             n = len(labels)
             hard_sum = hard_sum + hard * n
             soft_sum = soft_sum + soft * n
             correct = correct + right
             count += n
-            check_stop(stop, self.run, self.epoch)
-        hard_loss, soft_loss = float(hard_sum) / count, float(soft_sum) / count
-        return {"train_hard_loss": hard_loss, "train_soft_loss": soft_loss, "train_acc": 100.0 * float(correct) / count}
+            at = lambda: Position(batch, float(hard_sum), float(soft_sum), float(correct), count)  # noqa: E731 (reads the device)
+            if config.log_every and batch % config.log_every == 0:
+                seconds = time.perf_counter() - started
+                say(progress_line(self.epoch + 1, config.epochs, batch, n_batches, (count - first_count) / seconds, at(),
+                                  seconds / (batch - done.batch) * (n_batches - batch)))
+            if stop.signal is not None or (config.checkpoint_every and batch % config.checkpoint_every == 0 and batch < n_batches):
+                self.save_position(at())
+            check_stop(stop, self.run, self.epoch, batch)
+        return Position(n_batches, float(hard_sum), float(soft_sum), float(correct), count).means()
+
+    def save_position(self, position: Position) -> None:
+        """last.pt within an epoch, once its state is checked finite (``check_finite``)."""
+        self.check_finite(position.means())
+        self.account_time()
+        atomic_torch_save(self.run.last, self.state(position))
+        self.position_saved = position.batch
+
+    def account_time(self) -> None:
+        """Add the time since the last call (or the epoch's start) to ``elapsed``."""
+        now = time.perf_counter()
+        self.elapsed += now - self.clock
+        self.clock = now
 
     def check_finite(self, record: dict[str, float]) -> None:
         """Divergence is a non-finite training or test loss or a non-finite weight; it stops the
@@ -248,6 +280,8 @@ class Trainer:
         if all(math.isfinite(value) for value in losses.values()) and all_finite(self.student, self.distiller):
             return
         kept = f"{self.run.last} keeps the last good epoch ({self.epoch})" if self.epoch else "no epoch was saved"
+        if self.position_saved:
+            kept = f"{self.run.last} keeps the last good state (batch {self.position_saved} of epoch {self.epoch + 1})"
         shown = ", ".join(f"{key} {value:.4g}" for key, value in losses.items())
         raise DivergedError(f"the run diverged in epoch {self.epoch + 1} ({shown}, or a weight is NaN or infinite); "
                             f"{kept}; try a lower --lr or --beta")
@@ -255,7 +289,7 @@ class Trainer:
     def test(self) -> dict[str, float]:
         batches = (
             (images.contiguous(memory_format=self.memory_format), labels)
-            for images, labels in eval_batches(self.data, self.config.eval_batch_size)
+            for images, labels in self.data.eval_batches(self.config.eval_batch_size)
         )
         loss, accuracy = evaluate(self.student_step, batches, self.autocast)
         return {"test_loss": loss, "test_acc": accuracy}
@@ -276,10 +310,13 @@ def all_finite(*modules: nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())  # one device sync, not one per tensor
 
 
-def check_stop(stop: StopFlag, run: RunDir, epoch: int) -> None:
-    """Leave through ``Interrupted`` (exit 75, the job requeues) once a stop signal has arrived."""
+def check_stop(stop: StopFlag, run: RunDir, epoch: int, batch: Optional[int] = None) -> None:
+    """Leave through ``Interrupted`` (exit 75, the job requeues) once a stop signal has arrived;
+    ``batch``: the epoch's position was saved after that many batches."""
     if stop.signal is not None:
         kept = f"{run.last} holds epoch {epoch}" if run.last.exists() else "no epoch has been saved yet"
+        if batch is not None:
+            kept = f"{run.last} holds epoch {epoch + 1} up to batch {batch}"
         raise Interrupted(f"stopped by signal {stop.name} during epoch {epoch + 1}; {kept}: rerun the same command to resume")
 
 
@@ -310,7 +347,7 @@ def last_pt_problem(state: Any) -> Optional[str]:
             return f"its history's {key!r} is not a list of finite numbers"
     if len({len(values) for values in history.values()}) != 1:
         return "its history's lists have different lengths"
-    return None
+    return position_problem(state.get("position"))
 
 
 def read_last(run: RunDir, device: torch.device) -> Optional[dict[str, Any]]:
@@ -341,7 +378,7 @@ def evaluate_checkpoint(config: Config) -> dict[str, float]:
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         model.to(device, memory_format=memory_format)
         batches = ((images.contiguous(memory_format=memory_format), labels)
-                   for images, labels in eval_batches(data, config.eval_batch_size))
+                   for images, labels in data.eval_batches(config.eval_batch_size))
         loss, accuracy = evaluate(model, batches, make_autocast(config, device))
     return {"test_loss": loss, "test_acc": accuracy}
 
@@ -429,7 +466,8 @@ def train(config: Config) -> dict[str, Any]:
                                  "trained with (its content differs); pass that teacher's file to resume, or choose "
                                  "another --experiment_name for a run with this teacher")
             trainer.restore(state)
-            starting = f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}"
+            within = f", at batch {trainer.position.batch} of epoch {trainer.epoch + 1}" if trainer.position else ""
+            starting = f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}{within}"
         else:
             what = config.student if trainer.teacher is None else f"{config.teacher} -> {config.student}"
             starting = f"training {run.path} on {trainer.device} ({config.distillation}: {what})"
@@ -445,18 +483,19 @@ def train(config: Config) -> dict[str, Any]:
         best_path = run.best_checkpoint(config.student)
         while trainer.epoch < config.epochs:
             check_stop(stop, run, trainer.epoch)  # also a signal that came during the previous epoch's test
-            started = time.perf_counter()
-            record = trainer.train_epoch(stop)
+            started = trainer.clock = time.perf_counter()
+            record = trainer.train_epoch(stop, log)
             record.update(trainer.test())
             trainer.check_finite(record)
             trainer.scheduler.step()
-            trainer.elapsed += time.perf_counter() - started
+            trainer.account_time()
             is_best = trainer.epoch == 0 or record["test_acc"] > max(trainer.history["test_acc"])
             for key in HISTORY_KEYS:
                 trainer.history[key].append(record[key])
             if is_best:
                 atomic_torch_save(best_path, {"weights": trainer.student.state_dict()})
             atomic_torch_save(run.last, trainer.state())
+            trainer.position_saved = 0
             plot_curves(trainer.history, run.path)
             log(
                 f"epoch {trainer.epoch}/{config.epochs}  cross-entropy {record['train_hard_loss']:.4f}  "

@@ -29,9 +29,10 @@ Layout problems are one-line ``UsageError``s naming the folder or file and the e
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -41,6 +42,7 @@ from torchvision import transforms
 from torchvision.datasets import VisionDataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, pil_loader
 
+from toolbox.choices import IMAGE_SIZES
 from toolbox.datasets.sampling import EpochBatchSampler, SeededSamples
 from toolbox.errors import UsageError
 
@@ -221,3 +223,45 @@ def image_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, devi
     if train:
         return DataLoader(SeededSamples(dataset), batch_sampler=EpochBatchSampler(len(dataset), batch_size, seed), **options)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, **options)
+
+
+def default_workers() -> int:
+    """min(8, the CPUs this process may use): torchvision's references' default, within the job's share."""
+    return min(8, len(os.sched_getaffinity(0)))
+
+
+class FileImages:
+    """A ``toolbox.data_loader.DataSource`` of ImageNet or Tiny-ImageNet: the workers decode uint8
+    batches into pinned memory, which are copied to the device without blocking and normalised
+    there. A loader (and its persistent workers) is built once per split and batch size."""
+
+    def __init__(self, name: str, data_dir: str | Path, device: torch.device, workers: int | None) -> None:
+        self.train, self.test = IMAGE_DATASETS[name](data_dir)
+        self.device = device
+        self.workers = default_workers() if workers is None else workers
+        self.mean_std = MEAN_STD[name]
+        self.image_size = IMAGE_SIZES[name]
+        self.num_classes = len(self.train.classes)
+        self.train_labels = torch.tensor(self.train.targets, dtype=torch.long, device=device)
+        self._loaders: dict[tuple[bool, int, int], DataLoader] = {}
+
+    def _loader(self, train: bool, batch_size: int, seed: int) -> DataLoader:
+        key = (train, batch_size, seed)
+        if key not in self._loaders:
+            self._loaders[key] = image_loader(self.train if train else self.test, batch_size, train, seed, self.device, self.workers)
+        return self._loaders[key]
+
+    def _to_device(self, tensor: Tensor) -> Tensor:
+        return tensor.to(self.device, non_blocking=True)
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
+                      max_batches: int | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        loader = self._loader(True, batch_size, seed)
+        loader.batch_sampler.set_epoch(epoch, start_batch)
+        count = None if max_batches is None else max(0, max_batches - start_batch)
+        for images, labels, indices in itertools.islice(loader, count):
+            yield normalize_on_device(self._to_device(images), self.mean_std), self._to_device(labels), self._to_device(indices)
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for images, labels in self._loader(False, batch_size, 0):
+            yield normalize_on_device(self._to_device(images), self.mean_std), self._to_device(labels)

@@ -1,0 +1,158 @@
+"""Training on JPEG files: every method on ImageNet networks, torchvision-format teachers, --evaluate,
+and runs stopped or killed within an epoch that resume to the weights of an uninterrupted run.
+
+The data sets are written by the tests: 4 classes of 64x64 JPEGs in ImageNet's and Tiny-ImageNet's
+layouts. Tiny-ImageNet's 64-pixel inputs keep the runs of every method fast; ImageNet's are
+resized to 224 pixels, as on the real data set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from tests.conftest import run_training
+from toolbox.choices import METHODS
+from toolbox.config import parse_config
+from toolbox.errors import Interrupted
+from toolbox.training import Trainer, evaluate_checkpoint, train
+
+WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")
+TRAIN_PER_CLASS, VAL_PER_CLASS = 8, 2
+FAST = ["--batch_size", "4", "--eval_batch_size", "8", "--workers", "0", "--epochs", "1", "--device", "cpu",
+        "--log_every", "1"]
+
+
+def write_jpeg(path: Path, rng: np.random.Generator) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path, quality=90)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both layouts of the same 4 classes: 8 training and 2 validation images each."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    tiny = root / "tiny-imagenet-200"
+    (tiny / "val").mkdir(parents=True)
+    (tiny / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
+    annotations = []
+    for wnid in WNIDS:
+        for index in range(TRAIN_PER_CLASS):
+            write_jpeg(root / "imagenet" / "train" / wnid / f"{wnid}_{index}.JPEG", rng)
+            write_jpeg(tiny / "train" / wnid / "images" / f"{wnid}_{index}.JPEG", rng)
+        for index in range(VAL_PER_CLASS):
+            name = f"val_{wnid}_{index}.JPEG"
+            write_jpeg(root / "imagenet" / "val" / wnid / name, rng)
+            write_jpeg(tiny / "val" / "images" / name, rng)
+            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+    (tiny / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Untrained torchvision ResNets for 4 classes, saved as torchvision saves its weights: bare state dicts."""
+    folder = tmp_path_factory.mktemp("teachers")
+    torch.manual_seed(0)
+    for name in ("resnet18", "resnet34"):
+        torch.save(getattr(torchvision.models, name)(num_classes=len(WNIDS)).state_dict(), folder / f"{name}.pth")
+    return folder
+
+
+def run_flags(data_dir: Path, experiments: Path, *flags: str) -> list[str]:
+    return ["--data_dir", str(data_dir), "--experiments_dir", str(experiments), *FAST, *flags]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_on_imagenet_networks_from_a_torchvision_teacher(
+        method: str, data_dir: Path, teachers: Path, tmp_path: Path) -> None:
+    flags = run_flags(data_dir, tmp_path, "--dataset", "tiny-imagenet", "--distillation", method, "--teacher", "resnet18",
+                      "--student", "resnet18", "--teacher_checkpoint", str(teachers / "resnet18.pth"),
+                      "--ranks", "BATCH_SIZE,x0.5,x1,x1", "--max_batches", "1", "--experiment_name", "run")
+    metrics = train(parse_config(flags))
+    assert {"config.json", "metrics.json", "last.pt", "resnet18.pth", "Loss.png", "Accuracy.png"} <= {
+        path.name for path in (tmp_path / "run").iterdir()}
+    soft = metrics["train_soft_loss"][0]
+    assert np.isfinite(soft) and (soft == 0) == (method == "none")
+    assert metrics["test_acc"][0] >= 0 and np.isfinite(metrics["test_loss"][0])
+
+
+def test_imagenet_images_give_224_pixel_maps_through_workers_and_evaluate_reads_the_checkpoint(
+        data_dir: Path, teachers: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    flags = run_flags(data_dir, tmp_path, "--dataset", "imagenet", "--distillation", "tucker", "--teacher", "resnet34",
+                      "--student", "resnet18", "--teacher_checkpoint", str(teachers / "resnet34.pth"),
+                      "--ranks", "BATCH_SIZE,x0.5,x1,x1", "--max_batches", "2", "--workers", "1", "--experiment_name", "run")
+    metrics = train(parse_config(flags))
+    assert np.isfinite(metrics["train_soft_loss"][0]) and metrics["train_soft_loss"][0] > 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["feature_shapes"] == {"teacher": [256, 14, 14], "student": [256, 14, 14]}
+    assert "step 1/2" in capsys.readouterr().out  # the progress line of --log_every 1
+    result = evaluate_checkpoint(parse_config([*flags, "--evaluate", str(tmp_path / "run" / "resnet18.pth")]))
+    assert result["test_acc"] == pytest.approx(metrics["test_acc"][0]) and result["test_loss"] == pytest.approx(metrics["test_loss"][0])
+
+
+def stop_after(monkeypatch: pytest.MonkeyPatch, steps: int, how: str) -> None:
+    """Stop the run during its ``steps``-th step: a SIGTERM (handled: the run saves where it is), or
+    an exception that no handler sees (a killed process: only the checkpoints already written remain)."""
+    original, taken = Trainer.step, []
+
+    def step(self: Trainer, *batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        result = original(self, *batch)
+        taken.append(1)
+        if len(taken) == steps:
+            if how == "signal":
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(Trainer, "step", step)
+
+
+def final_state(run: Path) -> dict:
+    return torch.load(run / "last.pt", weights_only=True)
+
+
+def assert_same_run(resumed: dict, uninterrupted: dict, resumed_run: Path, uninterrupted_run: Path) -> None:
+    for key in ("train_hard_loss", "train_soft_loss", "train_acc", "test_loss", "test_acc"):
+        assert resumed[key] == uninterrupted[key], key
+    a, b = final_state(resumed_run)["student"], final_state(uninterrupted_run)["student"]
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_run_stopped_within_an_epoch_of_jpegs_resumes_to_the_uninterrupted_weights(
+        data_dir: Path, teachers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = ["--dataset", "tiny-imagenet", "--distillation", "crd", "--teacher", "resnet18", "--student", "resnet18",
+             "--teacher_checkpoint", str(teachers / "resnet18.pth"), "--epochs", "2", "--max_batches", "3",
+             "--deterministic", "--experiment_name", "run"]
+    uninterrupted = train(parse_config(run_flags(data_dir, tmp_path / "a", *flags)))
+    stop_after(monkeypatch, 5, "signal")  # step 2 of the second epoch
+    with pytest.raises(Interrupted, match="holds epoch 2 up to batch 2"):
+        train(parse_config(run_flags(data_dir, tmp_path / "b", *flags)))
+    assert final_state(tmp_path / "b" / "run")["position"]["batch"] == 2
+    monkeypatch.undo()
+    resumed = train(parse_config(run_flags(data_dir, tmp_path / "b", *flags)))
+    assert_same_run(resumed, uninterrupted, tmp_path / "b" / "run", tmp_path / "a" / "run")
+
+
+def test_a_killed_digits_run_resumes_from_its_last_mid_epoch_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = ["--distillation", "none", "--student", "ResNetBaby", "--epochs", "2", "--max_batches", "4",
+             "--checkpoint_every", "2", "--deterministic", "--device", "cpu", "--experiment_name", "run"]
+    uninterrupted = run_training(tmp_path / "a", *flags)
+    stop_after(monkeypatch, 7, "kill")  # step 3 of the second epoch: the checkpoint of step 2 remains
+    with pytest.raises(KeyboardInterrupt):
+        run_training(tmp_path / "b", *flags)
+    state = final_state(tmp_path / "b" / "run")
+    assert state["position"]["batch"] == 2 and len(state["history"]["test_acc"]) == 1
+    monkeypatch.undo()
+    resumed = run_training(tmp_path / "b", *flags)
+    assert_same_run(resumed, uninterrupted, tmp_path / "b" / "run", tmp_path / "a" / "run")
