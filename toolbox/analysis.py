@@ -425,6 +425,23 @@ def expectation_report(runs: Runs, statistic: str = "best") -> str:
     return "\n\n".join([caption, *(f"**{dataset}**\n\n{expectation_markdown(group)}" for dataset, group in table.groupby("dataset", sort=False))])
 
 
+def export_expectations(runs: Runs, folder: str | Path, statistic: str = "best") -> list[Path]:
+    """Write ``expectation_report`` as ``what_to_expect.md`` in ``folder`` (created if missing);
+    nothing when no run has finished, so that pointing at the wrong folder never overwrites a table."""
+    if runs.finished.empty:
+        return []
+    path = _output_folder(folder) / "what_to_expect.md"
+    path.write_text(expectation_report(runs, statistic) + "\n")
+    return [path]
+
+
+def _output_folder(folder: str | Path) -> Path:
+    """A folder the notebook writes into, created with its parents (an analysis folder need not exist)."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def compact(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary as shown and exported: name, the usual flags, the other flags in which
     configurations differ, and the statistics."""
@@ -448,7 +465,7 @@ def export_summary(summary: pd.DataFrame, folder: str | Path, stem: str = "summa
     if summary.empty:
         return []
     table = compact(summary)
-    folder = Path(folder)
+    folder = _output_folder(folder)
     csv_path, markdown_path = folder / f"{stem}.csv", folder / f"{stem}.md"
     table.to_csv(csv_path, index=False)
     markdown_path.write_text(to_markdown(table))
@@ -791,7 +808,7 @@ def export_benchmark(reports: Mapping[str, str], folder: str | Path) -> list[Pat
     """Write each of ``benchmark_reports`` as ``benchmark_<statistic>.md``; nothing for none."""
     paths = []
     for statistic, report in reports.items():
-        path = Path(folder) / f"benchmark_{statistic}.md"
+        path = _output_folder(folder) / f"benchmark_{statistic}.md"
         path.write_text(report)
         paths.append(path)
     return paths
