@@ -48,7 +48,7 @@ case "${1:-help}" in
         runner_flags=(); training_flags=()
         while [ $# -gt 0 ] && [ "$1" != -- ]; do runner_flags+=("$1"); shift; done
         [ $# -gt 0 ] && shift && training_flags=("$@")
-        folder=experiments/study start=$SECONDS
+        folder=${EXPERIMENTS_DIR:-experiments}/study start=$SECONDS
         # Small enough for two CPU cores: a ResNet20 teacher and ResNetBaby students, 6 epochs each.
         "$PYTHON" runner.py --scheduler local --parallel 2 --experiments_dir "$folder" --dataset digits \
             --teacher ResNet20 --student ResNetBaby --epochs 6 --batch_size 64 --ranks_list BATCH_SIZE,16,8,8 \

@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import re
+import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +27,7 @@ from toolbox.models import build_model
 from toolbox.rundir import resolve
 from toolbox.tucker import recompose, relative_error
 
+ROOT = Path(__file__).resolve().parent.parent
 COMMON = {"dataset": "digits", "teacher": "ResNet20", "student": "ResNetBaby", "epochs": 3}
 
 
@@ -222,6 +226,27 @@ def test_expectation_table_and_its_markdown(tree: Path) -> None:
     assert report.startswith("Test accuracy of the last epoch") and "**digits**" in report
     assert "| featuremap | 2 | 67.00 ± 4.24 |" in report
     assert analysis.expectation_report(analysis.load_runs(tree / "broken")).startswith("No finished runs")
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / ".installed").exists()
+                    or (ROOT / "requirements.txt").stat().st_mtime > (ROOT / ".venv" / ".installed").stat().st_mtime,
+                    reason="util.sh would install .venv first (./util.sh setup)")
+def test_study_grid(tmp_path: Path) -> None:
+    """``./util.sh study --dry_run``: every method of the study and every baseline, tucker with both
+    cores, 3 seeds, and the teacher they share, in their own folder."""
+    result = subprocess.run([str(ROOT / "util.sh"), "study", "--dry_run"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "EXPERIMENTS_DIR": str(tmp_path)}, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    runs = re.findall(r"^\| \S+ \| .* \| (digits/\S+) \|$", result.stdout, re.MULTILINE)
+    configurations = {run.rsplit("/", 1)[0] for run in runs}
+    assert len(runs) == 51 and len(configurations) == 17 and "would submit 52 (teachers: 1)" in result.stdout
+    prefix = "digits/ResNet20-ResNetBaby/"
+    methods = {c.removeprefix(prefix).split("/")[0] for c in configurations if c.startswith(prefix)}
+    assert methods == {"featuremap", "tucker", "tucker_recomp", "noise", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd"}
+    assert sum("tucker_core=per_sample" in c for c in configurations) == 1
+    teacher = "--experiment_name digits/teacher/ResNet20/epochs=6,batch_size=64,lr=0.05/seed0"
+    assert f"--lr 0.05 --threads 1 --experiments_dir {tmp_path}/study {teacher}" in result.stdout
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
 def test_empty_folder_says_so_and_draws_nothing(tmp_path: Path) -> None:
