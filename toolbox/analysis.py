@@ -358,9 +358,9 @@ EXPECTATION_COLUMNS = ("method", "family", "dataset", "n", "mean", "std", "ci_lo
                        "difference_low", "difference_high", "p_value")
 
 
-def expectation_table(runs: Runs, statistic: str = "best", confidence: float = CONFIDENCE) -> pd.DataFrame:
+def expectation_table(runs: Runs, statistic: str = "best") -> pd.DataFrame:
     """Per configuration, what to expect of ``statistic`` (``best`` or ``last`` epoch's test
-    accuracy, %) from one run: ``n`` seeds, ``mean``, sample ``std``, the t-interval of the mean
+    accuracy, %) from one run: ``n`` seeds, ``mean``, sample ``std``, the 95% t-interval of the mean
     (``ci_low``, ``ci_high``); for a distillation configuration, its ``paired_t_test`` against
     the student alone (``baseline``'s plain configuration), over ``pairs`` seeds. Rows: per data
     set, the teacher and the student alone first, then the best mean first."""
@@ -373,10 +373,10 @@ def expectation_table(runs: Runs, statistic: str = "best", confidence: float = C
     for _, row in summary.iterrows():
         values = list(by_seed[row["key"]].values())
         reference = baseline(summary, row, "none") if row["distillation"] != "none" else None
-        test = paired_t_test(by_seed[row["key"]], by_seed[reference["key"]], confidence) if reference is not None else None
+        test = paired_t_test(by_seed[row["key"]], by_seed[reference["key"]]) if reference is not None else None
         rows.append({
             "method": row["label"], "family": row["family"], "dataset": row["dataset"], "n": len(values), "mean": np.mean(values),
-            "std": np.std(values, ddof=1) if len(values) > 1 else math.nan, **dict(zip(("ci_low", "ci_high"), t_interval(values, confidence))),
+            "std": np.std(values, ddof=1) if len(values) > 1 else math.nan, **dict(zip(("ci_low", "ci_high"), t_interval(values))),
             **dict(zip(EXPECTATION_COLUMNS[8:], dataclasses.astuple(test) if test else (0, *[math.nan] * 4))),
         })
     table = _table(rows, EXPECTATION_COLUMNS[3:], EXPECTATION_COLUMNS)
