@@ -178,7 +178,9 @@ def test_plain_runs_are_named_by_their_role(tmp_path: Path) -> None:
                      "digits/ResNet20-ResNetBaby/tucker/B-16-8-8/epochs=3/seed0": "tucker_x0.25",
                      "cifar10/teacher/ResNetBaby/epochs=3/seed0": "teacher / student alone",
                      "cifar10/ResNetBaby-ResNetBaby/kd/epochs=3/seed0": "kd"}
-    assert set(analysis.summarize(runs)["label"]) == {*roles.values()}  # the roles tell plain configurations apart
+    summary = analysis.summarize(runs).set_index("label")
+    assert set(summary.index) == {*roles.values()}  # the roles tell plain configurations apart
+    assert summary.loc["kd", "diff_plain"] == 5  # kd's own cross-entropy weight (0.1) does not hide its student alone
 
 
 def test_t_interval_is_the_textbook_one() -> None:

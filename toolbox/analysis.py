@@ -290,15 +290,17 @@ def summarize(runs: Runs) -> pd.DataFrame:
 
 def baseline(summary: pd.DataFrame, row: pd.Series, distillation: str) -> Optional[pd.Series]:
     """The configuration of method ``distillation`` that ``row`` is compared against: same data
-    set, student and schedule, and same teacher when both have one. Where several qualify, the one
-    that also agrees on the other flags both use (loss, beta, feature layer); None when that
-    leaves none or several."""
+    set, student and schedule, and same teacher when both have one; the methods' settings (their
+    own flags, and those they give defaults, like kd's cross-entropy weight 0.1) may differ. Where
+    several qualify, the one that also agrees on the settings both use (loss, beta, feature layer);
+    None when that leaves none or several."""
     flags = flag_columns(summary)
-    shared = [f for f in flags if f not in METHOD_SPECIFIC and f != "distillation"]
+    settings = _method_settings()
+    shared = [f for f in flags if f not in settings and f != "distillation"]
     candidates = summary[summary["distillation"] == distillation]
     candidates = candidates[[_agree(row, base, shared) for _, base in candidates.iterrows()]]
     if len(candidates) > 1:
-        specific = [f for f in flags if f in METHOD_SPECIFIC]
+        specific = [f for f in flags if f in settings]
         candidates = candidates[[_agree(row, base, specific) for _, base in candidates.iterrows()]]
     return candidates.iloc[0] if len(candidates) == 1 else None
 
