@@ -46,7 +46,22 @@ case "${1:-help}" in
         demo_run "baseline ResNetBaby, no teacher  :" --distillation none --student ResNetBaby
         printf '%s\n' "${summary[@]}"
         echo "demo finished in $((SECONDS - start)) s; runs are under experiments/digits/"
+        echo "what to expect from each method, with error bars: README.md, 'What to expect'"
         echo "to run README's python commands, activate the project's environment first: source .venv/bin/activate" ;;
+    study) # [runner.py flags] [-- training flags]  every method and baseline on digits, 3 seeds, 2 runs at a time; the table
+        shift; ensure_venv
+        runner_flags=(); training_flags=()
+        while [ $# -gt 0 ] && [ "$1" != -- ]; do runner_flags+=("$1"); shift; done
+        [ $# -gt 0 ] && shift && training_flags=("$@")
+        folder=${EXPERIMENTS_DIR:-experiments}/study start=$SECONDS
+        # Small enough for two CPU cores: a ResNet20 teacher and ResNetBaby students, 6 epochs each.
+        "$PYTHON" "$REPO/runner.py" --scheduler local --parallel 2 --experiments_dir "$folder" --dataset digits \
+            --teacher ResNet20 --student ResNetBaby --epochs 6 --batch_size 64 --ranks_list BATCH_SIZE,16,8,8 \
+            --distillations none featuremap tucker tucker_recomp noise kd fitnet at sp pkt rkd vid crd dkd \
+            --grid tucker_core=original,per_sample "${runner_flags[@]}" -- --lr 0.05 --threads 1 "${training_flags[@]}"
+        case " ${runner_flags[*]} " in *" --dry_run "*|*" --status "*) exit 0 ;; esac
+        echo "study finished in $((SECONDS - start)) s; runs are under $folder/"
+        PYTHONPATH="$REPO" "$PYTHON" -c 'import sys; from toolbox import analysis; print(analysis.expectation_report(analysis.load_runs(sys.argv[1])))' "$folder" ;;
     test) # [pytest flags]  set up, then run the whole test suite
         shift; ensure_venv; cd "$REPO"; exec "$PYTHON" -m pytest "$@" ;;
     # ---- cluster: runner.py's grid of runs, and a SLURM cluster on this machine ----

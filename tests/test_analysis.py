@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import re
+import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.linalg
+import scipy.stats
 import torch
 
 from toolbox import analysis, inspection
@@ -24,6 +28,7 @@ from toolbox.models import build_model
 from toolbox.rundir import resolve
 from toolbox.tucker import recompose, relative_error
 
+ROOT = Path(__file__).resolve().parent.parent
 COMMON = {"dataset": "digits", "teacher": "ResNet20", "student": "ResNetBaby", "epochs": 3}
 
 
@@ -87,9 +92,9 @@ def test_names_follow_the_original_table() -> None:
 
 
 def test_summary_numbers_match_hand_computed_values(summary: pd.DataFrame) -> None:
-    assert list(summary.index) == ["tucker_x0.5", "featuremap", "recomp_both_x0.25", "plain", "noise_std1"]  # best first
+    assert list(summary.index) == ["tucker_x0.5", "featuremap", "recomp_both_x0.25", "student alone", "noise_std1"]  # best first
     expected = {  # runs, best mean, best std, final mean, final std, max of the mean curve, diff featuremap, diff plain
-        "plain": (2, 51, math.sqrt(2), 48.5, math.sqrt(24.5), 49, -17, 0),
+        "student alone": (2, 51, math.sqrt(2), 48.5, math.sqrt(24.5), 49, -17, 0),
         "featuremap": (2, 68, math.sqrt(8), 67, math.sqrt(18), 67, 0, 17),
         "tucker_x0.5": (3, 217 / 3, math.sqrt(7 / 3), 71, 1, 71, 217 / 3 - 68, 217 / 3 - 51),
         "recomp_both_x0.25": (1, 65, np.nan, 64, np.nan, 65, -3, 14),
@@ -105,7 +110,7 @@ def test_ignored_flags_do_not_split_configurations(summary: pd.DataFrame) -> Non
     assert summary.loc["featuremap", "seeds"] == "0,1"
     assert summary.loc["tucker_x0.5", "seeds"] == "0,1,2"
     assert summary.loc["featuremap", "ranks"] is None and summary.loc["tucker_x0.5", "recomp_target"] is None
-    assert summary.loc["plain", "teacher"] is None and summary.loc["plain", "beta"] is None
+    assert summary.loc["student alone", "teacher"] is None and summary.loc["student alone", "beta"] is None
     assert (summary["label"] == summary.index).all()  # nothing else differs within a family
 
 
@@ -158,6 +163,93 @@ def test_labels_and_baselines_where_other_flags_differ(tmp_path: Path) -> None:
     assert math.isnan(summary.loc["kd", "diff_featuremap"])  # two candidates, neither with kd's beta: ambiguous
     assert math.isnan(summary.loc["kd", "diff_plain"])  # no plain run
     assert "beta" in analysis.compact(summary.reset_index()).columns
+
+
+def test_plain_runs_are_named_by_their_role(tmp_path: Path) -> None:
+    """The teacher the students distilled from, the student alone, and a network that is both."""
+    write_run(tmp_path, [80, 90, 85], distillation="none", student="ResNet20")  # where the students find their teacher
+    write_run(tmp_path, [50, 60, 55], distillation="none")
+    write_run(tmp_path, [60, 70, 65], distillation="tucker", ranks="BATCH_SIZE,16,8,8")
+    write_run(tmp_path, [40, 50, 45], distillation="none", dataset="cifar10", student="ResNetBaby")
+    write_run(tmp_path, [40, 55, 45], distillation="kd", dataset="cifar10", teacher="ResNetBaby")
+    runs = analysis.load_runs(tmp_path)
+    roles = dict(zip(runs.finished["run"], runs.finished["method"]))
+    assert roles == {"digits/teacher/ResNet20/epochs=3/seed0": "teacher",
+                     "digits/teacher/ResNetBaby/epochs=3/seed0": "student alone",
+                     "digits/ResNet20-ResNetBaby/tucker/B-16-8-8/epochs=3/seed0": "tucker_x0.25",
+                     "cifar10/teacher/ResNetBaby/epochs=3/seed0": "teacher / student alone",
+                     "cifar10/ResNetBaby-ResNetBaby/kd/epochs=3/seed0": "kd"}
+    summary = analysis.summarize(runs).set_index("label")
+    assert set(summary.index) == {*roles.values()}  # the roles tell plain configurations apart
+    assert summary.loc["kd", "diff_plain"] == 5  # kd's own cross-entropy weight (0.1) does not hide its student alone
+
+
+def test_t_interval_is_the_textbook_one() -> None:
+    """mean ± t(0.975, n − 1) s / √n; t(0.975, 2) = 4.303 and t(0.975, 1) = 12.706 from the tables."""
+    assert analysis.t_interval([1.0, 2.0, 3.0]) == pytest.approx((2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)))
+    assert analysis.t_interval([50.0, 52.0]) == pytest.approx((51 - 12.706205, 51 + 12.706205))
+    assert analysis.t_interval([5.0, 5.0, 5.0]) == (5.0, 5.0)
+    assert all(math.isnan(bound) for bound in analysis.t_interval([5.0]))
+
+
+def test_paired_t_test_pairs_by_seed() -> None:
+    """Seeds 0-2 pair up (differences 1, 2, 3): t = 2 / (1 / √3); with 2 degrees of freedom the
+    two-sided p-value is 1 − t / √(2 + t²) = 0.0742 in closed form, and scipy.stats.ttest_rel's."""
+    test = analysis.paired_t_test({0: 90.0, 1: 92.0, 2: 95.0, 3: 80.0}, {0: 89.0, 1: 90.0, 2: 92.0, 4: 70.0})
+    t = 2 * math.sqrt(3)
+    assert test.pairs == 3 and test.difference == pytest.approx(2)
+    assert (test.low, test.high) == pytest.approx(analysis.t_interval([1.0, 2.0, 3.0]))
+    assert test.p_value == pytest.approx(1 - t / math.sqrt(2 + t**2))
+    assert test.p_value == pytest.approx(scipy.stats.ttest_rel([90, 92, 95], [89, 90, 92]).pvalue)
+    single = analysis.paired_t_test({0: 90.0, 1: 91.0}, {0: 89.0})
+    assert single.pairs == 1 and single.difference == 1 and math.isnan(single.p_value) and math.isnan(single.low)
+
+
+def test_expectation_table_and_its_markdown(tree: Path) -> None:
+    runs = analysis.load_runs(tree)
+    table = analysis.expectation_table(runs).set_index("method")
+    assert list(table.index) == ["student alone", "tucker_x0.5", "featuremap", "recomp_both_x0.25", "noise_std1"]
+    # featuremap 70, 66 against the student alone's 50, 52 on the same seeds: differences 20, 14;
+    # t = 17 / 3 with 1 degree of freedom: p = 1 − 2 atan(t) / π.
+    featuremap = table.loc["featuremap"]
+    assert featuremap[["n", "mean", "std", "pairs", "difference"]].tolist() == pytest.approx([2, 68, math.sqrt(8), 2, 17])
+    assert (featuremap["ci_low"], featuremap["ci_high"]) == pytest.approx((68 - 12.706205 * 2, 68 + 12.706205 * 2))
+    assert (featuremap["difference_low"], featuremap["difference_high"]) == pytest.approx((17 - 12.706205 * 3, 17 + 12.706205 * 3))
+    assert featuremap["p_value"] == pytest.approx(1 - 2 * math.atan(17 / 3) / math.pi)
+    assert table.loc["recomp_both_x0.25", ["pairs", "difference"]].tolist() == [1, 15]  # one seed: no test
+    assert table.loc["student alone", "pairs"] == 0
+    tucker = table.loc["tucker_x0.5"]  # seed 2 has no student-alone run to pair with; differences 22, 22
+    assert tucker[["pairs", "difference", "difference_low"]].tolist() == [2, 22, 22] and math.isnan(tucker["p_value"])
+    lines = analysis.expectation_markdown(table.reset_index()).splitlines()
+    assert lines[0] == "| method | n | mean ± std | 95% CI | Δ vs student alone [95% CI] | p (paired t) |"
+    assert lines[2] == "| student alone | 2 | 51.00 ± 1.41 | [38.29, 63.71] | reference |  |"
+    assert lines[4] == "| featuremap | 2 | 68.00 ± 2.83 | [42.59, 93.41] | +17.00 [-21.12, 55.12] | 0.111 |"
+    assert lines[5] == "| recomp_both_x0.25 | 1 | 65.00 |  | +15.00 |  |"
+    report = analysis.expectation_report(runs, "last")
+    assert report.startswith("Test accuracy of the last epoch") and "**digits**" in report
+    assert "| featuremap | 2 | 67.00 ± 4.24 |" in report
+    assert analysis.expectation_report(analysis.load_runs(tree / "broken")).startswith("No finished runs")
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / ".installed").exists()
+                    or (ROOT / "requirements.txt").stat().st_mtime > (ROOT / ".venv" / ".installed").stat().st_mtime,
+                    reason="util.sh would install .venv first (./util.sh setup)")
+def test_study_grid(tmp_path: Path) -> None:
+    """``./util.sh study --dry_run``: every method of the study and every baseline, tucker with both
+    cores, 3 seeds, and the teacher they share, in their own folder."""
+    result = subprocess.run([str(ROOT / "util.sh"), "study", "--dry_run"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "EXPERIMENTS_DIR": str(tmp_path)}, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    runs = re.findall(r"^\| \S+ \| .* \| (digits/\S+) \|$", result.stdout, re.MULTILINE)
+    configurations = {run.rsplit("/", 1)[0] for run in runs}
+    assert len(runs) == 51 and len(configurations) == 17 and "would submit 52 (teachers: 1)" in result.stdout
+    prefix = "digits/ResNet20-ResNetBaby/"
+    methods = {c.removeprefix(prefix).split("/")[0] for c in configurations if c.startswith(prefix)}
+    assert methods == {"featuremap", "tucker", "tucker_recomp", "noise", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd"}
+    assert sum("tucker_core=per_sample" in c for c in configurations) == 1
+    teacher = "--experiment_name digits/teacher/ResNet20/epochs=6,batch_size=64,lr=0.05/seed0"
+    assert f"--lr 0.05 --threads 1 --experiments_dir {tmp_path}/study {teacher}" in result.stdout
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
 def test_empty_folder_says_so_and_draws_nothing(tmp_path: Path) -> None:

@@ -91,25 +91,32 @@ def test_notebooks_are_committed_without_outputs(notebook: Path) -> None:
 
 
 def test_aggregator_on_experiments(experiments: Path, tmp_path: Path) -> None:
-    notebook = execute(AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(experiments), SUMMARY_DIR=str(tmp_path),
+    output = tmp_path / "analysis" / "digits"  # not there yet: the notebook creates it
+    notebook = execute(AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(experiments), SUMMARY_DIR=str(output),
                        DATASET="digits", BENCHMARK_FLAGS={"epochs": 2})  # the students' runs; the teacher trained longer
     assert_no_errors(notebook)
     printed = text(notebook)
     assert "7 finished runs in 6 configurations" in printed and "1 without results" in printed
     assert UNFINISHED_RUN in printed and "unfinished" in printed
     assert figures(notebook) == 3  # accuracy curves, both loss panels in one figure, accuracy against rank
-    summary = (tmp_path / "summary.csv").read_text()
-    for name in ("featuremap", "tucker_x0.25", "tucker_x0.5", "recomp_both_x0.25", "plain"):
+    summary = (output / "summary.csv").read_text()
+    for name in ("featuremap", "tucker_x0.25", "tucker_x0.5", "recomp_both_x0.25", "teacher", "student alone"):
         assert f"\n{name}," in summary
-    assert (tmp_path / "summary.md").exists()
+    assert (output / "summary.md").exists()
+    # What to expect: the teacher and the student alone first; tucker_x0.5's two seeds paired with
+    # the student alone's one seed: a difference, no interval.
+    expect = (output / "what_to_expect.md").read_text()
+    rows = [line.split(" | ")[0] for line in expect.splitlines() if line.startswith("| ")]
+    assert rows[:3] == ["| method", "| teacher", "| student alone"] and len(rows) == 7
+    assert "| student alone | 1 |" in expect and "| reference |" in expect and "paired t-test" in expect
     # The benchmark table: the students' pair, no published numbers for digits; the teacher's row
     # is empty, its run (6 epochs) being left out by BENCHMARK_FLAGS.
     assert f"| method | {TEACHER}→{STUDENT} |" in printed and "none is shown beside these digits runs" in printed
-    benchmark = (tmp_path / "benchmark_last.md").read_text()
+    benchmark = (output / "benchmark_last.md").read_text()
     rows = [line.split(" | ")[0] for line in benchmark.splitlines() if line.startswith("| ")][1:]
     assert rows == ["| teacher", "| student", "| featuremap", "| tucker_x0.25", "| tucker_x0.5", "| recomp_both_x0.25"]
     assert "| teacher |  |" in benchmark and " ± " in benchmark.split("| tucker_x0.5 |")[1].splitlines()[0]  # two seeds
-    assert "best epoch" in (tmp_path / "benchmark_best.md").read_text()
+    assert "best epoch" in (output / "benchmark_best.md").read_text()
 
 
 def test_aggregator_on_empty_folder(tmp_path: Path) -> None:
@@ -118,7 +125,7 @@ def test_aggregator_on_empty_folder(tmp_path: Path) -> None:
     notebook = execute(AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(empty))
     assert_no_errors(notebook)
     assert f"No finished runs under {empty}" in text(notebook)
-    assert "No benchmark table: no finished cifar100 runs of a teacher→student pair" in text(notebook)
+    assert "The benchmark table is for cifar100 runs of a teacher→student pair (DATASET); there are none" in text(notebook)
     assert list(empty.iterdir()) == []  # no summary written for nothing
 
 

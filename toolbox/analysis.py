@@ -9,7 +9,12 @@ the seed never split a configuration, and neither do flags a method ignores (the
 a featuremap run, the reconstruction target of a plain tucker run): see ``toolbox.rundir.defining_flags``.
 Configurations are named as in the original study's table (``featuremap``, ``tucker_x0.5``,
 ``recomp_both_x0.25``: channel rank over the channels of the distilled map); a label adds the
-other flags in which the configurations of a folder differ (``tucker_x0.5 (beta=50)``).
+other flags in which the configurations of a folder differ (``tucker_x0.5 (beta=50)``). Plain
+training is named by its role here: ``teacher`` when a run of the folder distilled from it,
+``student alone`` when it is the no-teacher baseline of a distillation run (or nothing distils from it).
+
+``expectation_table`` is the "what to expect" view: per configuration, the mean over seeds with its
+t-interval, and the paired t-test of its difference to the student alone, seed by seed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, Mapping, Optional, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import scipy.stats
 from matplotlib.axes import Axes
 
 from toolbox.choices import IMAGE_SIZES, SAME_ARCH_PAIRS, parse_ranks
@@ -82,7 +88,8 @@ def _other_modes_tag(ranks: Ranks) -> str:
 
 def family(config: Mapping[str, Any]) -> str:
     """A configuration's name without its setting: ``tucker``, ``recomp_both``, ``noise``,
-    ``plain`` (training without a teacher), or the distillation method."""
+    ``plain`` (training without a teacher; ``load_runs`` renames it by its role), or the
+    distillation method."""
     distillation = config["distillation"]
     if distillation == "tucker_recomp":
         return f"recomp_{config['recomp_target']}"
@@ -180,18 +187,42 @@ def _run_record(name: str, config: Mapping[str, Any], metrics: Mapping[str, Any]
     }
 
 
+PLAIN_ROLES = ("teacher", "student alone")
+REFERENCE = "student alone"
+"""The role of the plain configuration every distillation configuration is compared against."""
+
+
+def _plain_roles(finished: pd.DataFrame, teacher_folders: set[str]) -> pd.Series:
+    """The role of each plain run's configuration, so that a table never shows a teacher and the
+    no-teacher baseline under one name (both are ``--distillation none``, both live under
+    ``<dataset>/teacher/``): ``teacher`` when a run of the folder distilled from one of its runs
+    (``teacher_folders``: the folders of the checkpoints that runs name), ``student alone`` when a
+    distillation run of the same data set has its architecture as student, or when nothing
+    distils from it; ``teacher / student alone`` when both."""
+    plain = finished[finished["distillation"] == "none"]
+    students = set(zip(*(finished.loc[finished["distillation"] != "none", c] for c in ("dataset", "student"))))
+    roles = {}
+    for key, group in plain.groupby("key", sort=False):
+        teacher = any(folder == run or folder.endswith(f"/{run}") for run in group["run"] for folder in teacher_folders)
+        student = (group["dataset"].iloc[0], group["student"].iloc[0]) in students or not teacher
+        roles[key] = " / ".join(role for role, found in zip(PLAIN_ROLES, (teacher, student)) if found)
+    return plain["key"].map(roles)
+
+
 def load_runs(experiments_dir: str | Path) -> Runs:
     """Every run folder (a folder with ``config.json``) under ``experiments_dir``; a run whose
     files cannot be read is listed as pending with the reason, not dropped."""
     folder = Path(experiments_dir)
     if not folder.is_dir():
         raise UsageError(f"experiments folder {folder} does not exist (set EXPERIMENTS_DIR to a folder of runs)")
-    finished, pending = [], []
+    finished, pending, teacher_folders = [], [], set()
     for config_path in sorted(folder.rglob(CONFIG_FILE)):
         run = RunDir(config_path.parent)
         name = run.path.relative_to(folder).as_posix()
         try:
             config = run.read_json(run.config)["config"]
+            if config.get("teacher_checkpoint"):
+                teacher_folders.add(Path(config["teacher_checkpoint"]).parent.as_posix())
             metrics = run.read_json(run.metrics)
             if metrics is None:
                 pending.append({"run": name, "status": "unfinished", **{k: config.get(k) for k in PENDING_COLUMNS[2:]}})
@@ -200,7 +231,10 @@ def load_runs(experiments_dir: str | Path) -> Runs:
         except (UsageError, KeyError, TypeError, IndexError, ValueError) as error:
             pending.append({"run": name, "status": f"unreadable ({type(error).__name__}: {error})"})
     empty_columns = ["run", *NAME_COLUMNS, *SHOWN_FLAGS, "feature_layer", *RUN_STATS, *CURVES]
-    finished_table = _with_labels(_table(finished, RUN_STATS, empty_columns))
+    finished_table = _table(finished, RUN_STATS, empty_columns)
+    roles = _plain_roles(finished_table, teacher_folders)
+    finished_table.loc[roles.index, "method"] = finished_table.loc[roles.index, "family"] = roles
+    finished_table = _with_labels(finished_table)
     return Runs(folder, finished_table, pd.DataFrame(pending, columns=list(PENDING_COLUMNS)))
 
 
@@ -255,15 +289,17 @@ def summarize(runs: Runs) -> pd.DataFrame:
 
 def baseline(summary: pd.DataFrame, row: pd.Series, distillation: str) -> Optional[pd.Series]:
     """The configuration of method ``distillation`` that ``row`` is compared against: same data
-    set, student and schedule, and same teacher when both have one. Where several qualify, the one
-    that also agrees on the other flags both use (loss, beta, feature layer); None when that
-    leaves none or several."""
+    set, student and schedule, and same teacher when both have one; the methods' settings (their
+    own flags, and those they give defaults, like kd's cross-entropy weight 0.1) may differ. Where
+    several qualify, the one that also agrees on the settings both use (loss, beta, feature layer);
+    None when that leaves none or several."""
     flags = flag_columns(summary)
-    shared = [f for f in flags if f not in METHOD_SPECIFIC and f != "distillation"]
+    settings = _method_settings()
+    shared = [f for f in flags if f not in settings and f != "distillation"]
     candidates = summary[summary["distillation"] == distillation]
     candidates = candidates[[_agree(row, base, shared) for _, base in candidates.iterrows()]]
     if len(candidates) > 1:
-        specific = [f for f in flags if f in METHOD_SPECIFIC]
+        specific = [f for f in flags if f in settings]
         candidates = candidates[[_agree(row, base, specific) for _, base in candidates.iterrows()]]
     return candidates.iloc[0] if len(candidates) == 1 else None
 
@@ -271,6 +307,140 @@ def baseline(summary: pd.DataFrame, row: pd.Series, distillation: str) -> Option
 def _agree(a: pd.Series, b: pd.Series, flags: Sequence[str]) -> bool:
     """Equal on every flag that both set."""
     return all(a[f] == b[f] for f in flags if _isset(a[f]) and _isset(b[f]))
+
+
+# ---------------------------------------------------------------- what to expect: intervals and paired tests
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """``method − reference`` over the seeds both have: the mean difference, its t-interval
+    (``low``, ``high``) and the two-sided p-value of the paired t-test; NaN where fewer than two
+    seeds pair up."""
+
+    pairs: int
+    difference: float
+    low: float
+    high: float
+    p_value: float
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The Student-t confidence interval of the mean, mean ± t((1 + confidence) / 2, n − 1) · s / √n:
+    with a handful of seeds the normal quantile (1.96) would claim far too much (t(0.975, 2) is
+    4.30). NaN for fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return math.nan, math.nan
+    half = scipy.stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def paired_t_test(method: Mapping[int, float], reference: Mapping[int, float], confidence: float = CONFIDENCE) -> PairedTest:
+    """The paired t-test of ``method`` against ``reference``, both ``{seed: accuracy}``. Runs are
+    paired by seed because a seed fixes the data order, the augmentation and the student's initial
+    weights, whatever the method: pairing removes the share of the spread that the seed causes in
+    both runs. The same test as ``scipy.stats.ttest_rel``; no p-value where the differences are
+    all equal."""
+    seeds = sorted(set(method) & set(reference))
+    differences = np.array([method[seed] - reference[seed] for seed in seeds], dtype=float)
+    if len(differences) < 2:
+        return PairedTest(len(seeds), float(differences.mean()) if seeds else math.nan, math.nan, math.nan, math.nan)
+    low, high = t_interval(differences, confidence)
+    if np.ptp(differences) == 0:  # no spread: t is undefined, and scipy's answer is rounding noise
+        return PairedTest(len(seeds), float(differences.mean()), low, high, math.nan)
+    p_value = scipy.stats.ttest_rel([method[s] for s in seeds], [reference[s] for s in seeds]).pvalue
+    return PairedTest(len(seeds), float(differences.mean()), low, high, float(p_value))
+
+
+EXPECTATION_COLUMNS = ("method", "family", "dataset", "n", "mean", "std", "ci_low", "ci_high", "pairs", "difference",
+                       "difference_low", "difference_high", "p_value")
+
+
+def expectation_table(runs: Runs, statistic: str = "best") -> pd.DataFrame:
+    """Per configuration, what to expect of ``statistic`` (``best`` or ``last`` epoch's test
+    accuracy, %) from one run: ``n`` seeds, ``mean``, sample ``std``, the 95% t-interval of the mean
+    (``ci_low``, ``ci_high``); for a distillation configuration, its ``paired_t_test`` against
+    the student alone (``baseline``'s plain configuration), over ``pairs`` seeds. Rows: per data
+    set, the teacher and the student alone first, then the best mean first."""
+    if statistic not in BENCHMARK_STATISTICS:
+        raise UsageError(f"statistic must be one of {', '.join(BENCHMARK_STATISTICS)}; got {statistic!r}")
+    column = BENCHMARK_STATISTICS[statistic][0]
+    summary = summarize(runs)
+    by_seed = {key: dict(zip(group["seed"], group[column])) for key, group in runs.finished.groupby("key", sort=False)}
+    rows = []
+    for _, row in summary.iterrows():
+        values = list(by_seed[row["key"]].values())
+        reference = baseline(summary, row, "none") if row["distillation"] != "none" else None
+        test = paired_t_test(by_seed[row["key"]], by_seed[reference["key"]]) if reference is not None else None
+        rows.append({
+            "method": row["label"], "family": row["family"], "dataset": row["dataset"], "n": len(values), "mean": np.mean(values),
+            "std": np.std(values, ddof=1) if len(values) > 1 else math.nan, **dict(zip(("ci_low", "ci_high"), t_interval(values))),
+            **dict(zip(EXPECTATION_COLUMNS[8:], dataclasses.astuple(test) if test else (0, *[math.nan] * 4))),
+        })
+    table = _table(rows, EXPECTATION_COLUMNS[3:], EXPECTATION_COLUMNS)
+    order = [(dataset, _role_rank(family_name), -mean) for dataset, family_name, mean in zip(table["dataset"], table["family"], table["mean"])]
+    return table.iloc[sorted(range(len(table)), key=order.__getitem__)].reset_index(drop=True)
+
+
+def _role_rank(family_name: str) -> int:
+    """Teachers first, then the student alone, then the methods."""
+    roles = family_name.split(" / ")
+    return next((rank for rank, role in enumerate(PLAIN_ROLES) if role in roles), len(PLAIN_ROLES))
+
+
+def _interval(low: float, high: float) -> str:
+    return f"[{low:.2f}, {high:.2f}]" if _isset(low) else ""
+
+
+def expectation_markdown(table: pd.DataFrame) -> str:
+    """``expectation_table`` as GitHub Markdown: method | n | mean ± std | 95% CI |
+    Δ vs student alone [95% CI] | p (paired t); the student alone's row says it is the reference."""
+    level = f"{CONFIDENCE:.0%}"
+    rows = []
+    for _, row in table.iterrows():
+        if row["pairs"]:
+            delta, p_value = f"{row['difference']:+.2f} {_interval(row['difference_low'], row['difference_high'])}".strip(), (
+                f"{row['p_value']:.3f}" if _isset(row["p_value"]) else "")
+        else:
+            delta, p_value = ("reference", "") if REFERENCE in row["family"].split(" / ") else ("", "")
+        rows.append([row["method"], str(row["n"]), _mean_std(row["mean"], row["std"], row["n"]),
+                     _interval(row["ci_low"], row["ci_high"]), delta, p_value])
+    header = ["method", "n", "mean ± std", f"{level} CI", f"Δ vs student alone [{level} CI]", "p (paired t)"]
+    return markdown_table(header, rows, [False, True, True, True, True, True])
+
+
+def expectation_report(runs: Runs, statistic: str = "best") -> str:
+    """A caption saying what the numbers are, and ``expectation_markdown`` per data set."""
+    table = expectation_table(runs, statistic)
+    if table.empty:
+        return f"No finished runs under {runs.folder}: nothing to expect yet."
+    level = f"{CONFIDENCE:.0%}"
+    caption = (f"{BENCHMARK_STATISTICS[statistic][1].capitalize()}, %, over n seeds: mean ± sample standard deviation; "
+               f"{level} CI: the Student-t interval of the mean; Δ vs student alone: the mean over seeds of (method − "
+               f"student alone), each distilled run paired with the student-alone run of the same seed (same data order "
+               f"and initial weights), with its {level} t-interval and the two-sided p-value of the paired t-test "
+               f"(scipy.stats.ttest_rel).")
+    return "\n\n".join([caption, *(f"**{dataset}**\n\n{expectation_markdown(group)}" for dataset, group in table.groupby("dataset", sort=False))])
+
+
+def export_expectations(runs: Runs, folder: str | Path, statistic: str = "best") -> list[Path]:
+    """Write ``expectation_report`` as ``what_to_expect.md`` in ``folder`` (created if missing);
+    nothing when no run has finished, so that pointing at the wrong folder never overwrites a table."""
+    if runs.finished.empty:
+        return []
+    path = _output_folder(folder) / "what_to_expect.md"
+    path.write_text(expectation_report(runs, statistic) + "\n")
+    return [path]
+
+
+def _output_folder(folder: str | Path) -> Path:
+    """A folder the notebook writes into, created with its parents (an analysis folder need not exist)."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def compact(summary: pd.DataFrame) -> pd.DataFrame:
@@ -296,7 +466,7 @@ def export_summary(summary: pd.DataFrame, folder: str | Path, stem: str = "summa
     if summary.empty:
         return []
     table = compact(summary)
-    folder = Path(folder)
+    folder = _output_folder(folder)
     csv_path, markdown_path = folder / f"{stem}.csv", folder / f"{stem}.md"
     table.to_csv(csv_path, index=False)
     markdown_path.write_text(to_markdown(table))
@@ -639,7 +809,7 @@ def export_benchmark(reports: Mapping[str, str], folder: str | Path) -> list[Pat
     """Write each of ``benchmark_reports`` as ``benchmark_<statistic>.md``; nothing for none."""
     paths = []
     for statistic, report in reports.items():
-        path = Path(folder) / f"benchmark_{statistic}.md"
+        path = _output_folder(folder) / f"benchmark_{statistic}.md"
         path.write_text(report)
         paths.append(path)
     return paths
