@@ -54,9 +54,9 @@ case "${1:-help}" in
         while [ $# -gt 0 ] && [ "$1" != -- ]; do runner_flags+=("$1"); shift; done
         [ $# -gt 0 ] && shift && training_flags=("$@")
         folder=${EXPERIMENTS_DIR:-experiments}/study start=$SECONDS
-        # Small enough for two CPU cores: a ResNet20 teacher and ResNetBaby students, 6 epochs each.
+        # Small enough for two CPU cores: a ResNet20 teacher and ResNetBaby students, 8 epochs each.
         "$PYTHON" "$REPO/runner.py" --scheduler local --parallel 2 --experiments_dir "$folder" --dataset digits \
-            --teacher ResNet20 --student ResNetBaby --epochs 6 --batch_size 64 --ranks_list BATCH_SIZE,16,8,8 \
+            --teacher ResNet20 --student ResNetBaby --epochs 8 --batch_size 64 --ranks_list BATCH_SIZE,16,8,8 \
             --distillations none featuremap tucker tucker_recomp noise kd fitnet at sp pkt rkd vid crd dkd \
             --grid tucker_core=original,per_sample "${runner_flags[@]}" -- --lr 0.05 --threads 1 "${training_flags[@]}"
         case " ${runner_flags[*]} " in *" --dry_run "*|*" --status "*) exit 0 ;; esac
