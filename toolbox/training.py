@@ -430,7 +430,7 @@ def finished_metrics(run: RunDir, config: Config, named: bool) -> dict[str, Any]
     if not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best):
         raise UsageError(f"{run.metrics} has no numeric 'best_test_acc'; it was left as it is: restore it, or move it "
                          "away and rerun: it is written again from last.pt")
-    print(f"{run.path} has finished already; nothing to do")
+    print(f"{run.path} has finished already (best test accuracy {best:.2f}%); nothing to do")
     return metrics
 
 
@@ -443,9 +443,7 @@ def train(config: Config) -> dict[str, Any]:
     with run.claimed(config.experiment_name), stop_flag() as stop, ConsoleLog(run) as log:
         run.remove_stale_temporaries()
         if run.finished:
-            metrics = finished_metrics(run, config, named)
-            log(final_line(metrics))
-            return metrics
+            return finished_metrics(run, config, named)
         with stop.interruptible(f"reading {run.last}"):
             state = read_last(run, torch.device("cpu"))
         saved, recorded = run.saved_config(), state.get("config") if state else None
