@@ -430,7 +430,7 @@ def _recipe(row: pd.Series, training: Sequence[str]) -> str:
     recipe = row["recipe"] if "recipe" in row.index and _isset(row["recipe"]) else "original"
     defaults = {item.name: item.default for item in dataclasses.fields(Config)}
     if recipe in RECIPES:
-        defaults.update(recipe_defaults(recipe, row["student"]))
+        defaults.update(recipe_defaults(recipe, row["student"], row["distillation"]))
     changes = [f"{f}={format_value(row[f] if _isset(row[f]) else None)}"
                for f in training if f != "recipe" and (row[f] if _isset(row[f]) else None) != defaults.get(f, ABSENT)]
     return ", ".join([recipe, *changes])
