@@ -8,6 +8,7 @@
     python runner.py --scheduler local --parallel 2      # no cluster: the grid on this machine
     python runner.py --status              # the grid as a table (also: --cancel, --clean)
     python runner.py --benchmark --dry_run # the CRD/DKD CIFAR-100 benchmark: 7 pairs x 15 configurations x 3 seeds
+    python runner.py --benchmark imagenet --teacher_dir DIR --dry_run   # ImageNet: 2 pairs x 11 configurations x 1 seed
 
 Every run has its own folder experiments/<name>/, named as tucker_distillation.py names it. A run
 is skipped when it has finished (metrics.json) or when its job, recorded in job.json, is queued or
@@ -30,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from toolbox.choices import RECOMP_TARGETS, SAME_ARCH_PAIRS, parse_ranks
+from toolbox.choices import IMAGENET_PAIRS, RECOMP_TARGETS, SAME_ARCH_PAIRS, parse_ranks
 from toolbox.config import IO_ERROR, Config, OneLineParser, os_error_line, quiet_on_closed_pipe
 from toolbox.data_loader import prepare_dataset
 from toolbox.errors import Interrupted, UsageError
@@ -65,6 +66,19 @@ BENCHMARK: Axes = {  # the CRD/DKD CIFAR-100 benchmark's same-architecture table
     "recomp_target": list(RECOMP_TARGETS),
     "ranks": ["BATCH_SIZE,x0.5,x1,x1"],  # half the teacher's channels, as the study's rank 32 of 64
 }
+IMAGENET_BENCHMARK: Axes = {  # the field's ImageNet table (mdistiller's methods there), with the Tucker methods beside
+    "dataset": ["imagenet"],
+    "recipe": ["imagenet"],
+    "pair": [f"{teacher}-{student}" for teacher, student in IMAGENET_PAIRS],
+    "distillation": ["none", "kd", "at", "crd", "dkd", "featuremap", "tucker", "tucker_recomp"],
+    "recomp_target": list(RECOMP_TARGETS),
+    "ranks": ["BATCH_SIZE,x0.5,x1,x1"],
+}
+BENCHMARKS = {"cifar100": BENCHMARK, "imagenet": IMAGENET_BENCHMARK}
+"""``--benchmark NAME`` -> its grid's axes."""
+BENCHMARK_RUNS = {"imagenet": 1}
+"""Seeds per configuration where a benchmark's field reports single runs (ImageNet); else STUDY_RUNS."""
+STUDY_RUNS = 3
 OWN_FLAGS = {
     "distillation": "--distillations", "ranks": "--ranks_list", "recomp_target": "--recomp_targets",
     "seed": "--runs", "experiment_name": "--study", "dataset": "--dataset", "teacher": "--teacher",
@@ -126,11 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="runner.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog="Flags after '--' go to every run's tucker_distillation.py, e.g. -- --max_batches 3 --lr 0.05.")
     grid = parser.add_argument_group("the grid")
-    grid.add_argument("--benchmark", action="store_true",
-                      help="the CRD/DKD CIFAR-100 benchmark instead of the study: its seven same-architecture pairs "
-                      f"({', '.join(BENCHMARK['pair'])}) x {{{', '.join(BENCHMARK['distillation'])}}} (tucker_recomp with "
-                      f"every target; Tucker ranks {BENCHMARK['ranks'][0]}) x --runs seeds, --recipe crd; teachers are "
-                      "trained first, or read from --teacher_dir; the flags below replace its axes")
+    grid.add_argument("--benchmark", nargs="?", const="cifar100", choices=tuple(BENCHMARKS),
+                      help="a benchmark's grid instead of the study. cifar100 (the default): the CRD/DKD benchmark's seven "
+                      f"same-architecture pairs ({', '.join(BENCHMARK['pair'])}) x {{{', '.join(BENCHMARK['distillation'])}}} "
+                      f"(tucker_recomp with every target; Tucker ranks {BENCHMARK['ranks'][0]}) x --runs seeds, --recipe crd; "
+                      "teachers are trained first, or read from --teacher_dir. imagenet: the pairs "
+                      f"{', '.join(IMAGENET_BENCHMARK['pair'])} x {{{', '.join(IMAGENET_BENCHMARK['distillation'])}}} x "
+                      "--runs seeds (default 1, as the field reports ImageNet), --recipe imagenet, --dataset imagenet, "
+                      "distilled from torchvision's pretrained teachers in --teacher_dir (required). The flags below "
+                      "replace its axes")
     grid.add_argument("--distillations", nargs="+", choices=["none", *DISTILLATIONS], metavar="METHOD",
                       help=f"methods to compare, from {', '.join(DISTILLATIONS)}, or none, the student without a teacher "
                       f"(default: {' '.join(STUDY['distillation'])})")
@@ -138,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"Tucker ranks, one configuration each, for tucker and tucker_recomp (default: {' '.join(STUDY['ranks'])})")
     grid.add_argument("--recomp_targets", nargs="+", choices=RECOMP_TARGETS, metavar="TARGET",
                       help=f"tucker_recomp targets (default: all of {' '.join(RECOMP_TARGETS)})")
-    grid.add_argument("--runs", type=_positive, default=3, help="runs per configuration; run i has seed i (default: %(default)s)")
+    grid.add_argument("--runs", type=_positive, help=f"runs per configuration; run i has seed i (default: {STUDY_RUNS}; "
+                      f"{', '.join(f'{runs} for --benchmark {name}' for name, runs in BENCHMARK_RUNS.items())})")
     same = "as for tucker_distillation.py (default: %(default)s)"
     grid.add_argument("--dataset", help="as for tucker_distillation.py (default: cifar100)")
     grid.add_argument("--teacher", help="as for tucker_distillation.py (default: ResNet112)")
@@ -148,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--experiments_dir", default="experiments", help=same)
     grid.add_argument("--teacher_dir", type=Path, metavar="DIR",
                       help="distil from the teachers in DIR instead of training them: DIR/<arch>_vanilla/ckpt_epoch_240.pth "
-                      "(RepDistiller's and mdistiller's downloads) or DIR/<arch>.pth, for every teacher the grid needs")
+                      "(RepDistiller's and mdistiller's downloads) or DIR/<arch>.pth (torchvision's resnet34-b627a593.pth, "
+                      "renamed or linked as DIR/resnet34.pth), for every teacher the grid needs")
     grid.add_argument("--grid", action="append", default=[], type=_axis, metavar="FLAG=V1,V2",
                       help="an axis of the grid over any training flag that defines a run, crossed with the others; "
                       "repeatable, e.g. --grid beta=50,125,250 --grid lr=0.1,0.05; ':' separates values that contain "
@@ -211,7 +231,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def grid_axes(args: argparse.Namespace) -> Axes:
     """The grid's axes: the study's or the benchmark's, the values of the flags above that were
     given, then each --grid axis (replacing the one for the same flag), seeds last."""
-    axes: Axes = dict(BENCHMARK if args.benchmark else STUDY)
+    axes: Axes = dict(BENCHMARKS[args.benchmark] if args.benchmark else STUDY)
     given = {"dataset": args.dataset, "teacher": args.teacher, "student": args.student, "epochs": args.epochs,
              "batch_size": args.batch_size, "distillation": args.distillations, "ranks": args.ranks_list,
              "recomp_target": args.recomp_targets}
@@ -221,8 +241,18 @@ def grid_axes(args: argparse.Namespace) -> Axes:
     if "pair" in axes and ({"teacher", "student"} & axes.keys()):
         raise UsageError("--teacher/--student and the pairs (of --benchmark or --grid pair=...) both set the teacher and "
                          "student; give one of them")
-    axes["seed"] = axes.pop("seed", [str(seed) for seed in range(args.runs)])
+    runs = args.runs or BENCHMARK_RUNS.get(args.benchmark, STUDY_RUNS)
+    axes["seed"] = axes.pop("seed", [str(seed) for seed in range(runs)])
     return axes
+
+
+def check_teachers(args: argparse.Namespace) -> None:
+    """The ImageNet benchmark distils from downloaded teachers: training them here would cost more
+    than the whole grid, so it is refused without --teacher_dir rather than planned."""
+    if args.benchmark == "imagenet" and args.teacher_dir is None:
+        teachers = sorted({pair.partition("-")[0] for pair in IMAGENET_BENCHMARK["pair"]})
+        raise UsageError(f"--benchmark imagenet distils from torchvision's pretrained teachers: pass --teacher_dir DIR "
+                         f"with {' and '.join(f'DIR/{arch}.pth' for arch in teachers)} (README, ImageNet)")
 
 
 def teacher_files(teacher_dir: Optional[Path], runs_axes: Axes) -> dict[str, Path]:
@@ -298,6 +328,7 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
                 clean(experiments_dir, scheduler, (lambda _: True) if args.yes else ask)
             return 0
         axes = grid_axes(args)
+        check_teachers(args)
         runs = build_grid(axes, extra, experiments_dir, args.study, teacher_files(args.teacher_dir, axes))
         if args.status:
             print(status_table(runs, scheduler))

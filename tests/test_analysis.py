@@ -509,3 +509,45 @@ def test_reconstruction_figure_gives_the_batch_error_once_and_each_maps_own() ->
     assert sum("batch error" in title for title in titles) == 2  # once per rank, in the first row
     assert sum("map error" in title for title in titles) == 4 and len(figure.axes) == 2 * 3 + 2  # and a colour bar per row
     plt.close(figure)
+
+
+def imagenet_run(root: Path, acc: list[float], distillation: str, teacher: str, student: str, **flags: Any) -> str:
+    """A run as ``--recipe imagenet --dataset imagenet`` resolves it."""
+    return write_run(root, acc, **{**recipe_defaults("imagenet", student, distillation), "recipe": "imagenet",
+                                   "dataset": "imagenet", "distillation": distillation, "teacher": teacher,
+                                   "student": student, **flags})
+
+
+def test_the_imagenet_layout_shows_both_pairs_and_every_published_row(tmp_path: Path) -> None:
+    imagenet_run(tmp_path, [60.0, 69.5, 69.0], "none", "resnet34", "resnet18")
+    imagenet_run(tmp_path, [61.0, 70.0, 71.25], "kd", "resnet34", "resnet18")
+    imagenet_run(tmp_path, [62.0, 71.5, 71.0], "tucker", "resnet34", "resnet18", ranks="BATCH_SIZE,x0.5,x1,x1")
+    imagenet_run(tmp_path, [55.0, 68.0], "crd", "resnet50", "MobileNetV1", epochs=2)  # crd's batch 256, lr 0.1: its recipe
+    write_run(tmp_path, [50, 60, 70], distillation="kd", teacher="ResNet20", student="ResNetBaby")  # another data set
+    summary = analysis.summarize(analysis.load_runs(tmp_path))
+    with pytest.raises(UsageError, match=r"2 recipes, .*: imagenet \(3 configurations\); imagenet, epochs=2 "):
+        analysis.layout_table(summary, "last", "imagenet")
+    where = {"epochs": 100}
+    last = analysis.layout_table(summary, "last", "imagenet", where)
+    assert list(last.columns) == ["resnet34→resnet18", "resnet50→MobileNetV1"]  # both pairs, though one has no run
+    assert list(last.index) == ["teacher", "student", "kd", "at", "crd", "dkd", "tucker_x0.5", "kd_dot"]
+    assert last.loc["teacher"].tolist() == ["– (73.31)", "– (76.13)"]  # torchvision's teachers: never trained here
+    assert last.loc["student"].tolist() == ["69.00 (69.76)", "– (–)"]  # no MobileNetV1 alone is published
+    assert last.loc["crd"].tolist() == ["– (70.93)", "– (–)"]  # the epochs=2 run is not of this recipe
+    assert last.loc["kd"].tolist() == ["71.25 (71.03)", "– (70.50)"]
+    assert last.loc["tucker_x0.5"].tolist() == ["71.00", ""]  # ours alone: nothing is published for it
+    assert last.loc["kd_dot"].tolist() == ["– (71.72)", "– (73.09)"]
+    assert analysis.layout_table(summary, "best", "imagenet", where).loc["kd", "resnet34→resnet18"] == "71.25 (71.03)"
+    reports = analysis.layout_reports(summary, "imagenet", where)
+    assert list(reports) == ["imagenet_last", "imagenet_best"]
+    assert reports["imagenet_best"].startswith("imagenet, top-1 test accuracy of the best epoch")
+    assert "(toolbox/published/imagenet.csv)" in reports["imagenet_last"]
+    assert analysis.layout_reports(summary, "imagenet", {"epochs": 7}) == {}  # nothing to show
+    assert analysis.layout_table(summary, "last", "imagenet", {"epochs": 7}).empty
+
+
+def test_every_published_imagenet_number_names_its_source() -> None:
+    published = analysis.published_results(analysis.IMAGENET_PUBLISHED_CSV)
+    assert set(zip(published["teacher"], published["student"])) == set(analysis.IMAGENET_PAIRS)
+    assert published["source"].str.contains("mdistiller|torchvision|torchdistill").all()
+    assert not published.duplicated(["teacher", "student", "method"]).any()

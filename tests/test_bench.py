@@ -92,3 +92,15 @@ def test_bench_imagenet_input_quick(tmp_path: Path) -> None:
     for row in rows:
         assert row["images"] == 12 and row["ours_images_per_s"] > 0 and row["torchvision_images_per_s"] > 0 and row["speedup"] > 0
     assert "torchvision's default on training" in report["headline"]
+
+
+def test_bench_imagenet_share_quick(tmp_path: Path) -> None:
+    stdout, report = run_benchmark("bench_imagenet_share.py", tmp_path / "share.json")
+    losses, steps = report["tables"].values()
+    check_common(stdout, report)
+    assert [row["maps"] for row in losses] == ["256x14x14", "1024x14x14"]  # resnet34's and resnet50's layer3 at 224
+    assert all(row["featuremap_ms"] > 0 and row["tucker_ms"] > 0 for row in losses)
+    (step,) = steps
+    assert step["pair"] == "resnet34 -> resnet18" and step["tucker_share"] == pytest.approx(
+        step["tucker_loss_ms"] / step["tucker_step_ms"])
+    assert "of a resnet34 -> resnet18 step at batch 2 on cpu" in report["headline"]

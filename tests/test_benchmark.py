@@ -3,6 +3,7 @@ benchmark's pairs (on digits), a resumed crd run's memory bank, and ``runner.py 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,29 @@ def test_teachers_come_from_teacher_dir_in_the_downloads_layout(tmp_path: Path) 
     assert "would submit cifar100/teacher/resnet56/recipe=crd/seed0" not in given.stdout  # nothing to train first
     assert f"--teacher_checkpoint {tmp_path / 'resnet56_vanilla' / 'ckpt_epoch_240.pth'}" in given.stdout
     assert f"--teacher_checkpoint {tmp_path / f'{archs[0]}.pth'}" in given.stdout
+
+
+IMAGENET_GOLDEN = ROOT / "tests" / "golden" / "imagenet_grid.txt"
+
+
+def test_the_imagenet_benchmark_is_one_command_on_torchvisions_teachers(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import runner
+
+    common = ["--benchmark", "imagenet", "--dry_run", "--scheduler", "local", "--experiments_dir", str(tmp_path / "exp")]
+    assert runner.main(common) == 2
+    assert capsys.readouterr().err == ("runner.py: error: --benchmark imagenet distils from torchvision's pretrained "
+                                       "teachers: pass --teacher_dir DIR with DIR/resnet34.pth and DIR/resnet50.pth "
+                                       "(README, ImageNet)\n")
+    for arch in ("resnet34", "resnet50"):  # torchvision's files, renamed: nothing reads them in a dry run
+        (tmp_path / f"{arch}.pth").write_bytes(b"weights")
+    assert runner.main([*common, "--teacher_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # 2 pairs x 9 distilled configurations (tucker_recomp with 3 targets) x 1 seed, and the 2 students alone
+    assert out.splitlines()[0] == f"the grid: {2 * 9 + 2} runs"
+    names = sorted(line.split("|")[-2].strip() for line in out.splitlines()[3:23])
+    if os.environ.get("UPDATE_GOLDEN"):
+        IMAGENET_GOLDEN.write_text("\n".join(names) + "\n")
+    assert names == IMAGENET_GOLDEN.read_text().splitlines()
+    assert "would submit imagenet/teacher/resnet34" not in out and "imagenet/teacher/resnet50" not in out
+    assert f"--teacher_checkpoint {tmp_path / 'resnet50.pth'}" in out and "--recipe imagenet" in out

@@ -17,7 +17,7 @@ from toolbox.config import parse_config
 from toolbox.distillation import connector
 from toolbox.errors import UsageError
 from toolbox.models import build_model, stage_shapes
-from toolbox.rundir import default_teacher_checkpoint, experiment_name, resolve
+from toolbox.rundir import default_teacher_checkpoint, experiment_name, resolve, teacher_config
 from toolbox.training import make_scheduler
 from toolbox.tucker import absolute_ranks, tucker
 
@@ -92,6 +92,63 @@ def test_a_crd_student_finds_the_teacher_trained_with_the_teachers_crd_learning_
     assert student.lr == 0.01
     teacher_run = parse_config(["--recipe", "crd", "--distillation", "none", "--student", "resnet32x4"])
     assert default_teacher_checkpoint(student).parent.as_posix().endswith(experiment_name(teacher_run))
+
+
+
+IMAGENET_PAIRS = [("resnet34", "resnet18"), ("resnet50", "MobileNetV1")]
+SOLVER = {"epochs": 100, "batch_size": 512, "lr": 0.2, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step",
+          "lr_milestones": "30,60,90", "lr_decay": 0.1}
+"""mdistiller's configs/imagenet/*/kd.yaml, SOLVER."""
+IMAGENET_METHODS = {  # mdistiller's configs/imagenet/<pair>/<method>.yaml over its cfg.py defaults, per pair
+    "kd": lambda pair: {"kd_temperature": 1.0, "ce_weight": 0.5, "beta": 0.5},
+    "dkd": lambda pair: {"kd_temperature": 1.0, "dkd_warmup": 1, "ce_weight": 1.0, "beta": 1.0, "dkd_alpha": 1.0,
+                         "dkd_beta": {"resnet34": 0.5, "resnet50": 2.0}[pair[0]]},
+    "crd": lambda pair: {"batch_size": 256, "lr": 0.1, "crd_dim": 128, "beta": 0.8, "ce_weight": 1.0},
+    "tucker": lambda pair: {"beta": 125.0, "ce_weight": 1.0},  # not in mdistiller: the study's weights, the solver's
+}
+
+
+def imagenet(*flags: str):
+    return resolve(parse_config(["--recipe", "imagenet", "--dataset", "imagenet", *flags]))
+
+
+@pytest.mark.parametrize("method", IMAGENET_METHODS)
+@pytest.mark.parametrize("teacher, student", IMAGENET_PAIRS, ids=[f"{t}-{s}" for t, s in IMAGENET_PAIRS])
+def test_the_imagenet_recipe_resolves_to_mdistillers_settings(teacher: str, student: str, method: str) -> None:
+    config = imagenet("--distillation", method, "--teacher", teacher, "--student", student)
+    expected = {**SOLVER, **IMAGENET_METHODS[method]((teacher, student))}
+    assert {name: getattr(config, name) for name in expected} == expected
+    # the recipe's values are the run's defaults: its name says recipe=imagenet, and nothing more
+    assert config.experiment_name.endswith("/recipe=imagenet/seed0"), config.experiment_name
+    assert config.experiment_name.startswith(f"imagenet/{teacher}-{student}/{method}/")
+
+
+def test_crds_embeddings_take_the_pooled_widths_mdistiller_configures() -> None:
+    # configs/imagenet/r34_r18/crd.yaml: CRD.FEAT.STUDENT_DIM 512, TEACHER_DIM 512; r50_mv1: 1024, 2048
+    pooled = {arch: stage_shapes(arch, image_size=224)[-1][0] for arch in ("resnet18", "resnet34", "MobileNetV1", "resnet50")}
+    assert pooled == {"resnet18": 512, "resnet34": 512, "MobileNetV1": 1024, "resnet50": 2048}
+
+
+def test_explicit_flags_win_over_the_imagenet_recipe() -> None:
+    config = imagenet("--distillation", "kd", "--teacher", "resnet34", "--student", "resnet18", "--kd_temperature", "4",
+                      "--ce_weight", "0.1", "--lr", "0.1")
+    assert (config.kd_temperature, config.ce_weight, config.beta, config.lr, config.epochs) == (4.0, 0.1, 0.5, 0.1, 100)
+    assert config.experiment_name == \
+        "imagenet/resnet34-resnet18/kd/ce_weight=0.1,kd_temperature=4,recipe=imagenet,lr=0.1/seed0"
+    crd = imagenet("--distillation", "crd", "--teacher", "resnet50", "--student", "MobileNetV1", "--batch_size", "512")
+    assert (crd.batch_size, crd.lr) == (512, 0.1)
+    assert crd.experiment_name == "imagenet/resnet50-MobileNetV1/crd/recipe=imagenet,batch_size=512/seed0"
+
+
+@pytest.mark.parametrize("method", ["kd", "crd"])
+def test_an_imagenet_students_teacher_run_has_the_recipes_plain_values(method: str) -> None:
+    student = parse_config(["--recipe", "imagenet", "--dataset", "imagenet", "--distillation", method,
+                            "--teacher", "resnet34", "--student", "resnet18"])
+    teacher = teacher_config(student)
+    assert {name: getattr(teacher, name) for name in SOLVER} == SOLVER  # crd's batch 256 and lr 0.1 are crd's own
+    assert (teacher.kd_temperature, teacher.ce_weight, teacher.beta) == (4.0, None, None)
+    plain = parse_config(["--recipe", "imagenet", "--dataset", "imagenet", "--distillation", "none", "--student", "resnet34"])
+    assert experiment_name(teacher) == experiment_name(plain) == "imagenet/teacher/resnet34/recipe=imagenet/seed0"
 
 
 def test_the_step_schedule_decays_after_each_milestone_as_repdistiller() -> None:

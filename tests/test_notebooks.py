@@ -141,3 +141,18 @@ def test_inspection_notebook(experiments: Path, tmp_path: Path) -> None:
     assert f"student {STUDENT}: maps of shape (16, 64, 8, 8)" in printed
     assert "of the teacher map's energy" in printed
     assert figures(notebook) == 6  # maps, errors, spectra, energy, angles, reconstructions
+
+
+def test_aggregator_shows_the_imagenet_table_beside_the_published_numbers(tmp_path: Path) -> None:
+    from tests.test_analysis import imagenet_run
+
+    experiments = tmp_path / "experiments"
+    imagenet_run(experiments, [61.0, 70.0, 71.25], "kd", "resnet34", "resnet18")  # fabricated: no ImageNet training here
+    imagenet_run(experiments, [60.0, 71.0, 70.5], "dkd", "resnet50", "MobileNetV1")
+    notebook = execute(AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(experiments), SUMMARY_DIR=str(tmp_path))
+    assert_no_errors(notebook)
+    printed = text(notebook)
+    table = (tmp_path / "benchmark_imagenet_last.md").read_text()
+    assert table in printed and "| method | resnet34→resnet18 | resnet50→MobileNetV1 |" in table
+    assert "| kd | 71.25 (71.03) | – (70.50) |" in table and "| dkd | – (71.70) | 70.50 (72.05) |" in table
+    assert "| dkd | – (71.70) | 71.00 (72.05) |" in (tmp_path / "benchmark_imagenet_best.md").read_text()

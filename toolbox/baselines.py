@@ -249,8 +249,11 @@ class VIDDistiller(StageWiseDistiller):
         return sum(stage(s, t) for stage, s, t in zip(self.per_stage, student, teacher))
 
 
-# mdistiller's configs/cifar100/dkd/*.yaml (DKD.BETA); every other pair keeps mdistiller/engine/cfg.py's 8.0
+# mdistiller's configs/cifar100/dkd/*.yaml and configs/imagenet/*/dkd.yaml (DKD.BETA); every other pair keeps
+# mdistiller/engine/cfg.py's 8.0
 DKD_BETA: dict[tuple[str, str], float] = {
+    ("resnet34", "resnet18"): 0.5,
+    ("resnet50", "MobileNetV1"): 2.0,
     ("resnet56", "resnet20"): 2.0,
     ("resnet110", "resnet32"): 2.0,
     ("vgg13", "vgg8"): 6.0,

@@ -33,6 +33,8 @@ SAME_ARCH_PAIRS = (("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet5
 CROSS_ARCH_PAIRS = (("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2"), ("ResNet50", "vgg8"), ("resnet32x4", "ShuffleV1"),
                     ("resnet32x4", "ShuffleV2"), ("wrn_40_2", "ShuffleV1"))
 """The (teacher, student) pairs of the CRD/DKD CIFAR-100 benchmark, in the order of its tables."""
+IMAGENET_PAIRS = (("resnet34", "resnet18"), ("resnet50", "MobileNetV1"))
+"""The (teacher, student) pairs of the field's ImageNet table (CRD's, mdistiller's), in its order."""
 SOFT_LOSSES = ("l1", "l2")
 RECOMP_TARGETS = ("teacher", "student", "both")
 BACKENDS = ("fast", "tensorly")

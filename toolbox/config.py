@@ -34,18 +34,37 @@ RECIPES: dict[str, dict[str, Any]] = {
     "original": {},  # the flags' own defaults
     "crd": {"epochs": 240, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
             "lr_milestones": "150,180,210", "lr_decay": 0.1},
+    # mdistiller's ImageNet solver (configs/imagenet/*/*.yaml, SOLVER)
+    "imagenet": {"epochs": 100, "batch_size": 512, "lr": 0.2, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step",
+                 "lr_milestones": "30,60,90", "lr_decay": 0.1},
 }
 """Training recipes: what each changes from the flags' defaults."""
 RECIPE_STUDENT_LR = {"crd": {"MobileNetV2": 0.01, "ShuffleV1": 0.01, "ShuffleV2": 0.01}}
 """Learning rates a recipe sets for some students instead of its own (RepDistiller's for these)."""
+RECIPE_METHODS: dict[str, dict[str, dict[str, Any]]] = {
+    "imagenet": {  # mdistiller's configs/imagenet/{r34_r18,r50_mv1}/<method>.yaml, where they differ from its cfg.py
+        "kd": {"kd_temperature": 1.0, "ce_weight": 0.5, "beta": 0.5},  # KD.TEMPERATURE, KD.LOSS.CE_WEIGHT, KD_WEIGHT
+        "dkd": {"kd_temperature": 1.0, "dkd_warmup": 1},  # DKD.T, DKD.WARMUP (DKD.BETA per pair: baselines.DKD_BETA)
+        "crd": {"batch_size": 256, "lr": 0.1},  # SOLVER.BATCH_SIZE, SOLVER.LR (CRD.FEAT.DIM stays 128)
+    },
+}
+"""What a recipe sets for one method's runs beyond its own values: the published per-method settings
+of the recipe's source (the methods not named keep their defaults, as mdistiller's AT does)."""
 
 
-def recipe_defaults(recipe: str, student: str) -> dict[str, Any]:
-    """The values ``recipe`` gives the flags for ``student`` (flags not named keep their defaults)."""
+def recipe_defaults(recipe: str, student: str, distillation: str = "none") -> dict[str, Any]:
+    """The values ``recipe`` gives the flags for a run of ``distillation`` training ``student``
+    (flags not named keep their defaults, or the method's)."""
     values = dict(RECIPES[recipe])
     if student in RECIPE_STUDENT_LR.get(recipe, {}):
         values["lr"] = RECIPE_STUDENT_LR[recipe][student]
+    values.update(RECIPE_METHODS.get(recipe, {}).get(distillation, {}))
     return values
+
+
+def flag_default(name: str) -> Any:
+    """The default of flag ``name`` as ``Config`` declares it (None where the method decides)."""
+    return next(item.default for item in dataclasses.fields(Config) if item.name == name)
 
 
 def milestones(text: str, flag: str = "--lr_milestones") -> list[int]:
@@ -73,7 +92,7 @@ class Config:
     teacher: str = flag("ResNet112", "teacher architecture ('resnet18', 'resnet34', 'resnet50' are torchvision's ImageNet ResNets, 'MobileNetV1' mdistiller's; 'ResNet50' is the CIFAR bottleneck network)", choices=MODELS)
     student: str = flag("ResNet56", "architecture being trained", choices=MODELS)
     # The distillation loss
-    ce_weight: Optional[float] = flag(None, "weight of the cross-entropy: total = ce_weight * cross-entropy + beta * soft loss (default: 1; kd 0.1, as RepDistiller and mdistiller train it)", type=float)
+    ce_weight: Optional[float] = flag(None, "weight of the cross-entropy: total = ce_weight * cross-entropy + beta * soft loss (default: 1; kd 0.1, as RepDistiller and mdistiller train it on CIFAR-100, 0.5 with --recipe imagenet)", type=float)
     beta: Optional[float] = flag(None, "weight of the distillation loss (default: the method's own: 125 for the original's feature-map losses; kd 0.9, fitnet 100, at 1000, sp 3000, pkt 30000, rkd 1, vid 1, crd 0.8, dkd 1, the published CIFAR-100 settings)", type=float)
     loss: str = flag("l1", "featuremap, tucker, tucker_recomp, noise: distance between the L2-normalised, flattened maps or cores", choices=SOFT_LOSSES)
     feature_layer: Optional[int] = flag(None, "distilled stage, from 1 to the architecture's number of stages (0 is the stem; default 3, fitnet's hint layer 2): for the CIFAR ResNets 3 is layer3 (64x8x8 on 32x32 images), 2 is 32x16x16, 1 is 16x32x32", type=int)
@@ -84,7 +103,7 @@ class Config:
     tucker_core: str = flag("original", "tucker: 'original' compares cores with the full-rank modes (batch, spatial) rotated as tensorly rotates them, the study's loss; 'per_sample' leaves them unrotated, comparing each sample's own core (--tucker_backend fast only)", choices=TUCKER_CORES)
     kd_temperature: float = flag(4.0, "kd, dkd: softmax temperature")
     dkd_alpha: float = flag(1.0, "dkd: weight of the target-class term (TCKD)")
-    dkd_beta: Optional[float] = flag(None, "dkd: weight of the non-target-class term (NCKD); default 8, or mdistiller's per pair: 2 for resnet56->resnet20 and resnet110->resnet32, 6 for vgg13->vgg8, vgg13->MobileNetV2, wrn_40_2->wrn_16_2 and wrn_40_2->wrn_40_1", type=float)
+    dkd_beta: Optional[float] = flag(None, "dkd: weight of the non-target-class term (NCKD); default 8, or mdistiller's per pair: 2 for resnet56->resnet20 and resnet110->resnet32, 6 for vgg13->vgg8, vgg13->MobileNetV2, wrn_40_2->wrn_16_2 and wrn_40_2->wrn_40_1; on ImageNet 0.5 for resnet34->resnet18, 2 for resnet50->MobileNetV1", type=float)
     dkd_warmup: int = flag(20, "dkd: epochs over which the loss weight rises linearly to beta")
     crd_dim: int = flag(128, "crd: dimension of the contrastive embeddings")
     crd_negatives: int = flag(16384, "crd: negatives per sample, drawn from other classes")
@@ -94,7 +113,7 @@ class Config:
     rkd_angle: float = flag(50.0, "rkd: weight of the angle term")
     noise_std: float = flag(1.0, "noise: standard deviation of the Gaussian noise added to the student's map")
     # Optimisation (SGD with momentum; the original's cosine schedule, or the CRD benchmark's steps)
-    recipe: str = flag("original", "training recipe, which sets the flags below unless they are given: 'original' is the study's (150 epochs, batch 512, lr 0.1, cosine); 'crd' is the CIFAR-100 benchmark's of RepDistiller and mdistiller (240 epochs, batch 64, lr 0.05 or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 students, x0.1 at epochs 150, 180, 210)", choices=tuple(RECIPES))
+    recipe: str = flag("original", "training recipe, which sets the flags below unless they are given: 'original' is the study's (150 epochs, batch 512, lr 0.1, cosine); 'crd' is the CIFAR-100 benchmark's of RepDistiller and mdistiller (240 epochs, batch 64, lr 0.05 or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 students, x0.1 at epochs 150, 180, 210); 'imagenet' is mdistiller's ImageNet solver (100 epochs, batch 512, lr 0.2, weight decay 1e-4, x0.1 at epochs 30, 60, 90; kd: T 1, ce_weight 0.5, beta 0.5; dkd: T 1, warm-up 1 epoch; crd: batch 256, lr 0.1)", choices=tuple(RECIPES))
     epochs: int = flag(150, "training epochs")
     batch_size: int = flag(512, "training batch size")
     lr: float = flag(0.1, "initial learning rate")
@@ -242,7 +261,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
     """Flags to a validated ``Config``; bad input exits with status 2 and a one-line message."""
     parser = build_parser(prog)
     first, _ = parser.parse_known_args(argv)  # the recipe and the student decide the other defaults
-    parser.set_defaults(**recipe_defaults(first.recipe, first.student))
+    parser.set_defaults(**recipe_defaults(first.recipe, first.student, first.distillation))
     namespace = parser.parse_args(argv)
     try:
         return config_from_namespace(namespace)

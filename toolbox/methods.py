@@ -21,7 +21,7 @@ from toolbox.baselines import (
     SimilarityDistiller,
     VIDDistiller,
 )
-from toolbox.config import Config
+from toolbox.config import Config, recipe_defaults
 from toolbox.crd import CRDDistiller
 from toolbox.distillation import (
     Distiller,
@@ -53,8 +53,10 @@ DISTILLERS: dict[str, type[Distiller]] = {
 
 
 def with_defaults(config: Config) -> Config:
-    """``config`` with the flags left unset (None) given the method's defaults for this run."""
-    own = DISTILLERS[config.distillation].defaults_for(config)
+    """``config`` with the flags left unset (None) given the defaults for this run: its recipe's for
+    the method (``--recipe imagenet``'s kd weights), else the method's own (as ``rundir.method_default``)."""
+    own = {**DISTILLERS[config.distillation].defaults_for(config),
+           **recipe_defaults(config.recipe, config.student, config.distillation)}
     return dataclasses.replace(config, **{name: value for name, value in own.items() if getattr(config, name) is None})
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 from toolbox.choices import format_ranks, parse_ranks
-from toolbox.config import RUNTIME_FIELDS, Config, recipe_defaults
+from toolbox.config import RUNTIME_FIELDS, Config, flag_default, recipe_defaults
 from toolbox.errors import IOFailure, UsageError
 from toolbox.naming import format_value, validate_experiment_name
 from toolbox.scheduler import LocalScheduler
@@ -118,15 +118,15 @@ def method_defaulted() -> frozenset[str]:
 
 
 def method_default(distiller: type[Distiller], name: str, config: Optional[Config] = None) -> Any:
-    """A flag's default for a run: the method's own (``beta``), else its recipe's (``--recipe crd``
-    sets 240 epochs), else the flag's."""
+    """A flag's default for a run: its recipe's for the method (``--recipe crd`` sets 240 epochs,
+    ``--recipe imagenet`` kd's temperature 1), else the method's own (``beta``), else the flag's."""
+    recipe = recipe_defaults(config.recipe, config.student, config.distillation) if config is not None else {}
+    if name in recipe:
+        return recipe[name]
     own = distiller.defaults_for(config) if config is not None else distiller.defaults
     if name in own:
         return own[name]
-    recipe = recipe_defaults(config.recipe, config.student) if config is not None else {}
-    if name in recipe:
-        return recipe[name]
-    return next(item.default for item in dataclasses.fields(Config) if item.name == name)
+    return flag_default(name)
 
 
 def changed_flags(config: Config) -> dict[str, Any]:
@@ -159,11 +159,13 @@ def experiment_name(config: Config) -> str:
 
 def teacher_config(config: Config) -> Config:
     """The plain run that trains the teacher of ``config`` by default: the same recipe and flags,
-    seed 0; a flag the recipe sets per architecture (the CRD recipe's lr) takes the teacher's value
-    unless the student's was given explicitly."""
-    own, theirs = recipe_defaults(config.recipe, config.student), recipe_defaults(config.recipe, config.teacher)
-    per_arch = {name: theirs[name] for name in own if getattr(config, name) == own[name]}
-    return dataclasses.replace(config, **per_arch, **dict.fromkeys(method_defaulted()), distillation="none",
+    seed 0; a flag the recipe sets per architecture or per method (the CRD recipe's lr, the ImageNet
+    recipe's batch for crd) takes the teacher's plain run's value unless the student's was given
+    explicitly."""
+    own = recipe_defaults(config.recipe, config.student, config.distillation)
+    theirs = recipe_defaults(config.recipe, config.teacher)
+    per_run = {name: theirs.get(name, flag_default(name)) for name in own if getattr(config, name) == own[name]}
+    return dataclasses.replace(config, **{**per_run, **dict.fromkeys(method_defaulted())}, distillation="none",
                                student=config.teacher, seed=TEACHER_SEED, experiment_name=None, teacher_checkpoint=None)
 
 
