@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from toolbox.config import parse_config
 from toolbox.rundir import QUIET_S, experiment_name
+from toolbox.stop import StopFlag
 from toolbox.training import train
 
 # Small batches so that a few epochs on digits' 1438 training images take a few seconds.
@@ -54,3 +56,18 @@ def digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     experiments = tmp_path_factory.mktemp("teacher-experiments")
     metrics = run_training(experiments, *TEACHER_FLAGS)
     return experiments, metrics
+
+
+def forget_stop_signal() -> None:
+    """A run stopped in this process leaves the signal recorded on the installed StopFlag
+    (tucker_distillation.py installs one when it is imported), which would stop the next run at once."""
+    installed = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if isinstance(installed, StopFlag):
+        installed.signal = None
+
+
+@pytest.fixture(autouse=True)
+def no_stop_signal_left() -> Iterator[None]:
+    """Each test starts without a stop signal left by the one before."""
+    yield
+    forget_stop_signal()

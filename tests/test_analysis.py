@@ -86,8 +86,8 @@ def test_names_follow_the_original_table() -> None:
     assert name(distillation="noise", noise_std=1.0) == "noise_std1"
     assert name(distillation="noise", noise_std=0.5) == "noise_std0.5"
     assert name(distillation="none") == "plain"
-    assert analysis.feature_map_shape({"teacher": "ResNet20", "feature_layer": 3}) == (64, 8, 8)
-    assert analysis.feature_map_shape({"teacher": "wrn_40_2", "feature_layer": 3}) == (128, 8, 8)
+    assert analysis.feature_map_shape({"teacher": "ResNet20", "dataset": "digits", "feature_layer": 3}) == (64, 8, 8)
+    assert analysis.feature_map_shape({"teacher": "wrn_40_2", "dataset": "cifar100", "feature_layer": 3}) == (128, 8, 8)
     assert name(distillation="tucker", teacher="wrn_40_2", ranks="BATCH_SIZE,32,8,8") == "tucker_x0.25"
 
 
@@ -247,7 +247,7 @@ def test_study_grid(tmp_path: Path) -> None:
     methods = {c.removeprefix(prefix).split("/")[0] for c in configurations if c.startswith(prefix)}
     assert methods == {"featuremap", "tucker", "tucker_recomp", "noise", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd"}
     assert sum("tucker_core=per_sample" in c for c in configurations) == 1
-    teacher = "--experiment_name digits/teacher/ResNet20/epochs=6,batch_size=64,lr=0.05/seed0"
+    teacher = "--experiment_name digits/teacher/ResNet20/epochs=8,batch_size=64,lr=0.05/seed0"
     assert f"--lr 0.05 --threads 1 --experiments_dir {tmp_path}/study {teacher}" in result.stdout
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 

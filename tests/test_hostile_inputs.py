@@ -36,9 +36,10 @@ def script(*args: str) -> subprocess.CompletedProcess:
 
 
 def digests(folder: Path) -> dict[str, str]:
-    """The content of every regular file under ``folder`` (not the lock, which names its last holder)."""
+    """The content of every regular file under ``folder`` (not the lock, which names its last holder,
+    nor train.log, which records the error)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink() and p.name != ".lock"}
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink() and p.name not in (".lock", "train.log")}
 
 
 def one_line(result: subprocess.CompletedProcess | str) -> str:

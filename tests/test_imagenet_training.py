@@ -19,7 +19,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from tests.conftest import run_training
+from tests.conftest import forget_stop_signal, run_training
 from toolbox.choices import METHODS
 from toolbox.config import parse_config
 from toolbox.errors import Interrupted
@@ -140,6 +140,7 @@ def test_a_run_stopped_within_an_epoch_of_jpegs_resumes_to_the_uninterrupted_wei
         train(parse_config(run_flags(data_dir, tmp_path / "b", *flags)))
     assert final_state(tmp_path / "b" / "run")["position"]["batch"] == 2
     monkeypatch.undo()
+    forget_stop_signal()
     resumed = train(parse_config(run_flags(data_dir, tmp_path / "b", *flags)))
     assert_same_run(resumed, uninterrupted, tmp_path / "b" / "run", tmp_path / "a" / "run")
 

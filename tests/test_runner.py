@@ -210,7 +210,7 @@ def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(exper
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet' (choose from"),
+    (["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist' (choose from"),
     (["--student", "VGG16"], "argument --student: invalid choice"),
     (["--distillations", "hint"], "argument --distillations: invalid choice: 'hint' (choose from 'none', 'featuremap'"),
     (["--ranks_list", "BATCH_SIZE,32,8"], "argument --ranks_list: each value needs 4 comma-separated ranks"),
@@ -236,7 +236,7 @@ def test_bad_input_is_one_line_naming_the_flag(cli, experiments: Path, argv: lis
 
 
 def test_bad_input_from_the_command_line() -> None:
-    done = subprocess.run([sys.executable, "runner.py", "--dataset", "imagenet"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "runner.py", "--dataset", "mnist"], capture_output=True, text=True,
                           cwd=sweep.REPO)
     assert done.returncode == 2
     assert done.stderr.startswith("runner.py: error: argument --dataset: invalid choice") and done.stderr.count("\n") == 1
