@@ -352,6 +352,8 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
     except SchedulerError as error:
         print(f"runner.py: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # not a failed write of the grid's: quiet_on_closed_pipe ends the script
+        raise
     except OSError as error:  # a write failed: a full disk, a folder that became read-only, ...
         print(f"runner.py: error: {os_error_line(error)}; fix that (free space, permissions) and run runner.py again",
               file=sys.stderr)
