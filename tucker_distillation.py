@@ -29,6 +29,7 @@ from toolbox.stop import StopFlag  # noqa: E402
 StopFlag().install(caught=early_signals)  # read after the switch: no signal falls between
 
 import contextlib  # noqa: E402
+import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from toolbox.config import Config, main_guard, parse_config, quiet_on_closed_pipe, wait_passively  # noqa: E402
@@ -40,8 +41,9 @@ wait_passively()  # before torch loads
 def claimed_early(config: Config) -> contextlib.AbstractContextManager:
     """The folder that --experiment_name names (as runner.py's jobs do), locked before torch loads:
     a clean during the seconds of start-up cannot take it. A name derived from the flags needs the
-    methods (and torch); train() locks that one as soon as it is known."""
-    if config.experiment_name is None or config.evaluate:
+    methods (and torch); train() locks that one as soon as it is known. Under torchrun rank 0 alone
+    holds the lock (RANK, which torchrun sets, is read without torch)."""
+    if config.experiment_name is None or config.evaluate or os.environ.get("RANK", "0") != "0":
         return contextlib.nullcontext()
     return RunDir(Path(config.experiments_dir) / config.experiment_name).claimed(config.experiment_name)
 

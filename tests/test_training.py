@@ -125,8 +125,8 @@ def test_finished_run_is_left_untouched(tmp_path: Path, capsys: pytest.CaptureFi
 def test_divergence_stops_and_keeps_the_last_good_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     original_step = Trainer.step
 
-    def nan_in_second_epoch(self: Trainer, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
-        hard, soft, correct = original_step(self, images, labels, indices)
+    def nan_in_second_epoch(self: Trainer, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *rest: float):
+        hard, soft, correct = original_step(self, images, labels, indices, *rest)
         return (hard * float("nan"), soft, correct) if self.epoch == 1 else (hard, soft, correct)
 
     monkeypatch.setattr(Trainer, "step", nan_in_second_epoch)

@@ -124,6 +124,7 @@ class Config:
     lr_decay: float = flag(0.1, "step schedule: the factor applied at each milestone")
     seed: int = flag(0, "seed for initialisation, data order and augmentation")
     max_batches: Optional[int] = flag(None, "stop each training epoch after this many batches (smoke runs)", type=int)
+    sync_bn: bool = flag(False, "under torchrun: BatchNorm normalises with the statistics of the whole global batch (SyncBatchNorm) instead of each rank's part (what mdistiller and RepDistiller do); no effect in one process")
     # Where things are (all but experiment_name may change when a run resumes)
     data_dir: str = flag("data", "data sets are read from (and CIFAR downloaded into) this folder")
     experiments_dir: str = flag("experiments", "run folders are created under this folder")
@@ -302,16 +303,19 @@ def main_guard(run, *args) -> int:
     (README.md lists them)."""
     from toolbox.errors import DivergedError, Interrupted, IOFailure
 
+    speaks = os.environ.get("RANK", "0") == "0"  # under torchrun every rank meets the same error: rank 0 says it
     try:
         run(*args)
     except (UsageError, DivergedError, Interrupted, IOFailure) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if speaks:
+            print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except BrokenPipeError:  # not a failed write of the run's: quiet_on_closed_pipe ends the script
         raise
     except OSError as error:  # a full disk, a folder that became read-only, ...
-        print(f"error: {os_error_line(error)}; fix that (free space, permissions) and rerun the same "
-              f"command: the run resumes from its last completed epoch", file=sys.stderr)
+        if speaks:
+            print(f"error: {os_error_line(error)}; fix that (free space, permissions) and rerun the same "
+                  f"command: the run resumes from its last completed epoch", file=sys.stderr)
         return IO_ERROR
     return 0
 

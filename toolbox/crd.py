@@ -14,6 +14,12 @@ embeddings at the batch's rows (``momentum * m + (1 - momentum) * v``, renormali
 Both embeddings are trained (RepDistiller and mdistiller give ``embed_t`` to the optimiser too);
 the memory banks and ``Z`` are buffers, so a checkpoint holds them and a resumed run continues
 with the same banks. Negatives are drawn on the training device with torch's global generator.
+
+Across ranks (``Setup.world``) every rank keeps the whole banks: the batch's indices and
+embeddings are all-gathered, every rank draws the contrast sets of the whole global batch (the same
+draws as one process, from generators seeded alike) and keeps its own rows, Z is estimated from the
+global batch's scores, and every rank applies the global batch's update. The banks then stay equal
+on all ranks and to a one-process run's with the same global batch, without broadcasting them.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ class CRDDistiller(Distiller):
         self.negatives = config.crd_negatives
         self.temperature = config.crd_temperature
         self.momentum = config.crd_momentum
+        self.world = setup.world
         dim = config.crd_dim
         self.embed_s = nn.Linear(math.prod(setup.student_shapes[-2]), dim)
         self.embed_t = nn.Linear(math.prod(setup.teacher_shapes[-2]), dim)
@@ -141,8 +148,9 @@ class CRDDistiller(Distiller):
 
     # --- the loss ----------------------------------------------------------------------------------
     def contrast_loss(self, student_feat: Tensor, teacher_feat: Tensor, indices: Tensor, contrast: Tensor) -> Tensor:
-        """``loss_s + loss_t`` for the batch's samples ``indices`` with contrast set ``contrast``
-        (B, K+1), column 0 the positives; sets Z on the first call and updates both memories."""
+        """``loss_s + loss_t`` for this rank's samples ``indices`` with contrast set ``contrast``
+        (B, K+1), column 0 the positives; sets Z on the first call (from the global batch) and
+        updates both memories with every rank's batch."""
         with torch.autocast(student_feat.device.type, enabled=False):
             v_s = F.normalize(self.embed_s(student_feat.float().flatten(1)), dim=1)
             v_t = F.normalize(self.embed_t(teacher_feat.detach().float().flatten(1)), dim=1)
@@ -152,16 +160,22 @@ class CRDDistiller(Distiller):
             out_s = torch.exp((v_s @ self.memory_t.T).gather(1, contrast) / self.temperature)
             out_t = torch.exp((v_t @ self.memory_s.T).gather(1, contrast) / self.temperature)
             with torch.no_grad():
-                estimate = torch.stack([out_s.mean(), out_t.mean()]) * self.n_data
-                z = torch.where(self.z < 0, estimate, self.z)  # set once, on the first batch, then kept
+                sums = self.world.all_reduce_sum(torch.stack([out_s.sum(), out_t.sum()]))
+                scores = self.world.all_reduce_sum(torch.tensor(float(out_s.numel()), device=sums.device))
+                z = torch.where(self.z < 0, sums / scores * self.n_data, self.z)  # set once, on the first batch, then kept
                 self.z.copy_(z)
+                everyone = torch.cat(self.world.all_gather(indices))
+                v_s_all, v_t_all = (torch.cat(self.world.all_gather(v.detach())) for v in (v_s, v_t))
                 # Out of place: the products above keep the old banks for their backward pass.
-                rows_s = renormalised_update(self.memory_s[indices], v_s, self.momentum)
-                rows_t = renormalised_update(self.memory_t[indices], v_t, self.momentum)
-                self.memory_s = self.memory_s.index_copy(0, indices, rows_s)
-                self.memory_t = self.memory_t.index_copy(0, indices, rows_t)
+                rows_s = renormalised_update(self.memory_s[everyone], v_s_all, self.momentum)
+                rows_t = renormalised_update(self.memory_t[everyone], v_t_all, self.momentum)
+                self.memory_s = self.memory_s.index_copy(0, everyone, rows_s)
+                self.memory_t = self.memory_t.index_copy(0, everyone, rows_t)
             return nce_loss(out_s / z[0], self.n_data) + nce_loss(out_t / z[1], self.n_data)
 
     def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
         indices = step.indices.to(self.labels.device).long()
-        return self.contrast_loss(student_out[-2], teacher_out[-2], indices, self.draw(indices))
+        parts = self.world.all_gather(indices)
+        first = sum(len(part) for part in parts[:self.world.rank])
+        contrast = self.draw(torch.cat(parts))[first:first + len(indices)]  # the global batch's draws, this rank's rows
+        return self.contrast_loss(student_out[-2], teacher_out[-2], indices, contrast)

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from toolbox.choices import DATASETS, FILE_DATASETS
-from toolbox.datasets.sampling import epoch_generator
+from toolbox.datasets.sampling import epoch_generator, share
 from toolbox.errors import UsageError
 from toolbox.stop import interruptible
 
@@ -91,13 +91,15 @@ class DataSource(Protocol):
     def image_size(self) -> int: ...  # the side of the images fed to the models
 
     def train_batches(self, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
-                      max_batches: Optional[int] = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+                      max_batches: Optional[int] = None, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """The epoch's batches from ``start_batch`` on (normalised images, labels, sample indices,
-        on the device): the same ones an uninterrupted epoch sees there."""
+        on the device): the same ones an uninterrupted epoch sees there. ``batch_size`` is global:
+        of each batch, rank ``rank`` of ``ranks`` gets its part (``toolbox.datasets.sampling.share``),
+        each sample augmented as one process would."""
         ...
 
-    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """The test split in order: normalised images and labels on the device."""
+    def eval_batches(self, batch_size: int, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+        """Rank ``rank``'s part of the test split, in order: normalised images and labels on the device."""
         ...
 
 
@@ -121,11 +123,11 @@ class Dataset:
         return self.train_images.shape[-1]
 
     def train_batches(self, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
-                      max_batches: Optional[int] = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        return train_batches(self, batch_size, seed, epoch, max_batches, start_batch)
+                      max_batches: Optional[int] = None, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        return train_batches(self, batch_size, seed, epoch, max_batches, start_batch, rank, ranks)
 
-    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        return eval_batches(self, batch_size)
+    def eval_batches(self, batch_size: int, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+        return eval_batches(self, batch_size, rank, ranks)
 
 
 # ---------------------------------------------------------------- CIFAR on disk
@@ -431,12 +433,13 @@ def augment(images: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def train_batches(
-    dataset: Dataset, batch_size: int, seed: int, epoch: int, max_batches: int | None = None, start_batch: int = 0
+    dataset: Dataset, batch_size: int, seed: int, epoch: int, max_batches: int | None = None, start_batch: int = 0,
+    rank: int = 0, ranks: int = 1,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Shuffled, augmented, normalised training batches (images, labels, and the samples' indices
     in the training set); the last one may be smaller. From ``start_batch`` on, the epoch's whole
     permutation and augmentation are drawn as for the whole epoch, then sliced: a run resumed
-    mid-epoch sees exactly the remaining batches."""
+    mid-epoch sees exactly the remaining batches, and rank ``rank`` of ``ranks`` its part of each."""
     device = dataset.train_images.device
     generator = epoch_generator(seed, epoch, device)
     order = torch.randperm(len(dataset.train_labels), device=device, generator=generator)
@@ -447,12 +450,13 @@ def train_batches(
             continue
         if max_batches is not None and index >= max_batches:
             return
-        end = start + batch_size
-        yield dataset.normalize(images[start:end]), labels[start:end], order[start:end]
+        first, end = share(start, min(start + batch_size, len(order)), rank, ranks)
+        yield dataset.normalize(images[first:end]), labels[first:end], order[first:end]
 
 
-def eval_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """The test set in order, normalised, without augmentation."""
-    for start in range(0, len(dataset.test_labels), batch_size):
-        end = start + batch_size
+def eval_batches(dataset: Dataset, batch_size: int, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+    """Rank ``rank``'s part of the test set (``share``) in order, normalised, without augmentation."""
+    first, last = share(0, len(dataset.test_labels), rank, ranks)
+    for start in range(first, last, batch_size):
+        end = min(start + batch_size, last)
         yield dataset.normalize(dataset.test_images[start:end]), dataset.test_labels[start:end]

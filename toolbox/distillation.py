@@ -11,7 +11,7 @@ original study's methods are here, the field's baselines in ``toolbox.baselines`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolbox.choices import IMAGE_SIZES, parse_ranks
+from toolbox.distributed import World
 from toolbox.errors import UsageError
 from toolbox.models import stage_shapes
 from toolbox.naming import format_value, ranks_tag
@@ -37,6 +38,7 @@ class Setup:
     teacher_shapes: tuple[Shape, ...]  # per sample, of every output: stem, stages, pooled, logits
     student_shapes: tuple[Shape, ...]
     train_labels: Tensor  # of the whole training set, by sample index (CRD draws negatives from other classes)
+    world: World = field(default_factory=World)  # the ranks training together (CRD's memory bank sees all their batches)
 
     @classmethod
     def of(cls, teacher_out: Sequence[Tensor], student_out: Sequence[Tensor], train_labels: Tensor | None = None) -> Setup:

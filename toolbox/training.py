@@ -7,6 +7,10 @@ same command resumes from it, and ``metrics.json`` is written only when the last
 Within an epoch, last.pt is also written every ``--checkpoint_every`` steps and where a stop signal
 arrives, with the position in the epoch (``toolbox.progress``). The loop reads every data set
 through the same ``DataSource`` face and knows neither where its images are kept nor their size.
+
+Under torchrun the same loop runs on every rank (``toolbox.distributed``): it asks whether it is
+the writer (rank 0 alone locks the folder and writes in it), has sums reduced and decisions (stop,
+divergence) agreed, and knows nothing else about the ranks.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from tqdm import tqdm
 from toolbox.config import Config, milestones
 from toolbox.data_loader import DataSource, load_dataset
 from toolbox.distillation import Distiller, Setup, Step
+from toolbox.distributed import World, join
 from toolbox.errors import DivergedError, Interrupted, IOFailure, UsageError
 from toolbox.methods import DISTILLERS, build_distiller
-from toolbox.models import NotACheckpoint, build_model, load_checkpoint, read_checkpoint, read_error
-from toolbox.progress import Position, position_problem, progress_line
+from toolbox.models import build_model, load_checkpoint
+from toolbox.lastpt import HISTORY_KEYS, KEEP_LAST, read_last
+from toolbox.progress import Position, progress_line
 from toolbox.rundir import RunDir, differences, file_digest, open_nofollow, resolve, teacher_command
 from toolbox.stop import StopFlag, interruptible, stop_flag
 from toolbox.utils import (
@@ -44,8 +50,6 @@ from toolbox.utils import (
     select_device,
 )
 
-HISTORY_KEYS = ("train_hard_loss", "train_soft_loss", "train_acc", "test_loss", "test_acc")
-KEEP_LAST = "it was left as it is: move it away to restart this run from epoch 0, or restore it"
 
 
 def check_same_run(saved: dict[str, Any], config: Config, path: Path, named: bool) -> None:
@@ -103,22 +107,38 @@ def make_autocast(config: Config, device: torch.device) -> Callable[[], contextl
     return contextlib.nullcontext
 
 
+class Learner(nn.Module):
+    """The student and the distiller's trainable modules as one module, whose forward pass is
+    what a step trains: one DDP (``World.wrap``) then averages all their gradients over the ranks."""
+
+    def __init__(self, student: nn.Module, distiller: Distiller) -> None:
+        super().__init__()
+        self.student, self.distiller = student, distiller
+
+    def forward(self, images: torch.Tensor, teacher_out: Optional[list[torch.Tensor]], step: Step) -> tuple[list[torch.Tensor], torch.Tensor]:
+        student_out = self.student(images)
+        return student_out, self.distiller.soft_loss(teacher_out, student_out, step)
+
+
 class Trainer:
     """The state of one run (models, optimiser, history) and the steps that advance it."""
 
-    def __init__(self, config: Config, run: RunDir, data: Optional[DataSource] = None) -> None:
-        """``data`` replaces the data set named by the config (benchmarks use synthetic data)."""
+    def __init__(self, config: Config, run: RunDir, data: Optional[DataSource] = None, world: Optional[World] = None) -> None:
+        """``data`` replaces the data set named by the config (benchmarks use synthetic data);
+        ``world``: the ranks training together (default: this process alone, on --device)."""
         self.config = config
         self.run = run
+        self.world = world or World(device=select_device(config.device))
         needs_teacher = DISTILLERS[config.distillation].needs_teacher
         if needs_teacher:
             check_teacher_exists(config)  # before the data: a CIFAR download should not come first
-        self.device = select_device(config.device)
+        self.device = self.world.device
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
         set_deterministic(config.deterministic)
         self.data = data if data is not None else data_set(config, self.device)
+        self.world.check_batches(len(self.data.train_labels), config.batch_size, config.max_batches)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.autocast = make_autocast(config, self.device)
 
@@ -128,7 +148,7 @@ class Trainer:
         if needs_teacher:
             self.teacher = self._load_teacher()
             teacher_shapes = output_shapes(self.teacher, self.device, self.data.image_size)
-        setup = Setup(teacher_shapes, student_shapes, self.data.train_labels)
+        setup = Setup(teacher_shapes, student_shapes, self.data.train_labels, self.world)
         self.distiller: Distiller = build_distiller(config, setup).to(self.device)
         self.feature_shapes = {"teacher": teacher_shapes[config.feature_layer], "student": student_shapes[config.feature_layer]}
 
@@ -143,7 +163,11 @@ class Trainer:
         self.teacher_sha256: Optional[str] = None  # the teacher file's content, which a resumed run must keep
 
         self.student.to(memory_format=self.memory_format)
+        if config.sync_bn and self.world.distributed:  # after the optimiser: the conversion keeps the parameters
+            self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+            self.distiller = nn.SyncBatchNorm.convert_sync_batchnorm(self.distiller)
         self.student_step = torch.compile(self.student) if config.compile else self.student
+        self.learner = self.world.wrap(Learner(self.student_step, self.distiller))
         self.teacher_step = self.teacher
         if self.teacher is not None:
             self.teacher.to(memory_format=self.memory_format)
@@ -208,20 +232,20 @@ class Trainer:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
+             weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimisation step on the training samples ``indices``; returns the cross-entropy,
         the soft loss and the number of correct predictions as device tensors (reading them would
-        make the step wait)."""
+        make the step wait). ``weight`` scales the loss (``World.loss_weight``)."""
         images = images.contiguous(memory_format=self.memory_format)
         with self.autocast():
-            student_out = self.student_step(images)
             teacher_out = None
             if self.teacher_step is not None:
                 with torch.no_grad():
                     teacher_out = self.teacher_step(images)
-            soft = self.distiller.soft_loss(teacher_out, student_out, Step(labels, indices, self.epoch + 1))
+            student_out, soft = self.learner(images, teacher_out, Step(labels, indices, self.epoch + 1))
             hard = F.cross_entropy(student_out[-1].float(), labels)
-        loss = self.config.ce_weight * hard + self.config.beta * soft
+        loss = (self.config.ce_weight * hard + self.config.beta * soft) * weight
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -229,42 +253,57 @@ class Trainer:
 
     def train_epoch(self, stop: StopFlag, say: Callable[[str], None] = print) -> dict[str, float]:
         """One pass over the training set, or the rest of the one a saved position stopped in; sums
-        stay on the device except where a progress line (``say``) or a checkpoint reads them."""
+        stay on the device except where a progress line (``say``) or a checkpoint reads them. Each
+        rank sums its own samples (the writer from the saved sums on); ``at`` adds up the ranks'."""
         config = self.config
+        world = self.world
         self.student.train()
         self.distiller.train()
         done, self.position = self.position or Position(), None
-        hard_sum, soft_sum, correct = (torch.tensor(value, device=self.device) for value in (done.hard_sum, done.soft_sum, done.correct))
-        count = done.count
-        n_batches = math.ceil(len(self.data.train_labels) / config.batch_size)
+        kept = done if world.is_writer else Position(done.batch)
+        hard_sum, soft_sum, correct = (torch.tensor(value, device=self.device) for value in (kept.hard_sum, kept.soft_sum, kept.correct))
+        count = kept.count
+        samples = len(self.data.train_labels)
+        n_batches = math.ceil(samples / config.batch_size)
         if config.max_batches:
             n_batches = min(n_batches, config.max_batches)
-        batches = self.data.train_batches(config.batch_size, config.seed, self.epoch, done.batch, config.max_batches)
+        batches = self.data.train_batches(config.batch_size, config.seed, self.epoch, done.batch, config.max_batches,
+                                          world.rank, world.size)
         progress = tqdm(batches, initial=done.batch, total=n_batches, desc=f"epoch {self.epoch + 1}/{config.epochs}",
-                        leave=False, disable=not sys.stderr.isatty(), file=sys.stderr)
-        started, first_count = time.perf_counter(), count
+                        leave=False, disable=not (sys.stderr.isatty() and world.is_writer), file=sys.stderr)
+
+        def at(batch: int) -> Position:
+            """The epoch's sums over all ranks after ``batch`` batches (reads the device; every rank calls it)."""
+            sums = torch.stack([hard_sum, soft_sum, correct.float()]).double().cpu()
+            total = world.all_reduce_sum(torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64)])).tolist()
+            return Position(batch, total[0], total[1], total[2], int(total[3]))
+
+        started, first_count = time.perf_counter(), done.count
         for batch, (images, labels, indices) in enumerate(progress, done.batch + 1):
-            hard, soft, right = self.step(images, labels, indices)
             n = len(labels)
+            batch_rows = min(config.batch_size, samples - (batch - 1) * config.batch_size)
+            hard, soft, right = self.step(images, labels, indices, world.loss_weight(n, batch_rows))
             hard_sum = hard_sum + hard * n
             soft_sum = soft_sum + soft * n
             correct = correct + right
             count += n
-            at = lambda: Position(batch, float(hard_sum), float(soft_sum), float(correct), count)  # noqa: E731 (reads the device)
             if config.log_every and batch % config.log_every == 0:
                 seconds = time.perf_counter() - started
-                say(progress_line(self.epoch + 1, config.epochs, batch, n_batches, (count - first_count) / seconds, at(),
-                                  seconds / (batch - done.batch) * (n_batches - batch)))
-            if stop.signal is not None or (config.checkpoint_every and batch % config.checkpoint_every == 0 and batch < n_batches):
-                self.save_position(at())
-            check_stop(stop, self.run, self.epoch, batch)
-        return Position(n_batches, float(hard_sum), float(soft_sum), float(correct), count).means()
+                position = at(batch)
+                say(progress_line(self.epoch + 1, config.epochs, batch, n_batches, (position.count - first_count) / seconds,
+                                  position, seconds / (batch - done.batch) * (n_batches - batch)))
+            stopping = world.any(stop.signal is not None)  # every rank stops after the same step
+            if stopping or (config.checkpoint_every and batch % config.checkpoint_every == 0 and batch < n_batches):
+                self.save_position(at(batch))
+            check_stop(stop, self.run, self.epoch, batch, stopping)
+        return at(n_batches).means()
 
     def save_position(self, position: Position) -> None:
-        """last.pt within an epoch, once its state is checked finite (``check_finite``)."""
+        """last.pt within an epoch, once its state is checked finite (``check_finite``); the writer's."""
         self.check_finite(position.means())
         self.account_time()
-        atomic_torch_save(self.run.last, self.state(position))
+        if self.world.is_writer:
+            atomic_torch_save(self.run.last, self.state(position))
         self.position_saved = position.batch
 
     def account_time(self) -> None:
@@ -277,7 +316,8 @@ class Trainer:
         """Divergence is a non-finite training or test loss or a non-finite weight; it stops the
         run before anything is saved, so last.pt and the best checkpoint only ever hold finite states."""
         losses = {key: value for key, value in record.items() if "loss" in key}
-        if all(math.isfinite(value) for value in losses.values()) and all_finite(self.student, self.distiller):
+        finite = all(math.isfinite(value) for value in losses.values()) and all_finite(self.student, self.distiller)
+        if not self.world.any(not finite):  # decided together: no rank saves what another found diverged
             return
         kept = f"{self.run.last} keeps the last good epoch ({self.epoch})" if self.epoch else "no epoch was saved"
         if self.position_saved:
@@ -287,11 +327,14 @@ class Trainer:
                             f"{kept}; try a lower --lr or --beta")
 
     def test(self) -> dict[str, float]:
+        """Each rank evaluates its share of the test set with rank 0's BatchNorm statistics; the
+        sums are added up, so every rank reports the same loss and accuracy."""
+        self.world.broadcast_buffers(self.student)
         batches = (
             (images.contiguous(memory_format=self.memory_format), labels)
-            for images, labels in self.data.eval_batches(self.config.eval_batch_size)
+            for images, labels in self.data.eval_batches(self.config.eval_batch_size, self.world.rank, self.world.size)
         )
-        loss, accuracy = evaluate(self.student_step, batches, self.autocast)
+        loss, accuracy = evaluate(self.student_step, batches, self.autocast, self.world.all_reduce_sum)
         return {"test_loss": loss, "test_acc": accuracy}
 
 
@@ -310,61 +353,16 @@ def all_finite(*modules: nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())  # one device sync, not one per tensor
 
 
-def check_stop(stop: StopFlag, run: RunDir, epoch: int, batch: Optional[int] = None) -> None:
-    """Leave through ``Interrupted`` (exit 75, the job requeues) once a stop signal has arrived;
-    ``batch``: the epoch's position was saved after that many batches."""
-    if stop.signal is not None:
+def check_stop(stop: StopFlag, run: RunDir, epoch: int, batch: Optional[int] = None, stopping: Optional[bool] = None) -> None:
+    """Leave through ``Interrupted`` (exit 75, the job requeues) once a stop signal has arrived
+    (``stopping``: the ranks' agreed answer, here or on another rank); ``batch``: the epoch's
+    position was saved after that many batches."""
+    if stop.signal is not None if stopping is None else stopping:
         kept = f"{run.last} holds epoch {epoch}" if run.last.exists() else "no epoch has been saved yet"
         if batch is not None:
             kept = f"{run.last} holds epoch {epoch + 1} up to batch {batch}"
-        raise Interrupted(f"stopped by signal {stop.name} during epoch {epoch + 1}; {kept}: rerun the same command to resume")
-
-
-STATE_DICTS = ("student", "distiller", "optimizer", "scheduler")
-
-
-def last_pt_problem(state: Any) -> Optional[str]:
-    """What makes a loaded last.pt unusable for resuming (its structure and types), or None; whether
-    its state dicts fit the run's models is checked where they are loaded (``Trainer.restore``)."""
-    if not isinstance(state, dict):
-        return f"it holds a {type(state).__name__}, not a dict"
-    for key in STATE_DICTS:
-        if not isinstance(state.get(key), dict):
-            return f"its {key!r} entry is not a state dict"
-    if not isinstance(state.get("torch_rng"), torch.Tensor) or state["torch_rng"].dtype != torch.uint8:
-        return "its 'torch_rng' entry is not a random-number-generator state"
-    if "config" in state and not isinstance(state["config"], dict):
-        return "its 'config' entry is not a dict of flags"
-    if not isinstance(state.get("elapsed"), (int, float)) or isinstance(state["elapsed"], bool):
-        return "its 'elapsed' entry is not a number"
-    if not isinstance(state.get("teacher_sha256"), (str, type(None))):
-        return "its 'teacher_sha256' entry is not a digest"
-    history = state.get("history")
-    if not isinstance(history, dict) or set(history) != set(HISTORY_KEYS):
-        return f"its 'history' entry is not a dict of {', '.join(HISTORY_KEYS)}"
-    for key, values in history.items():
-        if not isinstance(values, list) or not all(isinstance(v, float) and math.isfinite(v) for v in values):
-            return f"its history's {key!r} is not a list of finite numbers"
-    if len({len(values) for values in history.values()}) != 1:
-        return "its history's lists have different lengths"
-    return position_problem(state.get("position"))
-
-
-def read_last(run: RunDir, device: torch.device) -> Optional[dict[str, Any]]:
-    """The run's resumable state, or None when it has none; unreadable or damaged is a one-line
-    error that leaves it in place."""
-    if not run.last.exists():
-        return None
-    try:
-        state = read_checkpoint(run.last, device)
-    except NotACheckpoint as error:
-        raise UsageError(f"{run.last} {error}; {KEEP_LAST}") from None
-    except Exception as error:  # a damaged pickle fails in many ways (KeyError, UnpicklingError, EOFError, ...)
-        raise UsageError(f"{run.last} is unreadable ({read_error(error)[:200]}); {KEEP_LAST}") from None
-    problem = last_pt_problem(state)
-    if problem is not None:
-        raise UsageError(f"{run.last} is not a last.pt of this project: {problem}; {KEEP_LAST}")
-    return state
+        raise Interrupted(f"stopped by signal {stop.name or 'on another rank'} during epoch {epoch + 1}; {kept}: rerun "
+                          "the same command to resume")
 
 
 def evaluate_checkpoint(config: Config) -> dict[str, float]:
@@ -390,17 +388,20 @@ class ConsoleLog:
     prints it): a failed start-up leaves no train.log behind. A finished run's folder is left as it
     is: nothing is appended once metrics.json exists."""
 
-    def __init__(self, run: RunDir) -> None:
+    def __init__(self, run: RunDir, writer: bool = True) -> None:
+        """``writer``: this process speaks for the run (under torchrun rank 0; the others keep quiet)."""
         self.run = run
+        self.writer = writer
 
     def record(self, line: str) -> None:
-        if self.run.finished:
+        if self.run.finished or not self.writer:
             return
         with os.fdopen(open_nofollow(self.run.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8") as log:
             log.write(line + "\n")
 
     def __call__(self, line: str) -> None:
-        print(line, flush=True)
+        if self.writer:
+            print(line, flush=True)
         self.record(line)
 
     def __enter__(self) -> ConsoleLog:
@@ -436,12 +437,18 @@ def finished_metrics(run: RunDir, config: Config, named: bool) -> dict[str, Any]
 
 def train(config: Config) -> dict[str, Any]:
     """Train (or resume, or skip when finished) the run that ``config`` describes; its metrics.
-    The run's folder is locked for the whole call: a second process on it fails at once."""
+    The run's folder is locked for the whole call: a second process on it fails at once. Under
+    torchrun every rank calls it; rank 0 alone locks and writes, the others wait until it has
+    claimed the folder, then read the same files and reach the same decisions."""
     named = config.experiment_name is not None
     config = resolve(config)
     run = RunDir(Path(config.experiments_dir) / config.experiment_name)
-    with run.claimed(config.experiment_name), stop_flag() as stop, ConsoleLog(run) as log:
-        run.remove_stale_temporaries()
+    world = join(config.device)
+    claimed = run.claimed(config.experiment_name) if world.is_writer else contextlib.nullcontext()
+    with contextlib.closing(world), claimed, stop_flag() as stop, ConsoleLog(run, world.is_writer) as log:
+        if world.is_writer:
+            run.remove_stale_temporaries()
+        world.barrier()
         if run.finished:
             return finished_metrics(run, config, named)
         with stop.interruptible(f"reading {run.last}"):
@@ -455,7 +462,7 @@ def train(config: Config) -> dict[str, Any]:
                 check_same_run(flags, config, run.path, named)
 
         with stop.interruptible("loading the data set and the teacher"):
-            trainer = Trainer(config, run)
+            trainer = Trainer(config, run, world=world)
         if trainer.teacher is not None:
             trainer.teacher_sha256 = file_digest(Path(config.teacher_checkpoint))
         if state is not None:
@@ -469,18 +476,20 @@ def train(config: Config) -> dict[str, Any]:
         else:
             what = config.student if trainer.teacher is None else f"{config.teacher} -> {config.student}"
             starting = f"training {run.path} on {trainer.device} ({config.distillation}: {what})"
-        previous = run.read_json(run.config) if state is not None else None  # keep the environment the run started in
-        atomic_write_json(run.config, {  # the flags as they are now (a moved teacher's new path)
-            "config": dataclasses.asdict(config),
-            "environment": (previous or {}).get("environment") or environment(),
-            "teacher_sha256": trainer.teacher_sha256,
-            "feature_shapes": trainer.feature_shapes,  # the distilled maps, (C, H, W), for the notebooks
-        })
+        if world.is_writer:
+            previous = run.read_json(run.config) if state is not None else None  # keep the environment the run started in
+            atomic_write_json(run.config, {  # the flags as they are now (a moved teacher's new path)
+                "config": dataclasses.asdict(config),
+                "environment": (previous or {}).get("environment") or environment(),
+                "teacher_sha256": trainer.teacher_sha256,
+                "feature_shapes": trainer.feature_shapes,  # the distilled maps, (C, H, W), for the notebooks
+                "world_size": world.size,  # ranks of this session: a run may resume with another number
+            })
         log(starting)  # train.log only ever stands beside the config.json that makes the folder a run of ours
 
         best_path = run.best_checkpoint(config.student)
         while trainer.epoch < config.epochs:
-            check_stop(stop, run, trainer.epoch)  # also a signal that came during the previous epoch's test
+            check_stop(stop, run, trainer.epoch, stopping=world.any(stop.signal is not None))  # also one during the last test
             started = trainer.clock = time.perf_counter()
             record = trainer.train_epoch(stop, log)
             record.update(trainer.test())
@@ -490,11 +499,12 @@ def train(config: Config) -> dict[str, Any]:
             is_best = trainer.epoch == 0 or record["test_acc"] > max(trainer.history["test_acc"])
             for key in HISTORY_KEYS:
                 trainer.history[key].append(record[key])
-            if is_best:
-                atomic_torch_save(best_path, {"weights": trainer.student.state_dict()})
-            atomic_torch_save(run.last, trainer.state())
+            if world.is_writer:
+                if is_best:
+                    atomic_torch_save(best_path, {"weights": trainer.student.state_dict()})
+                atomic_torch_save(run.last, trainer.state())
+                plot_curves(trainer.history, run.path)
             trainer.position_saved = 0
-            plot_curves(trainer.history, run.path)
             log(
                 f"epoch {trainer.epoch}/{config.epochs}  cross-entropy {record['train_hard_loss']:.4f}  "
                 f"distillation {record['train_soft_loss']:.4g}  train {record['train_acc']:.2f}%  "
@@ -511,5 +521,7 @@ def train(config: Config) -> dict[str, Any]:
             "wall_time_s": trainer.elapsed,
         }
         log(final_line(metrics))  # before metrics.json, which closes the log
-        atomic_write_json(run.metrics, metrics)
+        if world.is_writer:
+            atomic_write_json(run.metrics, metrics)
+        world.barrier()  # no rank leaves (and no torchrun tears the others down) before the run is finished
         return metrics

@@ -102,8 +102,10 @@ def select_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], autocast: Callable) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in percent; sums stay on the device until the end."""
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], autocast: Callable,
+             reduce: Callable[[Tensor], Tensor] = lambda sums: sums) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in percent; sums stay on the device until the end, where
+    ``reduce`` adds up the (loss, correct, count) sums of the ranks that share the test set."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for images, labels in batches:
@@ -112,7 +114,8 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], autocas
         loss_sum = loss_sum + F.cross_entropy(logits.float(), labels, reduction="sum")
         correct = correct + (logits.argmax(1) == labels).sum()
         count += len(labels)
-    return float(loss_sum) / count, 100.0 * float(correct) / count
+    loss_sum, correct, count = reduce(torch.tensor([float(loss_sum), float(correct), count], dtype=torch.float64)).tolist()
+    return loss_sum / count, 100.0 * correct / count
 
 
 def plot_curves(history: dict[str, list[float]], folder: Path) -> None:

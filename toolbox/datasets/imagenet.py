@@ -37,13 +37,13 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 from torchvision.datasets import VisionDataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, pil_loader
 
 from toolbox.choices import IMAGE_SIZES
-from toolbox.datasets.sampling import EpochBatchSampler, SeededSamples
+from toolbox.datasets.sampling import EpochBatchSampler, SeededSamples, share
 from toolbox.errors import UsageError
 
 MeanStd = tuple[tuple[float, float, float], tuple[float, float, float]]
@@ -206,13 +206,15 @@ IMAGE_DATASETS: dict[str, Callable[[str | Path], tuple[ImageFiles, ImageFiles]]]
 
 # ---------------------------------------------------------------- loading
 
-def image_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, device: torch.device, workers: int) -> DataLoader:
+def image_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, device: torch.device, workers: int,
+                 rank: int = 0, ranks: int = 1) -> DataLoader:
     """Batches of ``dataset``'s uint8 images (an ``ImageFiles`` or a subset of one) decoded by
     ``workers`` processes (kept alive across epochs), pinned when they go to a GPU.
 
     Training: (images, labels, indices) in the seeded order of ``loader.batch_sampler``, an
     ``EpochBatchSampler``: call ``loader.batch_sampler.set_epoch(epoch, start_batch)`` before each
-    epoch. Evaluation: (images, labels) in file order. The loader's own generator is seeded, so
+    epoch; rank ``rank`` of ``ranks`` gets its share of each global batch. Evaluation: (images,
+    labels) of the rank's share of the files, in file order. The loader's own generator is seeded, so
     iterating it draws nothing from torch's global one."""
     options: dict[str, Any] = {
         "num_workers": workers,
@@ -221,8 +223,9 @@ def image_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, devi
         "generator": torch.Generator().manual_seed(seed),
     }
     if train:
-        return DataLoader(SeededSamples(dataset), batch_sampler=EpochBatchSampler(len(dataset), batch_size, seed), **options)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **options)
+        sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank, ranks)
+        return DataLoader(SeededSamples(dataset), batch_sampler=sampler, **options)
+    return DataLoader(Subset(dataset, range(*share(0, len(dataset), rank, ranks))), batch_size=batch_size, shuffle=False, **options)
 
 
 def default_workers() -> int:
@@ -243,25 +246,26 @@ class FileImages:
         self.image_size = IMAGE_SIZES[name]
         self.num_classes = len(self.train.classes)
         self.train_labels = torch.tensor(self.train.targets, dtype=torch.long, device=device)
-        self._loaders: dict[tuple[bool, int, int], DataLoader] = {}
+        self._loaders: dict[tuple[bool, int, int, int, int], DataLoader] = {}
 
-    def _loader(self, train: bool, batch_size: int, seed: int) -> DataLoader:
-        key = (train, batch_size, seed)
+    def _loader(self, train: bool, batch_size: int, seed: int, rank: int, ranks: int) -> DataLoader:
+        key = (train, batch_size, seed, rank, ranks)
         if key not in self._loaders:
-            self._loaders[key] = image_loader(self.train if train else self.test, batch_size, train, seed, self.device, self.workers)
+            self._loaders[key] = image_loader(self.train if train else self.test, batch_size, train, seed, self.device,
+                                              self.workers, rank, ranks)
         return self._loaders[key]
 
     def _to_device(self, tensor: Tensor) -> Tensor:
         return tensor.to(self.device, non_blocking=True)
 
     def train_batches(self, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
-                      max_batches: int | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        loader = self._loader(True, batch_size, seed)
+                      max_batches: int | None = None, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        loader = self._loader(True, batch_size, seed, rank, ranks)
         loader.batch_sampler.set_epoch(epoch, start_batch)
         count = None if max_batches is None else max(0, max_batches - start_batch)
         for images, labels, indices in itertools.islice(loader, count):
             yield normalize_on_device(self._to_device(images), self.mean_std), self._to_device(labels), self._to_device(indices)
 
-    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        for images, labels in self._loader(False, batch_size, 0):
+    def eval_batches(self, batch_size: int, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+        for images, labels in self._loader(False, batch_size, 0, rank, ranks):
             yield normalize_on_device(self._to_device(images), self.mean_std), self._to_device(labels)

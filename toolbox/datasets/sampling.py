@@ -15,6 +15,15 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 
+def share(start: int, end: int, rank: int, ranks: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous part of the rows [start, end) among ``ranks``: as even as possible,
+    the first ``(end - start) % ranks`` ranks one row more. The parts, in rank order, are the rows
+    in order, so the ranks' parts of a global batch together are one process's batch."""
+    size, extra = divmod(end - start, ranks)
+    first = start + rank * size + min(rank, extra)
+    return first, first + size + (rank < extra)
+
+
 def epoch_generator(seed: int, epoch: int, device: torch.device | str) -> torch.Generator:
     """A generator for one epoch's order and augmentation, independent of all other randomness."""
     generator = torch.Generator(device=device)
@@ -26,10 +35,12 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of (sample index, augmentation seed) in the epoch's seeded order; the last batch
     may be smaller. ``set_epoch(epoch, start_batch)`` before iterating: a run resumed after k
     batches passes ``start_batch=k`` and gets the epoch's remaining batches, the k skipped ones
-    never reaching a worker."""
+    never reaching a worker. ``batch_size`` is global: rank ``rank`` of ``ranks`` gets its
+    ``share`` of each batch, with the seeds one process would draw for those samples."""
 
-    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, ranks: int = 1) -> None:
         self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.ranks = rank, ranks
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -43,8 +54,8 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         order = torch.randperm(self.size, generator=generator)
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
         for start in range(self.start_batch * self.batch_size, self.size, self.batch_size):
-            end = start + self.batch_size
-            yield list(zip(order[start:end].tolist(), seeds[start:end].tolist()))
+            first, end = share(start, min(start + self.batch_size, self.size), self.rank, self.ranks)
+            yield list(zip(order[first:end].tolist(), seeds[first:end].tolist()))
 
 
 class SeededSamples(Dataset):

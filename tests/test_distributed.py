@@ -1,0 +1,152 @@
+"""Two gloo ranks on the CPU train as one process does with the same global batch.
+
+The runs distil with CRD (the method that shares state across ranks: its memory bank) on digits,
+through ``distributed_entry.py`` (no BatchNorm: see there), for two epochs of 3 steps at a global
+batch of 501 of the 1437 images, so every step splits unevenly (251 + 250) and the last batch is
+smaller (435 = 218 + 217). One process and two ranks reach the same weights and banks to float32
+rounding of the per-rank sums (a few steps at a low lr only: without BatchNorm, at lr 0.1,
+rounding grows quickly, and after 23 steps two one-process runs with other thread counts differ
+by 1e-3, as much as these do). A run stopped by a signal on one rank, killed with kill -9, and rerun, ends
+with exactly the weights of the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+ENTRY = str(REPO / "tests" / "distributed_entry.py")
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}  # float32 rounding of sums in another order (measured figures: README)
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or importlib.util.find_spec("torch.distributed.run") is None,
+    reason="torch was built without torch.distributed (torchrun)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def command(root: Path, name: str, *extra: str) -> list[str]:
+    return [ENTRY, "--distillation", "crd", "--teacher", "ResNetBaby", "--teacher_checkpoint", str(root / "teacher.pth"),
+            "--student", "ResNetBaby", "--dataset", "digits", "--epochs", "2", "--batch_size", "501", "--lr", "0.01", "--device", "cpu",
+            "--threads", "1", "--data_dir", str(root / "data"), "--experiments_dir", str(root / "runs"),
+            "--experiment_name", name, *extra]
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def torchrun(root: Path, name: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(free_port()), *command(root, name, *extra)],
+                            env=environment(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def last(root: Path, name: str) -> dict:
+    return torch.load(root / "runs" / name / "last.pt", weights_only=False)
+
+
+def assert_close(one: dict, two: dict, exact: bool = False) -> None:
+    for key in ("student", "distiller"):
+        assert one[key].keys() == two[key].keys()
+        for entry in one[key]:
+            if exact:
+                assert torch.equal(two[key][entry], one[key][entry]), f"{key}.{entry}"
+            else:
+                torch.testing.assert_close(two[key][entry], one[key][entry], **TOLERANCE, msg=f"{key}.{entry}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A teacher, and the same run trained by one process ('one') and by two ranks ('two')."""
+    root = tmp_path_factory.mktemp("distributed")
+    sys.path.insert(0, str(REPO / "tests"))
+    from distributed_entry import models
+
+    torch.manual_seed(1)
+    torch.save({"weights": models.build_model("ResNetBaby", 10).state_dict()}, root / "teacher.pth")
+    one = subprocess.Popen([sys.executable, *command(root, "one")], env=environment(), cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    two = torchrun(root, "two")
+    for process in (one, two):
+        output = process.communicate(timeout=120)[0]
+        assert process.returncode == 0, output
+    return root
+
+
+def test_two_ranks_train_as_one_process(runs: Path) -> None:
+    """Same weights, CRD banks and Z to float32 rounding; the same files, written once by rank 0."""
+    one, two = last(runs, "one"), last(runs, "two")
+    assert_close(one, two)
+    assert one["history"]["test_acc"] == pytest.approx(two["history"]["test_acc"], abs=0.5)  # one image in 360 may flip
+    assert sorted(path.name for path in (runs / "runs" / "two").iterdir()) == sorted(
+        path.name for path in (runs / "runs" / "one").iterdir())
+    log = (runs / "runs" / "two" / "train.log").read_text().splitlines()
+    assert len(log) == 4 and log[0].startswith("training "), log  # one line each: start, two epochs, result
+    config = (runs / "runs" / "two" / "config.json").read_text()
+    assert '"world_size": 2' in config
+
+
+def test_crd_bank_is_the_same_on_one_and_two_ranks(runs: Path) -> None:
+    one, two = last(runs, "one")["distiller"], last(runs, "two")["distiller"]
+    for bank in ("memory_s", "memory_t", "z"):
+        torch.testing.assert_close(two[bank], one[bank], **TOLERANCE)
+
+
+def wait_for(path: Path, text: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+def rank_of(pid: int) -> int:
+    return int(dict(line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in line)["RANK"])
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def test_stopped_and_killed_runs_resume_to_the_uninterrupted_one(runs: Path) -> None:
+    """SIGUSR1 to rank 1 alone stops both ranks after the same step with status 75 (ranks started
+    as torchrun starts them, to read each one's status); then kill -9 of rank 1 under torchrun
+    fails the job; the next run resumes and ends where the uninterrupted one did."""
+    port, log = str(free_port()), runs / "runs" / "stopped" / "train.log"
+    ranks = [subprocess.Popen([sys.executable, *command(runs, "stopped", "--log_every", "1")], cwd=REPO,
+                              env={**environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    wait_for(log, "step 1/3", ranks[0])
+    ranks[1].send_signal(signal.SIGUSR1)
+    errors = [rank.communicate(timeout=60)[1] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [75, 75], errors
+    assert "error: stopped by signal on another rank" in errors[0] and errors[1] == "", errors
+
+    job = torchrun(runs, "stopped", "--log_every", "1")
+    wait_for(log, "step 3/3", job)
+    os.kill(next(pid for pid in children(job.pid) if rank_of(pid) == 1), signal.SIGKILL)
+    output = job.communicate(timeout=60)[0]
+    assert job.returncode != 0, output
+
+    job = torchrun(runs, "stopped")
+    output = job.communicate(timeout=120)[0]
+    assert job.returncode == 0 and "resuming" in output, output
+    assert_close(last(runs, "two"), last(runs, "stopped"), exact=True)
