@@ -60,6 +60,19 @@ def test_a_folder_that_is_not_a_run_of_ours_is_refused_and_left_as_it_is(tmp_pat
     assert snapshot(tmp_path) == before and not (hf / ".lock").exists()
 
 
+def test_a_job_that_starts_while_runner_py_writes_its_job_json_is_ours(tmp_path: Path) -> None:
+    """A local job may start before runner.py has renamed job.json into place: the temporary of that
+    atomic write is runner.py's, not a sign of someone else's folder."""
+    run = tmp_path / "r"
+    run.mkdir()
+    for name in ("run.job", "local.out", ".job.json.4242.tmp"):
+        (run / name).write_text("")
+    RunDir(run).check_ours("r")
+    (run / ".notes.txt.4242.tmp").write_text("theirs")
+    with pytest.raises(UsageError, match="not a run folder of this project"):
+        RunDir(run).check_ours("r")
+
+
 def test_a_config_json_alone_still_guards_the_flags(tmp_path: Path) -> None:
     config = resolve(Config(distillation="none", dataset="digits", student=STUDENT, experiments_dir=str(tmp_path),
                             experiment_name="r", lr=0.1))
