@@ -33,10 +33,9 @@ def without_batchnorm(build: Callable[[int], nn.Module]) -> Callable[[int], nn.M
     return built
 
 
-for name in list(models.MODELS):
-    models.MODELS[name] = without_batchnorm(models.MODELS[name])
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # only in the training process it starts: an import changes nothing
+    for name in list(models.MODELS):
+        models.MODELS[name] = without_batchnorm(models.MODELS[name])
     script = str(REPO / "tucker_distillation.py")
     sys.argv[0] = script
     runpy.run_path(script, run_name="__main__")

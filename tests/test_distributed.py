@@ -57,7 +57,7 @@ def torchrun(root: Path, name: str, *extra: str) -> subprocess.Popen:
 
 
 def last(root: Path, name: str) -> dict:
-    return torch.load(root / "runs" / name / "last.pt", weights_only=False)
+    return torch.load(root / "runs" / name / "last.pt", weights_only=True)
 
 
 def assert_close(one: dict, two: dict, exact: bool = False) -> None:
@@ -75,10 +75,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A teacher, and the same run trained by one process ('one') and by two ranks ('two')."""
     root = tmp_path_factory.mktemp("distributed")
     sys.path.insert(0, str(REPO / "tests"))
-    from distributed_entry import models
+    from distributed_entry import without_batchnorm
+
+    from toolbox.models import MODELS
 
     torch.manual_seed(1)
-    torch.save({"weights": models.build_model("ResNetBaby", 10).state_dict()}, root / "teacher.pth")
+    torch.save({"weights": without_batchnorm(MODELS["ResNetBaby"])(10).state_dict()}, root / "teacher.pth")
     one = subprocess.Popen([sys.executable, *command(root, "one")], env=environment(), cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     two = torchrun(root, "two")
