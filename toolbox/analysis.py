@@ -598,10 +598,11 @@ def _recipe(row: pd.Series, training: Sequence[str]) -> str:
     """``crd`` or ``crd, epochs=2, max_batches=3``: the configuration's recipe and the training
     flags that differ from the recipe's defaults for its architecture (so the CRD recipe's lower
     learning rate for a MobileNetV2 student is part of the recipe, not a change to it)."""
-    recipe = row["recipe"] if "recipe" in row.index and _isset(row["recipe"]) else "original"
+    recipe, distillation = (row[flag] if flag in row.index and _isset(row[flag]) else default
+                            for flag, default in (("recipe", "original"), ("distillation", "none")))
     defaults = {item.name: item.default for item in dataclasses.fields(Config)}
     if recipe in RECIPES:
-        defaults.update(recipe_defaults(recipe, row["student"], row["distillation"]))
+        defaults.update(recipe_defaults(recipe, row["student"], distillation))
     changes = [f"{f}={format_value(row[f] if _isset(row[f]) else None)}"
                for f in training if f != "recipe" and (row[f] if _isset(row[f]) else None) != defaults.get(f, ABSENT)]
     return ", ".join([recipe, *changes])
@@ -734,7 +735,10 @@ def benchmark_table(runs: Runs | pd.DataFrame, statistic: str = "last", dataset:
     if statistic not in BENCHMARK_STATISTICS:
         raise UsageError(f"statistic must be one of {', '.join(BENCHMARK_STATISTICS)}; got {statistic!r}")
     summary = summarize(runs) if isinstance(runs, Runs) else runs
-    cells, rows, columns = _cells(_select(summary, dataset, where))
+    selected = _select(summary, dataset, where)
+    if selected.empty:  # no run of this data set (its summary may lack the method columns)
+        return pd.DataFrame(dtype=object, index=pd.Index([], name="method"))
+    cells, rows, columns = _cells(selected)
     column = BENCHMARK_STATISTICS[statistic][0]
     table = pd.DataFrame("", index=pd.Index(rows, name="method"), columns=columns, dtype=object)
     for (row, pair), config in cells.items():
