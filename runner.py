@@ -184,8 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--account", default=env("TD_ACCOUNT", ""), help="TD_ACCOUNT; the PBS project (default: the cluster's)")
     jobs.add_argument("--time", type=_time_limit, default=env("TD_TIME", ""), help="TD_TIME; [D-]HH:MM:SS per job (default: the partition's)")
     jobs.add_argument("--gpus", type=_count, default=env("TD_GPUS", "1"), help="TD_GPUS; 0 asks for none (default: %(default)s)")
-    jobs.add_argument("--cpus", type=_positive, default=env("TD_CPUS", "4"), help="TD_CPUS (default: %(default)s)")
-    jobs.add_argument("--mem", type=_memory, default=env("TD_MEM", "16G"), help="TD_MEM (default: %(default)s)")
+    jobs.add_argument("--cpus", type=_positive, default=env("TD_CPUS", "4"), help="TD_CPUS; per training process (default: %(default)s)")
+    jobs.add_argument("--mem", type=_memory, default=env("TD_MEM", "16G"), help="TD_MEM; per training process (default: %(default)s)")
+    jobs.add_argument("--nodes", type=_positive, default=env("TD_NODES", "1"),
+                      help="TD_NODES; nodes per run: with --gpus_per_node, each run trains data-parallel over "
+                      "nodes x gpus_per_node processes (SLURM only; README, Many GPUs and nodes) (default: %(default)s)")
+    jobs.add_argument("--gpus_per_node", type=_positive, default=env("TD_GPUS_PER_NODE", "1"),
+                      help="TD_GPUS_PER_NODE; training processes per node, one GPU each (CPU processes talking through "
+                      "gloo with --gpus 0); --batch_size stays the global batch (default: %(default)s)")
     jobs.add_argument("--signal_seconds", type=_count, default=env("TD_SIGNAL_SECONDS", "300"),
                       help="TD_SIGNAL_SECONDS; SLURM warns a job this long before its time limit: it stops and "
                       "requeues itself, to resume from its last epoch; 0: no warning (default: %(default)s)")
@@ -285,9 +291,25 @@ def prepare_data(runs: list, workdir: Path) -> None:
 
 
 def job_settings(args: argparse.Namespace) -> JobSettings:
-    resources = Resources(args.partition, args.account, args.time, args.gpus, args.cpus, args.mem, args.signal_seconds)
+    resources = Resources(args.partition, args.account, args.time, args.gpus, args.cpus, args.mem, args.signal_seconds,
+                          args.nodes, args.gpus_per_node)
+    if resources.ranks > 1 and args.gpus > 1:
+        raise UsageError(f"--gpus {args.gpus} with --nodes/--gpus_per_node: each process gets one GPU; pass --gpus 1 "
+                         "(the default), or 0 for CPU processes, and the GPUs per node with --gpus_per_node")
     python = args.python or ("python" if args.env_setup else sys.executable)
     return JobSettings(resources, python, args.env_setup)
+
+
+def check_ranks(runs: list, settings: JobSettings, scheduler: Scheduler) -> None:
+    """Several processes per run: refused before anything is submitted where the scheduler cannot
+    start them, or where a run's global batch has fewer samples than processes."""
+    scheduler.launcher(settings.resources)
+    ranks = settings.resources.ranks
+    small = next((run for run in runs if run.config.batch_size < ranks), None)
+    if small is not None:
+        raise UsageError(f"--batch_size {small.config.batch_size} of {small.name} is the global batch: with {ranks} "
+                         "processes (--nodes x --gpus_per_node) it needs at least one sample each; pass a larger "
+                         "--batch_size or fewer processes")
 
 
 def make_scheduler(args: argparse.Namespace) -> Scheduler:
@@ -334,6 +356,7 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
             print(status_table(runs, scheduler))
             return 0
         settings = job_settings(args)
+        check_ranks(runs, settings, scheduler)
         if args.dry_run:
             print(grid_table(runs, axes))
         else:  # data before jobs: compute nodes may have no internet, and many jobs start at once

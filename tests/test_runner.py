@@ -274,6 +274,38 @@ def test_rendered_job_matches_golden_file(scheduler: Scheduler, golden: str) -> 
     assert text == (GOLDEN / golden).read_text()
 
 
+def test_multi_node_job_matches_golden_file() -> None:
+    """Two nodes of four GPUs: one srun task per GPU, their ranks from SLURM, the rendezvous on the
+    first node, --cpus and the GPU per process, --mem per process times four per node."""
+    resources = dataclasses.replace(GOLDEN_SETTINGS.resources, nodes=2, ranks_per_node=4)
+    text = sweep.render_job(golden_run(), SlurmScheduler("someone"), dataclasses.replace(GOLDEN_SETTINGS, resources=resources))
+    if os.environ.get("UPDATE_GOLDEN"):
+        (GOLDEN / "slurm_multinode.job").write_text(text)
+    assert text == (GOLDEN / "slurm_multinode.job").read_text()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--scheduler", "pbs", "--gpus_per_node", "2"], "--scheduler pbs starts one process per run; --nodes 1 --gpus_per_node 2 needs --scheduler slurm"),
+    (["--scheduler", "local", "--nodes", "2"], "--scheduler local starts one process per run; --nodes 2 --gpus_per_node 1 needs --scheduler slurm"),
+    (["--nodes", "2", "--gpus", "2"], "--gpus 2 with --nodes/--gpus_per_node: each process gets one GPU"),
+    (["--nodes", "16", "--gpus_per_node", "8", "--batch_size", "64"], "is the global batch: with 128 processes (--nodes x --gpus_per_node) it needs at least one sample each"),
+    (["--nodes", "0"], "argument --nodes: must be 1 or more; got '0'"),
+])
+def test_several_processes_are_refused_where_they_cannot_run(cli, experiments: Path, flags: list[str], message: str) -> None:
+    scheduler = None if "--scheduler" in flags else FakeSlurm()  # pbs, local: runner.py's own
+    status, _, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), *flags], scheduler)
+    assert status == 2 and err.count("\n") == 1 and message in err, err
+    assert not experiments.exists() and not (scheduler and scheduler.submitted)
+
+
+def test_processes_per_run_come_from_the_environment(cli, experiments: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TD_NODES", "3")
+    monkeypatch.setenv("TD_GPUS_PER_NODE", "2")
+    status, out, _ = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), "--dry_run"], FakeSlurm())
+    assert status == 0 and "#SBATCH --nodes=3\n#SBATCH --ntasks-per-node=2\n#SBATCH --gpus-per-node=2\n" in out
+    assert "export WORLD_SIZE=6 MASTER_ADDR=" in out
+
+
 def test_empty_values_leave_their_directives_out() -> None:
     settings = sweep.JobSettings(Resources(gpus=0, signal_seconds=0), python="python")
     slurm = sweep.render_job(golden_run(), SlurmScheduler("someone"), settings)

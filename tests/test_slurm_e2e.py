@@ -4,7 +4,7 @@ not submitted twice; a job cancelled mid-run is resubmitted by the next runner.p
 from its last.pt; a job warned with USR1 (as before its time limit) requeues itself and resumes.
 
 Skipped, with the reason, only where this machine cannot run SLURM (not root, no way to install
-it); with CI=true it fails instead. About a minute and a half on 2 cores.
+it); with CI=true it fails instead. About two and a half minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -154,4 +154,34 @@ def test_interrupted_jobs_resume_from_their_checkpoint(slurm: SlurmScheduler, ex
         assert metrics(run)["epochs"] == 3 and len(metrics(run)["test_acc"]) == 3
         assert re.search(r"resuming .* after epoch [12] of 3", log(run, job)), log(run, job)
     assert f"requeueing job {second} to resume" in log(warned, second)
+    assert "submitted 0" in runner(experiments, *grid)
+
+
+def test_two_process_run_stops_requeues_and_finishes(slurm: SlurmScheduler, experiments: Path) -> None:
+    """runner.py --gpus_per_node 2 (--gpus 0: two CPU processes through gloo): srun starts both
+    ranks, USR1 before the time limit stops both at the same step, the job requeues itself and the
+    two ranks resume from rank 0's last.pt; the finished folder holds what a one-process run's does."""
+    teacher = experiments.parent / "untrained-teacher-ddp.pth"
+    torch.save({"weights": build_model("ResNetBaby", 10).state_dict()}, teacher)
+    grid = [*TINY, "--study", "ranks", "--epochs", "2", "--batch_size", "8", "--distillations", "featuremap",
+            "--runs", "1", "--gpus_per_node", "2", *TRAINING, "--max_batches", "120", "--teacher_checkpoint", str(teacher)]
+    run = experiments / f"ranks/{PAIR}/featuremap/epochs=2,batch_size=8,max_batches=120/seed0"
+
+    assert "#SBATCH --ntasks-per-node=2" in runner(experiments, "--dry_run", *grid)
+    runner(experiments, *grid)
+    job = job_id(run)
+    wait_until(lambda: (run / "last.pt").exists(), "the first epoch of the two-process run", timeout=400)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    wait_until(lambda: "requeueing job" in log(run, job), "the two-process job to requeue itself")
+    wait_for_jobs(slurm, [job])
+
+    out = log(run, job)
+    assert (run / "metrics.json").exists(), out
+    assert metrics(run)["epochs"] == 2 and len(metrics(run)["test_acc"]) == 2
+    assert "on 2 processes (cpu)" in out and out.count("Exited with exit code 75") == 2, out
+    assert re.search(r"resuming .* after epoch 1 of 2", out), out
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    assert sorted(path.name for path in run.iterdir()) == sorted(
+        [".lock", "Accuracy.png", "Loss.png", "ResNetBaby.pth", "config.json", "job.json", "last.pt", "metrics.json", "run.job",
+         f"slurm-{job}.out", "train.log"])
     assert "submitted 0" in runner(experiments, *grid)

@@ -45,6 +45,18 @@ class Resources:
     cpus: int = 4
     mem: str = "16G"  # <number><K|M|G|T>
     signal_seconds: int = 300  # SLURM: USR1 this long before the time limit
+    nodes: int = 1
+    ranks_per_node: int = 1  # training processes per node, one GPU each (none when gpus is 0)
+
+    @property
+    def ranks(self) -> int:
+        """The run's processes: more than one trains it data-parallel (toolbox/distributed.py)."""
+        return self.nodes * self.ranks_per_node
+
+
+def scaled_memory(memory: str, factor: int) -> str:
+    """``16G`` times ``factor``, in the same unit: a node's memory for ``factor`` processes."""
+    return f"{int(memory[:-1]) * factor}{memory[-1]}" if memory else ""
 
 
 def walltime_hours(time_limit: str) -> str:
@@ -102,6 +114,15 @@ class Scheduler(ABC):
         """Values of this scheduler's header placeholders in run.job."""
         return {}
 
+    def launcher(self, resources: Resources) -> list[str]:
+        """What starts the training's processes, before its command: nothing for one process. A
+        scheduler that cannot start several refuses them."""
+        if resources.ranks > 1:
+            raise UsageError(f"--scheduler {self.name} starts one process per run; --nodes {resources.nodes} "
+                             f"--gpus_per_node {resources.ranks_per_node} needs --scheduler slurm, or torchrun in a job "
+                             "script of your own (README, Many GPUs and nodes)")
+        return []
+
     @abstractmethod
     def submit(self, script: Path, dependency: Optional[str] = None) -> str:
         """Queue ``script``, to start only once job ``dependency`` has succeeded; the job id."""
@@ -136,16 +157,35 @@ class SlurmScheduler(Scheduler):
         self.user = user
 
     def header_values(self, resources: Resources, run_dir: Path) -> dict[str, str]:
+        several = resources.ranks > 1
         return {
             "slurm_log": str(run_dir / "slurm-%j.out"),
             "time": resources.time,
             "partition": resources.partition,
             "account": resources.account,
-            "gpus": str(resources.gpus or ""),
-            "cpus": str(resources.cpus or ""),
-            "mem": resources.mem,
+            "gpus": str(resources.gpus or "") if not several else "",
+            "nodes": str(resources.nodes) if several else "",
+            "tasks_per_node": str(resources.ranks_per_node) if several else "",
+            "gpus_per_node": str(resources.ranks_per_node) if several and resources.gpus else "",
+            "cpus": str(resources.cpus or ""),  # per task: one task per process
+            "mem": scaled_memory(resources.mem, resources.ranks_per_node),  # per node
             "signal_seconds": str(resources.signal_seconds or ""),
+            "world_size": str(resources.ranks) if several else "",
+            # srun ends its tasks at once on TERM, but passes USR1 on to every task: the training
+            # stops alike on both, and the job script alone decides whether to requeue.
+            "stop_signal": "USR1" if several else "TERM",
         }
+
+    def launcher(self, resources: Resources) -> list[str]:
+        """Several processes: srun starts one task per process on every node (SLURM's way for MPI
+        and PyTorch alike), and each becomes a rank of PyTorch's env:// rendezvous, which run.job
+        points at the job's first node. ``--wait``: a minute after one task has ended srun ends
+        the others, which might wait for a dead rank in a GPU collective for long; ranks that stop
+        or finish leave together (not ``--kill-on-bad-exit``: 75, a clean stop, counts as bad)."""
+        if resources.ranks == 1:
+            return []
+        as_rank = 'export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID" LOCAL_WORLD_SIZE="$SLURM_NTASKS_PER_NODE"; exec "$@"'
+        return ["srun", "--wait=60", "bash", "-c", as_rank, "rank"]
 
     def submit(self, script: Path, dependency: Optional[str] = None) -> str:
         # kill-on-invalid-dep: if the teacher fails, its students leave the queue instead of

@@ -228,12 +228,15 @@ def job_name(run_name: str) -> str:
 
 
 def render_job(run: Run, scheduler: Scheduler, settings: JobSettings) -> str:
-    command = [settings.python, str(settings.workdir / "tucker_distillation.py"), *run.flags]
+    command = [*scheduler.launcher(settings.resources), settings.python, str(settings.workdir / "tucker_distillation.py"),
+               *run.flags]
     values = {
         "job_name": job_name(run.name),
         "workdir": str(settings.workdir),
         "env_setup": settings.env_setup,
         "command": shlex.join(command),
+        "world_size": "",
+        "stop_signal": "TERM",
         **scheduler.header_values(settings.resources, run.path),
     }
     return render(settings.template, scheduler.directive, values)

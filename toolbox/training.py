@@ -295,6 +295,8 @@ class Trainer:
             stopping = world.any(stop.signal is not None)  # every rank stops after the same step
             if stopping or (config.checkpoint_every and batch % config.checkpoint_every == 0 and batch < n_batches):
                 self.save_position(at(batch))
+            if stopping:  # all ranks leave together, once the writer has saved: a launcher that ends the
+                world.barrier()  # others when one exits never cuts the writer off mid-save
             check_stop(stop, self.run, self.epoch, batch, stopping)
         return at(n_batches).means()
 
@@ -475,7 +477,8 @@ def train(config: Config) -> dict[str, Any]:
             starting = f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}{within}"
         else:
             what = config.student if trainer.teacher is None else f"{config.teacher} -> {config.student}"
-            starting = f"training {run.path} on {trainer.device} ({config.distillation}: {what})"
+            where = f"{world.size} processes ({trainer.device.type})" if world.distributed else trainer.device
+            starting = f"training {run.path} on {where} ({config.distillation}: {what})"
         if world.is_writer:
             previous = run.read_json(run.config) if state is not None else None  # keep the environment the run started in
             atomic_write_json(run.config, {  # the flags as they are now (a moved teacher's new path)
