@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 ERROR_TOLERANCE = 1e-5
@@ -104,3 +105,15 @@ def test_bench_imagenet_share_quick(tmp_path: Path) -> None:
     assert step["pair"] == "resnet34 -> resnet18" and step["tucker_share"] == pytest.approx(
         step["tucker_loss_ms"] / step["tucker_step_ms"])
     assert "of a resnet34 -> resnet18 step at batch 2 on cpu" in report["headline"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch was built without torch.distributed")
+def test_bench_ranks_quick(tmp_path: Path) -> None:
+    stdout, report = run_benchmark("bench_ranks.py", tmp_path / "ranks.json", "--repeats", "1")
+    rows = check_common(stdout, report)
+    assert [(row["candidate"], row["processes"], row["threads"]) for row in rows] == [
+        ("one process", 1, 2), ("torchrun, 1 rank", 1, 2), ("torchrun, 2 ranks", 2, 1)]
+    assert rows[0]["vs_one_process"] == 1.0
+    for row in rows:
+        assert row["step_ms"] > 0 and row["images_per_s"] == pytest.approx(16 / (row["step_ms"] / 1000))
+    assert "2 ranks take" in report["headline"]
