@@ -131,6 +131,24 @@ def test_workers_give_the_same_batches(tiny: Path) -> None:
     assert_same_batches(in_process, with_workers)
 
 
+def test_two_ranks_share_each_global_batch_of_one_process(tiny: Path) -> None:
+    """Rank 0's part of every global batch, then rank 1's, is one process's batch: the same samples,
+    in the same order, with the same augmentation (also resumed mid-epoch); evaluation splits the
+    files between the ranks without overlap."""
+    train, test = tiny_imagenet_datasets(tiny)
+    one = epoch(image_loader(train, 5, train=True, seed=3, device=CPU, workers=0), 1)
+    for start_batch in (0, 1):
+        parts = [epoch(image_loader(train, 5, train=True, seed=3, device=CPU, workers=0, rank=rank, ranks=2), 1,
+                       start_batch=start_batch) for rank in (0, 1)]
+        assert [len(batch[2]) for batch in parts[0]] == [3, 3, 1][start_batch:]  # the first rank takes the odd sample
+        joined = [tuple(torch.cat(pair) for pair in zip(first, second)) for first, second in zip(*parts)]
+        assert_same_batches(joined, one[start_batch:])
+    shares = [torch.cat([labels for _, labels in image_loader(test, 4, train=False, seed=0, device=CPU, workers=0,
+                                                             rank=rank, ranks=2)]) for rank in (0, 1)]
+    whole = torch.cat([labels for _, labels in image_loader(test, 4, train=False, seed=0, device=CPU, workers=0)])
+    assert torch.equal(torch.cat(shares), whole) and all(len(part) > 0 for part in shares)
+
+
 def test_evaluation_batches_are_in_file_order(imagenet: Path) -> None:
     _, val = imagenet_datasets(imagenet)
     batches = list(image_loader(val, 3, train=False, seed=0, device=CPU, workers=0))
