@@ -8,7 +8,7 @@
 Each run lives in ``experiments/<experiment_name>/`` (config.json, last.pt, <Arch>.pth, Loss.png,
 Accuracy.png, train.log, and metrics.json once finished). Rerunning an unfinished run resumes it; rerunning a
 finished one does nothing (after checking that it was trained with these flags). Exit status: 0 done,
-2 bad input, 1 diverged, 75 stopped by SIGUSR1/SIGTERM (rerun to resume), 74 a write failed. Every
+2 bad input, 1 diverged (or another rank died), 75 stopped by SIGUSR1/SIGTERM (rerun to resume), 74 a write failed. Every
 flag, its default and its meaning: ``--help``.
 """
 

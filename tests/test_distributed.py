@@ -118,35 +118,32 @@ def wait_for(path: Path, text: str, process: subprocess.Popen, timeout: float = 
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
-def rank_of(pid: int) -> int:
-    return int(dict(line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in line)["RANK"])
-
-
-def children(pid: int) -> list[int]:
-    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()]
-
-
 def test_stopped_and_killed_runs_resume_to_the_uninterrupted_one(runs: Path) -> None:
     """SIGUSR1 to rank 1 alone stops both ranks after the same step with status 75 (ranks started
-    as torchrun starts them, to read each one's status); then kill -9 of rank 1 under torchrun
-    fails the job; the next run resumes and ends where the uninterrupted one did."""
-    port, log = str(free_port()), runs / "runs" / "stopped" / "train.log"
-    ranks = [subprocess.Popen([sys.executable, *command(runs, "stopped", "--log_every", "1")], cwd=REPO,
-                              env={**environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    as torchrun starts them, to read each one's status); then kill -9 of rank 1 makes rank 0 fail
+    with one line; the next run, under torchrun, resumes and ends where the uninterrupted one did."""
+    log = runs / "runs" / "stopped" / "train.log"
+
+    def start_ranks() -> list[subprocess.Popen]:
+        port = str(free_port())
+        return [subprocess.Popen([sys.executable, *command(runs, "stopped", "--log_every", "1")], cwd=REPO,
+                                 env={**environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                                      "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+
+    ranks = start_ranks()
     wait_for(log, "step 1/3", ranks[0])
     ranks[1].send_signal(signal.SIGUSR1)
     errors = [rank.communicate(timeout=60)[1] for rank in ranks]
     assert [rank.returncode for rank in ranks] == [75, 75], errors
     assert "error: stopped by signal on another rank" in errors[0] and errors[1] == "", errors
 
-    job = torchrun(runs, "stopped", "--log_every", "1")
-    wait_for(log, "step 3/3", job)
-    os.kill(next(pid for pid in children(job.pid) if rank_of(pid) == 1), signal.SIGKILL)
-    output = job.communicate(timeout=60)[0]
-    assert job.returncode != 0, output
+    ranks = start_ranks()
+    wait_for(log, "step 3/3", ranks[0])
+    ranks[1].kill()
+    error = ranks[0].communicate(timeout=60)[1]
+    assert ranks[0].returncode == 1 and error.count("\n") == 1, error
+    assert error.startswith("error: rank 0 lost another rank of this run (") and "rerun the same command" in error
 
     job = torchrun(runs, "stopped")
     output = job.communicate(timeout=120)[0]

@@ -312,12 +312,31 @@ def main_guard(run, *args) -> int:
         return error.exit_code
     except BrokenPipeError:  # not a failed write of the run's: quiet_on_closed_pipe ends the script
         raise
+    except RuntimeError as error:
+        if not lost_rank(error):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"error: rank {os.environ.get('RANK', '0')} lost another rank of this run ({first_line[-200:]}); the run "
+              "folder holds its last save: rerun the same command to resume", file=sys.stderr)
+        return 1
     except OSError as error:  # a full disk, a folder that became read-only, ...
         if speaks:
             print(f"error: {os_error_line(error)}; fix that (free space, permissions) and rerun the same "
                   f"command: the run resumes from its last completed epoch", file=sys.stderr)
         return IO_ERROR
     return 0
+
+
+def lost_rank(error: RuntimeError) -> bool:
+    """Whether ``error`` is a collective failing because another rank of a data-parallel run died
+    (gloo and NCCL raise RuntimeErrors): every survivor then says so in one line, not a traceback."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    import torch.distributed
+
+    text = str(error)
+    return isinstance(error, torch.distributed.DistError) or any(
+        clue in text for clue in ("Connection reset by peer", "Connection closed by peer", "NCCL", "gloo"))
 
 
 def os_error_line(error: OSError) -> str:
