@@ -192,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--gpus_per_node", type=_positive, default=env("TD_GPUS_PER_NODE", "1"),
                       help="TD_GPUS_PER_NODE; training processes per node, one GPU each (CPU processes talking through "
                       "gloo with --gpus 0); --batch_size stays the global batch (default: %(default)s)")
+    jobs.add_argument("--runs_per_gpu", type=_positive, default=env("TD_RUNS_PER_GPU", "1"),
+                      help="TD_RUNS_PER_GPU; runs trained side by side in one job on one GPU, each in its own folder, "
+                      "with --cpus and --mem each (SLURM, PBS; students of one teacher share a job; teachers get one "
+                      "each) (default: %(default)s)")
     jobs.add_argument("--signal_seconds", type=_count, default=env("TD_SIGNAL_SECONDS", "300"),
                       help="TD_SIGNAL_SECONDS; SLURM warns a job this long before its time limit: it stops and "
                       "requeues itself, to resume from its last epoch; 0: no warning (default: %(default)s)")
@@ -292,7 +296,13 @@ def prepare_data(runs: list, workdir: Path) -> None:
 
 def job_settings(args: argparse.Namespace) -> JobSettings:
     resources = Resources(args.partition, args.account, args.time, args.gpus, args.cpus, args.mem, args.signal_seconds,
-                          args.nodes, args.gpus_per_node)
+                          args.nodes, args.gpus_per_node, args.runs_per_gpu)
+    if args.runs_per_gpu > 1 and resources.ranks > 1:
+        raise UsageError(f"--runs_per_gpu {args.runs_per_gpu} packs small runs onto one GPU; a run over "
+                         "--nodes/--gpus_per_node has GPUs of its own: give one of them")
+    if args.runs_per_gpu > 1 and args.scheduler == "local":
+        raise UsageError(f"--runs_per_gpu {args.runs_per_gpu} packs runs into one cluster job; on this machine "
+                         f"--parallel {args.runs_per_gpu} runs them side by side")
     if resources.ranks > 1 and args.gpus > 1:
         raise UsageError(f"--gpus {args.gpus} with --nodes/--gpus_per_node: each process gets one GPU; pass --gpus 1 "
                          "(the default), or 0 for CPU processes, and the GPUs per node with --gpus_per_node")

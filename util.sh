@@ -72,7 +72,7 @@ case "${1:-help}" in
         [ -d "$run" ] || run="${EXPERIMENTS_DIR:-experiments}/$run"
         [ -d "$run" ] || { echo "util.sh: no run folder $run" >&2; exit 2; }
         # shellcheck disable=SC2012  # the log names are the schedulers', without odd characters
-        log=$(ls -t "$run"/slurm-*.out "$run"/*.[oe][0-9]* "$run"/local.out "$run"/train.log 2>/dev/null | head -n 1 || true)
+        log=$(ls -t "$run"/slurm-*.out "$run"/*.[oe][0-9]* "$run"/local.out "$run"/job.out "$run"/train.log 2>/dev/null | head -n 1 || true)
         [ -n "$log" ] || { echo "util.sh: $run has no log yet" >&2; exit 1; }
         echo "==> $log <==" >&2
         exec tail -n 40 "$@" "$log" ;;

@@ -268,7 +268,7 @@ def golden_run() -> sweep.Run:
 @pytest.mark.parametrize("scheduler, golden", [
     (SlurmScheduler("someone"), "slurm.job"), (PbsScheduler("someone"), "pbs.job"), (LocalScheduler(), "local.job")])
 def test_rendered_job_matches_golden_file(scheduler: Scheduler, golden: str) -> None:
-    text = sweep.render_job(golden_run(), scheduler, GOLDEN_SETTINGS)
+    text = sweep.render_job([golden_run()], scheduler, GOLDEN_SETTINGS)
     if os.environ.get("UPDATE_GOLDEN"):
         (GOLDEN / golden).write_text(text)
     assert text == (GOLDEN / golden).read_text()
@@ -278,7 +278,7 @@ def test_multi_node_job_matches_golden_file() -> None:
     """Two nodes of four GPUs: one srun task per GPU, their ranks from SLURM, the rendezvous on the
     first node, --cpus and the GPU per process, --mem per process times four per node."""
     resources = dataclasses.replace(GOLDEN_SETTINGS.resources, nodes=2, ranks_per_node=4)
-    text = sweep.render_job(golden_run(), SlurmScheduler("someone"), dataclasses.replace(GOLDEN_SETTINGS, resources=resources))
+    text = sweep.render_job([golden_run()], SlurmScheduler("someone"), dataclasses.replace(GOLDEN_SETTINGS, resources=resources))
     if os.environ.get("UPDATE_GOLDEN"):
         (GOLDEN / "slurm_multinode.job").write_text(text)
     assert text == (GOLDEN / "slurm_multinode.job").read_text()
@@ -308,12 +308,12 @@ def test_processes_per_run_come_from_the_environment(cli, experiments: Path, mon
 
 def test_empty_values_leave_their_directives_out() -> None:
     settings = sweep.JobSettings(Resources(gpus=0, signal_seconds=0), python="python")
-    slurm = sweep.render_job(golden_run(), SlurmScheduler("someone"), settings)
+    slurm = sweep.render_job([golden_run()], SlurmScheduler("someone"), settings)
     directives = [line for line in slurm.splitlines() if line.startswith("#SBATCH")]
     assert [d.split("=")[0] for d in directives] == [
         "#SBATCH --job-name", "#SBATCH --output", "#SBATCH --cpus-per-task", "#SBATCH --mem", "#SBATCH --requeue",
         "#SBATCH --open-mode"]
-    pbs = sweep.render_job(golden_run(), PbsScheduler("someone"), settings)
+    pbs = sweep.render_job([golden_run()], PbsScheduler("someone"), settings)
     assert [line for line in pbs.splitlines() if line.startswith("#PBS -l")] == ["#PBS -l select=1:ncpus=4:mem=16GB"]
     assert "#PBS -q" not in pbs and "#PBS -P" not in pbs and "#SBATCH" not in pbs
     assert "set -e\nset +e\n" in slurm  # no set-up line
@@ -330,7 +330,7 @@ def test_every_value_reaches_the_training_script_intact(tmp_path: Path) -> None:
     settings = sweep.JobSettings(Resources(), python=str(python))
     for scheduler in (SlurmScheduler("someone"), PbsScheduler("someone")):
         script = tmp_path / "run.job"
-        script.write_text(sweep.render_job(teacher, scheduler, settings))
+        script.write_text(sweep.render_job([teacher], scheduler, settings))
         subprocess.run(["bash", "-n", str(script)], check=True)
     subprocess.run(["bash", str(script)], cwd=tmp_path, check=True, timeout=60)
     assert json.loads((teacher.path / "argv.json").read_text()) == [str(sweep.REPO / "tucker_distillation.py"), *teacher.flags]
@@ -353,7 +353,7 @@ def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
     (run,) = plan(args, extra)
     run.path.mkdir(parents=True)
     script = run.path / "run.job"
-    script.write_text(sweep.render_job(run, SlurmScheduler("someone"), sweep.JobSettings(Resources(), str(python))))
+    script.write_text(sweep.render_job([run], SlurmScheduler("someone"), sweep.JobSettings(Resources(), str(python))))
 
     job = subprocess.Popen(["bash", str(script)], env={**os.environ, "FAKE_TRAINING": training, "SLURM_JOB_ID": "4242"})
     deadline = time.monotonic() + 30
@@ -735,3 +735,70 @@ def test_a_failed_write_is_one_line_with_status_74_and_leaves_no_run_folder(
                                     "fix that (free space, permissions) and run runner.py again\n")
     assert fake.cancelled == ([] if failing == "atomic_write" else ["101"]) and not fake.live
     assert [p.name for p in experiments.rglob("*")] == [".runner.lock"]  # no folder of the run, nor above it
+
+
+# ---------------------------------------------------------------- several runs per job
+
+def test_runs_per_gpu_packs_the_students_of_one_teacher_into_jobs(cli, experiments: Path) -> None:
+    """Five students of a teacher being trained, three per job: the teacher alone, then two jobs
+    after it; each run's job.json names the shared job and its members; the next runner.py submits
+    nothing."""
+    fake = FakeSlurm()
+    argv = [*grid(experiments, "--distillations", "featuremap", "--runs", "5"), "--runs_per_gpu", "3", "--cpus", "2",
+            "--mem", "8G"]
+    status, out, _ = cli(argv, fake)
+
+    assert status == 0, out
+    assert [(script.parent.name, dependency) for script, dependency in fake.submitted] == [
+        ("seed0", None), ("seed0", "101"), ("seed3", "101")]  # the teacher's folder is seed0 too
+    first_pack = fake.submitted[1][0].read_text()
+    assert "#SBATCH --cpus-per-task=6\n#SBATCH --mem=24G\n" in first_pack and "trainings=3\n" in first_pack
+    assert first_pack.count("start /") == 3 and f"{FEATUREMAP}/seed2/job.out /" in first_pack
+    for seed, job_id in ((0, "102"), (1, "102"), (2, "102"), (3, "103"), (4, "103")):
+        job = json.loads((experiments / FEATUREMAP / f"seed{seed}/job.json").read_text())
+        assert job["job_id"] == job_id and len(job["pack"]) == (3 if seed < 3 else 2)
+    assert "submitted 6 (teachers: 1)" in out
+    assert "submitted 0 (teachers: 0)" in cli(argv, fake)[1]
+
+
+def test_a_pack_job_stops_every_run_and_reports_the_worst_status(tmp_path: Path, experiments: Path) -> None:
+    """USR1 reaches both trainings of a two-run job, which exits 75 and requeues; trainings that fail
+    fail the job with their status, each run's output in its own job.out."""
+    scontrol_log = tmp_path / "scontrol.log"
+    python = tmp_path / "python"
+    python.write_text(FAKE_TRAINING)
+    python.chmod(0o755)
+    args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "2"))
+    runs = plan(args, extra)
+    for run in runs:
+        run.path.mkdir(parents=True)
+    script = runs[0].path / "run.job"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    tool(fake_bin, "scontrol", f'echo "$*" >> {scontrol_log}\n')
+    script.write_text(sweep.render_job(runs, SlurmScheduler("someone"), sweep.JobSettings(Resources(), str(python))))
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
+
+    job = subprocess.Popen(["bash", str(script)], env={**env, "FAKE_TRAINING": "wait"})
+    deadline = time.monotonic() + 30
+    while not all((run.path / "ready").exists() for run in runs):
+        assert time.monotonic() < deadline and job.poll() is None, "the stand-in trainings never started"
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)
+    assert job.wait(timeout=30) == 75
+    assert [(run.path / "signal.txt").read_text() for run in runs] == ["SIGUSR1", "SIGUSR1"]
+    assert scontrol_log.read_text() == "requeue 4242\n"
+
+    done = subprocess.run(["bash", str(script)], env={**env, "FAKE_TRAINING": "finish"}, timeout=60)
+    assert done.returncode == 3  # the stand-in students find no teacher weights
+    assert all((run.path / "job.out").exists() for run in runs)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--runs_per_gpu", "2", "--gpus_per_node", "2"], "--runs_per_gpu 2 packs small runs onto one GPU; a run over --nodes/--gpus_per_node"),
+    (["--runs_per_gpu", "4", "--scheduler", "local"], "on this machine --parallel 4 runs them side by side"),
+])
+def test_runs_per_gpu_is_refused_where_it_cannot_work(cli, experiments: Path, flags: list[str], message: str) -> None:
+    status, _, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), *flags], FakeSlurm())
+    assert status == 2 and err.count("\n") == 1 and message in err, err
+    assert not experiments.exists()

@@ -185,3 +185,22 @@ def test_two_process_run_stops_requeues_and_finishes(slurm: SlurmScheduler, expe
         [".lock", "Accuracy.png", "Loss.png", "ResNetBaby.pth", "config.json", "job.json", "last.pt", "metrics.json", "run.job",
          f"slurm-{job}.out", "train.log"])
     assert "submitted 0" in runner(experiments, *grid)
+
+
+def test_runs_share_a_job_and_are_not_submitted_twice(slurm: SlurmScheduler, experiments: Path) -> None:
+    """runner.py --runs_per_gpu 2: two students in one job (one CPU each), each with its own folder,
+    log and metrics; the next runner.py submits nothing."""
+    teacher = experiments.parent / "untrained-teacher-pack.pth"
+    torch.save({"weights": build_model("ResNetBaby", 10).state_dict()}, teacher)
+    grid = [*TINY, "--study", "packed", "--epochs", "2", "--batch_size", "64", "--distillations", "featuremap", "kd",
+            "--runs", "1", "--runs_per_gpu", "2", *TRAINING, "--max_batches", "3", "--teacher_checkpoint", str(teacher)]
+    runs = [experiments / f"packed/{PAIR}/{method}/{SMALL}/seed0" for method in ("featuremap", "kd")]
+
+    runner(experiments, *grid)
+    job = job_id(runs[0])
+    assert job_id(runs[1]) == job
+    wait_for_jobs(slurm, [job])
+    for run in runs:
+        assert (run / "metrics.json").exists(), (run / "job.out").read_text()
+        assert metrics(run)["epochs"] == 2 and "best test accuracy" in (run / "job.out").read_text()
+    assert "submitted 0" in runner(experiments, *grid)

@@ -44,12 +44,14 @@ METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"
 JOB_FILE = "job.json"
 SCRIPT_FILE = "run.job"
+PACKED_LOG = "job.out"
+"""The output of a run trained beside others in one job (runner.py --runs_per_gpu)."""
 LOG_FILE = "train.log"
 PLOTS = ("Loss.png", "Accuracy.png")
 TEACHER_SEED = 0
 QUIET_S = 60
 """A folder with a file changed more recently than this may belong to a run that is starting."""
-LAUNCH_FILES = re.compile(r"slurm-\d+\.out|td\.[A-Za-z0-9_.-]+\.[oe]\d+(\.\S+)?|local\.out|run\.job|job\.json|\.(run\.job|job\.json)\.\d+\.tmp")
+LAUNCH_FILES = re.compile(r"slurm-\d+\.out|td\.[A-Za-z0-9_.-]+\.[oe]\d+(\.\S+)?|local\.out|job\.out|run\.job|job\.json|\.(run\.job|job\.json)\.\d+\.tmp")
 """What runner.py puts in a run folder before its training starts: the job script, its record (and the
 temporary files of their atomic writes, which a job that starts at once may see), its logs."""
 _HELD: set[str] = set()

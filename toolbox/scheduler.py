@@ -47,11 +47,22 @@ class Resources:
     signal_seconds: int = 300  # SLURM: USR1 this long before the time limit
     nodes: int = 1
     ranks_per_node: int = 1  # training processes per node, one GPU each (none when gpus is 0)
+    runs_per_job: int = 1  # runs trained side by side on the job's GPU
 
     @property
     def ranks(self) -> int:
         """The run's processes: more than one trains it data-parallel (toolbox/distributed.py)."""
         return self.nodes * self.ranks_per_node
+
+    @property
+    def job_cpus(self) -> int:
+        """CPUs per task: ``cpus`` for each of the runs sharing the job."""
+        return self.cpus * self.runs_per_job
+
+    @property
+    def node_memory(self) -> str:
+        """``mem`` for each process on a node."""
+        return scaled_memory(self.mem, self.ranks_per_node * self.runs_per_job)
 
 
 def scaled_memory(memory: str, factor: int) -> str:
@@ -167,8 +178,8 @@ class SlurmScheduler(Scheduler):
             "nodes": str(resources.nodes) if several else "",
             "tasks_per_node": str(resources.ranks_per_node) if several else "",
             "gpus_per_node": str(resources.ranks_per_node) if several and resources.gpus else "",
-            "cpus": str(resources.cpus or ""),  # per task: one task per process
-            "mem": scaled_memory(resources.mem, resources.ranks_per_node),  # per node
+            "cpus": str(resources.job_cpus or ""),  # per task: one task per process
+            "mem": resources.node_memory,
             "signal_seconds": str(resources.signal_seconds or ""),
             "world_size": str(resources.ranks) if several else "",
             # srun ends its tasks at once on TERM, but passes USR1 on to every task: the training
@@ -237,9 +248,9 @@ class PbsScheduler(Scheduler):
         self.user = user
 
     def header_values(self, resources: Resources, run_dir: Path) -> dict[str, str]:
-        select = f"1:ncpus={resources.cpus or 1}"
+        select = f"1:ncpus={resources.job_cpus or 1}"
         if resources.mem:
-            select += f":mem={resources.mem}B"
+            select += f":mem={resources.node_memory}B"
         if resources.gpus:
             select += f":ngpus={resources.gpus}"
         return {

@@ -19,7 +19,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 from toolbox.choices import MODELS
 from toolbox.config import RUNTIME_FIELDS, Config, parse_config
@@ -27,7 +27,7 @@ from toolbox.errors import UsageError
 from toolbox.methods import DISTILLERS
 from toolbox.naming import format_value, validate_experiment_name
 from toolbox.rundir import (CONFIG_FILE, CONFLICTING, CORRUPT, FAILED, FINISHED, JOB_FILE, LAST_CHECKPOINT, LOCK_FILE, METRICS_FILE,
-                            NOT_STARTED, PENDING, RUNNING, SCRIPT_FILE, TEACHER_SEED, RunDir, RunState,
+                            NOT_STARTED, PACKED_LOG, PENDING, RUNNING, SCRIPT_FILE, TEACHER_SEED, RunDir, RunState,
                             QUIET_S, default_teacher_checkpoint, defining_flags, experiment_name, method_defaulted,
                             open_nofollow, resolve)
 from toolbox.scheduler import Resources, Scheduler, SchedulerError, render
@@ -227,17 +227,21 @@ def job_name(run_name: str) -> str:
     return "td." + re.sub(r"[^A-Za-z0-9_.-]", ".", run_name)
 
 
-def render_job(run: Run, scheduler: Scheduler, settings: JobSettings) -> str:
-    command = [*scheduler.launcher(settings.resources), settings.python, str(settings.workdir / "tucker_distillation.py"),
-               *run.flags]
+def render_job(runs: Sequence[Run], scheduler: Scheduler, settings: JobSettings) -> str:
+    """The job script that trains ``runs`` side by side (more than one: each run's output goes to
+    its own ``job.out``; one: to the job's log)."""
+    launcher = [*scheduler.launcher(settings.resources), settings.python, str(settings.workdir / "tucker_distillation.py")]
+    starts = [shlex.join(["start", str(run.path / PACKED_LOG) if len(runs) > 1 else "", *launcher, *run.flags])
+              for run in runs]
     values = {
-        "job_name": job_name(run.name),
+        "job_name": job_name(runs[0].name) + (f".and{len(runs) - 1}" if len(runs) > 1 else ""),
         "workdir": str(settings.workdir),
         "env_setup": settings.env_setup,
-        "command": shlex.join(command),
+        "command": "; ".join(starts),
+        "trainings": str(len(runs)),
         "world_size": "",
         "stop_signal": "TERM",
-        **scheduler.header_values(settings.resources, run.path),
+        **scheduler.header_values(dataclasses.replace(settings.resources, runs_per_job=len(runs)), runs[0].path),
     }
     return render(settings.template, scheduler.directive, values)
 
@@ -277,6 +281,7 @@ class Submitter:
         self.live = self._live_jobs()
         self.queued = len(self.live)
         self.new_jobs: dict[str, str] = {}  # run name -> job submitted now
+        self.packs: dict[Optional[str], list[Run]] = {}  # runs to share a job, by the job they wait for
         self.broken_teachers: dict[str, str] = {}  # teacher run name -> why it cannot be submitted
         self.summary = Summary()
 
@@ -309,12 +314,33 @@ class Submitter:
         else:
             try:
                 dependency = self.teacher_job(run) if run.teacher else None
-                self.submit(run, dependency)
-            except QueueFull:
-                self.summary.held_back += 1
             except SchedulerError as error:
                 self.summary.failed.append((run.name, str(error)))
                 self.out(f"{'failed':<12} {run.name}: {error}")
+                return
+            pack = self.packs.setdefault(dependency, [])
+            pack.append(run)
+            if len(pack) == self.settings.resources.runs_per_job:
+                self.submit_pack(dependency)
+
+    def submit_pack(self, dependency: Optional[str]) -> None:
+        """Submit the runs waiting for ``dependency`` as one job (runs of one teacher share a job,
+        so that none waits for a teacher it does not need)."""
+        runs = self.packs.pop(dependency)
+        try:
+            self.submit(runs, dependency)
+        except QueueFull:
+            self.summary.held_back += len(runs)
+        except SchedulerError as error:
+            for run in runs:
+                self.summary.failed.append((run.name, str(error)))
+                self.out(f"{'failed':<12} {run.name}: {error}")
+
+    def finish(self) -> None:
+        """Submit the last, smaller packs; where the scheduler runs the jobs itself, wait for them."""
+        for dependency in list(self.packs):
+            self.submit_pack(dependency)
+        self.wait_local()
 
     def teacher_job(self, run: Run) -> Optional[str]:
         """The job ``run`` must wait for: none when its teacher is trained, else the teacher's live
@@ -340,44 +366,50 @@ class Submitter:
         if state in (RUNNING, PENDING):
             return job_id
         try:
-            job_id = self.submit(teacher, None)
+            job_id = self.submit([teacher], None)
         except SchedulerError as error:
             self.broken_teachers[teacher.name] = f"its teacher {teacher.name} failed to submit: {error}"
             raise SchedulerError(self.broken_teachers[teacher.name]) from None
         self.summary.teachers += 1
         return job_id
 
-    def submit(self, run: Run, dependency: Optional[str]) -> str:
+    def submit(self, runs: list[Run], dependency: Optional[str]) -> str:
+        """One job for ``runs``: its script in the first run's folder, a job.json in each."""
         if self.max_queued and self.queued >= self.max_queued:
             raise QueueFull
-        script = render_job(run, self.scheduler, self.settings)
-        resumes = " (resumes from last.pt)" if (run.path / LAST_CHECKPOINT).exists() else ""
+        script = render_job(runs, self.scheduler, self.settings)
         after = f" after job {dependency}" if dependency else ""
+        resumes = [" (resumes from last.pt)" if (run.path / LAST_CHECKPOINT).exists() else "" for run in runs]
         if self.dry_run:
-            job_id = f"dry-run-{len(self.new_jobs) + 1}"
-            self.out(f"{'would submit':<12} {run.name}{after}{resumes}\n{script}")
+            job_id = f"dry-run-{len(set(self.new_jobs.values())) + 1}"
+            self.out("\n".join(f"{'would submit':<12} {run.name}{after}{note}" for run, note in zip(runs, resumes)) + f"\n{script}")
         else:
-            created = list(itertools.takewhile(lambda folder: not folder.exists(), [run.path, *run.path.parents]))
-            script_path = run.path / SCRIPT_FILE
+            script_path = runs[0].path / SCRIPT_FILE
+            created = [folder for run in runs
+                       for folder in itertools.takewhile(lambda folder: not folder.exists(), [run.path, *run.path.parents])]
             try:
-                run.path.mkdir(parents=True, exist_ok=True)
+                for run in runs:
+                    run.path.mkdir(parents=True, exist_ok=True)
                 atomic_write(script_path, lambda tmp: tmp.write_text(script))
                 job_id = self.scheduler.submit(script_path, dependency)
                 try:
-                    atomic_write_json(run.path / JOB_FILE, {
-                        "run": run.name, "job_id": job_id, "scheduler": self.scheduler.name, "dependency": dependency,
-                        "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "script": SCRIPT_FILE,
-                    })
+                    for run in runs:
+                        atomic_write_json(run.path / JOB_FILE, {
+                            "run": run.name, "job_id": job_id, "scheduler": self.scheduler.name, "dependency": dependency,
+                            "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "script": SCRIPT_FILE if run is runs[0] else str(script_path),
+                            **({"pack": [member.name for member in runs]} if len(runs) > 1 else {}),
+                        })
                 except OSError:  # a job no job.json records would be submitted again by the next runner.py
                     self.scheduler.cancel([job_id])
                     raise
             except (SchedulerError, OSError):  # leave no folder that only a run.job says is a run
-                remove_created(script_path, created)
+                remove_created(script_path, runs, sorted(set(created), key=lambda folder: -len(folder.parts)))
                 raise
-            self.out(f"{'submitted':<12} {run.name}  job {job_id}{after}{resumes}")
+            self.out("\n".join(f"{'submitted':<12} {run.name}  job {job_id}{after}{note}" for run, note in zip(runs, resumes)))
         self.queued += 1
-        self.new_jobs[run.name] = job_id
-        self.summary.submitted.append(run.name)
+        for run in runs:
+            self.new_jobs[run.name] = job_id
+            self.summary.submitted.append(run.name)
         return job_id
 
     def wait_local(self) -> None:
@@ -388,12 +420,15 @@ class Submitter:
             self.summary.crashed.append((name, f"exit status {status}, see its local.out"))
 
 
-def remove_created(script_path: Path, created: list[Path]) -> None:
-    """Undo a failed submission: its ``run.job`` and the folders made for it (deepest first), those
-    only; a folder something else was written into meanwhile stays."""
+def remove_created(script_path: Path, runs: list[Run], created: list[Path]) -> None:
+    """Undo a failed submission: its ``run.job``, the job.json files it wrote, and the folders made
+    for it (deepest first), those only; a folder something else was written into meanwhile stays."""
     if not created:
         return
     script_path.unlink(missing_ok=True)
+    for run in runs:
+        if run.path in created:
+            (run.path / JOB_FILE).unlink(missing_ok=True)
     for folder in created:
         with contextlib.suppress(OSError):
             folder.rmdir()
@@ -404,7 +439,7 @@ def submit_grid(runs: list[Run], scheduler: Scheduler, settings: JobSettings, ma
     submitter = Submitter(scheduler, settings, max_queued, dry_run, out)
     for run in runs:
         submitter.visit(run)
-    submitter.wait_local()
+    submitter.finish()
     return submitter.summary
 
 
