@@ -141,6 +141,7 @@ class Config:
     evaluate: Optional[str] = flag(None, "evaluate this checkpoint of --student (ours, the original's or a RepDistiller/mdistiller ckpt_epoch_*.pth) on --dataset's test split, print its accuracy and loss, and exit", type=str)
     workers: Optional[int] = flag(None, "imagenet, tiny-imagenet: DataLoader processes decoding the JPEGs (default: min(8, the CPUs this process may use)); 0 decodes in the training process. CIFAR and digits are kept on the device and need none", type=int)
     log_every: int = flag(100, "print a progress line (step, images/s, losses, the epoch's ETA) every this many training steps; 0: none")
+    tensorboard_every: int = flag(0, "write the cross-entropy and distillation loss of every this many training steps to TensorBoard event files in the run folder's steps/, beside the per-epoch curves that every run writes (README, TensorBoard); they are read from the device only where a progress line or a checkpoint reads it anyway, so a step never waits for them; 0: per-epoch curves only")
     checkpoint_every: int = flag(1000, "save last.pt within an epoch every this many training steps, so that a killed run resumes from there (five times an ImageNet epoch at batch 256; CIFAR and digits epochs have fewer steps, so they save once an epoch); 0: only at the end of each epoch. A stop signal saves where the run stopped either way")
 
     def validate(self) -> None:
@@ -149,7 +150,7 @@ class Config:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be a positive integer; got {value}")
-        for name in ("workers", "log_every", "checkpoint_every"):
+        for name in ("workers", "log_every", "tensorboard_every", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UsageError(f"--{name} must be 0 or a positive integer; got {value}")
@@ -182,7 +183,7 @@ IO_ERROR = 74  # sysexits' EX_IOERR: a write failed (full disk, permissions)
 
 RUNTIME_FIELDS = frozenset(
     {"deterministic", "evaluate", "device", "amp", "compile", "channels_last", "eval_batch_size", "threads", "data_dir", "experiments_dir", "teacher_checkpoint",
-     "workers", "log_every", "checkpoint_every"}
+     "workers", "log_every", "tensorboard_every", "checkpoint_every"}
 )
 """Fields that may differ when a run resumes: they change speed or location, not the experiment."""
 

@@ -473,9 +473,7 @@ def clean(experiments_dir: Path, scheduler: Scheduler, confirm: Callable[[str], 
         run = RunDir(path)
         try:
             with run.locked(wait_s=0):  # a training that started meanwhile keeps its folder
-                files = run.own_files()
-                for file in files:
-                    file.unlink()
+                run.remove_own_files()
         except UsageError as error:
             out(f"kept {path}: {error}")
             continue
