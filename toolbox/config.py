@@ -14,6 +14,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from toolbox.choices import (
@@ -199,8 +200,9 @@ DESCRIPTION = """\
 Train one run: a teacher (--distillation none) or a student distilled from its teacher by one
 method, in its own folder under --experiments_dir, named after the flags that define it. Rerunning
 the same command resumes an unfinished run after its last completed epoch, and does nothing for a
-finished one. The defaults are the original study's (CIFAR-100, ResNet112 -> ResNet56, tucker);
---dataset digits trains offline, in minutes on a CPU."""
+finished one. Flags may also come from a YAML file (--config). The defaults are the original
+study's (CIFAR-100, ResNet112 -> ResNet56, tucker); --dataset digits trains offline, in minutes on
+a CPU. Every run writes TensorBoard curves: tensorboard --logdir experiments."""
 
 EPILOG = """\
 exit status:
@@ -259,11 +261,29 @@ def config_from_namespace(namespace: argparse.Namespace) -> Config:
     return config
 
 
+CONFIG_HELP = ("read training flags from a YAML (or .json) file: keys are the flag names without '--', as in a run's "
+               "config.json, e.g. 'lr: 0.05'; flags given on the command line override the file's. The run is the "
+               "one those flags give on the command line (its folder, its config.json)")
+
+
 def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Config:
-    """Flags to a validated ``Config``; bad input exits with status 2 and a one-line message."""
+    """Flags, and those of a ``--config`` file below them, to a validated ``Config``; bad input
+    exits with status 2 and a one-line message."""
     parser = build_parser(prog)
-    first, _ = parser.parse_known_args(argv)  # the recipe and the student decide the other defaults
-    parser.set_defaults(**recipe_defaults(first.recipe, first.student, first.distillation))
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    first, _ = parser.parse_known_args(argv)
+    from_file: dict[str, Any] = {}
+    if first.config is not None:
+        from toolbox.config_file import read_flags  # PyYAML loads only for a file (and config_file imports this module)
+
+        try:
+            from_file = read_flags(Path(first.config))
+        except UsageError as error:
+            parser.error(str(error))
+        parser.set_defaults(**from_file)
+        first, _ = parser.parse_known_args(argv)
+    # the recipe, the student and the method (from the command line, else the file) decide the other defaults
+    parser.set_defaults(**{**recipe_defaults(first.recipe, first.student, first.distillation), **from_file})
     namespace = parser.parse_args(argv)
     try:
         return config_from_namespace(namespace)
