@@ -2,7 +2,8 @@
 
 ``experiments/<name>/`` holds ``config.json`` (written at the start), ``last.pt`` (resumable state
 after every epoch), ``<Arch>.pth`` (best epoch, ``{"weights": state_dict}``), ``Loss.png`` and
-``Accuracy.png``, and, only once the run has finished, ``metrics.json``. So "metrics.json exists"
+``Accuracy.png``, TensorBoard event files (and ``steps/`` for per-step curves), and, only once the
+run has finished, ``metrics.json``. So "metrics.json exists"
 means "finished", and every tool asks this module, not each other's code.
 
 A folder holds one experiment. Its default name spells out every flag that defines the experiment
