@@ -50,6 +50,7 @@ from toolbox.sweep import (
     status_table,
     submit_grid,
 )
+from toolbox.sweep_file import read_sweep_file
 
 DISTILLATIONS = [name for name in DISTILLERS if name != "none"]
 STUDY: Axes = {  # the original study: 17 configurations
@@ -174,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "repeatable, e.g. --grid beta=50,125,250 --grid lr=0.1,0.05; ':' separates values that contain "
                       "commas (--grid ranks=BATCH_SIZE,32,8,8:BATCH_SIZE,8,8,8); it replaces the flag above that "
                       "sets the same training flag; flags a method does not read are dropped from its runs")
+    grid.add_argument("--config", type=Path, metavar="FILE",
+                      help="training flags for every run from a YAML (or .json) file, as tucker_distillation.py --config "
+                      "reads them, and a grid: section of axes beside --grid (flag: [values], e.g. 'beta: [50, 125]'); "
+                      "a flag that defines a run is an axis of one value; the flags here, --grid and those after '--' "
+                      "override the file's (README, Flags from a file)")
     grid.add_argument("--study", default="", help="sub-folder of --experiments_dir for the students of this grid, e.g. to "
                       "keep a variant with other flags after '--' apart (teachers are shared)")
 
@@ -235,13 +241,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
             raise UsageError(f"--{name} is both a --grid axis and a flag after '--'; give it once")
     if args.study:
         validate_experiment_name(args.study, "--study")
-    return args, extra
+    args.file_axes, file_flags = read_sweep_file(args.config, extra, args.runs is not None) if args.config else ({}, [])
+    return args, [*file_flags, *extra]
 
 
 def grid_axes(args: argparse.Namespace) -> Axes:
-    """The grid's axes: the study's or the benchmark's, the values of the flags above that were
-    given, then each --grid axis (replacing the one for the same flag), seeds last."""
-    axes: Axes = dict(BENCHMARKS[args.benchmark] if args.benchmark else STUDY)
+    """The grid's axes: the study's or the benchmark's, the --config file's, the values of the flags
+    above that were given, then each --grid axis (replacing the one for the same flag), seeds last."""
+    axes: Axes = {**(BENCHMARKS[args.benchmark] if args.benchmark else STUDY), **args.file_axes}
     given = {"dataset": args.dataset, "teacher": args.teacher, "student": args.student, "epochs": args.epochs,
              "batch_size": args.batch_size, "distillation": args.distillations, "ranks": args.ranks_list,
              "recomp_target": args.recomp_targets}

@@ -5,11 +5,14 @@
     python tucker_distillation.py --distillation tucker --ranks BATCH_SIZE,16,8,8 --dataset digits \
         --teacher ResNet20 --student ResNetBaby --epochs 12
 
+    python tucker_distillation.py --config digits-tucker.yaml      # the flags from a YAML file
+
 Each run lives in ``experiments/<experiment_name>/`` (config.json, last.pt, <Arch>.pth, Loss.png,
-Accuracy.png, train.log, and metrics.json once finished). Rerunning an unfinished run resumes it; rerunning a
-finished one does nothing (after checking that it was trained with these flags). Exit status: 0 done,
-2 bad input, 1 diverged (or another rank died), 75 stopped by SIGUSR1/SIGTERM (rerun to resume), 74 a write failed. Every
-flag, its default and its meaning: ``--help``.
+Accuracy.png, train.log, TensorBoard event files, and metrics.json once finished). Rerunning an
+unfinished run resumes it; rerunning a finished one does nothing (after checking that it was
+trained with these flags). Exit status: 0 done, 2 bad input, 1 diverged (or another rank died),
+75 stopped by SIGUSR1/SIGTERM (rerun to resume), 74 a write failed. Every flag, its default and its meaning:
+``--help``.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ case "${1:-help}" in
         printf '%s\n' "${summary[@]}"
         echo "demo finished in $((SECONDS - start)) s; runs are under experiments/digits/"
         echo "what to expect from each method, with error bars: README.md, 'What to expect'"
+        echo "their curves: tensorboard --logdir experiments (README.md, 'Curves in TensorBoard')"
         echo "to run README's python commands, activate the project's environment first: source .venv/bin/activate" ;;
     study) # [runner.py flags] [-- training flags]  every method and baseline on digits, 3 seeds, 2 runs at a time; the table
         shift; ensure_venv

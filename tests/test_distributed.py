@@ -7,7 +7,7 @@ smaller (435 = 218 + 217). One process and two ranks reach the same weights and 
 rounding of the per-rank sums (a few steps at a low lr only: without BatchNorm, at lr 0.1,
 rounding grows quickly, and after 23 steps two one-process runs with other thread counts differ
 by 1e-3, as much as these do). A run stopped by a signal on one rank, killed with kill -9, and rerun, ends
-with exactly the weights of the uninterrupted one.
+with exactly the weights of the uninterrupted one, and its TensorBoard curves are that run's, each step once.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.test_tensorboard import scalars
+from toolbox.curves import STEP_TAGS
+from toolbox.rundir import EVENT_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY = str(REPO / "tests" / "distributed_entry.py")
@@ -43,7 +47,7 @@ def command(root: Path, name: str, *extra: str) -> list[str]:
     return [ENTRY, "--distillation", "crd", "--teacher", "ResNetBaby", "--teacher_checkpoint", str(root / "teacher.pth"),
             "--student", "ResNetBaby", "--dataset", "digits", "--epochs", "2", "--batch_size", "501", "--lr", "0.01", "--device", "cpu",
             "--threads", "1", "--data_dir", str(root / "data"), "--experiments_dir", str(root / "runs"),
-            "--experiment_name", name, *extra]
+            "--experiment_name", name, "--tensorboard_every", "1", *extra]
 
 
 def environment() -> dict[str, str]:
@@ -95,8 +99,14 @@ def test_two_ranks_train_as_one_process(runs: Path) -> None:
     one, two = last(runs, "one"), last(runs, "two")
     assert_close(one, two)
     assert one["history"]["test_acc"] == pytest.approx(two["history"]["test_acc"], abs=0.5)  # one image in 360 may flip
-    assert sorted(path.name for path in (runs / "runs" / "two").iterdir()) == sorted(
-        path.name for path in (runs / "runs" / "one").iterdir())
+    def files(name: str) -> list[str]:
+        return sorted("<events>" if EVENT_FILE.fullmatch(path.name) else path.name for path in (runs / "runs" / name).iterdir())
+
+    assert files("two") == files("one") and files("two").count("<events>") == 1
+    steps_one, steps_two = scalars(runs / "runs" / "one" / "steps"), scalars(runs / "runs" / "two" / "steps")
+    for tag in STEP_TAGS:  # each step's losses are the means over both ranks' rows
+        assert [step for step, _ in steps_two[tag]] == [1, 2, 3, 4, 5, 6]
+        assert [value for _, value in steps_two[tag]] == pytest.approx([value for _, value in steps_one[tag]], rel=1e-5)
     log = (runs / "runs" / "two" / "train.log").read_text().splitlines()
     assert len(log) == 4 and log[0].startswith("training "), log  # one line each: start, two epochs, result
     config = (runs / "runs" / "two" / "config.json").read_text()
@@ -149,3 +159,4 @@ def test_stopped_and_killed_runs_resume_to_the_uninterrupted_one(runs: Path) -> 
     output = job.communicate(timeout=120)[0]
     assert job.returncode == 0 and "resuming" in output, output
     assert_close(last(runs, "two"), last(runs, "stopped"), exact=True)
+    assert scalars(runs / "runs" / "stopped" / "steps") == scalars(runs / "runs" / "two" / "steps")

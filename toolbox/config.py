@@ -14,6 +14,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from toolbox.choices import (
@@ -141,6 +142,7 @@ class Config:
     evaluate: Optional[str] = flag(None, "evaluate this checkpoint of --student (ours, the original's or a RepDistiller/mdistiller ckpt_epoch_*.pth) on --dataset's test split, print its accuracy and loss, and exit", type=str)
     workers: Optional[int] = flag(None, "imagenet, tiny-imagenet: DataLoader processes decoding the JPEGs (default: min(8, the CPUs this process may use)); 0 decodes in the training process. CIFAR and digits are kept on the device and need none", type=int)
     log_every: int = flag(100, "print a progress line (step, images/s, losses, the epoch's ETA) every this many training steps; 0: none")
+    tensorboard_every: int = flag(0, "write the cross-entropy and distillation loss of every this many training steps to TensorBoard event files in the run folder's steps/, beside the per-epoch curves that every run writes (README, TensorBoard); they are read from the device only where a progress line or a checkpoint reads it anyway, so a step never waits for them; 0: per-epoch curves only")
     checkpoint_every: int = flag(1000, "save last.pt within an epoch every this many training steps, so that a killed run resumes from there (five times an ImageNet epoch at batch 256; CIFAR and digits epochs have fewer steps, so they save once an epoch); 0: only at the end of each epoch. A stop signal saves where the run stopped either way")
 
     def validate(self) -> None:
@@ -149,7 +151,7 @@ class Config:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be a positive integer; got {value}")
-        for name in ("workers", "log_every", "checkpoint_every"):
+        for name in ("workers", "log_every", "tensorboard_every", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UsageError(f"--{name} must be 0 or a positive integer; got {value}")
@@ -182,7 +184,7 @@ IO_ERROR = 74  # sysexits' EX_IOERR: a write failed (full disk, permissions)
 
 RUNTIME_FIELDS = frozenset(
     {"deterministic", "evaluate", "device", "amp", "compile", "channels_last", "eval_batch_size", "threads", "data_dir", "experiments_dir", "teacher_checkpoint",
-     "workers", "log_every", "checkpoint_every"}
+     "workers", "log_every", "tensorboard_every", "checkpoint_every"}
 )
 """Fields that may differ when a run resumes: they change speed or location, not the experiment."""
 
@@ -198,8 +200,9 @@ DESCRIPTION = """\
 Train one run: a teacher (--distillation none) or a student distilled from its teacher by one
 method, in its own folder under --experiments_dir, named after the flags that define it. Rerunning
 the same command resumes an unfinished run after its last completed epoch, and does nothing for a
-finished one. The defaults are the original study's (CIFAR-100, ResNet112 -> ResNet56, tucker);
---dataset digits trains offline, in minutes on a CPU."""
+finished one. Flags may also come from a YAML file (--config). The defaults are the original
+study's (CIFAR-100, ResNet112 -> ResNet56, tucker); --dataset digits trains offline, in minutes on
+a CPU. Every run writes TensorBoard curves: tensorboard --logdir experiments."""
 
 EPILOG = """\
 exit status:
@@ -258,11 +261,29 @@ def config_from_namespace(namespace: argparse.Namespace) -> Config:
     return config
 
 
+CONFIG_HELP = ("read training flags from a YAML (or .json) file: keys are the flag names without '--', as in a run's "
+               "config.json, e.g. 'lr: 0.05'; flags given on the command line override the file's. The run is the "
+               "one those flags give on the command line (its folder, its config.json)")
+
+
 def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Config:
-    """Flags to a validated ``Config``; bad input exits with status 2 and a one-line message."""
+    """Flags, and those of a ``--config`` file below them, to a validated ``Config``; bad input
+    exits with status 2 and a one-line message."""
     parser = build_parser(prog)
-    first, _ = parser.parse_known_args(argv)  # the recipe and the student decide the other defaults
-    parser.set_defaults(**recipe_defaults(first.recipe, first.student, first.distillation))
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    first, _ = parser.parse_known_args(argv)
+    from_file: dict[str, Any] = {}
+    if first.config is not None:
+        from toolbox.config_file import read_flags  # PyYAML loads only for a file (and config_file imports this module)
+
+        try:
+            from_file = read_flags(Path(first.config))
+        except UsageError as error:
+            parser.error(str(error))
+        parser.set_defaults(**from_file)
+        first, _ = parser.parse_known_args(argv)
+    # the recipe, the student and the method (from the command line, else the file) decide the other defaults
+    parser.set_defaults(**{**recipe_defaults(first.recipe, first.student, first.distillation), **from_file})
     namespace = parser.parse_args(argv)
     try:
         return config_from_namespace(namespace)

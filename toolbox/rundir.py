@@ -2,7 +2,8 @@
 
 ``experiments/<name>/`` holds ``config.json`` (written at the start), ``last.pt`` (resumable state
 after every epoch), ``<Arch>.pth`` (best epoch, ``{"weights": state_dict}``), ``Loss.png`` and
-``Accuracy.png``, and, only once the run has finished, ``metrics.json``. So "metrics.json exists"
+``Accuracy.png``, TensorBoard event files (and ``steps/`` for per-step curves), and, only once the
+run has finished, ``metrics.json``. So "metrics.json exists"
 means "finished", and every tool asks this module, not each other's code.
 
 A folder holds one experiment. Its default name spells out every flag that defines the experiment
@@ -54,6 +55,10 @@ QUIET_S = 60
 LAUNCH_FILES = re.compile(r"slurm-\d+\.out|td\.[A-Za-z0-9_.-]+\.[oe]\d+(\.\S+)?|local\.out|job\.out|run\.job|job\.json|\.(run\.job|job\.json)\.\d+\.tmp")
 """What runner.py puts in a run folder before its training starts: the job script, its record (and the
 temporary files of their atomic writes, which a job that starts at once may see), its logs."""
+EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.\S+\.\d+\.\d+")
+"""A TensorBoard event file as training writes them (``toolbox.curves``): events.out.tfevents.<second>.<host>.<pid>.<n>."""
+STEPS_FOLDER = "steps"
+"""The sub-folder of a run's per-step curves (--tensorboard_every), which TensorBoard shows as a run of its own."""
 _HELD: set[str] = set()
 """The run folders whose lock this process holds (real paths)."""
 
@@ -247,6 +252,7 @@ class RunDir:
         self.job = self.path / JOB_FILE
         self.script = self.path / SCRIPT_FILE
         self.log = self.path / LOG_FILE
+        self.steps = self.path / STEPS_FOLDER
 
     def best_checkpoint(self, arch: str) -> Path:
         return self.path / f"{arch}.pth"
@@ -502,5 +508,17 @@ class RunDir:
         if isinstance(saved.get("student"), str):
             names.add(f"{saved['student']}.pth")
         temporaries = re.compile(r"\..+\.\d+\.tmp")
-        return sorted(path for path in self.path.iterdir() if path.is_file() and not path.is_symlink()
-                      and (path.name in names or LAUNCH_FILES.fullmatch(path.name) or temporaries.fullmatch(path.name)))
+        own = [path for path in self.path.iterdir() if path.is_file() and not path.is_symlink()
+               and (path.name in names or LAUNCH_FILES.fullmatch(path.name) or temporaries.fullmatch(path.name)
+                    or EVENT_FILE.fullmatch(path.name))]
+        if self.steps.is_dir() and not self.steps.is_symlink():
+            own += [path for path in self.steps.iterdir() if path.is_file() and not path.is_symlink()
+                    and EVENT_FILE.fullmatch(path.name)]
+        return sorted(own)
+
+    def remove_own_files(self) -> None:
+        """Delete ``own_files``, and the steps/ folder when that leaves it empty (clean)."""
+        for file in self.own_files():
+            file.unlink()
+        if self.steps.is_dir() and not self.steps.is_symlink() and not any(self.steps.iterdir()):
+            self.steps.rmdir()

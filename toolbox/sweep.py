@@ -79,11 +79,16 @@ Axes = dict[str, list[str]]
 PAIR = "pair"
 
 
+def axis_flags() -> set[str]:
+    """What a grid axis may vary: a training flag that defines a run, or ``pair``."""
+    return {item.name for item in dataclasses.fields(Config)} - RUNTIME_FIELDS - {"experiment_name"} | {PAIR}
+
+
 def parse_axis(text: str) -> tuple[str, list[str]]:
     """``beta=50,125,250`` -> ("beta", ["50", "125", "250"]). Values that contain commas (Tucker
     ranks) are separated by ``:`` instead: ``ranks=BATCH_SIZE,32,8,8:BATCH_SIZE,8,8,8``."""
     name, sep, values = text.partition("=")
-    fields = {item.name for item in dataclasses.fields(Config)} - RUNTIME_FIELDS - {"experiment_name"} | {PAIR}
+    fields = axis_flags()
     if not sep or name not in fields:
         raise UsageError(f"--grid takes FLAG=VALUE,VALUE,... with FLAG a training flag that defines a run, or pair "
                          f"(teacher-student, e.g. pair=resnet56-resnet20,vgg13-vgg8) ({', '.join(sorted(fields))}); got {text!r}")
@@ -511,9 +516,7 @@ def clean(experiments_dir: Path, scheduler: Scheduler, confirm: Callable[[str], 
         run = RunDir(path)
         try:
             with run.locked(wait_s=0):  # a training that started meanwhile keeps its folder
-                files = run.own_files()
-                for file in files:
-                    file.unlink()
+                run.remove_own_files()
         except UsageError as error:
             out(f"kept {path}: {error}")
             continue

@@ -5,7 +5,9 @@ trained with the student. Per-step metrics are summed on the device and read onc
 step never waits for the GPU. After every epoch ``last.pt`` is written atomically; rerunning the
 same command resumes from it, and ``metrics.json`` is written only when the last epoch is done.
 Within an epoch, last.pt is also written every ``--checkpoint_every`` steps and where a stop signal
-arrives, with the position in the epoch (``toolbox.progress``). The loop reads every data set
+arrives, with the position in the epoch (``toolbox.progress``). Each epoch (and with
+``--tensorboard_every`` each N-th step) also goes to TensorBoard event files (``toolbox.curves``),
+flushed before every last.pt so that a resumed run's curves continue it. The loop reads every data set
 through the same ``DataSource`` face and knows neither where its images are kept nor their size.
 
 Under torchrun the same loop runs on every rank (``toolbox.distributed``): it asks whether it is
@@ -30,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from toolbox.config import Config, milestones
+from toolbox.curves import Curves, open_curves
 from toolbox.data_loader import DataSource, load_dataset
 from toolbox.distillation import Distiller, Setup, Step
 from toolbox.distributed import World, join
@@ -161,6 +164,7 @@ class Trainer:
         self.position: Optional[Position] = None  # where the epoch to train next was saved, if within it
         self.position_saved = 0  # batches of the current epoch that last.pt holds (0: none)
         self.teacher_sha256: Optional[str] = None  # the teacher file's content, which a resumed run must keep
+        self.curves = Curves()  # writes nothing: train() opens the run's (toolbox.curves)
 
         self.student.to(memory_format=self.memory_format)
         if config.sync_bn and self.world.distributed:  # after the optimiser: the conversion keeps the parameters
@@ -189,6 +193,17 @@ class Trainer:
     @property
     def epoch(self) -> int:
         return len(self.history["test_acc"])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training steps of an epoch (of the global batch: every rank takes each one)."""
+        steps = math.ceil(len(self.data.train_labels) / self.config.batch_size)
+        return min(steps, self.config.max_batches) if self.config.max_batches else steps
+
+    @property
+    def steps_done(self) -> int:
+        """Training steps since the run began, up to the saved position within an epoch."""
+        return self.epoch * self.steps_per_epoch + (self.position.batch if self.position else 0)
 
     def state(self, position: Optional[Position] = None) -> dict[str, Any]:
         """What last.pt holds: at an epoch's end, or within an epoch at ``position``."""
@@ -254,7 +269,8 @@ class Trainer:
     def train_epoch(self, stop: StopFlag, say: Callable[[str], None] = print) -> dict[str, float]:
         """One pass over the training set, or the rest of the one a saved position stopped in; sums
         stay on the device except where a progress line (``say``) or a checkpoint reads them. Each
-        rank sums its own samples (the writer from the saved sums on); ``at`` adds up the ranks'."""
+        rank sums its own samples (the writer from the saved sums on); ``at`` adds up the ranks'.
+        Returns the epoch's training means and the images per second of this session's part of it."""
         config = self.config
         world = self.world
         self.student.train()
@@ -264,16 +280,16 @@ class Trainer:
         hard_sum, soft_sum, correct = (torch.tensor(value, device=self.device) for value in (kept.hard_sum, kept.soft_sum, kept.correct))
         count = kept.count
         samples = len(self.data.train_labels)
-        n_batches = math.ceil(samples / config.batch_size)
-        if config.max_batches:
-            n_batches = min(n_batches, config.max_batches)
+        n_batches = self.steps_per_epoch
         batches = self.data.train_batches(config.batch_size, config.seed, self.epoch, done.batch, config.max_batches,
                                           world.rank, world.size)
         progress = tqdm(batches, initial=done.batch, total=n_batches, desc=f"epoch {self.epoch + 1}/{config.epochs}",
                         leave=False, disable=not (sys.stderr.isatty() and world.is_writer), file=sys.stderr)
 
         def at(batch: int) -> Position:
-            """The epoch's sums over all ranks after ``batch`` batches (reads the device; every rank calls it)."""
+            """The epoch's sums over all ranks after ``batch`` batches (reads the device; every rank calls it),
+            and the kept steps' losses to the curves."""
+            self.curves.write_steps(world)
             sums = torch.stack([hard_sum, soft_sum, correct.float()]).double().cpu()
             total = world.all_reduce_sum(torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64)])).tolist()
             return Position(batch, total[0], total[1], total[2], int(total[3]))
@@ -287,6 +303,7 @@ class Trainer:
             soft_sum = soft_sum + soft * n
             correct = correct + right
             count += n
+            self.curves.add_step(self.epoch * n_batches + batch, hard, soft, n)
             if config.log_every and batch % config.log_every == 0:
                 seconds = time.perf_counter() - started
                 position = at(batch)
@@ -298,12 +315,14 @@ class Trainer:
             if stopping:  # all ranks leave together, once the writer has saved: a launcher that ends the
                 world.barrier()  # others when one exits never cuts the writer off mid-save
             check_stop(stop, self.run, self.epoch, batch, stopping)
-        return at(n_batches).means()
+        final = at(n_batches)
+        return {**final.means(), "images_per_s": (final.count - first_count) / (time.perf_counter() - started)}
 
     def save_position(self, position: Position) -> None:
         """last.pt within an epoch, once its state is checked finite (``check_finite``); the writer's."""
         self.check_finite(position.means())
         self.account_time()
+        self.curves.flush()
         if self.world.is_writer:
             atomic_torch_save(self.run.last, self.state(position))
         self.position_saved = position.batch
@@ -491,29 +510,34 @@ def train(config: Config) -> dict[str, Any]:
         log(starting)  # train.log only ever stands beside the config.json that makes the folder a run of ours
 
         best_path = run.best_checkpoint(config.student)
-        while trainer.epoch < config.epochs:
-            check_stop(stop, run, trainer.epoch, stopping=world.any(stop.signal is not None))  # also one during the last test
-            started = trainer.clock = time.perf_counter()
-            record = trainer.train_epoch(stop, log)
-            record.update(trainer.test())
-            trainer.check_finite(record)
-            trainer.scheduler.step()
-            trainer.account_time()
-            is_best = trainer.epoch == 0 or record["test_acc"] > max(trainer.history["test_acc"])
-            for key in HISTORY_KEYS:
-                trainer.history[key].append(record[key])
-            if world.is_writer:
-                if is_best:
-                    atomic_torch_save(best_path, {"weights": trainer.student.state_dict()})
-                atomic_torch_save(run.last, trainer.state())
-                plot_curves(trainer.history, run.path)
-            trainer.position_saved = 0
-            log(
-                f"epoch {trainer.epoch}/{config.epochs}  cross-entropy {record['train_hard_loss']:.4f}  "
-                f"distillation {record['train_soft_loss']:.4g}  train {record['train_acc']:.2f}%  "
-                f"test {record['test_acc']:.2f}% (best {max(trainer.history['test_acc']):.2f}%)  "
-                f"{time.perf_counter() - started:.1f}s"
-            )
+        trainer.curves = open_curves(run, config.tensorboard_every, trainer.epoch, trainer.steps_done, world.is_writer)
+        with trainer.curves:
+            while trainer.epoch < config.epochs:
+                check_stop(stop, run, trainer.epoch, stopping=world.any(stop.signal is not None))  # also one during the last test
+                started = trainer.clock = time.perf_counter()
+                lr = trainer.optimizer.param_groups[0]["lr"]  # the epoch's: the scheduler steps after it
+                record = trainer.train_epoch(stop, log)
+                record.update(trainer.test())
+                trainer.check_finite(record)
+                trainer.scheduler.step()
+                trainer.account_time()
+                is_best = trainer.epoch == 0 or record["test_acc"] > max(trainer.history["test_acc"])
+                for key in HISTORY_KEYS:
+                    trainer.history[key].append(record[key])
+                trainer.curves.write_epoch(trainer.epoch, {**record, "lr": lr, "epoch_s": time.perf_counter() - started})
+                trainer.curves.flush()  # before last.pt: an epoch it holds is never missing from the curves
+                if world.is_writer:
+                    if is_best:
+                        atomic_torch_save(best_path, {"weights": trainer.student.state_dict()})
+                    atomic_torch_save(run.last, trainer.state())
+                    plot_curves(trainer.history, run.path)
+                trainer.position_saved = 0
+                log(
+                    f"epoch {trainer.epoch}/{config.epochs}  cross-entropy {record['train_hard_loss']:.4f}  "
+                    f"distillation {record['train_soft_loss']:.4g}  train {record['train_acc']:.2f}%  "
+                    f"test {record['test_acc']:.2f}% (best {max(trainer.history['test_acc']):.2f}%)  "
+                    f"{time.perf_counter() - started:.1f}s"
+                )
 
         best_epoch = max(range(config.epochs), key=lambda i: trainer.history["test_acc"][i])
         metrics = {
