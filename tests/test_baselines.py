@@ -286,13 +286,14 @@ BASELINE_CLASSES = {name: DISTILLERS[name] for name in ("fitnet", "at", "sp", "p
 
 
 def test_registry_order_defaults_and_flags() -> None:
-    assert list(DISTILLERS)[6:] == ["fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd"]
+    assert list(DISTILLERS)[6:14] == ["fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd"]
     betas = {name: cls.defaults["beta"] for name, cls in BASELINE_CLASSES.items()}
     assert betas == {"fitnet": 100.0, "at": 1000.0, "sp": 3000.0, "pkt": 30000.0, "rkd": 1.0, "vid": 1.0, "dkd": 1.0}
     assert all(cls.defaults["ce_weight"] == 1.0 and not cls.reads_maps and cls.needs_teacher for cls in BASELINE_CLASSES.values())
     assert DISTILLERS["fitnet"].defaults["feature_layer"] == 2 and DISTILLERS["fitnet"].flags == ("feature_layer", "beta")
     assert DISTILLERS["rkd"].flags == ("beta", "rkd_distance", "rkd_angle")
-    assert DISTILLERS["dkd"].flags == ("beta", "kd_temperature", "dkd_alpha", "dkd_beta", "dkd_warmup")
+    assert DISTILLERS["dkd"].flags == ("beta", "kd_temperature", "dkd_alpha", "dkd_beta", "dkd_warmup",
+                                       "logit_standardization")
     fields = {item.name for item in dataclasses.fields(Config)}
     assert all(set(cls.flags) <= fields and set(cls.defaults) <= fields for cls in BASELINE_CLASSES.values())
 
