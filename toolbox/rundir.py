@@ -217,11 +217,13 @@ def resolve(config: Config) -> Config:
 
 
 def differences(saved: Mapping[str, Any], config: Config) -> list[str]:
-    """``--lr 0.05 there, 0.01 here`` for each defining flag in which two runs differ."""
+    """``--lr 0.05 there, 0.01 here`` for each defining flag in which two runs differ (a flag that
+    defines one run only, switched on by another, compared as it is saved in the other)."""
     current = dataclasses.asdict(config)
     ours, theirs = identity(current), identity(saved)
-    return [f"--{name} {theirs.get(name, ABSENT)!r} there, {ours.get(name, ABSENT)!r} here"
-            for name in dict.fromkeys([*theirs, *ours]) if theirs.get(name, ABSENT) != ours.get(name, ABSENT)]
+    ours.update({name: current.get(name, ABSENT) for name in theirs.keys() - ours.keys()})
+    theirs.update({name: saved.get(name, ABSENT) for name in ours.keys() - theirs.keys()})
+    return [f"--{name} {theirs[name]!r} there, {ours[name]!r} here" for name in ours if theirs[name] != ours[name]]
 
 
 def file_digest(path: Path) -> str:
