@@ -67,7 +67,7 @@ class NSTDistiller(StageWiseDistiller):
 
     defaults: dict[str, Any] = {**Distiller.defaults, "beta": 50.0}
     flags = ("beta",)
-    precision = torch.float64  # a difference of three near-equal kernel means
+    precision = torch.float64  # a difference of near-equal kernel means: float32 kept 1.3e-6 of it on random maps
 
     def compare(self, teacher: list[Tensor], student: list[Tensor], step: Step) -> Tensor:
         total = student[0].new_zeros(())
@@ -143,8 +143,8 @@ class KDSVDDistiller(StageWiseDistiller):
 
     Where a stage's maps differ in width (where mdistiller fails: vgg13 -> MobileNetV2's last stage),
     the larger map is first average-pooled to the other's size, as AT and NST do; pairs of equal
-    sizes compute exactly mdistiller's loss. SVD runs in float64: a float32 singular vector whose
-    singular value is close to the next one's is off by far more than float32's rounding."""
+    sizes compute exactly mdistiller's loss. SVD runs in float64: a singular vector whose singular
+    value lies close to the next one's amplifies float32's rounding (9e-7 of the loss on digits' maps)."""
 
     defaults: dict[str, Any] = {**Distiller.defaults, "beta": 1.0}  # KDSVD.LOSS.FEAT_WEIGHT; CE_WEIGHT 1
     flags = ("beta",)
