@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import runner
 import tucker_distillation
 from tests.conftest import REAL_BATCH, run_training
 from tests.test_baselines import (
@@ -34,7 +35,7 @@ from tests.test_baselines import (
     ref_match,
     step,
 )
-from toolbox import analysis
+from toolbox import analysis, sweep
 from toolbox.composition import DistillationLoss
 from toolbox.config import Config, parse_config
 from toolbox.distillation import Setup, Step
@@ -397,6 +398,18 @@ def test_the_additions_and_dot_are_part_of_a_runs_identity() -> None:
     for flags in (["--kd_weight", "1"], ["--optimizer", "dot"], ["--logit_standardization"]):
         student = resolve(parse_config(["--distillation", "kd", "--teacher", "resnet32x4", "--recipe", "crd", *flags]))
         assert experiment_name(teacher_config(student)) == "cifar100/teacher/resnet32x4/recipe=crd/seed0"
+
+
+def test_a_grid_turns_logit_standardization_on_and_off_where_it_applies(tmp_path: Path) -> None:
+    args, common = runner.parse_args(["--grid", "pair=resnet32x4-resnet8x4", "--grid", "logit_standardization=true,false",
+                                      "--distillations", "kd", "at", "--runs", "1", "--", "--recipe", "crd"])
+    runs = sweep.build_grid(runner.grid_axes(args), common, tmp_path)
+    base = "cifar100/resnet32x4-resnet8x4"
+    assert [run.name for run in runs] == [f"{base}/kd/logit_standardization=true,recipe=crd/seed0",
+                                          f"{base}/kd/recipe=crd/seed0", f"{base}/at/recipe=crd/seed0"]
+    assert "--logit_standardization" in runs[0].flags and "--no-logit_standardization" in runs[1].flags
+    with pytest.raises(UsageError, match="^--grid logit_standardization: an on/off flag takes true or false; got 'yes'$"):
+        sweep.parse_axis("logit_standardization=yes")
 
 
 def test_analysis_names_the_published_rows() -> None:

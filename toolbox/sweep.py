@@ -77,6 +77,8 @@ Axes = dict[str, list[str]]
 """Grid axes: a training flag's name -> its values, spelled as on the command line; the axis
 ``pair`` sets ``teacher`` and ``student`` together (``resnet56-resnet20``)."""
 PAIR = "pair"
+SWITCHES = frozenset(item.name for item in dataclasses.fields(Config) if isinstance(item.default, bool))
+"""The on/off flags, which a grid spells true and false."""
 
 
 def parse_axis(text: str) -> tuple[str, list[str]]:
@@ -93,6 +95,8 @@ def parse_axis(text: str) -> tuple[str, list[str]]:
     if name == PAIR:
         for part in parts:
             split_pair(part)
+    if name in SWITCHES and not set(parts) <= {"true", "false"}:
+        raise UsageError(f"--grid {name}: an on/off flag takes true or false; got {values!r}")
     return name, list(dict.fromkeys(parts))
 
 
@@ -121,7 +125,9 @@ def grid_points(axes: Axes) -> Iterator[dict[str, str]]:
 
 
 def as_flags(point: dict[str, str]) -> list[str]:
-    return [token for name, value in point.items() for token in (f"--{name}", value)]
+    """A grid point as command-line flags: an on/off flag's ``true`` is ``--flag``, ``false`` ``--no-flag``."""
+    return [token for name, value in point.items()
+            for token in ([f"--{name}" if value == "true" else f"--no-{name}"] if name in SWITCHES else [f"--{name}", value])]
 
 
 def build_grid(axes: Axes, common: list[str], experiments_dir: Path, study: str = "",
