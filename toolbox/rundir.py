@@ -95,10 +95,11 @@ CONFLICTING, CORRUPT = "conflicting", "corrupt"
 TEACHER_FLAGS = ("teacher", "kd_weight", "optimizer")
 """Flags that only a method with a teacher reads (--kd_weight's KD term and DOT split a teacher's loss)."""
 SWITCHED_FLAGS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
-    "kd_temperature": lambda config: bool(config.get("kd_weight")),  # the temperature of --kd_weight's KD term
+    "kd_temperature": lambda config: float(config.get("kd_weight") or 0) != 0,  # the temperature of --kd_weight's KD
     "dot_delta": lambda config: config.get("optimizer") == "dot",
 }
-"""Flags read by a run that another of its flags switches on (besides the methods that read them always)."""
+"""Flags read by a run that another of its flags switches on (besides the methods that read them always);
+the values may be a grid's text (``"0"``)."""
 
 
 def defining_flags(distillation: str, config: Optional[Mapping[str, Any]] = None) -> list[str]:

@@ -116,7 +116,7 @@ def grid_points(axes: Axes) -> Iterator[dict[str, str]]:
         point = dict(zip(axes, values))
         if PAIR in point:
             point["teacher"], point["student"] = split_pair(point.pop(PAIR))
-        applies = set(defining_flags(point.get("distillation", Config.distillation))) | {"distillation"}
+        applies = set(defining_flags(point.get("distillation", Config.distillation), point)) | {"distillation"}
         point = {name: value for name, value in point.items() if name in applies}
         key = tuple(sorted(point.items()))
         if key not in seen:
@@ -169,7 +169,7 @@ def grid_table(runs: list[Run], axes: Axes) -> str:
 
 def axis_value(config: Config, axis: str) -> str:
     """A run's value on a grid axis, ``-`` where its method does not read the flag."""
-    own = set(defining_flags(config.distillation)) | {"distillation"}
+    own = set(defining_flags(config.distillation, dataclasses.asdict(config))) | {"distillation"}
     if axis == PAIR:
         return f"{config.teacher}-{config.student}" if "teacher" in own else config.student
     return format_value(getattr(config, axis)) if axis in own else "-"
