@@ -3,7 +3,8 @@
 A distiller is built for a ``Setup`` (the shapes of every output of both networks, the training
 labels) and turns the teacher's and the student's outputs (``[stem, stage 1, ..., stage k, pooled,
 logits]``) and the ``Step`` (labels, sample indices, epoch) into the soft loss; the training loop
-computes ``ce_weight * cross-entropy + beta * soft_loss`` and knows no method by name. A
+computes ``ce_weight * cross-entropy + beta * soft_loss`` (plus what ``toolbox.composition`` adds
+to any method) and knows no method by name. A
 distiller's own modules (connectors, regressors, embeddings, a memory bank) are trained and
 checkpointed with the student. A new method is one class and one line in ``DISTILLERS``: the
 original study's methods are here, the field's baselines in ``toolbox.baselines``.
