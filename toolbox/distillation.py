@@ -127,7 +127,7 @@ class Distiller(nn.Module):
         if not cls.needs_teacher and (config.kd_weight or config.optimizer == "dot"):
             raise UsageError(f"--kd_weight and --optimizer dot need a teacher's loss; --distillation {config.distillation} "
                              "trains without a teacher: leave them out")
-        if config.optimizer == "dot" and config.dot_delta > config.momentum:
+        if config.optimizer == "dot" and (config.dot_delta or 0.0) > config.momentum:
             raise UsageError(f"--dot_delta must be at most --momentum ({config.momentum:g}): the cross-entropy's momentum "
                              f"is their difference; got {config.dot_delta:g}")
         if config.logit_standardization and "logit_standardization" not in cls.flags:
