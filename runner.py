@@ -7,7 +7,7 @@
                                            # the same 51 runs, tiny (and their teacher: 52 jobs)
     python runner.py --scheduler local --parallel 2      # no cluster: the grid on this machine
     python runner.py --status              # the grid as a table (also: --cancel, --clean)
-    python runner.py --benchmark --dry_run # the CRD/DKD CIFAR-100 benchmark: 7 pairs x 15 configurations x 3 seeds
+    python runner.py --benchmark --dry_run # the CRD/DKD CIFAR-100 benchmark: 7 pairs x 19 configurations x 3 seeds
     python runner.py --benchmark imagenet --teacher_dir DIR --dry_run   # ImageNet: 2 pairs x 11 configurations x 1 seed
 
 Every run has its own folder experiments/<name>/, named as tucker_distillation.py names it. A run
@@ -62,8 +62,8 @@ BENCHMARK: Axes = {  # the CRD/DKD CIFAR-100 benchmark's same-architecture table
     "dataset": ["cifar100"],
     "recipe": ["crd"],
     "pair": [f"{teacher}-{student}" for teacher, student in SAME_ARCH_PAIRS],
-    "distillation": ["none", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd", "featuremap", "tucker",
-                     "tucker_recomp"],
+    "distillation": ["none", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd", "cc", "nst", "kdsvd", "dist",
+                     "featuremap", "tucker", "tucker_recomp"],
     "recomp_target": list(RECOMP_TARGETS),
     "ranks": ["BATCH_SIZE,x0.5,x1,x1"],  # half the teacher's channels, as the study's rank 32 of 64
 }
@@ -71,7 +71,7 @@ IMAGENET_BENCHMARK: Axes = {  # the field's ImageNet table (mdistiller's methods
     "dataset": ["imagenet"],
     "recipe": ["imagenet"],
     "pair": [f"{teacher}-{student}" for teacher, student in IMAGENET_PAIRS],
-    "distillation": ["none", "kd", "at", "crd", "dkd", "featuremap", "tucker", "tucker_recomp"],
+    "distillation": ["none", "kd", "at", "crd", "dkd", "dist", "featuremap", "tucker", "tucker_recomp"],
     "recomp_target": list(RECOMP_TARGETS),
     "ranks": ["BATCH_SIZE,x0.5,x1,x1"],
 }

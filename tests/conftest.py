@@ -58,6 +58,27 @@ def digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     return experiments, metrics
 
 
+REAL_BATCH = 64
+
+
+@pytest.fixture(scope="session")
+def real_outputs() -> tuple[list[Any], list[Any], Any]:
+    """Every output of a ResNet20 teacher and a ResNetBaby student trained briefly on digits, on one
+    batch of training images: maps with a trained network's structure (a few dominant directions,
+    many zeros after the ReLU), which random tensors lack; and the batch's labels. For the
+    baselines' tests, which compare their losses on these maps with float64 references."""
+    import torch
+
+    from tests.test_tucker_fidelity import train_briefly
+    from toolbox.data_loader import load_dataset, train_batches
+
+    data = load_dataset("digits", "unused", "cpu")
+    teacher, student = train_briefly("ResNet20", data, 30, seed=0), train_briefly("ResNetBaby", data, 15, seed=1)
+    images, labels, _ = next(train_batches(data, REAL_BATCH, seed=2, epoch=0))
+    with torch.no_grad():
+        return teacher(images), student(images), labels
+
+
 def forget_stop_signal() -> None:
     """A run stopped in this process leaves the signal recorded on the installed StopFlag
     (tucker_distillation.py installs one when it is imported), which would stop the next run at once."""

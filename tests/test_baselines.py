@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tests.conftest import REAL_BATCH
 from toolbox.baselines import DKD_BETA, DKDDistiller
 from toolbox.config import Config
 from toolbox.distillation import Distiller, Setup, Step
@@ -286,13 +287,14 @@ BASELINE_CLASSES = {name: DISTILLERS[name] for name in ("fitnet", "at", "sp", "p
 
 
 def test_registry_order_defaults_and_flags() -> None:
-    assert list(DISTILLERS)[6:] == ["fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd"]
+    assert list(DISTILLERS)[6:14] == ["fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd"]
     betas = {name: cls.defaults["beta"] for name, cls in BASELINE_CLASSES.items()}
     assert betas == {"fitnet": 100.0, "at": 1000.0, "sp": 3000.0, "pkt": 30000.0, "rkd": 1.0, "vid": 1.0, "dkd": 1.0}
     assert all(cls.defaults["ce_weight"] == 1.0 and not cls.reads_maps and cls.needs_teacher for cls in BASELINE_CLASSES.values())
     assert DISTILLERS["fitnet"].defaults["feature_layer"] == 2 and DISTILLERS["fitnet"].flags == ("feature_layer", "beta")
     assert DISTILLERS["rkd"].flags == ("beta", "rkd_distance", "rkd_angle")
-    assert DISTILLERS["dkd"].flags == ("beta", "kd_temperature", "dkd_alpha", "dkd_beta", "dkd_warmup")
+    assert DISTILLERS["dkd"].flags == ("beta", "kd_temperature", "dkd_alpha", "dkd_beta", "dkd_warmup",
+                                       "logit_standardization")
     fields = {item.name for item in dataclasses.fields(Config)}
     assert all(set(cls.flags) <= fields and set(cls.defaults) <= fields for cls in BASELINE_CLASSES.values())
 
@@ -380,25 +382,7 @@ def test_float32_under_autocast_and_on_channels_last_maps(method: str) -> None:
     assert_close(distiller.soft_loss(channels_last(teacher), channels_last(student), at), expected.item())
 
 
-# --- on real feature maps -------------------------------------------------------------------------
-REAL_BATCH = 64
-
-
-@pytest.fixture(scope="module")
-def real_outputs() -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """Every output of a ResNet20 teacher and a ResNetBaby student trained briefly on digits, on one
-    batch of training images: maps with a trained network's structure (a few dominant directions,
-    many zeros after the ReLU), which random tensors lack; and the batch's labels."""
-    from tests.test_tucker_fidelity import train_briefly
-    from toolbox.data_loader import load_dataset, train_batches
-
-    data = load_dataset("digits", "unused", "cpu")
-    teacher, student = train_briefly("ResNet20", data, 30, seed=0), train_briefly("ResNetBaby", data, 15, seed=1)
-    images, labels, _ = next(train_batches(data, REAL_BATCH, seed=2, epoch=0))
-    with torch.no_grad():
-        return teacher(images), student(images), labels
-
-
+# --- on real feature maps (the session's ``real_outputs``, tests/conftest.py) --------------------------
 @pytest.mark.parametrize("method", ["at", "sp", "pkt", "rkd", "vid", "dkd"])
 def test_losses_and_gradients_on_real_feature_maps(real_outputs: tuple[list[Tensor], list[Tensor], Tensor],
                                                    method: str) -> None:

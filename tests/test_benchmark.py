@@ -80,8 +80,9 @@ def test_the_aggregator_renders_the_crd_layout_table(tiny_grid: tuple[Path, dict
     # vgg13→vgg8 too: a published pair whose teacher has a plain run (shown as teachers finish first)
     assert header == ["method", "resnet32x4→resnet8x4", "vgg13→vgg8", "vgg13→MobileNetV2"]
     rows = [line.split("|")[1].strip() for line in lines[2:]]
-    assert rows[:12] == ["teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd", "featuremap"]
-    assert rows[12:] == ["tucker_x0.5", "recomp_teacher_x0.5", "noise_std1"]
+    assert rows[:16] == ["teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd", "cc", "nst",
+                         "kdsvd", "dist", "featuremap"]
+    assert rows[16:] == ["tucker_x0.5", "recomp_teacher_x0.5", "noise_std1"]
     assert all(line.split("|")[2].strip() and line.split("|")[4].strip() for line in lines[2:])  # every run is a cell
     assert (tmp_path / "benchmark_best.md").exists()
 
@@ -119,8 +120,8 @@ def test_the_benchmark_grid_is_one_runner_command() -> None:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    # 7 pairs x 14 distilled configurations (tucker_recomp with 3 targets) x 3 seeds, and the 6 students alone x 3
-    assert lines[0] == f"the grid: {7 * 14 * 3 + 6 * 3} runs"
+    # 7 pairs x 18 distilled configurations (tucker_recomp with 3 targets) x 3 seeds, and the 6 students alone x 3
+    assert lines[0] == f"the grid: {7 * 18 * 3 + 6 * 3} runs"
     assert lines[1] == "| pair | distillation | recomp_target | seed | run |"
     assert "| wrn_40_2-wrn_16_2 | kd | - | 0 | cifar100/wrn_40_2-wrn_16_2/kd/recipe=crd/seed0 |" in lines
     assert "| resnet110-resnet32 | tucker_recomp | both | 2 | cifar100/resnet110-resnet32/tucker_recomp/both/B-x0.5-x1-x1/recipe=crd/seed2 |" in lines
@@ -181,9 +182,9 @@ def test_the_imagenet_benchmark_is_one_command_on_torchvisions_teachers(tmp_path
         (tmp_path / f"{arch}.pth").write_bytes(b"weights")
     assert runner.main([*common, "--teacher_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    # 2 pairs x 9 distilled configurations (tucker_recomp with 3 targets) x 1 seed, and the 2 students alone
-    assert out.splitlines()[0] == f"the grid: {2 * 9 + 2} runs"
-    names = sorted(line.split("|")[-2].strip() for line in out.splitlines()[3:23])
+    # 2 pairs x 10 distilled configurations (tucker_recomp with 3 targets) x 1 seed, and the 2 students alone
+    assert out.splitlines()[0] == f"the grid: {2 * 10 + 2} runs"
+    names = sorted(line.split("|")[-2].strip() for line in out.splitlines()[3:25])
     if os.environ.get("UPDATE_GOLDEN"):
         IMAGENET_GOLDEN.write_text("\n".join(names) + "\n")
     assert names == IMAGENET_GOLDEN.read_text().splitlines()

@@ -47,13 +47,14 @@ TINY_RUN = [*PLAIN, "--epochs", "1", "--max_batches", "1"]
 
 # A second value for every flag that can define an experiment (a different one from the default).
 OTHER_VALUES: dict[str, Any] = {
-    "teacher": "ResNet56", "beta": 50.0, "loss": "l2", "feature_layer": 1, "ranks": "BATCH_SIZE,16,8,8",
+    "teacher": "ResNet56", "beta": 7.0, "loss": "l2", "feature_layer": 1, "ranks": "BATCH_SIZE,16,8,8",
     "recomp_target": "both", "tucker_backend": "tensorly", "hooi_iters": 3, "tucker_core": "per_sample",
     "kd_temperature": 2.0, "noise_std": 0.5, "epochs": 12, "batch_size": 64, "lr": 0.01, "momentum": 0.5,
     "weight_decay": 1e-4, "seed": 3, "max_batches": 3, "sync_bn": True, "dataset": "cifar10", "student": "ResNet20",
     "recipe": "crd", "schedule": "step", "lr_milestones": "100,200", "lr_decay": 0.2, "ce_weight": 0.5,
     "dkd_alpha": 2.0, "dkd_beta": 4.0, "dkd_warmup": 5, "crd_dim": 64, "crd_negatives": 100, "crd_temperature": 0.1,
     "crd_momentum": 0.9, "rkd_distance": 10.0, "rkd_angle": 20.0,
+    "dist_beta": 2.0, "dist_gamma": 0.5, "kd_weight": 1.0, "logit_standardization": True, "optimizer": "dot",
 }
 CASES = [(method, flag) for method in DISTILLERS for flag in defining_flags(method) if flag != "distillation"]
 

@@ -32,13 +32,22 @@ import pandas as pd
 import scipy.stats
 from matplotlib.axes import Axes
 
-from toolbox.choices import IMAGE_SIZES, SAME_ARCH_PAIRS, parse_ranks
+from toolbox.choices import CROSS_ARCH_PAIRS, IMAGE_SIZES, SAME_ARCH_PAIRS, parse_ranks
 from toolbox.choices import IMAGENET_PAIRS
 from toolbox.config import RECIPES, RUNTIME_FIELDS, Config, recipe_defaults
 from toolbox.errors import UsageError
 from toolbox.models import stage_shapes
 from toolbox.naming import format_value, ranks_tag
-from toolbox.rundir import ABSENT, CONFIG_FILE, RunDir, defining_flags, method_defaulted, method_specific
+from toolbox.rundir import (
+    ABSENT,
+    CONFIG_FILE,
+    SWITCHED_FLAGS,
+    TEACHER_FLAGS,
+    RunDir,
+    defining_flags,
+    method_defaulted,
+    method_specific,
+)
 from toolbox.tucker import Ranks, absolute_ranks
 from toolbox.utils import markdown_cell, markdown_table
 
@@ -97,29 +106,35 @@ def family(config: Mapping[str, Any]) -> str:
     return "plain" if distillation == "none" else distillation
 
 
+ADDITIONS = (("kd_weight", "+kd"), ("logit_standardization", "+ls"))
+"""Flags of the loss's additions that ``method_name`` appends, as the published tables name them."""
+
+
 def method_name(config: Mapping[str, Any]) -> str:
     """The original's name for a configuration: ``featuremap``, ``tucker_x0.5`` (channel rank over
     channels), ``recomp_both_x0.25``, ``noise_std1``, ``kd``, ``plain``. Tucker ranks that truncate
-    more than the channel mode are appended (``tucker_x0.5_B-32-4-4``)."""
+    more than the channel mode are appended (``tucker_x0.5_B-32-4-4``); so are the loss's additions
+    and DOT: ``crd+kd`` (--kd_weight), ``kd+ls`` (--logit_standardization), ``kd_dot`` (--optimizer dot)."""
     name = family(config)
     if config["distillation"] == "noise":
-        return f"{name}_std{config['noise_std']:g}"
+        name = f"{name}_std{config['noise_std']:g}"
     if config["distillation"] in TUCKER_METHODS:
         ranks = absolute_ranks(parse_ranks(config["ranks"]), feature_map_shape(config))
         fraction = ranks[1] / feature_map_shape(config)[0]
         suffix = "" if _keeps_other_modes_whole(ranks, config) else f"_{ranks_tag(config['ranks'])}"
-        return f"{name}_x{fraction:g}{suffix}"
-    return name
+        name = f"{name}_x{fraction:g}{suffix}"
+    name += "".join(suffix for flag, suffix in ADDITIONS if config.get(flag))
+    return f"{name}_dot" if config.get("optimizer") == "dot" else name
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """The flags that make a run's configuration (``toolbox.rundir.defining_flags``, the same rule
     that names and checks runs), in ``Config`` order, those its method ignores set to None. An
     unknown method keeps all its flags, so that its runs are split too finely rather than mixed."""
-    relevant = set(defining_flags(config["distillation"]))
+    relevant = set(defining_flags(config["distillation"], config))
     order = {field.name: index for index, field in enumerate(dataclasses.fields(Config))}
     flags = sorted((k for k in config if k not in NOT_FLAGS), key=lambda k: (order.get(k, len(order)), k))
-    optional = METHOD_SPECIFIC | {"teacher"}
+    optional = METHOD_SPECIFIC | set(TEACHER_FLAGS) | set(SWITCHED_FLAGS)
     return {k: config[k] if k not in optional or k in relevant else None for k in flags}
 
 
@@ -560,9 +575,12 @@ def plot_accuracy_vs_rank(summary: pd.DataFrame, ax: Optional[Axes] = None) -> A
 PUBLISHED_CSV = Path(__file__).resolve().parent / "published" / "crd_cifar100.csv"
 """The published CIFAR-100 numbers of the benchmark (RepDistiller's README; DKD from mdistiller's)."""
 PUBLISHED_DATASET = "cifar100"
+CIFAR_SOURCES = ("RepDistiller's README; DKD and kd_dot from mdistiller's README, crd+kd from the CRD paper, kd+ls and "
+                 "dkd+ls from Sun et al.'s README, dist from DIST's README")
 BENCHMARK_PAIRS = SAME_ARCH_PAIRS
 """The published table's teacher->student pairs (same architectural type), in its column order."""
-BENCHMARK_ROWS = ("teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd", "featuremap")
+BENCHMARK_ROWS = ("teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "crd+kd", "dkd",
+                  "cc", "nst", "kdsvd", "dist", "kd+ls", "dkd+ls", "kd_dot", "featuremap")
 """Rows in this order, then the Tucker variants (``TUCKER_FAMILIES``), then any other method by name."""
 TUCKER_FAMILIES = ("tucker", "recomp_teacher", "recomp_student", "recomp_both")
 BENCHMARK_STATISTICS = {
@@ -760,7 +778,7 @@ def published_table(published: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     wide = published.assign(pair=[pair_label(t, s) for t, s in zip(published["teacher"], published["student"])])
     wide = wide.pivot(index="method", columns="pair", values="top1")
     rows = [r for r in BENCHMARK_ROWS if r in wide.index] + sorted(set(wide.index) - set(BENCHMARK_ROWS))
-    columns = [c for c in (pair_label(*p) for p in BENCHMARK_PAIRS) if c in wide.columns]
+    columns = [c for c in (pair_label(*p) for p in (*BENCHMARK_PAIRS, *CROSS_ARCH_PAIRS)) if c in wide.columns]
     columns += sorted(set(wide.columns) - set(columns))
     return wide.reindex(index=rows, columns=columns).rename_axis(index="method", columns=None)
 
@@ -802,8 +820,7 @@ def benchmark_reports(runs: Runs | pd.DataFrame, dataset: str = PUBLISHED_DATASE
         caption = f"{dataset}, {meaning}, %: mean ± sample standard deviation over seeds (a single seed: its value alone)"
         if dataset == PUBLISHED_DATASET:
             table = with_published(table)
-            caption += ("; published numbers in parentheses: RepDistiller's README, DKD from mdistiller's README "
-                        "(toolbox/published/crd_cifar100.csv).")
+            caption += f"; published numbers in parentheses: {CIFAR_SOURCES} (toolbox/published/crd_cifar100.csv)."
         else:
             caption += f"; the published numbers are CIFAR-100's, so none is shown beside these {dataset} runs."
         reports[statistic] = f"{caption}\n\n{benchmark_markdown(table)}"
@@ -835,11 +852,12 @@ class BenchmarkLayout:
 IMAGENET_PUBLISHED_CSV = PUBLISHED_CSV.parent / "imagenet.csv"
 """The published ImageNet numbers (mdistiller's README; torchvision's weights; torchdistill's README)."""
 BENCHMARK_LAYOUTS = {
-    "cifar100": BenchmarkLayout(BENCHMARK_PAIRS, PUBLISHED_CSV, "RepDistiller's README, DKD from mdistiller's README"),
+    "cifar100": BenchmarkLayout(BENCHMARK_PAIRS, PUBLISHED_CSV, CIFAR_SOURCES),
     "imagenet": BenchmarkLayout(IMAGENET_PAIRS, IMAGENET_PUBLISHED_CSV,
                                 "kd, dkd and kd_dot (KD with mdistiller's DOT) from mdistiller's README, trained with "
                                 "mdistiller's solver (--recipe imagenet); teacher and student: torchvision's weights, "
-                                "trained by torchvision's own recipe; at, crd: torchdistill's README, its own recipe"),
+                                "trained by torchvision's own recipe; at, crd: torchdistill's README, its own recipe; dist: "
+                                "DIST's README, its own recipe"),
 }
 """``dataset`` -> its ``BenchmarkLayout``: the data sets whose benchmark table has published numbers."""
 

@@ -19,6 +19,7 @@ from toolbox.choices import IMAGE_SIZES
 from toolbox.config import Config
 from toolbox.distillation import Distiller, Setup, Step, connector, stages
 from toolbox.errors import UsageError
+from toolbox.logit_settings import DKD_BETA, DKD_DEFAULT_BETA
 from toolbox.models import stage_shapes
 
 
@@ -249,20 +250,6 @@ class VIDDistiller(StageWiseDistiller):
         return sum(stage(s, t) for stage, s, t in zip(self.per_stage, student, teacher))
 
 
-# mdistiller's configs/cifar100/dkd/*.yaml and configs/imagenet/*/dkd.yaml (DKD.BETA); every other pair keeps
-# mdistiller/engine/cfg.py's 8.0
-DKD_BETA: dict[tuple[str, str], float] = {
-    ("resnet34", "resnet18"): 0.5,
-    ("resnet50", "MobileNetV1"): 2.0,
-    ("resnet56", "resnet20"): 2.0,
-    ("resnet110", "resnet32"): 2.0,
-    ("vgg13", "vgg8"): 6.0,
-    ("vgg13", "MobileNetV2"): 6.0,
-    ("wrn_40_2", "wrn_16_2"): 6.0,
-    ("wrn_40_2", "wrn_40_1"): 6.0,
-}
-
-
 class DKDDistiller(BaselineDistiller):
     """Decoupled KD (Zhao et al., 2022): ``--dkd_alpha`` times the target-class KD (binary
     target-versus-rest distributions) plus ``--dkd_beta`` times the non-target-class KD (the
@@ -270,12 +257,12 @@ class DKDDistiller(BaselineDistiller):
     T^2 and averaged over the batch; the weight rises linearly over the first ``--dkd_warmup``
     epochs (none at 0)."""
 
-    defaults: dict[str, Any] = {**Distiller.defaults, "beta": 1.0, "dkd_beta": 8.0}
-    flags = ("beta", "kd_temperature", "dkd_alpha", "dkd_beta", "dkd_warmup")
+    defaults: dict[str, Any] = {**Distiller.defaults, "beta": 1.0, "dkd_beta": DKD_DEFAULT_BETA}
+    flags = ("beta", "kd_temperature", "dkd_alpha", "dkd_beta", "dkd_warmup", "logit_standardization")
 
     @classmethod
     def defaults_for(cls, config: Config) -> dict[str, Any]:
-        return {**cls.defaults, "dkd_beta": DKD_BETA.get((config.teacher, config.student), cls.defaults["dkd_beta"])}
+        return {**cls.defaults, "dkd_beta": DKD_BETA.get((config.teacher, config.student), DKD_DEFAULT_BETA)}
 
     def __init__(self, config: Config, setup: Setup) -> None:
         super().__init__(config, setup)

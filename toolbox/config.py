@@ -29,6 +29,7 @@ from toolbox.choices import (
     parse_ranks,
 )
 from toolbox.errors import UsageError
+from toolbox.logit_settings import standardization_defaults
 from toolbox.naming import validate_experiment_name
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -37,7 +38,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "lr_milestones": "150,180,210", "lr_decay": 0.1},
     # mdistiller's ImageNet solver (configs/imagenet/*/*.yaml, SOLVER)
     "imagenet": {"epochs": 100, "batch_size": 512, "lr": 0.2, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step",
-                 "lr_milestones": "30,60,90", "lr_decay": 0.1},
+                 "lr_milestones": "30,60,90", "lr_decay": 0.1, "dot_delta": 0.09},  # configs/imagenet/*/dot.yaml's DOT.DELTA
 }
 """Training recipes: what each changes from the flags' defaults."""
 RECIPE_STUDENT_LR = {"crd": {"MobileNetV2": 0.01, "ShuffleV1": 0.01, "ShuffleV2": 0.01}}
@@ -45,8 +46,11 @@ RECIPE_STUDENT_LR = {"crd": {"MobileNetV2": 0.01, "ShuffleV1": 0.01, "ShuffleV2"
 RECIPE_METHODS: dict[str, dict[str, dict[str, Any]]] = {
     "imagenet": {  # mdistiller's configs/imagenet/{r34_r18,r50_mv1}/<method>.yaml, where they differ from its cfg.py
         "kd": {"kd_temperature": 1.0, "ce_weight": 0.5, "beta": 0.5},  # KD.TEMPERATURE, KD.LOSS.CE_WEIGHT, KD_WEIGHT
-        "dkd": {"kd_temperature": 1.0, "dkd_warmup": 1},  # DKD.T, DKD.WARMUP (DKD.BETA per pair: baselines.DKD_BETA)
+        "dkd": {"kd_temperature": 1.0, "dkd_warmup": 1},  # DKD.T, DKD.WARMUP (DKD.BETA per pair: logit_settings.DKD_BETA)
         "crd": {"batch_size": 256, "lr": 0.1},  # SOLVER.BATCH_SIZE, SOLVER.LR (CRD.FEAT.DIM stays 128)
+        # not mdistiller's: DIST's configs/strategies/distill/resnet_dist.yaml (hunto/image_classification_sota),
+        # tau 1, 8 GPUs x batch 32 at lr 0.1 (its other settings are this solver's)
+        "dist": {"kd_temperature": 1.0, "batch_size": 256, "lr": 0.1},
     },
 }
 """What a recipe sets for one method's runs beyond its own values: the published per-method settings
@@ -60,6 +64,15 @@ def recipe_defaults(recipe: str, student: str, distillation: str = "none") -> di
     if student in RECIPE_STUDENT_LR.get(recipe, {}):
         values["lr"] = RECIPE_STUDENT_LR[recipe][student]
     values.update(RECIPE_METHODS.get(recipe, {}).get(distillation, {}))
+    return values
+
+
+def run_recipe(config: Any) -> dict[str, Any]:
+    """``recipe_defaults`` for the run ``config`` (a ``Config`` or the parser's namespace), with
+    logit standardisation's published temperature and weights on top where it asks for them."""
+    values = recipe_defaults(config.recipe, config.student, config.distillation)
+    if config.logit_standardization:
+        values.update(standardization_defaults(config.recipe, config.distillation, config.teacher, config.student))
     return values
 
 
@@ -94,7 +107,7 @@ class Config:
     student: str = flag("ResNet56", "architecture being trained", choices=MODELS)
     # The distillation loss
     ce_weight: Optional[float] = flag(None, "weight of the cross-entropy: total = ce_weight * cross-entropy + beta * soft loss (default: 1; kd 0.1, as RepDistiller and mdistiller train it on CIFAR-100, 0.5 with --recipe imagenet)", type=float)
-    beta: Optional[float] = flag(None, "weight of the distillation loss (default: the method's own: 125 for the original's feature-map losses; kd 0.9, fitnet 100, at 1000, sp 3000, pkt 30000, rkd 1, vid 1, crd 0.8, dkd 1, the published CIFAR-100 settings)", type=float)
+    beta: Optional[float] = flag(None, "weight of the distillation loss (default: the method's own: 125 for the original's feature-map losses; kd 0.9, fitnet 100, at 1000, sp 3000, pkt 30000, rkd 1, vid 1, crd 0.8, dkd 1, cc 0.02, nst 50, kdsvd 1, dist 2, the published CIFAR-100 settings)", type=float)
     loss: str = flag("l1", "featuremap, tucker, tucker_recomp, noise: distance between the L2-normalised, flattened maps or cores", choices=SOFT_LOSSES)
     feature_layer: Optional[int] = flag(None, "distilled stage, from 1 to the architecture's number of stages (0 is the stem; default 3, fitnet's hint layer 2): for the CIFAR ResNets 3 is layer3 (64x8x8 on 32x32 images), 2 is 32x16x16, 1 is 16x32x32", type=int)
     ranks: str = flag("BATCH_SIZE,32,8,8", "Tucker ranks for (batch, channel, height, width); BATCH_SIZE keeps the batch mode whole; xF is a fraction of the map's mode, e.g. BATCH_SIZE,x0.5,x1,x1 on any architecture")
@@ -102,7 +115,7 @@ class Config:
     tucker_backend: str = flag("fast", "'fast': tensorly's result in closed form, from float64 Gram eigendecompositions; 'tensorly': tensorly's tucker, as the original called it", choices=BACKENDS)
     hooi_iters: int = flag(HOOI_MAX_SWEEPS, "most HOOI sweeps, on either back end (tensorly's n_iter_max; it stops earlier at its tolerance, 1e-4); 0: the SVD initialisation alone")
     tucker_core: str = flag("original", "tucker: 'original' compares cores with the full-rank modes (batch, spatial) rotated as tensorly rotates them, the study's loss; 'per_sample' leaves them unrotated, comparing each sample's own core (--tucker_backend fast only)", choices=TUCKER_CORES)
-    kd_temperature: float = flag(4.0, "kd, dkd: softmax temperature")
+    kd_temperature: float = flag(4.0, "kd, dkd, dist, and the KD term of --kd_weight: softmax temperature")
     dkd_alpha: float = flag(1.0, "dkd: weight of the target-class term (TCKD)")
     dkd_beta: Optional[float] = flag(None, "dkd: weight of the non-target-class term (NCKD); default 8, or mdistiller's per pair: 2 for resnet56->resnet20 and resnet110->resnet32, 6 for vgg13->vgg8, vgg13->MobileNetV2, wrn_40_2->wrn_16_2 and wrn_40_2->wrn_40_1; on ImageNet 0.5 for resnet34->resnet18, 2 for resnet50->MobileNetV1", type=float)
     dkd_warmup: int = flag(20, "dkd: epochs over which the loss weight rises linearly to beta")
@@ -113,13 +126,19 @@ class Config:
     rkd_distance: float = flag(25.0, "rkd: weight of the distance term")
     rkd_angle: float = flag(50.0, "rkd: weight of the angle term")
     noise_std: float = flag(1.0, "noise: standard deviation of the Gaussian noise added to the student's map")
+    dist_beta: float = flag(1.0, "dist: weight of the inter-class relation (each sample's class probabilities, Pearson-correlated between the networks)")
+    dist_gamma: float = flag(1.0, "dist: weight of the intra-class relation (each class's probabilities over the batch, Pearson-correlated)")
+    kd_weight: Optional[float] = flag(None, "weight of a KD term (Hinton's, at --kd_temperature) added to any method's loss with a teacher: total = ce_weight * cross-entropy + beta * soft loss + kd_weight * KD (default 0: none); --distillation crd --kd_weight 1 is the CRD paper's CRD+KD", type=float)
+    logit_standardization: bool = flag(False, "kd, dkd: z-score each sample's teacher and student logits over the classes before the temperature (Sun et al., CVPR 2024); the temperature and weights not given become that paper's for the pair (mostly T 2, KD weight 9)")
     # Optimisation (SGD with momentum; the original's cosine schedule, or the CRD benchmark's steps)
-    recipe: str = flag("original", "training recipe, which sets the flags below unless they are given: 'original' is the study's (150 epochs, batch 512, lr 0.1, cosine); 'crd' is the CIFAR-100 benchmark's of RepDistiller and mdistiller (240 epochs, batch 64, lr 0.05 or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 students, x0.1 at epochs 150, 180, 210); 'imagenet' is mdistiller's ImageNet solver (100 epochs, batch 512, lr 0.2, weight decay 1e-4, x0.1 at epochs 30, 60, 90; kd: T 1, ce_weight 0.5, beta 0.5; dkd: T 1, warm-up 1 epoch; crd: batch 256, lr 0.1)", choices=tuple(RECIPES))
+    recipe: str = flag("original", "training recipe, which sets the flags below unless they are given: 'original' is the study's (150 epochs, batch 512, lr 0.1, cosine); 'crd' is the CIFAR-100 benchmark's of RepDistiller and mdistiller (240 epochs, batch 64, lr 0.05 or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 students, x0.1 at epochs 150, 180, 210); 'imagenet' is mdistiller's ImageNet solver (100 epochs, batch 512, lr 0.2, weight decay 1e-4, x0.1 at epochs 30, 60, 90; kd: T 1, ce_weight 0.5, beta 0.5; dkd: T 1, warm-up 1 epoch; crd: batch 256, lr 0.1; dist: T 1, batch 256, lr 0.1, DIST's; --optimizer dot: delta 0.09)", choices=tuple(RECIPES))
     epochs: int = flag(150, "training epochs")
     batch_size: int = flag(512, "training batch size")
     lr: float = flag(0.1, "initial learning rate")
     momentum: float = flag(0.9, "SGD momentum")
     weight_decay: float = flag(5e-4, "SGD weight decay")
+    optimizer: Optional[str] = flag(None, "'sgd' (the default), or 'dot': mdistiller's Distillation-Oriented Trainer, SGD whose momentum is --momentum - --dot_delta for the cross-entropy's gradient and --momentum + --dot_delta for the distillation loss's (methods with a teacher, one process)", type=str, choices=("sgd", "dot"))
+    dot_delta: Optional[float] = flag(None, "dot: how far the two momenta lie from --momentum (default 0.075, mdistiller's CIFAR-100 DOT.DELTA; 0.09 with --recipe imagenet)", type=float)
     schedule: str = flag("cosine", "learning-rate schedule: 'cosine' anneals to 0 over the epochs; 'step' multiplies it by --lr_decay after each epoch in --lr_milestones", choices=("cosine", "step"))
     lr_milestones: str = flag("150,180,210", "step schedule: the epochs after which the learning rate decays")
     lr_decay: float = flag(0.1, "step schedule: the factor applied at each milestone")
@@ -165,7 +184,7 @@ class Config:
             if not (value > 0 and math.isfinite(value)):
                 raise UsageError(f"--{name} must be a positive number; got {value}")
         for name in ("beta", "ce_weight", "momentum", "weight_decay", "noise_std", "hooi_iters", "dkd_alpha", "dkd_beta",
-                     "dkd_warmup", "rkd_distance", "rkd_angle"):
+                     "dkd_warmup", "rkd_distance", "rkd_angle", "dist_beta", "dist_gamma", "kd_weight", "dot_delta"):
             value = getattr(self, name)
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 raise UsageError(f"--{name} must be zero or a positive number; got {value}")
@@ -283,7 +302,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
         parser.set_defaults(**from_file)
         first, _ = parser.parse_known_args(argv)
     # the recipe, the student and the method (from the command line, else the file) decide the other defaults
-    parser.set_defaults(**{**recipe_defaults(first.recipe, first.student, first.distillation), **from_file})
+    parser.set_defaults(**{**run_recipe(first), **from_file})
     namespace = parser.parse_args(argv)
     try:
         return config_from_namespace(namespace)

@@ -3,7 +3,8 @@
 A distiller is built for a ``Setup`` (the shapes of every output of both networks, the training
 labels) and turns the teacher's and the student's outputs (``[stem, stage 1, ..., stage k, pooled,
 logits]``) and the ``Step`` (labels, sample indices, epoch) into the soft loss; the training loop
-computes ``ce_weight * cross-entropy + beta * soft_loss`` and knows no method by name. A
+computes ``ce_weight * cross-entropy + beta * soft_loss`` (plus what ``toolbox.composition`` adds
+to any method) and knows no method by name. A
 distiller's own modules (connectors, regressors, embeddings, a memory bank) are trained and
 checkpointed with the student. A new method is one class and one line in ``DISTILLERS``: the
 original study's methods are here, the field's baselines in ``toolbox.baselines``.
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from toolbox.choices import IMAGE_SIZES, parse_ranks
 from toolbox.distributed import World
 from toolbox.errors import UsageError
+from toolbox.logit_settings import STANDARDIZED_METHODS
 from toolbox.models import stage_shapes
 from toolbox.naming import format_value, ranks_tag
 from toolbox.tucker import Factors, absolute_ranks, check_core, project, recompose, tucker
@@ -96,8 +98,10 @@ class Distiller(nn.Module):
 
     needs_teacher = True
     reads_maps = True  # False: no connector is built (it would be trained and saved for nothing)
-    defaults: dict[str, Any] = {"beta": 125.0, "ce_weight": 1.0, "feature_layer": 3}  # the original study's
-    """Values of flags left unset (None) on the command line, where they depend on the method."""
+    defaults: dict[str, Any] = {"beta": 125.0, "ce_weight": 1.0, "feature_layer": 3,  # the original study's
+                                "kd_weight": 0.0, "logit_standardization": False, "optimizer": "sgd", "dot_delta": 0.075}
+    """Values of flags left unset (None) on the command line, where they depend on the method (the
+    loss's additions and the optimiser are here so that a teacher's run never inherits a student's)."""
     flags: tuple[str, ...] = ("feature_layer", "loss", "beta")
     """The method's own flags: the others do not change what it computes. A run's name and its
     identity (resume, skip when finished, the notebooks' grouping) take these into account."""
@@ -114,12 +118,21 @@ class Distiller(nn.Module):
     def check(cls, config: Config) -> None:
         """Refuse a configuration the method cannot train, from the flags alone: ``resolve`` calls
         it, so runner.py refuses such a run before submitting anything. Here: ``--feature_layer``
-        names a stage that both networks have."""
+        names a stage that both networks have, the loss's additions have what they need."""
         archs = [config.student, config.teacher] if cls.needs_teacher else [config.student]
         last = min(len(stage_shapes(arch, image_size=IMAGE_SIZES[config.dataset])) - 1 for arch in archs)
         if not 0 <= config.feature_layer <= last:
             raise UsageError(f"--feature_layer must be from 0 (the stem) to {last} for {' and '.join(archs)}; "
                              f"got {config.feature_layer}")
+        if not cls.needs_teacher and (config.kd_weight or config.optimizer == "dot"):
+            raise UsageError(f"--kd_weight and --optimizer dot need a teacher's loss; --distillation {config.distillation} "
+                             "trains without a teacher: leave them out")
+        if config.optimizer == "dot" and (config.dot_delta or 0.0) > config.momentum:
+            raise UsageError(f"--dot_delta must be at most --momentum ({config.momentum:g}): the cross-entropy's momentum "
+                             f"is their difference; got {config.dot_delta:g}")
+        if config.logit_standardization and "logit_standardization" not in cls.flags:
+            raise UsageError(f"--logit_standardization applies to {' and '.join(STANDARDIZED_METHODS)}, the methods it was "
+                             f"published for; --distillation {config.distillation} is not one of them: leave it out")
 
     @classmethod
     def defaults_for(cls, config: Config) -> dict[str, Any]:
@@ -243,7 +256,7 @@ class LogitDistiller(Distiller):
 
     reads_maps = False
     defaults: dict[str, Any] = {**Distiller.defaults, "beta": 0.9, "ce_weight": 0.1}
-    flags = ("beta", "kd_temperature")
+    flags = ("beta", "kd_temperature", "logit_standardization")
 
     def __init__(self, config: Config, setup: Setup) -> None:
         super().__init__(config, setup)

@@ -1,8 +1,9 @@
 """The registry of distillation methods: ``--distillation NAME`` -> its class.
 
 The original study's methods live in ``toolbox.distillation`` (with the interface), the field's
-baselines in ``toolbox.baselines``; a new method is one class there, one line here and its name in
-``toolbox.choices.METHODS`` (which ``--help`` reads without loading torch; a test keeps the two equal).
+baselines in ``toolbox.baselines`` and the modules beside it; a new method is one class there, one
+line here and its name in ``toolbox.choices.METHODS`` (which ``--help`` reads without loading torch;
+a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from toolbox.baselines import (
     SimilarityDistiller,
     VIDDistiller,
 )
-from toolbox.config import Config, recipe_defaults
+from toolbox.config import Config, run_recipe
 from toolbox.crd import CRDDistiller
 from toolbox.distillation import (
     Distiller,
@@ -33,6 +34,8 @@ from toolbox.distillation import (
     TuckerDistiller,
     TuckerRecompDistiller,
 )
+from toolbox.logit_methods import DISTDistiller
+from toolbox.relational import CCDistiller, KDSVDDistiller, NSTDistiller
 
 DISTILLERS: dict[str, type[Distiller]] = {
     "none": NoDistillation,
@@ -49,6 +52,10 @@ DISTILLERS: dict[str, type[Distiller]] = {
     "vid": VIDDistiller,
     "crd": CRDDistiller,
     "dkd": DKDDistiller,
+    "cc": CCDistiller,
+    "nst": NSTDistiller,
+    "kdsvd": KDSVDDistiller,
+    "dist": DISTDistiller,
 }
 
 
@@ -56,7 +63,7 @@ def with_defaults(config: Config) -> Config:
     """``config`` with the flags left unset (None) given the defaults for this run: its recipe's for
     the method (``--recipe imagenet``'s kd weights), else the method's own (as ``rundir.method_default``)."""
     own = {**DISTILLERS[config.distillation].defaults_for(config),
-           **recipe_defaults(config.recipe, config.student, config.distillation)}
+           **run_recipe(config)}
     return dataclasses.replace(config, **{name: value for name, value in own.items() if getattr(config, name) is None})
 
 

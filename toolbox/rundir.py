@@ -28,10 +28,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
 from toolbox.choices import format_ranks, parse_ranks
-from toolbox.config import RUNTIME_FIELDS, Config, flag_default, recipe_defaults
+from toolbox.config import RUNTIME_FIELDS, Config, flag_default, recipe_defaults, run_recipe
 from toolbox.errors import IOFailure, UsageError
 from toolbox.naming import format_value, validate_experiment_name
 from toolbox.scheduler import LocalScheduler
@@ -99,24 +99,36 @@ CONFLICTING, CORRUPT = "conflicting", "corrupt"
 
 # ---------------------------------------------------------------- which flags make a run
 
-def defining_flags(distillation: str) -> list[str]:
+TEACHER_FLAGS = ("teacher", "kd_weight", "optimizer")
+"""Flags that only a method with a teacher reads (--kd_weight's KD term and DOT split a teacher's loss)."""
+SWITCHED_FLAGS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "kd_temperature": lambda config: float(config.get("kd_weight") or 0) != 0,  # the temperature of --kd_weight's KD
+    "dot_delta": lambda config: config.get("optimizer") == "dot",
+}
+"""Flags read by a run that another of its flags switches on (besides the methods that read them always);
+the values may be a grid's text (``"0"``)."""
+
+
+def defining_flags(distillation: str, config: Optional[Mapping[str, Any]] = None) -> list[str]:
     """The flags that make a run of ``distillation`` the experiment it is, in ``Config`` order:
     all but the speed and location flags, less the flags only other methods read (and less the
-    teacher for a method without one). An unknown method keeps them all: split, never mixed."""
+    ``TEACHER_FLAGS`` for a method without a teacher), with the ``SWITCHED_FLAGS`` that ``config``'s
+    values switch on. An unknown method keeps them all: split, never mixed."""
     distiller = distillers().get(distillation)
     specific = method_specific()
-    own = set(distiller.flags) if distiller else specific
+    own = set(distiller.flags) if distiller else specific | set(SWITCHED_FLAGS)
+    own |= {name for name, switched_on in SWITCHED_FLAGS.items() if config is not None and switched_on(config)}
     return [
         item.name for item in dataclasses.fields(Config)
         if item.name not in RUNTIME_FIELDS | {"experiment_name"}
-        and (item.name not in specific or item.name in own)
-        and not (item.name == "teacher" and distiller is not None and not distiller.needs_teacher)
+        and (item.name in own or (item.name not in specific and item.name not in SWITCHED_FLAGS))
+        and not (item.name in TEACHER_FLAGS and distiller is not None and not distiller.needs_teacher)
     ]
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """The defining flags of a saved or current config and their values."""
-    return {name: config.get(name, ABSENT) for name in defining_flags(config["distillation"])}
+    return {name: config.get(name, ABSENT) for name in defining_flags(config["distillation"], config)}
 
 
 def method_defaulted() -> frozenset[str]:
@@ -128,7 +140,7 @@ def method_defaulted() -> frozenset[str]:
 def method_default(distiller: type[Distiller], name: str, config: Optional[Config] = None) -> Any:
     """A flag's default for a run: its recipe's for the method (``--recipe crd`` sets 240 epochs,
     ``--recipe imagenet`` kd's temperature 1), else the method's own (``beta``), else the flag's."""
-    recipe = recipe_defaults(config.recipe, config.student, config.distillation) if config is not None else {}
+    recipe = run_recipe(config) if config is not None else {}
     if name in recipe:
         return recipe[name]
     own = distiller.defaults_for(config) if config is not None else distiller.defaults
@@ -142,7 +154,7 @@ def changed_flags(config: Config) -> dict[str, Any]:
     and the method's tag already spell out."""
     distiller = distillers()[config.distillation]
     changed = {}
-    for name in defining_flags(config.distillation):
+    for name in defining_flags(config.distillation, dataclasses.asdict(config)):
         value = getattr(config, name)
         if name in NAME_FIELDS or name in distiller.tag_flags or value is None:  # None: the method's default
             continue
@@ -170,7 +182,7 @@ def teacher_config(config: Config) -> Config:
     seed 0; a flag the recipe sets per architecture or per method (the CRD recipe's lr, the ImageNet
     recipe's batch for crd) takes the teacher's plain run's value unless the student's was given
     explicitly."""
-    own = recipe_defaults(config.recipe, config.student, config.distillation)
+    own = run_recipe(config)
     theirs = recipe_defaults(config.recipe, config.teacher)
     per_run = {name: theirs.get(name, flag_default(name)) for name in own if getattr(config, name) == own[name]}
     return dataclasses.replace(config, **{**per_run, **dict.fromkeys(method_defaulted())}, distillation="none",
@@ -213,11 +225,13 @@ def resolve(config: Config) -> Config:
 
 
 def differences(saved: Mapping[str, Any], config: Config) -> list[str]:
-    """``--lr 0.05 there, 0.01 here`` for each defining flag in which two runs differ."""
+    """``--lr 0.05 there, 0.01 here`` for each defining flag in which two runs differ (a flag that
+    defines one run only, switched on by another, compared as it is saved in the other)."""
     current = dataclasses.asdict(config)
     ours, theirs = identity(current), identity(saved)
-    return [f"--{name} {theirs.get(name, ABSENT)!r} there, {ours.get(name, ABSENT)!r} here"
-            for name in dict.fromkeys([*theirs, *ours]) if theirs.get(name, ABSENT) != ours.get(name, ABSENT)]
+    ours.update({name: current.get(name, ABSENT) for name in theirs.keys() - ours.keys()})
+    theirs.update({name: saved.get(name, ABSENT) for name in ours.keys() - theirs.keys()})
+    return [f"--{name} {theirs[name]!r} there, {ours[name]!r} here" for name in ours if theirs[name] != ours[name]]
 
 
 def file_digest(path: Path) -> str:

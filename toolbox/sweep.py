@@ -77,6 +77,8 @@ Axes = dict[str, list[str]]
 """Grid axes: a training flag's name -> its values, spelled as on the command line; the axis
 ``pair`` sets ``teacher`` and ``student`` together (``resnet56-resnet20``)."""
 PAIR = "pair"
+SWITCHES = frozenset(item.name for item in dataclasses.fields(Config) if isinstance(item.default, bool))
+"""The on/off flags, which a grid spells true and false."""
 
 
 def axis_flags() -> set[str]:
@@ -98,6 +100,8 @@ def parse_axis(text: str) -> tuple[str, list[str]]:
     if name == PAIR:
         for part in parts:
             split_pair(part)
+    if name in SWITCHES and not set(parts) <= {"true", "false"}:
+        raise UsageError(f"--grid {name}: an on/off flag takes true or false; got {values!r}")
     return name, list(dict.fromkeys(parts))
 
 
@@ -117,7 +121,7 @@ def grid_points(axes: Axes) -> Iterator[dict[str, str]]:
         point = dict(zip(axes, values))
         if PAIR in point:
             point["teacher"], point["student"] = split_pair(point.pop(PAIR))
-        applies = set(defining_flags(point.get("distillation", Config.distillation))) | {"distillation"}
+        applies = set(defining_flags(point.get("distillation", Config.distillation), point)) | {"distillation"}
         point = {name: value for name, value in point.items() if name in applies}
         key = tuple(sorted(point.items()))
         if key not in seen:
@@ -126,7 +130,9 @@ def grid_points(axes: Axes) -> Iterator[dict[str, str]]:
 
 
 def as_flags(point: dict[str, str]) -> list[str]:
-    return [token for name, value in point.items() for token in (f"--{name}", value)]
+    """A grid point as command-line flags: an on/off flag's ``true`` is ``--flag``, ``false`` ``--no-flag``."""
+    return [token for name, value in point.items()
+            for token in ([f"--{name}" if value == "true" else f"--no-{name}"] if name in SWITCHES else [f"--{name}", value])]
 
 
 def build_grid(axes: Axes, common: list[str], experiments_dir: Path, study: str = "",
@@ -168,7 +174,7 @@ def grid_table(runs: list[Run], axes: Axes) -> str:
 
 def axis_value(config: Config, axis: str) -> str:
     """A run's value on a grid axis, ``-`` where its method does not read the flag."""
-    own = set(defining_flags(config.distillation)) | {"distillation"}
+    own = set(defining_flags(config.distillation, dataclasses.asdict(config))) | {"distillation"}
     if axis == PAIR:
         return f"{config.teacher}-{config.student}" if "teacher" in own else config.student
     return format_value(getattr(config, axis)) if axis in own else "-"

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from toolbox.composition import DistillationLoss
 from toolbox.config import Config, milestones
 from toolbox.curves import Curves, open_curves
 from toolbox.data_loader import DataSource, load_dataset
@@ -39,6 +40,7 @@ from toolbox.distributed import World, join
 from toolbox.errors import DivergedError, Interrupted, IOFailure, UsageError
 from toolbox.methods import DISTILLERS, build_distiller
 from toolbox.models import build_model, load_checkpoint
+from toolbox.optimizers import make_optimizer
 from toolbox.lastpt import HISTORY_KEYS, KEEP_LAST, read_last
 from toolbox.progress import Position, progress_line
 from toolbox.rundir import RunDir, differences, file_digest, open_nofollow, resolve, teacher_command
@@ -114,13 +116,15 @@ class Learner(nn.Module):
     """The student and the distiller's trainable modules as one module, whose forward pass is
     what a step trains: one DDP (``World.wrap``) then averages all their gradients over the ranks."""
 
-    def __init__(self, student: nn.Module, distiller: Distiller) -> None:
+    def __init__(self, student: nn.Module, loss: DistillationLoss) -> None:
         super().__init__()
-        self.student, self.distiller = student, distiller
+        self.student, self.loss = student, loss
 
-    def forward(self, images: torch.Tensor, teacher_out: Optional[list[torch.Tensor]], step: Step) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(self, images: torch.Tensor, teacher_out: Optional[list[torch.Tensor]],
+                step: Step) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The student's outputs, the method's soft loss and the weighted distillation loss."""
         student_out = self.student(images)
-        return student_out, self.distiller.soft_loss(teacher_out, student_out, step)
+        return student_out, *self.loss(teacher_out, student_out, step)
 
 
 class Trainer:
@@ -156,7 +160,7 @@ class Trainer:
         self.feature_shapes = {"teacher": teacher_shapes[config.feature_layer], "student": student_shapes[config.feature_layer]}
 
         parameters = list(self.student.parameters()) + list(self.distiller.parameters())
-        self.optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(config, parameters, self.world)
         self.scheduler = make_scheduler(config, self.optimizer)
         self.history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
         self.elapsed = 0.0  # seconds of training, summed over resumed sessions
@@ -171,7 +175,7 @@ class Trainer:
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.distiller = nn.SyncBatchNorm.convert_sync_batchnorm(self.distiller)
         self.student_step = torch.compile(self.student) if config.compile else self.student
-        self.learner = self.world.wrap(Learner(self.student_step, self.distiller))
+        self.learner = self.world.wrap(Learner(self.student_step, DistillationLoss(config, self.distiller)))
         self.teacher_step = self.teacher
         if self.teacher is not None:
             self.teacher.to(memory_format=self.memory_format)
@@ -258,12 +262,9 @@ class Trainer:
             if self.teacher_step is not None:
                 with torch.no_grad():
                     teacher_out = self.teacher_step(images)
-            student_out, soft = self.learner(images, teacher_out, Step(labels, indices, self.epoch + 1))
+            student_out, soft, distillation = self.learner(images, teacher_out, Step(labels, indices, self.epoch + 1))
             hard = F.cross_entropy(student_out[-1].float(), labels)
-        loss = (self.config.ce_weight * hard + self.config.beta * soft) * weight
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.optimizer.update(self.config.ce_weight * hard, distillation, weight)  # gradients, then the step
         return hard.detach(), soft.detach(), (student_out[-1].detach().argmax(1) == labels).sum()
 
     def train_epoch(self, stop: StopFlag, say: Callable[[str], None] = print) -> dict[str, float]:
