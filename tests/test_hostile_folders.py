@@ -179,8 +179,13 @@ def test_other_spellings_of_the_ranks_are_the_same_run(tmp_path: Path) -> None:
     run.metrics.write_text(json.dumps({"best_test_acc": 50.0}))
     assert train(Config(**flags, ranks="BATCH_SIZE,\uff18,8,8")) == {"best_test_acc": 50.0}
     older = {name: value for name, value in dataclasses.asdict(base).items() if name != "loss"}  # before --loss existed
-    run.config.write_text(json.dumps({"config": older}))
-    with pytest.raises(UsageError, match="--loss '<absent>' there") as error:  # named after its flags, not by hand
+    run.config.write_text(json.dumps({"config": older}))  # the run of --loss's default, l1
+    assert train(Config(**flags, ranks="BATCH_SIZE,8,8,8")) == {"best_test_acc": 50.0}
+    assert "--loss 'l1' there, 'l2' here" in str(pytest.raises(UsageError, train, Config(**flags, loss="l2",
+                                                                                          experiment_name=base.experiment_name)).value)
+    unknowable = {name: value for name, value in dataclasses.asdict(base).items() if name != "beta"}  # the method's default
+    run.config.write_text(json.dumps({"config": unknowable}))
+    with pytest.raises(UsageError, match="--beta '<absent>' there") as error:  # named after its flags, not by hand
         train(Config(**flags, ranks="BATCH_SIZE,8,8,8"))
     assert "--experiment_name" not in str(error.value)
 

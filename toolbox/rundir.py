@@ -91,7 +91,20 @@ def method_specific() -> frozenset[str]:
     return frozenset(flag for distiller in distillers().values() for flag in distiller.flags)
 
 ABSENT = "<absent>"
-"""A flag that a saved config.json does not have (written before the flag existed)."""
+"""A flag that a saved config.json does not have (written before the flag existed) and whose value
+is the method's, so that its absence cannot tell which."""
+
+
+def saved_value(config: Mapping[str, Any], name: str) -> Any:
+    """Flag ``name`` of a saved or current config. A config.json written before the flag existed
+    lacks it: its run computed what the flag's default computes (a new flag never changes what a run
+    computed before it: a variant is an option, not a default), so the default stands in, and such
+    runs resume and are skipped as finished as before. A flag whose default the method decides has
+    no such stand-in."""
+    if name in config:
+        return config[name]
+    default = flag_default(name)
+    return ABSENT if default is None else default
 
 FINISHED, RUNNING, PENDING, FAILED, NOT_STARTED = "finished", "running", "pending", "failed", "not started"
 CONFLICTING, CORRUPT = "conflicting", "corrupt"
@@ -128,7 +141,7 @@ def defining_flags(distillation: str, config: Optional[Mapping[str, Any]] = None
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """The defining flags of a saved or current config and their values."""
-    return {name: config.get(name, ABSENT) for name in defining_flags(config["distillation"], config)}
+    return {name: saved_value(config, name) for name in defining_flags(config["distillation"], config)}
 
 
 def method_defaulted() -> frozenset[str]:
@@ -229,8 +242,8 @@ def differences(saved: Mapping[str, Any], config: Config) -> list[str]:
     defines one run only, switched on by another, compared as it is saved in the other)."""
     current = dataclasses.asdict(config)
     ours, theirs = identity(current), identity(saved)
-    ours.update({name: current.get(name, ABSENT) for name in theirs.keys() - ours.keys()})
-    theirs.update({name: saved.get(name, ABSENT) for name in ours.keys() - theirs.keys()})
+    ours.update({name: saved_value(current, name) for name in theirs.keys() - ours.keys()})
+    theirs.update({name: saved_value(saved, name) for name in ours.keys() - theirs.keys()})
     return [f"--{name} {theirs[name]!r} there, {ours[name]!r} here" for name in ours if theirs[name] != ours[name]]
 
 
