@@ -1,8 +1,9 @@
 """The registry of distillation methods: ``--distillation NAME`` -> its class.
 
 The original study's methods live in ``toolbox.distillation`` (with the interface), the field's
-baselines in ``toolbox.baselines``; a new method is one class there, one line here and its name in
-``toolbox.choices.METHODS`` (which ``--help`` reads without loading torch; a test keeps the two equal).
+baselines in ``toolbox.baselines`` and in modules of their own (``toolbox.crd``,
+``toolbox.feature_fusion``, ``toolbox.two_phase``); a new method is one class there, one line here
+and its name in ``toolbox.choices.METHODS`` (which ``--help`` reads without loading torch; a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from toolbox.baselines import (
 )
 from toolbox.config import Config, recipe_defaults
 from toolbox.crd import CRDDistiller
+from toolbox.feature_fusion import OFDDistiller, ReviewKDDistiller
 from toolbox.distillation import (
     Distiller,
     FeatureMapDistiller,
@@ -33,6 +35,7 @@ from toolbox.distillation import (
     TuckerDistiller,
     TuckerRecompDistiller,
 )
+from toolbox.two_phase import ABDistiller, FSPDistiller, FTDistiller
 
 DISTILLERS: dict[str, type[Distiller]] = {
     "none": NoDistillation,
@@ -49,6 +52,11 @@ DISTILLERS: dict[str, type[Distiller]] = {
     "vid": VIDDistiller,
     "crd": CRDDistiller,
     "dkd": DKDDistiller,
+    "ofd": OFDDistiller,
+    "reviewkd": ReviewKDDistiller,
+    "ab": ABDistiller,
+    "ft": FTDistiller,
+    "fsp": FSPDistiller,
 }
 
 
