@@ -58,6 +58,20 @@ def digits_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     return experiments, metrics
 
 
+@pytest.fixture(scope="session")
+def briefly_trained() -> tuple[Any, Any, Any, Any]:
+    """A ResNet20 teacher and a ResNetBaby student trained briefly on digits (their maps have a
+    trained network's structure, which random tensors lack), in eval mode, and one batch of 64
+    training images with its labels: (teacher, student, images, labels)."""
+    from tests.test_tucker_fidelity import train_briefly
+    from toolbox.data_loader import load_dataset, train_batches
+
+    data = load_dataset("digits", "unused", "cpu")
+    teacher, student = train_briefly("ResNet20", data, 30, seed=0), train_briefly("ResNetBaby", data, 15, seed=1)
+    images, labels, _ = next(train_batches(data, 64, seed=2, epoch=0))
+    return teacher, student, images, labels
+
+
 def forget_stop_signal() -> None:
     """A run stopped in this process leaves the signal recorded on the installed StopFlag
     (tucker_distillation.py installs one when it is imported), which would stop the next run at once."""
