@@ -562,7 +562,8 @@ PUBLISHED_CSV = Path(__file__).resolve().parent / "published" / "crd_cifar100.cs
 PUBLISHED_DATASET = "cifar100"
 BENCHMARK_PAIRS = SAME_ARCH_PAIRS
 """The published table's teacher->student pairs (same architectural type), in its column order."""
-BENCHMARK_ROWS = ("teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd", "featuremap")
+BENCHMARK_ROWS = ("teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "ab", "ft", "fsp", "crd", "dkd",
+                  "ofd", "reviewkd", "featuremap")
 """Rows in this order, then the Tucker variants (``TUCKER_FAMILIES``), then any other method by name."""
 TUCKER_FAMILIES = ("tucker", "recomp_teacher", "recomp_student", "recomp_both")
 BENCHMARK_STATISTICS = {
@@ -833,13 +834,14 @@ class BenchmarkLayout:
 
 
 IMAGENET_PUBLISHED_CSV = PUBLISHED_CSV.parent / "imagenet.csv"
-"""The published ImageNet numbers (mdistiller's README; torchvision's weights; torchdistill's README)."""
+"""The published ImageNet numbers (mdistiller's README; torchvision's weights; torchdistill's and ReviewKD's READMEs)."""
 BENCHMARK_LAYOUTS = {
     "cifar100": BenchmarkLayout(BENCHMARK_PAIRS, PUBLISHED_CSV, "RepDistiller's README, DKD from mdistiller's README"),
     "imagenet": BenchmarkLayout(IMAGENET_PAIRS, IMAGENET_PUBLISHED_CSV,
                                 "kd, dkd and kd_dot (KD with mdistiller's DOT) from mdistiller's README, trained with "
                                 "mdistiller's solver (--recipe imagenet); teacher and student: torchvision's weights, "
-                                "trained by torchvision's own recipe; at, crd: torchdistill's README, its own recipe"),
+                                "trained by torchvision's own recipe; at, crd: torchdistill's README, its own recipe; "
+                                "reviewkd: ReviewKD's README, its authors' recipe"),
 }
 """``dataset`` -> its ``BenchmarkLayout``: the data sets whose benchmark table has published numbers."""
 
