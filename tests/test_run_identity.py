@@ -53,7 +53,8 @@ OTHER_VALUES: dict[str, Any] = {
     "weight_decay": 1e-4, "seed": 3, "max_batches": 3, "sync_bn": True, "dataset": "cifar10", "student": "ResNet20",
     "recipe": "crd", "schedule": "step", "lr_milestones": "100,200", "lr_decay": 0.2, "ce_weight": 0.5,
     "dkd_alpha": 2.0, "dkd_beta": 4.0, "dkd_warmup": 5, "crd_dim": 64, "crd_negatives": 100, "crd_temperature": 0.1,
-    "crd_momentum": 0.9, "rkd_distance": 10.0, "rkd_angle": 20.0,
+    "crd_momentum": 0.9, "rkd_distance": 10.0, "rkd_angle": 20.0, "init_epochs": 5, "reviewkd_warmup": 5,
+    "reviewkd_student_preact": True,
 }
 CASES = [(method, flag) for method in DISTILLERS for flag in defining_flags(method) if flag != "distillation"]
 
