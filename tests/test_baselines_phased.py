@@ -518,3 +518,20 @@ def test_ft_trains_the_paraphraser_alone_first_then_the_student_and_translator(
     assert moved(before["distiller"], after_init["distiller"]) == paraphraser
     assert moved(after_init["student"], last["student"]) == set(before["student"])
     assert moved(after_init["distiller"], last["distiller"]) == set(before["distiller"]) - paraphraser
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ([], None),
+    ([{"train_hard_loss": 2.3, "train_soft_loss": 0.5, "train_acc": 10.0}], None),
+    ("init", "its 'phase_history' entry is not a list of records of train_hard_loss, train_soft_loss, train_acc"),
+    ([{"train_soft_loss": 0.5}], "its 'phase_history' entry is not a list of records"),
+    ([{"train_hard_loss": 2.3, "train_soft_loss": float("nan"), "train_acc": 10.0}], "'phase_history' entry is not"),
+])
+def test_a_damaged_phase_history_makes_last_pt_unusable(entry: Any, problem: Optional[str]) -> None:
+    from toolbox.lastpt import HISTORY_KEYS, last_pt_problem
+
+    state = {"student": {}, "distiller": {}, "optimizer": {}, "scheduler": {}, "torch_rng": torch.get_rng_state(),
+             "elapsed": 1.0, "teacher_sha256": None, "history": {key: [] for key in HISTORY_KEYS}, "position": None,
+             "phase_history": entry}
+    found = last_pt_problem(state)
+    assert found is None if problem is None else problem in found
