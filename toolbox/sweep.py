@@ -146,9 +146,12 @@ def build_grid(axes: Axes, common: list[str], experiments_dir: Path, study: str 
     runs: dict[str, Run] = {}
     teacher_runs: dict[str, Run] = {}
     for point in grid_points(axes):
-        if leave_out_refused and refused([*as_flags(point), *common]):
-            continue
-        run = make_run([*as_flags(point), *common], experiments_dir, study)
+        try:
+            run = make_run([*as_flags(point), *common], experiments_dir, study)
+        except UsageError:
+            if leave_out_refused and refused([*as_flags(point), *common]):
+                continue
+            raise
         needs_teacher = DISTILLERS[run.config.distillation].needs_teacher
         if needs_teacher and run.config.teacher in (teacher_files or {}):
             given = ["--teacher_checkpoint", str(teacher_files[run.config.teacher])]
