@@ -62,19 +62,27 @@ REAL_BATCH = 64
 
 
 @pytest.fixture(scope="session")
-def real_outputs() -> tuple[list[Any], list[Any], Any]:
-    """Every output of a ResNet20 teacher and a ResNetBaby student trained briefly on digits, on one
-    batch of training images: maps with a trained network's structure (a few dominant directions,
-    many zeros after the ReLU), which random tensors lack; and the batch's labels. For the
-    baselines' tests, which compare their losses on these maps with float64 references."""
-    import torch
-
+def briefly_trained() -> tuple[Any, Any, Any, Any]:
+    """A ResNet20 teacher and a ResNetBaby student trained briefly on digits (their maps have a
+    trained network's structure, which random tensors lack), in eval mode, and one batch of
+    REAL_BATCH training images with its labels: (teacher, student, images, labels)."""
     from tests.test_tucker_fidelity import train_briefly
     from toolbox.data_loader import load_dataset, train_batches
 
     data = load_dataset("digits", "unused", "cpu")
     teacher, student = train_briefly("ResNet20", data, 30, seed=0), train_briefly("ResNetBaby", data, 15, seed=1)
     images, labels, _ = next(train_batches(data, REAL_BATCH, seed=2, epoch=0))
+    return teacher, student, images, labels
+
+
+@pytest.fixture(scope="session")
+def real_outputs(briefly_trained: tuple) -> tuple[list[Any], list[Any], Any]:
+    """Every output of the briefly trained teacher and student on their batch: maps with a trained
+    network's structure (a few dominant directions, many zeros after the ReLU); and the batch's
+    labels. For the baselines' tests, which compare their losses on these maps with float64 references."""
+    import torch
+
+    teacher, student, images, labels = briefly_trained
     with torch.no_grad():
         return teacher(images), student(images), labels
 

@@ -377,17 +377,19 @@ def test_a_cell_never_mixes_recipes_or_settings(tmp_path: Path) -> None:
 
 def test_published_numbers() -> None:
     published = analysis.published_results()
-    assert list(published.columns) == ["teacher", "student", "method", "top1", "source"] and len(published) == 77 + 68
+    assert list(published.columns) == ["teacher", "student", "method", "top1", "source"] and len(published) == 77 + 68 + 21
     indexed = published.set_index(["teacher", "student", "method"])
     assert indexed.loc[("wrn_40_2", "wrn_16_2", "teacher"), "top1"] == 75.61
     assert math.isnan(indexed.loc[("resnet110", "resnet20", "dkd"), "top1"])  # not published, not zero
+    assert math.isnan(indexed.loc[("wrn_40_2", "wrn_40_1", "fsp"), "top1"])  # N/A: the widths differ
+    assert indexed.loc[("resnet32x4", "resnet8x4", "ab"), "top1"] == 73.17
     assert indexed.loc[("vgg13", "vgg8", "crd"), "top1"] == 73.94
     assert indexed.loc[("resnet32x4", "resnet8x4", "dkd"), "source"] == "https://github.com/megvii-research/mdistiller"
     repdistillers = ["teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "cc", "nst"]
     assert set(published.loc[published["method"].isin(repdistillers), "source"]) == {"https://github.com/HobbitLong/RepDistiller"}
     wide = analysis.published_table(published)
-    assert list(wide.index) == ["teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "crd+kd", "dkd",
-                                "cc", "nst", "dist", "kd+ls", "dkd+ls", "kd_dot"]
+    assert list(wide.index) == ["teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "ab", "ft", "fsp",
+                                "crd", "crd+kd", "dkd", "cc", "nst", "dist", "kd+ls", "dkd+ls", "kd_dot"]
     assert list(wide.columns) == [analysis.pair_label(*pair) for pair in (*analysis.BENCHMARK_PAIRS, *CROSS_ARCH_PAIRS)]
     assert wide.loc["student", "resnet110→resnet32"] == 71.14
 
@@ -533,7 +535,7 @@ def test_the_imagenet_layout_shows_both_pairs_and_every_published_row(tmp_path: 
     where = {"epochs": 100}
     last = analysis.layout_table(summary, "last", "imagenet", where)
     assert list(last.columns) == ["resnet34→resnet18", "resnet50→MobileNetV1"]  # both pairs, though one has no run
-    assert list(last.index) == ["teacher", "student", "kd", "at", "crd", "dkd", "dist", "kd_dot", "tucker_x0.5"]
+    assert list(last.index) == ["teacher", "student", "kd", "at", "crd", "dkd", "reviewkd", "dist", "kd_dot", "tucker_x0.5"]
     assert last.loc["teacher"].tolist() == ["– (73.31)", "– (76.13)"]  # torchvision's teachers: never trained here
     assert last.loc["student"].tolist() == ["69.00 (69.76)", "– (–)"]  # no MobileNetV1 alone is published
     assert last.loc["crd"].tolist() == ["– (70.93)", "– (–)"]  # the epochs=2 run is not of this recipe
@@ -552,5 +554,5 @@ def test_the_imagenet_layout_shows_both_pairs_and_every_published_row(tmp_path: 
 def test_every_published_imagenet_number_names_its_source() -> None:
     published = analysis.published_results(analysis.IMAGENET_PUBLISHED_CSV)
     assert set(zip(published["teacher"], published["student"])) == set(analysis.IMAGENET_PAIRS)
-    assert published["source"].str.contains("mdistiller|torchvision|torchdistill|DIST_KD").all()
+    assert published["source"].str.contains("mdistiller|torchvision|torchdistill|DIST_KD|ReviewKD").all()
     assert not published.duplicated(["teacher", "student", "method"]).any()

@@ -287,7 +287,7 @@ BASELINE_CLASSES = {name: DISTILLERS[name] for name in ("fitnet", "at", "sp", "p
 
 
 def test_registry_order_defaults_and_flags() -> None:
-    assert list(DISTILLERS)[6:14] == ["fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd"]
+    assert list(DISTILLERS)[6:14] == ["fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd"]  # later methods follow
     betas = {name: cls.defaults["beta"] for name, cls in BASELINE_CLASSES.items()}
     assert betas == {"fitnet": 100.0, "at": 1000.0, "sp": 3000.0, "pkt": 30000.0, "rkd": 1.0, "vid": 1.0, "dkd": 1.0}
     assert all(cls.defaults["ce_weight"] == 1.0 and not cls.reads_maps and cls.needs_teacher for cls in BASELINE_CLASSES.values())

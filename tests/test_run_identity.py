@@ -55,6 +55,7 @@ OTHER_VALUES: dict[str, Any] = {
     "dkd_alpha": 2.0, "dkd_beta": 4.0, "dkd_warmup": 5, "crd_dim": 64, "crd_negatives": 100, "crd_temperature": 0.1,
     "crd_momentum": 0.9, "rkd_distance": 10.0, "rkd_angle": 20.0,
     "dist_beta": 2.0, "dist_gamma": 0.5, "kd_weight": 1.0, "logit_standardization": True, "optimizer": "dot",
+    "init_epochs": 5, "reviewkd_warmup": 5, "reviewkd_student_preact": True,
 }
 CASES = [(method, flag) for method in DISTILLERS for flag in defining_flags(method) if flag != "distillation"]
 

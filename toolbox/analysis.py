@@ -579,8 +579,8 @@ CIFAR_SOURCES = ("RepDistiller's README; DKD and kd_dot from mdistiller's README
                  "dkd+ls from Sun et al.'s README, dist from DIST's README")
 BENCHMARK_PAIRS = SAME_ARCH_PAIRS
 """The published table's teacher->student pairs (same architectural type), in its column order."""
-BENCHMARK_ROWS = ("teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "crd+kd", "dkd",
-                  "cc", "nst", "kdsvd", "dist", "kd+ls", "dkd+ls", "kd_dot", "featuremap")
+BENCHMARK_ROWS = ("teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "ab", "ft", "fsp", "crd", "crd+kd",
+                  "dkd", "cc", "nst", "kdsvd", "ofd", "reviewkd", "dist", "kd+ls", "dkd+ls", "kd_dot", "featuremap")
 """Rows in this order, then the Tucker variants (``TUCKER_FAMILIES``), then any other method by name."""
 TUCKER_FAMILIES = ("tucker", "recomp_teacher", "recomp_student", "recomp_both")
 BENCHMARK_STATISTICS = {
@@ -850,14 +850,14 @@ class BenchmarkLayout:
 
 
 IMAGENET_PUBLISHED_CSV = PUBLISHED_CSV.parent / "imagenet.csv"
-"""The published ImageNet numbers (mdistiller's README; torchvision's weights; torchdistill's README)."""
+"""The published ImageNet numbers (mdistiller's README; torchvision's weights; torchdistill's and ReviewKD's READMEs)."""
 BENCHMARK_LAYOUTS = {
     "cifar100": BenchmarkLayout(BENCHMARK_PAIRS, PUBLISHED_CSV, CIFAR_SOURCES),
     "imagenet": BenchmarkLayout(IMAGENET_PAIRS, IMAGENET_PUBLISHED_CSV,
                                 "kd, dkd and kd_dot (KD with mdistiller's DOT) from mdistiller's README, trained with "
                                 "mdistiller's solver (--recipe imagenet); teacher and student: torchvision's weights, "
                                 "trained by torchvision's own recipe; at, crd: torchdistill's README, its own recipe; dist: "
-                                "DIST's README, its own recipe"),
+                                "DIST's README, its own recipe; reviewkd: ReviewKD's README, its authors' recipe"),
 }
 """``dataset`` -> its ``BenchmarkLayout``: the data sets whose benchmark table has published numbers."""
 

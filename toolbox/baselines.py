@@ -75,6 +75,14 @@ def match_spatial(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     return student, teacher
 
 
+def conv_regressor(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
+    """RepDistiller's ``ConvReg`` convolution from the student's (C, H, W) map to the teacher's:
+    the ``connector``'s choice by the size ratio, with a bias, and at equal sizes a 1x1 with a bias."""
+    if tuple(student_shape[1:]) == tuple(teacher_shape[1:]):  # ConvReg's valid convolution is 1x1 there
+        return nn.Conv2d(student_shape[0], teacher_shape[0], kernel_size=1)
+    return connector(student_shape, teacher_shape)
+
+
 class FitNetDistiller(BaselineDistiller):
     """FitNets (Romero et al., 2015): the student's hint-layer map, through a trained regressor
     (RepDistiller's ConvReg: a convolution chosen by the size ratio, BatchNorm, ReLU), regressed
@@ -85,11 +93,8 @@ class FitNetDistiller(BaselineDistiller):
 
     def __init__(self, config: Config, setup: Setup) -> None:
         super().__init__(config, setup)
-        (s_c, s_h, s_w), (t_c, t_h, t_w) = self.student_shape, self.teacher_shape
-        # at equal sizes ConvReg's valid convolution is 1x1 with a bias (the connector would build none or one without)
-        same_size = (s_h, s_w) == (t_h, t_w)
-        conv = nn.Conv2d(s_c, t_c, kernel_size=1) if same_size else connector(self.student_shape, self.teacher_shape)
-        self.regressor = nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU())
+        conv = conv_regressor(self.student_shape, self.teacher_shape)
+        self.regressor = nn.Sequential(conv, nn.BatchNorm2d(self.teacher_shape[0]), nn.ReLU())
 
     def select(self, outputs: Sequence[Tensor]) -> Sequence[Tensor]:
         return [outputs[self.layer]]

@@ -13,7 +13,7 @@ from typing import Optional
 from toolbox.errors import UsageError
 
 METHODS = ("none", "featuremap", "tucker", "tucker_recomp", "kd", "noise", "fitnet", "at", "sp", "pkt", "rkd", "vid",
-           "crd", "dkd", "cc", "nst", "kdsvd", "dist")
+           "crd", "dkd", "cc", "nst", "kdsvd", "dist", "ofd", "reviewkd", "ab", "ft", "fsp")
 """``--distillation``: the keys of ``toolbox.distillation.DISTILLERS``, in that order."""
 ORIGINAL_MODELS = ("ResNet112", "ResNet110", "ResNet56", "ResNet32", "ResNet20", "ResNetBaby")
 FIELD_MODELS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",

@@ -51,6 +51,9 @@ RECIPE_METHODS: dict[str, dict[str, dict[str, Any]]] = {
         # not mdistiller's: DIST's configs/strategies/distill/resnet_dist.yaml (hunto/image_classification_sota),
         # tau 1, 8 GPUs x batch 32 at lr 0.1 (its other settings are this solver's)
         "dist": {"kd_temperature": 1.0, "batch_size": 256, "lr": 0.1},
+        "ofd": {"batch_size": 128, "lr": 0.05, "beta": 1e-4},  # r50_mv1/ofd.yaml (its only one): OFD.LOSS.FEAT_WEIGHT
+        # REVIEWKD.WARMUP_EPOCHS, STU_PREACT (REVIEWKD_WEIGHT per pair: feature_fusion.REVIEWKD_BETA)
+        "reviewkd": {"batch_size": 256, "lr": 0.1, "reviewkd_warmup": 1, "reviewkd_student_preact": True},
     },
 }
 """What a recipe sets for one method's runs beyond its own values: the published per-method settings
@@ -107,7 +110,7 @@ class Config:
     student: str = flag("ResNet56", "architecture being trained", choices=MODELS)
     # The distillation loss
     ce_weight: Optional[float] = flag(None, "weight of the cross-entropy: total = ce_weight * cross-entropy + beta * soft loss (default: 1; kd 0.1, as RepDistiller and mdistiller train it on CIFAR-100, 0.5 with --recipe imagenet)", type=float)
-    beta: Optional[float] = flag(None, "weight of the distillation loss (default: the method's own: 125 for the original's feature-map losses; kd 0.9, fitnet 100, at 1000, sp 3000, pkt 30000, rkd 1, vid 1, crd 0.8, dkd 1, cc 0.02, nst 50, kdsvd 1, dist 2, the published CIFAR-100 settings)", type=float)
+    beta: Optional[float] = flag(None, "weight of the distillation loss (default: the method's own: 125 for the original's feature-map losses; kd 0.9, fitnet 100, at 1000, sp 3000, pkt 30000, rkd 1, vid 1, crd 0.8, dkd 1, cc 0.02, nst 50, kdsvd 1, dist 2, ofd 0.001, reviewkd 5 (or per pair), ft 200, the published CIFAR-100 settings; ab and fsp have no loss after their initialisation phase)", type=float)
     loss: str = flag("l1", "featuremap, tucker, tucker_recomp, noise: distance between the L2-normalised, flattened maps or cores", choices=SOFT_LOSSES)
     feature_layer: Optional[int] = flag(None, "distilled stage, from 1 to the architecture's number of stages (0 is the stem; default 3, fitnet's hint layer 2): for the CIFAR ResNets 3 is layer3 (64x8x8 on 32x32 images), 2 is 32x16x16, 1 is 16x32x32", type=int)
     ranks: str = flag("BATCH_SIZE,32,8,8", "Tucker ranks for (batch, channel, height, width); BATCH_SIZE keeps the batch mode whole; xF is a fraction of the map's mode, e.g. BATCH_SIZE,x0.5,x1,x1 on any architecture")
@@ -125,13 +128,16 @@ class Config:
     crd_momentum: float = flag(0.5, "crd: momentum of the memory bank's update")
     rkd_distance: float = flag(25.0, "rkd: weight of the distance term")
     rkd_angle: float = flag(50.0, "rkd: weight of the angle term")
+    init_epochs: int = flag(30, "ab, ft, fsp: epochs of RepDistiller's initialisation phase, trained before --epochs with the distillation loss alone (ft: the paraphraser's reconstruction) and their own optimiser at a constant lr (the run's --lr; ft 0.01 for a ResNet or WRN student); 0 skips it")
+    reviewkd_warmup: int = flag(20, "reviewkd: epochs over which the loss weight rises linearly to beta")
+    reviewkd_student_preact: bool = flag(False, "reviewkd: fuse the student's stage maps before their last ReLU (mdistiller's STU_PREACT; on with --recipe imagenet) rather than after it")
     noise_std: float = flag(1.0, "noise: standard deviation of the Gaussian noise added to the student's map")
     dist_beta: float = flag(1.0, "dist: weight of the inter-class relation (each sample's class probabilities, Pearson-correlated between the networks)")
     dist_gamma: float = flag(1.0, "dist: weight of the intra-class relation (each class's probabilities over the batch, Pearson-correlated)")
     kd_weight: Optional[float] = flag(None, "weight of a KD term (Hinton's, at --kd_temperature) added to any method's loss with a teacher: total = ce_weight * cross-entropy + beta * soft loss + kd_weight * KD (default 0: none); --distillation crd --kd_weight 1 is the CRD paper's CRD+KD", type=float)
     logit_standardization: bool = flag(False, "kd, dkd: z-score each sample's teacher and student logits over the classes before the temperature (Sun et al., CVPR 2024); the temperature and weights not given become that paper's for the pair (mostly T 2, KD weight 9)")
     # Optimisation (SGD with momentum; the original's cosine schedule, or the CRD benchmark's steps)
-    recipe: str = flag("original", "training recipe, which sets the flags below unless they are given: 'original' is the study's (150 epochs, batch 512, lr 0.1, cosine); 'crd' is the CIFAR-100 benchmark's of RepDistiller and mdistiller (240 epochs, batch 64, lr 0.05 or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 students, x0.1 at epochs 150, 180, 210); 'imagenet' is mdistiller's ImageNet solver (100 epochs, batch 512, lr 0.2, weight decay 1e-4, x0.1 at epochs 30, 60, 90; kd: T 1, ce_weight 0.5, beta 0.5; dkd: T 1, warm-up 1 epoch; crd: batch 256, lr 0.1; dist: T 1, batch 256, lr 0.1, DIST's; --optimizer dot: delta 0.09)", choices=tuple(RECIPES))
+    recipe: str = flag("original", "training recipe, which sets the flags below unless they are given: 'original' is the study's (150 epochs, batch 512, lr 0.1, cosine); 'crd' is the CIFAR-100 benchmark's of RepDistiller and mdistiller (240 epochs, batch 64, lr 0.05 or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 students, x0.1 at epochs 150, 180, 210); 'imagenet' is mdistiller's ImageNet solver (100 epochs, batch 512, lr 0.2, weight decay 1e-4, x0.1 at epochs 30, 60, 90; kd: T 1, ce_weight 0.5, beta 0.5; dkd: T 1, warm-up 1 epoch; crd: batch 256, lr 0.1; dist: T 1, batch 256, lr 0.1, DIST's; ofd: batch 128, lr 0.05, beta 1e-4; reviewkd: batch 256, lr 0.1, warm-up 1 epoch, the student's pre-activation maps; --optimizer dot: delta 0.09)", choices=tuple(RECIPES))
     epochs: int = flag(150, "training epochs")
     batch_size: int = flag(512, "training batch size")
     lr: float = flag(0.1, "initial learning rate")
@@ -184,7 +190,8 @@ class Config:
             if not (value > 0 and math.isfinite(value)):
                 raise UsageError(f"--{name} must be a positive number; got {value}")
         for name in ("beta", "ce_weight", "momentum", "weight_decay", "noise_std", "hooi_iters", "dkd_alpha", "dkd_beta",
-                     "dkd_warmup", "rkd_distance", "rkd_angle", "dist_beta", "dist_gamma", "kd_weight", "dot_delta"):
+                     "dkd_warmup", "rkd_distance", "rkd_angle", "dist_beta", "dist_gamma", "kd_weight", "dot_delta",
+                     "init_epochs", "reviewkd_warmup"):
             value = getattr(self, name)
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 raise UsageError(f"--{name} must be zero or a positive number; got {value}")

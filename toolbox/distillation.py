@@ -7,7 +7,10 @@ computes ``ce_weight * cross-entropy + beta * soft_loss`` (plus what ``toolbox.c
 to any method) and knows no method by name. A
 distiller's own modules (connectors, regressors, embeddings, a memory bank) are trained and
 checkpointed with the student. A new method is one class and one line in ``DISTILLERS``: the
-original study's methods are here, the field's baselines in ``toolbox.baselines``.
+original study's methods are here, the field's baselines in ``toolbox.baselines`` and their own
+modules. A method may also read the stages' maps before their last ReLU (``student_preact``,
+``teacher_preact``), run the teacher in training mode (``teacher_train_mode``), and train in
+phases (``phases``, ``trained_modules``: ``toolbox.phases``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from toolbox.errors import UsageError
 from toolbox.logit_settings import STANDARDIZED_METHODS
 from toolbox.models import stage_shapes
 from toolbox.naming import format_value, ranks_tag
+from toolbox.phases import Phase
 from toolbox.tucker import Factors, absolute_ranks, check_core, project, recompose, tucker
 
 if TYPE_CHECKING:
@@ -41,13 +45,15 @@ class Setup:
     student_shapes: tuple[Shape, ...]
     train_labels: Tensor  # of the whole training set, by sample index (CRD draws negatives from other classes)
     world: World = field(default_factory=World)  # the ranks training together (CRD's memory bank sees all their batches)
+    teacher: nn.Module | None = None  # the trained teacher, read once (OFD's margins come from its BatchNorms)
 
     @classmethod
-    def of(cls, teacher_out: Sequence[Tensor], student_out: Sequence[Tensor], train_labels: Tensor | None = None) -> Setup:
+    def of(cls, teacher_out: Sequence[Tensor], student_out: Sequence[Tensor], train_labels: Tensor | None = None,
+           teacher: nn.Module | None = None) -> Setup:
         """The setup of two networks' outputs on one batch (tests, benchmarks, notebooks)."""
         shapes = [tuple(tuple(out.shape[1:]) for out in outs) for outs in (teacher_out, student_out)]
         labels = train_labels if train_labels is not None else torch.zeros(0, dtype=torch.long)
-        return cls(shapes[0], shapes[1], labels)
+        return cls(shapes[0], shapes[1], labels, teacher=teacher)
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,8 @@ class Step:
 
     labels: Tensor
     indices: Tensor  # of the batch's samples in the training set
-    epoch: int  # from 1
+    epoch: int  # from 1, within the phase
+    phase: str | None = None  # the preliminary phase's name (``Distiller.phases``); None in the run's --epochs
 
 
 def stages(outputs: Sequence[Any]) -> Sequence[Any]:
@@ -108,6 +115,12 @@ class Distiller(nn.Module):
     tag_flags: tuple[str, ...] = ()
     """The flags that ``run_tag`` spells out in the run's name; other flags that differ from their
     defaults are appended to the name as ``flag=value``."""
+    student_preact = False
+    teacher_preact = False
+    """Whether the method reads that network's stages before their last ReLU (``forward(x, preact=True)``)."""
+    teacher_train_mode = False
+    """Whether the teacher runs in training mode (BatchNorm on the batch's statistics) while the
+    student trains: OFD's published code does so; the teacher is never trained either way."""
 
     @classmethod
     def run_tag(cls, config: Config) -> list[str]:
@@ -147,6 +160,15 @@ class Distiller(nn.Module):
         self.teacher_shape = setup.teacher_shapes[self.layer]  # the distilled stage, (C, H, W)
         self.student_shape = setup.student_shapes[self.layer]
         self.connector = connector(self.student_shape, self.teacher_shape) if self.reads_maps else nn.Identity()
+
+    def phases(self) -> tuple[Phase, ...]:
+        """The phases trained before the run's --epochs, in order (``toolbox.phases``); none by default."""
+        return ()
+
+    def trained_modules(self, student: nn.Module, phase: str | None) -> list[nn.Module]:
+        """The modules that ``phase`` trains (None: the run's --epochs): in training mode, their
+        parameters the optimiser's; the student's and the distiller's others run in eval mode, frozen."""
+        return [student, self]
 
     def maps(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The distilled stage of each network, the student's passed through the connector; the

@@ -14,6 +14,7 @@ import torch
 
 from toolbox.errors import UsageError
 from toolbox.models import NotACheckpoint, read_checkpoint, read_error
+from toolbox.phases import PHASE_RECORD
 from toolbox.progress import position_problem
 from toolbox.rundir import RunDir
 
@@ -48,6 +49,11 @@ def last_pt_problem(state: Any) -> Optional[str]:
             return f"its history's {key!r} is not a list of finite numbers"
     if len({len(values) for values in history.values()}) != 1:
         return "its history's lists have different lengths"
+    phases = state.get("phase_history", [])  # absent before preliminary phases existed: none done
+    if not isinstance(phases, list) or not all(
+            isinstance(record, dict) and set(record) == set(PHASE_RECORD)
+            and all(isinstance(v, float) and math.isfinite(v) for v in record.values()) for record in phases):
+        return f"its 'phase_history' entry is not a list of records of {', '.join(PHASE_RECORD)}"
     return position_problem(state.get("position"))
 
 

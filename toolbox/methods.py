@@ -1,9 +1,10 @@
 """The registry of distillation methods: ``--distillation NAME`` -> its class.
 
 The original study's methods live in ``toolbox.distillation`` (with the interface), the field's
-baselines in ``toolbox.baselines`` and the modules beside it; a new method is one class there, one
-line here and its name in ``toolbox.choices.METHODS`` (which ``--help`` reads without loading torch;
-a test keeps the two equal).
+baselines in ``toolbox.baselines`` and in modules of their own (``toolbox.crd``, ``toolbox.relational``,
+``toolbox.logit_methods``, ``toolbox.feature_fusion``, ``toolbox.two_phase``); a new method is one class
+there, one line here and its name in ``toolbox.choices.METHODS`` (which ``--help`` reads without loading
+torch; a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from toolbox.baselines import (
 )
 from toolbox.config import Config, run_recipe
 from toolbox.crd import CRDDistiller
+from toolbox.feature_fusion import OFDDistiller, ReviewKDDistiller
 from toolbox.distillation import (
     Distiller,
     FeatureMapDistiller,
@@ -36,6 +38,7 @@ from toolbox.distillation import (
 )
 from toolbox.logit_methods import DISTDistiller
 from toolbox.relational import CCDistiller, KDSVDDistiller, NSTDistiller
+from toolbox.two_phase import ABDistiller, FSPDistiller, FTDistiller
 
 DISTILLERS: dict[str, type[Distiller]] = {
     "none": NoDistillation,
@@ -56,6 +59,11 @@ DISTILLERS: dict[str, type[Distiller]] = {
     "nst": NSTDistiller,
     "kdsvd": KDSVDDistiller,
     "dist": DISTDistiller,
+    "ofd": OFDDistiller,
+    "reviewkd": ReviewKDDistiller,
+    "ab": ABDistiller,
+    "ft": FTDistiller,
+    "fsp": FSPDistiller,
 }
 
 

@@ -4,8 +4,8 @@ The CRD benchmark (RepDistiller) and DKD (mdistiller) define these for 32x32 inp
 here compute the same layers in the same order, with the same strides, padding, groups and bias
 flags, and their module names are those repositories' state-dict keys, so their checkpoints load as
 they are. ``forward`` returns their feature list (``is_feat=True, preact=False``) plus the logits:
-``[stem, stage 1, ..., stage k, pooled, logits]``. ``stages`` is k. The registry lives in
-``toolbox.models``.
+``[stem, stage 1, ..., stage k, pooled, logits]``; with ``preact=True`` the stages' maps before
+their last ReLU (``toolbox.nets.common``). ``stages`` is k. The registry lives in ``toolbox.models``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from toolbox.nets.common import PreactBlock, run_stage
 
 
 def normal_by_fan_out(model: nn.Module, linear_std: Optional[float]) -> None:
@@ -86,9 +88,11 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """CIFAR MobileNetV2: a stride-2 3x3 stem, seven groups of inverted residuals, a 1x1 conv to
     1280 channels, average pooling, a linear head (``classifier.0``). Features (as RepDistiller):
-    the stem, groups 1, 2, 4 and 6 (0-based), the pooled vector."""
+    the stem, groups 1, 2, 4 and 6 (0-based), the pooled vector. The groups end without a ReLU
+    (linear bottlenecks), so their pre-activation maps are the features themselves."""
 
     stages = 4
+    head_modules = ("conv2", "classifier")
     # (expansion, channels, blocks, stride) per group; expansion None = the model's T
     SETTING = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
                (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1))  # fmt: skip
@@ -111,7 +115,10 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
         normal_by_fan_out(self, linear_std=0.01)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        return [self.blocks[group][-1].conv[-1] for group in self.FEATURE_GROUPS]
+
+    def forward(self, x: Tensor, preact: bool = False) -> list[Tensor]:
         out = self.conv1(x)
         feats = [out]
         for index, group in enumerate(self.blocks):
@@ -133,7 +140,7 @@ def mobile_half(num_classes: int) -> MobileNetV2:
 # ShuffleNetV1 (RepDistiller's ShuffleNetv1.py, groups 3)
 
 
-class ShuffleUnitV1(nn.Module):
+class ShuffleUnitV1(PreactBlock):
     """Grouped 1x1, channel shuffle, depthwise 3x3, grouped 1x1. Stride 2 concatenates a 3x3
     average-pooled input (``shortcut``); stride 1 adds the input."""
 
@@ -152,13 +159,13 @@ class ShuffleUnitV1(nn.Module):
         if stride == 2:
             self.shortcut = nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def preactivation(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = channel_shuffle(out, self.first_groups)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         residual = self.shortcut(x)
-        return F.relu(torch.cat([out, residual], 1) if self.stride == 2 else out + residual)
+        return torch.cat([out, residual], 1) if self.stride == 2 else out + residual
 
 
 class ShuffleNetV1(nn.Module):
@@ -166,6 +173,7 @@ class ShuffleNetV1(nn.Module):
     a linear head. Features: stem, layer1..3, pooled."""
 
     stages = 3
+    head_modules = ("linear",)
 
     def __init__(self, out_planes: tuple[int, ...], num_blocks: tuple[int, ...], groups: int, num_classes: int) -> None:
         super().__init__()
@@ -183,13 +191,14 @@ class ShuffleNetV1(nn.Module):
         self.layer1, self.layer2, self.layer3 = layers
         self.linear = nn.Linear(out_planes[2], num_classes)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        stem = F.relu(self.bn1(self.conv1(x)))
-        layer1 = self.layer1(stem)
-        layer2 = self.layer2(layer1)
-        layer3 = self.layer3(layer2)
-        pooled = F.avg_pool2d(layer3, 4).flatten(1)
-        return [stem, layer1, layer2, layer3, pooled, self.linear(pooled)]
+    def forward(self, x: Tensor, preact: bool = False) -> list[Tensor]:
+        feats = [F.relu(self.bn1(self.conv1(x)))]
+        out = feats[0]
+        for stage in (self.layer1, self.layer2, self.layer3):
+            out, feature = run_stage(stage, out, preact)
+            feats.append(feature)
+        pooled = F.avg_pool2d(out, 4).flatten(1)
+        return feats + [pooled, self.linear(pooled)]
 
 
 def shuffle_v1(num_classes: int) -> ShuffleNetV1:
@@ -202,7 +211,8 @@ def shuffle_v1(num_classes: int) -> ShuffleNetV1:
 
 class ShuffleUnitV2(nn.Module):
     """Split the channels in halves; the second goes through 1x1, depthwise 3x3, 1x1; concatenate
-    and shuffle (two groups)."""
+    and shuffle (two groups). Its pre-activation map is the concatenation before the last ReLU,
+    unshuffled, as RepDistiller's and mdistiller's ``preact`` (the shuffled map's channels in another order)."""
 
     def __init__(self, channels: int, split_ratio: float = 0.5) -> None:
         super().__init__()
@@ -216,12 +226,16 @@ class ShuffleUnitV2(nn.Module):
         self.bn3 = nn.BatchNorm2d(half)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_both(x)[0]
+
+    def forward_both(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The output and the pre-activation map."""
         cut = int(x.shape[1] * self.split_ratio)
         kept, branch = x[:, :cut], x[:, cut:]
         out = F.relu(self.bn1(self.conv1(branch)))
         out = self.bn2(self.conv2(out))
-        out = F.relu(self.bn3(self.conv3(out)))
-        return channel_shuffle(torch.cat([kept, out], 1), 2)
+        pre = self.bn3(self.conv3(out))
+        return channel_shuffle(torch.cat([kept, F.relu(pre)], 1), 2), torch.cat([kept, pre], 1)
 
 
 class DownUnitV2(nn.Module):
@@ -254,6 +268,7 @@ class ShuffleNetV2(nn.Module):
     (``conv2``/``bn2``), a 4x4 average pool and a linear head. Features: stem, layer1..3, pooled."""
 
     stages = 3
+    head_modules = ("conv2", "bn2", "linear")
 
     def __init__(self, out_channels: tuple[int, int, int, int], num_blocks: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
@@ -269,14 +284,14 @@ class ShuffleNetV2(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels[3])
         self.linear = nn.Linear(out_channels[3], num_classes)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        stem = F.relu(self.bn1(self.conv1(x)))
-        layer1 = self.layer1(stem)
-        layer2 = self.layer2(layer1)
-        layer3 = self.layer3(layer2)
-        out = F.relu(self.bn2(self.conv2(layer3)))
-        pooled = F.avg_pool2d(out, 4).flatten(1)
-        return [stem, layer1, layer2, layer3, pooled, self.linear(pooled)]
+    def forward(self, x: Tensor, preact: bool = False) -> list[Tensor]:
+        feats = [F.relu(self.bn1(self.conv1(x)))]
+        out = feats[0]
+        for stage in (self.layer1, self.layer2, self.layer3):
+            out, feature = run_stage(stage, out, preact)
+            feats.append(feature)
+        pooled = F.avg_pool2d(F.relu(self.bn2(self.conv2(out))), 4).flatten(1)
+        return feats + [pooled, self.linear(pooled)]
 
 
 def shuffle_v2(num_classes: int) -> ShuffleNetV2:

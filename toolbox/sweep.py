@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 from toolbox.choices import MODELS
 from toolbox.config import RUNTIME_FIELDS, Config, parse_config
 from toolbox.errors import UsageError
-from toolbox.methods import DISTILLERS
+from toolbox.methods import DISTILLERS, with_defaults
 from toolbox.naming import format_value, validate_experiment_name
 from toolbox.rundir import (CONFIG_FILE, CONFLICTING, CORRUPT, FAILED, FINISHED, JOB_FILE, LAST_CHECKPOINT, LOCK_FILE, METRICS_FILE,
                             NOT_STARTED, PACKED_LOG, PENDING, RUNNING, SCRIPT_FILE, TEACHER_SEED, RunDir, RunState,
@@ -135,17 +135,34 @@ def as_flags(point: dict[str, str]) -> list[str]:
             for token in ([f"--{name}" if value == "true" else f"--no-{name}"] if name in SWITCHES else [f"--{name}", value])]
 
 
+def refused(flags: list[str]) -> bool:
+    """Whether the method of these training flags cannot train their pair (its ``check``: FSP on
+    networks of other widths), which a benchmark's table marks N/A."""
+    config = with_defaults(training_config(flags))
+    try:
+        DISTILLERS[config.distillation].check(config)
+    except UsageError:
+        return True
+    return False
+
+
 def build_grid(axes: Axes, common: list[str], experiments_dir: Path, study: str = "",
-               teacher_files: Mapping[str, Path] | None = None) -> list[Run]:
+               teacher_files: Mapping[str, Path] | None = None, leave_out_refused: bool = False) -> list[Run]:
     """The student runs of the grid, in submission order, deduplicated by run name; each points to
     the teacher run it needs (the plain run of its teacher with seed 0 and the same training flags,
     shared by all the students that need it, and kept outside ``study``), or to the file that
-    ``teacher_files`` gives for its teacher architecture."""
+    ``teacher_files`` gives for its teacher architecture. A point whose method cannot train its pair
+    is refused, or with ``leave_out_refused`` (a benchmark's every method on every pair) left out."""
     common = [*common, "--experiments_dir", str(experiments_dir)]
     runs: dict[str, Run] = {}
     teacher_runs: dict[str, Run] = {}
     for point in grid_points(axes):
-        run = make_run([*as_flags(point), *common], experiments_dir, study)
+        try:
+            run = make_run([*as_flags(point), *common], experiments_dir, study)
+        except UsageError:
+            if leave_out_refused and refused([*as_flags(point), *common]):
+                continue
+            raise
         needs_teacher = DISTILLERS[run.config.distillation].needs_teacher
         if needs_teacher and run.config.teacher in (teacher_files or {}):
             given = ["--teacher_checkpoint", str(teacher_files[run.config.teacher])]

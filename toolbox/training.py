@@ -40,8 +40,9 @@ from toolbox.distributed import World, join
 from toolbox.errors import DivergedError, Interrupted, IOFailure, UsageError
 from toolbox.methods import DISTILLERS, build_distiller
 from toolbox.models import build_model, load_checkpoint
-from toolbox.optimizers import make_optimizer
+from toolbox.optimizers import SGD, make_optimizer
 from toolbox.lastpt import HISTORY_KEYS, KEEP_LAST, read_last
+from toolbox.phases import Phase, locate, set_modes, train_only
 from toolbox.progress import Position, progress_line
 from toolbox.rundir import RunDir, differences, file_digest, open_nofollow, resolve, teacher_command
 from toolbox.stop import StopFlag, interruptible, stop_flag
@@ -123,7 +124,7 @@ class Learner(nn.Module):
     def forward(self, images: torch.Tensor, teacher_out: Optional[list[torch.Tensor]],
                 step: Step) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """The student's outputs, the method's soft loss and the weighted distillation loss."""
-        student_out = self.student(images)
+        student_out = self.student(images, preact=self.loss.distiller.student_preact)
         return student_out, *self.loss(teacher_out, student_out, step)
 
 
@@ -155,13 +156,13 @@ class Trainer:
         if needs_teacher:
             self.teacher = self._load_teacher()
             teacher_shapes = output_shapes(self.teacher, self.device, self.data.image_size)
-        setup = Setup(teacher_shapes, student_shapes, self.data.train_labels, self.world)
+        setup = Setup(teacher_shapes, student_shapes, self.data.train_labels, self.world, self.teacher)
         self.distiller: Distiller = build_distiller(config, setup).to(self.device)
         self.feature_shapes = {"teacher": teacher_shapes[config.feature_layer], "student": student_shapes[config.feature_layer]}
 
-        parameters = list(self.student.parameters()) + list(self.distiller.parameters())
-        self.optimizer = make_optimizer(config, parameters, self.world)
-        self.scheduler = make_scheduler(config, self.optimizer)
+        self.phases = self.distiller.phases()
+        self.phase_history: list[dict[str, float]] = []  # a record per preliminary epoch done (toolbox.phases)
+        self.optimizer, self.scheduler = self.phase_optimizer()
         self.history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
         self.elapsed = 0.0  # seconds of training, summed over resumed sessions
         self.clock = time.perf_counter()  # when ``elapsed`` was last brought up to date
@@ -175,7 +176,8 @@ class Trainer:
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.distiller = nn.SyncBatchNorm.convert_sync_batchnorm(self.distiller)
         self.student_step = torch.compile(self.student) if config.compile else self.student
-        self.learner = self.world.wrap(Learner(self.student_step, DistillationLoss(config, self.distiller)))
+        self.loss = DistillationLoss(config, self.distiller)
+        self.learner = self.world.wrap(Learner(self.student_step, self.loss))
         self.teacher_step = self.teacher
         if self.teacher is not None:
             self.teacher.to(memory_format=self.memory_format)
@@ -209,6 +211,28 @@ class Trainer:
         """Training steps since the run began, up to the saved position within an epoch."""
         return self.epoch * self.steps_per_epoch + (self.position.batch if self.position else 0)
 
+    def phase(self) -> Optional[tuple[Phase, int]]:
+        """The preliminary phase the run is in and its epoch to train next (from 1); None in the main epochs."""
+        return locate(self.phases, len(self.phase_history))
+
+    def phase_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The optimiser and schedule of the phase the run is in, over the parameters it trains (the
+        others frozen): the run's in its --epochs, a constant learning rate in a preliminary phase."""
+        config, located = self.config, self.phase
+        trained = self.distiller.trained_modules(self.student, located and located[0].name)
+        parameters = train_only([self.student, self.distiller], trained)
+        if located:  # RepDistiller's initialisation: plain SGD at the phase's constant learning rate
+            optimizer = SGD(parameters, lr=located[0].lr, momentum=config.momentum, weight_decay=config.weight_decay)
+            return optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        optimizer = make_optimizer(config, parameters, self.world)
+        return optimizer, make_scheduler(config, optimizer)
+
+    def enter_phase(self) -> None:
+        """Start the phase the run is in: its optimiser and schedule, and the learner wrapped anew
+        (DDP averages the gradients of the parameters that are trainable when it wraps them)."""
+        self.optimizer, self.scheduler = self.phase_optimizer()
+        self.learner = self.world.wrap(Learner(self.student_step, self.loss))
+
     def state(self, position: Optional[Position] = None) -> dict[str, Any]:
         """What last.pt holds: at an epoch's end, or within an epoch at ``position``."""
         state = {
@@ -218,6 +242,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
+            "phase_history": self.phase_history,
             "elapsed": self.elapsed,
             "teacher_sha256": self.teacher_sha256,
             "torch_rng": torch.get_rng_state(),
@@ -230,6 +255,9 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from ``read_last``'s state; state dicts that do not fit this run's models (missing
         keys, other shapes, e.g. CRD's memory bank of another data set) are a one-line error."""
+        self.phase_history = list(state.get("phase_history", []))
+        if self.phases:  # the optimiser of the phase the run is in is the one saved
+            self.enter_phase()
         if set(state["scheduler"]) != set(self.scheduler.state_dict()):
             raise UsageError(f"{self.run.last} does not fit this run: its 'scheduler' entry is not this run's "
                              f"schedule; {KEEP_LAST}")
@@ -257,14 +285,19 @@ class Trainer:
         the soft loss and the number of correct predictions as device tensors (reading them would
         make the step wait). ``weight`` scales the loss (``World.loss_weight``)."""
         images = images.contiguous(memory_format=self.memory_format)
+        located = self.phase
+        phase, epoch = located if located else (None, self.epoch + 1)
         with self.autocast():
             teacher_out = None
             if self.teacher_step is not None:
                 with torch.no_grad():
-                    teacher_out = self.teacher_step(images)
-            student_out, soft, distillation = self.learner(images, teacher_out, Step(labels, indices, self.epoch + 1))
+                    teacher_out = self.teacher_step(images, preact=self.distiller.teacher_preact)
+            student_out, soft, distillation = self.learner(images, teacher_out, Step(labels, indices, epoch, phase and phase.name))
             hard = F.cross_entropy(student_out[-1].float(), labels)
-        self.optimizer.update(self.config.ce_weight * hard, distillation, weight)  # gradients, then the step
+        if phase:  # a preliminary phase trains with its own weights of the method's loss (toolbox.phases)
+            self.optimizer.update(phase.ce_weight * hard, phase.beta * soft, weight)
+        else:
+            self.optimizer.update(self.config.ce_weight * hard, distillation, weight)  # gradients, then the step
         return hard.detach(), soft.detach(), (student_out[-1].detach().argmax(1) == labels).sum()
 
     def train_epoch(self, stop: StopFlag, say: Callable[[str], None] = print) -> dict[str, float]:
@@ -274,17 +307,22 @@ class Trainer:
         Returns the epoch's training means and the images per second of this session's part of it."""
         config = self.config
         world = self.world
-        self.student.train()
-        self.distiller.train()
+        located = self.phase
+        phase, number, total = (*located, located[0].epochs) if located else (None, self.epoch + 1, config.epochs)
+        set_modes([self.student, self.distiller], self.distiller.trained_modules(self.student, phase and phase.name))
+        if self.teacher is not None:
+            self.teacher.train(self.distiller.teacher_train_mode)
+        named = f"{phase.name} " if phase else ""
+        data_epoch = -len(self.phase_history) - 1 if phase else self.epoch  # toolbox.phases: main epochs keep their order
         done, self.position = self.position or Position(), None
         kept = done if world.is_writer else Position(done.batch)
         hard_sum, soft_sum, correct = (torch.tensor(value, device=self.device) for value in (kept.hard_sum, kept.soft_sum, kept.correct))
         count = kept.count
         samples = len(self.data.train_labels)
         n_batches = self.steps_per_epoch
-        batches = self.data.train_batches(config.batch_size, config.seed, self.epoch, done.batch, config.max_batches,
+        batches = self.data.train_batches(config.batch_size, config.seed, data_epoch, done.batch, config.max_batches,
                                           world.rank, world.size)
-        progress = tqdm(batches, initial=done.batch, total=n_batches, desc=f"epoch {self.epoch + 1}/{config.epochs}",
+        progress = tqdm(batches, initial=done.batch, total=n_batches, desc=f"{named}epoch {number}/{total}",
                         leave=False, disable=not (sys.stderr.isatty() and world.is_writer), file=sys.stderr)
 
         def at(batch: int) -> Position:
@@ -304,12 +342,13 @@ class Trainer:
             soft_sum = soft_sum + soft * n
             correct = correct + right
             count += n
-            self.curves.add_step(self.epoch * n_batches + batch, hard, soft, n)
+            if phase is None:  # the curves' steps are the main epochs'
+                self.curves.add_step(self.epoch * n_batches + batch, hard, soft, n)
             if config.log_every and batch % config.log_every == 0:
                 seconds = time.perf_counter() - started
                 position = at(batch)
-                say(progress_line(self.epoch + 1, config.epochs, batch, n_batches, (position.count - first_count) / seconds,
-                                  position, seconds / (batch - done.batch) * (n_batches - batch)))
+                say(named + progress_line(number, total, batch, n_batches, (position.count - first_count) / seconds,
+                                          position, seconds / (batch - done.batch) * (n_batches - batch)))
             stopping = world.any(stop.signal is not None)  # every rank stops after the same step
             if stopping or (config.checkpoint_every and batch % config.checkpoint_every == 0 and batch < n_batches):
                 self.save_position(at(batch))
@@ -318,6 +357,26 @@ class Trainer:
             check_stop(stop, self.run, self.epoch, batch, stopping)
         final = at(n_batches)
         return {**final.means(), "images_per_s": (final.count - first_count) / (time.perf_counter() - started)}
+
+    def train_phases(self, stop: StopFlag, say: Callable[[str], None]) -> None:
+        """The preliminary phases' epochs left (``toolbox.phases``), each saved to last.pt when done;
+        the main phase's optimiser is started after the last."""
+        while (located := self.phase) is not None:
+            phase, number = located
+            check_stop(stop, self.run, self.epoch, stopping=self.world.any(stop.signal is not None))
+            started = self.clock = time.perf_counter()
+            record = self.train_epoch(stop, say)
+            self.check_finite(record)
+            self.account_time()
+            self.phase_history.append(record)
+            if self.phase is None or self.phase[0] is not phase:
+                self.enter_phase()
+            if self.world.is_writer:
+                atomic_torch_save(self.run.last, self.state())
+            self.position_saved = 0
+            say(f"{phase.name} epoch {number}/{phase.epochs}  cross-entropy {record['train_hard_loss']:.4f}  "
+                f"distillation {record['train_soft_loss']:.4g}  train {record['train_acc']:.2f}%  "
+                f"{time.perf_counter() - started:.1f}s")
 
     def save_position(self, position: Position) -> None:
         """last.pt within an epoch, once its state is checked finite (``check_finite``); the writer's."""
@@ -493,8 +552,11 @@ def train(config: Config) -> dict[str, Any]:
                                  "trained with (its content differs); pass that teacher's file to resume, or choose "
                                  "another --experiment_name for a run with this teacher")
             trainer.restore(state)
-            within = f", at batch {trainer.position.batch} of epoch {trainer.epoch + 1}" if trainer.position else ""
-            starting = f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}{within}"
+            located = trainer.phase  # in a preliminary phase: its epochs
+            done, ahead = ((f"{located[0].name} epoch {located[1] - 1} of {located[0].epochs}", f"{located[0].name} epoch {located[1]}")
+                           if located else (f"epoch {trainer.epoch} of {config.epochs}", f"epoch {trainer.epoch + 1}"))
+            within = f", at batch {trainer.position.batch} of {ahead}" if trainer.position else ""
+            starting = f"resuming {run.path} after {done}{within}"
         else:
             what = config.student if trainer.teacher is None else f"{config.teacher} -> {config.student}"
             where = f"{world.size} processes ({trainer.device.type})" if world.distributed else trainer.device
@@ -513,6 +575,7 @@ def train(config: Config) -> dict[str, Any]:
         best_path = run.best_checkpoint(config.student)
         trainer.curves = open_curves(run, config.tensorboard_every, trainer.epoch, trainer.steps_done, world.is_writer)
         with trainer.curves:
+            trainer.train_phases(stop, log)
             while trainer.epoch < config.epochs:
                 check_stop(stop, run, trainer.epoch, stopping=world.any(stop.signal is not None))  # also one during the last test
                 started = trainer.clock = time.perf_counter()
@@ -547,6 +610,7 @@ def train(config: Config) -> dict[str, Any]:
             "best_epoch": best_epoch + 1,
             "epochs": config.epochs,
             "wall_time_s": trainer.elapsed,
+            **({"phase_history": trainer.phase_history} if trainer.phase_history else {}),
         }
         log(final_line(metrics))  # before metrics.json, which closes the log
         if world.is_writer:

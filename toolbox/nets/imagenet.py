@@ -15,6 +15,10 @@ distiller sees what the field's ImageNet recipes see:
   then the pooled 1024 features and ``fc``. mdistiller returns no stem; the first block's output
   is added so that both families have the same list.
 
+With ``forward(x, preact=True)`` the stages are mdistiller's ``feats["preact_feats"]``: each
+ResNet stage's last block before its final ReLU, each MobileNetV1 stage's last block before its
+last ReLU (the stem stays activated, as in every family: ``toolbox.nets.common``).
+
 The state-dict keys are the originals': torchvision's for the ResNets (so the
 ``ResNet*_Weights.IMAGENET1K_V1`` files, bare state dicts, load as they are) and mdistiller's for
 MobileNetV1 (``model.<i>.<j>``, ``fc``). Where mdistiller pools with ``AvgPool2d(7)``, which
@@ -27,9 +31,12 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.models.resnet import ResNet as TorchvisionResNet
+
+from toolbox.nets.common import run_stage
 
 RESNET_LAYOUTS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
@@ -38,21 +45,38 @@ RESNET_LAYOUTS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, int, i
 }
 
 
+def torchvision_block_both(block: BasicBlock | Bottleneck, x: Tensor) -> tuple[Tensor, Tensor]:
+    """A torchvision block's output and its map before the final ReLU (its forward, split there)."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = block.relu(block.bn1(block.conv1(x)))
+    if isinstance(block, Bottleneck):
+        out = block.bn3(block.conv3(block.relu(block.bn2(block.conv2(out)))))
+    else:
+        out = block.bn2(block.conv2(out))
+    pre = out + identity
+    return F.relu(pre), pre
+
+
 class ImageNetResNet(TorchvisionResNet):
     """torchvision's ResNet (same modules, keys and initialisation) returning the feature list."""
 
     stages = 4
+    head_modules = ("avgpool", "fc")
 
     def __init__(self, name: str, num_classes: int) -> None:
         block, layers = RESNET_LAYOUTS[name]
         super().__init__(block, list(layers), num_classes=num_classes)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        last = "bn3" if isinstance(self.layer1[0], Bottleneck) else "bn2"
+        return [getattr(stage[-1], last) for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]
+
+    def forward(self, x: Tensor, preact: bool = False) -> list[Tensor]:
         feats = [self.relu(self.bn1(self.conv1(x)))]
         out = self.maxpool(feats[0])
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            out = stage(out)
-            feats.append(out)
+            out, feature = run_stage(stage, out, preact, torchvision_block_both)
+            feats.append(feature)
         pooled = torch.flatten(self.avgpool(out), 1)
         return feats + [pooled, self.fc(pooled)]
 
@@ -87,6 +111,7 @@ class MobileNetV1(nn.Module):
     initialisation, as there."""
 
     stages = 4
+    head_modules = ("fc",)
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
@@ -97,9 +122,17 @@ class MobileNetV1(nn.Module):
         )
         self.fc = nn.Linear(MOBILENET_V1_BLOCKS[-1][1], num_classes)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        return [self.model[index][-2] for index in MOBILENET_V1_FEATURES[1:]]
+
+    def forward(self, x: Tensor, preact: bool = False) -> list[Tensor]:
         feats = []
         for index, layer in enumerate(self.model[:-1]):
+            if preact and index in MOBILENET_V1_FEATURES[1:]:
+                pre = layer[:-1](x)  # the block's last ReLU works in place: applied out of place here
+                x = F.relu(pre)
+                feats.append(pre)
+                continue
             x = layer(x)
             if index in MOBILENET_V1_FEATURES:
                 feats.append(x)
