@@ -42,7 +42,7 @@ from toolbox.methods import DISTILLERS, build_distiller
 from toolbox.models import build_model, load_checkpoint
 from toolbox.optimizers import SGD, make_optimizer
 from toolbox.lastpt import HISTORY_KEYS, KEEP_LAST, read_last
-from toolbox.phases import Phase, locate, set_modes, train_only
+from toolbox.phases import PHASE_RECORD, Phase, locate, set_modes, train_only
 from toolbox.progress import Position, progress_line
 from toolbox.rundir import RunDir, differences, file_digest, open_nofollow, resolve, teacher_command
 from toolbox.stop import StopFlag, interruptible, stop_flag
@@ -211,6 +211,7 @@ class Trainer:
         """Training steps since the run began, up to the saved position within an epoch."""
         return self.epoch * self.steps_per_epoch + (self.position.batch if self.position else 0)
 
+    @property
     def phase(self) -> Optional[tuple[Phase, int]]:
         """The preliminary phase the run is in and its epoch to train next (from 1); None in the main epochs."""
         return locate(self.phases, len(self.phase_history))
@@ -368,7 +369,7 @@ class Trainer:
             record = self.train_epoch(stop, say)
             self.check_finite(record)
             self.account_time()
-            self.phase_history.append(record)
+            self.phase_history.append({key: record[key] for key in PHASE_RECORD})  # what last.pt keeps of it
             if self.phase is None or self.phase[0] is not phase:
                 self.enter_phase()
             if self.world.is_writer:
