@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from toolbox.config import Config, milestones
 from toolbox.data_loader import DataSource, load_dataset
+from toolbox.datasets.sampling import share
 from toolbox.distillation import Distiller, Setup, Step
 from toolbox.distributed import World, join
 from toolbox.errors import DivergedError, Interrupted, IOFailure, UsageError
@@ -39,6 +40,7 @@ from toolbox.models import build_model, load_checkpoint
 from toolbox.lastpt import HISTORY_KEYS, KEEP_LAST, read_last
 from toolbox.progress import Position, progress_line
 from toolbox.rundir import RunDir, differences, file_digest, open_nofollow, resolve, teacher_command
+from toolbox.speed import FullBatchCompiled, begin_step, optimizer_kernels, use_optimizer_kernels
 from toolbox.stop import StopFlag, interruptible, stop_flag
 from toolbox.utils import (
     atomic_torch_save,
@@ -153,7 +155,8 @@ class Trainer:
         self.feature_shapes = {"teacher": teacher_shapes[config.feature_layer], "student": student_shapes[config.feature_layer]}
 
         parameters = list(self.student.parameters()) + list(self.distiller.parameters())
-        self.optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                                         **optimizer_kernels(self.device))
         self.scheduler = make_scheduler(config, self.optimizer)
         self.history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
         self.elapsed = 0.0  # seconds of training, summed over resumed sessions
@@ -166,12 +169,13 @@ class Trainer:
         if config.sync_bn and self.world.distributed:  # after the optimiser: the conversion keeps the parameters
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.distiller = nn.SyncBatchNorm.convert_sync_batchnorm(self.distiller)
-        self.student_step = torch.compile(self.student) if config.compile else self.student
+        first, end = share(0, min(config.batch_size, len(self.data.train_labels)), self.world.rank, self.world.size)  # a full batch's rows here
+        self.student_step = FullBatchCompiled(self.student, end - first, config.compile_mode) if config.compile else self.student
         self.learner = self.world.wrap(Learner(self.student_step, self.distiller))
         self.teacher_step = self.teacher
         if self.teacher is not None:
             self.teacher.to(memory_format=self.memory_format)
-            self.teacher_step = torch.compile(self.teacher) if config.compile else self.teacher
+            self.teacher_step = FullBatchCompiled(self.teacher, end - first, config.compile_mode) if config.compile else self.teacher
 
     def _load_teacher(self) -> nn.Module:
         config = self.config
@@ -220,6 +224,7 @@ class Trainer:
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
                 detail = " ".join(str(error).split())[:200]
                 raise UsageError(f"{self.run.last} does not fit this run: its {key!r} entry ({detail}); {KEEP_LAST}") from None
+        use_optimizer_kernels(self.optimizer, self.device)
         momenta = ((parameter, entry.get("momentum_buffer")) for parameter, entry in self.optimizer.state.items())
         if any(buffer is not None and buffer.shape != parameter.shape for parameter, buffer in momenta):
             raise UsageError(f"{self.run.last} does not fit this run: its 'optimizer' entry holds momentum of other "
@@ -238,6 +243,8 @@ class Trainer:
         the soft loss and the number of correct predictions as device tensors (reading them would
         make the step wait). ``weight`` scales the loss (``World.loss_weight``)."""
         images = images.contiguous(memory_format=self.memory_format)
+        if self.config.compile:
+            begin_step()
         with self.autocast():
             teacher_out = None
             if self.teacher_step is not None:
@@ -334,7 +341,7 @@ class Trainer:
             (images.contiguous(memory_format=self.memory_format), labels)
             for images, labels in self.data.eval_batches(self.config.eval_batch_size, self.world.rank, self.world.size)
         )
-        loss, accuracy = evaluate(self.student_step, batches, self.autocast, self.world.all_reduce_sum)
+        loss, accuracy = evaluate(self.student, batches, self.autocast, self.world.all_reduce_sum)  # eager: no graph per test batch size
         return {"test_loss": loss, "test_acc": accuracy}
 
 
