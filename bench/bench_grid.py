@@ -226,13 +226,15 @@ def measure_steps(args: argparse.Namespace, device: torch.device, checkpoint: Pa
 
 
 def headline(grid: list[dict[str, Any]], steps: list[dict[str, Any]], device: torch.device) -> str:
-    best = max(grid, key=lambda row: row["ratio"])
-    text = (f"{best['processes']} processes side by side (MPS {best['mps']}): {best['ratio']:.2f}x the images/s of one "
-            f"on {device.type}")
+    """The most processes' ratio to one (with and without MPS where both ran), and the range of
+    each non-eager mode's speed-up over the methods."""
+    largest = [row for row in grid if row["processes"] == grid[-1]["processes"]]
+    ratios = " and ".join(f"{row['ratio']:.2f}x" + ("" if row["mps"] == "n/a" else f" (MPS {row['mps']})") for row in largest)
+    text = f"{largest[0]['processes']} processes side by side: {ratios} the images/s of one on {device.type}"
     for mode in ("compiled", "cudagraphs"):
-        speedups = {row["method"]: row[f"{mode}_speedup"] for row in steps if isinstance(row.get(f"{mode}_speedup"), float)}
+        speedups = [row[f"{mode}_speedup"] for row in steps if isinstance(row.get(f"{mode}_speedup"), float)]
         if speedups:
-            text += f"; {mode} step {min(speedups.values()):.2f}-{max(speedups.values()):.2f}x eager"
+            text += f"; {mode} step {min(speedups):.2f}-{max(speedups):.2f}x eager"
     return text
 
 
