@@ -133,8 +133,12 @@ class Workers:
                                            stderr=log, text=True, env=environment) for log in self.logs]
 
     def __enter__(self) -> Workers:
-        for index in range(len(self.processes)):
-            self.expect(index, self.processes[index].stdout.readline() == "ready\n")
+        try:
+            for index, process in enumerate(self.processes):
+                self.expect(index, process.stdout.readline() == "ready\n")
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
         return self
 
     def time(self, count: int) -> dict[str, Any]:
@@ -179,7 +183,10 @@ def mps_daemon(folder: Path) -> Iterator[dict[str, str]]:
     environment = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
     for name in ("pipe", "log"):
         (folder / name).mkdir(parents=True, exist_ok=True)
-    subprocess.run([MPS_CONTROL, "-d"], env=environment, check=True, timeout=60)
+    try:
+        subprocess.run([MPS_CONTROL, "-d"], env=environment, check=True, timeout=60, capture_output=True)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise SystemExit(f"{MPS_CONTROL} -d failed ({error}); rerun with --no-mps") from None
     try:
         yield environment
     finally:
@@ -243,16 +250,19 @@ def main() -> None:
     add_common_flags(parser)
     add_pair_flags(parser, DEFAULTS)
     parser.add_argument("--processes", type=int, nargs="+", help="numbers of processes side by side (default 1 2 4 8)")
-    parser.add_argument("--grid_method", default="tucker", choices=METHODS, help="the method the side-by-side processes train (default: %(default)s)")
+    parser.add_argument("--grid_method", default="tucker", choices=METHODS,
+                        help="the method the side-by-side processes train (default: %(default)s)")
     parser.add_argument("--grid_mode", default="eager", choices=list(MODES), help="how they run their steps (default: %(default)s)")
     parser.add_argument("--steps", type=int, help="timed steps per process (default 300)")
     parser.add_argument("--warmup_steps", type=int, help="untimed steps per process first (default 20)")
     parser.add_argument("--epoch_batches", type=int, help="synthetic training set size, in batches (default 50)")
-    parser.add_argument("--mps", action=argparse.BooleanOptionalAction, default=True, help=f"on a GPU, also measure under CUDA MPS when {MPS_CONTROL} exists (default: on)")
+    parser.add_argument("--mps", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"on a GPU, also measure under CUDA MPS when {MPS_CONTROL} exists (default: on)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods whose step is timed")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="eager, compiled, CUDA graphs (GPU only)")
     parser.add_argument("--sample_steps", type=int, help="consecutive steps per timed sample of the step table (default 10)")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"), help="--amp of every trainer (default: %(default)s)")
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"),
+                        help="--amp of every trainer (default: %(default)s)")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # a side-by-side process; its value: the teacher file
     args = parser.parse_args()
     device = setup(args, DEFAULTS, QUICK)

@@ -169,13 +169,14 @@ class Trainer:
         if config.sync_bn and self.world.distributed:  # after the optimiser: the conversion keeps the parameters
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.distiller = nn.SyncBatchNorm.convert_sync_batchnorm(self.distiller)
-        first, end = share(0, min(config.batch_size, len(self.data.train_labels)), self.world.rank, self.world.size)  # a full batch's rows here
-        self.student_step = FullBatchCompiled(self.student, end - first, config.compile_mode) if config.compile else self.student
+        first, end = share(0, min(config.batch_size, len(self.data.train_labels)), self.world.rank, self.world.size)
+        full_rows = end - first  # this rank's rows of a full batch: the one shape --compile compiles for
+        self.student_step = FullBatchCompiled(self.student, full_rows, config.compile_mode) if config.compile else self.student
         self.learner = self.world.wrap(Learner(self.student_step, self.distiller))
         self.teacher_step = self.teacher
         if self.teacher is not None:
             self.teacher.to(memory_format=self.memory_format)
-            self.teacher_step = FullBatchCompiled(self.teacher, end - first, config.compile_mode) if config.compile else self.teacher
+            self.teacher_step = FullBatchCompiled(self.teacher, full_rows, config.compile_mode) if config.compile else self.teacher
 
     def _load_teacher(self) -> nn.Module:
         config = self.config
@@ -341,7 +342,8 @@ class Trainer:
             (images.contiguous(memory_format=self.memory_format), labels)
             for images, labels in self.data.eval_batches(self.config.eval_batch_size, self.world.rank, self.world.size)
         )
-        loss, accuracy = evaluate(self.student, batches, self.autocast, self.world.all_reduce_sum)  # eager: no graph per test batch size
+        # the eager student, compiled or not: no graph for each test batch size and for eval mode
+        loss, accuracy = evaluate(self.student, batches, self.autocast, self.world.all_reduce_sum)
         return {"test_loss": loss, "test_acc": accuracy}
 
 
