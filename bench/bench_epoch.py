@@ -79,7 +79,7 @@ def measure(args: argparse.Namespace, method: str, amp: str, compiled: bool, che
     trainer.distiller.train()
     for images, labels, indices in itertools.islice(train_batches(data, args.batch_size, args.seed, 0), args.warmup_steps):
         trainer.step(images, labels, indices)
-    trainer.test()  # compiles the eval-mode graph too
+    trainer.test()  # its first batches pay one-off costs (allocations); evaluation runs eagerly, compiled or not
     epochs, tests = [], []
     for _ in range(args.epochs):
         synchronize(device)

@@ -209,8 +209,9 @@ class Column:
     fmt: str = "{}"
 
     def cell(self, row: Mapping[str, Any]) -> str:
+        """The formatted value; "-" where the row has none, and a text (such as "n/a") as it is."""
         value = row.get(self.key)
-        return "-" if value is None else self.fmt.format(value)
+        return "-" if value is None else value if isinstance(value, str) else self.fmt.format(value)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:

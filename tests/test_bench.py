@@ -117,3 +117,18 @@ def test_bench_ranks_quick(tmp_path: Path) -> None:
     for row in rows:
         assert row["step_ms"] > 0 and row["images_per_s"] == pytest.approx(16 / (row["step_ms"] / 1000))
     assert "2 ranks take" in report["headline"]
+
+
+def test_bench_grid_quick(tmp_path: Path) -> None:
+    stdout, report = run_benchmark("bench_grid.py", tmp_path / "grid.json", "--modes", "eager", "cudagraphs")
+    grid, steps = report["tables"].values()
+    check_common(stdout, report)
+    assert [(row["processes"], row["mps"]) for row in grid] == [(1, "n/a"), (2, "n/a")]  # no MPS on the CPU
+    assert grid[0]["ratio"] == 1.0
+    for row in grid:
+        assert row["images_per_s"] > 0 and row["process_images_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["images_per_s"] / grid[0]["images_per_s"])
+    assert [row["method"] for row in steps] == ["none", "kd", "featuremap", "tucker", "crd"]
+    for row in steps:
+        assert row["eager_ms"] > 0 and (row["cudagraphs_ms"], row["cudagraphs_speedup"]) == ("n/a", "n/a")  # GPU only
+    assert "| n/a |" in stdout and "processes side by side" in report["headline"]

@@ -40,6 +40,8 @@ RECOMP_TARGETS = ("teacher", "student", "both")
 BACKENDS = ("fast", "tensorly")
 TUCKER_CORES = ("original", "per_sample")
 HOOI_MAX_SWEEPS = 100  # tensorly's default n_iter_max
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``--compile_mode``: torch.compile's modes; reduce-overhead and max-autotune replay CUDA graphs on a GPU."""
 
 BATCH_TOKEN = "BATCH_SIZE"
 MODE_NAMES = ("batch", "channel", "height", "width")

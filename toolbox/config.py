@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from toolbox.choices import (
     BACKENDS,
+    COMPILE_MODES,
     DATASETS,
     HOOI_MAX_SWEEPS,
     METHODS,
@@ -159,7 +160,8 @@ class Config:
     # Speed (none of these changes which run it is: a run may resume with other values)
     device: str = flag("auto", "'auto' (CUDA when present, else the CPU), 'cpu', 'cuda', 'cuda:1', ...")
     amp: str = flag("auto", "mixed precision: 'auto' is bf16 autocast on a GPU that supports it and off on the CPU", choices=("auto", "bf16", "off"))
-    compile: bool = flag(False, "torch.compile the models")
+    compile: bool = flag(False, "torch.compile the teacher and the student for the full training batch: one static graph each, compiled in the first steps; the epoch's last, smaller batch and the evaluation run eagerly, and the distillation losses stay eager")
+    compile_mode: Optional[str] = flag(None, "--compile: torch.compile's mode (torch's own when not given); on a GPU, 'reduce-overhead' and 'max-autotune' replay the graphs as CUDA graphs, which cut the launch overhead of short steps", type=str, choices=COMPILE_MODES)
     channels_last: bool = flag(True, "channels-last memory format for the models and batches")
     eval_batch_size: int = flag(1024, "batch size for evaluation")
     threads: Optional[int] = flag(None, "CPU threads for torch (default: torch's choice, one per core); they sleep while they wait for each other unless OMP_WAIT_POLICY says otherwise (README, Speed)", type=int)
@@ -197,6 +199,8 @@ class Config:
                 raise UsageError(f"--{name} must be zero or a positive number; got {value}")
         if not 0 <= self.seed < 2**32:
             raise UsageError(f"--seed must be from 0 to 2**32 - 1 (numpy's range); got {self.seed}")
+        if self.compile_mode is not None and not self.compile:
+            raise UsageError(f"--compile_mode {self.compile_mode} needs --compile; add it, or leave out --compile_mode")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise UsageError(f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}")
         parse_ranks(self.ranks)
@@ -209,8 +213,8 @@ class Config:
 IO_ERROR = 74  # sysexits' EX_IOERR: a write failed (full disk, permissions)
 
 RUNTIME_FIELDS = frozenset(
-    {"deterministic", "evaluate", "device", "amp", "compile", "channels_last", "eval_batch_size", "threads", "data_dir", "experiments_dir", "teacher_checkpoint",
-     "workers", "log_every", "tensorboard_every", "checkpoint_every"}
+    {"deterministic", "evaluate", "device", "amp", "compile", "compile_mode", "channels_last", "eval_batch_size", "threads",
+     "data_dir", "experiments_dir", "teacher_checkpoint", "workers", "log_every", "tensorboard_every", "checkpoint_every"}
 )
 """Fields that may differ when a run resumes: they change speed or location, not the experiment."""
 

@@ -21,6 +21,7 @@ from torch import Tensor
 from toolbox.config import Config
 from toolbox.distributed import World
 from toolbox.errors import UsageError
+from toolbox.speed import optimizer_kernels
 
 
 class SGD(torch.optim.SGD):
@@ -83,7 +84,8 @@ def make_optimizer(config: Config, parameters: list[Tensor], world: World) -> SG
     """``--optimizer``'s optimiser over ``parameters``. DOT trains in one process: its two backward
     passes per forward pass are one too many for DDP's gradient averaging."""
     if config.optimizer != "dot":
-        return SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                   **optimizer_kernels(world.device))
     if world.distributed:
         raise UsageError("--optimizer dot trains in one process (its two backward passes per step do not fit DDP's "
                          "gradient averaging); run it without torchrun, or use --optimizer sgd")

@@ -35,6 +35,7 @@ from toolbox.composition import DistillationLoss
 from toolbox.config import Config, milestones
 from toolbox.curves import Curves, open_curves
 from toolbox.data_loader import DataSource, load_dataset
+from toolbox.datasets.sampling import share
 from toolbox.distillation import Distiller, Setup, Step
 from toolbox.distributed import World, join
 from toolbox.errors import DivergedError, Interrupted, IOFailure, UsageError
@@ -45,6 +46,7 @@ from toolbox.lastpt import HISTORY_KEYS, KEEP_LAST, read_last
 from toolbox.phases import PHASE_RECORD, Phase, locate, set_modes, train_only
 from toolbox.progress import Position, progress_line
 from toolbox.rundir import RunDir, differences, file_digest, open_nofollow, resolve, teacher_command
+from toolbox.speed import FullBatchCompiled, begin_step, optimizer_kernels, use_optimizer_kernels
 from toolbox.stop import StopFlag, interruptible, stop_flag
 from toolbox.utils import (
     atomic_torch_save,
@@ -175,13 +177,15 @@ class Trainer:
         if config.sync_bn and self.world.distributed:  # after the optimiser: the conversion keeps the parameters
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.distiller = nn.SyncBatchNorm.convert_sync_batchnorm(self.distiller)
-        self.student_step = torch.compile(self.student) if config.compile else self.student
+        first, end = share(0, min(config.batch_size, len(self.data.train_labels)), self.world.rank, self.world.size)
+        full_rows = end - first  # this rank's rows of a full batch: the one shape --compile compiles for
+        self.student_step = FullBatchCompiled(self.student, full_rows, config.compile_mode) if config.compile else self.student
         self.loss = DistillationLoss(config, self.distiller)
         self.learner = self.world.wrap(Learner(self.student_step, self.loss))
         self.teacher_step = self.teacher
         if self.teacher is not None:
             self.teacher.to(memory_format=self.memory_format)
-            self.teacher_step = torch.compile(self.teacher) if config.compile else self.teacher
+            self.teacher_step = FullBatchCompiled(self.teacher, full_rows, config.compile_mode) if config.compile else self.teacher
 
     def _load_teacher(self) -> nn.Module:
         config = self.config
@@ -223,7 +227,8 @@ class Trainer:
         trained = self.distiller.trained_modules(self.student, located and located[0].name)
         parameters = train_only([self.student, self.distiller], trained)
         if located:  # RepDistiller's initialisation: plain SGD at the phase's constant learning rate
-            optimizer = SGD(parameters, lr=located[0].lr, momentum=config.momentum, weight_decay=config.weight_decay)
+            optimizer = SGD(parameters, lr=located[0].lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                            **optimizer_kernels(self.device))
             return optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
         optimizer = make_optimizer(config, parameters, self.world)
         return optimizer, make_scheduler(config, optimizer)
@@ -268,6 +273,7 @@ class Trainer:
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
                 detail = " ".join(str(error).split())[:200]
                 raise UsageError(f"{self.run.last} does not fit this run: its {key!r} entry ({detail}); {KEEP_LAST}") from None
+        use_optimizer_kernels(self.optimizer, self.device)
         momenta = ((parameter, entry.get("momentum_buffer")) for parameter, entry in self.optimizer.state.items())
         if any(buffer is not None and buffer.shape != parameter.shape for parameter, buffer in momenta):
             raise UsageError(f"{self.run.last} does not fit this run: its 'optimizer' entry holds momentum of other "
@@ -286,6 +292,8 @@ class Trainer:
         the soft loss and the number of correct predictions as device tensors (reading them would
         make the step wait). ``weight`` scales the loss (``World.loss_weight``)."""
         images = images.contiguous(memory_format=self.memory_format)
+        if self.config.compile:
+            begin_step()
         located = self.phase
         phase, epoch = located if located else (None, self.epoch + 1)
         with self.autocast():
@@ -416,7 +424,8 @@ class Trainer:
             (images.contiguous(memory_format=self.memory_format), labels)
             for images, labels in self.data.eval_batches(self.config.eval_batch_size, self.world.rank, self.world.size)
         )
-        loss, accuracy = evaluate(self.student_step, batches, self.autocast, self.world.all_reduce_sum)
+        # the eager student, compiled or not: no graph for each test batch size and for eval mode
+        loss, accuracy = evaluate(self.student, batches, self.autocast, self.world.all_reduce_sum)
         return {"test_loss": loss, "test_acc": accuracy}
 
 
