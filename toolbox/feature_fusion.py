@@ -26,6 +26,7 @@ from toolbox.baselines import BaselineDistiller, StageWiseDistiller
 from toolbox.config import Config
 from toolbox.distillation import Distiller, Setup, Step, stages
 from toolbox.errors import UsageError
+from toolbox.models import MODELS
 from toolbox.nets.common import bn_before_relu
 
 # --- OFD ------------------------------------------------------------------------------------------------
@@ -88,8 +89,6 @@ class OFDDistiller(BaselineDistiller):
     @classmethod
     def check(cls, config: Config) -> None:
         super().check(config)
-        from toolbox.models import MODELS
-
         with torch.device("meta"):
             teacher = MODELS[config.teacher](1)
         if not hasattr(teacher, "bn_before_relu"):
