@@ -22,9 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("resnet32x4", "resnet8x4"), ("vgg13", "MobileNetV2")]
 RANKS = "BATCH_SIZE,x0.5,x1,x1"  # fits every map
 SMALL = ["--epochs", "1", "--batch_size", "16", "--max_batches", "2", "--eval_batch_size", "512", "--init_epochs", "1"]
-ONE_PAIR = {"ofd": PAIRS[1], "reviewkd": PAIRS[1], "ab": PAIRS[1], "ft": PAIRS[1], "fsp": PAIRS[0]}
-"""Methods trained on one pair only, to keep the test quick: the cross-architecture one (connectors,
-fusions of other sizes), but FSP, which needs the same widths in both networks."""
+ONE_PAIR = {**dict.fromkeys(("kd", "dkd", "dist", "sp", "pkt", "rkd"), PAIRS[0]),
+            **dict.fromkeys(("cc", "nst", "kdsvd", "ofd", "reviewkd", "ab", "ft"), PAIRS[1]), "fsp": PAIRS[0]}
+"""Methods trained on one pair only, to keep the test quick: those that read logits or batch
+relations only on the first; those with modules or maps of pair-dependent sizes on the
+cross-architecture one (connectors, fusions of other sizes), but FSP, which needs the same widths
+in both networks. The others train on both."""
 TRAINED = [(teacher, student, method) for teacher, student in PAIRS for method in METHODS
            if ONE_PAIR.get(method, (teacher, student)) == (teacher, student)]
 
