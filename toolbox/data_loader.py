@@ -172,8 +172,8 @@ def data_lock(data_dir: Path, name: str, shared: bool = False) -> Iterator[None]
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another process preparing {name} in {data_dir} (lock {path})", file=sys.stderr, flush=True)
             with interruptible(f"waiting for the lock {path}"):  # a stop signal ends the wait, not just the job after it
+                print(f"waiting for another process preparing {name} in {data_dir} (lock {path})", file=sys.stderr, flush=True)
                 fcntl.flock(fd, mode)
         yield
     finally:
