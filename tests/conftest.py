@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # test processes side by side (pytest.ini): a core's thread each,
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch reads it; threads beyond the cores wait on each other
 import signal
 import time
 from pathlib import Path
