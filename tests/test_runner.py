@@ -802,3 +802,17 @@ def test_runs_per_gpu_is_refused_where_it_cannot_work(cli, experiments: Path, fl
     status, _, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), *flags], FakeSlurm())
     assert status == 2 and err.count("\n") == 1 and message in err, err
     assert not experiments.exists()
+
+
+@pytest.mark.parametrize("environment, threads", [
+    ({"SLURM_CPUS_PER_TASK": "6"}, "2"), ({"OMP_NUM_THREADS": "8"}, "2"), ({"OMP_NUM_THREADS": "2"}, "1"), ({}, "")])
+def test_the_runs_of_a_job_share_its_cpus(experiments: Path, environment: dict[str, str], threads: str) -> None:
+    """Three runs in one job: SLURM's CPUs per task, or PBS's OMP_NUM_THREADS, divided among them
+    (at least one each); no setting where neither scheduler gave one."""
+    args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "3"))
+    script = sweep.render_job(plan(args, extra), SlurmScheduler("someone"), sweep.JobSettings(Resources(), "python"))
+    lines = [line for line in script.splitlines() if line.startswith("trainings=") or "OMP_NUM_THREADS=" in line]
+    env = {key: value for key, value in os.environ.items() if key not in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS")}
+    done = subprocess.run(["bash", "-c", "\n".join([*lines, 'echo "${OMP_NUM_THREADS:-}"'])], env={**env, **environment},
+                          capture_output=True, text=True, check=True)
+    assert lines[0] == "trainings=3" and done.stdout.strip() == threads
