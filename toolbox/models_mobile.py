@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolbox.nets.common import PreactBlock, run_stage
+from toolbox.nets.common import PreactBlock, stem_and_stages
 
 
 def normal_by_fan_out(model: nn.Module, linear_std: Optional[float]) -> None:
@@ -192,11 +192,7 @@ class ShuffleNetV1(nn.Module):
         self.linear = nn.Linear(out_planes[2], num_classes)
 
     def forward(self, x: Tensor, preact: bool = False) -> list[Tensor]:
-        feats = [F.relu(self.bn1(self.conv1(x)))]
-        out = feats[0]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            out, feature = run_stage(stage, out, preact)
-            feats.append(feature)
+        feats, out = stem_and_stages(self, x, (self.layer1, self.layer2, self.layer3), preact)
         pooled = F.avg_pool2d(out, 4).flatten(1)
         return feats + [pooled, self.linear(pooled)]
 
@@ -285,11 +281,7 @@ class ShuffleNetV2(nn.Module):
         self.linear = nn.Linear(out_channels[3], num_classes)
 
     def forward(self, x: Tensor, preact: bool = False) -> list[Tensor]:
-        feats = [F.relu(self.bn1(self.conv1(x)))]
-        out = feats[0]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            out, feature = run_stage(stage, out, preact)
-            feats.append(feature)
+        feats, out = stem_and_stages(self, x, (self.layer1, self.layer2, self.layer3), preact)
         pooled = F.avg_pool2d(F.relu(self.bn2(self.conv2(out))), 4).flatten(1)
         return feats + [pooled, self.linear(pooled)]
 

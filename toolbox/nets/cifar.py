@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolbox.models_mobile import normal_by_fan_out
-from toolbox.nets.common import PreactBlock, run_stage
+from toolbox.nets.common import PreactBlock, stem_and_stages
 
 # The original study's ResNets (and the field's 16-wide resnets)
 STAGE_WIDTHS = (16, 32, 64)
@@ -91,11 +91,7 @@ class ResNet(nn.Module):
         return [stage[-1].bn2 for stage in (self.layer1, self.layer2, self.layer3)]
 
     def forward(self, x: Tensor, preact: bool = False) -> list[Tensor]:
-        feats = [F.relu(self.bn1(self.conv1(x)))]
-        out = feats[0]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            out, feature = run_stage(stage, out, preact)
-            feats.append(feature)
+        feats, out = stem_and_stages(self, x, (self.layer1, self.layer2, self.layer3), preact)
         pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)  # the original's 8x8 average pool
         return feats + [pooled, self.linear(pooled)]
 
@@ -158,11 +154,7 @@ class CifarResNet(nn.Module):
         return [stage[-1].bn2 for stage in (self.layer1, self.layer2, self.layer3)]
 
     def forward(self, x: Tensor, preact: bool = False) -> list[Tensor]:
-        feats = [F.relu(self.bn1(self.conv1(x)))]
-        out = feats[0]
-        for stage in (self.layer1, self.layer2, self.layer3):
-            out, feature = run_stage(stage, out, preact)
-            feats.append(feature)
+        feats, out = stem_and_stages(self, x, (self.layer1, self.layer2, self.layer3), preact)
         pooled = F.avg_pool2d(out, 8).flatten(1)  # RepDistiller's AvgPool2d(8): 8x8 maps on 32x32 images
         return feats + [pooled, self.fc(pooled)]
 
@@ -225,11 +217,7 @@ class BottleneckResNet(nn.Module):
         return [stage[-1].bn3 for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]
 
     def forward(self, x: Tensor, preact: bool = False) -> list[Tensor]:
-        feats = [F.relu(self.bn1(self.conv1(x)))]
-        out = feats[0]
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            out, feature = run_stage(stage, out, preact)
-            feats.append(feature)
+        feats, out = stem_and_stages(self, x, (self.layer1, self.layer2, self.layer3, self.layer4), preact)
         pooled = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return feats + [pooled, self.linear(pooled)]
 

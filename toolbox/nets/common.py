@@ -14,7 +14,7 @@ what AB and FSP train in their initialisation phase.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,6 +51,17 @@ def run_stage(stage: nn.Sequential, x: Tensor, preact: bool,
     for block in first:
         x = block(x)
     return both(last, x)
+
+
+def stem_and_stages(model: nn.Module, x: Tensor, stages: Sequence[nn.Sequential], preact: bool) -> tuple[list[Tensor], Tensor]:
+    """The maps of ``model``'s stem (``conv1``, ``bn1``, ReLU) and of each of its ``stages`` (see
+    ``run_stage``), and the last stage's output, from which each family computes its head."""
+    feats = [F.relu(model.bn1(model.conv1(x)))]
+    out = feats[0]
+    for stage in stages:
+        out, feature = run_stage(stage, out, preact)
+        feats.append(feature)
+    return feats, out
 
 
 def feature_modules(model: nn.Module) -> list[nn.Module]:
