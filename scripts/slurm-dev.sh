@@ -138,7 +138,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost"
     fi
     text+="
-NodeName=$HOST CPUs=$(nproc) RealMemory=$memory State=UNKNOWN
+NodeName=$HOST CPUs=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) RealMemory=$memory State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
     write_conf "$CONF" "$text"
 }
