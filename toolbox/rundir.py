@@ -497,7 +497,8 @@ class RunDir:
             return RunState(RUNNING, job_id, holder)
         if job_id in live:  # the scheduler's RUNNING or PENDING
             return RunState(live[job_id].lower(), job_id)
-        if scheduler == LocalScheduler.name and LocalScheduler.alive(job_id, self.script):  # another runner.py's job
+        script = self.path / job["script"] if job and isinstance(job.get("script"), str) else self.script  # packed: the job's
+        if scheduler == LocalScheduler.name and LocalScheduler.alive(job_id, script):  # another runner.py's job
             return RunState(RUNNING, job_id, "starting")
         started = job or saved is not None or self.last.exists()
         return RunState(FAILED if started else NOT_STARTED, job_id)
