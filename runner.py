@@ -84,7 +84,7 @@ OWN_FLAGS = {
     "distillation": "--distillations", "ranks": "--ranks_list", "recomp_target": "--recomp_targets",
     "seed": "--runs", "experiment_name": "--study", "dataset": "--dataset", "teacher": "--teacher",
     "student": "--student", "epochs": "--epochs", "batch_size": "--batch_size",
-    "experiments_dir": "--experiments_dir",
+    "experiments_dir": "--experiments_dir", "config": "--config",
 }
 """Training flags runner.py sets for every run, and its own flag that sets each (or --grid)."""
 
@@ -113,6 +113,12 @@ def _positive(text: str) -> int:
     if _count(text) < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more; got {text!r}")
     return int(text)
+
+
+def _switch(variable: str, text: str) -> bool:
+    if text not in ("true", "false"):
+        raise UsageError(f"{variable} must be true or false; got {text!r}")
+    return text == "true"
 
 
 def _one_line(text: str) -> str:
@@ -191,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--account", default=env("TD_ACCOUNT", ""), help="TD_ACCOUNT; the PBS project (default: the cluster's)")
     jobs.add_argument("--time", type=_time_limit, default=env("TD_TIME", ""), help="TD_TIME; [D-]HH:MM:SS per job (default: the partition's)")
     jobs.add_argument("--gpus", type=_count, default=env("TD_GPUS", "1"), help="TD_GPUS; 0 asks for none (default: %(default)s)")
-    jobs.add_argument("--cpus", type=_positive, default=env("TD_CPUS", "4"), help="TD_CPUS; per training process (default: %(default)s)")
+    jobs.add_argument("--cpus", type=_count, default=env("TD_CPUS", "4"),
+                      help="TD_CPUS; per training process; 0 asks for none: the scheduler's default (SLURM's: one per "
+                      "task, which the runs of a job then share) (default: %(default)s)")
     jobs.add_argument("--mem", type=_memory, default=env("TD_MEM", "16G"), help="TD_MEM; per training process (default: %(default)s)")
     jobs.add_argument("--nodes", type=_positive, default=env("TD_NODES", "1"),
                       help="TD_NODES; nodes per run: with --gpus_per_node, each run trains data-parallel over "
@@ -201,8 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "gloo with --gpus 0); --batch_size stays the global batch (default: %(default)s)")
     jobs.add_argument("--runs_per_gpu", type=_positive, default=env("TD_RUNS_PER_GPU", "1"),
                       help="TD_RUNS_PER_GPU; runs trained side by side in one job on one GPU, each in its own folder, "
-                      "with --cpus and --mem each (SLURM, PBS; students of one teacher share a job; teachers get one "
-                      "each) (default: %(default)s)")
+                      "with --cpus and --mem each (students of one teacher share a job; teachers get one each) "
+                      "(default: %(default)s)")
+    jobs.add_argument("--mps", action=argparse.BooleanOptionalAction, default=_switch("TD_MPS", env("TD_MPS", "false")),
+                      help="TD_MPS (true/false); the runs of a --runs_per_gpu job share their GPU through CUDA MPS, a "
+                      "daemon of the job's own, where the node has nvidia-cuda-mps-control (default: off)")
     jobs.add_argument("--signal_seconds", type=_count, default=env("TD_SIGNAL_SECONDS", "300"),
                       help="TD_SIGNAL_SECONDS; SLURM warns a job this long before its time limit: it stops and "
                       "requeues itself, to resume from its last epoch; 0: no warning (default: %(default)s)")
@@ -211,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: none, and jobs use this Python interpreter)")
     jobs.add_argument("--python", default=env("TD_PYTHON", ""),
                       help="TD_PYTHON; the interpreter jobs run (default: this one, or 'python' after --env_setup)")
-    jobs.add_argument("--parallel", type=_positive, default=1, help="local: runs at a time (default: %(default)s)")
+    jobs.add_argument("--parallel", type=_positive, default=1, help="local: jobs at a time, each of --runs_per_gpu runs; "
+                      "they share this machine's cores (default: %(default)s)")
 
     actions = parser.add_argument_group("what to do (default: submit what is missing)")
     actions.add_argument("--max_queued", type=_count, default=0, help="stop submitting once you have this many jobs in the queue (0: no limit)")
@@ -308,14 +320,11 @@ def job_settings(args: argparse.Namespace) -> JobSettings:
     if args.runs_per_gpu > 1 and resources.ranks > 1:
         raise UsageError(f"--runs_per_gpu {args.runs_per_gpu} packs small runs onto one GPU; a run over "
                          "--nodes/--gpus_per_node has GPUs of its own: give one of them")
-    if args.runs_per_gpu > 1 and args.scheduler == "local":
-        raise UsageError(f"--runs_per_gpu {args.runs_per_gpu} packs runs into one cluster job; on this machine "
-                         f"--parallel {args.runs_per_gpu} runs them side by side")
     if resources.ranks > 1 and args.gpus > 1:
         raise UsageError(f"--gpus {args.gpus} with --nodes/--gpus_per_node: each process gets one GPU; pass --gpus 1 "
                          "(the default), or 0 for CPU processes, and the GPUs per node with --gpus_per_node")
     python = args.python or ("python" if args.env_setup else sys.executable)
-    return JobSettings(resources, python, args.env_setup)
+    return JobSettings(resources, python, args.env_setup, args.mps)
 
 
 def check_ranks(runs: list, settings: JobSettings, scheduler: Scheduler) -> None:

@@ -209,11 +209,15 @@ def test_a_local_job_of_another_runner_that_is_starting_is_running(tmp_path: Pat
             assert time.monotonic() < deadline
             time.sleep(0.01)
         run.job.write_text(json.dumps({"run": "r", "job_id": f"local-{job.pid}", "scheduler": "local"}))
-        assert run.state({}, "local").state == RUNNING
+        packed = RunDir(tmp_path / "r2")  # trained by the same job (runner.py --runs_per_gpu)
+        packed.create()
+        packed.job.write_text(json.dumps({"run": "r2", "job_id": f"local-{job.pid}", "scheduler": "local",
+                                          "script": str(run.script)}))
+        assert run.state({}, "local").state == packed.state({}, "local").state == RUNNING
     finally:
         job.kill()
         job.wait()
-    assert run.state({}, "local").state == FAILED
+    assert run.state({}, "local").state == packed.state({}, "local").state == FAILED
 
 
 def test_a_failed_start_up_leaves_no_folder_and_clean_takes_lock_only_folders(tmp_path: Path) -> None:

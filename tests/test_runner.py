@@ -39,14 +39,15 @@ FAKE_TRAINING = f"""#!{sys.executable}
 import json, os, signal, sys, time
 from pathlib import Path
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from toolbox.config import parse_config
-from toolbox.rundir import default_teacher_checkpoint
 
 flags = dict(zip(sys.argv[2::2], sys.argv[3::2]))
 run = Path(flags["--experiments_dir"]) / flags["--experiment_name"]
 run.mkdir(parents=True, exist_ok=True)
 (run / "argv.json").write_text(json.dumps(sys.argv[1:]))
+(run / "mps.txt").write_text(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", ""))
 mode = os.environ.get("FAKE_TRAINING", "finish")
+if mode == "exit":
+    sys.exit(0)
 teacher = flags["--distillation"] == "none"
 if mode in ("wait", "unprepared"):
     def stop(signum, frame):
@@ -60,7 +61,11 @@ if mode in ("wait", "unprepared"):
     sys.exit(1)
 if mode == "fail_teacher" and teacher:
     sys.exit(1)
+if mode == "fail_seed1" and flags["--seed"] == "1":
+    sys.exit(1)
 if not teacher:
+    from toolbox.config import parse_config
+    from toolbox.rundir import default_teacher_checkpoint
     weights = default_teacher_checkpoint(parse_config(sys.argv[2:]))
     if not weights.exists():
         sys.exit(3)
@@ -224,6 +229,7 @@ def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(exper
     (["--", "--seed", "5"], "--seed cannot follow '--': runner.py sets --seed for every run from its own --runs"),
     (["--", "--experiment_name=x"], "--experiment_name cannot follow '--'"),
     (["--", "--epoch", "9"], "--epoch cannot follow '--': runner.py sets --epochs for every run from its own --epochs"),
+    (["--", "--config", "x.yaml"], "--config cannot follow '--': runner.py sets --config for every run from its own --config"),
     (["--", "--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
     (["--env_setup", "module load a\nrm -rf /"], "argument --env_setup: must be one line"),
 ])
@@ -598,6 +604,35 @@ def test_local_scheduler_runs_the_grid_here(cli, tmp_path: Path, experiments: Pa
     assert "failed while running digits/teacher/ResNetBaby/epochs=3,batch_size=64/seed0: exit status 1, see its local.out" in out
 
 
+def test_local_scheduler_packs_runs_as_a_cluster_job_does(cli, tmp_path: Path, experiments: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """--scheduler local --runs_per_gpu 2: the same job script as on a cluster, run here; each run
+    has its own job.out, and a failed run is named alone."""
+    python = tmp_path / "python"
+    python.write_text(FAKE_TRAINING)
+    python.chmod(0o755)
+    argv = grid(experiments, "--scheduler", "local", "--runs_per_gpu", "2", "--python", str(python),
+                "--distillations", "featuremap", "--runs", "2")
+    monkeypatch.setenv("FAKE_TRAINING", "fail_seed1")
+
+    status, out, _ = cli(argv)
+
+    assert status == 1, out
+    students = [experiments / f"{FEATUREMAP}/seed{seed}" for seed in range(2)]
+    jobs = [json.loads((run / "job.json").read_text()) for run in students]
+    assert jobs[0]["job_id"] == jobs[1]["job_id"] and jobs[1]["script"] == str(students[0] / "run.job")
+    assert jobs[0]["pack"] == jobs[1]["pack"] == [f"{FEATUREMAP}/seed0", f"{FEATUREMAP}/seed1"]
+    assert [(run / "metrics.json").exists() for run in students] == [True, False]
+    assert all((run / "job.out").exists() for run in students) and (students[0] / "local.out").exists()
+    assert f"failed while running {FEATUREMAP}/seed1: exit status 1, see its job.out" in out
+    assert "failed while running 1" in out
+
+    monkeypatch.setenv("FAKE_TRAINING", "finish")
+    status, out, _ = cli(argv)
+    assert status == 0 and "submitted 1 (teachers: 0), skipped as finished 1" in out, out
+    assert (students[1] / "metrics.json").exists() and (students[1] / "local.out").exists()
+
+
 def test_the_data_is_made_ready_before_any_job_is_submitted(cli, tmp_path: Path, experiments: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision
@@ -794,13 +829,48 @@ def test_a_pack_job_stops_every_run_and_reports_the_worst_status(tmp_path: Path,
     assert all((run.path / "job.out").exists() for run in runs)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--runs_per_gpu", "2", "--gpus_per_node", "2"], "--runs_per_gpu 2 packs small runs onto one GPU; a run over --nodes/--gpus_per_node"),
-    (["--runs_per_gpu", "4", "--scheduler", "local"], "on this machine --parallel 4 runs them side by side"),
-])
-def test_runs_per_gpu_is_refused_where_it_cannot_work(cli, experiments: Path, flags: list[str], message: str) -> None:
+@pytest.mark.parametrize("starts", [True, False])
+def test_a_pack_job_shares_its_gpu_through_an_mps_daemon_of_its_own(tmp_path: Path, experiments: Path, starts: bool) -> None:
+    """--mps: the job starts a CUDA MPS control daemon in a folder it makes, its trainings are the
+    daemon's clients, and it tells the daemon to quit and removes the folder when they have ended. A
+    daemon that does not start leaves the runs to share the GPU without it. One run, or no GPU: no MPS."""
+    python = tmp_path / "python"
+    python.write_text(FAKE_TRAINING)
+    python.chmod(0o755)
+    args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "2"))
+    runs = plan(args, extra)
+    settings = sweep.JobSettings(Resources(gpus=1), str(python), mps=True)
+    assert "\nmps=no\n" in sweep.render_job(runs[:1], SlurmScheduler("someone"), settings)
+    assert "\nmps=no\n" in sweep.render_job(runs, SlurmScheduler("someone"), dataclasses.replace(
+        settings, resources=Resources(gpus=0)))
+    script = runs[0].path / "run.job"
+    for run in runs:
+        run.path.mkdir(parents=True)
+    script.write_text(sweep.render_job(runs, SlurmScheduler("someone"), settings))
+    fake_bin, temporary, calls = tmp_path / "bin", tmp_path / "tmp", tmp_path / "mps.log"
+    fake_bin.mkdir()
+    temporary.mkdir()
+    tool(fake_bin, "nvidia-cuda-mps-control", f'echo "$* $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY '
+                                              f'$([ "$1" = -d ] || cat)" >> {calls}\n' + ("" if starts else "exit 1\n"))
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "TMPDIR": str(temporary), "FAKE_TRAINING": "exit"}
+
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    folders = [(run.path / "mps.txt").read_text() for run in runs]
+    if starts:
+        assert folders[0] == folders[1] and Path(folders[0]).parent == temporary and "td-mps." in folders[0]
+        assert calls.read_text().splitlines() == [f"-d {folders[0]} {folders[0]} ", f" {folders[0]} {folders[0]} quit"]
+    else:
+        assert folders == ["", ""] and "CUDA MPS did not start: the runs share the GPU without it" in done.stdout
+    assert list(temporary.iterdir()) == []
+
+
+def test_runs_per_gpu_is_refused_with_gpus_of_its_own(cli, experiments: Path) -> None:
+    flags = ["--runs_per_gpu", "2", "--gpus_per_node", "2"]
     status, _, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), *flags], FakeSlurm())
-    assert status == 2 and err.count("\n") == 1 and message in err, err
+    assert status == 2 and err.count("\n") == 1, err
+    assert "--runs_per_gpu 2 packs small runs onto one GPU; a run over --nodes/--gpus_per_node" in err
     assert not experiments.exists()
 
 

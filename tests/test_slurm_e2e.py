@@ -88,8 +88,8 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 150) -
         time.sleep(0.1)
 
 
-def wait_for_jobs(slurm: SlurmScheduler, ids: list[str]) -> None:
-    wait_until(lambda: not set(ids) & set(slurm.live_jobs()), f"jobs {ids} to end")
+def wait_for_jobs(slurm: SlurmScheduler, ids: list[str], timeout: float = 150) -> None:
+    wait_until(lambda: not set(ids) & set(slurm.live_jobs()), f"jobs {ids} to end", timeout)
 
 
 def metrics(run: Path) -> dict:
@@ -192,18 +192,20 @@ def test_two_process_run_stops_requeues_and_finishes(slurm: SlurmScheduler, expe
 
 
 def test_runs_share_a_job_and_are_not_submitted_twice(slurm: SlurmScheduler, experiments: Path) -> None:
-    """runner.py --runs_per_gpu 2: two students in one job (one CPU each), each with its own folder,
-    log and metrics; the next runner.py submits nothing."""
+    """runner.py --runs_per_gpu 4: four students in one job (sharing the one CPU that SLURM gives a
+    job asking for none, --cpus 0), each with its own folder, log and metrics; the next runner.py
+    submits nothing."""
     teacher = experiments.parent / "untrained-teacher-pack.pth"
     torch.save({"weights": build_model("ResNetBaby", 10).state_dict()}, teacher)
     grid = [*TINY, "--study", "packed", "--epochs", "2", "--batch_size", "64", "--distillations", "featuremap", "kd",
-            "--runs", "1", "--runs_per_gpu", "2", *TRAINING, "--max_batches", "3", "--teacher_checkpoint", str(teacher)]
-    runs = [experiments / f"packed/{PAIR}/{method}/{SMALL}/seed0" for method in ("featuremap", "kd")]
+            "--runs", "2", "--runs_per_gpu", "4", "--cpus", "0", *TRAINING, "--max_batches", "3",
+            "--teacher_checkpoint", str(teacher)]
+    runs = [experiments / f"packed/{PAIR}/{method}/{SMALL}/seed{seed}" for method in ("featuremap", "kd") for seed in (0, 1)]
 
     runner(experiments, *grid)
     job = job_id(runs[0])
-    assert job_id(runs[1]) == job
-    wait_for_jobs(slurm, [job])
+    assert [job_id(run) for run in runs] == [job] * 4
+    wait_for_jobs(slurm, [job], timeout=400)  # four trainings on one CPU, on a machine that may be busy
     for run in runs:
         assert (run / "metrics.json").exists(), (run / "job.out").read_text()
         assert metrics(run)["epochs"] == 2 and "best test accuracy" in (run / "job.out").read_text()

@@ -281,12 +281,13 @@ class PbsScheduler(Scheduler):
 
 
 class LocalScheduler(Scheduler):
-    """Runs the job scripts on this machine, ``parallel`` at a time, with ``bash``; each run's
-    output goes to ``local.out`` in its folder. ``submit`` blocks while all slots are busy, and
-    a job waits for its dependency (and is not run when that failed)."""
+    """Runs the job scripts on this machine, ``parallel`` at a time, with ``bash``; each job's
+    output goes to ``local.out`` beside its script. ``submit`` blocks while all slots are busy,
+    and a job waits for its dependency (and is not run when that failed)."""
 
     name = "local"
     directive = ""
+    log_name = "local.out"
 
     def __init__(self, parallel: int = 1) -> None:
         self.parallel = parallel
@@ -299,11 +300,12 @@ class LocalScheduler(Scheduler):
                 raise SchedulerError(f"not run: job {dependency} it depends on exited with status {status}")
         while len(self.live_jobs()) >= self.parallel:
             time.sleep(0.2)
-        # Share the cores between the runs: torch's threads spin, and more threads than cores
-        # make every run several times slower (bench/RESULTS.md, "Threads on a shared CPU").
+        # Share the cores between the jobs (and run.job shares a job's among its runs): torch's
+        # threads spin, and more threads than cores make every run several times slower
+        # (bench/RESULTS.md, "Threads on a shared CPU").
         threads = str(max(1, (os.cpu_count() or 1) // self.parallel))
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
-        with open(script.parent / "local.out", "ab") as log:
+        with open(script.parent / self.log_name, "ab") as log:
             process = subprocess.Popen(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=env)
         job_id = f"local-{process.pid}"

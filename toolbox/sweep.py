@@ -30,7 +30,7 @@ from toolbox.rundir import (CONFIG_FILE, CONFLICTING, CORRUPT, FAILED, FINISHED,
                             NOT_STARTED, PACKED_LOG, PENDING, RUNNING, SCRIPT_FILE, TEACHER_SEED, RunDir, RunState,
                             QUIET_S, default_teacher_checkpoint, defining_flags, experiment_name, method_defaulted,
                             open_nofollow, resolve)
-from toolbox.scheduler import Resources, Scheduler, SchedulerError, render
+from toolbox.scheduler import LocalScheduler, Resources, Scheduler, SchedulerError, render
 from toolbox.utils import atomic_write, atomic_write_json, markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -246,6 +246,7 @@ class JobSettings:
     resources: Resources
     python: str
     env_setup: str = ""
+    mps: bool = False  # several runs on one GPU share it through CUDA MPS
     workdir: Path = REPO
     template: str = field(default_factory=TEMPLATE.read_text)
 
@@ -267,6 +268,7 @@ def render_job(runs: Sequence[Run], scheduler: Scheduler, settings: JobSettings)
         "env_setup": settings.env_setup,
         "command": "; ".join(starts),
         "trainings": str(len(runs)),
+        "mps": "yes" if settings.mps and len(runs) > 1 and settings.resources.gpus else "no",
         "world_size": "",
         "stop_signal": "TERM",
         **scheduler.header_values(dataclasses.replace(settings.resources, runs_per_job=len(runs)), runs[0].path),
@@ -309,6 +311,7 @@ class Submitter:
         self.live = self._live_jobs()
         self.queued = len(self.live)
         self.new_jobs: dict[str, str] = {}  # run name -> job submitted now
+        self.job_runs: dict[str, list[Run]] = {}  # job submitted now -> the runs it trains
         self.packs: dict[Optional[str], list[Run]] = {}  # runs to share a job, by the job they wait for
         self.broken_teachers: dict[str, str] = {}  # teacher run name -> why it cannot be submitted
         self.summary = Summary()
@@ -435,17 +438,20 @@ class Submitter:
                 raise
             self.out("\n".join(f"{'submitted':<12} {run.name}  job {job_id}{after}{note}" for run, note in zip(runs, resumes)))
         self.queued += 1
+        self.job_runs[job_id] = runs
         for run in runs:
             self.new_jobs[run.name] = job_id
             self.summary.submitted.append(run.name)
         return job_id
 
     def wait_local(self) -> None:
-        """Where the scheduler runs the jobs itself, wait for them and count the failures."""
-        names = {job_id: name for name, job_id in self.new_jobs.items()}
+        """Where the scheduler runs the jobs itself, wait for them and count the failures: a job's
+        runs that did not finish (all of them if each did, yet the job failed)."""
         for job_id, status in self.scheduler.wait_all().items():
-            name = names[job_id]
-            self.summary.crashed.append((name, f"exit status {status}, see its local.out"))
+            runs = self.job_runs[job_id]
+            log = PACKED_LOG if len(runs) > 1 else LocalScheduler.log_name
+            for run in [run for run in runs if not RunDir(run.path).finished] or runs:
+                self.summary.crashed.append((run.name, f"exit status {status}, see its {log}"))
 
 
 def remove_created(script_path: Path, runs: list[Run], created: list[Path]) -> None:
