@@ -256,12 +256,12 @@ def test_config_json_that_is_a_folder_is_named(tmp_path: Path, capsys: pytest.Ca
 
 def test_a_read_only_data_folder_is_not_called_a_run_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture) -> None:
-    from toolbox import training
+    from toolbox.training import prepare  # where data_set looks load_dataset up
 
     def read_only(*args: Any, **kwargs: Any) -> None:
         raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), "data/cifar-100-python/.verified")
 
-    monkeypatch.setattr(training, "load_dataset", read_only)
+    monkeypatch.setattr(prepare, "load_dataset", read_only)
     assert main(tmp_path) == 74
     line = one_line(capsys.readouterr().err)
     assert "data/cifar-100-python/.verified: Read-only file system, while preparing --dataset digits" in line

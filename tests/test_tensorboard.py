@@ -63,7 +63,7 @@ def test_a_resumed_run_shows_each_epoch_and_step_once(tmp_path: Path, monkeypatc
     and the first 2 steps of epoch 2 (--checkpoint_every 2): the resumed session trains step 6 and
     epoch 2 again, and TensorBoard shows its values, not the killed session's as well."""
     flags = [*kd_flags(tmp_path), "--epochs", "2", "--checkpoint_every", "2", "--tensorboard_every", "2"]
-    saved = training.atomic_torch_save
+    saved = training.atomic_torch_save  # train(), in toolbox.training itself, saves each epoch's last.pt
 
     def killed_before_saving_epoch_2(path: Path, state: dict) -> None:
         if path.name == "last.pt" and state["position"] is None and len(state["history"]["test_acc"]) == 2:

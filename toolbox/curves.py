@@ -2,11 +2,11 @@
 
 The run folder's own event files hold one point per epoch (``EPOCH_TAGS``: the training
 cross-entropy, distillation loss and accuracy, the test loss and accuracy, the learning rate, the
-epoch's seconds and images/s) at step = the epoch's number, under the same names for every method,
-so that the runs of a sweep compare in the same charts, each named as its folder is. With
-``--tensorboard_every N``, ``steps/`` holds the cross-entropy and distillation loss of every N-th
-training step (``STEP_TAGS``) at step = training steps since the run began: a TensorBoard run of
-its own, since its steps are not epochs.
+epoch's seconds and images/s, of an epoch resumed mid-way this session's part of it) at step = the
+epoch's number, under the same names for every method, so that the runs of a sweep compare in the
+same charts, each named as its folder is. With ``--tensorboard_every N``, ``steps/`` holds the
+cross-entropy and distillation loss of every N-th training step (``STEP_TAGS``) at step = training
+steps since the run began: a TensorBoard run of its own, since its steps are not epochs.
 
 The writer (rank 0) alone writes them. A step's losses stay on the device until the loop reads its
 sums anyway (a progress line, a checkpoint, the epoch's end), so logging them never makes a step

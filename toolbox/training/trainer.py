@@ -1,26 +1,16 @@
-"""``train(config) -> metrics``: one run, from flags to a finished run folder.
+"""The Trainer: the state of one run (models, optimiser, history, position) and the step, epoch and
+preliminary phases that advance it, with last.pt's state and its restoring.
 
-The loop knows no method by name: the distiller gives the soft loss, and its parameters are
-trained with the student. Per-step metrics are summed on the device and read once per epoch, so a
-step never waits for the GPU. After every epoch ``last.pt`` is written atomically; rerunning the
-same command resumes from it, and ``metrics.json`` is written only when the last epoch is done.
-Within an epoch, last.pt is also written every ``--checkpoint_every`` steps and where a stop signal
-arrives, with the position in the epoch (``toolbox.progress``). Each epoch (and with
-``--tensorboard_every`` each N-th step) also goes to TensorBoard event files (``toolbox.curves``),
-flushed before every last.pt so that a resumed run's curves continue it. The loop reads every data set
-through the same ``DataSource`` face and knows neither where its images are kept nor their size.
-
-Under torchrun the same loop runs on every rank (``toolbox.distributed``): it asks whether it is
-the writer (rank 0 alone locks the folder and writes in it), has sums reduced and decisions (stop,
-divergence) agreed, and knows nothing else about the ranks.
+Per-step metrics are summed on the device and read only where a progress line, a checkpoint or
+the epoch's end needs them, so a step never waits for the GPU. Within an epoch, last.pt is written
+every ``--checkpoint_every`` steps and where a stop signal arrives, with the position in the epoch
+(``toolbox.progress``). ``toolbox.training.train`` drives it over the main epochs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,87 +22,33 @@ from torch import nn
 from tqdm import tqdm
 
 from toolbox.composition import DistillationLoss
-from toolbox.config import Config, milestones
-from toolbox.curves import Curves, open_curves
-from toolbox.data_loader import DataSource, load_dataset
+from toolbox.config import Config
+from toolbox.curves import Curves
+from toolbox.data_loader import DataSource
 from toolbox.datasets.sampling import share
 from toolbox.distillation import Distiller, Setup, Step
-from toolbox.distributed import World, join
-from toolbox.errors import DivergedError, Interrupted, IOFailure, UsageError
+from toolbox.distributed import World
+from toolbox.errors import DivergedError, UsageError
 from toolbox.methods import DISTILLERS, build_distiller
 from toolbox.models import build_model, load_checkpoint
 from toolbox.optimizers import SGD, make_optimizer
-from toolbox.lastpt import HISTORY_KEYS, KEEP_LAST, read_last
+from toolbox.lastpt import HISTORY_KEYS, KEEP_LAST
 from toolbox.phases import PHASE_RECORD, Phase, locate, set_modes, train_only
 from toolbox.progress import Position, progress_line
-from toolbox.rundir import RunDir, differences, file_digest, open_nofollow, resolve, teacher_command
+from toolbox.rundir import RunDir
 from toolbox.speed import FullBatchCompiled, begin_step, optimizer_kernels, use_optimizer_kernels
-from toolbox.stop import StopFlag, interruptible, stop_flag
-from toolbox.utils import (
-    atomic_torch_save,
-    atomic_write_json,
-    environment,
-    evaluate,
-    plot_curves,
-    seed_everything,
-    select_device,
+from toolbox.stop import StopFlag
+from toolbox.training.prepare import (
+    all_finite,
+    check_teacher_exists,
+    data_set,
+    make_autocast,
+    make_scheduler,
+    output_shapes,
+    set_deterministic,
 )
-
-
-
-def check_same_run(saved: dict[str, Any], config: Config, path: Path, named: bool) -> None:
-    """A folder holds one experiment: returning or resuming it for other flags would report or mix
-    two experiments as one. ``named``: the folder was given with --experiment_name."""
-    changed = differences(saved, config)
-    if changed:
-        advice = ("leave out --experiment_name (runs are named after their flags) or choose another one for a separate run"
-                  if named else "move that folder away to train these flags there")
-        raise UsageError(f"{path} holds a run with other flags ({'; '.join(changed)}); rerun with its flags to use it, "
-                         f"or {advice}")
-
-
-def output_shapes(model: nn.Module, device: torch.device, image_size: int) -> tuple[tuple[int, ...], ...]:
-    """Per-sample shapes of every output (stem, stages, pooled, logits) on the data set's images,
-    from one eval-mode forward pass (BatchNorm statistics untouched)."""
-    model.eval()
-    with torch.no_grad():
-        return tuple(tuple(out.shape[1:]) for out in model(torch.zeros(1, 3, image_size, image_size, device=device)))
-
-
-def make_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per epoch: cosine annealing over the run (the original's), or x``lr_decay``
-    after each epoch in ``lr_milestones`` (RepDistiller's: the lr of epoch 151 is the first decayed)."""
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(config.lr_milestones), gamma=config.lr_decay)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-
-
-def set_deterministic(on: bool) -> None:
-    """Deterministic algorithms (an error where torch has none) and cuDNN without autotuning."""
-    if on:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
-    torch.use_deterministic_algorithms(on)
-    torch.backends.cudnn.deterministic = on
-    torch.backends.cudnn.benchmark = False
-
-
-def data_set(config: Config, device: torch.device) -> DataSource:
-    """``--dataset`` from ``--data_dir``; a failed read or write there (a read-only data folder, a
-    full disk) is one line naming the file, not a run's write."""
-    try:
-        return load_dataset(config.dataset, config.data_dir, device, workers=config.workers)
-    except OSError as error:
-        where = f"{error.filename}: " if error.filename else ""
-        raise IOFailure(f"{where}{error.strerror or error}, while preparing --dataset {config.dataset} in --data_dir "
-                        f"{config.data_dir}; make that folder readable and writable (or pass another --data_dir), "
-                        "then rerun") from None
-
-
-def make_autocast(config: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast on GPUs that support it (``--amp auto``), float32 elsewhere."""
-    if config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
+from toolbox.training.resume import check_stop
+from toolbox.utils import atomic_torch_save, evaluate, seed_everything, select_device
 
 
 class Learner(nn.Module):
@@ -427,203 +363,3 @@ class Trainer:
         # the eager student, compiled or not: no graph for each test batch size and for eval mode
         loss, accuracy = evaluate(self.student, batches, self.autocast, self.world.all_reduce_sum)
         return {"test_loss": loss, "test_acc": accuracy}
-
-
-def check_teacher_exists(config: Config) -> None:
-    """A missing teacher is an error that says how to train it."""
-    if not Path(config.teacher_checkpoint).exists():
-        raise UsageError(
-            f"teacher checkpoint {config.teacher_checkpoint} not found; train the teacher first with: "
-            f"{teacher_command(config)} (it is saved there by default), or pass --teacher_checkpoint"
-        )
-
-
-def all_finite(*modules: nn.Module) -> bool:
-    """Every floating-point parameter and buffer (BatchNorm statistics too) is finite."""
-    tensors = [t for module in modules for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())  # one device sync, not one per tensor
-
-
-def check_stop(stop: StopFlag, run: RunDir, epoch: int, batch: Optional[int] = None, stopping: Optional[bool] = None) -> None:
-    """Leave through ``Interrupted`` (exit 75, the job requeues) once a stop signal has arrived
-    (``stopping``: the ranks' agreed answer, here or on another rank); ``batch``: the epoch's
-    position was saved after that many batches."""
-    if stop.signal is not None if stopping is None else stopping:
-        kept = f"{run.last} holds epoch {epoch}" if run.last.exists() else "no epoch has been saved yet"
-        if batch is not None:
-            kept = f"{run.last} holds epoch {epoch + 1} up to batch {batch}"
-        raise Interrupted(f"stopped by signal {stop.name or 'on another rank'} during epoch {epoch + 1}; {kept}: rerun "
-                          "the same command to resume")
-
-
-def evaluate_checkpoint(config: Config) -> dict[str, float]:
-    """Test loss and accuracy of the ``--evaluate`` checkpoint as a ``--student`` on ``--dataset``:
-    check a downloaded teacher before distilling from it. It writes nothing, so a stop signal ends it at once."""
-    with interruptible(f"evaluating {config.evaluate}"):
-        device = select_device(config.device)
-        data = data_set(config, device)
-        model = build_model(config.student, data.num_classes)
-        load_checkpoint(model, Path(config.evaluate), "--evaluate")
-        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        model.to(device, memory_format=memory_format)
-        batches = ((images.contiguous(memory_format=memory_format), labels)
-                   for images, labels in data.eval_batches(config.eval_batch_size))
-        loss, accuracy = evaluate(model, batches, make_autocast(config, device))
-    return {"test_loss": loss, "test_acc": accuracy}
-
-
-class ConsoleLog:
-    """Prints a run's lines and appends them to its ``train.log``, so that a run trained directly
-    keeps what it printed, as a scheduler's job log would (progress bars stay on the terminal).
-    As a context manager it also records the error that stops a run that has a log (the entry point
-    prints it): a failed start-up leaves no train.log behind. A finished run's folder is left as it
-    is: nothing is appended once metrics.json exists."""
-
-    def __init__(self, run: RunDir, writer: bool = True) -> None:
-        """``writer``: this process speaks for the run (under torchrun rank 0; the others keep quiet)."""
-        self.run = run
-        self.writer = writer
-
-    def record(self, line: str) -> None:
-        if self.run.finished or not self.writer:
-            return
-        with os.fdopen(open_nofollow(self.run.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8") as log:
-            log.write(line + "\n")
-
-    def __call__(self, line: str) -> None:
-        if self.writer:
-            print(line, flush=True)
-        self.record(line)
-
-    def __enter__(self) -> ConsoleLog:
-        return self
-
-    def __exit__(self, kind: Optional[type], error: Optional[BaseException], traceback: Any) -> None:
-        if error is not None and self.run.log.exists():
-            shown = str(error) if isinstance(error, (UsageError, DivergedError, Interrupted)) else f"{kind.__name__}: {error}"
-            with contextlib.suppress(OSError):  # the error may be that this disk is full
-                self.record(f"error: {shown}")
-
-
-def final_line(metrics: dict[str, Any]) -> str:
-    return (f"best test accuracy {metrics['best_test_acc']:.2f}% (epoch {metrics['best_epoch']}), "
-            f"{metrics['wall_time_s']:.0f}s of training")
-
-
-def finished_metrics(run: RunDir, config: Config, named: bool) -> dict[str, Any]:
-    """A finished run's metrics, once its config.json shows it was trained with these flags."""
-    saved = run.saved_config()
-    if saved is None:
-        raise UsageError(f"{run.path} has finished but has no config.json, so the flags it was trained with cannot be "
-                         "checked; restore its config.json, or choose another --experiment_name")
-    check_same_run(saved, config, run.path, named)
-    metrics = run.read_json(run.metrics)
-    best = metrics.get("best_test_acc")
-    if not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best):
-        raise UsageError(f"{run.metrics} has no numeric 'best_test_acc'; it was left as it is: restore it, or move it "
-                         "away and rerun: it is written again from last.pt")
-    print(f"{run.path} has finished already (best test accuracy {best:.2f}%); nothing to do")
-    return metrics
-
-
-def train(config: Config) -> dict[str, Any]:
-    """Train (or resume, or skip when finished) the run that ``config`` describes; its metrics.
-    The run's folder is locked for the whole call: a second process on it fails at once. Under
-    torchrun every rank calls it; rank 0 alone locks and writes, the others wait until it has
-    claimed the folder, then read the same files and reach the same decisions."""
-    named = config.experiment_name is not None
-    config = resolve(config)
-    run = RunDir(Path(config.experiments_dir) / config.experiment_name)
-    world = join(config.device)
-    claimed = run.claimed(config.experiment_name) if world.is_writer else contextlib.nullcontext()
-    with contextlib.closing(world), claimed, stop_flag() as stop, ConsoleLog(run, world.is_writer) as log:
-        if world.is_writer:
-            run.remove_stale_temporaries()
-        world.barrier()
-        if run.finished:
-            return finished_metrics(run, config, named)
-        with stop.interruptible(f"reading {run.last}"):
-            state = read_last(run, torch.device("cpu"))
-        saved, recorded = run.saved_config(), state.get("config") if state else None
-        if state is not None and saved is None and recorded is None:
-            raise UsageError(f"{run.last} does not record its flags and {run.config} is missing, so resuming cannot be "
-                             "checked; move last.pt away to restart the run from epoch 0")
-        for flags in (saved, recorded):
-            if flags is not None:
-                check_same_run(flags, config, run.path, named)
-
-        with stop.interruptible("loading the data set and the teacher"):
-            trainer = Trainer(config, run, world=world)
-        if trainer.teacher is not None:
-            trainer.teacher_sha256 = file_digest(Path(config.teacher_checkpoint))
-        if state is not None:
-            if state.get("teacher_sha256") != trainer.teacher_sha256:
-                raise UsageError(f"--teacher_checkpoint {config.teacher_checkpoint} is not the teacher {run.path} was "
-                                 "trained with (its content differs); pass that teacher's file to resume, or choose "
-                                 "another --experiment_name for a run with this teacher")
-            trainer.restore(state)
-            located = trainer.phase  # in a preliminary phase: its epochs
-            done, ahead = ((f"{located[0].name} epoch {located[1] - 1} of {located[0].epochs}", f"{located[0].name} epoch {located[1]}")
-                           if located else (f"epoch {trainer.epoch} of {config.epochs}", f"epoch {trainer.epoch + 1}"))
-            within = f", at batch {trainer.position.batch} of {ahead}" if trainer.position else ""
-            starting = f"resuming {run.path} after {done}{within}"
-        else:
-            what = config.student if trainer.teacher is None else f"{config.teacher} -> {config.student}"
-            where = f"{world.size} processes ({trainer.device.type})" if world.distributed else trainer.device
-            starting = f"training {run.path} on {where} ({config.distillation}: {what})"
-        if world.is_writer:
-            previous = run.read_json(run.config) if state is not None else None  # keep the environment the run started in
-            atomic_write_json(run.config, {  # the flags as they are now (a moved teacher's new path)
-                "config": dataclasses.asdict(config),
-                "environment": (previous or {}).get("environment") or environment(),
-                "teacher_sha256": trainer.teacher_sha256,
-                "feature_shapes": trainer.feature_shapes,  # the distilled maps, (C, H, W), for the notebooks
-                "world_size": world.size,  # ranks of this session: a run may resume with another number
-            })
-        log(starting)  # train.log only ever stands beside the config.json that makes the folder a run of ours
-
-        best_path = run.best_checkpoint(config.student)
-        trainer.curves = open_curves(run, config.tensorboard_every, trainer.epoch, trainer.steps_done, world.is_writer)
-        with trainer.curves:
-            trainer.train_phases(stop, log)
-            while trainer.epoch < config.epochs:
-                check_stop(stop, run, trainer.epoch, stopping=world.any(stop.signal is not None))  # also one during the last test
-                started = trainer.clock = time.perf_counter()
-                lr = trainer.optimizer.param_groups[0]["lr"]  # the epoch's: the scheduler steps after it
-                record = trainer.train_epoch(stop, log)
-                record.update(trainer.test())
-                trainer.check_finite(record)
-                trainer.scheduler.step()
-                trainer.account_time()
-                is_best = trainer.epoch == 0 or record["test_acc"] > max(trainer.history["test_acc"])
-                for key in HISTORY_KEYS:
-                    trainer.history[key].append(record[key])
-                trainer.curves.write_epoch(trainer.epoch, {**record, "lr": lr, "epoch_s": time.perf_counter() - started})
-                trainer.curves.flush()  # before last.pt: an epoch it holds is never missing from the curves
-                if world.is_writer:
-                    if is_best:
-                        atomic_torch_save(best_path, {"weights": trainer.student.state_dict()})
-                    atomic_torch_save(run.last, trainer.state())
-                    plot_curves(trainer.history, run.path)
-                trainer.position_saved = 0
-                log(
-                    f"epoch {trainer.epoch}/{config.epochs}  cross-entropy {record['train_hard_loss']:.4f}  "
-                    f"distillation {record['train_soft_loss']:.4g}  train {record['train_acc']:.2f}%  "
-                    f"test {record['test_acc']:.2f}% (best {max(trainer.history['test_acc']):.2f}%)  "
-                    f"{time.perf_counter() - started:.1f}s"
-                )
-
-        best_epoch = max(range(config.epochs), key=lambda i: trainer.history["test_acc"][i])
-        metrics = {
-            **trainer.history,
-            "best_test_acc": trainer.history["test_acc"][best_epoch],
-            "best_epoch": best_epoch + 1,
-            "epochs": config.epochs,
-            "wall_time_s": trainer.elapsed,
-            **({"phase_history": trainer.phase_history} if trainer.phase_history else {}),
-        }
-        log(final_line(metrics))  # before metrics.json, which closes the log
-        if world.is_writer:
-            atomic_write_json(run.metrics, metrics)
-        world.barrier()  # no rank leaves (and no torchrun tears the others down) before the run is finished
-        return metrics
