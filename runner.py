@@ -37,7 +37,8 @@ from toolbox.data_loader import prepare_dataset
 from toolbox.errors import Interrupted, UsageError
 from toolbox.methods import DISTILLERS
 from toolbox.naming import validate_experiment_name
-from toolbox.scheduler import LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError, SlurmScheduler
+from toolbox.scheduler import (LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError, SlurmScheduler,
+                               local_gpus)
 from toolbox.sweep import (
     Axes,
     JobSettings,
@@ -345,7 +346,7 @@ def make_scheduler(args: argparse.Namespace) -> Scheduler:
         return SlurmScheduler(user)
     if args.scheduler == "pbs":
         return PbsScheduler(user)
-    return LocalScheduler(args.parallel)
+    return LocalScheduler(args.parallel, local_gpus() if args.gpus else [], args.gpus)
 
 
 def ask(question: str) -> bool:

@@ -22,7 +22,8 @@ import runner
 from tests.conftest import age
 from toolbox import sweep
 from toolbox.rundir import RunDir
-from toolbox.scheduler import PENDING, RUNNING, LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError, SlurmScheduler
+from toolbox.scheduler import (PENDING, RUNNING, LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError, SlurmScheduler,
+                               local_gpus)
 
 GOLDEN = Path(__file__).parent / "golden"
 TINY = ["--dataset", "digits", "--teacher", "ResNetBaby", "--student", "ResNetBaby", "--epochs", "2", "--batch_size", "64"]
@@ -707,6 +708,35 @@ def test_local_runs_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     scheduler.submit(script)
     assert scheduler.wait_all() == {}
     assert (tmp_path / "threads").read_text().strip() == str(max(1, (os.cpu_count() or 1) // 2))
+
+
+def test_local_jobs_side_by_side_spread_over_the_gpus(tmp_path: Path) -> None:
+    """Two jobs at a time on a machine with GPUs 3 and 5 get one each; the next job takes the GPU
+    that is free again; none is given where there are no GPUs."""
+    def job(name: str, seconds: float) -> Path:
+        script = tmp_path / f"{name}.job"
+        script.write_text(f'echo "${{CUDA_VISIBLE_DEVICES-unset}}" > {tmp_path / name}; sleep {seconds}\n')
+        return script
+
+    scheduler = LocalScheduler(parallel=2, gpus=["3", "5"])
+    scheduler.submit(job("long", 3))
+    scheduler.submit(job("short", 0))
+    scheduler.submit(job("next", 0))  # waits for a free slot: the short job's
+    unassigned = LocalScheduler(parallel=2)
+    unassigned.submit(job("cpu", 0))
+    assert scheduler.wait_all() == unassigned.wait_all() == {}
+    assert [(tmp_path / name).read_text().strip() for name in ("long", "short", "next")] == ["3", "5", "5"]
+    assert (tmp_path / "cpu").read_text().strip() == os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+
+
+def test_local_gpus_are_the_visible_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0, 2,GPU-8f3a")
+    assert local_gpus() == ["0", "2", "GPU-8f3a"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert local_gpus() == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi
+    assert local_gpus() == []
 
 
 def test_util_sh_reads_relative_paths_from_where_it_is_called(tmp_path: Path) -> None:

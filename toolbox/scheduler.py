@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterable, Optional
@@ -280,18 +282,43 @@ class PbsScheduler(Scheduler):
             _run(["qdel", *ids])
 
 
+def local_gpus() -> list[str]:
+    """This machine's GPUs as CUDA_VISIBLE_DEVICES names them: that variable's own list where it is
+    set, else nvidia-smi's indices; none without either."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [gpu.strip() for gpu in given.split(",") if gpu.strip()]
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                                text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return listed.stdout.split() if listed.returncode == 0 else []
+
+
 class LocalScheduler(Scheduler):
     """Runs the job scripts on this machine, ``parallel`` at a time, with ``bash``; each job's
     output goes to ``local.out`` beside its script. ``submit`` blocks while all slots are busy,
-    and a job waits for its dependency (and is not run when that failed)."""
+    and a job waits for its dependency (and is not run when that failed). Each job gets
+    ``gpus_per_job`` of ``gpus`` (CUDA_VISIBLE_DEVICES), the least busy first, so that jobs side by
+    side spread over the machine's GPUs as a cluster would place them."""
 
     name = "local"
     directive = ""
     log_name = "local.out"
 
-    def __init__(self, parallel: int = 1) -> None:
+    def __init__(self, parallel: int = 1, gpus: Iterable[str] = (), gpus_per_job: int = 1) -> None:
         self.parallel = parallel
+        self.gpus = list(gpus)
+        self.gpus_per_job = gpus_per_job
         self._jobs: dict[str, subprocess.Popen] = {}
+        self._job_gpus: dict[str, list[str]] = {}
+
+    def _next_gpus(self) -> list[str]:
+        busy = Counter(gpu for job_id in self.live_jobs() for gpu in self._job_gpus[job_id])
+        return sorted(self.gpus, key=lambda gpu: busy[gpu])[:self.gpus_per_job]  # sorted() is stable: in order on ties
 
     def submit(self, script: Path, dependency: Optional[str] = None) -> str:
         if dependency is not None:
@@ -305,11 +332,15 @@ class LocalScheduler(Scheduler):
         # (bench/RESULTS.md, "Threads on a shared CPU").
         threads = str(max(1, (os.cpu_count() or 1) // self.parallel))
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+        gpus = self._next_gpus()
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         with open(script.parent / self.log_name, "ab") as log:
             process = subprocess.Popen(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=env)
         job_id = f"local-{process.pid}"
         self._jobs[job_id] = process
+        self._job_gpus[job_id] = gpus
         return job_id
 
     def live_jobs(self) -> dict[str, str]:
