@@ -444,6 +444,21 @@ def test_max_queued_stops_submitting_and_says_what_remains(cli, experiments: Pat
     assert "--max_queued 4 reached: 2 runs remain; run runner.py again later" in out
 
 
+def test_teachers_are_submitted_first_and_max_queued_holds_back_a_teacher_too(cli, experiments: Path) -> None:
+    """Two pairs: both teachers before any student (a local job waits for its teacher before the
+    next is started); the queue's limit reached at a teacher holds its students back, no traceback."""
+    pairs = [*TINY[:2], *TINY[6:], "--grid", "pair=ResNetBaby-ResNetBaby,ResNet20-ResNetBaby", "--distillations", "kd",
+             "--runs", "2"]
+    fake = FakeSlurm()
+    status, out, _ = cli([*pairs, "--experiments_dir", str(experiments)], fake)
+    assert status == 0, out
+    assert [name.split("/")[1] for name in fake.names()] == ["teacher", "teacher", *["ResNetBaby-ResNetBaby"] * 2,
+                                                            *["ResNet20-ResNetBaby"] * 2]
+    fake = FakeSlurm()
+    status, out, _ = cli([*pairs, "--experiments_dir", str(experiments / "limited"), "--max_queued", "1"], fake)
+    assert status == 0 and len(fake.names()) == 1 and "--max_queued 1 reached: 4 runs remain" in out, out
+
+
 def test_dry_run_prints_the_scripts_and_submits_and_writes_nothing(cli, experiments: Path) -> None:
     fake = FakeSlurm()
     status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "2", "--dry_run"), fake)

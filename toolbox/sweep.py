@@ -345,6 +345,9 @@ class Submitter:
         else:
             try:
                 dependency = self.teacher_job(run) if run.teacher else None
+            except QueueFull:
+                self.summary.held_back += 1
+                return
             except SchedulerError as error:
                 self.summary.failed.append((run.name, str(error)))
                 self.out(f"{'failed':<12} {run.name}: {error}")
@@ -471,6 +474,10 @@ def remove_created(script_path: Path, runs: list[Run], created: list[Path]) -> N
 def submit_grid(runs: list[Run], scheduler: Scheduler, settings: JobSettings, max_queued: int = 0,
                 dry_run: bool = False, out: Callable[[str], None] = print) -> Summary:
     submitter = Submitter(scheduler, settings, max_queued, dry_run, out)
+    for run in runs:  # the teachers first: a local student job waits for its teacher before the next is started
+        if run.teacher and submitter.state(run).state in (FAILED, NOT_STARTED):
+            with contextlib.suppress(SchedulerError, QueueFull):  # reported with each student by visit
+                submitter.teacher_job(run)
     for run in runs:
         submitter.visit(run)
     submitter.finish()
