@@ -69,7 +69,7 @@ DISTILLERS: dict[str, type[Distiller]] = {
 
 def with_defaults(config: Config) -> Config:
     """``config`` with the flags left unset (None) given the defaults for this run: its recipe's for
-    the method (``--recipe imagenet``'s kd weights), else the method's own (as ``rundir.method_default``)."""
+    the method (``--recipe imagenet``'s kd weights), else the method's own (as ``run_identity.method_default``)."""
     own = {**DISTILLERS[config.distillation].defaults_for(config),
            **run_recipe(config)}
     return dataclasses.replace(config, **{name: value for name, value in own.items() if getattr(config, name) is None})

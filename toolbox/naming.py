@@ -1,7 +1,7 @@
 """How values become parts of a run folder's name, and which names are acceptable.
 
-Kept apart from ``toolbox.rundir`` so that the flag layer and the distillers can use it without
-importing the run folder's logic (which imports them).
+Kept apart from ``toolbox.run_identity`` (which flags make a run, its default name) so that the flag
+layer and the distillers can use it without importing the run's naming logic (which imports them).
 """
 
 from __future__ import annotations

@@ -6,38 +6,46 @@ after every epoch), ``<Arch>.pth`` (best epoch, ``{"weights": state_dict}``), ``
 run has finished, ``metrics.json``. So "metrics.json exists"
 means "finished", and every tool asks this module, not each other's code.
 
-A folder holds one experiment. Its default name spells out every flag that defines the experiment
-and differs from its default (``.../tucker/B-32-8-8/lr=0.01/seed0``), and a finished or resumed
-run is checked against the flags it was trained with. One process trains a folder at a time: it
-holds an OS lock on ``.lock`` for the run's lifetime, which the kernel releases when the process
-dies, however it dies.
+A folder holds one experiment, named and checked by the flags that define it (``toolbox.run_identity``,
+whose names this module re-exports, so that the tools ask one module). One process trains a folder
+at a time: it holds an OS lock on ``.lock`` for the run's lifetime, which the kernel releases when
+the process dies, however it dies.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
-import shlex
 import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
-from toolbox.choices import format_ranks, parse_ranks
-from toolbox.config import RUNTIME_FIELDS, Config, flag_default, recipe_defaults, run_recipe
+from toolbox.config import Config
 from toolbox.errors import IOFailure, UsageError
-from toolbox.naming import format_value, validate_experiment_name
+from toolbox.run_identity import (  # noqa: F401  (re-exported: the tools import a run's name and flags from here)
+    ABSENT,
+    SWITCHED_FLAGS,
+    TEACHER_FLAGS,
+    TEACHER_SEED,
+    default_teacher_checkpoint,
+    defining_flags,
+    differences,
+    experiment_name,
+    file_digest,
+    method_default,
+    method_defaulted,
+    method_specific,
+    resolve,
+    teacher_command,
+    teacher_config,
+)
 from toolbox.scheduler import LocalScheduler
-
-if TYPE_CHECKING:
-    from toolbox.distillation import Distiller
 
 CONFIG_FILE = "config.json"
 LAST_CHECKPOINT = "last.pt"
@@ -49,7 +57,6 @@ PACKED_LOG = "job.out"
 """The output of a run trained beside others in one job (runner.py --runs_per_gpu)."""
 LOG_FILE = "train.log"
 PLOTS = ("Loss.png", "Accuracy.png")
-TEACHER_SEED = 0
 QUIET_S = 60
 """A folder with a file changed more recently than this may belong to a run that is starting."""
 LAUNCH_FILES = re.compile(r"slurm-\d+\.out|td\.[A-Za-z0-9_.-]+\.[oe]\d+(\.\S+)?|local\.out|job\.out|run\.job|job\.json|\.(run\.job|job\.json)\.\d+\.tmp")
@@ -63,14 +70,6 @@ _HELD: set[str] = set()
 """The run folders whose lock this process holds (real paths)."""
 
 
-def distillers() -> dict[str, type[Distiller]]:
-    """The registry of methods, loaded (with torch) on first use: the folder, its lock and its files
-    are handled before torch loads, so that a starting run holds its lock at once."""
-    from toolbox.methods import DISTILLERS
-
-    return DISTILLERS
-
-
 def open_nofollow(path: Path, flags: int) -> int:
     """``os.open`` that refuses a symbolic link: a lock or state file that is a link would have the
     project write to whatever file it points to."""
@@ -82,181 +81,9 @@ def open_nofollow(path: Path, flags: int) -> int:
     raise UsageError(f"{path} is a symbolic link, and the project never writes through one; it was left as it is: "
                      "remove the link, then rerun")
 
-NAME_FIELDS = ("distillation", "dataset", "teacher", "student", "seed")
-"""Flags that the structure of every default run name spells out."""
-
-
-def method_specific() -> frozenset[str]:
-    """Flags that only some methods read (ranks, beta, the KD temperature, ...), as registered now."""
-    return frozenset(flag for distiller in distillers().values() for flag in distiller.flags)
-
-ABSENT = "<absent>"
-"""A flag that a saved config.json does not have (written before the flag existed) and whose value
-is the method's, so that its absence cannot tell which."""
-
-
-def saved_value(config: Mapping[str, Any], name: str) -> Any:
-    """Flag ``name`` of a saved or current config. A config.json written before the flag existed
-    lacks it: its run computed what the flag's default computes (a new flag never changes what a run
-    computed before it: a variant is an option, not a default), so the default stands in, and such
-    runs resume and are skipped as finished as before. A flag whose default the method decides has
-    no such stand-in."""
-    if name in config:
-        return config[name]
-    default = flag_default(name)
-    return ABSENT if default is None else default
-
 FINISHED, RUNNING, PENDING, FAILED, NOT_STARTED = "finished", "running", "pending", "failed", "not started"
 CONFLICTING, CORRUPT = "conflicting", "corrupt"
 
-
-# ---------------------------------------------------------------- which flags make a run
-
-TEACHER_FLAGS = ("teacher", "kd_weight", "optimizer")
-"""Flags that only a method with a teacher reads (--kd_weight's KD term and DOT split a teacher's loss)."""
-SWITCHED_FLAGS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
-    "kd_temperature": lambda config: float(config.get("kd_weight") or 0) != 0,  # the temperature of --kd_weight's KD
-    "dot_delta": lambda config: config.get("optimizer") == "dot",
-}
-"""Flags read by a run that another of its flags switches on (besides the methods that read them always);
-the values may be a grid's text (``"0"``)."""
-
-
-def defining_flags(distillation: str, config: Optional[Mapping[str, Any]] = None) -> list[str]:
-    """The flags that make a run of ``distillation`` the experiment it is, in ``Config`` order:
-    all but the speed and location flags, less the flags only other methods read (and less the
-    ``TEACHER_FLAGS`` for a method without a teacher), with the ``SWITCHED_FLAGS`` that ``config``'s
-    values switch on. An unknown method keeps them all: split, never mixed."""
-    distiller = distillers().get(distillation)
-    specific = method_specific()
-    own = set(distiller.flags) if distiller else specific | set(SWITCHED_FLAGS)
-    own |= {name for name, switched_on in SWITCHED_FLAGS.items() if config is not None and switched_on(config)}
-    return [
-        item.name for item in dataclasses.fields(Config)
-        if item.name not in RUNTIME_FIELDS | {"experiment_name"}
-        and (item.name in own or (item.name not in specific and item.name not in SWITCHED_FLAGS))
-        and not (item.name in TEACHER_FLAGS and distiller is not None and not distiller.needs_teacher)
-    ]
-
-
-def identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The defining flags of a saved or current config and their values."""
-    return {name: saved_value(config, name) for name in defining_flags(config["distillation"], config)}
-
-
-def method_defaulted() -> frozenset[str]:
-    """Flags whose default depends on the method (``beta``, ``ce_weight``, ...): a teacher's run
-    never inherits them from a student's."""
-    return frozenset(name for distiller in distillers().values() for name in distiller.defaults)
-
-
-def method_default(distiller: type[Distiller], name: str, config: Optional[Config] = None) -> Any:
-    """A flag's default for a run: its recipe's for the method (``--recipe crd`` sets 240 epochs,
-    ``--recipe imagenet`` kd's temperature 1), else the method's own (``beta``), else the flag's."""
-    recipe = run_recipe(config) if config is not None else {}
-    if name in recipe:
-        return recipe[name]
-    own = distiller.defaults_for(config) if config is not None else distiller.defaults
-    if name in own:
-        return own[name]
-    return flag_default(name)
-
-
-def changed_flags(config: Config) -> dict[str, Any]:
-    """The defining flags that differ from their defaults, apart from those the name's structure
-    and the method's tag already spell out."""
-    distiller = distillers()[config.distillation]
-    changed = {}
-    for name in defining_flags(config.distillation, dataclasses.asdict(config)):
-        value = getattr(config, name)
-        if name in NAME_FIELDS or name in distiller.tag_flags or value is None:  # None: the method's default
-            continue
-        if value != method_default(distiller, name, config):
-            changed[name] = value
-    return changed
-
-
-def experiment_name(config: Config) -> str:
-    """Default run name: ``{dataset}/teacher/{arch}[/{changes}]/seed{seed}`` for training without a
-    teacher, else ``{dataset}/{teacher}-{student}/{method}/{tag...}[/{changes}]/seed{seed}``, where
-    ``{changes}`` lists the other defining flags that differ from their defaults: ``lr=0.01,beta=50``."""
-    distiller = distillers()[config.distillation]
-    if distiller.needs_teacher:
-        head = [config.dataset, f"{config.teacher}-{config.student}", config.distillation]
-    else:
-        head = [config.dataset, "teacher", config.student]
-    changes = ",".join(f"{name}={format_value(value)}" for name, value in changed_flags(config).items())
-    parts = [*head, *distiller.run_tag(config), *([changes] if changes else []), f"seed{config.seed}"]
-    return validate_experiment_name("/".join(parts), "the run name derived from the flags")
-
-
-def teacher_config(config: Config) -> Config:
-    """The plain run that trains the teacher of ``config`` by default: the same recipe and flags,
-    seed 0; a flag the recipe sets per architecture or per method (the CRD recipe's lr, the ImageNet
-    recipe's batch for crd) takes the teacher's plain run's value unless the student's was given
-    explicitly."""
-    own = run_recipe(config)
-    theirs = recipe_defaults(config.recipe, config.teacher)
-    per_run = {name: theirs.get(name, flag_default(name)) for name in own if getattr(config, name) == own[name]}
-    return dataclasses.replace(config, **{**per_run, **dict.fromkeys(method_defaulted())}, distillation="none",
-                               student=config.teacher, seed=TEACHER_SEED, experiment_name=None, teacher_checkpoint=None)
-
-
-def default_teacher_checkpoint(config: Config) -> Path:
-    """Where the teacher's plain run (``teacher_config``) saves its best weights."""
-    teacher = teacher_config(config)
-    return Path(config.experiments_dir) / experiment_name(teacher) / f"{teacher.student}.pth"
-
-
-def teacher_command(config: Config) -> str:
-    """The command that trains the teacher ``config`` needs, where it is found by default."""
-    teacher = teacher_config(config)
-    args = ["python", "tucker_distillation.py", "--distillation", "none", "--dataset", teacher.dataset,
-            "--student", teacher.student, "--seed", str(TEACHER_SEED)]
-    for name, value in changed_flags(teacher).items():
-        args += [f"--{name}" if value is not False else f"--no-{name}"] + ([] if isinstance(value, bool) else [str(value)])
-    for name in ("data_dir", "experiments_dir"):
-        if getattr(config, name) != getattr(Config, name):  # the class attribute is the default
-            args += [f"--{name}", getattr(config, name)]
-    return shlex.join(args)
-
-
-def resolve(config: Config) -> Config:
-    """Fill in what depends on other flags (the run's name, the method's defaults, the teacher's
-    path), so that config.json says what ran and two spellings of one run compare equal."""
-    distiller = distillers()[config.distillation]
-    config = dataclasses.replace(config, experiment_name=config.experiment_name or experiment_name(config),
-                                 ranks=format_ranks(parse_ranks(config.ranks)))  # one spelling: ' 8' and '８' are 8
-    teacher_checkpoint = config.teacher_checkpoint
-    if teacher_checkpoint is None and distiller.needs_teacher:
-        teacher_checkpoint = str(default_teacher_checkpoint(config))
-    from toolbox.methods import with_defaults
-
-    config = with_defaults(dataclasses.replace(config, teacher_checkpoint=teacher_checkpoint if distiller.needs_teacher else None))
-    distiller.check(config)
-    return config
-
-
-def differences(saved: Mapping[str, Any], config: Config) -> list[str]:
-    """``--lr 0.05 there, 0.01 here`` for each defining flag in which two runs differ (a flag that
-    defines one run only, switched on by another, compared as it is saved in the other)."""
-    current = dataclasses.asdict(config)
-    ours, theirs = identity(current), identity(saved)
-    ours.update({name: saved_value(current, name) for name in theirs.keys() - ours.keys()})
-    theirs.update({name: saved_value(saved, name) for name in ours.keys() - theirs.keys()})
-    return [f"--{name} {theirs[name]!r} there, {ours[name]!r} here" for name in ours if theirs[name] != ours[name]]
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file: a teacher checkpoint is recognised by its content, not its path."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------- one run folder
 
 @dataclass
 class RunState:

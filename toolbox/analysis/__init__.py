@@ -6,7 +6,7 @@ so a job still training never shows up as a result.
 
 Runs are grouped into configurations by the flags that change the experiment. Runtime flags and
 the seed never split a configuration, and neither do flags a method ignores (the ranks saved with
-a featuremap run, the reconstruction target of a plain tucker run): see ``toolbox.rundir.defining_flags``.
+a featuremap run, the reconstruction target of a plain tucker run): see ``toolbox.run_identity.defining_flags``.
 Configurations are named as in the original study's table (``featuremap``, ``tucker_x0.5``,
 ``recomp_both_x0.25``: channel rank over the channels of the distilled map); a label adds the
 other flags in which the configurations of a folder differ (``tucker_x0.5 (beta=50)``). Plain
