@@ -807,7 +807,7 @@ def test_a_failed_write_is_one_line_with_status_74_and_leaves_no_run_folder(
     def full_disk(path: Path, *_) -> None:
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(sweep, failing, full_disk)
+    monkeypatch.setattr(f"toolbox.sweep.submit.{failing}", full_disk)  # where the Submitter looks it up
     fake = FakeSlurm()
     status, out, err = cli(grid(experiments, "--distillations", "kd", "--runs", "1"), fake)
     written = sweep.SCRIPT_FILE if failing == "atomic_write" else sweep.JOB_FILE
