@@ -1,4 +1,5 @@
-"""``tucker_distillation.py`` with every BatchNorm of the registered models replaced by an identity.
+"""``tucker_distillation.py`` with every BatchNorm of the registered models and of the registered
+methods' own modules (FT's translator, AB's connectors) replaced by an identity.
 
 Training-mode BatchNorm normalises each rank's part of a batch with that part's statistics, so a
 run on two ranks computes other numbers than one process with the same global batch (SyncBatchNorm,
@@ -11,31 +12,51 @@ from __future__ import annotations
 import runpy
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from toolbox import models  # noqa: E402
+from toolbox import methods, models  # noqa: E402
+from toolbox.distillation import Distiller  # noqa: E402
+
+
+def strip_batchnorm(module: nn.Module) -> nn.Module:
+    """``module``, changed in place: an identity wherever it had a BatchNorm."""
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                setattr(parent, name, nn.Identity())
+    return module
 
 
 def without_batchnorm(build: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
     """``build`` whose models have an identity wherever they had a BatchNorm."""
-    def built(num_classes: int) -> nn.Module:
-        model = build(num_classes)
-        for module in list(model.modules()):
-            for name, child in module.named_children():
-                if isinstance(child, nn.modules.batchnorm._BatchNorm):
-                    setattr(module, name, nn.Identity())
-        return model
-    return built
+    return lambda num_classes: strip_batchnorm(build(num_classes))
+
+
+def method_without_batchnorm(method: type[Distiller]) -> type[Distiller]:
+    """``method`` (a subclass: its flags, defaults and checks are the method's) whose modules have
+    an identity wherever they had a BatchNorm."""
+    def __init__(self: Distiller, *args: Any, **kwargs: Any) -> None:
+        method.__init__(self, *args, **kwargs)
+        strip_batchnorm(self)
+    return type(method.__name__, (method,), {"__init__": __init__})
+
+
+def remove_batchnorm(replace: Callable[[dict, str, Any], None] = dict.__setitem__) -> None:
+    """Every registered model and method without BatchNorm from now on; ``replace(registry, name,
+    entry)`` makes each change (a ``pytest.MonkeyPatch``'s ``setitem`` undoes them afterwards)."""
+    for name, build in list(models.MODELS.items()):
+        replace(models.MODELS, name, without_batchnorm(build))
+    for name, method in list(methods.DISTILLERS.items()):
+        replace(methods.DISTILLERS, name, method_without_batchnorm(method))
 
 
 if __name__ == "__main__":  # only in the training process it starts: an import changes nothing
-    for name in list(models.MODELS):
-        models.MODELS[name] = without_batchnorm(models.MODELS[name])
+    remove_batchnorm()
     script = str(REPO / "tucker_distillation.py")
     sys.argv[0] = script
     runpy.run_path(script, run_name="__main__")
