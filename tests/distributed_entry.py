@@ -9,8 +9,10 @@ and the two runs must agree to float32 rounding: the tests compare them through 
 
 from __future__ import annotations
 
+import os
 import runpy
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from toolbox import methods, models  # noqa: E402
 from toolbox.distillation import Distiller  # noqa: E402
+from toolbox.training import Trainer  # noqa: E402
 
 
 def strip_batchnorm(module: nn.Module) -> nn.Module:
@@ -55,8 +58,20 @@ def remove_batchnorm(replace: Callable[[dict, str, Any], None] = dict.__setitem_
         replace(methods.DISTILLERS, name, method_without_batchnorm(method))
 
 
+def slow_steps(seconds: float) -> None:
+    """Every training step waits ``seconds`` first, so that a signal a test sends on reading one
+    step's log line lands before the epoch's last step, however busy the machine."""
+    step = Trainer.step
+
+    def slow(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(seconds)
+        return step(self, *args, **kwargs)
+    Trainer.step = slow
+
+
 if __name__ == "__main__":  # only in the training process it starts: an import changes nothing
     remove_batchnorm()
+    slow_steps(float(os.environ.get("ENTRY_STEP_SECONDS", "0")))
     script = str(REPO / "tucker_distillation.py")
     sys.argv[0] = script
     runpy.run_path(script, run_name="__main__")

@@ -69,12 +69,13 @@ def torchrun(root: Path, name: str, *flags: str) -> subprocess.Popen:
                             env=environment(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def start_ranks(root: Path, name: str, *flags: str) -> list[subprocess.Popen]:
-    """Two ranks started as torchrun starts them, to read each one's status and stderr."""
+def start_ranks(root: Path, name: str, *flags: str, step_seconds: float = 0) -> list[subprocess.Popen]:
+    """Two ranks started as torchrun starts them, to read each one's status and stderr; each step
+    takes ``step_seconds`` longer (distributed_entry.slow_steps)."""
     port = str(free_port())
     return [subprocess.Popen([sys.executable, *command(root, name, *flags)], cwd=REPO,
                              env={**environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-                                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
+                                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "ENTRY_STEP_SECONDS": str(step_seconds)},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
 
 
@@ -155,7 +156,7 @@ def test_stopped_and_killed_runs_resume_to_the_uninterrupted_one(runs: Path) -> 
     as torchrun starts them, to read each one's status); then kill -9 of rank 1 makes rank 0 fail
     with one line; the next run, under torchrun, resumes and ends where the uninterrupted one did."""
     log = runs / "runs" / "stopped" / "train.log"
-    ranks = start_ranks(runs, "stopped", *CRD, "--log_every", "1")
+    ranks = start_ranks(runs, "stopped", *CRD, "--log_every", "1", step_seconds=0.5)
     wait_for(log, "step 1/3", ranks[0])
     ranks[1].send_signal(signal.SIGUSR1)
     errors = [rank.communicate(timeout=60)[1] for rank in ranks]
@@ -181,7 +182,7 @@ def test_a_two_phase_run_stopped_in_its_first_phase_trains_as_one_process(runs: 
     and stages, with its own SGD) and resumed under torchrun in that phase, then its main phase
     (the whole student, the head too): each phase averages its own parameters' gradients over the
     ranks, so the weights and the initialisation's record are one process's to float32 rounding."""
-    ranks = start_ranks(runs, "ab_two", *AB, "--log_every", "1")
+    ranks = start_ranks(runs, "ab_two", *AB, "--log_every", "1", step_seconds=1)  # the signal lands within the epoch
     wait_for(runs / "runs" / "ab_two" / "train.log", "init epoch 1/1  step 1/3", ranks[0])
     ranks[1].send_signal(signal.SIGUSR1)
     errors = [rank.communicate(timeout=60)[1] for rank in ranks]
