@@ -3,11 +3,14 @@
 The runs distil with CRD (the method that shares state across ranks: its memory bank) on digits,
 through ``distributed_entry.py`` (no BatchNorm: see there), for two epochs of 3 steps at a global
 batch of 501 of the 1437 images, so every step splits unevenly (251 + 250) and the last batch is
-smaller (435 = 218 + 217). One process and two ranks reach the same weights and banks to float32
-rounding of the per-rank sums (a few steps at a low lr only: without BatchNorm, at lr 0.1,
+smaller (435 = 218 + 217); and with AB, whose initialisation phase trains other parameters with
+its own optimiser (each phase its own DDP module), for an epoch of 3 steps of 201 (101 + 100) in
+each phase. One process and two ranks reach the same weights and banks to float32 rounding of the
+per-rank sums (a few steps at a low lr only: without BatchNorm, at lr 0.1,
 rounding grows quickly, and after 23 steps two one-process runs with other thread counts differ
 by 1e-3, as much as these do). A run stopped by a signal on one rank, killed with kill -9, and rerun, ends
-with exactly the weights of the uninterrupted one, and its TensorBoard curves are that run's, each step once.
+with exactly the weights of the uninterrupted one, and its TensorBoard curves are that run's, each step once;
+an AB run stopped on two ranks within its first phase resumes there and ends as one process's run.
 """
 
 from __future__ import annotations
@@ -25,12 +28,17 @@ import pytest
 import torch
 
 from tests.test_tensorboard import scalars
+from toolbox.config import parse_config
 from toolbox.curves import STEP_TAGS
+from toolbox.phases import PHASE_RECORD
 from toolbox.rundir import EVENT_FILE
+from toolbox.training import train
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY = str(REPO / "tests" / "distributed_entry.py")
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}  # float32 rounding of sums in another order (measured figures: README)
+CRD = ("--distillation", "crd", "--epochs", "2", "--batch_size", "501")
+AB = ("--distillation", "ab", "--init_epochs", "1", "--epochs", "1", "--batch_size", "201", "--max_batches", "3")
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or importlib.util.find_spec("torch.distributed.run") is None,
@@ -43,21 +51,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def command(root: Path, name: str, *extra: str) -> list[str]:
-    return [ENTRY, "--distillation", "crd", "--teacher", "ResNetBaby", "--teacher_checkpoint", str(root / "teacher.pth"),
-            "--student", "ResNetBaby", "--dataset", "digits", "--epochs", "2", "--batch_size", "501", "--lr", "0.01", "--device", "cpu",
+def command(root: Path, name: str, *flags: str) -> list[str]:
+    """The training command of run ``name``; ``flags``: the method, epochs and batches (``CRD``, ``AB``), and more."""
+    return [ENTRY, "--teacher", "ResNetBaby", "--teacher_checkpoint", str(root / "teacher.pth"),
+            "--student", "ResNetBaby", "--dataset", "digits", "--lr", "0.01", "--device", "cpu",
             "--threads", "1", "--data_dir", str(root / "data"), "--experiments_dir", str(root / "runs"),
-            "--experiment_name", name, "--tensorboard_every", "1", *extra]
+            "--experiment_name", name, "--tensorboard_every", "1", *flags]
 
 
 def environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def torchrun(root: Path, name: str, *extra: str) -> subprocess.Popen:
+def torchrun(root: Path, name: str, *flags: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(free_port()), *command(root, name, *extra)],
+                             "--master_port", str(free_port()), *command(root, name, *flags)],
                             env=environment(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def start_ranks(root: Path, name: str, *flags: str, step_seconds: float = 0) -> list[subprocess.Popen]:
+    """Two ranks started as torchrun starts them, to read each one's status and stderr; each step
+    takes ``step_seconds`` longer (distributed_entry.slow_steps)."""
+    port = str(free_port())
+    return [subprocess.Popen([sys.executable, *command(root, name, *flags)], cwd=REPO,
+                             env={**environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "ENTRY_STEP_SECONDS": str(step_seconds)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
 
 
 def last(root: Path, name: str) -> dict:
@@ -76,18 +95,22 @@ def assert_close(one: dict, two: dict, exact: bool = False) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A teacher, and the same run trained by one process ('one') and by two ranks ('two')."""
+    """A teacher, and the same CRD run trained by one process ('one') and by two ranks ('two');
+    meanwhile AB's one-process run ('ab_one'), here, with the entry point's models and methods."""
     root = tmp_path_factory.mktemp("distributed")
     sys.path.insert(0, str(REPO / "tests"))
-    from distributed_entry import without_batchnorm
+    from distributed_entry import remove_batchnorm, without_batchnorm
 
     from toolbox.models import MODELS
 
     torch.manual_seed(1)
     torch.save({"weights": without_batchnorm(MODELS["ResNetBaby"])(10).state_dict()}, root / "teacher.pth")
-    one = subprocess.Popen([sys.executable, *command(root, "one")], env=environment(), cwd=REPO,
+    one = subprocess.Popen([sys.executable, *command(root, "one", *CRD)], env=environment(), cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    two = torchrun(root, "two")
+    two = torchrun(root, "two", *CRD)
+    with pytest.MonkeyPatch.context() as patch:
+        remove_batchnorm(patch.setitem)
+        train(parse_config(command(root, "ab_one", *AB)[1:]))
     for process in (one, two):
         output = process.communicate(timeout=120)[0]
         assert process.returncode == 0, output
@@ -133,30 +156,45 @@ def test_stopped_and_killed_runs_resume_to_the_uninterrupted_one(runs: Path) -> 
     as torchrun starts them, to read each one's status); then kill -9 of rank 1 makes rank 0 fail
     with one line; the next run, under torchrun, resumes and ends where the uninterrupted one did."""
     log = runs / "runs" / "stopped" / "train.log"
-
-    def start_ranks() -> list[subprocess.Popen]:
-        port = str(free_port())
-        return [subprocess.Popen([sys.executable, *command(runs, "stopped", "--log_every", "1")], cwd=REPO,
-                                 env={**environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-                                      "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-
-    ranks = start_ranks()
+    ranks = start_ranks(runs, "stopped", *CRD, "--log_every", "1", step_seconds=0.5)
     wait_for(log, "step 1/3", ranks[0])
     ranks[1].send_signal(signal.SIGUSR1)
     errors = [rank.communicate(timeout=60)[1] for rank in ranks]
     assert [rank.returncode for rank in ranks] == [75, 75], errors
     assert "error: stopped by signal on another rank" in errors[0] and errors[1] == "", errors
 
-    ranks = start_ranks()
+    ranks = start_ranks(runs, "stopped", *CRD, "--log_every", "1")
     wait_for(log, "step 3/3", ranks[0])
     ranks[1].kill()
     error = ranks[0].communicate(timeout=60)[1]
     assert ranks[0].returncode == 1 and error.count("\n") == 1, error
     assert error.startswith("error: rank 0 lost another rank of this run (") and "rerun the same command" in error
 
-    job = torchrun(runs, "stopped")
+    job = torchrun(runs, "stopped", *CRD)
     output = job.communicate(timeout=120)[0]
     assert job.returncode == 0 and "resuming" in output, output
     assert_close(last(runs, "two"), last(runs, "stopped"), exact=True)
     assert scalars(runs / "runs" / "stopped" / "steps") == scalars(runs / "runs" / "two" / "steps")
+
+
+def test_a_two_phase_run_stopped_in_its_first_phase_trains_as_one_process(runs: Path) -> None:
+    """AB on two ranks, stopped by SIGUSR1 to rank 1 within its initialisation (the student's stem
+    and stages, with its own SGD) and resumed under torchrun in that phase, then its main phase
+    (the whole student, the head too): each phase averages its own parameters' gradients over the
+    ranks, so the weights and the initialisation's record are one process's to float32 rounding."""
+    ranks = start_ranks(runs, "ab_two", *AB, "--log_every", "1", step_seconds=1)  # the signal lands within the epoch
+    wait_for(runs / "runs" / "ab_two" / "train.log", "init epoch 1/1  step 1/3", ranks[0])
+    ranks[1].send_signal(signal.SIGUSR1)
+    errors = [rank.communicate(timeout=60)[1] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [75, 75], errors
+    stopped = last(runs, "ab_two")
+    assert stopped["phase_history"] == [] and stopped["position"] is not None  # within the initialisation's epoch
+
+    job = torchrun(runs, "ab_two", *AB)
+    output = job.communicate(timeout=120)[0]
+    assert job.returncode == 0 and "resuming" in output, output
+    one, two = last(runs, "ab_one"), last(runs, "ab_two")
+    assert_close(one, two)
+    assert len(two["phase_history"]) == len(one["phase_history"]) == 1
+    for key in PHASE_RECORD:
+        assert two["phase_history"][0][key] == pytest.approx(one["phase_history"][0][key], rel=1e-5), key

@@ -171,7 +171,9 @@ class Trainer:
 
     def enter_phase(self) -> None:
         """Start the phase the run is in: its optimiser and schedule, and the learner wrapped anew
-        (DDP averages the gradients of the parameters that are trainable when it wraps them)."""
+        (DDP averages the gradients of the parameters that are trainable when it wraps them, and
+        wrapping gives every rank rank 0's parameters and buffers: the BatchNorm statistics of a
+        module the phase freezes are then the same on every rank)."""
         self.optimizer, self.scheduler = self.phase_optimizer()
         self.learner = self.world.wrap(Learner(self.student_step, self.loss))
 
