@@ -313,6 +313,31 @@ def test_processes_per_run_come_from_the_environment(cli, experiments: Path, mon
     assert "export WORLD_SIZE=6 MASTER_ADDR=" in out
 
 
+@pytest.mark.parametrize("variable, value, message", [
+    ("TD_SCHEDULER", "slrum", "TD_SCHEDULER must be one of slurm, pbs, local; got 'slrum'"),  # never the local default
+    ("TD_SCHEDULER", "", "TD_SCHEDULER must be one of slurm, pbs, local; got ''"),
+    ("TD_GPUS", "x", "TD_GPUS must be a whole number (0 or more); got 'x'"),
+    ("TD_MPS", "yes", "TD_MPS must be true or false; got 'yes'"),
+    ("TD_SIGNAL_SECONDS", "70000", "TD_SIGNAL_SECONDS must be at most 65535"),
+])
+def test_a_bad_environment_variable_is_named(cli, experiments: Path, monkeypatch: pytest.MonkeyPatch, variable: str,
+                                             value: str, message: str) -> None:
+    monkeypatch.setenv(variable, value)
+    status, out, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), "--dry_run"])
+    assert status == 2 and err.count("\n") == 1 and err.startswith(f"runner.py: error: {message}"), err
+    assert out == "" and not experiments.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--grid", "beta=1", "--grid", "beta=2"], "--grid beta=... is given twice"),
+    (["--signal_seconds", "65536"], "argument --signal_seconds: must be at most 65535"),
+])
+def test_flags_a_scheduler_would_refuse_or_that_would_drop_runs(cli, experiments: Path, flags: list[str],
+                                                                message: str) -> None:
+    status, out, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), "--dry_run", *flags], FakeSlurm())
+    assert status == 2 and err.count("\n") == 1 and message in err and out == "", err
+
+
 def test_empty_values_leave_their_directives_out() -> None:
     settings = sweep.JobSettings(Resources(gpus=0, signal_seconds=0), python="python")
     slurm = sweep.render_job([golden_run()], SlurmScheduler("someone"), settings)
