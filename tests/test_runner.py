@@ -581,6 +581,26 @@ def test_slurm_refusals_and_an_unreachable_queue(cli, experiments: Path, fake_bi
                    "slurm_load_jobs error: Unable to contact slurm controller\n")
 
 
+@pytest.mark.parametrize("command, answer", [("sbatch", ""), ("sbatch", "Submitted batch job 7"), ("qsub", "job 7 queued")])
+def test_an_answer_that_is_not_a_job_id_is_a_failed_submission(cli, experiments: Path, fake_bin: Path, command: str,
+                                                                answer: str) -> None:
+    tool(fake_bin, command, f'echo "{answer}"\n')
+    tool(fake_bin, "squeue" if command == "sbatch" else "qstat", "")
+    argv = grid(experiments, "--scheduler", "slurm" if command == "sbatch" else "pbs", "--distillations", "kd", "--runs", "1")
+    status, out, _ = cli(argv)
+    assert status == 1 and f"failed to submit: {command} answered {answer!r}, not a job id" in out
+    assert not list(experiments.rglob("job.json"))
+
+
+def test_queue_and_account_lines_that_cannot_be_read(cli, experiments: Path, fake_bin: Path) -> None:
+    tool(fake_bin, "squeue", 'echo "slurm_load_jobs: some warning"\n')
+    status, _, err = cli(grid(experiments, "--distillations", "kd", "--runs", "1"))
+    assert status == 1 and err == ("runner.py: error: cannot list the queue, so nothing was submitted: squeue printed a "
+                                   "line runner.py cannot read: 'slurm_load_jobs: some warning'\n")
+    tool(fake_bin, "sacct", 'echo "sacct: warning"; echo "7|TIMEOUT|0:0"\n')
+    assert SlurmScheduler("tester").final_states(["7"]) == {"7": "TIMEOUT"}
+
+
 def test_without_any_scheduler_a_dry_run_still_works(cli, experiments: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "1", "--dry_run"))
