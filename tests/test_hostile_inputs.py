@@ -228,6 +228,17 @@ def test_an_unfinished_run_in_a_read_only_folder_exits_74(tmp_path: Path, monkey
     assert digests(tmp_path) == before
 
 
+def test_a_run_folder_that_a_read_only_disk_refuses_exits_74(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    def read_only_mkdir(path: Path, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(rundir.Path, "mkdir", read_only_mkdir)
+    assert main(tmp_path / "e") == 74
+    assert one_line(capsys.readouterr().err) == (f"error: cannot create the run folder {tmp_path / 'e' / 'r'}: Read-only "
+                                                 "file system; make --experiments_dir writable (or free space), then rerun")
+
+
 @pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
                                      RuntimeError("[enforce fail at inline_container.cc:778] . unexpected pos 64 vs 0")])
 def test_a_failed_write_names_its_target_and_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
