@@ -824,6 +824,12 @@ def test_util_sh_reads_relative_paths_from_where_it_is_called(tmp_path: Path) ->
     assert logs.returncode == 0 and logs.stdout == "epoch 1/2 ...\n", logs.stderr
     logs = util("logs", "logged")
     assert logs.returncode == 0 and logs.stdout == "in the default folder\n", logs.stderr
+    (here / "-dash").mkdir()  # a name tail and ls would read as their flags
+    (here / "-dash" / "train.log").write_text("dashed\n")
+    logs = util("logs", "-dash", "-n", "1")
+    assert logs.returncode == 0 and logs.stdout == "dashed\n", logs.stderr
+    logs = util("logs")
+    assert logs.returncode == 2 and logs.stderr == "util.sh: logs needs a RUN: util.sh logs RUN [tail flags]\n"
 
     age(experiments)
     clean = util("clean", "--yes", "--scheduler", "local", "--experiments_dir", "exp")
