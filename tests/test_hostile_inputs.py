@@ -184,6 +184,15 @@ def test_flags_out_of_range_are_one_line(tmp_path: Path, flags: list[str], messa
     assert result.returncode == 2 and message in one_line(result)
 
 
+@pytest.mark.parametrize("flag", ["--evaluate", "--teacher_checkpoint"])
+def test_an_empty_checkpoint_path_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, flag: str) -> None:
+    """An empty --evaluate read as none would train a run instead of evaluating."""
+    with pytest.raises(SystemExit) as exit_info:
+        tucker_distillation.main([*TINY, *PLAIN, "--experiments_dir", str(tmp_path), flag, ""])
+    assert exit_info.value.code == 2 and not any(tmp_path.iterdir())
+    assert f"{flag} needs the path of a checkpoint file; got ''" in one_line(capsys.readouterr().err)
+
+
 def test_runner_refuses_a_seed_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     status = runner.main(["--dataset", "digits", "--teacher", STUDENT, "--student", STUDENT, "--distillations", "kd",
                           "--grid", "seed=-1", "--experiments_dir", str(tmp_path), "--dry_run"])
