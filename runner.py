@@ -29,7 +29,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 from toolbox.choices import IMAGENET_PAIRS, RECOMP_TARGETS, SAME_ARCH_PAIRS, parse_ranks
 from toolbox.config import IO_ERROR, Config, OneLineParser, os_error_line, quiet_on_closed_pipe
@@ -88,6 +88,8 @@ OWN_FLAGS = {
     "experiments_dir": "--experiments_dir", "config": "--config",
 }
 """Training flags runner.py sets for every run, and its own flag that sets each (or --grid)."""
+T = TypeVar("T")
+MAX_SIGNAL_SECONDS = 65535  # sbatch refuses a --signal time above it
 
 
 # ---------------------------------------------------------------- flags
@@ -116,10 +118,35 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _switch(variable: str, text: str) -> bool:
+def _signal_seconds(text: str) -> int:
+    if _count(text) > MAX_SIGNAL_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SIGNAL_SECONDS} (sbatch --signal's limit); got {text!r}")
+    return int(text)
+
+
+def _switch(text: str) -> bool:
     if text not in ("true", "false"):
-        raise UsageError(f"{variable} must be true or false; got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be true or false; got {text!r}")
     return text == "true"
+
+
+SCHEDULERS = ("slurm", "pbs", "local")
+
+
+def _scheduler(text: str) -> str:
+    if text not in SCHEDULERS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(SCHEDULERS)}; got {text!r}")
+    return text
+
+
+def _from_env(variable: str, fallback: str, convert: Callable[[str], T]) -> T:
+    """A flag's default from its environment variable, checked at once: argparse leaves defaults
+    unchecked against choices (a misspelt TD_SCHEDULER would run the grid here), and a bad value
+    should name the variable, which the user may have forgotten was set."""
+    try:
+        return convert(os.environ.get(variable, fallback))
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"{variable} {error}") from None
 
 
 def _one_line(text: str) -> str:
@@ -192,33 +219,36 @@ def build_parser() -> argparse.ArgumentParser:
                       "keep a variant with other flags after '--' apart (teachers are shared)")
 
     jobs = parser.add_argument_group("the jobs (each flag's default comes from the environment variable named)")
-    jobs.add_argument("--scheduler", default=env("TD_SCHEDULER", "slurm"), choices=("slurm", "pbs", "local"),
+    jobs.add_argument("--scheduler", default=_from_env("TD_SCHEDULER", "slurm", _scheduler), choices=SCHEDULERS,
                       help="TD_SCHEDULER; local runs the grid on this machine (default: %(default)s)")
     jobs.add_argument("--partition", default=env("TD_PARTITION", ""), help="TD_PARTITION; the PBS queue (default: the cluster's)")
     jobs.add_argument("--account", default=env("TD_ACCOUNT", ""), help="TD_ACCOUNT; the PBS project (default: the cluster's)")
-    jobs.add_argument("--time", type=_time_limit, default=env("TD_TIME", ""), help="TD_TIME; [D-]HH:MM:SS per job (default: the partition's)")
-    jobs.add_argument("--gpus", type=_count, default=env("TD_GPUS", "1"), help="TD_GPUS; 0 asks for none (default: %(default)s)")
-    jobs.add_argument("--cpus", type=_count, default=env("TD_CPUS", "4"),
+    jobs.add_argument("--time", type=_time_limit, default=_from_env("TD_TIME", "", _time_limit),
+                      help="TD_TIME; [D-]HH:MM:SS per job (default: the partition's)")
+    jobs.add_argument("--gpus", type=_count, default=_from_env("TD_GPUS", "1", _count),
+                      help="TD_GPUS; 0 asks for none (default: %(default)s)")
+    jobs.add_argument("--cpus", type=_count, default=_from_env("TD_CPUS", "4", _count),
                       help="TD_CPUS; per training process; 0 asks for none: the scheduler's default (SLURM's: one per "
                       "task, which the runs of a job then share) (default: %(default)s)")
-    jobs.add_argument("--mem", type=_memory, default=env("TD_MEM", "16G"), help="TD_MEM; per training process (default: %(default)s)")
-    jobs.add_argument("--nodes", type=_positive, default=env("TD_NODES", "1"),
+    jobs.add_argument("--mem", type=_memory, default=_from_env("TD_MEM", "16G", _memory),
+                      help="TD_MEM; per training process (default: %(default)s)")
+    jobs.add_argument("--nodes", type=_positive, default=_from_env("TD_NODES", "1", _positive),
                       help="TD_NODES; nodes per run: with --gpus_per_node, each run trains data-parallel over "
                       "nodes x gpus_per_node processes (SLURM only; README, Many GPUs and nodes) (default: %(default)s)")
-    jobs.add_argument("--gpus_per_node", type=_positive, default=env("TD_GPUS_PER_NODE", "1"),
+    jobs.add_argument("--gpus_per_node", type=_positive, default=_from_env("TD_GPUS_PER_NODE", "1", _positive),
                       help="TD_GPUS_PER_NODE; training processes per node, one GPU each (CPU processes talking through "
                       "gloo with --gpus 0); --batch_size stays the global batch (default: %(default)s)")
-    jobs.add_argument("--runs_per_gpu", type=_positive, default=env("TD_RUNS_PER_GPU", "1"),
+    jobs.add_argument("--runs_per_gpu", type=_positive, default=_from_env("TD_RUNS_PER_GPU", "1", _positive),
                       help="TD_RUNS_PER_GPU; runs trained side by side in one job on one GPU, each in its own folder, "
                       "with --cpus and --mem each (students of one teacher share a job; teachers get one each) "
                       "(default: %(default)s)")
-    jobs.add_argument("--mps", action=argparse.BooleanOptionalAction, default=_switch("TD_MPS", env("TD_MPS", "false")),
+    jobs.add_argument("--mps", action=argparse.BooleanOptionalAction, default=_from_env("TD_MPS", "false", _switch),
                       help="TD_MPS (true/false); the runs of a --runs_per_gpu job share their GPU through CUDA MPS, a "
                       "daemon of the job's own, where the node has nvidia-cuda-mps-control (default: off)")
-    jobs.add_argument("--signal_seconds", type=_count, default=env("TD_SIGNAL_SECONDS", "300"),
+    jobs.add_argument("--signal_seconds", type=_signal_seconds, default=_from_env("TD_SIGNAL_SECONDS", "300", _signal_seconds),
                       help="TD_SIGNAL_SECONDS; SLURM warns a job this long before its time limit: it stops and "
-                      "requeues itself, to resume from its last epoch; 0: no warning (default: %(default)s)")
-    jobs.add_argument("--env_setup", type=_one_line, default=env("TD_ENV_SETUP", ""),
+                      "requeues itself, to resume from its last epoch; 0: no warning; at most 65535 (default: %(default)s)")
+    jobs.add_argument("--env_setup", type=_one_line, default=_from_env("TD_ENV_SETUP", "", _one_line),
                       help="TD_ENV_SETUP; a shell line each job runs first, e.g. 'module load cuda; source venv/bin/activate' "
                       "(default: none, and jobs use this Python interpreter)")
     jobs.add_argument("--python", default=env("TD_PYTHON", ""),
@@ -250,7 +280,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         if own:
             raise UsageError(f"{token.split('=')[0]} cannot follow '--': runner.py sets --{own} for every run "
                              f"from its own {OWN_FLAGS[own]}")
-    for name, _ in args.grid:
+    names = [name for name, _ in args.grid]
+    twice = next((name for index, name in enumerate(names) if name in names[:index]), None)
+    if twice is not None:
+        raise UsageError(f"--grid {twice}=... is given twice; give all its values in one, e.g. --grid {twice}=V1,V2")
+    for name in names:
         if any(token == f"--{name}" or token.startswith(f"--{name}=") for token in extra):
             raise UsageError(f"--{name} is both a --grid axis and a flag after '--'; give it once")
     if args.study:

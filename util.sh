@@ -69,14 +69,15 @@ case "${1:-help}" in
     status) # [runner.py flags]  each run of the grid: finished / running / pending / failed / not started, best accuracy (a local sweep: add --scheduler local)
         shift; exec "$PYTHON" "$REPO/runner.py" --status "$@" ;;
     logs) # RUN [tail flags, e.g. -f]  the end of the run's newest log, its job's or its train.log (RUN: its folder, or its name under experiments/)
-        run=${2:?usage: util.sh logs RUN [tail flags]}; shift 2
+        [ -n "${2:-}" ] || { echo "util.sh: logs needs a RUN: util.sh logs RUN [tail flags]" >&2; exit 2; }
+        run=$2; shift 2
         [ -d "$run" ] || run="${EXPERIMENTS_DIR:-experiments}/$run"
         [ -d "$run" ] || { echo "util.sh: no run folder $run" >&2; exit 2; }
         # shellcheck disable=SC2012  # the log names are the schedulers', without odd characters
-        log=$(ls -t "$run"/slurm-*.out "$run"/*.[oe][0-9]* "$run"/local.out "$run"/job.out "$run"/train.log 2>/dev/null | head -n 1 || true)
+        log=$(ls -t -- "$run"/slurm-*.out "$run"/*.[oe][0-9]* "$run"/local.out "$run"/job.out "$run"/train.log 2>/dev/null | head -n 1 || true)
         [ -n "$log" ] || { echo "util.sh: $run has no log yet" >&2; exit 1; }
         echo "==> $log <==" >&2
-        exec tail -n 40 "$@" "$log" ;;
+        exec tail -n 40 "$@" -- "$log" ;;
     cancel) # [--experiments_dir DIR]  cancel the queued and running jobs that runner.py recorded in job.json files
         shift; exec "$PYTHON" "$REPO/runner.py" --cancel "$@" ;;
     clean) # [--yes] [--experiments_dir DIR]  delete the folders of unfinished runs without a live job (asks first; a local sweep: add --scheduler local)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,9 @@ def test_the_command_line_wins_and_the_file_beats_the_recipe(tmp_path: Path) -> 
         parse_config(["--dataset", "digits", "--epochs", "3", "--compile"]))
 
 
+FIFO = "<a FIFO>"
+
+
 @pytest.mark.parametrize("name, text, message", [
     ("a.yaml", "lrr: 0.1\n", "a.yaml: unknown key 'lrr' (did you mean lr?)"),
     ("a.yaml", "grid:\n  lr: [0.1]\n", "unknown key 'grid'; keys are the flags of --help without '--'; grid: is a section of runner.py's"),
@@ -78,10 +82,15 @@ def test_the_command_line_wins_and_the_file_beats_the_recipe(tmp_path: Path) -> 
     ("a.json", '{"lr": 0.1,}', "a.json is not valid JSON (line 1, column 12"),
     ("a.toml", "lr = 0.1\n", "a.toml: name a YAML or JSON file (.yaml, .yml, .json)"),
     ("missing.yaml", None, "missing.yaml: no such file"),
+    ("deep.yaml", "[" * 100_000, "deep.yaml nests too deeply to be read"),
+    ("deep.json", "[" * 100_000, "deep.json nests too deeply to be read"),
+    ("fifo.yaml", FIFO, "fifo.yaml is not a regular file; name a file"),  # reading it would wait for a writer
 ])
 def test_a_bad_file_is_one_line_and_status_2(tmp_path: Path, capsys: pytest.CaptureFixture, name: str, text: str,
                                              message: str) -> None:
-    path = tmp_path / name if text is None else write(tmp_path / name, text)
+    path = tmp_path / name if text in (None, FIFO) else write(tmp_path / name, text)
+    if text == FIFO:
+        os.mkfifo(path)
     with pytest.raises(SystemExit) as exit_info:
         raise SystemExit(tucker_distillation.main(["--config", str(path), "--experiments_dir", str(tmp_path)]))
     lines = capsys.readouterr().err.strip().splitlines()

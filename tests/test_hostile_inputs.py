@@ -184,6 +184,15 @@ def test_flags_out_of_range_are_one_line(tmp_path: Path, flags: list[str], messa
     assert result.returncode == 2 and message in one_line(result)
 
 
+@pytest.mark.parametrize("flag", ["--evaluate", "--teacher_checkpoint"])
+def test_an_empty_checkpoint_path_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, flag: str) -> None:
+    """An empty --evaluate read as none would train a run instead of evaluating."""
+    with pytest.raises(SystemExit) as exit_info:
+        tucker_distillation.main([*TINY, *PLAIN, "--experiments_dir", str(tmp_path), flag, ""])
+    assert exit_info.value.code == 2 and not any(tmp_path.iterdir())
+    assert f"{flag} needs the path of a checkpoint file; got ''" in one_line(capsys.readouterr().err)
+
+
 def test_runner_refuses_a_seed_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     status = runner.main(["--dataset", "digits", "--teacher", STUDENT, "--student", STUDENT, "--distillations", "kd",
                           "--grid", "seed=-1", "--experiments_dir", str(tmp_path), "--dry_run"])
@@ -226,6 +235,17 @@ def test_an_unfinished_run_in_a_read_only_folder_exits_74(tmp_path: Path, monkey
     assert main(tmp_path, "--epochs", "2") == 74
     assert f"the run folder {run} is read-only / permission denied" in one_line(capsys.readouterr().err)
     assert digests(tmp_path) == before
+
+
+def test_a_run_folder_that_a_read_only_disk_refuses_exits_74(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    def read_only_mkdir(path: Path, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(rundir.Path, "mkdir", read_only_mkdir)
+    assert main(tmp_path / "e") == 74
+    assert one_line(capsys.readouterr().err) == (f"error: cannot create the run folder {tmp_path / 'e' / 'r'}: Read-only "
+                                                 "file system; make --experiments_dir writable (or free space), then rerun")
 
 
 @pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),

@@ -313,6 +313,31 @@ def test_processes_per_run_come_from_the_environment(cli, experiments: Path, mon
     assert "export WORLD_SIZE=6 MASTER_ADDR=" in out
 
 
+@pytest.mark.parametrize("variable, value, message", [
+    ("TD_SCHEDULER", "slrum", "TD_SCHEDULER must be one of slurm, pbs, local; got 'slrum'"),  # never the local default
+    ("TD_SCHEDULER", "", "TD_SCHEDULER must be one of slurm, pbs, local; got ''"),
+    ("TD_GPUS", "x", "TD_GPUS must be a whole number (0 or more); got 'x'"),
+    ("TD_MPS", "yes", "TD_MPS must be true or false; got 'yes'"),
+    ("TD_SIGNAL_SECONDS", "70000", "TD_SIGNAL_SECONDS must be at most 65535"),
+])
+def test_a_bad_environment_variable_is_named(cli, experiments: Path, monkeypatch: pytest.MonkeyPatch, variable: str,
+                                             value: str, message: str) -> None:
+    monkeypatch.setenv(variable, value)
+    status, out, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), "--dry_run"])
+    assert status == 2 and err.count("\n") == 1 and err.startswith(f"runner.py: error: {message}"), err
+    assert out == "" and not experiments.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--grid", "beta=1", "--grid", "beta=2"], "--grid beta=... is given twice"),
+    (["--signal_seconds", "65536"], "argument --signal_seconds: must be at most 65535"),
+])
+def test_flags_a_scheduler_would_refuse_or_that_would_drop_runs(cli, experiments: Path, flags: list[str],
+                                                                message: str) -> None:
+    status, out, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), "--dry_run", *flags], FakeSlurm())
+    assert status == 2 and err.count("\n") == 1 and message in err and out == "", err
+
+
 def test_empty_values_leave_their_directives_out() -> None:
     settings = sweep.JobSettings(Resources(gpus=0, signal_seconds=0), python="python")
     slurm = sweep.render_job([golden_run()], SlurmScheduler("someone"), settings)
@@ -556,6 +581,26 @@ def test_slurm_refusals_and_an_unreachable_queue(cli, experiments: Path, fake_bi
                    "slurm_load_jobs error: Unable to contact slurm controller\n")
 
 
+@pytest.mark.parametrize("command, answer", [("sbatch", ""), ("sbatch", "Submitted batch job 7"), ("qsub", "job 7 queued")])
+def test_an_answer_that_is_not_a_job_id_is_a_failed_submission(cli, experiments: Path, fake_bin: Path, command: str,
+                                                                answer: str) -> None:
+    tool(fake_bin, command, f'echo "{answer}"\n')
+    tool(fake_bin, "squeue" if command == "sbatch" else "qstat", "")
+    argv = grid(experiments, "--scheduler", "slurm" if command == "sbatch" else "pbs", "--distillations", "kd", "--runs", "1")
+    status, out, _ = cli(argv)
+    assert status == 1 and f"failed to submit: {command} answered {answer!r}, not a job id" in out
+    assert not list(experiments.rglob("job.json"))
+
+
+def test_queue_and_account_lines_that_cannot_be_read(cli, experiments: Path, fake_bin: Path) -> None:
+    tool(fake_bin, "squeue", 'echo "slurm_load_jobs: some warning"\n')
+    status, _, err = cli(grid(experiments, "--distillations", "kd", "--runs", "1"))
+    assert status == 1 and err == ("runner.py: error: cannot list the queue, so nothing was submitted: squeue printed a "
+                                   "line runner.py cannot read: 'slurm_load_jobs: some warning'\n")
+    tool(fake_bin, "sacct", 'echo "sacct: warning"; echo "7|TIMEOUT|0:0"\n')
+    assert SlurmScheduler("tester").final_states(["7"]) == {"7": "TIMEOUT"}
+
+
 def test_without_any_scheduler_a_dry_run_still_works(cli, experiments: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "1", "--dry_run"))
@@ -779,6 +824,12 @@ def test_util_sh_reads_relative_paths_from_where_it_is_called(tmp_path: Path) ->
     assert logs.returncode == 0 and logs.stdout == "epoch 1/2 ...\n", logs.stderr
     logs = util("logs", "logged")
     assert logs.returncode == 0 and logs.stdout == "in the default folder\n", logs.stderr
+    (here / "-dash").mkdir()  # a name tail and ls would read as their flags
+    (here / "-dash" / "train.log").write_text("dashed\n")
+    logs = util("logs", "-dash", "-n", "1")
+    assert logs.returncode == 0 and logs.stdout == "dashed\n", logs.stderr
+    logs = util("logs")
+    assert logs.returncode == 2 and logs.stderr == "util.sh: logs needs a RUN: util.sh logs RUN [tail flags]\n"
 
     age(experiments)
     clean = util("clean", "--yes", "--scheduler", "local", "--experiments_dir", "exp")

@@ -208,6 +208,9 @@ class Config:
             raise UsageError(f"--feature_layer must be 0 (the stem) or a stage number; got {self.feature_layer}")
         if self.experiment_name is not None:
             validate_experiment_name(self.experiment_name)
+        for name in ("evaluate", "teacher_checkpoint"):
+            if getattr(self, name) == "":  # would read as no --evaluate (and train), or as the current folder
+                raise UsageError(f"--{name} needs the path of a checkpoint file; got ''")
 
 
 IO_ERROR = 74  # sysexits' EX_IOERR: a write failed (full disk, permissions)

@@ -37,15 +37,20 @@ def load_mapping(path: Path) -> dict[Any, Any]:
     if path.suffix.lower() not in SUFFIXES:
         raise UsageError(f"--config {path}: name a YAML or JSON file ({', '.join(SUFFIXES)})")
     try:
+        if path.is_dir():
+            raise UsageError(f"--config {path} is a folder; name a file")
+        if path.exists() and not path.is_file():  # a FIFO would block the read, a device never end it
+            raise UsageError(f"--config {path} is not a regular file; name a file")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"--config {path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"--config {path} is a folder; name a file") from None
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
         raise UsageError(f"--config {path} cannot be read: {reason}") from None
-    data = parse_json(text, path) if path.suffix.lower() == ".json" else parse_yaml(text, path)
+    try:
+        data = parse_json(text, path) if path.suffix.lower() == ".json" else parse_yaml(text, path)
+    except RecursionError:
+        raise UsageError(f"--config {path} nests too deeply to be read; flags are one level of keys") from None
     if not isinstance(data, dict):
         held = {type(None): "nothing", list: "a list", str: "a text", bool: "a boolean"}.get(type(data), "a number")
         raise UsageError(f"--config {path} must hold a mapping of flag names to values (e.g. 'lr: 0.05'); it holds {held}")

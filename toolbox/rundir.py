@@ -70,6 +70,10 @@ _HELD: set[str] = set()
 """The run folders whose lock this process holds (real paths)."""
 
 
+WRITE_FAILURES = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+"""Errors of a write that the user fixes on the disk, not in the flags (exit status 74)."""
+
+
 def open_nofollow(path: Path, flags: int) -> int:
     """``os.open`` that refuses a symbolic link: a lock or state file that is a link would have the
     project write to whatever file it points to."""
@@ -168,6 +172,9 @@ class RunDir:
             raise UsageError(f"cannot create the run folder {self.path}: a file stands in its way "
                              f"(check --experiments_dir and --experiment_name)") from None
         except OSError as error:
+            if error.errno in WRITE_FAILURES:  # the folder is right, the disk refuses: README's 74
+                raise IOFailure(f"cannot create the run folder {self.path}: {error.strerror}; make --experiments_dir "
+                                "writable (or free space), then rerun") from None
             raise UsageError(f"cannot create the run folder {self.path}: {error.strerror} "
                              f"(check --experiments_dir and its permissions)") from None
         return top

@@ -117,6 +117,25 @@ def _run(command: list[str]) -> str:
     return done.stdout
 
 
+def _job_id(command: str, answer: str, pattern: str) -> str:
+    """The job id in a submission command's answer; anything else (a wrapper's words, nothing) is
+    the scheduler's error, not a job id to record and to make students wait for."""
+    match = re.fullmatch(pattern, answer.strip())
+    if not match:
+        raise SchedulerError(f"{command} answered {' '.join(answer.split())!r}, not a job id; check the job "
+                             f"in the queue, as it may have been submitted")
+    return match[1]
+
+
+def _fields(command: str, line: str, count: int) -> list[str]:
+    """One line of a listing command, split into its ``count`` fields, or SchedulerError naming it:
+    a line misread would let a queued job's run be submitted twice."""
+    fields = line.split()
+    if len(fields) != count:
+        raise SchedulerError(f"{command} printed a line runner.py cannot read: {line.strip()!r}")
+    return fields
+
+
 class Scheduler(ABC):
     """How jobs are submitted, listed and cancelled; ``directive`` picks run.job's header lines."""
 
@@ -204,14 +223,14 @@ class SlurmScheduler(Scheduler):
         # kill-on-invalid-dep: if the teacher fails, its students leave the queue instead of
         # waiting forever, and the next runner.py resubmits them with a new teacher job.
         after = [f"--dependency=afterok:{dependency}", "--kill-on-invalid-dep=yes"] if dependency else []
-        return _run(["sbatch", "--parsable", *after, str(script)]).strip().split(";")[0]
+        return _job_id("sbatch", _run(["sbatch", "--parsable", *after, str(script)]), r"(\d+(?:_\d+)?)(?:;\S*)?")
 
     def live_jobs(self) -> dict[str, str]:
         # All states, not squeue's default few: a job between two states (being requeued, say)
         # must still count as live, or it would be submitted twice. Only an ended job is not.
         jobs = {}
         for line in _run(["squeue", "--noheader", "--states=all", "--user", self.user, "--format=%i %T"]).splitlines():
-            job_id, state = line.split()
+            job_id, state = _fields("squeue", line, 2)
             if state not in self._ended_states:
                 jobs[job_id] = RUNNING if state in self._running_states else PENDING
         return jobs
@@ -232,6 +251,8 @@ class SlurmScheduler(Scheduler):
             return {}  # no accounting on this cluster
         states = {}
         for line in out.splitlines():
+            if line.count("|") != 2:
+                continue  # not a job's line (a warning): its reason is a courtesy, not worth failing for
             job_id, state, exit_code = line.split("|")
             status = exit_code.split(":")[0]
             states[job_id] = state.split()[0] + (f" exit {status}" if status not in ("", "0") else "")
@@ -265,7 +286,7 @@ class PbsScheduler(Scheduler):
 
     def submit(self, script: Path, dependency: Optional[str] = None) -> str:
         after = ["-W", f"depend=afterok:{dependency}"] if dependency else []
-        return _run(["qsub", *after, str(script)]).strip().split(".")[0]
+        return _job_id("qsub", _run(["qsub", *after, str(script)]), r"(\d+(?:\[\d*\])?)(?:\.\S*)?")
 
     def live_jobs(self) -> dict[str, str]:
         jobs = {}
