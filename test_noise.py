@@ -6,7 +6,7 @@ the teacher's (the ``noise`` method of ``toolbox/distillation.py``).
     python test_noise.py --dataset digits --teacher ResNet20 --student ResNetBaby --epochs 12
     python test_noise.py --noise_stds 0.5 1 2 --dataset digits --teacher ResNet20 --student ResNetBaby --epochs 12
 
-Every flag of tucker_distillation.py is accepted, with --distillation fixed to noise. --noise_stds
+Every flag of tucker_distillation.py is accepted (--config and --recipe too), with --distillation fixed to noise. --noise_stds
 sweeps noise levels, one run folder per level (by default .../noise/std0.5/seed0, .../noise/std1/
 seed0, ...), planned by the same grid code as runner.py's --grid noise_std=...; every level is
 checked before the first one trains. As with tucker_distillation.py, a
@@ -19,7 +19,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from toolbox.config import Config, build_parser, config_from_namespace, main_guard, quiet_on_closed_pipe, wait_passively
+from toolbox.config import (Config, build_parser, config_from_namespace, main_guard, parse_flags, quiet_on_closed_pipe,
+                            wait_passively)
 
 wait_passively()  # before torch loads
 
@@ -40,7 +41,7 @@ def build_noise_parser() -> argparse.ArgumentParser:
 def sweep_configs(argv: Optional[Sequence[str]] = None) -> list[Config]:
     """One validated ``Config`` per noise level; bad input exits with status 2 and one line."""
     parser = build_noise_parser()
-    namespace = parser.parse_args(argv)
+    namespace = parse_flags(parser, argv)  # as tucker_distillation.py reads them: --config, the recipe's defaults
     stds = namespace.noise_stds or [namespace.noise_std]
     try:
         if namespace.distillation != "noise":

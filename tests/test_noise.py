@@ -14,6 +14,7 @@ import torch
 from conftest import SMOKE_CHANGES, STUDENT, TEACHER, TINY, teacher_run
 
 from toolbox import analysis
+from toolbox.config import parse_config
 from toolbox.rundir import RunDir, resolve
 from toolbox.training import Trainer
 
@@ -90,6 +91,18 @@ def test_levels_give_one_config_each() -> None:
     configs = noise_study.sweep_configs(["--noise_stds", "0.5", "2", "--dataset", "digits"])
     assert [(c.distillation, c.noise_std, c.dataset) for c in configs] == [("noise", 0.5, "digits"), ("noise", 2.0, "digits")]
     assert [c.noise_std for c in noise_study.sweep_configs(["--noise_std", "3"])] == [3.0]
+
+
+@pytest.mark.parametrize("recipe", ["original", "crd", "imagenet"])
+def test_flags_are_read_as_the_training_script_reads_them(recipe: str, tmp_path: Path) -> None:
+    """The recipe decides the defaults (epochs, lr, schedule, ...), and a --config file's flags sit
+    under the command line's, exactly as for tucker_distillation.py --distillation noise."""
+    file = tmp_path / "noise.yaml"
+    file.write_text("dataset: digits\nbeta: 7\nnoise_std: 2\n")
+    argv = ["--recipe", recipe, "--teacher", "ResNet20", "--student", "ResNetBaby", "--config", str(file), "--beta", "9"]
+    (config,) = noise_study.sweep_configs(argv)
+    assert config == parse_config(["--distillation", "noise", *argv])
+    assert (config.dataset, config.beta, config.noise_std) == ("digits", 9.0, 2.0)
 
 
 def test_command_line_reports_a_missing_teacher_in_one_line(tmp_path: Path) -> None:

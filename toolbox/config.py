@@ -303,6 +303,18 @@ def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
     """Flags, and those of a ``--config`` file below them, to a validated ``Config``; bad input
     exits with status 2 and a one-line message."""
     parser = build_parser(prog)
+    namespace = parse_flags(parser, argv)
+    try:
+        return config_from_namespace(namespace)
+    except UsageError as error:
+        parser.error(str(error))
+        raise  # unreachable: parser.error exits
+
+
+def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """``argv`` as the training script reads it, through ``parser`` (the training parser, or one
+    built on it): the command line over a ``--config`` file's flags, both over the defaults that
+    the recipe, the student and the method decide; a bad file exits with status 2 and one line."""
     parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     first, _ = parser.parse_known_args(argv)
     from_file: dict[str, Any] = {}
@@ -317,12 +329,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = Non
         first, _ = parser.parse_known_args(argv)
     # the recipe, the student and the method (from the command line, else the file) decide the other defaults
     parser.set_defaults(**{**run_recipe(first), **from_file})
-    namespace = parser.parse_args(argv)
-    try:
-        return config_from_namespace(namespace)
-    except UsageError as error:
-        parser.error(str(error))
-        raise  # unreachable: parser.error exits
+    return parser.parse_args(argv)
 
 
 def wait_passively() -> None:
