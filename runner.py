@@ -95,7 +95,7 @@ MAX_SIGNAL_SECONDS = 65535  # sbatch refuses a --signal time above it
 # ---------------------------------------------------------------- flags
 
 def _time_limit(text: str) -> str:
-    if text and not re.fullmatch(r"(\d+-)?\d{1,3}:\d\d:\d\d", text):
+    if text and not re.fullmatch(r"(\d+-)?\d{1,3}:[0-5]\d:[0-5]\d", text):
         raise argparse.ArgumentTypeError(f"must be [D-]HH:MM:SS, e.g. 12:00:00 or 1-00:00:00; got {text!r}")
     return text
 

@@ -224,6 +224,7 @@ def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(exper
     (["--runs", "0"], "argument --runs: must be 1 or more"),
     (["--mem", "lots"], "argument --mem: must be a whole number with K, M, G or T, e.g. 16G"),
     (["--time", "90"], "argument --time: must be [D-]HH:MM:SS"),
+    (["--time", "99:99:99"], "argument --time: must be [D-]HH:MM:SS"),
     (["--scheduler", "sge"], "argument --scheduler: invalid choice: 'sge' (choose from 'slurm', 'pbs', 'local')"),
     (["--study", "../outside"], "--study must be a relative path"),
     (["--study", "/etc"], "--study must be a relative path"),
