@@ -324,6 +324,9 @@ def teacher_files(teacher_dir: Optional[Path], runs_axes: Axes) -> dict[str, Pat
     """--teacher_dir: the checkpoint of every teacher architecture the grid's axes name."""
     if teacher_dir is None:
         return {}
+    if not teacher_dir.is_dir():
+        raise UsageError(f"--teacher_dir {teacher_dir} is not a folder: pass the folder that holds the teachers' "
+                         "checkpoints (<arch>.pth, or <arch>_vanilla/ckpt_epoch_240.pth)")
     if "pair" in runs_axes:
         archs = {pair.partition("-")[0] for pair in runs_axes["pair"]}
     else:
@@ -402,6 +405,8 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
     try:
         args, extra = parse_args(sys.argv[1:] if argv is None else argv)
         scheduler = scheduler or make_scheduler(args)
+        if not args.experiments_dir:
+            raise UsageError("--experiments_dir is empty: name the folder of the runs, e.g. experiments")
         experiments_dir = Path(args.experiments_dir).absolute()
         check_folder(experiments_dir, "--experiments_dir")
         if args.cancel:

@@ -234,6 +234,8 @@ def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(exper
     (["--", "--config", "x.yaml"], "--config cannot follow '--': runner.py sets --config for every run from its own --config"),
     (["--", "--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
     (["--env_setup", "module load a\nrm -rf /"], "argument --env_setup: must be one line"),
+    (["--teacher_dir", "/dev/null"], "--teacher_dir /dev/null is not a folder: pass the folder that holds the teachers'"),
+    (["--experiments_dir", ""], "--experiments_dir is empty: name the folder of the runs"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(cli, experiments: Path, argv: list[str], message: str) -> None:
     fake = FakeSlurm()
