@@ -776,17 +776,21 @@ def test_local_runs_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_local_jobs_side_by_side_spread_over_the_gpus(tmp_path: Path) -> None:
     """Two jobs at a time on a machine with GPUs 3 and 5 get one each; the next job takes the GPU
     that is free again; none is given where there are no GPUs."""
-    def job(name: str, seconds: float) -> Path:
+    release = tmp_path / "release"
+
+    def job(name: str, held: bool = False) -> Path:
         script = tmp_path / f"{name}.job"
-        script.write_text(f'echo "${{CUDA_VISIBLE_DEVICES-unset}}" > {tmp_path / name}; sleep {seconds}\n')
+        wait = f"until [ -e {release} ]; do sleep 0.05; done\n" if held else ""
+        script.write_text(f'echo "${{CUDA_VISIBLE_DEVICES-unset}}" > {tmp_path / name}\n{wait}')
         return script
 
     scheduler = LocalScheduler(parallel=2, gpus=["3", "5"])
-    scheduler.submit(job("long", 3))
-    scheduler.submit(job("short", 0))
-    scheduler.submit(job("next", 0))  # waits for a free slot: the short job's
+    scheduler.submit(job("long", held=True))  # runs until released below
+    scheduler.submit(job("short"))
+    scheduler.submit(job("next"))  # waits for a free slot: the short job's
+    release.touch()
     unassigned = LocalScheduler(parallel=2)
-    unassigned.submit(job("cpu", 0))
+    unassigned.submit(job("cpu"))
     assert scheduler.wait_all() == unassigned.wait_all() == {}
     assert [(tmp_path / name).read_text().strip() for name in ("long", "short", "next")] == ["3", "5", "5"]
     assert (tmp_path / "cpu").read_text().strip() == os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
