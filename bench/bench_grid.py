@@ -20,7 +20,9 @@ processes' kernels run concurrently instead of time-sliced; on the CPU, or witho
 
 The second table times --sample_steps consecutive steps of each method, interleaved as in
 bench_step.py: eager, compiled (--compile) and CUDA graphs (--compile --compile_mode reduce-overhead,
-a GPU only: n/a elsewhere). Compiling happens in the untimed first round.
+a GPU only: n/a elsewhere). Compiling happens in the untimed first round. A speed-up is the median
+over rounds of eager's time over the mode's in the same round (both share that round's load), so
+with few rounds on a busy machine it can differ from the ratio of the two median times shown.
 """
 
 from __future__ import annotations
