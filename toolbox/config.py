@@ -232,10 +232,10 @@ class OneLineParser(argparse.ArgumentParser):
 DESCRIPTION = """\
 Train one run: a teacher (--distillation none) or a student distilled from its teacher by one
 method, in its own folder under --experiments_dir, named after the flags that define it. Rerunning
-the same command resumes an unfinished run after its last completed epoch, and does nothing for a
-finished one. Flags may also come from a YAML file (--config). The defaults are the original
-study's (CIFAR-100, ResNet112 -> ResNet56, tucker); --dataset digits trains offline, in minutes on
-a CPU. Every run writes TensorBoard curves: tensorboard --logdir experiments."""
+the same command resumes an unfinished run from its last save, and does nothing for a finished
+one. Flags may also come from a YAML file (--config). The defaults are the original study's
+(CIFAR-100, ResNet112 -> ResNet56, tucker); --dataset digits trains offline, in minutes on a CPU.
+Every run writes TensorBoard curves: tensorboard --logdir experiments."""
 
 EPILOG = """\
 exit status:
@@ -383,7 +383,7 @@ def main_guard(run, *args) -> int:
     except OSError as error:  # a full disk, a folder that became read-only, ...
         if speaks:
             print(f"error: {os_error_line(error)}; fix that (free space, permissions) and rerun the same "
-                  f"command: the run resumes from its last completed epoch", file=sys.stderr)
+                  f"command: the run resumes from its last save", file=sys.stderr)
         return IO_ERROR
     return 0
 
