@@ -17,7 +17,7 @@ whose teacher is not trained yet waits for the teacher's job, submitted first wh
 Cluster settings come from flags or TD_* environment variables (listed by --help). Exit status:
 0 done, 1 a run could not be submitted (or, with --scheduler local, failed) or the scheduler could not
 be asked, 2 bad input, 74 a write failed (a full disk, a read-only folder): no run folder is left
-half-made, so fix it and run runner.py again.
+half-made, so fix it and run runner.py again; 75 a stop signal ended its wait for a data set.
 """
 
 from __future__ import annotations
