@@ -17,7 +17,7 @@ whose teacher is not trained yet waits for the teacher's job, submitted first wh
 Cluster settings come from flags or TD_* environment variables (listed by --help). Exit status:
 0 done, 1 a run could not be submitted (or, with --scheduler local, failed) or the scheduler could not
 be asked, 2 bad input, 74 a write failed (a full disk, a read-only folder): no run folder is left
-half-made, so fix it and run runner.py again.
+half-made, so fix it and run runner.py again; 75 a stop signal ended its wait for a data set.
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "daemon of the job's own, where the node has nvidia-cuda-mps-control (default: off)")
     jobs.add_argument("--signal_seconds", type=_signal_seconds, default=_from_env("TD_SIGNAL_SECONDS", "300", _signal_seconds),
                       help="TD_SIGNAL_SECONDS; SLURM warns a job this long before its time limit: it stops and "
-                      "requeues itself, to resume from its last epoch; 0: no warning; at most 65535 (default: %(default)s)")
+                      "requeues itself, to resume from the step where it stopped; 0: no warning; at most 65535 (default: %(default)s)")
     jobs.add_argument("--env_setup", type=_one_line, default=_from_env("TD_ENV_SETUP", "", _one_line),
                       help="TD_ENV_SETUP; a shell line each job runs first, e.g. 'module load cuda; source venv/bin/activate' "
                       "(default: none, and jobs use this Python interpreter)")

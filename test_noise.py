@@ -33,6 +33,8 @@ def build_noise_parser() -> argparse.ArgumentParser:
     """The training parser with ``noise`` as the method and a list of noise levels."""
     parser = build_parser(prog="test_noise.py", description=__doc__.split("\n\n")[0])
     parser.set_defaults(distillation="noise")
+    method = next(action for action in parser._actions if action.dest == "distillation")
+    method.help = "only 'noise' here, the noise-injection study; the other methods train with tucker_distillation.py"
     parser.add_argument("--noise_stds", type=float, nargs="+", metavar="STD", default=None,
                         help="noise levels to sweep, one run each (instead of the single --noise_std)")
     return parser

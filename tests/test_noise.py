@@ -93,6 +93,12 @@ def test_levels_give_one_config_each() -> None:
     assert [c.noise_std for c in noise_study.sweep_configs(["--noise_std", "3"])] == [3.0]
 
 
+def test_help_names_noise_as_the_method() -> None:
+    """The shared training parser's help says tucker is the default; this script trains noise alone."""
+    shown = " ".join(noise_study.build_noise_parser().format_help().split())
+    assert "only 'noise' here" in shown and "(default: tucker)" not in shown
+
+
 @pytest.mark.parametrize("recipe", ["original", "crd", "imagenet"])
 def test_flags_are_read_as_the_training_script_reads_them(recipe: str, tmp_path: Path) -> None:
     """The recipe decides the defaults (epochs, lr, schedule, ...), and a --config file's flags sit

@@ -156,7 +156,7 @@ class Config:
     data_dir: str = flag("data", "data sets are read from (and CIFAR downloaded into) this folder")
     experiments_dir: str = flag("experiments", "run folders are created under this folder")
     experiment_name: Optional[str] = flag(None, "run folder, relative to --experiments_dir (default: derived from the flags: cifar100/ResNet112-ResNet56/tucker/B-32-8-8/seed0 when no flag is given; every other flag given another value is added, except the speed and location flags, e.g. .../B-32-8-8/lr=0.01/seed0)", type=str)
-    teacher_checkpoint: Optional[str] = flag(None, "teacher weights ({'weights': state_dict}); default: the plain run of --teacher with seed 0 and the same training flags under --experiments_dir (a run is tied to its teacher's content: a resumed run refuses a different file)", type=str)
+    teacher_checkpoint: Optional[str] = flag(None, "teacher weights: ours or the original's ({'weights': state_dict}), a RepDistiller/mdistiller ckpt_epoch_*.pth, or a torchvision state dict; default: the plain run of --teacher with seed 0 and the same training flags under --experiments_dir (a run is tied to its teacher's content: a resumed run refuses a different file)", type=str)
     # Speed (none of these changes which run it is: a run may resume with other values)
     device: str = flag("auto", "'auto' (CUDA when present, else the CPU), 'cpu', 'cuda', 'cuda:1', ...")
     amp: str = flag("auto", "mixed precision: 'auto' is bf16 autocast on a GPU that supports it and off on the CPU", choices=("auto", "bf16", "off"))
@@ -232,15 +232,15 @@ class OneLineParser(argparse.ArgumentParser):
 DESCRIPTION = """\
 Train one run: a teacher (--distillation none) or a student distilled from its teacher by one
 method, in its own folder under --experiments_dir, named after the flags that define it. Rerunning
-the same command resumes an unfinished run after its last completed epoch, and does nothing for a
-finished one. Flags may also come from a YAML file (--config). The defaults are the original
-study's (CIFAR-100, ResNet112 -> ResNet56, tucker); --dataset digits trains offline, in minutes on
-a CPU. Every run writes TensorBoard curves: tensorboard --logdir experiments."""
+the same command resumes an unfinished run from its last save, and does nothing for a finished
+one. Flags may also come from a YAML file (--config). The defaults are the original study's
+(CIFAR-100, ResNet112 -> ResNet56, tucker); --dataset digits trains offline, in minutes on a CPU.
+Every run writes TensorBoard curves: tensorboard --logdir experiments."""
 
 EPILOG = """\
 exit status:
   0   done (or finished already)
-  1   the run diverged (last.pt keeps the last good epoch)
+  1   the run diverged (last.pt keeps the last good epoch), or under torchrun another rank died: rerun to resume
   2   bad input: a flag, a file or a folder (one line on stderr says which and what to do)
   74  a write failed (a full disk, permissions): fix it and rerun, the run resumes
   75  stopped by SIGUSR1 or SIGTERM: rerun the same command to resume"""
@@ -383,7 +383,7 @@ def main_guard(run, *args) -> int:
     except OSError as error:  # a full disk, a folder that became read-only, ...
         if speaks:
             print(f"error: {os_error_line(error)}; fix that (free space, permissions) and rerun the same "
-                  f"command: the run resumes from its last completed epoch", file=sys.stderr)
+                  f"command: the run resumes from its last save", file=sys.stderr)
         return IO_ERROR
     return 0
 

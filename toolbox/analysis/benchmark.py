@@ -24,7 +24,7 @@ from toolbox.rundir import ABSENT
 from toolbox.utils import markdown_table
 
 PUBLISHED_CSV = Path(__file__).resolve().parents[1] / "published" / "crd_cifar100.csv"
-"""The published CIFAR-100 numbers of the benchmark (RepDistiller's README; DKD from mdistiller's)."""
+"""The published CIFAR-100 numbers of the benchmark, with their sources (``CIFAR_SOURCES``)."""
 PUBLISHED_DATASET = "cifar100"
 CIFAR_SOURCES = ("RepDistiller's README; DKD and kd_dot from mdistiller's README, crd+kd from the CRD paper, kd+ls and "
                  "dkd+ls from Sun et al.'s README, dist from DIST's README")
