@@ -45,7 +45,7 @@ case "${1:-help}" in
             --teacher ResNet20 --student ResNetBaby
         demo_run "baseline ResNetBaby, no teacher  :" --distillation none --student ResNetBaby
         printf '%s\n' "${summary[@]}"
-        echo "demo finished in $((SECONDS - start)) s; runs are under experiments/digits/"
+        echo "demo finished in $((SECONDS - start)) s; runs are under experiments/digits/ (or the --experiments_dir given)"
         echo "what to expect from each method, with error bars: README.md, 'What to expect'"
         echo "their curves: tensorboard --logdir experiments (README.md, 'Curves in TensorBoard')"
         echo "to run README's python commands, activate the project's environment first: source .venv/bin/activate" ;;
