@@ -230,6 +230,27 @@ def test_pkt_matches_reference(teacher_name: str, student_name: str) -> None:
     assert_matches(distiller, teacher, student, ref_pkt(f64(teacher[-2]), f64(student[-2])), PKT_RTOL)
 
 
+def test_pkt_gradient_at_an_all_zero_feature_is_the_formulas_derivative() -> None:
+    """Where RepDistiller's gradient is NaN (the square root of a zero sum of squares), ours is the
+    derivative of the published formula, as central differences of the float64 reference give it."""
+    teacher, student = pair_outputs("resnet32x4", "resnet8x4", batch=SMALL)
+    student[-2] = student[-2].double()
+    student[-2][1] = 0.0
+    student[-2].requires_grad_()
+    distiller = build("pkt", teacher, student)
+    distiller.soft_loss(teacher, student, step(batch=SMALL)).backward()
+    gradient = student[-2].grad[1].numpy()
+    h = 1e-11  # far below PKT_EPS: the formula is linear in the zero feature there
+    t, s = f64(teacher[-2]), f64(student[-2])
+    differences = []
+    for j in range(s.shape[1]):
+        up, down = s.copy(), s.copy()
+        up[1, j], down[1, j] = h, -h
+        differences.append((ref_pkt(t, up) - ref_pkt(t, down)) / (2 * h))
+    assert np.isfinite(gradient).all() and np.abs(gradient).max() > 0
+    np.testing.assert_allclose(gradient, differences, rtol=1e-3)
+
+
 @pytest.mark.parametrize("teacher_name, student_name, flags", [
     ("resnet32x4", "resnet8x4", {}), ("vgg13", "MobileNetV2", {"rkd_distance": 1.0, "rkd_angle": 2.0})])
 def test_rkd_matches_reference(teacher_name: str, student_name: str, flags: dict[str, float]) -> None:

@@ -147,7 +147,9 @@ PKT_EPS = 1e-7  # RepDistiller's cosine_similarity_loss
 
 
 def pkt_probabilities(feature: Tensor) -> Tensor:
-    """Each sample's cosine similarities to the batch, mapped to [0, 1] and normalised to sum 1."""
+    """Each sample's cosine similarities to the batch, mapped to [0, 1] and normalised to sum 1.
+    At an all-zero feature the gradient is the formula's derivative there (that of x / (|x| + eps):
+    I / eps), where RepDistiller's, through the square root of the zero sum of squares, is NaN."""
     unit = feature / (torch.linalg.vector_norm(feature, dim=1, keepdim=True) + PKT_EPS)
     unit = unit.masked_fill(unit.isnan(), 0.0)  # as published: NaN features count as zero
     similarity = (unit @ unit.T + 1.0) / 2.0
