@@ -216,6 +216,16 @@ def test_vid_starts_from_repdistillers_variance_and_bias_free_regressors() -> No
     assert torch.equal(stage.log_scale.detach(), torch.full((512,), float(published)))
 
 
+def test_rkd_keeps_the_distances_of_samples_close_together_far_from_the_origin() -> None:
+    """Pooled features that share a large mean (early in training) and differ little: the pairwise
+    distances from |a|^2 + |b|^2 - 2 a.b cancel, which float32 computed 2.5e-4 of the loss off."""
+    teacher, student = pair_outputs("resnet32x4", "resnet8x4")
+    for outs in (teacher, student):
+        outs[-2] = 4 + 0.05 * outs[-2]
+    distiller = build("rkd", teacher, student)
+    assert_matches(distiller, teacher, student, ref_rkd(f64(teacher[-2]), f64(student[-2]), 25.0, 50.0))
+
+
 @pytest.mark.parametrize("teacher_name, student_name", PAIRS[:2])
 def test_sp_matches_reference(teacher_name: str, student_name: str) -> None:
     teacher, student = pair_outputs(teacher_name, student_name)
