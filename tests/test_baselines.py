@@ -216,6 +216,16 @@ def test_vid_starts_from_repdistillers_variance_and_bias_free_regressors() -> No
     assert torch.equal(stage.log_scale.detach(), torch.full((512,), float(published)))
 
 
+def test_rkd_keeps_the_distances_of_samples_close_together_far_from_the_origin() -> None:
+    """Pooled features that share a large mean (early in training) and differ little: the pairwise
+    distances from |a|^2 + |b|^2 - 2 a.b cancel, which float32 computed 2.5e-4 of the loss off."""
+    teacher, student = pair_outputs("resnet32x4", "resnet8x4")
+    for outs in (teacher, student):
+        outs[-2] = 4 + 0.05 * outs[-2]
+    distiller = build("rkd", teacher, student)
+    assert_matches(distiller, teacher, student, ref_rkd(f64(teacher[-2]), f64(student[-2]), 25.0, 50.0))
+
+
 @pytest.mark.parametrize("teacher_name, student_name", PAIRS[:2])
 def test_sp_matches_reference(teacher_name: str, student_name: str) -> None:
     teacher, student = pair_outputs(teacher_name, student_name)
@@ -228,6 +238,27 @@ def test_pkt_matches_reference(teacher_name: str, student_name: str) -> None:
     teacher, student = pair_outputs(teacher_name, student_name)
     distiller = build("pkt", teacher, student, teacher_name, student_name)
     assert_matches(distiller, teacher, student, ref_pkt(f64(teacher[-2]), f64(student[-2])), PKT_RTOL)
+
+
+def test_pkt_gradient_at_an_all_zero_feature_is_the_formulas_derivative() -> None:
+    """Where RepDistiller's gradient is NaN (the square root of a zero sum of squares), ours is the
+    derivative of the published formula, as central differences of the float64 reference give it."""
+    teacher, student = pair_outputs("resnet32x4", "resnet8x4", batch=SMALL)
+    student[-2] = student[-2].double()
+    student[-2][1] = 0.0
+    student[-2].requires_grad_()
+    distiller = build("pkt", teacher, student)
+    distiller.soft_loss(teacher, student, step(batch=SMALL)).backward()
+    gradient = student[-2].grad[1].numpy()
+    h = 1e-11  # far below PKT_EPS: the formula is linear in the zero feature there
+    t, s = f64(teacher[-2]), f64(student[-2])
+    differences = []
+    for j in range(s.shape[1]):
+        up, down = s.copy(), s.copy()
+        up[1, j], down[1, j] = h, -h
+        differences.append((ref_pkt(t, up) - ref_pkt(t, down)) / (2 * h))
+    assert np.isfinite(gradient).all() and np.abs(gradient).max() > 0
+    np.testing.assert_allclose(gradient, differences, rtol=1e-3)
 
 
 @pytest.mark.parametrize("teacher_name, student_name, flags", [

@@ -191,6 +191,20 @@ def test_negatives_are_drawn_with_replacement_when_k_exceeds_the_other_samples()
                for c in range(4))
 
 
+@pytest.mark.parametrize("dataset, mode", [("cifar100", "exact"), ("imagenet", "replace"), ("tiny-imagenet", "replace")])
+def test_on_imagenet_negatives_are_drawn_with_replacement_whatever_k(dataset: str, mode: str) -> None:
+    """mdistiller's ImageNet and Tiny ImageNet samplers draw with replacement even where a class
+    leaves K others; RepDistiller's CIFAR-100 one does not."""
+    labels = labels_of(1000, 10)
+    crd = distiller(labels, crd_negatives=300, dataset=dataset)  # about 900 others per class
+    assert crd.mode == mode
+    indices = torch.arange(64)
+    contrast = crd.draw(indices)
+    check_rows(crd, labels, indices, contrast)
+    repeats = [len(row.unique()) < 300 for row in contrast[:, 1:]]  # 300 draws among ~900 all but surely repeat
+    assert all(repeats) if mode == "replace" else not any(repeats)
+
+
 def test_imbalanced_classes_choose_replacement_per_class() -> None:
     labels = torch.cat([torch.zeros(30, dtype=torch.long), torch.ones(10, dtype=torch.long)])
     crd = distiller(labels, crd_negatives=20)  # class 0 has 10 others (replace), class 1 has 30 (exact)

@@ -4,8 +4,10 @@ The pooled features of both networks are embedded (a linear map, then L2 normali
 ``--crd_dim`` space. Each training sample has a row in two memory banks, one of past student
 embeddings and one of past teacher embeddings. For every sample of the batch the contrast set is
 the sample itself (the positive, RepDistiller's 'exact' mode) and ``--crd_negatives`` samples of
-other classes; the student's embedding is scored against the teacher's memory at the contrast set
-and the teacher's embedding against the student's memory, ``exp(m . v / T) / Z``, and each side's
+other classes (drawn with replacement on ImageNet and Tiny ImageNet, as mdistiller's samplers for
+them draw; elsewhere only where a class leaves fewer, as RepDistiller's CIFAR-100 sampler); the
+student's embedding is scored against the teacher's memory at the contrast set and the teacher's
+embedding against the student's memory, ``exp(m . v / T) / Z``, and each side's
 scores enter the NCE loss with the uniform noise distribution ``Pn = 1/N`` (RepDistiller's
 ``ContrastLoss``, Eq. 18 of the paper). The constants ``Z`` are estimated once, on the first batch
 (the mean score times N), and kept. After scoring, each memory moves towards the batch's
@@ -36,6 +38,9 @@ from toolbox.distillation import Distiller, Setup, Step
 from toolbox.errors import UsageError
 
 EPS = 1e-7  # RepDistiller's ContrastLoss
+ALWAYS_REPLACED = frozenset({"imagenet", "tiny-imagenet"})
+"""The data sets whose negatives mdistiller draws with replacement whatever K (its ImageNetInstanceSample
+and Tiny ImageNet's sampler: ``np.random.choice(..., replace=True)``)."""
 
 
 def nce_loss(scores: Tensor, n_data: int) -> Tensor:
@@ -105,7 +110,8 @@ class CRDDistiller(Distiller):
         if self.negatives > largest:
             raise UsageError(f"--crd_negatives must be at most {largest} on this training set of {self.n_data} samples "
                              f"(each sample's negatives come from the other classes; got {self.negatives})")
-        replace = self.negatives > others  # np.random.choice(..., replace=K > len(cls_negative)) per class
+        # np.random.choice(..., replace=K > len(cls_negative)) per class; always on ImageNet (mdistiller's)
+        replace = (self.negatives > others) | (config.dataset in ALWAYS_REPLACED)
         self.mode = ("replace" if bool(replace[present].all()) else
                      "exact" if not bool(replace[present].any()) else "mixed")
         device = labels.device
@@ -120,7 +126,8 @@ class CRDDistiller(Distiller):
     def draw(self, indices: Tensor) -> Tensor:
         """The contrast indices (B, K+1): each sample itself, then K samples of other classes, drawn
         uniformly without replacement where the sample's class leaves at least K others, with
-        replacement otherwise (RepDistiller's CIFAR100InstanceSample, mode 'exact')."""
+        replacement otherwise (RepDistiller's CIFAR100InstanceSample, mode 'exact') and on the
+        ``ALWAYS_REPLACED`` data sets (mdistiller's ImageNetInstanceSample)."""
         indices = indices.to(self.labels.device).long()
         own = self.labels[indices]
         batch, k = len(indices), self.negatives
