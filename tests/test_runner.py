@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -695,6 +696,37 @@ def test_local_scheduler_packs_runs_as_a_cluster_job_does(cli, tmp_path: Path, e
     status, out, _ = cli(argv)
     assert status == 0 and "submitted 1 (teachers: 0), skipped as finished 1" in out, out
     assert (students[1] / "metrics.json").exists() and (students[1] / "local.out").exists()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_to_a_local_sweep_stops_its_jobs_and_starts_no_more(
+        cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch, stop: signal.Signals) -> None:
+    """Ctrl-C or SIGTERM on runner.py --scheduler local reaches the running job, whose trainings stop
+    (75); the next job is not started, runner.py waits for the running one and exits 75 in one line."""
+    python = tmp_path / "python"
+    python.write_text(FAKE_TRAINING)
+    python.chmod(0o755)
+    make_run(experiments, TEACHER, "metrics.json", "ResNetBaby.pth")
+    students = [experiments / f"{FEATUREMAP}/seed{seed}" for seed in range(3)]
+    monkeypatch.setenv("FAKE_TRAINING", "wait")
+
+    def signal_once_trainings_wait() -> None:
+        deadline = time.monotonic() + 30
+        while not all((run / "ready").exists() for run in students[:2]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), stop)
+
+    before = signal.getsignal(stop)
+    threading.Thread(target=signal_once_trainings_wait, daemon=True).start()
+    status, out, err = cli(grid(experiments, "--scheduler", "local", "--runs_per_gpu", "2", "--python", str(python),
+                                "--distillations", "featuremap", "--runs", "3"))
+
+    assert status == 75 and err == (f"runner.py: error: stopped by {stop.name}: its running jobs were stopped, each run "
+                                    "keeping its last.pt; run runner.py again to resume them\n"), out + err
+    assert [(run / "signal.txt").read_text() for run in students[:2]] == ["SIGTERM", "SIGTERM"]  # run.job's forward
+    assert not (students[2] / "argv.json").exists()
+    assert f"failed to submit {FEATUREMAP}/seed2: not started: runner.py was stopped by {stop.name}" in out
+    assert signal.getsignal(stop) == before  # the handler was runner.py's for the sweep only
 
 
 def test_the_data_is_made_ready_before_any_job_is_submitted(cli, tmp_path: Path, experiments: Path,
