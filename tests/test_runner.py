@@ -698,6 +698,36 @@ def test_local_scheduler_packs_runs_as_a_cluster_job_does(cli, tmp_path: Path, e
     assert (students[1] / "metrics.json").exists() and (students[1] / "local.out").exists()
 
 
+def test_job_logs_that_are_links_are_never_written_through(cli, tmp_path: Path, experiments: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job.out or local.out that is a symbolic link: the run it would log is not trained (its pack
+    mate is), then not submitted; the file the link points to is left as it was."""
+    monkeypatch.setenv("FAKE_TRAINING", "exit")
+    python = tmp_path / "python"
+    python.write_text(FAKE_TRAINING)
+    python.chmod(0o755)
+    make_run(experiments, TEACHER, "metrics.json", "ResNetBaby.pth")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    students = [experiments / f"{FEATUREMAP}/seed{seed}" for seed in range(2)]
+    students[1].mkdir(parents=True)
+    (students[1] / "job.out").symlink_to(outside)
+    argv = grid(experiments, "--scheduler", "local", "--runs_per_gpu", "2", "--python", str(python),
+                "--distillations", "featuremap", "--runs", "2")
+
+    status, out, _ = cli(argv)
+
+    assert status == 1 and f"failed while running {FEATUREMAP}/seed1: exit status 2, see its job.out" in out, out
+    assert (students[0] / "argv.json").exists() and not (students[1] / "argv.json").exists()
+    assert f"{students[1] / 'job.out'} is a symbolic link" in (students[0] / "local.out").read_text()
+    make_run(experiments, f"{FEATUREMAP}/seed0", "metrics.json")  # seed1 alone: its own job, logging to its local.out
+    (students[1] / "job.out").unlink()
+    (students[1] / "local.out").symlink_to(outside)
+    status, out, _ = cli(argv)
+    assert status == 1 and f"failed to submit {FEATUREMAP}/seed1: {students[1] / 'local.out'} is a symbolic link" in out
+    assert outside.read_text() == "precious" and not (students[1] / "argv.json").exists()
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_to_a_local_sweep_stops_its_jobs_and_starts_no_more(
         cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch, stop: signal.Signals) -> None:

@@ -9,6 +9,7 @@ runs the scripts on this machine for users without a cluster. Tests swap in a fa
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shlex
@@ -367,7 +368,15 @@ class LocalScheduler(Scheduler):
         gpus = self._next_gpus()
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        with open(script.parent / self.log_name, "ab") as log:
+        log_path = script.parent / self.log_name
+        try:  # as every file the project appends to in a run folder: never through a link
+            descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise SchedulerError(f"{log_path} is a symbolic link, and the project never writes through one; it was "
+                                 "left as it is: remove the link, then rerun") from None
+        with os.fdopen(descriptor, "ab") as log:
             process = subprocess.Popen(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=env)
         job_id = f"local-{process.pid}"
