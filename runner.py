@@ -115,8 +115,8 @@ def _count(text: str) -> int:
 
 
 def _positive(text: str) -> int:
-    if _count(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more; got {text!r}")
+    if not re.fullmatch(r"\d+", text.strip()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more; got {text!r}")
     return int(text)
 
 

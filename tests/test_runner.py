@@ -222,7 +222,9 @@ def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(exper
     (["--distillations", "hint"], "argument --distillations: invalid choice: 'hint' (choose from 'none', 'featuremap'"),
     (["--ranks_list", "BATCH_SIZE,32,8"], "argument --ranks_list: each value needs 4 comma-separated ranks"),
     (["--recomp_targets", "neither"], "argument --recomp_targets: invalid choice"),
-    (["--runs", "0"], "argument --runs: must be 1 or more"),
+    (["--runs", "0"], "argument --runs: must be a whole number, 1 or more; got '0'"),
+    (["--runs_per_gpu", "-1"], "argument --runs_per_gpu: must be a whole number, 1 or more; got '-1'"),  # not '0 or more'
+    (["--parallel", "1.5"], "argument --parallel: must be a whole number, 1 or more; got '1.5'"),
     (["--mem", "lots"], "argument --mem: must be a whole number with K, M, G or T, e.g. 16G"),
     (["--time", "90"], "argument --time: must be [D-]HH:MM:SS"),
     (["--time", "99:99:99"], "argument --time: must be [D-]HH:MM:SS"),
@@ -300,7 +302,7 @@ def test_multi_node_job_matches_golden_file() -> None:
     (["--scheduler", "local", "--nodes", "2"], "--scheduler local starts one process per run; --nodes 2 --gpus_per_node 1 needs --scheduler slurm"),
     (["--nodes", "2", "--gpus", "2"], "--gpus 2 with --nodes/--gpus_per_node: each process gets one GPU"),
     (["--nodes", "16", "--gpus_per_node", "8", "--batch_size", "64"], "is the global batch: with 128 processes (--nodes x --gpus_per_node) it needs at least one sample each"),
-    (["--nodes", "0"], "argument --nodes: must be 1 or more; got '0'"),
+    (["--nodes", "0"], "argument --nodes: must be a whole number, 1 or more; got '0'"),
 ])
 def test_several_processes_are_refused_where_they_cannot_run(cli, experiments: Path, flags: list[str], message: str) -> None:
     scheduler = None if "--scheduler" in flags else FakeSlurm()  # pbs, local: runner.py's own
@@ -321,6 +323,7 @@ def test_processes_per_run_come_from_the_environment(cli, experiments: Path, mon
     ("TD_SCHEDULER", "slrum", "TD_SCHEDULER must be one of slurm, pbs, local; got 'slrum'"),  # never the local default
     ("TD_SCHEDULER", "", "TD_SCHEDULER must be one of slurm, pbs, local; got ''"),
     ("TD_GPUS", "x", "TD_GPUS must be a whole number (0 or more); got 'x'"),
+    ("TD_RUNS_PER_GPU", "-2", "TD_RUNS_PER_GPU must be a whole number, 1 or more; got '-2'"),
     ("TD_MPS", "yes", "TD_MPS must be true or false; got 'yes'"),
     ("TD_SIGNAL_SECONDS", "70000", "TD_SIGNAL_SECONDS must be at most 65535"),
 ])
