@@ -1034,6 +1034,44 @@ def test_a_pack_job_shares_its_gpu_through_an_mps_daemon_of_its_own(tmp_path: Pa
     assert list(temporary.iterdir()) == []
 
 
+@pytest.mark.parametrize("stop, requeued", [(signal.SIGTERM, ""), (signal.SIGUSR1, "requeue 4242\n")])
+def test_a_stop_before_the_trainings_start_leaves_no_daemon_and_starts_none(
+        tmp_path: Path, experiments: Path, stop: signal.Signals, requeued: str) -> None:
+    """A signal while the job starts its MPS daemon (it used to end the job there, leaving the daemon
+    running and its folder in $TMPDIR): no training starts, the daemon is told to quit, its folder is
+    removed, and the job ends as stopped (75), requeued after USR1."""
+    python = tmp_path / "python"
+    python.write_text(FAKE_TRAINING)
+    python.chmod(0o755)
+    args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "2"))
+    runs = plan(args, extra)
+    for run in runs:
+        run.path.mkdir(parents=True)
+    script = runs[0].path / "run.job"
+    script.write_text(sweep.render_job(runs, SlurmScheduler("someone"), sweep.JobSettings(Resources(gpus=1), str(python),
+                                                                                          mps=True)))
+    fake_bin, temporary, calls, starting, release = (tmp_path / name for name in ("bin", "tmp", "calls", "starting", "release"))
+    fake_bin.mkdir()
+    temporary.mkdir()
+    tool(fake_bin, "nvidia-cuda-mps-control", f'echo "$* $([ "$1" = -d ] || cat)" >> {calls}\n'
+                                              f'if [ "$1" = -d ]; then touch {starting}; until [ -e {release} ]; do sleep 0.05; done; fi\n')
+    tool(fake_bin, "scontrol", f'echo "$*" >> {calls}\n')
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "TMPDIR": str(temporary), "SLURM_JOB_ID": "4242",
+           "FAKE_TRAINING": "exit"}
+
+    job = subprocess.Popen(["bash", str(script)], env=env)
+    deadline = time.monotonic() + 30
+    while not starting.exists():
+        assert time.monotonic() < deadline and job.poll() is None, "the stand-in daemon never started"
+        time.sleep(0.05)
+    job.send_signal(stop)
+    release.touch()
+
+    assert job.wait(timeout=30) == 75
+    assert not any((run.path / "argv.json").exists() for run in runs) and list(temporary.iterdir()) == []
+    assert calls.read_text() == "-d \n quit\n" + requeued
+
+
 def test_runs_per_gpu_is_refused_with_gpus_of_its_own(cli, experiments: Path) -> None:
     flags = ["--runs_per_gpu", "2", "--gpus_per_node", "2"]
     status, _, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), *flags], FakeSlurm())
