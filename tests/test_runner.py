@@ -828,14 +828,17 @@ def test_clean_deletes_only_unfinished_runs_without_a_live_job(cli, experiments:
 
 
 def test_local_runs_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two local runs at a time on this machine get half its cores' threads each (at least one)."""
+    """Two local runs at a time on this machine get half its usable cores' threads each (at least
+    one), also inside a SLURM job, whose CPUs and id are not theirs: no job of theirs to requeue."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "64")
     script = tmp_path / "run.job"
-    script.write_text(f'echo "$OMP_NUM_THREADS" > {tmp_path / "threads"}\n')
+    script.write_text(f'echo "$OMP_NUM_THREADS ${{SLURM_JOB_ID-none}} ${{SLURM_CPUS_PER_TASK-none}}" > {tmp_path / "seen"}\n')
     scheduler = LocalScheduler(parallel=2)
     scheduler.submit(script)
     assert scheduler.wait_all() == {}
-    assert (tmp_path / "threads").read_text().strip() == str(max(1, (os.cpu_count() or 1) // 2))
+    assert (tmp_path / "seen").read_text().split() == [str(max(1, len(os.sched_getaffinity(0)) // 2)), "none", "none"]
 
 
 def test_local_jobs_side_by_side_spread_over_the_gpus(tmp_path: Path) -> None:

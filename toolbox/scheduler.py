@@ -363,8 +363,12 @@ class LocalScheduler(Scheduler):
         # Share the cores between the jobs (and run.job shares a job's among its runs): torch's
         # threads spin, and more threads than cores make every run several times slower
         # (bench/RESULTS.md, "Threads on a shared CPU").
-        threads = str(max(1, (os.cpu_count() or 1) // self.parallel))
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+        # The cores this process may use: inside a batch allocation those are the allocation's, not the node's.
+        threads = str(max(1, len(os.sched_getaffinity(0)) // self.parallel))
+        # A local job is no SLURM job, even when runner.py runs inside one: run.job must neither take
+        # that job's CPUs for its own (every local job would use them all) nor requeue it after USR1.
+        env = {name: value for name, value in os.environ.items() if name not in ("SLURM_JOB_ID", "SLURM_CPUS_PER_TASK")}
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", threads)
         gpus = self._next_gpus()
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
