@@ -829,7 +829,8 @@ def test_clean_deletes_only_unfinished_runs_without_a_live_job(cli, experiments:
 
 def test_local_runs_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two local runs at a time on this machine get half its usable cores' threads each (at least
-    one), also inside a SLURM job, whose CPUs and id are not theirs: no job of theirs to requeue."""
+    one), also inside a SLURM job, whose CPUs and id are not theirs: no job of theirs to requeue. A
+    job killed by a signal has the status a shell gives it."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "64")
@@ -837,7 +838,10 @@ def test_local_runs_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     script.write_text(f'echo "$OMP_NUM_THREADS ${{SLURM_JOB_ID-none}} ${{SLURM_CPUS_PER_TASK-none}}" > {tmp_path / "seen"}\n')
     scheduler = LocalScheduler(parallel=2)
     scheduler.submit(script)
-    assert scheduler.wait_all() == {}
+    killed = tmp_path / "killed.job"
+    killed.write_text("kill -KILL $$\n")
+    killed_id = scheduler.submit(killed)
+    assert scheduler.wait_all() == {killed_id: 137}  # as a shell says it, not Python's -9
     assert (tmp_path / "seen").read_text().split() == [str(max(1, len(os.sched_getaffinity(0)) // 2)), "none", "none"]
 
 

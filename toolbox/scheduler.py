@@ -313,6 +313,12 @@ class PbsScheduler(Scheduler):
             _run(["qdel", *ids])
 
 
+def shell_status(returncode: int) -> int:
+    """A process's exit status as a shell reports it (128 + the signal that killed it, e.g. 137 for
+    SIGKILL), as run.job reports a training's, not Python's negative signal number."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def local_gpus() -> list[str]:
     """This machine's GPUs as CUDA_VISIBLE_DEVICES names them: that variable's own list where it is
     set, else nvidia-smi's indices; none without either."""
@@ -353,7 +359,7 @@ class LocalScheduler(Scheduler):
 
     def submit(self, script: Path, dependency: Optional[str] = None) -> str:
         if dependency is not None:
-            status = self._jobs[dependency].wait()
+            status = shell_status(self._jobs[dependency].wait())
             if status != 0:
                 raise SchedulerError(f"not run: job {dependency} it depends on exited with status {status}")
         while len(self.live_jobs()) >= self.parallel and not self.stopped_by:
@@ -412,7 +418,7 @@ class LocalScheduler(Scheduler):
                 self._jobs[job_id].terminate()
 
     def wait_all(self) -> dict[str, int]:
-        statuses = {job_id: process.wait() for job_id, process in self._jobs.items()}
+        statuses = {job_id: shell_status(process.wait()) for job_id, process in self._jobs.items()}
         return {job_id: status for job_id, status in statuses.items() if status != 0}
 
     STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
