@@ -17,7 +17,9 @@ whose teacher is not trained yet waits for the teacher's job, submitted first wh
 Cluster settings come from flags or TD_* environment variables (listed by --help). Exit status:
 0 done, 1 a run could not be submitted (or, with --scheduler local, failed) or the scheduler could not
 be asked, 2 bad input, 74 a write failed (a full disk, a read-only folder): no run folder is left
-half-made, so fix it and run runner.py again; 75 a stop signal ended its wait for a data set.
+half-made, so fix it and run runner.py again; 75 stopped by a signal: while waiting for a data set,
+or (--scheduler local) by Ctrl-C, SIGTERM or SIGUSR1, which reached its running jobs: their runs
+stopped after their current step, and runner.py run again resumes them.
 """
 
 from __future__ import annotations
@@ -113,8 +115,8 @@ def _count(text: str) -> int:
 
 
 def _positive(text: str) -> int:
-    if _count(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more; got {text!r}")
+    if not re.fullmatch(r"\d+", text.strip()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more; got {text!r}")
     return int(text)
 
 
@@ -432,10 +434,13 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
         if args.prepare_data:
             print("the grid's data sets are ready")
             return 0
-        with contextlib.nullcontext() if args.dry_run else exclusive(experiments_dir):
+        with contextlib.nullcontext() if args.dry_run else exclusive(experiments_dir), scheduler.forwarding_stop_signals():
             summary = submit_grid(runs, scheduler, settings, args.max_queued, args.dry_run,
                                   out=lambda line: print(line, flush=True))
         print(summary.report(args.max_queued, args.dry_run))
+        if scheduler.stopped_by:
+            raise Interrupted(f"stopped by {scheduler.stopped_by.name}: its running jobs were stopped, each run keeping "
+                              "its last.pt; run runner.py again to resume them")
         return 1 if summary.failed or summary.crashed else 0
     except (UsageError, Interrupted) as error:  # Interrupted: a stop signal while waiting for a data-set lock
         print(f"runner.py: error: {error}", file=sys.stderr)

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -221,7 +222,9 @@ def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(exper
     (["--distillations", "hint"], "argument --distillations: invalid choice: 'hint' (choose from 'none', 'featuremap'"),
     (["--ranks_list", "BATCH_SIZE,32,8"], "argument --ranks_list: each value needs 4 comma-separated ranks"),
     (["--recomp_targets", "neither"], "argument --recomp_targets: invalid choice"),
-    (["--runs", "0"], "argument --runs: must be 1 or more"),
+    (["--runs", "0"], "argument --runs: must be a whole number, 1 or more; got '0'"),
+    (["--runs_per_gpu", "-1"], "argument --runs_per_gpu: must be a whole number, 1 or more; got '-1'"),  # not '0 or more'
+    (["--parallel", "1.5"], "argument --parallel: must be a whole number, 1 or more; got '1.5'"),
     (["--mem", "lots"], "argument --mem: must be a whole number with K, M, G or T, e.g. 16G"),
     (["--time", "90"], "argument --time: must be [D-]HH:MM:SS"),
     (["--time", "99:99:99"], "argument --time: must be [D-]HH:MM:SS"),
@@ -299,7 +302,7 @@ def test_multi_node_job_matches_golden_file() -> None:
     (["--scheduler", "local", "--nodes", "2"], "--scheduler local starts one process per run; --nodes 2 --gpus_per_node 1 needs --scheduler slurm"),
     (["--nodes", "2", "--gpus", "2"], "--gpus 2 with --nodes/--gpus_per_node: each process gets one GPU"),
     (["--nodes", "16", "--gpus_per_node", "8", "--batch_size", "64"], "is the global batch: with 128 processes (--nodes x --gpus_per_node) it needs at least one sample each"),
-    (["--nodes", "0"], "argument --nodes: must be 1 or more; got '0'"),
+    (["--nodes", "0"], "argument --nodes: must be a whole number, 1 or more; got '0'"),
 ])
 def test_several_processes_are_refused_where_they_cannot_run(cli, experiments: Path, flags: list[str], message: str) -> None:
     scheduler = None if "--scheduler" in flags else FakeSlurm()  # pbs, local: runner.py's own
@@ -320,6 +323,7 @@ def test_processes_per_run_come_from_the_environment(cli, experiments: Path, mon
     ("TD_SCHEDULER", "slrum", "TD_SCHEDULER must be one of slurm, pbs, local; got 'slrum'"),  # never the local default
     ("TD_SCHEDULER", "", "TD_SCHEDULER must be one of slurm, pbs, local; got ''"),
     ("TD_GPUS", "x", "TD_GPUS must be a whole number (0 or more); got 'x'"),
+    ("TD_RUNS_PER_GPU", "-2", "TD_RUNS_PER_GPU must be a whole number, 1 or more; got '-2'"),
     ("TD_MPS", "yes", "TD_MPS must be true or false; got 'yes'"),
     ("TD_SIGNAL_SECONDS", "70000", "TD_SIGNAL_SECONDS must be at most 65535"),
 ])
@@ -697,6 +701,67 @@ def test_local_scheduler_packs_runs_as_a_cluster_job_does(cli, tmp_path: Path, e
     assert (students[1] / "metrics.json").exists() and (students[1] / "local.out").exists()
 
 
+def test_job_logs_that_are_links_are_never_written_through(cli, tmp_path: Path, experiments: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job.out or local.out that is a symbolic link: the run it would log is not trained (its pack
+    mate is), then not submitted; the file the link points to is left as it was."""
+    monkeypatch.setenv("FAKE_TRAINING", "exit")
+    python = tmp_path / "python"
+    python.write_text(FAKE_TRAINING)
+    python.chmod(0o755)
+    make_run(experiments, TEACHER, "metrics.json", "ResNetBaby.pth")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    students = [experiments / f"{FEATUREMAP}/seed{seed}" for seed in range(2)]
+    students[1].mkdir(parents=True)
+    (students[1] / "job.out").symlink_to(outside)
+    argv = grid(experiments, "--scheduler", "local", "--runs_per_gpu", "2", "--python", str(python),
+                "--distillations", "featuremap", "--runs", "2")
+
+    status, out, _ = cli(argv)
+
+    assert status == 1 and f"failed while running {FEATUREMAP}/seed1: exit status 2, see its job.out" in out, out
+    assert (students[0] / "argv.json").exists() and not (students[1] / "argv.json").exists()
+    assert f"{students[1] / 'job.out'} is a symbolic link" in (students[0] / "local.out").read_text()
+    make_run(experiments, f"{FEATUREMAP}/seed0", "metrics.json")  # seed1 alone: its own job, logging to its local.out
+    (students[1] / "job.out").unlink()
+    (students[1] / "local.out").symlink_to(outside)
+    status, out, _ = cli(argv)
+    assert status == 1 and f"failed to submit {FEATUREMAP}/seed1: {students[1] / 'local.out'} is a symbolic link" in out
+    assert outside.read_text() == "precious" and not (students[1] / "argv.json").exists()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_to_a_local_sweep_stops_its_jobs_and_starts_no_more(
+        cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch, stop: signal.Signals) -> None:
+    """Ctrl-C or SIGTERM on runner.py --scheduler local reaches the running job, whose trainings stop
+    (75); the next job is not started, runner.py waits for the running one and exits 75 in one line."""
+    python = tmp_path / "python"
+    python.write_text(FAKE_TRAINING)
+    python.chmod(0o755)
+    make_run(experiments, TEACHER, "metrics.json", "ResNetBaby.pth")
+    students = [experiments / f"{FEATUREMAP}/seed{seed}" for seed in range(3)]
+    monkeypatch.setenv("FAKE_TRAINING", "wait")
+
+    def signal_once_trainings_wait() -> None:
+        deadline = time.monotonic() + 30
+        while not all((run / "ready").exists() for run in students[:2]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), stop)
+
+    before = signal.getsignal(stop)
+    threading.Thread(target=signal_once_trainings_wait, daemon=True).start()
+    status, out, err = cli(grid(experiments, "--scheduler", "local", "--runs_per_gpu", "2", "--python", str(python),
+                                "--distillations", "featuremap", "--runs", "3"))
+
+    assert status == 75 and err == (f"runner.py: error: stopped by {stop.name}: its running jobs were stopped, each run "
+                                    "keeping its last.pt; run runner.py again to resume them\n"), out + err
+    assert [(run / "signal.txt").read_text() for run in students[:2]] == ["SIGTERM", "SIGTERM"]  # run.job's forward
+    assert not (students[2] / "argv.json").exists()
+    assert f"failed to submit {FEATUREMAP}/seed2: not started: runner.py was stopped by {stop.name}" in out
+    assert signal.getsignal(stop) == before  # the handler was runner.py's for the sweep only
+
+
 def test_the_data_is_made_ready_before_any_job_is_submitted(cli, tmp_path: Path, experiments: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision
@@ -763,14 +828,21 @@ def test_clean_deletes_only_unfinished_runs_without_a_live_job(cli, experiments:
 
 
 def test_local_runs_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two local runs at a time on this machine get half its cores' threads each (at least one)."""
+    """Two local runs at a time on this machine get half its usable cores' threads each (at least
+    one), also inside a SLURM job, whose CPUs and id are not theirs: no job of theirs to requeue. A
+    job killed by a signal has the status a shell gives it."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "64")
     script = tmp_path / "run.job"
-    script.write_text(f'echo "$OMP_NUM_THREADS" > {tmp_path / "threads"}\n')
+    script.write_text(f'echo "$OMP_NUM_THREADS ${{SLURM_JOB_ID-none}} ${{SLURM_CPUS_PER_TASK-none}}" > {tmp_path / "seen"}\n')
     scheduler = LocalScheduler(parallel=2)
     scheduler.submit(script)
-    assert scheduler.wait_all() == {}
-    assert (tmp_path / "threads").read_text().strip() == str(max(1, (os.cpu_count() or 1) // 2))
+    killed = tmp_path / "killed.job"
+    killed.write_text("kill -KILL $$\n")
+    killed_id = scheduler.submit(killed)
+    assert scheduler.wait_all() == {killed_id: 137}  # as a shell says it, not Python's -9
+    assert (tmp_path / "seen").read_text().split() == [str(max(1, len(os.sched_getaffinity(0)) // 2)), "none", "none"]
 
 
 def test_local_jobs_side_by_side_spread_over_the_gpus(tmp_path: Path) -> None:
@@ -967,6 +1039,44 @@ def test_a_pack_job_shares_its_gpu_through_an_mps_daemon_of_its_own(tmp_path: Pa
     else:
         assert folders == ["", ""] and "CUDA MPS did not start: the runs share the GPU without it" in done.stdout
     assert list(temporary.iterdir()) == []
+
+
+@pytest.mark.parametrize("stop, requeued", [(signal.SIGTERM, ""), (signal.SIGUSR1, "requeue 4242\n")])
+def test_a_stop_before_the_trainings_start_leaves_no_daemon_and_starts_none(
+        tmp_path: Path, experiments: Path, stop: signal.Signals, requeued: str) -> None:
+    """A signal while the job starts its MPS daemon (it used to end the job there, leaving the daemon
+    running and its folder in $TMPDIR): no training starts, the daemon is told to quit, its folder is
+    removed, and the job ends as stopped (75), requeued after USR1."""
+    python = tmp_path / "python"
+    python.write_text(FAKE_TRAINING)
+    python.chmod(0o755)
+    args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "2"))
+    runs = plan(args, extra)
+    for run in runs:
+        run.path.mkdir(parents=True)
+    script = runs[0].path / "run.job"
+    script.write_text(sweep.render_job(runs, SlurmScheduler("someone"), sweep.JobSettings(Resources(gpus=1), str(python),
+                                                                                          mps=True)))
+    fake_bin, temporary, calls, starting, release = (tmp_path / name for name in ("bin", "tmp", "calls", "starting", "release"))
+    fake_bin.mkdir()
+    temporary.mkdir()
+    tool(fake_bin, "nvidia-cuda-mps-control", f'echo "$* $([ "$1" = -d ] || cat)" >> {calls}\n'
+                                              f'if [ "$1" = -d ]; then touch {starting}; until [ -e {release} ]; do sleep 0.05; done; fi\n')
+    tool(fake_bin, "scontrol", f'echo "$*" >> {calls}\n')
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "TMPDIR": str(temporary), "SLURM_JOB_ID": "4242",
+           "FAKE_TRAINING": "exit"}
+
+    job = subprocess.Popen(["bash", str(script)], env=env)
+    deadline = time.monotonic() + 30
+    while not starting.exists():
+        assert time.monotonic() < deadline and job.poll() is None, "the stand-in daemon never started"
+        time.sleep(0.05)
+    job.send_signal(stop)
+    release.touch()
+
+    assert job.wait(timeout=30) == 75
+    assert not any((run.path / "argv.json").exists() for run in runs) and list(temporary.iterdir()) == []
+    assert calls.read_text() == "-d \n quit\n" + requeued
 
 
 def test_runs_per_gpu_is_refused_with_gpus_of_its_own(cli, experiments: Path) -> None:

@@ -8,17 +8,20 @@ runs the scripts on this machine for users without a cluster. Tests swap in a fa
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterable, Optional
+from typing import ClassVar, ContextManager, Iterable, Iterator, Optional
 
 from toolbox.errors import UsageError
 
@@ -141,6 +144,8 @@ class Scheduler(ABC):
 
     name: ClassVar[str]
     directive: ClassVar[str]
+    stopped_by: Optional[signal.Signals] = None
+    """The stop signal that ended a sweep whose jobs this object runs itself (``LocalScheduler``)."""
 
     def header_values(self, resources: Resources, run_dir: Path) -> dict[str, str]:
         """Values of this scheduler's header placeholders in run.job."""
@@ -176,6 +181,11 @@ class Scheduler(ABC):
         """Wait for the jobs this object started, where it runs them itself; the non-zero exit
         statuses by job id. Batch schedulers return at once: their jobs outlive runner.py."""
         return {}
+
+    def forwarding_stop_signals(self) -> ContextManager[None]:
+        """For the block, pass a stop signal that reaches runner.py on to the jobs it runs itself.
+        Batch schedulers' jobs outlive runner.py: nothing to pass on."""
+        return contextlib.nullcontext()
 
 
 class SlurmScheduler(Scheduler):
@@ -303,6 +313,12 @@ class PbsScheduler(Scheduler):
             _run(["qdel", *ids])
 
 
+def shell_status(returncode: int) -> int:
+    """A process's exit status as a shell reports it (128 + the signal that killed it, e.g. 137 for
+    SIGKILL), as run.job reports a training's, not Python's negative signal number."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def local_gpus() -> list[str]:
     """This machine's GPUs as CUDA_VISIBLE_DEVICES names them: that variable's own list where it is
     set, else nvidia-smi's indices; none without either."""
@@ -343,25 +359,41 @@ class LocalScheduler(Scheduler):
 
     def submit(self, script: Path, dependency: Optional[str] = None) -> str:
         if dependency is not None:
-            status = self._jobs[dependency].wait()
+            status = shell_status(self._jobs[dependency].wait())
             if status != 0:
                 raise SchedulerError(f"not run: job {dependency} it depends on exited with status {status}")
-        while len(self.live_jobs()) >= self.parallel:
+        while len(self.live_jobs()) >= self.parallel and not self.stopped_by:
             time.sleep(0.2)
+        if self.stopped_by:
+            raise SchedulerError(f"not started: runner.py was stopped by {self.stopped_by.name}")
         # Share the cores between the jobs (and run.job shares a job's among its runs): torch's
         # threads spin, and more threads than cores make every run several times slower
         # (bench/RESULTS.md, "Threads on a shared CPU").
-        threads = str(max(1, (os.cpu_count() or 1) // self.parallel))
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+        # The cores this process may use: inside a batch allocation those are the allocation's, not the node's.
+        threads = str(max(1, len(os.sched_getaffinity(0)) // self.parallel))
+        # A local job is no SLURM job, even when runner.py runs inside one: run.job must neither take
+        # that job's CPUs for its own (every local job would use them all) nor requeue it after USR1.
+        env = {name: value for name, value in os.environ.items() if name not in ("SLURM_JOB_ID", "SLURM_CPUS_PER_TASK")}
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", threads)
         gpus = self._next_gpus()
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        with open(script.parent / self.log_name, "ab") as log:
+        log_path = script.parent / self.log_name
+        try:  # as every file the project appends to in a run folder: never through a link
+            descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise SchedulerError(f"{log_path} is a symbolic link, and the project never writes through one; it was "
+                                 "left as it is: remove the link, then rerun") from None
+        with os.fdopen(descriptor, "ab") as log:
             process = subprocess.Popen(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=env)
         job_id = f"local-{process.pid}"
         self._jobs[job_id] = process
         self._job_gpus[job_id] = gpus
+        if self.stopped_by:  # it came while the job was being started, before it was known
+            process.send_signal(self.stopped_by)
         return job_id
 
     def live_jobs(self) -> dict[str, str]:
@@ -386,5 +418,27 @@ class LocalScheduler(Scheduler):
                 self._jobs[job_id].terminate()
 
     def wait_all(self) -> dict[str, int]:
-        statuses = {job_id: process.wait() for job_id, process in self._jobs.items()}
+        statuses = {job_id: shell_status(process.wait()) for job_id, process in self._jobs.items()}
         return {job_id: status for job_id, status in statuses.items() if status != 0}
+
+    STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+    @contextlib.contextmanager
+    def forwarding_stop_signals(self) -> Iterator[None]:
+        """Ctrl-C, a kill or a time limit on runner.py stops the sweep as it stops a cluster job:
+        each running job gets the signal, which its run.job passes on to its trainings (they stop
+        after their current step, status 75, last.pt intact), no further job starts, and runner.py
+        waits for them to end. Without this the jobs would train on, orphaned, with nothing to
+        count their outcome (or, after Ctrl-C, runner.py would end in a traceback)."""
+        def forward(signum: int, frame: object) -> None:
+            self.stopped_by = signal.Signals(signum)
+            for process in self._jobs.values():
+                if process.poll() is None:
+                    process.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in self.STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
