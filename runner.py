@@ -441,7 +441,7 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
         if scheduler.stopped_by:
             raise Interrupted(f"stopped by {scheduler.stopped_by.name}: its running jobs were stopped, each run keeping "
                               "its last.pt; run runner.py again to resume them")
-        return 1 if summary.failed or summary.crashed else 0
+        return 1 if summary.failed or summary.crashed else Interrupted.exit_code if summary.stopped else 0
     except (UsageError, Interrupted) as error:  # Interrupted: a stop signal while waiting for a data-set lock
         print(f"runner.py: error: {error}", file=sys.stderr)
         return error.exit_code

@@ -377,12 +377,14 @@ def test_every_value_reaches_the_training_script_intact(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("training", ["wait", "unprepared"])
-@pytest.mark.parametrize("signal_name, requeued", [("USR1", True), ("TERM", False)])
+@pytest.mark.parametrize("signal_name, forwarded, requeued", [("USR1", "USR1", True), ("TERM", "TERM", False), ("INT", "TERM", False)])
 def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
-        tmp_path: Path, experiments: Path, fake_bin: Path, signal_name: str, requeued: bool, training: str) -> None:
+        tmp_path: Path, experiments: Path, fake_bin: Path, signal_name: str, forwarded: str, requeued: bool,
+        training: str) -> None:
     """USR1 (SLURM's warning before the time limit): the training stops with 75 and the job
-    requeues itself. TERM (scancel, preemption): the training stops with 75, no requeue. A training
-    killed by the forwarded signal (it came before its handler) counts as stopped: 75 as well."""
+    requeues itself. TERM (scancel, preemption) or INT (Ctrl-C on a local sweep, passed on as TERM):
+    the training stops with 75, no requeue. A training killed by the forwarded signal (it came before
+    its handler) counts as stopped: 75 as well."""
     scontrol_log = tmp_path / "scontrol.log"
     tool(fake_bin, "scontrol", f'echo "$*" >> {scontrol_log}\n')
     python = tmp_path / "python"
@@ -403,7 +405,7 @@ def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
 
     assert job.wait(timeout=30) == 75
     if training == "wait":
-        assert (run.path / "signal.txt").read_text() == f"SIG{signal_name}"
+        assert (run.path / "signal.txt").read_text() == f"SIG{forwarded}"
     assert (scontrol_log.read_text() if scontrol_log.exists() else "") == ("requeue 4242\n" if requeued else "")
 
 
@@ -758,7 +760,8 @@ def test_a_stop_signal_to_a_local_sweep_stops_its_jobs_and_starts_no_more(
                                     "keeping its last.pt; run runner.py again to resume them\n"), out + err
     assert [(run / "signal.txt").read_text() for run in students[:2]] == ["SIGTERM", "SIGTERM"]  # run.job's forward
     assert not (students[2] / "argv.json").exists()
-    assert f"failed to submit {FEATUREMAP}/seed2: not started: runner.py was stopped by {stop.name}" in out
+    summary = "submitted 2 (teachers: 0), skipped as finished 0, skipped as queued or running 0, failed to submit 0, stopped 2, not started 1"
+    assert summary in out and f"stopped {FEATUREMAP}/seed0: it resumes from its last.pt when runner.py runs again" in out
     assert signal.getsignal(stop) == before  # the handler was runner.py's for the sweep only
 
 

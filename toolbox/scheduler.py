@@ -39,6 +39,10 @@ class SchedulerError(Exception):
     """The scheduler refused a request or could not be asked; the message is its own words."""
 
 
+class NotStarted(Exception):
+    """A job that was not started, and will not be in this sweep: a stop signal ended it (``LocalScheduler``)."""
+
+
 @dataclass(frozen=True)
 class Resources:
     """What each job asks for; an empty (or zero) value leaves the directive out."""
@@ -360,12 +364,14 @@ class LocalScheduler(Scheduler):
     def submit(self, script: Path, dependency: Optional[str] = None) -> str:
         if dependency is not None:
             status = shell_status(self._jobs[dependency].wait())
+            if self.stopped_by:  # the job it waited for was stopped with the sweep
+                raise NotStarted
             if status != 0:
                 raise SchedulerError(f"not run: job {dependency} it depends on exited with status {status}")
         while len(self.live_jobs()) >= self.parallel and not self.stopped_by:
             time.sleep(0.2)
         if self.stopped_by:
-            raise SchedulerError(f"not started: runner.py was stopped by {self.stopped_by.name}")
+            raise NotStarted
         # Share the cores between the jobs (and run.job shares a job's among its runs): torch's
         # threads spin, and more threads than cores make every run several times slower
         # (bench/RESULTS.md, "Threads on a shared CPU").

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from toolbox.errors import Interrupted
 from toolbox.rundir import (CONFLICTING, CORRUPT, FAILED, FINISHED, JOB_FILE, LAST_CHECKPOINT, NOT_STARTED, PACKED_LOG, PENDING, RUNNING,
                             SCRIPT_FILE, RunDir, RunState)
-from toolbox.scheduler import LocalScheduler, Resources, Scheduler, SchedulerError, render
+from toolbox.scheduler import LocalScheduler, NotStarted, Resources, Scheduler, SchedulerError, render
 from toolbox.sweep.folders import run_state
 from toolbox.sweep.grid import Run
 from toolbox.utils import atomic_write, atomic_write_json
@@ -77,15 +78,20 @@ class Summary:
     queued: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run, the scheduler's message)
     crashed: list[tuple[str, str]] = field(default_factory=list)  # local runs that ended badly
+    stopped: list[str] = field(default_factory=list)  # local runs that a stop signal stopped (75): they resume
     held_back: int = 0  # not submitted because of --max_queued
+    not_started: int = 0  # local runs not started because a stop signal ended the sweep
 
     def report(self, max_queued: int, dry_run: bool = False) -> str:
         lines = [f"{'would submit' if dry_run else 'submitted'} {len(self.submitted)} (teachers: {self.teachers}), skipped as finished "
                  f"{len(self.finished)}, skipped as queued or running {len(self.queued)}, failed to submit {len(self.failed)}"]
         if self.crashed:
             lines[0] += f", failed while running {len(self.crashed)}"
+        if self.stopped or self.not_started:
+            lines[0] += f", stopped {len(self.stopped)}, not started {self.not_started}"
         lines += [f"failed to submit {name}: {message}" for name, message in self.failed]
         lines += [f"failed while running {name}: {message}" for name, message in self.crashed]
+        lines += [f"stopped {name}: it resumes from its last.pt when runner.py runs again" for name in self.stopped]
         if self.held_back:
             lines.append(f"--max_queued {max_queued} reached: {self.held_back} runs remain; run runner.py again later")
         return "\n".join(lines)
@@ -137,6 +143,9 @@ class Submitter:
             except QueueFull:
                 self.summary.held_back += 1
                 return
+            except NotStarted:
+                self.summary.not_started += 1
+                return
             except SchedulerError as error:
                 self.summary.failed.append((run.name, str(error)))
                 self.out(f"{'failed':<12} {run.name}: {error}")
@@ -154,6 +163,8 @@ class Submitter:
             self.submit(runs, dependency)
         except QueueFull:
             self.summary.held_back += len(runs)
+        except NotStarted:
+            self.summary.not_started += len(runs)
         except SchedulerError as error:
             for run in runs:
                 self.summary.failed.append((run.name, str(error)))
@@ -243,7 +254,10 @@ class Submitter:
             runs = self.job_runs[job_id]
             log = PACKED_LOG if len(runs) > 1 else LocalScheduler.log_name
             for run in [run for run in runs if not RunDir(run.path).finished] or runs:
-                self.summary.crashed.append((run.name, f"exit status {status}, see its {log}"))
+                if status == Interrupted.exit_code:
+                    self.summary.stopped.append(run.name)
+                else:
+                    self.summary.crashed.append((run.name, f"exit status {status}, see its {log}"))
 
 
 def remove_created(script_path: Path, runs: list[Run], created: list[Path]) -> None:
@@ -265,7 +279,7 @@ def submit_grid(runs: list[Run], scheduler: Scheduler, settings: JobSettings, ma
     submitter = Submitter(scheduler, settings, max_queued, dry_run, out)
     for run in runs:  # the teachers first: a local student job waits for its teacher before the next is started
         if run.teacher and submitter.state(run).state in (FAILED, NOT_STARTED):
-            with contextlib.suppress(SchedulerError, QueueFull):  # reported with each student by visit
+            with contextlib.suppress(SchedulerError, QueueFull, NotStarted):  # reported with each student by visit
                 submitter.teacher_job(run)
     for run in runs:
         submitter.visit(run)
