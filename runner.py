@@ -17,9 +17,9 @@ whose teacher is not trained yet waits for the teacher's job, submitted first wh
 Cluster settings come from flags or TD_* environment variables (listed by --help). Exit status:
 0 done, 1 a run could not be submitted (or, with --scheduler local, failed) or the scheduler could not
 be asked, 2 bad input, 74 a write failed (a full disk, a read-only folder): no run folder is left
-half-made, so fix it and run runner.py again; 75 stopped by a signal: while waiting for a data set,
-or (--scheduler local) by Ctrl-C, SIGTERM or SIGUSR1, which reached its running jobs: their runs
-stopped after their current step, and runner.py run again resumes them.
+half-made, so fix it and run runner.py again; 75 stopped by Ctrl-C, SIGTERM or SIGUSR1 (between two
+submissions: every job submitted has its job.json; with --scheduler local the signal reaches the
+running jobs, whose runs stop after their current step): runner.py run again goes on.
 """
 
 from __future__ import annotations
@@ -434,17 +434,19 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
         if args.prepare_data:
             print("the grid's data sets are ready")
             return 0
-        with contextlib.nullcontext() if args.dry_run else exclusive(experiments_dir), scheduler.forwarding_stop_signals():
+        with contextlib.nullcontext() if args.dry_run else exclusive(experiments_dir), scheduler.stopping_on_signals():
             summary = submit_grid(runs, scheduler, settings, args.max_queued, args.dry_run,
                                   out=lambda line: print(line, flush=True))
         print(summary.report(args.max_queued, args.dry_run))
         if scheduler.stopped_by:
-            raise Interrupted(f"stopped by {scheduler.stopped_by.name}: its running jobs were stopped, each run keeping "
-                              "its last.pt; run runner.py again to resume them")
+            raise Interrupted(f"stopped by {scheduler.stopped_by.name}: {scheduler.stop_outcome}")
         return 1 if summary.failed or summary.crashed else Interrupted.exit_code if summary.stopped else 0
     except (UsageError, Interrupted) as error:  # Interrupted: a stop signal while waiting for a data-set lock
         print(f"runner.py: error: {error}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the jobs were submitted (preparing the data, reading the folders)
+        print("runner.py: error: stopped by SIGINT before submitting; run runner.py again", file=sys.stderr)
+        return Interrupted.exit_code
     except SchedulerError as error:
         print(f"runner.py: error: {error}", file=sys.stderr)
         return 1

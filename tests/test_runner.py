@@ -765,6 +765,41 @@ def test_a_stop_signal_to_a_local_sweep_stops_its_jobs_and_starts_no_more(
     assert signal.getsignal(stop) == before  # the handler was runner.py's for the sweep only
 
 
+def test_a_stop_signal_between_cluster_submissions_ends_the_sweep_and_keeps_what_was_submitted(
+        cli, experiments: Path) -> None:
+    """Ctrl-C on runner.py while it submits to SLURM takes effect between two submissions: the job
+    submitted when it came has its job.json (a job no file records would be submitted twice), no
+    further job is submitted, and runner.py exits 75 in one line; the next runner.py submits the rest."""
+    class InterruptedSlurm(FakeSlurm):
+        def submit(self, script: Path, dependency: Optional[str] = None) -> str:
+            job_id = super().submit(script, dependency)
+            if len(self.submitted) == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while sbatch answers
+            return job_id
+
+    make_run(experiments, TEACHER, "metrics.json", "ResNetBaby.pth")
+    argv = grid(experiments, "--distillations", "featuremap", "--runs", "3")
+    before = signal.getsignal(signal.SIGINT)
+    status, out, err = cli(argv, fake := InterruptedSlurm())
+
+    assert status == 75 and err == ("runner.py: error: stopped by SIGINT: the jobs submitted before it stay queued; run "
+                                    "runner.py again to submit the rest\n"), out + err
+    assert len(fake.submitted) == 1 and json.loads((fake.submitted[0][0].parent / "job.json").read_text())["job_id"] == "101"
+    assert "not started 2" in out and signal.getsignal(signal.SIGINT) == before
+    status, out, _ = cli(argv, FakeSlurm(live=fake.live))
+    assert status == 0 and "submitted 2 " in out and "skipped as queued or running 1" in out
+
+
+def test_ctrl_c_before_submitting_is_one_line(cli, experiments: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "prepare_data", interrupted)
+    status, out, err = cli(grid(experiments, "--distillations", "featuremap"), fake := FakeSlurm())
+    assert (status, err) == (75, "runner.py: error: stopped by SIGINT before submitting; run runner.py again\n")
+    assert not fake.submitted and not list(experiments.rglob("job.json"))
+
+
 def test_the_data_is_made_ready_before_any_job_is_submitted(cli, tmp_path: Path, experiments: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, ContextManager, Iterable, Iterator, Optional
+from typing import ClassVar, Iterable, Iterator, Optional
 
 from toolbox.errors import UsageError
 
@@ -149,7 +149,9 @@ class Scheduler(ABC):
     name: ClassVar[str]
     directive: ClassVar[str]
     stopped_by: Optional[signal.Signals] = None
-    """The stop signal that ended a sweep whose jobs this object runs itself (``LocalScheduler``)."""
+    """The stop signal (Ctrl-C, SIGTERM, SIGUSR1) that ended the sweep: no job is submitted after it."""
+    STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    stop_outcome: ClassVar[str] = "the jobs submitted before it stay queued; run runner.py again to submit the rest"
 
     def header_values(self, resources: Resources, run_dir: Path) -> dict[str, str]:
         """Values of this scheduler's header placeholders in run.job."""
@@ -186,10 +188,24 @@ class Scheduler(ABC):
         statuses by job id. Batch schedulers return at once: their jobs outlive runner.py."""
         return {}
 
-    def forwarding_stop_signals(self) -> ContextManager[None]:
-        """For the block, pass a stop signal that reaches runner.py on to the jobs it runs itself.
-        Batch schedulers' jobs outlive runner.py: nothing to pass on."""
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def stopping_on_signals(self) -> Iterator[None]:
+        """For the block, a stop signal to runner.py ends the sweep between two submissions, never
+        inside one (a job submitted with no job.json to record it would be submitted twice):
+        ``stopped_by`` is set and ``on_stop`` called; the sweep submits no further job."""
+        def stop(signum: int, frame: object) -> None:
+            self.stopped_by = signal.Signals(signum)
+            self.on_stop(self.stopped_by)
+
+        previous = {sig: signal.signal(sig, stop) for sig in self.STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def on_stop(self, stop: signal.Signals) -> None:
+        """What a stop signal does to the jobs submitted: batch jobs outlive runner.py, they run on."""
 
 
 class SlurmScheduler(Scheduler):
@@ -347,6 +363,7 @@ class LocalScheduler(Scheduler):
     side spread over the machine's GPUs as a cluster would place them."""
 
     name = "local"
+    stop_outcome = "its running jobs were stopped, each run keeping its last.pt; run runner.py again to resume them"
     directive = ""
     log_name = "local.out"
 
@@ -427,24 +444,12 @@ class LocalScheduler(Scheduler):
         statuses = {job_id: shell_status(process.wait()) for job_id, process in self._jobs.items()}
         return {job_id: status for job_id, status in statuses.items() if status != 0}
 
-    STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-
-    @contextlib.contextmanager
-    def forwarding_stop_signals(self) -> Iterator[None]:
+    def on_stop(self, stop: signal.Signals) -> None:
         """Ctrl-C, a kill or a time limit on runner.py stops the sweep as it stops a cluster job:
         each running job gets the signal, which its run.job passes on to its trainings (they stop
         after their current step, status 75, last.pt intact), no further job starts, and runner.py
         waits for them to end. Without this the jobs would train on, orphaned, with nothing to
-        count their outcome (or, after Ctrl-C, runner.py would end in a traceback)."""
-        def forward(signum: int, frame: object) -> None:
-            self.stopped_by = signal.Signals(signum)
-            for process in self._jobs.values():
-                if process.poll() is None:
-                    process.send_signal(signum)
-
-        previous = {sig: signal.signal(sig, forward) for sig in self.STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        count their outcome."""
+        for process in self._jobs.values():
+            if process.poll() is None:
+                process.send_signal(stop)

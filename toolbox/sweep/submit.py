@@ -211,6 +211,8 @@ class Submitter:
         """One job for ``runs``: its script in the first run's folder, a job.json in each."""
         if self.max_queued and self.queued >= self.max_queued:
             raise QueueFull
+        if self.scheduler.stopped_by:
+            raise NotStarted
         script = render_job(runs, self.scheduler, self.settings)
         after = f" after job {dependency}" if dependency else ""
         resumes = [" (resumes from last.pt)" if (run.path / LAST_CHECKPOINT).exists() else "" for run in runs]
