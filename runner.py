@@ -360,6 +360,9 @@ def job_settings(args: argparse.Namespace) -> JobSettings:
     if args.runs_per_gpu > 1 and resources.ranks > 1:
         raise UsageError(f"--runs_per_gpu {args.runs_per_gpu} packs small runs onto one GPU; a run over "
                          "--nodes/--gpus_per_node has GPUs of its own: give one of them")
+    if args.runs_per_gpu > 1 and args.gpus > 1:
+        raise UsageError(f"--runs_per_gpu {args.runs_per_gpu} packs runs onto one GPU, which they share; --gpus "
+                         f"{args.gpus} would give the job GPUs no run uses: pass --gpus 1 (the default), or 0 for CPU runs")
     if resources.ranks > 1 and args.gpus > 1:
         raise UsageError(f"--gpus {args.gpus} with --nodes/--gpus_per_node: each process gets one GPU; pass --gpus 1 "
                          "(the default), or 0 for CPU processes, and the GPUs per node with --gpus_per_node")

@@ -1117,11 +1117,14 @@ def test_a_stop_before_the_trainings_start_leaves_no_daemon_and_starts_none(
     assert calls.read_text() == "-d \n quit\n" + requeued
 
 
-def test_runs_per_gpu_is_refused_with_gpus_of_its_own(cli, experiments: Path) -> None:
-    flags = ["--runs_per_gpu", "2", "--gpus_per_node", "2"]
-    status, _, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), *flags], FakeSlurm())
+@pytest.mark.parametrize("flags, message", [
+    (["--gpus_per_node", "2"], "--runs_per_gpu 2 packs small runs onto one GPU; a run over --nodes/--gpus_per_node"),
+    (["--gpus", "2"], "--runs_per_gpu 2 packs runs onto one GPU, which they share; --gpus 2 would give the job GPUs no run uses"),
+])
+def test_runs_per_gpu_is_refused_with_gpus_of_its_own(cli, experiments: Path, flags: list[str], message: str) -> None:
+    status, _, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), "--runs_per_gpu", "2", *flags], FakeSlurm())
     assert status == 2 and err.count("\n") == 1, err
-    assert "--runs_per_gpu 2 packs small runs onto one GPU; a run over --nodes/--gpus_per_node" in err
+    assert message in err
     assert not experiments.exists()
 
 
