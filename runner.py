@@ -400,7 +400,10 @@ def ask(question: str) -> bool:
 # ---------------------------------------------------------------- main
 
 def check_folder(path: Path, flag: str) -> None:
-    """``path`` is, or can become, a folder: no file stands where it or a folder above it should be."""
+    """``path`` is, or can become, a folder: no file stands where it or a folder above it should be,
+    and its name is one line (job scripts hold it on one)."""
+    if "\n" in str(path) or "\r" in str(path):
+        raise UsageError(f"{flag} {str(path)!r} holds a line break, which no job script line can hold; pass another {flag}")
     existing = next(folder for folder in (path, *path.parents) if folder.exists())
     if not existing.is_dir():
         raise UsageError(f"{flag} {path} cannot be a folder: {existing} is not a folder; pass another {flag}")

@@ -967,6 +967,14 @@ def test_an_experiments_path_that_cannot_be_a_folder_is_one_line_with_status_2(
     assert taken.read_text() == "a user's file"
 
 
+def test_an_experiments_path_with_a_line_break_is_refused_before_anything_is_made(cli, tmp_path: Path) -> None:
+    experiments = tmp_path / "two\nlines"
+    status, _, err = cli(grid(experiments, "--distillations", "kd"), FakeSlurm())
+    assert status == 2 and err == (f"runner.py: error: --experiments_dir {str(experiments)!r} holds a line break, which no "
+                                   "job script line can hold; pass another --experiments_dir\n")
+    assert not experiments.exists()
+
+
 @pytest.mark.parametrize("failing", ["atomic_write", "atomic_write_json"])
 def test_a_failed_write_is_one_line_with_status_74_and_leaves_no_run_folder(
         cli, experiments: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
