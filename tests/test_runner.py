@@ -843,6 +843,33 @@ def test_cancel_cancels_only_the_live_jobs_runner_recorded(cli, experiments: Pat
     assert status == 0 and fake.cancelled == ["11"] and "cancelled 1 jobs" in out
 
 
+def test_cancel_stops_the_local_job_of_another_runner_once(cli, tmp_path: Path, experiments: Path) -> None:
+    """A pack's local job that another runner.py started (known by its process id and script): --cancel
+    sends it one SIGTERM, which run.job passes on to its trainings; a process id that runs something
+    else is not a job of ours and gets nothing."""
+    first, second = make_run(experiments, "a/seed0", "config.json"), make_run(experiments, "a/seed1", "config.json")
+    script = first / "run.job"
+    script.write_text(f"trap 'echo TERM >> {tmp_path / 'got'}; exit 75' TERM\nsleep 60 &\nwait $!\n")
+    job = subprocess.Popen(["bash", str(script)])
+    other = subprocess.Popen(["sleep", "60"])  # a process id recorded by a job.json, now another program's
+    try:
+        deadline = time.monotonic() + 10
+        while b"run.job" not in Path(f"/proc/{job.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for run, job_id, extra in ((first, job.pid, {}), (second, job.pid, {"script": str(script)}),
+                                   (make_run(experiments, "b/seed0", "config.json"), other.pid, {})):
+            (run / "job.json").write_text(json.dumps({"run": run.name, "job_id": f"local-{job_id}", "scheduler": "local", **extra}))
+        status, out, _ = cli(["--cancel", "--scheduler", "local", "--experiments_dir", str(experiments)])
+        assert status == 0 and "cancelled 1 jobs" in out and out.count(f"cancel local-{job.pid} (running)") == 2, out
+        assert job.wait(timeout=10) == 75 and (tmp_path / "got").read_text() == "TERM\n"
+        assert other.poll() is None
+    finally:
+        for process in (job, other):
+            process.kill()
+            process.wait()
+
+
 def test_clean_deletes_only_unfinished_runs_without_a_live_job(cli, experiments: Path) -> None:
     finished = make_run(experiments, "done/seed0", "metrics.json", "last.pt", "config.json")
     crashed = make_run(experiments, "crashed/deep/seed0", "config.json", "last.pt", job="5")

@@ -331,11 +331,15 @@ class RunDir:
             return RunState(RUNNING, job_id, holder)
         if job_id in live:  # the scheduler's RUNNING or PENDING
             return RunState(live[job_id].lower(), job_id)
-        script = self.path / job["script"] if job and isinstance(job.get("script"), str) else self.script  # packed: the job's
-        if scheduler == LocalScheduler.name and LocalScheduler.alive(job_id, script):  # another runner.py's job
+        if scheduler == LocalScheduler.name and LocalScheduler.alive(job_id, self.job_script(job)):  # another runner.py's job
             return RunState(RUNNING, job_id, "starting")
         started = job or saved is not None or self.last.exists()
         return RunState(FAILED if started else NOT_STARTED, job_id)
+
+    def job_script(self, job: Optional[dict]) -> Path:
+        """The script of the job that ``job`` (this run's job.json) records: a packed run's is in the
+        folder of the pack's first run."""
+        return self.path / job["script"] if job and isinstance(job.get("script"), str) else self.script
 
     # -- clean
 

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterable, Iterator, Optional
+from typing import Callable, ClassVar, Iterable, Iterator, Optional
 
 from toolbox.errors import UsageError
 
@@ -177,6 +177,10 @@ class Scheduler(ABC):
     @abstractmethod
     def cancel(self, ids: Iterable[str]) -> None:
         """Cancel these jobs."""
+
+    def runs(self, job_id: Optional[str], live: dict[str, str], script: Callable[[], Path]) -> bool:
+        """Whether job ``job_id`` (its script given on demand) is queued or running, so ``cancel`` can stop it."""
+        return job_id in live
 
     def final_states(self, ids: Iterable[str]) -> dict[str, str]:
         """How ended jobs ended (e.g. ``TIMEOUT``, ``FAILED exit 1``), where the scheduler keeps
@@ -435,10 +439,18 @@ class LocalScheduler(Scheduler):
             return False
         return any(os.fsencode(str(path)) in command for path in (script, script.resolve()))
 
+    def runs(self, job_id: Optional[str], live: dict[str, str], script: Callable[[], Path]) -> bool:
+        return job_id in live or self.alive(job_id, script())  # this runner.py's job, or another's
+
     def cancel(self, ids: Iterable[str]) -> None:
+        """SIGTERM to each job: its run.job stops its trainings (75, last.pt intact). A job of another
+        runner.py is known by its process id, checked (``alive``) just before."""
         for job_id in ids:
             if job_id in self._jobs:
                 self._jobs[job_id].terminate()
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(job_id.removeprefix("local-")), signal.SIGTERM)
 
     def wait_all(self) -> dict[str, int]:
         statuses = {job_id: shell_status(process.wait()) for job_id, process in self._jobs.items()}

@@ -42,10 +42,12 @@ def cancel_jobs(experiments_dir: Path, scheduler: Scheduler, out: Callable[[str]
     live = scheduler.live_jobs()
     ids = []
     for path in run_folders(experiments_dir):
-        state = RunDir(path).state(live, scheduler.name)
-        if state.job_id in live and state.state in (RUNNING, PENDING):
+        run = RunDir(path)
+        state = run.state(live, scheduler.name)
+        if state.state in (RUNNING, PENDING) and scheduler.runs(state.job_id, live, lambda: run.job_script(run.read_job())):
             ids.append(state.job_id)
             out(f"cancel {state.job_id} ({state.state})  {path.relative_to(experiments_dir)}")
+    ids = list(dict.fromkeys(ids))  # a pack's job once
     scheduler.cancel(ids)
     out(f"cancelled {len(ids)} jobs")
     return ids
