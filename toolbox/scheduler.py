@@ -40,7 +40,7 @@ class SchedulerError(Exception):
 
 
 class NotStarted(Exception):
-    """A job that was not started, and will not be in this sweep: a stop signal ended it (``LocalScheduler``)."""
+    """A job not submitted (or, by ``LocalScheduler``, not started), nor to be in this sweep: a stop signal ended it."""
 
 
 @dataclass(frozen=True)
