@@ -227,6 +227,17 @@ def test_stage_shapes(name: str) -> None:
     assert stage_shapes(name) == FEATURES[name][0]
 
 
+def test_a_network_pooled_for_smaller_images_is_refused_in_one_line() -> None:
+    """RepDistiller's resnet8..110, resnet8x4/32x4, wrn and ShuffleNets pool a fixed 8x8 or 4x4 map:
+    on Tiny ImageNet's 64x64 images their classifier would get a larger vector (a matmul error)."""
+    with pytest.raises(UsageError, match="resnet8x4 cannot take 64x64 images") as error:
+        stage_shapes("resnet8x4", image_size=64)
+    fitting = str(error.value).split("pick --teacher and --student from ")[1].split(", ")
+    assert {"vgg8", "MobileNetV2", "ResNet56", "resnet18"} <= set(fitting) and "resnet8x4" not in fitting
+    assert not {"resnet8", "wrn_40_2", "ShuffleV1", "ShuffleV2"} & set(fitting)
+    assert stage_shapes("vgg8", image_size=64)[-1] == (512, 4, 4)
+
+
 @pytest.mark.parametrize("name", list(FIELD_MODELS))
 def test_channels_last_forward_and_backward_reach_every_parameter(name: str) -> None:
     """Train mode, float32, a channels-last batch of 2: the outputs are RepDistiller's feature list

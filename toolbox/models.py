@@ -112,8 +112,22 @@ def build_model(name: str, num_classes: int) -> nn.Module:
 def stage_shapes(name: str, num_classes: int = 100, image_size: int = CIFAR_IMAGE_SIZE) -> tuple[tuple[int, int, int], ...]:
     """(C, H, W) of the model's outputs f0 (stem) .. fk (last stage) on ``image_size`` images, so
     ``len(...) - 1`` is its number of stages (``model.stages``). The number of classes changes no
-    map; it is accepted for symmetry with ``build_model``."""
-    return _traced_shapes(name, image_size)
+    map; it is accepted for symmetry with ``build_model``. A network whose pooling is sized for
+    smaller images (RepDistiller's fixed 8x8 and 4x4 pools) is refused in one line."""
+    try:
+        return _traced_shapes(name, image_size)
+    except RuntimeError:
+        fitting = [other for other in MODELS if _takes(other, image_size)]
+        raise UsageError(f"{name} cannot take {image_size}x{image_size} images: its pooling is sized for smaller ones; "
+                         f"for this --dataset pick --teacher and --student from {', '.join(fitting)}") from None
+
+
+def _takes(name: str, image_size: int) -> bool:
+    try:
+        _traced_shapes(name, image_size)
+    except RuntimeError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=None)
