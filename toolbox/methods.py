@@ -69,7 +69,10 @@ DISTILLERS: dict[str, type[Distiller]] = {
 
 def with_defaults(config: Config) -> Config:
     """``config`` with the flags left unset (None) given the defaults for this run: its recipe's for
-    the method (``--recipe imagenet``'s kd weights), else the method's own (as ``run_identity.method_default``)."""
+    the method (``--recipe imagenet``'s kd weights), else the method's own (as ``run_identity.method_default``).
+    Flags that ``Config`` gives a value of its own (``epochs``, ``kd_temperature``, ...) keep it: the
+    recipe's values for those come from ``parse_config``, so build a run's ``Config`` with it, e.g.
+    ``parse_config(["--recipe", "imagenet", ...])``, not ``Config(recipe="imagenet")``."""
     own = {**DISTILLERS[config.distillation].defaults_for(config),
            **run_recipe(config)}
     return dataclasses.replace(config, **{name: value for name, value in own.items() if getattr(config, name) is None})
