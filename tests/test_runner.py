@@ -761,7 +761,7 @@ def test_a_stop_signal_to_a_local_sweep_stops_its_jobs_and_starts_no_more(
     assert [(run / "signal.txt").read_text() for run in students[:2]] == ["SIGTERM", "SIGTERM"]  # run.job's forward
     assert not (students[2] / "argv.json").exists()
     summary = "submitted 2 (teachers: 0), skipped as finished 0, skipped as queued or running 0, failed to submit 0, stopped 2, not started 1"
-    assert summary in out and f"stopped {FEATUREMAP}/seed0: it resumes from its last.pt when runner.py runs again" in out
+    assert summary in out and f"stopped {FEATUREMAP}/seed0: runner.py run again resumes it" in out
     assert signal.getsignal(stop) == before  # the handler was runner.py's for the sweep only
 
 

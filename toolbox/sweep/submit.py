@@ -91,7 +91,7 @@ class Summary:
             lines[0] += f", stopped {len(self.stopped)}, not started {self.not_started}"
         lines += [f"failed to submit {name}: {message}" for name, message in self.failed]
         lines += [f"failed while running {name}: {message}" for name, message in self.crashed]
-        lines += [f"stopped {name}: it resumes from its last.pt when runner.py runs again" for name in self.stopped]
+        lines += [f"stopped {name}: runner.py run again resumes it" for name in self.stopped]
         if self.held_back:
             lines.append(f"--max_queued {max_queued} reached: {self.held_back} runs remain; run runner.py again later")
         return "\n".join(lines)
