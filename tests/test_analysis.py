@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +27,7 @@ from toolbox.config import Config, recipe_defaults
 from toolbox.errors import UsageError
 from toolbox.methods import with_defaults
 from toolbox.models import build_model
-from toolbox.rundir import resolve
+from toolbox.rundir import CORRUPT, RunDir, resolve
 from toolbox.tucker import recompose, relative_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,6 +123,33 @@ def test_unfinished_and_unreadable_runs_are_listed_apart(tree: Path) -> None:
     assert pending.loc["broken/run", "status"].startswith("unreadable")
     assert len(runs.finished) == 9 and not set(pending.index) & set(runs.finished["run"])
     assert analysis.describe(runs).startswith("9 finished runs in 5 configurations")
+
+
+def test_a_fifo_in_place_of_a_run_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    """Reading a FIFO named metrics.json or config.json would wait for a writer forever (the
+    notebook, util.sh status and clean alike)."""
+    finished = tmp_path / write_run(tmp_path, [40, 50], distillation="none")
+    fifo_metrics = tmp_path / write_run(tmp_path, None, distillation="none", seed=1)
+    os.mkfifo(fifo_metrics / "metrics.json")
+    fifo_config = tmp_path / "fifo"
+    fifo_config.mkdir()
+    os.mkfifo(fifo_config / "config.json")
+    def waited(*_: Any) -> None:
+        pytest.fail("waited for a writer of a FIFO")  # not an OSError, which the readers catch
+
+    previous = signal.signal(signal.SIGALRM, waited)  # a regression waits forever: fail instead
+    signal.alarm(20)
+    try:
+        runs = analysis.load_runs(tmp_path)
+        state = RunDir(fifo_metrics).state({}, "local")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert runs.finished["run"].tolist() == [finished.relative_to(tmp_path).as_posix()]
+    status = runs.pending.set_index("run")["status"]
+    for folder, name in ((fifo_metrics, "metrics.json"), (fifo_config, "config.json")):
+        assert f"{folder / name} is unreadable (not a regular file)" in status[folder.relative_to(tmp_path).as_posix()]
+    assert state.state == CORRUPT and "not a regular file" in state.detail
 
 
 def test_curves_are_means_and_sample_deviations_per_epoch(tree: Path) -> None:
