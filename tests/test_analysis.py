@@ -152,6 +152,32 @@ def test_a_fifo_in_place_of_a_run_file_is_refused_without_waiting(tmp_path: Path
     assert state.state == CORRUPT and "not a regular file" in state.detail
 
 
+def test_damaged_numbers_are_listed_as_unreadable_naming_file_and_entry(tmp_path: Path) -> None:
+    """What training never writes (a text or NaN accuracy, no epoch, a list as a flag, a config
+    without its 'config') is one line naming the file and the entry, never a traceback or a NaN mean."""
+    write_run(tmp_path, [40, 50], distillation="none")
+    damages = {
+        "nan": ("metrics.json", lambda d: d.update(test_acc=[math.nan, 50.0]), "'test_acc' is not a list of finite numbers"),
+        "inf": ("metrics.json", lambda d: d.update(best_test_acc=math.inf), "'best_test_acc' is inf, not a finite number"),
+        "text": ("metrics.json", lambda d: d.update(train_acc=["1"]), "'train_acc' is not a list of finite numbers"),
+        "none": ("metrics.json", lambda d: d.update(best_test_acc=None), "'best_test_acc' is None"),
+        "empty": ("metrics.json", lambda d: d.update(test_acc=[]), "holds no epoch"),
+        "list": ("config.json", lambda d: d["config"].update(beta=[1]), "'beta' is [1]"),
+        "seed": ("config.json", lambda d: d["config"].update(seed="0"), "'seed' is '0'"),
+        "null": ("config.json", lambda d: d.update(config=None), "no 'config' entry"),
+    }
+    for seed, (case, (file, damage, message)) in enumerate(damages.items(), start=1):
+        path = tmp_path / write_run(tmp_path, [40, 50], distillation="none", seed=seed, experiment_name=case) / file
+        data = json.loads(path.read_text())
+        damage(data)
+        path.write_text(json.dumps(data))
+    runs = analysis.load_runs(tmp_path)
+    status = runs.pending.set_index("run")["status"]
+    for case, (file, _, message) in damages.items():
+        assert f"{tmp_path / case / file} " in status[case] and message in status[case], status[case]
+    assert len(runs.finished) == 1 and analysis.summarize(runs)["best_test_acc_mean"].tolist() == [50]
+
+
 def test_curves_are_means_and_sample_deviations_per_epoch(tree: Path) -> None:
     curves = analysis.curves(analysis.load_runs(tree), "test_acc").set_index(["label", "epoch"])
     assert curves.loc[("featuremap", 1), ["mean", "std", "runs"]].tolist() == pytest.approx([51, math.sqrt(2), 2])

@@ -165,6 +165,35 @@ class Runs:
     pending: pd.DataFrame
 
 
+ACCURACY_CURVES = frozenset({"test_acc", "train_acc"})
+"""Curves of percentages: a NaN there is damage, where a loss curve may hold the NaN of a diverged run."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_record(run: RunDir, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
+    """Refuse, naming the file and the entry, what training never writes: a table built from it
+    would fail far from the cause (a text where a number belongs) or turn a whole configuration's
+    mean into NaN (one NaN accuracy)."""
+    bad = next((flag for flag, value in config.items() if not (value is None or isinstance(value, (str, int, float)))), None)
+    if bad is not None or not _is_number(config.get("seed")) or config["seed"] != int(config["seed"]):
+        raise UsageError(f"{run.config} is damaged ({bad or 'seed'!r} is {config.get(bad or 'seed')!r}); it was left as it is")
+    for curve in CURVES:
+        values = metrics.get(curve)
+        if not isinstance(values, list) or not all(_is_number(v) for v in values) or (
+                curve in ACCURACY_CURVES and not all(math.isfinite(v) for v in values)):
+            raise UsageError(f"{run.metrics} is damaged ({curve!r} is not a list of "
+                             f"{'finite ' if curve in ACCURACY_CURVES else ''}numbers); it was left as it is")
+    if not metrics["test_acc"]:
+        raise UsageError(f"{run.metrics} holds no epoch (its 'test_acc' is empty); it was left as it is")
+    for entry in ("best_test_acc", "best_epoch", "wall_time_s"):
+        if not _is_number(metrics.get(entry)) or not math.isfinite(metrics[entry]):
+            raise UsageError(f"{run.metrics} is damaged ({entry!r} is {metrics.get(entry)!r}, not a finite number); "
+                             "it was left as it is")
+
+
 def _run_record(name: str, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
     flags = identity(config)
     return {
@@ -215,13 +244,14 @@ def load_runs(experiments_dir: str | Path) -> Runs:
         run = RunDir(config_path.parent)
         name = run.path.relative_to(folder).as_posix()
         try:
-            config = run.read_json(run.config)["config"]
-            if config.get("teacher_checkpoint"):
+            config = run.saved_config()
+            if isinstance(config.get("teacher_checkpoint"), str):
                 teacher_folders.add(Path(config["teacher_checkpoint"]).parent.as_posix())
             metrics = run.read_json(run.metrics)
             if metrics is None:
                 pending.append({"run": name, "status": "unfinished", **{k: config.get(k) for k in PENDING_COLUMNS[2:]}})
             else:
+                _check_record(run, config, metrics)
                 finished.append(_run_record(name, config, metrics))
         except (UsageError, KeyError, TypeError, IndexError, ValueError) as error:
             pending.append({"run": name, "status": f"unreadable ({type(error).__name__}: {error})"})
