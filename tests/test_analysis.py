@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -176,6 +177,20 @@ def test_damaged_numbers_are_listed_as_unreadable_naming_file_and_entry(tmp_path
     for case, (file, _, message) in damages.items():
         assert f"{tmp_path / case / file} " in status[case] and message in status[case], status[case]
     assert len(runs.finished) == 1 and analysis.summarize(runs)["best_test_acc_mean"].tolist() == [50]
+
+
+def test_a_copy_of_a_run_is_counted_once(tmp_path: Path) -> None:
+    """A backup copied inside the experiments folder holds the same configuration and seeds: counted
+    twice it would halve the spread's share of each seed and narrow every interval."""
+    runs = [write_run(tmp_path, acc, distillation="none", seed=seed) for seed, acc in enumerate([[40, 50], [44, 46]])]
+    shutil.copytree(tmp_path / "digits", tmp_path / "a backup" / "digits")
+    loaded = analysis.load_runs(tmp_path)
+    assert sorted(loaded.finished["run"]) == runs
+    status = loaded.pending.set_index("run")["status"]
+    assert status[f"a backup/{runs[0]}"] == f"duplicate of {runs[0]} (same configuration and seed): not counted"
+    row = analysis.expectation_table(loaded).iloc[0]
+    assert (row["n"], row["mean"], row["std"]) == (2, 48, pytest.approx(math.sqrt(8)))
+    assert analysis.summarize(loaded)["runs"].tolist() == [2]
 
 
 def test_curves_are_means_and_sample_deviations_per_epoch(tree: Path) -> None:

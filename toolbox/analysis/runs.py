@@ -202,7 +202,7 @@ def _run_record(name: str, config: Mapping[str, Any], metrics: Mapping[str, Any]
         "family": family(config),
         "key": json.dumps(flags, sort_keys=True),
         **flags,
-        "seed": config["seed"],
+        "seed": int(config["seed"]),
         "best_test_acc": metrics["best_test_acc"],
         "final_test_acc": metrics["test_acc"][-1],
         "best_epoch": metrics["best_epoch"],
@@ -233,18 +233,34 @@ def _plain_roles(finished: pd.DataFrame, teacher_folders: set[str]) -> pd.Series
     return plain["key"].map(roles)
 
 
+def _one_run_per_seed(finished: list[dict[str, Any]], at_home: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The runs with one run per configuration and seed, and the others as pending. Two runs of the
+    same flags and seed (a copy of a run, a backup inside the experiments folder, the same run
+    trained on two machines) are one sample: counting both would shrink the spread over seeds, and
+    pairing by seed would keep one at random. The run in the folder its config.json names is kept,
+    else the first by folder name."""
+    kept: dict[tuple[str, int], str] = {}
+    for record in sorted(finished, key=lambda record: record["run"] not in at_home):  # stable: folder order
+        kept.setdefault((record["key"], record["seed"]), record["run"])
+    duplicates = [{"run": record["run"], "status": f"duplicate of {original} (same configuration and seed): not counted"}
+                  for record in finished if (original := kept[(record["key"], record["seed"])]) != record["run"]]
+    return [record for record in finished if kept[(record["key"], record["seed"])] == record["run"]], duplicates
+
+
 def load_runs(experiments_dir: str | Path) -> Runs:
     """Every run folder (a folder with ``config.json``) under ``experiments_dir``; a run whose
     files cannot be read is listed as pending with the reason, not dropped."""
     folder = Path(experiments_dir)
     if not folder.is_dir():
         raise UsageError(f"experiments folder {folder} does not exist (set EXPERIMENTS_DIR to a folder of runs)")
-    finished, pending, teacher_folders = [], [], set()
+    finished, pending, teacher_folders, at_home = [], [], set(), set()
     for config_path in sorted(folder.rglob(CONFIG_FILE)):
         run = RunDir(config_path.parent)
         name = run.path.relative_to(folder).as_posix()
         try:
             config = run.saved_config()
+            if config is None:  # removed since the folder was listed (./util.sh clean)
+                continue
             if isinstance(config.get("teacher_checkpoint"), str):
                 teacher_folders.add(Path(config["teacher_checkpoint"]).parent.as_posix())
             metrics = run.read_json(run.metrics)
@@ -253,8 +269,12 @@ def load_runs(experiments_dir: str | Path) -> Runs:
             else:
                 _check_record(run, config, metrics)
                 finished.append(_run_record(name, config, metrics))
+                if name == config["experiment_name"]:
+                    at_home.add(name)
         except (UsageError, KeyError, TypeError, IndexError, ValueError) as error:
             pending.append({"run": name, "status": f"unreadable ({type(error).__name__}: {error})"})
+    finished, duplicates = _one_run_per_seed(finished, at_home)
+    pending += duplicates
     empty_columns = ["run", *NAME_COLUMNS, *SHOWN_FLAGS, "feature_layer", *RUN_STATS, *CURVES]
     finished_table = _table(finished, RUN_STATS, empty_columns)
     roles = _plain_roles(finished_table, teacher_folders)
