@@ -294,9 +294,10 @@ def test_expectation_table_and_its_markdown(tree: Path) -> None:
     assert lines[0] == "| method | n | mean ± std | 95% CI | Δ vs student alone [95% CI] | p (paired t) |"
     assert lines[2] == "| student alone | 2 | 51.00 ± 1.41 | [38.29, 63.71] | reference |  |"
     assert lines[4] == "| featuremap | 2 | 68.00 ± 2.83 | [42.59, 93.41] | +17.00 [-21.12, 55.12] | 0.111 |"
+    assert lines[3] == "| tucker_x0.5 | 3 | 72.33 ± 1.53 | [68.54, 76.13] | +22.00 [22.00, 22.00] (2 of 3 seeds paired) |  |"
     assert lines[5] == "| recomp_both_x0.25 | 1 | 65.00 |  | +15.00 |  |"
     report = analysis.expectation_report(runs, "last")
-    assert report.startswith("Test accuracy of the last epoch") and "**digits**" in report
+    assert report.startswith("Test accuracy of the last epoch (the statistic RepDistiller reports)") and "**digits**" in report
     assert "| featuremap | 2 | 67.00 ± 4.24 |" in report
     assert analysis.expectation_report(analysis.load_runs(tree / "broken")).startswith("No finished runs")
 
