@@ -193,6 +193,26 @@ def test_a_copy_of_a_run_is_counted_once(tmp_path: Path) -> None:
     assert analysis.summarize(loaded)["runs"].tolist() == [2]
 
 
+def test_a_folder_that_cannot_be_listed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder without read permission (chmod 000) hides its runs: say so rather than leave a
+    method out of the tables without a word. Listing it is refused here by a stand-in for the
+    kernel, since the tests may run as root, whom permissions do not stop."""
+    write_run(tmp_path, [40, 50], distillation="none")
+    closed = tmp_path / write_run(tmp_path, [40, 60], distillation="kd")
+    listing = os.scandir
+
+    def refusing(path: Any = ".") -> Any:
+        if Path(path) == closed:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    runs = analysis.load_runs(tmp_path)
+    assert len(runs.finished) == 1
+    status = runs.pending.set_index("run")["status"]
+    assert status[closed.relative_to(tmp_path).as_posix()].startswith("unreadable folder (Permission denied)")
+
+
 def test_curves_are_means_and_sample_deviations_per_epoch(tree: Path) -> None:
     curves = analysis.curves(analysis.load_runs(tree), "test_acc").set_index(["label", "epoch"])
     assert curves.loc[("featuremap", 1), ["mean", "std", "runs"]].tolist() == pytest.approx([51, math.sqrt(2), 2])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -233,6 +234,17 @@ def _plain_roles(finished: pd.DataFrame, teacher_folders: set[str]) -> pd.Series
     return plain["key"].map(roles)
 
 
+def _config_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The config.json files under ``folder`` (links to folders are not followed: a run must lie
+    inside), and the folders that could not be listed with the reason: ``Path.rglob`` skips those
+    silently, and a whole method would be missing from the tables without a word."""
+    closed: list[tuple[Path, str]] = []
+    found = [Path(parent) / CONFIG_FILE for parent, _, files in
+             os.walk(folder, onerror=lambda error: closed.append((Path(error.filename), error.strerror or str(error))))
+             if CONFIG_FILE in files]
+    return sorted(found), sorted(closed)
+
+
 def _one_run_per_seed(finished: list[dict[str, Any]], at_home: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The runs with one run per configuration and seed, and the others as pending. Two runs of the
     same flags and seed (a copy of a run, a backup inside the experiments folder, the same run
@@ -254,7 +266,10 @@ def load_runs(experiments_dir: str | Path) -> Runs:
     if not folder.is_dir():
         raise UsageError(f"experiments folder {folder} does not exist (set EXPERIMENTS_DIR to a folder of runs)")
     finished, pending, teacher_folders, at_home = [], [], set(), set()
-    for config_path in sorted(folder.rglob(CONFIG_FILE)):
+    config_paths, closed = _config_files(folder)
+    pending += [{"run": path.relative_to(folder).as_posix(), "status": f"unreadable folder ({reason}): runs in it, if "
+                 "any, are not counted"} for path, reason in closed]
+    for config_path in config_paths:
         run = RunDir(config_path.parent)
         name = run.path.relative_to(folder).as_posix()
         try:
