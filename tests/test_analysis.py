@@ -233,6 +233,22 @@ def test_exports_csv_and_markdown(tree: Path, tmp_path: Path) -> None:
     assert "| recomp_both_x0.25 |" in lines[4] and "| 65.00 |  |" in lines[4]  # NaN std left blank
 
 
+def test_exports_never_write_through_a_link(tree: Path, tmp_path: Path) -> None:
+    """A link planted where a table goes is refused and kept, and the file it points to unchanged."""
+    runs = analysis.load_runs(tree)
+    theirs = tmp_path / "notes.md"
+    theirs.write_text("mine")
+    for name, export in (("summary.md", lambda: analysis.export_summary(analysis.summarize(runs), tmp_path / "out")),
+                         ("what_to_expect.md", lambda: analysis.export_expectations(runs, tmp_path / "out")),
+                         ("benchmark_best.md", lambda: analysis.export_benchmark({"best": "table"}, tmp_path / "out"))):
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / name).symlink_to(theirs)
+        with pytest.raises(UsageError, match=f"{name} is a symbolic link"):
+            export()
+        assert theirs.read_text() == "mine" and (tmp_path / "out" / name).is_symlink()
+        assert not [path.name for path in (tmp_path / "out").iterdir() if path.name.endswith(".tmp")]
+
+
 def test_rank_table_places_tucker_variants_by_channel_rank(summary: pd.DataFrame) -> None:
     table = analysis.rank_table(summary.reset_index())
     assert table[["line", "channel_rank", "channel_fraction"]].values.tolist() == [["recomp_both", 16, 0.25], ["tucker", 32, 0.5]]

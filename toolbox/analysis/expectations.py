@@ -19,7 +19,7 @@ import scipy.stats
 
 from toolbox.analysis.benchmark import BENCHMARK_STATISTICS, _mean_std
 from toolbox.analysis.runs import PLAIN_ROLES, REFERENCE, Runs, _isset, _table
-from toolbox.analysis.summary import _output_folder, baseline, summarize
+from toolbox.analysis.summary import _output_folder, baseline, summarize, write_output
 from toolbox.errors import UsageError
 from toolbox.utils import markdown_table
 
@@ -147,5 +147,6 @@ def export_expectations(runs: Runs, folder: str | Path, statistic: str = "best")
     if runs.finished.empty:
         return []
     path = _output_folder(folder) / "what_to_expect.md"
-    path.write_text(expectation_report(runs, statistic) + "\n")
+    report = expectation_report(runs, statistic) + "\n"
+    write_output(path, lambda temporary: temporary.write_text(report))
     return [path]
