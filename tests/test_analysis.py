@@ -8,6 +8,8 @@ import json
 import math
 import os
 import re
+import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +28,7 @@ from toolbox.config import Config, recipe_defaults
 from toolbox.errors import UsageError
 from toolbox.methods import with_defaults
 from toolbox.models import build_model
-from toolbox.rundir import resolve
+from toolbox.rundir import CORRUPT, RunDir, resolve
 from toolbox.tucker import recompose, relative_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +126,93 @@ def test_unfinished_and_unreadable_runs_are_listed_apart(tree: Path) -> None:
     assert analysis.describe(runs).startswith("9 finished runs in 5 configurations")
 
 
+def test_a_fifo_in_place_of_a_run_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    """Reading a FIFO named metrics.json or config.json would wait for a writer forever (the
+    notebook, util.sh status and clean alike)."""
+    finished = tmp_path / write_run(tmp_path, [40, 50], distillation="none")
+    fifo_metrics = tmp_path / write_run(tmp_path, None, distillation="none", seed=1)
+    os.mkfifo(fifo_metrics / "metrics.json")
+    fifo_config = tmp_path / "fifo"
+    fifo_config.mkdir()
+    os.mkfifo(fifo_config / "config.json")
+    def waited(*_: Any) -> None:
+        pytest.fail("waited for a writer of a FIFO")  # not an OSError, which the readers catch
+
+    previous = signal.signal(signal.SIGALRM, waited)  # a regression waits forever: fail instead
+    signal.alarm(20)
+    try:
+        runs = analysis.load_runs(tmp_path)
+        state = RunDir(fifo_metrics).state({}, "local")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert runs.finished["run"].tolist() == [finished.relative_to(tmp_path).as_posix()]
+    status = runs.pending.set_index("run")["status"]
+    for folder, name in ((fifo_metrics, "metrics.json"), (fifo_config, "config.json")):
+        assert f"{folder / name} is unreadable (not a regular file)" in status[folder.relative_to(tmp_path).as_posix()]
+    assert state.state == CORRUPT and "not a regular file" in state.detail
+
+
+def test_damaged_numbers_are_listed_as_unreadable_naming_file_and_entry(tmp_path: Path) -> None:
+    """What training never writes (a text or NaN accuracy, no epoch, a list as a flag, a config
+    without its 'config') is one line naming the file and the entry, never a traceback or a NaN mean."""
+    write_run(tmp_path, [40, 50], distillation="none")
+    damages = {
+        "nan": ("metrics.json", lambda d: d.update(test_acc=[math.nan, 50.0]), "'test_acc' is not a list of finite numbers"),
+        "inf": ("metrics.json", lambda d: d.update(best_test_acc=math.inf), "'best_test_acc' is inf, not a finite number"),
+        "text": ("metrics.json", lambda d: d.update(train_acc=["1"]), "'train_acc' is not a list of finite numbers"),
+        "none": ("metrics.json", lambda d: d.update(best_test_acc=None), "'best_test_acc' is None"),
+        "empty": ("metrics.json", lambda d: d.update(test_acc=[]), "holds no epoch"),
+        "list": ("config.json", lambda d: d["config"].update(beta=[1]), "'beta' is [1]"),
+        "seed": ("config.json", lambda d: d["config"].update(seed="0"), "'seed' is '0'"),
+        "null": ("config.json", lambda d: d.update(config=None), "no 'config' entry"),
+    }
+    for seed, (case, (file, damage, message)) in enumerate(damages.items(), start=1):
+        path = tmp_path / write_run(tmp_path, [40, 50], distillation="none", seed=seed, experiment_name=case) / file
+        data = json.loads(path.read_text())
+        damage(data)
+        path.write_text(json.dumps(data))
+    runs = analysis.load_runs(tmp_path)
+    status = runs.pending.set_index("run")["status"]
+    for case, (file, _, message) in damages.items():
+        assert f"{tmp_path / case / file} " in status[case] and message in status[case], status[case]
+    assert len(runs.finished) == 1 and analysis.summarize(runs)["best_test_acc_mean"].tolist() == [50]
+
+
+def test_a_copy_of_a_run_is_counted_once(tmp_path: Path) -> None:
+    """A backup copied inside the experiments folder holds the same configuration and seeds: counted
+    twice it would halve the spread's share of each seed and narrow every interval."""
+    runs = [write_run(tmp_path, acc, distillation="none", seed=seed) for seed, acc in enumerate([[40, 50], [44, 46]])]
+    shutil.copytree(tmp_path / "digits", tmp_path / "a backup" / "digits")
+    loaded = analysis.load_runs(tmp_path)
+    assert sorted(loaded.finished["run"]) == runs
+    status = loaded.pending.set_index("run")["status"]
+    assert status[f"a backup/{runs[0]}"] == f"duplicate of {runs[0]} (same configuration and seed): not counted"
+    row = analysis.expectation_table(loaded).iloc[0]
+    assert (row["n"], row["mean"], row["std"]) == (2, 48, pytest.approx(math.sqrt(8)))
+    assert analysis.summarize(loaded)["runs"].tolist() == [2]
+
+
+def test_a_folder_that_cannot_be_listed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder without read permission (chmod 000) hides its runs: say so rather than leave a
+    method out of the tables without a word. Listing it is refused here by a stand-in for the
+    kernel, since the tests may run as root, whom permissions do not stop."""
+    write_run(tmp_path, [40, 50], distillation="none")
+    closed = tmp_path / write_run(tmp_path, [40, 60], distillation="kd")
+    listing = os.scandir
+
+    def refusing(path: Any = ".") -> Any:
+        if Path(path) == closed:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    runs = analysis.load_runs(tmp_path)
+    assert len(runs.finished) == 1
+    status = runs.pending.set_index("run")["status"]
+    assert status[closed.relative_to(tmp_path).as_posix()].startswith("unreadable folder (Permission denied)")
+
+
 def test_curves_are_means_and_sample_deviations_per_epoch(tree: Path) -> None:
     curves = analysis.curves(analysis.load_runs(tree), "test_acc").set_index(["label", "epoch"])
     assert curves.loc[("featuremap", 1), ["mean", "std", "runs"]].tolist() == pytest.approx([51, math.sqrt(2), 2])
@@ -142,6 +231,22 @@ def test_exports_csv_and_markdown(tree: Path, tmp_path: Path) -> None:
     lines = markdown_path.read_text().splitlines()
     assert len(lines) == 2 + len(summary) and lines[0].startswith("| method | distillation | dataset")
     assert "| recomp_both_x0.25 |" in lines[4] and "| 65.00 |  |" in lines[4]  # NaN std left blank
+
+
+def test_exports_never_write_through_a_link(tree: Path, tmp_path: Path) -> None:
+    """A link planted where a table goes is refused and kept, and the file it points to unchanged."""
+    runs = analysis.load_runs(tree)
+    theirs = tmp_path / "notes.md"
+    theirs.write_text("mine")
+    for name, export in (("summary.md", lambda: analysis.export_summary(analysis.summarize(runs), tmp_path / "out")),
+                         ("what_to_expect.md", lambda: analysis.export_expectations(runs, tmp_path / "out")),
+                         ("benchmark_best.md", lambda: analysis.export_benchmark({"best": "table"}, tmp_path / "out"))):
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / name).symlink_to(theirs)
+        with pytest.raises(UsageError, match=f"{name} is a symbolic link"):
+            export()
+        assert theirs.read_text() == "mine" and (tmp_path / "out" / name).is_symlink()
+        assert not [path.name for path in (tmp_path / "out").iterdir() if path.name.endswith(".tmp")]
 
 
 def test_rank_table_places_tucker_variants_by_channel_rank(summary: pd.DataFrame) -> None:
@@ -225,9 +330,10 @@ def test_expectation_table_and_its_markdown(tree: Path) -> None:
     assert lines[0] == "| method | n | mean ± std | 95% CI | Δ vs student alone [95% CI] | p (paired t) |"
     assert lines[2] == "| student alone | 2 | 51.00 ± 1.41 | [38.29, 63.71] | reference |  |"
     assert lines[4] == "| featuremap | 2 | 68.00 ± 2.83 | [42.59, 93.41] | +17.00 [-21.12, 55.12] | 0.111 |"
+    assert lines[3] == "| tucker_x0.5 | 3 | 72.33 ± 1.53 | [68.54, 76.13] | +22.00 [22.00, 22.00] (2 of 3 seeds paired) |  |"
     assert lines[5] == "| recomp_both_x0.25 | 1 | 65.00 |  | +15.00 |  |"
     report = analysis.expectation_report(runs, "last")
-    assert report.startswith("Test accuracy of the last epoch") and "**digits**" in report
+    assert report.startswith("Test accuracy of the last epoch (the statistic RepDistiller reports)") and "**digits**" in report
     assert "| featuremap | 2 | 67.00 ± 4.24 |" in report
     assert analysis.expectation_report(analysis.load_runs(tree / "broken")).startswith("No finished runs")
 

@@ -891,6 +891,12 @@ def test_clean_deletes_only_unfinished_runs_without_a_live_job(cli, experiments:
     assert (finished / "metrics.json").exists() and (finished / "last.pt").exists()
     assert (live / "config.json").exists() and (around / "config.json").exists()
 
+    queued = make_run(experiments, "queued/seed0", "config.json", job="7")  # in SLURM's queue, not the local one
+    age(experiments)
+    lines: list[str] = []
+    assert sweep.clean(experiments, LocalScheduler(1), confirm=lambda question: True, out=lines.append) == []
+    assert (queued / "job.json").exists() and any("clean with --scheduler slurm" in line for line in lines)
+
 
 def test_local_runs_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two local runs at a time on this machine get half its usable cores' threads each (at least

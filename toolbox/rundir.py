@@ -20,6 +20,7 @@ import json
 import os
 import re
 import socket
+import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,6 +86,15 @@ def open_nofollow(path: Path, flags: int) -> int:
     raise UsageError(f"{path} is a symbolic link, and the project never writes through one; it was left as it is: "
                      "remove the link, then rerun")
 
+def regular_file_text(path: Path) -> str:
+    """The text of ``path``, refused (``OSError``) unless it is a regular file: reading a FIFO put in
+    a run folder would wait forever for a writer, and a device could be endless."""
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError("not a regular file")
+        return handle.read().decode()
+
+
 FINISHED, RUNNING, PENDING, FAILED, NOT_STARTED = "finished", "running", "pending", "failed", "not started"
 CONFLICTING, CORRUPT = "conflicting", "corrupt"
 
@@ -124,7 +134,7 @@ class RunDir:
         if not path.exists():
             return None
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(regular_file_text(path))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise UsageError(f"{path} is unreadable ({error}); it was left as it is: restore it, or move the run "
                              f"folder {self.path} away and start the run afresh") from None

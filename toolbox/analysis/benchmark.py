@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 import pandas as pd
 
 from toolbox.analysis.runs import Runs, _isset, flag_columns
-from toolbox.analysis.summary import _method_settings, _output_folder, summarize
+from toolbox.analysis.summary import _method_settings, _output_folder, summarize, write_output
 from toolbox.choices import CROSS_ARCH_PAIRS, SAME_ARCH_PAIRS
 from toolbox.config import RECIPES, Config, recipe_defaults
 from toolbox.errors import UsageError
@@ -277,6 +277,6 @@ def export_benchmark(reports: Mapping[str, str], folder: str | Path) -> list[Pat
     paths = []
     for statistic, report in reports.items():
         path = _output_folder(folder) / f"benchmark_{statistic}.md"
-        path.write_text(report)
+        write_output(path, lambda temporary, report=report: temporary.write_text(report))
         paths.append(path)
     return paths

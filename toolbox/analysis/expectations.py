@@ -19,7 +19,7 @@ import scipy.stats
 
 from toolbox.analysis.benchmark import BENCHMARK_STATISTICS, _mean_std
 from toolbox.analysis.runs import PLAIN_ROLES, REFERENCE, Runs, _isset, _table
-from toolbox.analysis.summary import _output_folder, baseline, summarize
+from toolbox.analysis.summary import _output_folder, baseline, summarize, write_output
 from toolbox.errors import UsageError
 from toolbox.utils import markdown_table
 
@@ -109,13 +109,15 @@ def _interval(low: float, high: float) -> str:
 
 def expectation_markdown(table: pd.DataFrame) -> str:
     """``expectation_table`` as GitHub Markdown: method | n | mean ± std | 95% CI |
-    Δ vs student alone [95% CI] | p (paired t); the student alone's row says it is the reference."""
+    Δ vs student alone [95% CI] | p (paired t); the student alone's row says it is the reference, and
+    a Δ over fewer seeds than ``n`` (a seed the student alone lacks) says how many were paired."""
     level = f"{CONFIDENCE:.0%}"
     rows = []
     for _, row in table.iterrows():
         if row["pairs"]:
-            delta, p_value = f"{row['difference']:+.2f} {_interval(row['difference_low'], row['difference_high'])}".strip(), (
-                f"{row['p_value']:.3f}" if _isset(row["p_value"]) else "")
+            fewer = f"({row['pairs']} of {row['n']} seeds paired)" if row["pairs"] < row["n"] else ""
+            delta = " ".join(filter(None, (f"{row['difference']:+.2f}", _interval(row["difference_low"], row["difference_high"]), fewer)))
+            p_value = f"{row['p_value']:.3f}" if _isset(row["p_value"]) else ""
         else:
             delta, p_value = ("reference", "") if REFERENCE in row["family"].split(" / ") else ("", "")
         rows.append([row["method"], str(row["n"]), _mean_std(row["mean"], row["std"], row["n"]),
@@ -130,7 +132,8 @@ def expectation_report(runs: Runs, statistic: str = "best") -> str:
     if table.empty:
         return f"No finished runs under {runs.folder}: nothing to expect yet."
     level = f"{CONFIDENCE:.0%}"
-    caption = (f"{BENCHMARK_STATISTICS[statistic][1].capitalize()}, %, over n seeds: mean ± sample standard deviation; "
+    meaning = BENCHMARK_STATISTICS[statistic][1]
+    caption = (f"{meaning[0].upper()}{meaning[1:]}, %, over n seeds: mean ± sample standard deviation; "
                f"{level} CI: the Student-t interval of the mean; Δ vs student alone: the mean over seeds of (method − "
                f"student alone), each distilled run paired with the student-alone run of the same seed (same data order "
                f"and initial weights), with its {level} t-interval and the two-sided p-value of the paired t-test "
@@ -144,5 +147,6 @@ def export_expectations(runs: Runs, folder: str | Path, statistic: str = "best")
     if runs.finished.empty:
         return []
     path = _output_folder(folder) / "what_to_expect.md"
-    path.write_text(expectation_report(runs, statistic) + "\n")
+    report = expectation_report(runs, statistic) + "\n"
+    write_output(path, lambda temporary: temporary.write_text(report))
     return [path]

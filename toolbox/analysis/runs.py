@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -165,6 +166,35 @@ class Runs:
     pending: pd.DataFrame
 
 
+ACCURACY_CURVES = frozenset({"test_acc", "train_acc"})
+"""Curves of percentages: a NaN there is damage, where a loss curve may hold the NaN of a diverged run."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_record(run: RunDir, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
+    """Refuse, naming the file and the entry, what training never writes: a table built from it
+    would fail far from the cause (a text where a number belongs) or turn a whole configuration's
+    mean into NaN (one NaN accuracy)."""
+    bad = next((flag for flag, value in config.items() if not (value is None or isinstance(value, (str, int, float)))), None)
+    if bad is not None or not _is_number(config.get("seed")) or config["seed"] != int(config["seed"]):
+        raise UsageError(f"{run.config} is damaged ({bad or 'seed'!r} is {config.get(bad or 'seed')!r}); it was left as it is")
+    for curve in CURVES:
+        values = metrics.get(curve)
+        if not isinstance(values, list) or not all(_is_number(v) for v in values) or (
+                curve in ACCURACY_CURVES and not all(math.isfinite(v) for v in values)):
+            raise UsageError(f"{run.metrics} is damaged ({curve!r} is not a list of "
+                             f"{'finite ' if curve in ACCURACY_CURVES else ''}numbers); it was left as it is")
+    if not metrics["test_acc"]:
+        raise UsageError(f"{run.metrics} holds no epoch (its 'test_acc' is empty); it was left as it is")
+    for entry in ("best_test_acc", "best_epoch", "wall_time_s"):
+        if not _is_number(metrics.get(entry)) or not math.isfinite(metrics[entry]):
+            raise UsageError(f"{run.metrics} is damaged ({entry!r} is {metrics.get(entry)!r}, not a finite number); "
+                             "it was left as it is")
+
+
 def _run_record(name: str, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
     flags = identity(config)
     return {
@@ -173,7 +203,7 @@ def _run_record(name: str, config: Mapping[str, Any], metrics: Mapping[str, Any]
         "family": family(config),
         "key": json.dumps(flags, sort_keys=True),
         **flags,
-        "seed": config["seed"],
+        "seed": int(config["seed"]),
         "best_test_acc": metrics["best_test_acc"],
         "final_test_acc": metrics["test_acc"][-1],
         "best_epoch": metrics["best_epoch"],
@@ -204,27 +234,62 @@ def _plain_roles(finished: pd.DataFrame, teacher_folders: set[str]) -> pd.Series
     return plain["key"].map(roles)
 
 
+def _config_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The config.json files under ``folder`` (links to folders are not followed: a run must lie
+    inside), and the folders that could not be listed with the reason: ``Path.rglob`` skips those
+    silently, and a whole method would be missing from the tables without a word."""
+    closed: list[tuple[Path, str]] = []
+    found = [Path(parent) / CONFIG_FILE for parent, _, files in
+             os.walk(folder, onerror=lambda error: closed.append((Path(error.filename), error.strerror or str(error))))
+             if CONFIG_FILE in files]
+    return sorted(found), sorted(closed)
+
+
+def _one_run_per_seed(finished: list[dict[str, Any]], at_home: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The runs with one run per configuration and seed, and the others as pending. Two runs of the
+    same flags and seed (a copy of a run, a backup inside the experiments folder, the same run
+    trained on two machines) are one sample: counting both would shrink the spread over seeds, and
+    pairing by seed would keep one at random. The run in the folder its config.json names is kept,
+    else the first by folder name."""
+    kept: dict[tuple[str, int], str] = {}
+    for record in sorted(finished, key=lambda record: record["run"] not in at_home):  # stable: folder order
+        kept.setdefault((record["key"], record["seed"]), record["run"])
+    duplicates = [{"run": record["run"], "status": f"duplicate of {original} (same configuration and seed): not counted"}
+                  for record in finished if (original := kept[(record["key"], record["seed"])]) != record["run"]]
+    return [record for record in finished if kept[(record["key"], record["seed"])] == record["run"]], duplicates
+
+
 def load_runs(experiments_dir: str | Path) -> Runs:
     """Every run folder (a folder with ``config.json``) under ``experiments_dir``; a run whose
     files cannot be read is listed as pending with the reason, not dropped."""
     folder = Path(experiments_dir)
     if not folder.is_dir():
         raise UsageError(f"experiments folder {folder} does not exist (set EXPERIMENTS_DIR to a folder of runs)")
-    finished, pending, teacher_folders = [], [], set()
-    for config_path in sorted(folder.rglob(CONFIG_FILE)):
+    finished, pending, teacher_folders, at_home = [], [], set(), set()
+    config_paths, closed = _config_files(folder)
+    pending += [{"run": path.relative_to(folder).as_posix(), "status": f"unreadable folder ({reason}): runs in it, if "
+                 "any, are not counted"} for path, reason in closed]
+    for config_path in config_paths:
         run = RunDir(config_path.parent)
         name = run.path.relative_to(folder).as_posix()
         try:
-            config = run.read_json(run.config)["config"]
-            if config.get("teacher_checkpoint"):
+            config = run.saved_config()
+            if config is None:  # removed since the folder was listed (./util.sh clean)
+                continue
+            if isinstance(config.get("teacher_checkpoint"), str):
                 teacher_folders.add(Path(config["teacher_checkpoint"]).parent.as_posix())
             metrics = run.read_json(run.metrics)
             if metrics is None:
                 pending.append({"run": name, "status": "unfinished", **{k: config.get(k) for k in PENDING_COLUMNS[2:]}})
             else:
+                _check_record(run, config, metrics)
                 finished.append(_run_record(name, config, metrics))
+                if name == config["experiment_name"]:
+                    at_home.add(name)
         except (UsageError, KeyError, TypeError, IndexError, ValueError) as error:
             pending.append({"run": name, "status": f"unreadable ({type(error).__name__}: {error})"})
+    finished, duplicates = _one_run_per_seed(finished, at_home)
+    pending += duplicates
     empty_columns = ["run", *NAME_COLUMNS, *SHOWN_FLAGS, "feature_layer", *RUN_STATS, *CURVES]
     finished_table = _table(finished, RUN_STATS, empty_columns)
     roles = _plain_roles(finished_table, teacher_folders)

@@ -8,7 +8,7 @@ method settings (``_method_settings``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,8 +25,9 @@ from toolbox.analysis.runs import (
     _table,
     flag_columns,
 )
+from toolbox.errors import UsageError
 from toolbox.rundir import method_defaulted, method_specific
-from toolbox.utils import markdown_cell, markdown_table
+from toolbox.utils import atomic_write, markdown_cell, markdown_table
 
 
 def summarize(runs: Runs) -> pd.DataFrame:
@@ -98,6 +99,16 @@ def _output_folder(folder: str | Path) -> Path:
     return path
 
 
+def write_output(path: Path, write: Callable[[Path], None]) -> None:
+    """Write a table the analysis exports, atomically (a reader never sees half of it) and never
+    through a symbolic link: a link planted at ``summary.md`` would have the user's file it points
+    to overwritten."""
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link, and the analysis never writes through one; it was left as it is: "
+                         "remove it, or choose another SUMMARY_DIR")
+    atomic_write(path, write)
+
+
 def compact(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary as shown and exported: name, the usual flags, the other flags in which
     configurations differ, and the statistics."""
@@ -123,6 +134,6 @@ def export_summary(summary: pd.DataFrame, folder: str | Path, stem: str = "summa
     table = compact(summary)
     folder = _output_folder(folder)
     csv_path, markdown_path = folder / f"{stem}.csv", folder / f"{stem}.md"
-    table.to_csv(csv_path, index=False)
-    markdown_path.write_text(to_markdown(table))
+    write_output(csv_path, lambda temporary: table.to_csv(temporary, index=False))
+    write_output(markdown_path, lambda temporary: temporary.write_text(to_markdown(table)))
     return [csv_path, markdown_path]

@@ -57,7 +57,8 @@ def clean(experiments_dir: Path, scheduler: Scheduler, confirm: Callable[[str], 
           out: Callable[[str], None] = print) -> list[Path]:
     """Delete unfinished runs that nothing is training, once ``confirm`` agrees. Only folders that
     are provably this project's runs (``RunDir.is_ours``) qualify, never one holding a metrics.json
-    (its own or below it), never one whose lock a live process holds; and only the files the
+    (its own or below it), never one whose lock a live process holds, never one whose job went to
+    another scheduler (its queue is not asked, so the job may still wait there); and only the files the
     project writes are deleted: a folder with anything else in it is kept with that. A damaged run,
     and one changed in the last ``QUIET_S`` seconds (a run starting), are listed and kept."""
     live = scheduler.live_jobs()
@@ -65,8 +66,12 @@ def clean(experiments_dir: Path, scheduler: Scheduler, confirm: Callable[[str], 
     for path in run_folders(experiments_dir):
         run = RunDir(path)
         state = run.state(live, scheduler.name)
+        job = run.read_job() if state.state != CORRUPT else None
         if state.state == CORRUPT:
             out(f"kept {path}: {CORRUPT}: {state.detail}")
+        elif job is not None and job["scheduler"] != scheduler.name:
+            out(f"kept {path}: its job {job['job_id']} went to {job['scheduler']}, whose queue --scheduler "
+                f"{scheduler.name} cannot see; clean with --scheduler {job['scheduler']}")
         elif state.state in (FAILED, NOT_STARTED) and run.is_ours(experiments_dir) and not any(path.rglob(METRICS_FILE)):
             if run.recently_changed():
                 out(f"kept {path}: changed in the last {QUIET_S} s, it may be a run that is starting")
