@@ -86,6 +86,7 @@ def open_nofollow(path: Path, flags: int) -> int:
     raise UsageError(f"{path} is a symbolic link, and the project never writes through one; it was left as it is: "
                      "remove the link, then rerun")
 
+
 def regular_file_text(path: Path) -> str:
     """The text of ``path``, refused (``OSError``) unless it is a regular file: reading a FIFO put in
     a run folder would wait forever for a writer, and a device could be endless."""
