@@ -76,6 +76,7 @@ case "${1:-help}" in
         # shellcheck disable=SC2012  # the log names are the schedulers', without odd characters
         log=$(ls -t -- "$run"/slurm-*.out "$run"/*.[oe][0-9]* "$run"/local.out "$run"/job.out "$run"/train.log 2>/dev/null | head -n 1 || true)
         [ -n "$log" ] || { echo "util.sh: $run has no log yet" >&2; exit 1; }
+        [ -f "$log" ] || { echo "util.sh: $log is not a regular file (a FIFO, a device?): not read" >&2; exit 2; }
         echo "==> $log <==" >&2
         exec tail -n 40 "$@" -- "$log" ;;
     cancel) # [--experiments_dir DIR]  cancel the queued and running jobs that runner.py recorded in job.json files

@@ -980,6 +980,10 @@ def test_util_sh_reads_relative_paths_from_where_it_is_called(tmp_path: Path) ->
     assert logs.returncode == 0 and logs.stdout == "dashed\n", logs.stderr
     logs = util("logs")
     assert logs.returncode == 2 and logs.stderr == "util.sh: logs needs a RUN: util.sh logs RUN [tail flags]\n"
+    (here / "piped").mkdir()
+    os.mkfifo(here / "piped" / "train.log")  # tail would wait on it for a writer
+    logs = util("logs", "piped")
+    assert logs.returncode == 2 and "piped/train.log is not a regular file (a FIFO, a device?): not read" in logs.stderr
 
     age(experiments)
     clean = util("clean", "--yes", "--scheduler", "local", "--experiments_dir", "exp")
