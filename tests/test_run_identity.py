@@ -313,8 +313,10 @@ def test_a_stop_signal_during_start_up_exits_75(tmp_path: Path) -> None:
 
 def test_status_lists_a_corrupt_metrics_json_instead_of_crashing(tmp_path: Path) -> None:
     run = finished_tiny_run(tmp_path)
-    (run / "metrics.json").write_text("{")
-    assert RunDir(run).state({}, "local").state == CORRUPT
+    for damaged in ("{", '{"best_test_acc": NaN}', '{"best_test_acc": true}', '{"best_test_acc": "91"}'):
+        (run / "metrics.json").write_text(damaged)
+        state = RunDir(run).state({}, "local")
+        assert state.state == CORRUPT and "metrics.json" in state.detail, damaged
 
 
 def clean(experiments: Path) -> list[Path]:

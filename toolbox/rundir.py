@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import socket
@@ -328,8 +329,9 @@ class RunDir:
             saved = self.saved_config()
             if self.finished:
                 metrics = self.read_json(self.metrics)
-                if not isinstance(metrics.get("best_test_acc"), (int, float)):
-                    return RunState(CORRUPT, job_id, f"{self.metrics} has no best_test_acc")
+                best = metrics.get("best_test_acc")
+                if not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best):
+                    return RunState(CORRUPT, job_id, f"{self.metrics} has no best_test_acc (a finite number)")
             holder = self.holder()
         except UsageError as error:
             return RunState(CORRUPT, job_id, str(error))
