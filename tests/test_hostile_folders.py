@@ -233,3 +233,24 @@ def test_a_failed_start_up_leaves_no_folder_and_clean_takes_lock_only_folders(tm
     (foreign / ".lock").write_text("held by another program")
     age(experiments)
     assert clean(experiments) == [left] and not (experiments / "old").exists() and (foreign / ".lock").exists()
+
+
+def test_a_fifo_or_folder_in_place_of_a_run_file_is_refused_at_once_and_left(tmp_path: Path) -> None:
+    """Reading or opening a FIFO waits for its other end forever (deaf to SIGTERM during start-up)."""
+    run = finished_tiny_run(tmp_path)
+    for name in ("metrics.json", "config.json", "train.log", ".lock"):  # after metrics.json: a run to resume
+        (run / name).rename(run / "kept")
+        for make, kind in ((os.mkfifo, "a FIFO"), (os.mkdir, "a folder")):
+            make(run / name)
+            with pytest.raises(UsageError, match=f"{name} is not a regular file \\({kind}\\)"):
+                run_training(tmp_path, *PLAIN, "--epochs", "2", "--max_batches", "1", "--experiment_name", "r")
+            assert (run / name).exists() and not (run / name).is_file()
+            (run / name).rmdir() if make is os.mkdir else (run / name).unlink()
+        if name != "metrics.json":
+            (run / "kept").rename(run / name)
+        (run / "kept").unlink(missing_ok=True)
+    (run / "Loss.png").unlink()
+    (run / "Loss.png").mkdir()  # atomic writes rename onto their file, which a folder refuses
+    with pytest.raises(UsageError, match="Loss.png is not a regular file \\(a folder\\)"):
+        atomic_write_json(run / "Loss.png", {})
+    assert (run / "Loss.png").is_dir()

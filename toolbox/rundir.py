@@ -20,6 +20,7 @@ import json
 import os
 import re
 import socket
+import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,15 +76,50 @@ WRITE_FAILURES = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC
 
 
 def open_nofollow(path: Path, flags: int) -> int:
-    """``os.open`` that refuses a symbolic link: a lock or state file that is a link would have the
-    project write to whatever file it points to."""
+    """``os.open`` that refuses a symbolic link (a lock or state file that is a link would have the
+    project write to whatever file it points to) and anything but a regular file: opening a FIFO
+    would wait for its other end forever (also deaf to SIGTERM during start-up)."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
     except OSError as error:
+        if error.errno in (errno.ENXIO, errno.EISDIR):  # ENXIO: a FIFO opened for writing without a reader
+            raise NotRegular(path, "a FIFO" if error.errno == errno.ENXIO else "a folder") from None
         if error.errno != errno.ELOOP:
             raise
-    raise UsageError(f"{path} is a symbolic link, and the project never writes through one; it was left as it is: "
-                     "remove the link, then rerun")
+        raise UsageError(f"{path} is a symbolic link, and the project never writes through one; it was left as it is: "
+                         "remove the link, then rerun") from None
+    kind = file_kind(os.fstat(descriptor).st_mode)
+    if kind is not None:
+        os.close(descriptor)
+        raise NotRegular(path, kind)
+    os.set_blocking(descriptor, True)
+    return descriptor
+
+
+def file_kind(mode: int) -> Optional[str]:
+    """What a file that is not a regular one is (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    return "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+
+
+class NotRegular(UsageError):
+    """A run's file that is a FIFO, a folder or a device: never read or written, left as it is."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(f"{path} is not a regular file ({kind}); it was left as it is: move it away, then rerun")
+
+
+def read_regular_text(path: Path) -> str:
+    """The text of ``path`` (a symbolic link followed), read only if it is a regular file (else
+    ``NotRegular``): reading a FIFO would block forever."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    kind = file_kind(os.fstat(descriptor).st_mode)
+    if kind is not None:
+        os.close(descriptor)
+        raise NotRegular(path, kind)
+    with os.fdopen(descriptor, "rb") as handle:
+        return handle.read().decode()
 
 FINISHED, RUNNING, PENDING, FAILED, NOT_STARTED = "finished", "running", "pending", "failed", "not started"
 CONFLICTING, CORRUPT = "conflicting", "corrupt"
@@ -124,7 +160,7 @@ class RunDir:
         if not path.exists():
             return None
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_regular_text(path))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise UsageError(f"{path} is unreadable ({error}); it was left as it is: restore it, or move the run "
                              f"folder {self.path} away and start the run afresh") from None
