@@ -254,3 +254,12 @@ def test_a_fifo_or_folder_in_place_of_a_run_file_is_refused_at_once_and_left(tmp
     with pytest.raises(UsageError, match="Loss.png is not a regular file \\(a folder\\)"):
         atomic_write_json(run / "Loss.png", {})
     assert (run / "Loss.png").is_dir()
+
+
+def test_stale_temporaries_are_removed_but_a_folder_of_such_a_name_is_left(tmp_path: Path) -> None:
+    (tmp_path / ".last.pt.4242.tmp").write_bytes(b"torn")
+    (tmp_path / ".metrics.json.4243.tmp").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / ".Loss.png.4244.tmp").mkdir()
+    (tmp_path / ".Loss.png.4244.tmp" / "theirs").write_text("keep")
+    RunDir(tmp_path).remove_stale_temporaries()
+    assert snapshot(tmp_path) == {".Loss.png.4244.tmp/theirs": hashlib.sha256(b"keep").hexdigest()}

@@ -333,10 +333,11 @@ class RunDir:
 
     def remove_stale_temporaries(self) -> None:
         """Temporary files left by a killed write of the training's own files. Only the lock
-        holder writes those, so while it holds the lock every such temporary is stale."""
+        holder writes those, so while it holds the lock every such temporary is stale. A folder of
+        such a name is not one of them (writes make files), and is left as it is."""
         pattern = re.compile(r"\.(config\.json|last\.pt|metrics\.json|Loss\.png|Accuracy\.png|[A-Za-z0-9_]+\.pth)\.\d+\.tmp")
         for path in self.path.iterdir():
-            if pattern.fullmatch(path.name):
+            if pattern.fullmatch(path.name) and (path.is_symlink() or not path.is_dir()):
                 path.unlink(missing_ok=True)
 
     # -- state, as the runner and util.sh see it
