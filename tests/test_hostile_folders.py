@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import STUDENT, TINY, age, run_training
 from tests.test_run_identity import PLAIN, SCRIPT, TINY_RUN, clean, finished_tiny_run, script
@@ -263,3 +264,17 @@ def test_stale_temporaries_are_removed_but_a_folder_of_such_a_name_is_left(tmp_p
     (tmp_path / ".Loss.png.4244.tmp" / "theirs").write_text("keep")
     RunDir(tmp_path).remove_stale_temporaries()
     assert snapshot(tmp_path) == {".Loss.png.4244.tmp/theirs": hashlib.sha256(b"keep").hexdigest()}
+
+
+def test_a_last_pt_saved_beyond_its_epochs_end_is_refused_and_kept(tmp_path: Path) -> None:
+    """Resuming it would skip the rest of the epoch and report the saved sums as the epoch's."""
+    run = finished_tiny_run(tmp_path)  # --max_batches 1: one step an epoch
+    (run / "metrics.json").unlink()
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["history"] = {key: values[:1] for key, values in state["history"].items()}
+    state["position"] = {"batch": 5, "count": 320, "hard_sum": 700.0, "soft_sum": 0.0, "correct": 30.0}
+    torch.save(state, run / "last.pt")
+    damaged = (run / "last.pt").read_bytes()
+    with pytest.raises(UsageError, match="last.pt does not fit this run: it holds batch 5 of an epoch of 1 steps"):
+        run_training(tmp_path, *PLAIN, "--epochs", "2", "--max_batches", "1", "--experiment_name", "r")
+    assert (run / "last.pt").read_bytes() == damaged and not (run / "metrics.json").exists()
