@@ -278,3 +278,12 @@ def test_a_last_pt_saved_beyond_its_epochs_end_is_refused_and_kept(tmp_path: Pat
     with pytest.raises(UsageError, match="last.pt does not fit this run: it holds batch 5 of an epoch of 1 steps"):
         run_training(tmp_path, *PLAIN, "--epochs", "2", "--max_batches", "1", "--experiment_name", "r")
     assert (run / "last.pt").read_bytes() == damaged and not (run / "metrics.json").exists()
+
+
+def test_a_run_killed_while_writing_its_first_config_json_starts_on_rerun(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / ".lock").write_text("process 4242 on node7\n")
+    (run / ".config.json.4242.tmp").write_text('{"config": {"expe')  # kill -9 within the write
+    run_training(tmp_path, *TINY_RUN, "--experiment_name", "r")
+    assert (run / "metrics.json").is_file() and not (run / ".config.json.4242.tmp").exists()

@@ -67,6 +67,9 @@ EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.\S+\.\d+\.\d+")
 """A TensorBoard event file as training writes them (``toolbox.curves``): events.out.tfevents.<second>.<host>.<pid>.<n>."""
 STEPS_FOLDER = "steps"
 """The sub-folder of a run's per-step curves (--tensorboard_every), which TensorBoard shows as a run of its own."""
+TRAINING_TEMPORARY = re.compile(r"\.(config\.json|last\.pt|metrics\.json|Loss\.png|Accuracy\.png|[A-Za-z0-9_]+\.pth)\.\d+\.tmp")
+"""The temporary file of an atomic write of training's own files (``toolbox.utils.atomic_write``): one
+that a killed write left is removed when the run resumes."""
 _HELD: set[str] = set()
 """The run folders whose lock this process holds (real paths)."""
 
@@ -216,10 +219,10 @@ class RunDir:
         return top
 
     def check_ours(self, name: str) -> None:
-        """Training writes in a folder only if it is empty (but for a ``.lock`` and runner.py's job
-        files, none of which it writes) or its own files say that it is run ``name``: a folder of
-        something else (a downloaded model with its own config.json) is never overwritten. A last.pt
-        is checked when read."""
+        """Training writes in a folder only if it is empty (but for a ``.lock``, runner.py's job
+        files and the temporary files of training's own killed writes) or its own files say that it
+        is run ``name``: a folder of something else (a downloaded model with its own config.json) is
+        never overwritten. A last.pt is checked when read."""
         saved = self.saved_config()
         if saved is not None:
             if saved["experiment_name"] != name:
@@ -230,7 +233,8 @@ class RunDir:
         if (job is not None and job["run"] == name) or self.last.exists():
             return
         foreign = sorted(entry.name for entry in self.path.iterdir()
-                         if entry.name != LOCK_FILE and not LAUNCH_FILES.fullmatch(entry.name))
+                         if entry.name != LOCK_FILE and not LAUNCH_FILES.fullmatch(entry.name)
+                         and not TRAINING_TEMPORARY.fullmatch(entry.name))  # the first config.json's write, killed
         if foreign:
             raise UsageError(f"{self.path} is not a run folder of this project (it holds {', '.join(foreign[:3])}"
                              f"{' ...' if len(foreign) > 3 else ''}); it was left as it is: choose another "
@@ -335,9 +339,8 @@ class RunDir:
         """Temporary files left by a killed write of the training's own files. Only the lock
         holder writes those, so while it holds the lock every such temporary is stale. A folder of
         such a name is not one of them (writes make files), and is left as it is."""
-        pattern = re.compile(r"\.(config\.json|last\.pt|metrics\.json|Loss\.png|Accuracy\.png|[A-Za-z0-9_]+\.pth)\.\d+\.tmp")
         for path in self.path.iterdir():
-            if pattern.fullmatch(path.name) and (path.is_symlink() or not path.is_dir()):
+            if TRAINING_TEMPORARY.fullmatch(path.name) and (path.is_symlink() or not path.is_dir()):
                 path.unlink(missing_ok=True)
 
     # -- state, as the runner and util.sh see it
