@@ -149,7 +149,7 @@ def test_a_fifo_in_place_of_a_run_file_is_refused_without_waiting(tmp_path: Path
     assert runs.finished["run"].tolist() == [finished.relative_to(tmp_path).as_posix()]
     status = runs.pending.set_index("run")["status"]
     for folder, name in ((fifo_metrics, "metrics.json"), (fifo_config, "config.json")):
-        assert f"{folder / name} is unreadable (not a regular file)" in status[folder.relative_to(tmp_path).as_posix()]
+        assert f"{folder / name} is not a regular file (a FIFO)" in status[folder.relative_to(tmp_path).as_posix()]
     assert state.state == CORRUPT and "not a regular file" in state.detail
 
 

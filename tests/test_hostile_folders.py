@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import STUDENT, TINY, age, run_training
 from tests.test_run_identity import PLAIN, SCRIPT, TINY_RUN, clean, finished_tiny_run, script
@@ -233,3 +234,56 @@ def test_a_failed_start_up_leaves_no_folder_and_clean_takes_lock_only_folders(tm
     (foreign / ".lock").write_text("held by another program")
     age(experiments)
     assert clean(experiments) == [left] and not (experiments / "old").exists() and (foreign / ".lock").exists()
+
+
+def test_a_fifo_or_folder_in_place_of_a_run_file_is_refused_at_once_and_left(tmp_path: Path) -> None:
+    """Reading or opening a FIFO waits for its other end forever (deaf to SIGTERM during start-up)."""
+    run = finished_tiny_run(tmp_path)
+    for name in ("metrics.json", "config.json", "train.log", ".lock"):  # after metrics.json: a run to resume
+        (run / name).rename(run / "kept")
+        for make, kind in ((os.mkfifo, "a FIFO"), (os.mkdir, "a folder")):
+            make(run / name)
+            with pytest.raises(UsageError, match=f"{name} is not a regular file \\({kind}\\)"):
+                run_training(tmp_path, *PLAIN, "--epochs", "2", "--max_batches", "1", "--experiment_name", "r")
+            assert (run / name).exists() and not (run / name).is_file()
+            (run / name).rmdir() if make is os.mkdir else (run / name).unlink()
+        if name != "metrics.json":
+            (run / "kept").rename(run / name)
+        (run / "kept").unlink(missing_ok=True)
+    (run / "Loss.png").unlink()
+    (run / "Loss.png").mkdir()  # atomic writes rename onto their file, which a folder refuses
+    with pytest.raises(UsageError, match="Loss.png is not a regular file \\(a folder\\)"):
+        atomic_write_json(run / "Loss.png", {})
+    assert (run / "Loss.png").is_dir()
+
+
+def test_stale_temporaries_are_removed_but_a_folder_of_such_a_name_is_left(tmp_path: Path) -> None:
+    (tmp_path / ".last.pt.4242.tmp").write_bytes(b"torn")
+    (tmp_path / ".metrics.json.4243.tmp").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / ".Loss.png.4244.tmp").mkdir()
+    (tmp_path / ".Loss.png.4244.tmp" / "theirs").write_text("keep")
+    RunDir(tmp_path).remove_stale_temporaries()
+    assert snapshot(tmp_path) == {".Loss.png.4244.tmp/theirs": hashlib.sha256(b"keep").hexdigest()}
+
+
+def test_a_last_pt_saved_beyond_its_epochs_end_is_refused_and_kept(tmp_path: Path) -> None:
+    """Resuming it would skip the rest of the epoch and report the saved sums as the epoch's."""
+    run = finished_tiny_run(tmp_path)  # --max_batches 1: one step an epoch
+    (run / "metrics.json").unlink()
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["history"] = {key: values[:1] for key, values in state["history"].items()}
+    state["position"] = {"batch": 5, "count": 320, "hard_sum": 700.0, "soft_sum": 0.0, "correct": 30.0}
+    torch.save(state, run / "last.pt")
+    damaged = (run / "last.pt").read_bytes()
+    with pytest.raises(UsageError, match="last.pt does not fit this run: it holds batch 5 of an epoch of 1 steps"):
+        run_training(tmp_path, *PLAIN, "--epochs", "2", "--max_batches", "1", "--experiment_name", "r")
+    assert (run / "last.pt").read_bytes() == damaged and not (run / "metrics.json").exists()
+
+
+def test_a_run_killed_while_writing_its_first_config_json_starts_on_rerun(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / ".lock").write_text("process 4242 on node7\n")
+    (run / ".config.json.4242.tmp").write_text('{"config": {"expe')  # kill -9 within the write
+    run_training(tmp_path, *TINY_RUN, "--experiment_name", "r")
+    assert (run / "metrics.json").is_file() and not (run / ".config.json.4242.tmp").exists()

@@ -269,7 +269,7 @@ def test_config_json_that_is_a_folder_is_named(tmp_path: Path, capsys: pytest.Ca
     before = digests(tmp_path)
     assert main(tmp_path) == 2
     line = one_line(capsys.readouterr().err)
-    assert line.startswith(f"error: {tmp_path / 'r' / 'config.json'} is unreadable") and "Is a directory" in line
+    assert line.startswith(f"error: {tmp_path / 'r' / 'config.json'} is not a regular file (a folder)")
     assert ".tmp" not in line
     assert digests(tmp_path) == before
 

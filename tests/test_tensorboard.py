@@ -3,6 +3,8 @@ mid-epoch and resumed shows each epoch and step once; the folders are the projec
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,21 @@ def test_curves_are_never_written_through_a_link(tmp_path: Path) -> None:
         open_curves(run, 0, 0, 0, writer=True)
     assert list(elsewhere.iterdir()) == [] and sorted(path.name for path in run.path.iterdir()) == [
         "events.out.tfevents.1700000000.node7.42.0", "steps"]
+
+
+def test_a_full_disk_under_the_event_writer_is_one_error_naming_the_file(tmp_path: Path,
+                                                                        capfd: pytest.CaptureFixture) -> None:
+    """The writer's thread meets the failure; the training's next call raises it, named, with no
+    traceback of the thread on stderr (the entry point prints one line, exit status 74)."""
+    curves = open_curves(RunDir(tmp_path), 0, 0, 0, writer=True)
+
+    def full(data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    curves.epoch_writer.file_writer.event_writer._general_file_writer.write = full
+    with pytest.raises(OSError) as raised:
+        with curves:
+            curves.write_epoch(1, dict.fromkeys(EPOCH_TAGS, 1.0))
+            curves.flush()
+    assert raised.value.errno == errno.ENOSPC and EVENT_FILE.fullmatch(Path(raised.value.filename).name)
+    assert "Traceback" not in capfd.readouterr().err

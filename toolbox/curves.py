@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -78,15 +79,17 @@ class Curves:
         counts = torch.tensor(rows, dtype=torch.float64, device=losses[0].device)[:, None]
         sums = world.all_reduce_sum(torch.cat((torch.stack(losses).double() * counts, counts), dim=1)).tolist()
         if self.step_writer is not None:
-            for step, (hard, soft, count) in zip(steps, sums):
-                self.step_writer.add_scalar(STEP_TAGS[0], hard / count, step)
-                self.step_writer.add_scalar(STEP_TAGS[1], soft / count, step)
+            with naming_the_file(self.step_writer):
+                for step, (hard, soft, count) in zip(steps, sums):
+                    self.step_writer.add_scalar(STEP_TAGS[0], hard / count, step)
+                    self.step_writer.add_scalar(STEP_TAGS[1], soft / count, step)
 
     def write_epoch(self, epoch: int, values: Mapping[str, float]) -> None:
         """The scalars of epoch ``epoch`` (1: the first) from ``values`` (``EPOCH_TAGS``' keys)."""
         if self.epoch_writer is not None:
-            for key, tag in EPOCH_TAGS.items():
-                self.epoch_writer.add_scalar(tag, values[key], epoch)
+            with naming_the_file(self.epoch_writer):
+                for key, tag in EPOCH_TAGS.items():
+                    self.epoch_writer.add_scalar(tag, values[key], epoch)
 
     def writers(self) -> list[SummaryWriter]:
         return [writer for writer in (self.epoch_writer, self.step_writer) if writer is not None]
@@ -94,11 +97,13 @@ class Curves:
     def flush(self) -> None:
         """Into the event files: called before last.pt is written, so that what it holds is there."""
         for writer in self.writers():
-            writer.flush()
+            with naming_the_file(writer):
+                writer.flush()
 
     def close(self) -> None:
         for writer in self.writers():
-            writer.close()
+            with naming_the_file(writer):
+                writer.close()
 
     def __enter__(self) -> Curves:
         return self
@@ -109,6 +114,30 @@ class Curves:
             return
         with contextlib.suppress(OSError):  # the error that stopped the run is the one to report (a full disk ...)
             self.close()
+
+
+@contextlib.contextmanager
+def naming_the_file(writer: SummaryWriter | Path) -> Iterator[None]:
+    """A failed write of an event file (a full disk) as an OSError that names the file (or, for a
+    writer being opened, its folder), for the one-line message of exit status 74: the writer's
+    thread raises it without a name."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename:
+            raise
+        where = writer if isinstance(writer, Path) else getattr(writer.file_writer.event_writer, "_file_name", writer.get_logdir())
+        raise OSError(error.errno, error.strerror or str(error), str(where)) from None
+
+
+def quiet_writer_threads(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook`` that leaves a failed write of TensorBoard's writer thread unprinted:
+    the thread keeps the error, and the training's next call on the writer raises it (one line)."""
+    if not (type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)):
+        PRINTING_HOOK(args)
+
+
+PRINTING_HOOK = threading.excepthook
 
 
 def curves_folder(folder: Path) -> Path:
@@ -154,6 +183,11 @@ def open_curves(run: RunDir, every: int, epochs_done: int, steps_done: int, writ
                          "requirements.txt (pip install -r requirements.txt), then rerun") from None
     epoch_folder, step_folder = curves_folder(run.path), curves_folder(run.steps) if every else None
     after_earlier_sessions([epoch_folder, *([step_folder] if step_folder else [])])
-    epochs = SummaryWriter(str(epoch_folder), purge_step=epochs_done + 1)
-    steps = SummaryWriter(str(step_folder), purge_step=steps_done + 1) if step_folder else None
+    threading.excepthook = quiet_writer_threads
+    with naming_the_file(epoch_folder):
+        epochs = SummaryWriter(str(epoch_folder), purge_step=epochs_done + 1)
+    steps = None
+    if step_folder:
+        with naming_the_file(step_folder):
+            steps = SummaryWriter(str(step_folder), purge_step=steps_done + 1)
     return Curves(every, epochs, steps)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import stat
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
@@ -43,6 +42,7 @@ from toolbox.errors import UsageError
 from toolbox.models_mobile import mobile_half, shuffle_v1, shuffle_v2
 from toolbox.nets.cifar import VGG, VGG_CONFIGS, BottleneckResNet, CifarResNet, ResNet, WideResNet
 from toolbox.nets.imagenet import IMAGENET_MODELS
+from toolbox.rundir import file_kind
 
 # ---------------------------------------------------------------------------------------------
 # Registry
@@ -265,9 +265,8 @@ def read_checkpoint(path: Union[str, Path], map_location: Any) -> Any:
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            kind = ("a folder" if stat.S_ISDIR(status.st_mode) else "a FIFO" if stat.S_ISFIFO(status.st_mode)
-                    else "a device or socket")
+        kind = file_kind(status.st_mode)
+        if kind is not None:
             raise NotACheckpoint(f"is not a regular file ({kind})")
         os.set_blocking(descriptor, True)
         handle = os.fdopen(descriptor, "rb")

@@ -68,6 +68,9 @@ EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.\S+\.\d+\.\d+")
 """A TensorBoard event file as training writes them (``toolbox.curves``): events.out.tfevents.<second>.<host>.<pid>.<n>."""
 STEPS_FOLDER = "steps"
 """The sub-folder of a run's per-step curves (--tensorboard_every), which TensorBoard shows as a run of its own."""
+TRAINING_TEMPORARY = re.compile(r"\.(config\.json|last\.pt|metrics\.json|Loss\.png|Accuracy\.png|[A-Za-z0-9_]+\.pth)\.\d+\.tmp")
+"""The temporary file of an atomic write of training's own files (``toolbox.utils.atomic_write``): one
+that a killed write left is removed when the run resumes."""
 _HELD: set[str] = set()
 """The run folders whose lock this process holds (real paths)."""
 
@@ -77,23 +80,49 @@ WRITE_FAILURES = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC
 
 
 def open_nofollow(path: Path, flags: int) -> int:
-    """``os.open`` that refuses a symbolic link: a lock or state file that is a link would have the
-    project write to whatever file it points to."""
+    """``os.open`` that refuses a symbolic link (a lock or state file that is a link would have the
+    project write to whatever file it points to) and anything but a regular file: opening a FIFO
+    would wait for its other end forever (also deaf to SIGTERM during start-up)."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
     except OSError as error:
+        if error.errno in (errno.ENXIO, errno.EISDIR):  # ENXIO: a FIFO opened for writing without a reader
+            raise NotRegular(path, "a FIFO" if error.errno == errno.ENXIO else "a folder") from None
         if error.errno != errno.ELOOP:
             raise
-    raise UsageError(f"{path} is a symbolic link, and the project never writes through one; it was left as it is: "
-                     "remove the link, then rerun")
+        raise UsageError(f"{path} is a symbolic link, and the project never writes through one; it was left as it is: "
+                         "remove the link, then rerun") from None
+    kind = file_kind(os.fstat(descriptor).st_mode)
+    if kind is not None:
+        os.close(descriptor)
+        raise NotRegular(path, kind)
+    os.set_blocking(descriptor, True)
+    return descriptor
 
 
-def regular_file_text(path: Path) -> str:
-    """The text of ``path``, refused (``OSError``) unless it is a regular file: reading a FIFO put in
-    a run folder would wait forever for a writer, and a device could be endless."""
-    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise OSError("not a regular file")
+def file_kind(mode: int) -> Optional[str]:
+    """What a file that is not a regular one is (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    return "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+
+
+class NotRegular(UsageError):
+    """A run's file that is a FIFO, a folder or a device: never read or written, left as it is."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(f"{path} is not a regular file ({kind}); it was left as it is: move it away, then rerun")
+
+
+def read_regular_text(path: Path) -> str:
+    """The text of ``path`` (a symbolic link followed), read only if it is a regular file (else
+    ``NotRegular``): reading a FIFO would block forever."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    kind = file_kind(os.fstat(descriptor).st_mode)
+    if kind is not None:
+        os.close(descriptor)
+        raise NotRegular(path, kind)
+    with os.fdopen(descriptor, "rb") as handle:
         return handle.read().decode()
 
 
@@ -136,7 +165,7 @@ class RunDir:
         if not path.exists():
             return None
         try:
-            data = json.loads(regular_file_text(path))
+            data = json.loads(read_regular_text(path))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise UsageError(f"{path} is unreadable ({error}); it was left as it is: restore it, or move the run "
                              f"folder {self.path} away and start the run afresh") from None
@@ -192,10 +221,10 @@ class RunDir:
         return top
 
     def check_ours(self, name: str) -> None:
-        """Training writes in a folder only if it is empty (but for a ``.lock`` and runner.py's job
-        files, none of which it writes) or its own files say that it is run ``name``: a folder of
-        something else (a downloaded model with its own config.json) is never overwritten. A last.pt
-        is checked when read."""
+        """Training writes in a folder only if it is empty (but for a ``.lock``, runner.py's job
+        files and the temporary files of training's own killed writes) or its own files say that it
+        is run ``name``: a folder of something else (a downloaded model with its own config.json) is
+        never overwritten. A last.pt is checked when read."""
         saved = self.saved_config()
         if saved is not None:
             if saved["experiment_name"] != name:
@@ -206,7 +235,8 @@ class RunDir:
         if (job is not None and job["run"] == name) or self.last.exists():
             return
         foreign = sorted(entry.name for entry in self.path.iterdir()
-                         if entry.name != LOCK_FILE and not LAUNCH_FILES.fullmatch(entry.name))
+                         if entry.name != LOCK_FILE and not LAUNCH_FILES.fullmatch(entry.name)
+                         and not TRAINING_TEMPORARY.fullmatch(entry.name))  # the first config.json's write, killed
         if foreign:
             raise UsageError(f"{self.path} is not a run folder of this project (it holds {', '.join(foreign[:3])}"
                              f"{' ...' if len(foreign) > 3 else ''}); it was left as it is: choose another "
@@ -309,10 +339,10 @@ class RunDir:
 
     def remove_stale_temporaries(self) -> None:
         """Temporary files left by a killed write of the training's own files. Only the lock
-        holder writes those, so while it holds the lock every such temporary is stale."""
-        pattern = re.compile(r"\.(config\.json|last\.pt|metrics\.json|Loss\.png|Accuracy\.png|[A-Za-z0-9_]+\.pth)\.\d+\.tmp")
+        holder writes those, so while it holds the lock every such temporary is stale. A folder of
+        such a name is not one of them (writes make files), and is left as it is."""
         for path in self.path.iterdir():
-            if pattern.fullmatch(path.name):
+            if TRAINING_TEMPORARY.fullmatch(path.name) and (path.is_symlink() or not path.is_dir()):
                 path.unlink(missing_ok=True)
 
     # -- state, as the runner and util.sh see it

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure  # drawn without pyplot: no backend, no dis
 from torch import Tensor, nn
 
 from toolbox.errors import UsageError
+from toolbox.rundir import NotRegular
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -34,6 +35,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
                 os.fsync(handle.fileno())
             os.replace(temporary, path)
         except OSError as error:
+            if error.errno == errno.EISDIR:  # a folder in the way is bad input, not a failed write
+                raise NotRegular(path, "a folder") from None
             raise OSError(error.errno, error.strerror or str(error), str(path)) from None
         except RuntimeError as error:  # torch.save reports a failed write this way ("unexpected pos ..."), without the reason
             if shutil.disk_usage(path.parent).free < 1 << 20:

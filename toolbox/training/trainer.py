@@ -220,6 +220,9 @@ class Trainer:
         self.history = state["history"]
         self.elapsed = state["elapsed"]
         self.position = Position(**state["position"]) if state.get("position") else None
+        if self.position and self.position.batch > self.steps_per_epoch:  # its epoch would be skipped, not resumed
+            raise UsageError(f"{self.run.last} does not fit this run: it holds batch {self.position.batch} of an epoch "
+                             f"of {self.steps_per_epoch} steps; {KEEP_LAST}")
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
