@@ -22,11 +22,12 @@ events are flushed before every write of last.pt, so none that last.pt holds is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -106,14 +107,19 @@ class Curves:
                 writer.close()
 
     def __enter__(self) -> Curves:
+        self.printing_hook = threading.excepthook
+        threading.excepthook = functools.partial(quiet_writer_threads, self.printing_hook)
         return self
 
     def __exit__(self, kind: Optional[type], error: Optional[BaseException], traceback: Any) -> None:
-        if error is None:
-            self.close()  # a failed write is the run's error
-            return
-        with contextlib.suppress(OSError):  # the error that stopped the run is the one to report (a full disk ...)
-            self.close()
+        try:
+            if error is None:
+                self.close()  # a failed write is the run's error
+                return
+            with contextlib.suppress(OSError):  # the error that stopped the run is the one to report (a full disk ...)
+                self.close()
+        finally:
+            threading.excepthook = self.printing_hook
 
 
 @contextlib.contextmanager
@@ -130,14 +136,12 @@ def naming_the_file(writer: SummaryWriter | Path) -> Iterator[None]:
         raise OSError(error.errno, error.strerror or str(error), str(where)) from None
 
 
-def quiet_writer_threads(args: threading.ExceptHookArgs) -> None:
-    """``threading.excepthook`` that leaves a failed write of TensorBoard's writer thread unprinted:
-    the thread keeps the error, and the training's next call on the writer raises it (one line)."""
+def quiet_writer_threads(printing_hook: Callable[[threading.ExceptHookArgs], object], args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook`` while a run's curves are open: a failed write of TensorBoard's writer
+    thread is left unprinted (the thread keeps the error, and the training's next call on the writer
+    raises it, as one line); any other thread's error goes to ``printing_hook``, the hook before."""
     if not (type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)):
-        PRINTING_HOOK(args)
-
-
-PRINTING_HOOK = threading.excepthook
+        printing_hook(args)
 
 
 def curves_folder(folder: Path) -> Path:
@@ -183,7 +187,6 @@ def open_curves(run: RunDir, every: int, epochs_done: int, steps_done: int, writ
                          "requirements.txt (pip install -r requirements.txt), then rerun") from None
     epoch_folder, step_folder = curves_folder(run.path), curves_folder(run.steps) if every else None
     after_earlier_sessions([epoch_folder, *([step_folder] if step_folder else [])])
-    threading.excepthook = quiet_writer_threads
     with naming_the_file(epoch_folder):
         epochs = SummaryWriter(str(epoch_folder), purge_step=epochs_done + 1)
     steps = None
