@@ -142,6 +142,22 @@ def fake_bin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+def fake_training(path: Path) -> Path:
+    """``FAKE_TRAINING`` as an executable at ``path``, to stand in for the Python of a job script."""
+    path.write_text(FAKE_TRAINING)
+    path.chmod(0o755)
+    return path
+
+
+def kd_runs(experiments: Path, count: int) -> list[sweep.Run]:
+    """``count`` seeds of a kd grid, their folders made, as a job script of several runs trains them."""
+    args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", str(count)))
+    runs = plan(args, extra)
+    for run in runs:
+        run.path.mkdir(parents=True)
+    return runs
+
+
 def tool(folder: Path, name: str, body: str) -> Path:
     """A fake command: a bash script."""
     path = folder / name
@@ -361,9 +377,7 @@ def test_empty_values_leave_their_directives_out() -> None:
 def test_every_value_reaches_the_training_script_intact(tmp_path: Path) -> None:
     """Paths with spaces, quotes and $(...) are quoted: the shell neither splits nor runs them."""
     experiments = tmp_path / "runs $(touch PWNED) it's; echo"
-    python = tmp_path / "python with space"
-    python.write_text(FAKE_TRAINING)
-    python.chmod(0o755)
+    python = fake_training(tmp_path / "python with space")
     args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "1"))
     teacher = plan(args, extra)[0].teacher
     settings = sweep.JobSettings(Resources(), python=str(python))
@@ -387,9 +401,7 @@ def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
     its handler) counts as stopped: 75 as well."""
     scontrol_log = tmp_path / "scontrol.log"
     tool(fake_bin, "scontrol", f'echo "$*" >> {scontrol_log}\n')
-    python = tmp_path / "python"
-    python.write_text(FAKE_TRAINING)
-    python.chmod(0o755)
+    python = fake_training(tmp_path / "python")
     args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "1"))
     (run,) = plan(args, extra)
     run.path.mkdir(parents=True)
@@ -651,9 +663,7 @@ def test_pbs_commands(cli, tmp_path: Path, experiments: Path, fake_bin: Path) ->
 
 
 def test_local_scheduler_runs_the_grid_here(cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    python = tmp_path / "python"
-    python.write_text(FAKE_TRAINING)
-    python.chmod(0o755)
+    python = fake_training(tmp_path / "python")
     argv = grid(experiments, "--scheduler", "local", "--parallel", "2", "--python", str(python),
                 "--distillations", "featuremap", "--runs", "2")
 
@@ -678,9 +688,7 @@ def test_local_scheduler_packs_runs_as_a_cluster_job_does(cli, tmp_path: Path, e
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """--scheduler local --runs_per_gpu 2: the same job script as on a cluster, run here; each run
     has its own job.out, and a failed run is named alone."""
-    python = tmp_path / "python"
-    python.write_text(FAKE_TRAINING)
-    python.chmod(0o755)
+    python = fake_training(tmp_path / "python")
     argv = grid(experiments, "--scheduler", "local", "--runs_per_gpu", "2", "--python", str(python),
                 "--distillations", "featuremap", "--runs", "2")
     monkeypatch.setenv("FAKE_TRAINING", "fail_seed1")
@@ -708,9 +716,7 @@ def test_job_logs_that_are_links_are_never_written_through(cli, tmp_path: Path, 
     """A job.out or local.out that is a symbolic link: the run it would log is not trained (its pack
     mate is), then not submitted; the file the link points to is left as it was."""
     monkeypatch.setenv("FAKE_TRAINING", "exit")
-    python = tmp_path / "python"
-    python.write_text(FAKE_TRAINING)
-    python.chmod(0o755)
+    python = fake_training(tmp_path / "python")
     make_run(experiments, TEACHER, "metrics.json", "ResNetBaby.pth")
     outside = tmp_path / "outside.txt"
     outside.write_text("precious")
@@ -738,9 +744,7 @@ def test_a_stop_signal_to_a_local_sweep_stops_its_jobs_and_starts_no_more(
         cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch, stop: signal.Signals) -> None:
     """Ctrl-C or SIGTERM on runner.py --scheduler local reaches the running job, whose trainings stop
     (75); the next job is not started, runner.py waits for the running one and exits 75 in one line."""
-    python = tmp_path / "python"
-    python.write_text(FAKE_TRAINING)
-    python.chmod(0o755)
+    python = fake_training(tmp_path / "python")
     make_run(experiments, TEACHER, "metrics.json", "ResNetBaby.pth")
     students = [experiments / f"{FEATUREMAP}/seed{seed}" for seed in range(3)]
     monkeypatch.setenv("FAKE_TRAINING", "wait")
@@ -1058,13 +1062,8 @@ def test_a_pack_job_stops_every_run_and_reports_the_worst_status(tmp_path: Path,
     """USR1 reaches both trainings of a two-run job, which exits 75 and requeues; trainings that fail
     fail the job with their status, each run's output in its own job.out."""
     scontrol_log = tmp_path / "scontrol.log"
-    python = tmp_path / "python"
-    python.write_text(FAKE_TRAINING)
-    python.chmod(0o755)
-    args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "2"))
-    runs = plan(args, extra)
-    for run in runs:
-        run.path.mkdir(parents=True)
+    python = fake_training(tmp_path / "python")
+    runs = kd_runs(experiments, 2)
     script = runs[0].path / "run.job"
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
@@ -1092,9 +1091,7 @@ def test_a_pack_job_shares_its_gpu_through_an_mps_daemon_of_its_own(tmp_path: Pa
     """--mps: the job starts a CUDA MPS control daemon in a folder it makes, its trainings are the
     daemon's clients, and it tells the daemon to quit and removes the folder when they have ended. A
     daemon that does not start leaves the runs to share the GPU without it. One run, or no GPU: no MPS."""
-    python = tmp_path / "python"
-    python.write_text(FAKE_TRAINING)
-    python.chmod(0o755)
+    python = fake_training(tmp_path / "python")
     args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "2"))
     runs = plan(args, extra)
     settings = sweep.JobSettings(Resources(gpus=1), str(python), mps=True)
@@ -1130,13 +1127,8 @@ def test_a_stop_before_the_trainings_start_leaves_no_daemon_and_starts_none(
     """A signal while the job starts its MPS daemon (it used to end the job there, leaving the daemon
     running and its folder in $TMPDIR): no training starts, the daemon is told to quit, its folder is
     removed, and the job ends as stopped (75), requeued after USR1."""
-    python = tmp_path / "python"
-    python.write_text(FAKE_TRAINING)
-    python.chmod(0o755)
-    args, extra = runner.parse_args(grid(experiments, "--distillations", "kd", "--runs", "2"))
-    runs = plan(args, extra)
-    for run in runs:
-        run.path.mkdir(parents=True)
+    python = fake_training(tmp_path / "python")
+    runs = kd_runs(experiments, 2)
     script = runs[0].path / "run.job"
     script.write_text(sweep.render_job(runs, SlurmScheduler("someone"), sweep.JobSettings(Resources(gpus=1), str(python),
                                                                                           mps=True)))
