@@ -187,10 +187,19 @@ def test_a_copy_of_a_run_is_counted_once(tmp_path: Path) -> None:
     loaded = analysis.load_runs(tmp_path)
     assert sorted(loaded.finished["run"]) == runs
     status = loaded.pending.set_index("run")["status"]
-    assert status[f"a backup/{runs[0]}"] == f"duplicate of {runs[0]} (same configuration and seed): not counted"
+    assert status[f"a backup/{runs[0]}"] == f"duplicate of {runs[0]} (same configuration, seed and teacher): not counted"
     row = analysis.expectation_table(loaded).iloc[0]
     assert (row["n"], row["mean"], row["std"]) == (2, 48, pytest.approx(math.sqrt(8)))
     assert analysis.summarize(loaded)["runs"].tolist() == [2]
+
+
+def test_students_of_two_teachers_with_one_seed_are_two_samples(tmp_path: Path) -> None:
+    """The same student flags and seed distilled from two teacher files (--teacher_checkpoint) are
+    two runs of the configuration, not a copy of one."""
+    for folder, acc in (("from-a", [60, 70]), ("from-b", [62, 64])):
+        write_run(tmp_path, acc, distillation="kd", experiment_name=folder, teacher_checkpoint=str(tmp_path / folder / "t.pth"))
+    loaded = analysis.load_runs(tmp_path)
+    assert sorted(loaded.finished["run"]) == ["from-a", "from-b"] and loaded.pending.empty
 
 
 def test_a_folder_that_cannot_be_listed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -245,18 +245,23 @@ def _config_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     return sorted(found), sorted(closed)
 
 
-def _one_run_per_seed(finished: list[dict[str, Any]], at_home: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The runs with one run per configuration and seed, and the others as pending. Two runs of the
-    same flags and seed (a copy of a run, a backup inside the experiments folder, the same run
-    trained on two machines) are one sample: counting both would shrink the spread over seeds, and
-    pairing by seed would keep one at random. The run in the folder its config.json names is kept,
-    else the first by folder name."""
-    kept: dict[tuple[str, int], str] = {}
+def _one_run_per_seed(finished: list[dict[str, Any]], at_home: set[str],
+                      teachers: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The runs with one run per configuration, seed and teacher file, and the others as pending.
+    Two runs of the same flags and seed from the same teacher (a copy of a run, a backup inside the
+    experiments folder, the same run trained on two machines) are one sample: counting both would
+    shrink the spread over seeds, and pairing by seed would keep one at random. The run in the
+    folder its config.json names is kept, else the first by folder name. Students of different
+    teachers (``--teacher_checkpoint``) stay separate samples."""
+    def sample(record: dict[str, Any]) -> tuple[str, int, str]:
+        return record["key"], record["seed"], json.dumps(teachers.get(record["run"]))
+
+    kept: dict[tuple[str, int, str], str] = {}
     for record in sorted(finished, key=lambda record: record["run"] not in at_home):  # stable: folder order
-        kept.setdefault((record["key"], record["seed"]), record["run"])
-    duplicates = [{"run": record["run"], "status": f"duplicate of {original} (same configuration and seed): not counted"}
-                  for record in finished if (original := kept[(record["key"], record["seed"])]) != record["run"]]
-    return [record for record in finished if kept[(record["key"], record["seed"])] == record["run"]], duplicates
+        kept.setdefault(sample(record), record["run"])
+    duplicates = [{"run": record["run"], "status": f"duplicate of {original} (same configuration, seed and teacher): "
+                   "not counted"} for record in finished if (original := kept[sample(record)]) != record["run"]]
+    return [record for record in finished if kept[sample(record)] == record["run"]], duplicates
 
 
 def load_runs(experiments_dir: str | Path) -> Runs:
@@ -265,7 +270,7 @@ def load_runs(experiments_dir: str | Path) -> Runs:
     folder = Path(experiments_dir)
     if not folder.is_dir():
         raise UsageError(f"experiments folder {folder} does not exist (set EXPERIMENTS_DIR to a folder of runs)")
-    finished, pending, teacher_folders, at_home = [], [], set(), set()
+    finished, pending, teacher_folders, at_home, teachers = [], [], set(), set(), {}
     config_paths, closed = _config_files(folder)
     pending += [{"run": path.relative_to(folder).as_posix(), "status": f"unreadable folder ({reason}): runs in it, if "
                  "any, are not counted"} for path, reason in closed]
@@ -284,11 +289,12 @@ def load_runs(experiments_dir: str | Path) -> Runs:
             else:
                 _check_record(run, config, metrics)
                 finished.append(_run_record(name, config, metrics))
+                teachers[name] = config.get("teacher_checkpoint")
                 if name == config["experiment_name"]:
                     at_home.add(name)
         except (UsageError, KeyError, TypeError, IndexError, ValueError) as error:
             pending.append({"run": name, "status": f"unreadable ({type(error).__name__}: {error})"})
-    finished, duplicates = _one_run_per_seed(finished, at_home)
+    finished, duplicates = _one_run_per_seed(finished, at_home, teachers)
     pending += duplicates
     empty_columns = ["run", *NAME_COLUMNS, *SHOWN_FLAGS, "feature_layer", *RUN_STATS, *CURVES]
     finished_table = _table(finished, RUN_STATS, empty_columns)
