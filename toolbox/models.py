@@ -38,11 +38,10 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from toolbox.errors import UsageError
+from toolbox.errors import UsageError, file_kind
 from toolbox.models_mobile import mobile_half, shuffle_v1, shuffle_v2
 from toolbox.nets.cifar import VGG, VGG_CONFIGS, BottleneckResNet, CifarResNet, ResNet, WideResNet
 from toolbox.nets.imagenet import IMAGENET_MODELS
-from toolbox.rundir import file_kind
 
 # ---------------------------------------------------------------------------------------------
 # Registry

@@ -21,7 +21,6 @@ import math
 import os
 import re
 import socket
-import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from toolbox.config import Config
-from toolbox.errors import IOFailure, UsageError
+from toolbox.errors import IOFailure, NotRegular, UsageError, file_kind
 from toolbox.run_identity import (  # noqa: F401  (re-exported: the tools import a run's name and flags from here)
     ABSENT,
     SWITCHED_FLAGS,
@@ -98,20 +97,6 @@ def open_nofollow(path: Path, flags: int) -> int:
         raise NotRegular(path, kind)
     os.set_blocking(descriptor, True)
     return descriptor
-
-
-def file_kind(mode: int) -> Optional[str]:
-    """What a file that is not a regular one is (None for a regular file)."""
-    if stat.S_ISREG(mode):
-        return None
-    return "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
-
-
-class NotRegular(UsageError):
-    """A run's file that is a FIFO, a folder or a device: never read or written, left as it is."""
-
-    def __init__(self, path: Path, kind: str) -> None:
-        super().__init__(f"{path} is not a regular file ({kind}); it was left as it is: move it away, then rerun")
 
 
 def read_regular_text(path: Path) -> str:

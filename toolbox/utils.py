@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure  # drawn without pyplot: no backend, no display, no global state
 from torch import Tensor, nn
 
-from toolbox.errors import UsageError
-from toolbox.rundir import NotRegular
+from toolbox.errors import NotRegular, UsageError
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
