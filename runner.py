@@ -33,14 +33,22 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
-from toolbox.choices import IMAGENET_PAIRS, RECOMP_TARGETS, SAME_ARCH_PAIRS, parse_ranks
-from toolbox.config import IO_ERROR, Config, OneLineParser, os_error_line, quiet_on_closed_pipe
+from toolbox.cli import IO_ERROR, OneLineParser, os_error_line, quiet_on_closed_pipe
+from toolbox.config import Config
+from toolbox.config.choices import IMAGENET_PAIRS, RECOMP_TARGETS, SAME_ARCH_PAIRS, parse_ranks
+from toolbox.config.naming import validate_experiment_name
 from toolbox.data_loader import prepare_dataset
 from toolbox.errors import Interrupted, UsageError
 from toolbox.methods import DISTILLERS
-from toolbox.naming import validate_experiment_name
-from toolbox.scheduler import (LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError, SlurmScheduler,
-                               local_gpus)
+from toolbox.scheduler import (
+    LocalScheduler,
+    PbsScheduler,
+    Resources,
+    Scheduler,
+    SchedulerError,
+    SlurmScheduler,
+    local_gpus,
+)
 from toolbox.sweep import (
     Axes,
     JobSettings,

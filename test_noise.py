@@ -19,8 +19,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from toolbox.config import (Config, build_parser, config_from_namespace, main_guard, parse_flags, quiet_on_closed_pipe,
-                            wait_passively)
+from toolbox.cli import main_guard, quiet_on_closed_pipe, wait_passively
+from toolbox.config import Config, build_parser, config_from_namespace, parse_flags
 
 wait_passively()  # before torch loads
 

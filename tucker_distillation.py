@@ -35,7 +35,8 @@ import contextlib  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from toolbox.config import Config, main_guard, parse_config, quiet_on_closed_pipe, wait_passively  # noqa: E402
+from toolbox.cli import main_guard, quiet_on_closed_pipe, wait_passively  # noqa: E402
+from toolbox.config import Config, parse_config  # noqa: E402
 from toolbox.rundir import RunDir  # noqa: E402  (no torch)
 
 wait_passively()  # before torch loads
@@ -56,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         with claimed_early(config):
-            from toolbox.training import evaluate_checkpoint, train  # torch loads only now: --help and bad flags answer at once
+            from toolbox.training import (  # torch loads only now: --help and bad flags answer at once
+                evaluate_checkpoint,
+                train,
+            )
 
             if config.evaluate:
                 result = evaluate_checkpoint(config)

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from common import Column, LoadMonitor, add_common_flags, finish, interleaved, median, setup
 
 from toolbox.config import parse_config
-from toolbox.distillation import Distiller, Setup, Step
-from toolbox.methods import build_distiller, with_defaults
+from toolbox.distillation import Distiller, Setup, Step, build_distiller, with_defaults
 from toolbox.models import build_model, stage_shapes
 
 METHODS = ("featuremap", "tucker")

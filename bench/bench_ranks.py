@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from common import Column, LoadMonitor, add_common_flags, add_pair_flags, finish, save_teacher, setup, synthetic_data

@@ -54,8 +54,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision import transforms
 
-from toolbox.choices import CROSS_ARCH_PAIRS, SAME_ARCH_PAIRS
 from toolbox.config import parse_config
+from toolbox.config.choices import CROSS_ARCH_PAIRS, SAME_ARCH_PAIRS
 from toolbox.data_loader import CIFAR_MEAN_STD, IMAGE_SIZE, PAD, Dataset, train_batches
 from toolbox.rundir import RunDir, resolve
 from toolbox.training import Trainer

@@ -39,10 +39,9 @@ import torch.nn.functional as F
 from common import Column, LoadMonitor, add_common_flags, finish, interleaved, median, paired_ratio, setup
 from torch import Tensor
 
-from toolbox.choices import BATCH_TOKEN, HOOI_MAX_SWEEPS
 from toolbox.config import parse_config
-from toolbox.distillation import Step
-from toolbox.methods import distiller_for
+from toolbox.config.choices import BATCH_TOKEN, HOOI_MAX_SWEEPS
+from toolbox.distillation import Step, distiller_for
 from toolbox.tucker import Factors, project, recompose, relative_error, tucker
 
 CHANNELS, SIZE = 64, 8

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as ``python bench/bench_*.py`` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from toolbox.choices import MODELS  # noqa: E402
+from toolbox.config.choices import MODELS  # noqa: E402
 from toolbox.data_loader import CIFAR_MEAN_STD, IMAGE_SIZE, Dataset  # noqa: E402
 from toolbox.models import build_model  # noqa: E402
 from toolbox.utils import environment, select_device  # noqa: E402

@@ -23,10 +23,10 @@ import scipy.stats
 import torch
 
 from toolbox import analysis, inspection
-from toolbox.choices import CROSS_ARCH_PAIRS
 from toolbox.config import Config, recipe_defaults
+from toolbox.config.choices import CROSS_ARCH_PAIRS
+from toolbox.distillation import with_defaults
 from toolbox.errors import UsageError
-from toolbox.methods import with_defaults
 from toolbox.models import build_model
 from toolbox.rundir import CORRUPT, RunDir, resolve
 from toolbox.tucker import recompose, relative_error

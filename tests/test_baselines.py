@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tests.conftest import REAL_BATCH
-from toolbox.baselines import DKD_BETA, DKDDistiller
 from toolbox.config import Config
-from toolbox.distillation import Distiller, Setup, Step
+from toolbox.distillation import Distiller, Setup, Step, build_distiller, with_defaults
 from toolbox.errors import UsageError
-from toolbox.methods import DISTILLERS, build_distiller, with_defaults
+from toolbox.methods import DISTILLERS
+from toolbox.methods.dkd import DKD_BETA, DKDDistiller
 
 BATCH, CLASSES = 16, 100
 SMALL = 4  # a batch for the stage-wise methods' maps (no batch relations) and for the tests that check no values

@@ -22,12 +22,13 @@ from torch import Tensor, nn
 
 from tests.conftest import run_training
 from toolbox.config import Config, parse_config
-from toolbox.distillation import Distiller, Setup, Step
+from toolbox.distillation import Distiller, Setup, Step, build_distiller, with_defaults
 from toolbox.errors import UsageError
-from toolbox.feature_fusion import REVIEWKD_BETA, ofd_stages
-from toolbox.methods import DISTILLERS, build_distiller, with_defaults
+from toolbox.methods import DISTILLERS
+from toolbox.methods.ofd import ofd_stages
+from toolbox.methods.phases import train_only
+from toolbox.methods.reviewkd import REVIEWKD_BETA
 from toolbox.models import build_model
-from toolbox.phases import train_only
 from toolbox.rundir import experiment_name
 from toolbox.training import Trainer
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tests.conftest import TINY, run_training
-from toolbox.choices import METHODS, SAME_ARCH_PAIRS
 from toolbox.config import parse_config
+from toolbox.config.choices import METHODS, SAME_ARCH_PAIRS
 from toolbox.models import build_model
 from toolbox.rundir import experiment_name
 from toolbox.training import Trainer

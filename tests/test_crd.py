@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from toolbox.config import Config
-from toolbox.crd import CRDDistiller
 from toolbox.distillation import Distiller, Setup, Step
 from toolbox.errors import UsageError
+from toolbox.methods.crd import CRDDistiller
 
 STUDENT_DIM, TEACHER_DIM = 24, 40  # the pooled features' widths
 

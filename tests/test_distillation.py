@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from toolbox.choices import parse_ranks
 from toolbox.config import parse_config
-from toolbox.distillation import Distiller, Step, normalized_distance
+from toolbox.config.choices import parse_ranks
+from toolbox.distillation import Distiller, Step, distiller_for
 from toolbox.errors import UsageError
-from toolbox.methods import DISTILLERS, distiller_for
+from toolbox.methods import DISTILLERS
+from toolbox.methods.base import normalized_distance
 from toolbox.tucker import project, tucker
 
 SHAPE = (16, 64, 8, 8)

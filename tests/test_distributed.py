@@ -30,7 +30,7 @@ import torch
 from tests.test_tensorboard import scalars
 from toolbox.config import parse_config
 from toolbox.curves import STEP_TAGS
-from toolbox.phases import PHASE_RECORD
+from toolbox.methods.phases import PHASE_RECORD
 from toolbox.rundir import EVENT_FILE
 from toolbox.training import train
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tests.conftest import TINY, run_training
-from toolbox.choices import format_ranks, parse_ranks
 from toolbox.config import parse_config
-from toolbox.distillation import connector
+from toolbox.config.choices import format_ranks, parse_ranks
 from toolbox.errors import UsageError
+from toolbox.methods.base import connector
 from toolbox.models import build_model, stage_shapes
 from toolbox.rundir import default_teacher_checkpoint, experiment_name, resolve, teacher_config
 from toolbox.training import make_scheduler

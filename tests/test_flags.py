@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from toolbox import choices, models
-from toolbox.config import CLOSED_PIPE, RUNTIME_FIELDS, Config, build_parser
+from toolbox import models
+from toolbox.cli import CLOSED_PIPE
+from toolbox.config import RUNTIME_FIELDS, Config, build_parser, choices
 from toolbox.methods import DISTILLERS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,6 +22,7 @@ NO_TORCH = "import sys; sys.modules['torch'] = None; "  # any import of torch no
 
 def test_the_vocabularies_are_the_registries() -> None:
     assert choices.METHODS == tuple(DISTILLERS)
+    assert all(cls.__module__ == f"toolbox.methods.{name}" for name, cls in DISTILLERS.items())  # one file each
     assert choices.MODELS == tuple(models.MODELS)
 
 

@@ -21,8 +21,8 @@ import runner
 import tucker_distillation
 from tests.conftest import STUDENT, TINY
 from toolbox import rundir, utils
-from toolbox.baselines import rkd_angles, rkd_distances
 from toolbox.errors import UsageError
+from toolbox.methods.rkd import rkd_angles, rkd_distances
 from toolbox.models import build_model, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

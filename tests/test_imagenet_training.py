@@ -20,8 +20,8 @@ import torchvision
 from PIL import Image
 
 from tests.conftest import forget_stop_signal, run_training
-from toolbox.choices import METHODS
 from toolbox.config import parse_config
+from toolbox.config.choices import METHODS
 from toolbox.errors import Interrupted
 from toolbox.training import Trainer, evaluate_checkpoint, train
 

@@ -24,9 +24,9 @@ import torch
 import runner
 from tests.conftest import STUDENT, TINY, age, run_training
 from toolbox.config import Config
-from toolbox.distillation import NoiseDistiller
 from toolbox.errors import UsageError
 from toolbox.methods import DISTILLERS
+from toolbox.methods.noise import NoiseDistiller
 from toolbox.rundir import (
     CORRUPT,
     FAILED,

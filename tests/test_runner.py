@@ -23,8 +23,17 @@ import runner
 from tests.conftest import age
 from toolbox import sweep
 from toolbox.rundir import RunDir
-from toolbox.scheduler import (PENDING, RUNNING, LocalScheduler, PbsScheduler, Resources, Scheduler, SchedulerError, SlurmScheduler,
-                               local_gpus)
+from toolbox.scheduler import (
+    PENDING,
+    RUNNING,
+    LocalScheduler,
+    PbsScheduler,
+    Resources,
+    Scheduler,
+    SchedulerError,
+    SlurmScheduler,
+    local_gpus,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 TINY = ["--dataset", "digits", "--teacher", "ResNetBaby", "--student", "ResNetBaby", "--epochs", "2", "--batch_size", "64"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolbox.choices import format_ranks, parse_ranks
+from toolbox.config.choices import format_ranks, parse_ranks
 from toolbox.errors import UsageError
 from toolbox.tucker import check_ranks, mode_dot, project, recompose, relative_error, tucker
 

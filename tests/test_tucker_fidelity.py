@@ -26,11 +26,10 @@ import torch.nn.functional as F
 from tensorly.decomposition import tucker as tensorly_tucker
 from torch import Tensor
 
-from toolbox.choices import parse_ranks
 from toolbox.config import parse_config
+from toolbox.config.choices import parse_ranks
 from toolbox.data_loader import load_dataset, train_batches
-from toolbox.distillation import Step
-from toolbox.methods import distiller_for
+from toolbox.distillation import Step, distiller_for
 from toolbox.models import build_model
 from toolbox.tucker import project, recompose, tucker
 

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from toolbox.choices import DATASETS, FILE_DATASETS
+from toolbox.config.choices import DATASETS, FILE_DATASETS
 from toolbox.datasets.sampling import epoch_generator, share
 from toolbox.errors import UsageError
 from toolbox.stop import interruptible

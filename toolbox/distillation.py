@@ -1,317 +1,42 @@
-"""Distillation methods: each one a small class behind one interface, registered in one dict.
+"""The distillation interface's face: a run's distiller from its flags.
 
-A distiller is built for a ``Setup`` (the shapes of every output of both networks, the training
-labels) and turns the teacher's and the student's outputs (``[stem, stage 1, ..., stage k, pooled,
-logits]``) and the ``Step`` (labels, sample indices, epoch) into the soft loss; the training loop
-computes ``ce_weight * cross-entropy + beta * soft_loss`` (plus what ``toolbox.composition`` adds
-to any method) and knows no method by name. A
-distiller's own modules (connectors, regressors, embeddings, a memory bank) are trained and
-checkpointed with the student. A new method is one class and one line in ``DISTILLERS``: the
-original study's methods are here, the field's baselines in ``toolbox.baselines`` and their own
-modules. A method may also read the stages' maps before their last ReLU (``student_preact``,
-``teacher_preact``), run the teacher in training mode (``teacher_train_mode``), and train in
-phases (``phases``, ``trained_modules``: ``toolbox.phases``).
+Every method is one file of ``toolbox/methods/`` behind the interface of ``toolbox.methods.base``
+(``Distiller``, ``Setup``, ``Step``), listed once in ``toolbox.methods.METHODS``. This module builds
+the distiller a run trains with: the method's defaults and its recipe's settings filled in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+import dataclasses
+from typing import Optional, Sequence
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from toolbox.choices import IMAGE_SIZES, parse_ranks
-from toolbox.distributed import World
-from toolbox.errors import UsageError
-from toolbox.logit_settings import STANDARDIZED_METHODS
-from toolbox.models import stage_shapes
-from toolbox.naming import format_value, ranks_tag
-from toolbox.phases import Phase
-from toolbox.tucker import Factors, absolute_ranks, check_core, project, recompose, tucker
+from toolbox.config import Config, run_recipe
+from toolbox.methods import distiller_class
+from toolbox.methods.base import Distiller, Setup, Step
 
-if TYPE_CHECKING:
-    from toolbox.config import Config
+__all__ = ["Distiller", "Setup", "Step", "build_distiller", "distiller_for", "with_defaults"]
 
-Shape = tuple[int, ...]
 
+def with_defaults(config: Config) -> Config:
+    """``config`` with the flags left unset (None) given the defaults for this run: its recipe's for
+    the method (``--recipe imagenet``'s kd weights), else the method's own (as
+    ``toolbox.rundir.identity.method_default``). Flags that ``Config`` gives a value of its own
+    (``epochs``, ``kd_temperature``, ...) keep it: the recipe's values for those come from
+    ``parse_config``, so build a run's ``Config`` with it, e.g. ``parse_config(["--recipe", "imagenet",
+    ...])``, not ``Config(recipe="imagenet")``."""
+    own = {**distiller_class(config.distillation).defaults_for(config), **run_recipe(config)}
+    return dataclasses.replace(config, **{name: value for name, value in own.items() if getattr(config, name) is None})
 
-@dataclass(frozen=True)
-class Setup:
-    """What a distiller is built for."""
 
-    teacher_shapes: tuple[Shape, ...]  # per sample, of every output: stem, stages, pooled, logits
-    student_shapes: tuple[Shape, ...]
-    train_labels: Tensor  # of the whole training set, by sample index (CRD draws negatives from other classes)
-    world: World = field(default_factory=World)  # the ranks training together (CRD's memory bank sees all their batches)
-    teacher: nn.Module | None = None  # the trained teacher, read once (OFD's margins come from its BatchNorms)
+def build_distiller(config: Config, setup: Setup) -> Distiller:
+    """The registered distiller for ``config.distillation``."""
+    return distiller_class(config.distillation)(config, setup)
 
-    @classmethod
-    def of(cls, teacher_out: Sequence[Tensor], student_out: Sequence[Tensor], train_labels: Tensor | None = None,
-           teacher: nn.Module | None = None) -> Setup:
-        """The setup of two networks' outputs on one batch (tests, benchmarks, notebooks)."""
-        shapes = [tuple(tuple(out.shape[1:]) for out in outs) for outs in (teacher_out, student_out)]
-        labels = train_labels if train_labels is not None else torch.zeros(0, dtype=torch.long)
-        return cls(shapes[0], shapes[1], labels, teacher=teacher)
 
-
-@dataclass(frozen=True)
-class Step:
-    """What a training step knows besides the outputs."""
-
-    labels: Tensor
-    indices: Tensor  # of the batch's samples in the training set
-    epoch: int  # from 1, within the phase
-    phase: str | None = None  # the preliminary phase's name (``Distiller.phases``); None in the run's --epochs
-
-
-def stages(outputs: Sequence[Any]) -> Sequence[Any]:
-    """The stages of an output list (or of its shapes): without the stem, the pooled features and the logits."""
-    return outputs[1:-2]
-
-
-def normalized_distance(student: Tensor, teacher: Tensor, loss: str) -> Tensor:
-    """Mean L1 or squared-L2 distance between per-sample L2-normalised, flattened tensors.
-
-    Normalising makes the loss blind to the overall scale of either network's activations; it is
-    computed in float32 even under autocast.
-    """
-    s = F.normalize(student.float().flatten(1), dim=1)
-    t = F.normalize(teacher.float().flatten(1), dim=1)
-    return F.l1_loss(s, t) if loss == "l1" else F.mse_loss(s, t)
-
-
-def connector(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
-    """A learnable map from the student's (C, H, W) stage to the teacher's, on the student side:
-    nothing when they agree, a 1x1 convolution when only the widths differ, and where the sizes
-    differ too, the convolution RepDistiller's regressor chooses by the size ratio (3x3 stride 2 to
-    halve, a 4x4 transposed convolution to double, else a valid convolution that shrinks to fit)."""
-    (s_c, s_h, s_w), (t_c, t_h, t_w) = student_shape, teacher_shape
-    if (s_h, s_w) == (t_h, t_w):
-        return nn.Identity() if s_c == t_c else nn.Conv2d(s_c, t_c, kernel_size=1, bias=False)
-    if (s_h, s_w) == (2 * t_h, 2 * t_w):
-        return nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
-    if (2 * s_h, 2 * s_w) == (t_h, t_w):
-        return nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
-    if s_h >= t_h and s_w >= t_w:
-        return nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
-    raise UsageError(f"--feature_layer: the student's map {'x'.join(map(str, student_shape))} cannot be mapped onto the "
-                     f"teacher's {'x'.join(map(str, teacher_shape))}; choose another --feature_layer")
-
-
-class Distiller(nn.Module):
-    """Base class: the soft loss between teacher and student outputs (zero when not distilling)."""
-
-    needs_teacher = True
-    reads_maps = True  # False: no connector is built (it would be trained and saved for nothing)
-    defaults: dict[str, Any] = {"beta": 125.0, "ce_weight": 1.0, "feature_layer": 3,  # the original study's
-                                "kd_weight": 0.0, "logit_standardization": False, "optimizer": "sgd", "dot_delta": 0.075}
-    """Values of flags left unset (None) on the command line, where they depend on the method (the
-    loss's additions and the optimiser are here so that a teacher's run never inherits a student's)."""
-    flags: tuple[str, ...] = ("feature_layer", "loss", "beta")
-    """The method's own flags: the others do not change what it computes. A run's name and its
-    identity (resume, skip when finished, the notebooks' grouping) take these into account."""
-    tag_flags: tuple[str, ...] = ()
-    """The flags that ``run_tag`` spells out in the run's name; other flags that differ from their
-    defaults are appended to the name as ``flag=value``."""
-    student_preact = False
-    teacher_preact = False
-    """Whether the method reads that network's stages before their last ReLU (``forward(x, preact=True)``)."""
-    teacher_train_mode = False
-    """Whether the teacher runs in training mode (BatchNorm on the batch's statistics) while the
-    student trains: OFD's published code does so; the teacher is never trained either way."""
-
-    @classmethod
-    def run_tag(cls, config: Config) -> list[str]:
-        """Folder names after the method's name, e.g. ``["B-32-8-8"]`` for ``tucker``."""
-        return [str(getattr(config, flag)) for flag in cls.tag_flags]
-
-    @classmethod
-    def check(cls, config: Config) -> None:
-        """Refuse a configuration the method cannot train, from the flags alone: ``resolve`` calls
-        it, so runner.py refuses such a run before submitting anything. Here: ``--feature_layer``
-        names a stage that both networks have, the loss's additions have what they need."""
-        archs = [config.student, config.teacher] if cls.needs_teacher else [config.student]
-        last = min(len(stage_shapes(arch, image_size=IMAGE_SIZES[config.dataset])) - 1 for arch in archs)
-        if not 0 <= config.feature_layer <= last:
-            raise UsageError(f"--feature_layer must be from 0 (the stem) to {last} for {' and '.join(archs)}; "
-                             f"got {config.feature_layer}")
-        if not cls.needs_teacher and (config.kd_weight or config.optimizer == "dot"):
-            raise UsageError(f"--kd_weight and --optimizer dot need a teacher's loss; --distillation {config.distillation} "
-                             "trains without a teacher: leave them out")
-        if config.optimizer == "dot" and (config.dot_delta or 0.0) > config.momentum:
-            raise UsageError(f"--dot_delta must be at most --momentum ({config.momentum:g}): the cross-entropy's momentum "
-                             f"is their difference; got {config.dot_delta:g}")
-        if config.logit_standardization and "logit_standardization" not in cls.flags:
-            raise UsageError(f"--logit_standardization applies to {' and '.join(STANDARDIZED_METHODS)}, the methods it was "
-                             f"published for; --distillation {config.distillation} is not one of them: leave it out")
-
-    @classmethod
-    def defaults_for(cls, config: Config) -> dict[str, Any]:
-        """The method's defaults for this run (a method may choose some per architecture pair)."""
-        return cls.defaults
-
-    def __init__(self, config: Config, setup: Setup) -> None:
-        self.check(config)
-        super().__init__()
-        self.layer = config.feature_layer  # output 0 is the stem, k the k-th stage
-        self.loss = config.loss
-        self.teacher_shape = setup.teacher_shapes[self.layer]  # the distilled stage, (C, H, W)
-        self.student_shape = setup.student_shapes[self.layer]
-        self.connector = connector(self.student_shape, self.teacher_shape) if self.reads_maps else nn.Identity()
-
-    def phases(self) -> tuple[Phase, ...]:
-        """The phases trained before the run's --epochs, in order (``toolbox.phases``); none by default."""
-        return ()
-
-    def trained_modules(self, student: nn.Module, phase: str | None) -> list[nn.Module]:
-        """The modules that ``phase`` trains (None: the run's --epochs): in training mode, their
-        parameters the optimiser's; the student's and the distiller's others run in eval mode, frozen."""
-        return [student, self]
-
-    def maps(self, teacher_out: list[Tensor], student_out: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """The distilled stage of each network, the student's passed through the connector; the
-        teacher's is a fixed target, detached even if a caller forgot ``torch.no_grad``."""
-        return teacher_out[self.layer].detach(), self.connector(student_out[self.layer])
-
-    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
-        raise NotImplementedError
-
-
-class NoDistillation(Distiller):
-    """Plain training with cross-entropy alone (used to train teachers and baselines)."""
-
-    needs_teacher = False
-    reads_maps = False
-    defaults: dict[str, Any] = {**Distiller.defaults, "beta": 0.0}
-    flags = ()
-
-    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
-        return student_out[-1].new_zeros(())
-
-
-class FeatureMapDistiller(Distiller):
-    """The student's map pulled towards the teacher's, both normalised."""
-
-    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
-        teacher_map, student_map = self.maps(teacher_out, student_out)
-        return normalized_distance(student_map, teacher_map, self.loss)
-
-
-class TuckerDistiller(Distiller):
-    """Tucker-decompose the teacher's map; compare cores after projecting the student's map on
-    the teacher's factors, the original's loss (``--tucker_core original``: the full-rank modes
-    rotated as tensorly rotates them) or each sample's own core (``per_sample``). Subclasses compare
-    other views of the same decomposition."""
-
-    flags = (*Distiller.flags, "ranks", "tucker_backend", "hooi_iters", "tucker_core")
-    tag_flags = ("ranks",)
-
-    @classmethod
-    def run_tag(cls, config: Config) -> list[str]:
-        return [*super().run_tag(config)[:-1], ranks_tag(config.ranks)]  # B-32-8-8: no commas in names
-
-    def __init__(self, config: Config, setup: Setup) -> None:
-        super().__init__(config, setup)
-        self.ranks = absolute_ranks(parse_ranks(config.ranks), self.teacher_shape)
-        self.backend = config.tucker_backend
-        self.hooi_iters = config.hooi_iters
-        self.core = self.core_kind(config)
-        check_core(self.core, self.backend)
-
-    def core_kind(self, config: Config) -> str:
-        """Which core the decomposition computes, one of ``toolbox.tucker.TUCKER_CORES``."""
-        return config.tucker_core
-
-    def decompose(self, teacher_map: Tensor) -> tuple[Tensor, Factors]:
-        with torch.no_grad():  # the teacher's factors are fixed targets, never trained through
-            return tucker(teacher_map, self.ranks, backend=self.backend, n_iter=self.hooi_iters, core=self.core)
-
-    def compare(self, teacher_map: Tensor, student_map: Tensor, core: Tensor, factors: Factors) -> Tensor:
-        return normalized_distance(project(student_map.float(), factors), core, self.loss)
-
-    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
-        teacher_map, student_map = self.maps(teacher_out, student_out)
-        core, factors = self.decompose(teacher_map)
-        # in float32 even under autocast: a bf16 rotation of the batch would swamp the core's small rows
-        with torch.autocast(student_map.device.type, enabled=False):
-            return self.compare(teacher_map, student_map, core, factors)
-
-
-class TuckerRecompDistiller(TuckerDistiller):
-    """Compare full maps after Tucker reconstruction of the teacher's, the student's (projected on
-    the teacher's factors and reconstructed), or both."""
-
-    # Reconstruction undoes the rotations of full-rank modes, so --tucker_core changes nothing here.
-    flags = (*(name for name in TuckerDistiller.flags if name != "tucker_core"), "recomp_target")
-    tag_flags = ("recomp_target", "ranks")
-
-    def __init__(self, config: Config, setup: Setup) -> None:
-        super().__init__(config, setup)
-        self.target = config.recomp_target
-
-    def core_kind(self, config: Config) -> str:
-        """The same maps either way, so the fast back end skips the full-rank rotations (less work);
-        tensorly computes them regardless."""
-        return "per_sample" if config.tucker_backend == "fast" else "original"
-
-    def compare(self, teacher_map: Tensor, student_map: Tensor, core: Tensor, factors: Factors) -> Tensor:
-        if self.target in ("teacher", "both"):
-            teacher_map = recompose(core, factors)
-        if self.target in ("student", "both"):
-            student_map = recompose(project(student_map.float(), factors), factors)
-        return normalized_distance(student_map, teacher_map, self.loss)
-
-
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """KL(teacher || student) between temperature-softened outputs, averaged over the batch and
-    scaled by T^2 so that its gradients keep their size as T changes (RepDistiller's DistillKL)."""
-    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
-    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
-
-
-class LogitDistiller(Distiller):
-    """Hinton et al.'s knowledge distillation, weighted as RepDistiller and mdistiller train it on
-    CIFAR-100: 0.1 * cross-entropy + 0.9 * KD at T = 4."""
-
-    reads_maps = False
-    defaults: dict[str, Any] = {**Distiller.defaults, "beta": 0.9, "ce_weight": 0.1}
-    flags = ("beta", "kd_temperature", "logit_standardization")
-
-    def __init__(self, config: Config, setup: Setup) -> None:
-        super().__init__(config, setup)
-        self.temperature = config.kd_temperature
-
-    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
-        return kd_loss(student_out[-1], teacher_out[-1], self.temperature)
-
-
-class NoiseDistiller(Distiller):
-    """The original's noise-injection variant (its ``test_noise.py``): Gaussian noise is added to
-    the student's map, a small generation module (3x3 conv, ReLU, 3x3 conv) turns it back into a
-    feature map, and that is pulled towards the teacher's map. The generation module is trained
-    with the student (the original never gave it to the optimiser)."""
-
-    flags = (*Distiller.flags, "noise_std")
-    tag_flags = ("noise_std",)
-
-    @classmethod
-    def run_tag(cls, config: Config) -> list[str]:
-        return [f"std{format_value(config.noise_std)}"]
-
-    def __init__(self, config: Config, setup: Setup) -> None:
-        super().__init__(config, setup)
-        channels = self.teacher_shape[0]
-        self.noise_std = config.noise_std
-        self.generator = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, padding=1),
-        )
-
-    def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
-        teacher_map, student_map = self.maps(teacher_out, student_out)
-        noisy = student_map + self.noise_std * torch.randn_like(student_map)
-        return normalized_distance(self.generator(noisy), teacher_map, self.loss)
+def distiller_for(config: Config, teacher_out: Sequence[Tensor], student_out: Sequence[Tensor],
+                  train_labels: Optional[Tensor] = None) -> Distiller:
+    """The distiller of ``config`` (its method's defaults filled in) for networks with outputs like
+    these: for tests, benchmarks and notebooks that hold outputs rather than models."""
+    return build_distiller(with_defaults(config), Setup.of(teacher_out, student_out, train_labels))

@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.axes import Axes
-from matplotlib.image import AxesImage
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from torch import Tensor, nn
 
-from toolbox.choices import BACKENDS, HOOI_MAX_SWEEPS, MODE_NAMES
 from toolbox.config import Config
+from toolbox.config.choices import BACKENDS, HOOI_MAX_SWEEPS, MODE_NAMES
 from toolbox.data_loader import Dataset, eval_batches
 from toolbox.errors import UsageError
 from toolbox.models import build_model, load_checkpoint

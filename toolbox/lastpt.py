@@ -13,8 +13,8 @@ from typing import Any, Optional
 import torch
 
 from toolbox.errors import UsageError
+from toolbox.methods.phases import PHASE_RECORD
 from toolbox.models import NotACheckpoint, read_checkpoint, read_error
-from toolbox.phases import PHASE_RECORD
 from toolbox.progress import position_problem
 from toolbox.rundir import RunDir
 

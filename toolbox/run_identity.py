@@ -15,9 +15,9 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from toolbox.choices import format_ranks, parse_ranks
 from toolbox.config import RUNTIME_FIELDS, Config, flag_default, recipe_defaults, run_recipe
-from toolbox.naming import format_value, validate_experiment_name
+from toolbox.config.choices import format_ranks, parse_ranks
+from toolbox.config.naming import format_value, validate_experiment_name
 
 if TYPE_CHECKING:
     from toolbox.distillation import Distiller
@@ -176,7 +176,7 @@ def resolve(config: Config) -> Config:
     teacher_checkpoint = config.teacher_checkpoint
     if teacher_checkpoint is None and distiller.needs_teacher:
         teacher_checkpoint = str(default_teacher_checkpoint(config))
-    from toolbox.methods import with_defaults
+    from toolbox.distillation import with_defaults
 
     config = with_defaults(dataclasses.replace(config, teacher_checkpoint=teacher_checkpoint if distiller.needs_teacher else None))
     distiller.check(config)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from toolbox.config_file import FIELDS, GRID, command_line, flag_value, known_flag, load_mapping
+from toolbox.config.file import FIELDS, GRID, command_line, flag_value, known_flag, load_mapping
+from toolbox.config.naming import format_value
 from toolbox.errors import UsageError
-from toolbox.naming import format_value
 from toolbox.sweep import PAIR, Axes, axis_flags, split_pair
 
 RUNNER_SETS = {"experiment_name": "runner.py names every run (its --study adds a sub-folder)",

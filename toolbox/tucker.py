@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from toolbox.choices import BACKENDS, HOOI_MAX_SWEEPS, MODE_NAMES, TUCKER_CORES, RankSpec
+from toolbox.config.choices import BACKENDS, HOOI_MAX_SWEEPS, MODE_NAMES, TUCKER_CORES, RankSpec
 from toolbox.errors import UsageError
 
 HOOI_TOLERANCE = 1e-4  # tensorly's default tol (written 10e-5); its n_iter_max is choices.HOOI_MAX_SWEEPS

@@ -16,10 +16,10 @@ import pandas as pd
 
 from toolbox.analysis.runs import Runs, _isset, flag_columns
 from toolbox.analysis.summary import _method_settings, _output_folder, summarize, write_output
-from toolbox.choices import CROSS_ARCH_PAIRS, SAME_ARCH_PAIRS
 from toolbox.config import RECIPES, Config, recipe_defaults
+from toolbox.config.choices import CROSS_ARCH_PAIRS, SAME_ARCH_PAIRS
+from toolbox.config.naming import format_value
 from toolbox.errors import UsageError
-from toolbox.naming import format_value
 from toolbox.rundir import ABSENT
 from toolbox.utils import markdown_table
 

@@ -28,7 +28,7 @@ from toolbox.analysis.benchmark import (
 )
 from toolbox.analysis.runs import Runs
 from toolbox.analysis.summary import summarize
-from toolbox.choices import IMAGENET_PAIRS
+from toolbox.config.choices import IMAGENET_PAIRS
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from toolbox.analysis.runs import (
     feature_map_shape,
 )
 from toolbox.analysis.summary import baseline
-from toolbox.choices import parse_ranks
+from toolbox.config.choices import parse_ranks
 from toolbox.errors import UsageError
 from toolbox.tucker import absolute_ranks
 

@@ -16,11 +16,11 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from toolbox.choices import IMAGE_SIZES, parse_ranks
 from toolbox.config import RUNTIME_FIELDS, Config
+from toolbox.config.choices import IMAGE_SIZES, parse_ranks
+from toolbox.config.naming import ranks_tag
 from toolbox.errors import UsageError
 from toolbox.models import stage_shapes
-from toolbox.naming import ranks_tag
 from toolbox.rundir import (
     CONFIG_FILE,
     SWITCHED_FLAGS,

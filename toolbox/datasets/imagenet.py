@@ -42,7 +42,7 @@ from torchvision import transforms
 from torchvision.datasets import VisionDataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, pil_loader
 
-from toolbox.choices import IMAGE_SIZES
+from toolbox.config.choices import IMAGE_SIZES
 from toolbox.datasets.sampling import EpochBatchSampler, SeededSamples, share
 from toolbox.errors import UsageError
 

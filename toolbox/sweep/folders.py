@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Iterator
 
 from toolbox.errors import UsageError
-from toolbox.rundir import (CONFIG_FILE, JOB_FILE, LAST_CHECKPOINT, LOCK_FILE, METRICS_FILE, SCRIPT_FILE, RunDir, RunState,
-                            open_nofollow)
+from toolbox.rundir import (
+    CONFIG_FILE,
+    JOB_FILE,
+    LAST_CHECKPOINT,
+    LOCK_FILE,
+    METRICS_FILE,
+    SCRIPT_FILE,
+    RunDir,
+    RunState,
+    open_nofollow,
+)
 from toolbox.scheduler import Scheduler
 from toolbox.sweep.grid import Run
 

@@ -16,12 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
-from toolbox.choices import MODELS
 from toolbox.config import RUNTIME_FIELDS, Config, parse_config
+from toolbox.config.choices import MODELS
+from toolbox.config.naming import format_value, validate_experiment_name
+from toolbox.distillation import with_defaults
 from toolbox.errors import UsageError
-from toolbox.methods import DISTILLERS, with_defaults
-from toolbox.naming import format_value, validate_experiment_name
-from toolbox.rundir import TEACHER_SEED, default_teacher_checkpoint, defining_flags, experiment_name, method_defaulted, resolve
+from toolbox.methods import DISTILLERS
+from toolbox.rundir import (
+    TEACHER_SEED,
+    default_teacher_checkpoint,
+    defining_flags,
+    experiment_name,
+    method_defaulted,
+    resolve,
+)
 from toolbox.utils import markdown_table
 
 

@@ -10,7 +10,18 @@ from pathlib import Path
 from typing import Callable
 
 from toolbox.errors import UsageError
-from toolbox.rundir import CONFLICTING, CORRUPT, FAILED, FINISHED, METRICS_FILE, NOT_STARTED, PENDING, QUIET_S, RUNNING, RunDir
+from toolbox.rundir import (
+    CONFLICTING,
+    CORRUPT,
+    FAILED,
+    FINISHED,
+    METRICS_FILE,
+    NOT_STARTED,
+    PENDING,
+    QUIET_S,
+    RUNNING,
+    RunDir,
+)
 from toolbox.scheduler import Scheduler, SchedulerError
 from toolbox.sweep.folders import run_folders, run_state
 from toolbox.sweep.grid import Run, teachers

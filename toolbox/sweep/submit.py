@@ -18,8 +18,21 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from toolbox.errors import Interrupted
-from toolbox.rundir import (CONFLICTING, CORRUPT, FAILED, FINISHED, JOB_FILE, LAST_CHECKPOINT, NOT_STARTED, PACKED_LOG, PENDING, RUNNING,
-                            SCRIPT_FILE, RunDir, RunState)
+from toolbox.rundir import (
+    CONFLICTING,
+    CORRUPT,
+    FAILED,
+    FINISHED,
+    JOB_FILE,
+    LAST_CHECKPOINT,
+    NOT_STARTED,
+    PACKED_LOG,
+    PENDING,
+    RUNNING,
+    SCRIPT_FILE,
+    RunDir,
+    RunState,
+)
 from toolbox.scheduler import LocalScheduler, NotStarted, Resources, Scheduler, SchedulerError, render
 from toolbox.sweep.folders import run_state
 from toolbox.sweep.grid import Run

@@ -21,19 +21,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from toolbox.composition import DistillationLoss
 from toolbox.config import Config
 from toolbox.curves import Curves
 from toolbox.data_loader import DataSource
 from toolbox.datasets.sampling import share
-from toolbox.distillation import Distiller, Setup, Step
+from toolbox.distillation import Distiller, Setup, Step, build_distiller
 from toolbox.distributed import World
 from toolbox.errors import DivergedError, UsageError
-from toolbox.methods import DISTILLERS, build_distiller
+from toolbox.lastpt import HISTORY_KEYS, KEEP_LAST
+from toolbox.methods import DISTILLERS
+from toolbox.methods.loss import DistillationLoss
+from toolbox.methods.phases import PHASE_RECORD, Phase, locate, set_modes, train_only
 from toolbox.models import build_model, load_checkpoint
 from toolbox.optimizers import SGD, make_optimizer
-from toolbox.lastpt import HISTORY_KEYS, KEEP_LAST
-from toolbox.phases import PHASE_RECORD, Phase, locate, set_modes, train_only
 from toolbox.progress import Position, progress_line
 from toolbox.rundir import RunDir
 from toolbox.speed import FullBatchCompiled, begin_step, optimizer_kernels, use_optimizer_kernels

@@ -15,8 +15,9 @@ from typing import Optional
 from torch import Tensor, nn
 
 from toolbox.config import Config
-from toolbox.distillation import Distiller, Step, kd_loss
-from toolbox.logit_methods import standardized
+from toolbox.methods.base import Distiller, Step
+from toolbox.methods.kd import kd_loss
+from toolbox.methods.standardization import standardized
 
 
 def with_standardized_logits(outputs: list[Tensor]) -> list[Tensor]:

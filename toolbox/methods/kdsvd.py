@@ -1,84 +1,20 @@
-"""Three baselines that compare relations rather than values: CC (between the samples of a batch),
-NST (between the channels of a map) and KDSVD (between the dominant singular vectors of
-consecutive stages).
-
-CC and NST compute what RepDistiller's ``distiller_zoo/CC.py`` and ``NST.py`` compute (the CRD
-benchmark's code, with its ``train_student.py`` embeddings and published ``-b`` weights), KDSVD
-what mdistiller's ``distillers/KDSVD.py`` computes with its CIFAR-100 config.
-"""
+"""``--distillation kdsvd``: KD using SVD (Lee, Kim & Song, ECCV 2018), as mdistiller's
+``distillers/KDSVD.py`` computes it with its CIFAR-100 config."""
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from toolbox.baselines import BaselineDistiller, StageWiseDistiller, match_spatial
-from toolbox.config import Config
-from toolbox.distillation import Distiller, Setup, Step
-
-CC_DIM = 128  # RepDistiller's --feat_dim, the width of CC's linear embeddings
-
-
-def correlation_congruence(student: Tensor, teacher: Tensor) -> Tensor:
-    """RepDistiller's ``Correlation``: with d = |student - teacher| per embedded sample, the mean
-    over consecutive samples of the batch of sum_j d[i, j] * d[i + 1, j]. A batch of one sample has
-    no consecutive pair: 0, where RepDistiller's mean over none is NaN."""
-    delta = (student - teacher).abs()
-    return (delta[:-1] * delta[1:]).sum() / max(len(delta) - 1, 1)
-
-
-class CCDistiller(BaselineDistiller):
-    """Correlation Congruence (Peng et al., ICCV 2019), as RepDistiller restructured the authors'
-    code: the pooled features of each network through a trained linear embedding
-    (``LinearEmbed``, 128-d, no normalisation), then ``correlation_congruence``. Both embeddings
-    are trained with the student (RepDistiller gives ``embed_t`` to the optimiser too)."""
-
-    defaults: dict[str, Any] = {**Distiller.defaults, "beta": 0.02}
-    flags = ("beta",)
-
-    def __init__(self, config: Config, setup: Setup) -> None:
-        super().__init__(config, setup)
-        self.embed_s = nn.Linear(math.prod(setup.student_shapes[-2]), CC_DIM)
-        self.embed_t = nn.Linear(math.prod(setup.teacher_shapes[-2]), CC_DIM)
-
-    def select(self, outputs: Sequence[Tensor]) -> Sequence[Tensor]:
-        return [outputs[-2]]
-
-    def compare(self, teacher: list[Tensor], student: list[Tensor], step: Step) -> Tensor:
-        return correlation_congruence(self.embed_s(student[0].flatten(1)), self.embed_t(teacher[0].flatten(1)))
-
-
-def mean_squared_similarity(a: Tensor, b: Tensor) -> Tensor:
-    """The mean over the batch and every pair of channels of (a_i . b_j)^2: NST's polynomial kernel
-    (degree 2, no constant) between the flattened channels of two maps, (B, C, N) each."""
-    return torch.bmm(b, a.transpose(1, 2)).pow(2).mean()
-
-
-class NSTDistiller(StageWiseDistiller):
-    """Neuron Selectivity Transfer (Huang & Wang, 2017): at every stage, the squared maximum mean
-    discrepancy, under the degree-2 polynomial kernel, between the distributions of the two
-    networks' channels (each flattened over the positions and L2-normalised; the larger map first
-    average-pooled to the other's size), summed over the stages. The teacher-teacher term is a
-    constant (RepDistiller's ``full_loss``)."""
-
-    defaults: dict[str, Any] = {**Distiller.defaults, "beta": 50.0}
-    flags = ("beta",)
-    precision = torch.float64  # a difference of near-equal kernel means: float32 kept 1.3e-6 of it on random maps
-
-    def compare(self, teacher: list[Tensor], student: list[Tensor], step: Step) -> Tensor:
-        total = student[0].new_zeros(())
-        for s, t in zip(student, teacher):
-            s, t = (F.normalize(x.flatten(2), dim=2) for x in match_spatial(s, t))
-            total = total + (mean_squared_similarity(t, t) + mean_squared_similarity(s, s)
-                             - 2 * mean_squared_similarity(s, t))
-        return total
-
+from toolbox.methods.base import Distiller, Step
+from toolbox.methods.bases import StageWiseDistiller, match_spatial
 
 KDSVD_K = 1  # mdistiller's cfg.py KDSVD.K: singular vectors kept of the teacher's maps (the student's: K + 3)
+
+
 RBF_WIDTH = 8.0  # the denominator of mdistiller's Gaussian kernel
 
 

@@ -1,4 +1,5 @@
-"""Contrastive Representation Distillation (Tian, Krishnan and Isola, ICLR 2020), as RepDistiller computes it.
+"""``--distillation crd``: Contrastive Representation Distillation (Tian, Krishnan and Isola, ICLR 2020), as
+RepDistiller computes it.
 
 The pooled features of both networks are embedded (a linear map, then L2 normalisation) into a
 ``--crd_dim`` space. Each training sample has a row in two memory banks, one of past student
@@ -34,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolbox.config import Config
-from toolbox.distillation import Distiller, Setup, Step
 from toolbox.errors import UsageError
+from toolbox.methods.base import Distiller, Setup, Step
 
 EPS = 1e-7  # RepDistiller's ContrastLoss
 ALWAYS_REPLACED = frozenset({"imagenet", "tiny-imagenet"})
@@ -78,6 +79,7 @@ class CRDDistiller(Distiller):
     defaults: dict[str, Any] = {**Distiller.defaults, "beta": 0.8}  # RepDistiller's -a 0 -b 0.8, CE weight 1
     flags = ("beta", "crd_dim", "crd_negatives", "crd_temperature", "crd_momentum")
     tag_flags = ()
+    recipes = {"imagenet": {"batch_size": 256, "lr": 0.1}}  # mdistiller: SOLVER.BATCH_SIZE, SOLVER.LR (FEAT.DIM 128)
 
     def __init__(self, config: Config, setup: Setup) -> None:
         super().__init__(config, setup)

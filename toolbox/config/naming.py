@@ -1,14 +1,14 @@
 """How values become parts of a run folder's name, and which names are acceptable.
 
-Kept apart from ``toolbox.run_identity`` (which flags make a run, its default name) so that the flag
-layer and the distillers can use it without importing the run's naming logic (which imports them).
+Kept apart from ``toolbox.rundir.identity`` (which flags make a run, its default name) so that the flag
+layer and the methods can use it without importing the run's naming logic (which imports them).
 """
 
 from __future__ import annotations
 
 import re
 
-from toolbox.choices import BATCH_TOKEN, format_ranks, parse_ranks
+from toolbox.config.choices import BATCH_TOKEN, format_ranks, parse_ranks
 from toolbox.errors import UsageError
 
 _NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+,-]*")

@@ -5,7 +5,7 @@ is checked as the command line checks that flag (its type, its choices, its rang
 is one line that names the file and the key. The file only supplies values, which the flags given
 on the command line override: a run is recorded (config.json) and named by its resolved flags, so a
 file and the same flags on the command line are the same run. runner.py reads the same files,
-with a ``grid:`` section beside the flags (``toolbox.sweep_file``).
+with a ``grid:`` section beside the flags (``toolbox.sweep.file``).
 
 Torch-free, as the rest of the flag layer; PyYAML loads only when a file is given.
 """
@@ -20,9 +20,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from toolbox.config import Config
+from toolbox.config.flags import Config
+from toolbox.config.naming import format_value
 from toolbox.errors import UsageError
-from toolbox.naming import format_value
 
 FIELDS = {item.name: item for item in dataclasses.fields(Config)}
 SUFFIXES = (".yaml", ".yml", ".json")

@@ -1,8 +1,8 @@
 """The flags' vocabularies: the valid values of every choice flag and the Tucker-rank syntax.
 
-Torch-free, so that ``--help`` and the flag checks run without loading torch. The registries that
-implement these names (``DISTILLERS``, ``MODELS``, the data loaders, the Tucker back ends) are
-checked against these lists by the tests.
+Torch-free, so that ``--help`` and the flag checks run without loading torch. The methods are
+``toolbox.methods``' list; the registries that implement the other names (``MODELS``, the data
+loaders, the Tucker back ends) are checked against these lists by the tests.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import math
 from typing import Optional
 
 from toolbox.errors import UsageError
+from toolbox.methods import METHODS as METHOD_CLASSES
 
-METHODS = ("none", "featuremap", "tucker", "tucker_recomp", "kd", "noise", "fitnet", "at", "sp", "pkt", "rkd", "vid",
-           "crd", "dkd", "cc", "nst", "kdsvd", "dist", "ofd", "reviewkd", "ab", "ft", "fsp")
-"""``--distillation``: the keys of ``toolbox.distillation.DISTILLERS``, in that order."""
+METHODS = tuple(METHOD_CLASSES)
+"""``--distillation``: the methods of ``toolbox.methods.METHODS``, in that order."""
 ORIGINAL_MODELS = ("ResNet112", "ResNet110", "ResNet56", "ResNet32", "ResNet20", "ResNetBaby")
 FIELD_MODELS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
                 "resnet32x4", "ResNet50", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13", "MobileNetV2", "ShuffleV1",

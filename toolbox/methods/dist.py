@@ -1,31 +1,20 @@
-"""Logit-based additions to the field's baselines: DIST, and logit standardisation.
+"""``--distillation dist``: Knowledge Distillation from A Stronger Teacher (Huang et al., NeurIPS 2022).
 
-DIST computes what its authors' ``lib/models/losses/dist_kd.py`` (hunto/image_classification_sota,
-the classification code of hunto/DIST_KD) computes; ``standardized`` is the ``normalize`` that
-Sun et al.'s code (sunshangquan/logit-standardization-KD) applies to both networks' logits before
-KD's and DKD's temperature. The published per-pair settings are data in ``toolbox.logit_settings``.
+Computes what its authors' ``lib/models/losses/dist_kd.py`` (hunto/image_classification_sota, the
+classification code of hunto/DIST_KD) computes.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import torch
 from torch import Tensor
 
-from toolbox.baselines import BaselineDistiller
 from toolbox.config import Config
-from toolbox.distillation import Distiller, Setup, Step
+from toolbox.methods.base import Distiller, Setup, Step
+from toolbox.methods.bases import BaselineDistiller
 
-STANDARDIZATION_EPS = 1e-7  # added to the standard deviation, as the authors' normalize
 PEARSON_EPS = 1e-8  # added to the product of the norms, as DIST's cosine_similarity
-
-
-def standardized(logits: Tensor) -> Tensor:
-    """Each row's z-score: minus its mean, over its standard deviation (Bessel-corrected, torch's
-    default, as the authors') plus 1e-7; in float32 at least."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return (logits - logits.mean(1, keepdim=True)) / (STANDARDIZATION_EPS + logits.std(1, keepdim=True))
 
 
 def row_correlation(a: Tensor, b: Tensor) -> Tensor:
@@ -54,6 +43,9 @@ class DISTDistiller(BaselineDistiller):
 
     defaults: dict[str, Any] = {**Distiller.defaults, "beta": 2.0}
     flags = ("beta", "kd_temperature", "dist_beta", "dist_gamma")
+    # not mdistiller's: DIST's configs/strategies/distill/resnet_dist.yaml (hunto/image_classification_sota),
+    # tau 1, 8 GPUs x batch 32 at lr 0.1 (its other settings are the recipe's solver's)
+    recipes = {"imagenet": {"kd_temperature": 1.0, "batch_size": 256, "lr": 0.1}}
 
     def __init__(self, config: Config, setup: Setup) -> None:
         super().__init__(config, setup)
