@@ -1,4 +1,4 @@
-"""CRD (toolbox.crd) against a float64 reference written here from RepDistiller's formulas; its
+"""CRD (toolbox.methods.crd) against a float64 reference written here from RepDistiller's formulas; its
 sampler of negatives; where its gradients go; its checkpointed state."""
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("n, classes, negatives, batch, dim, momentum",
                          [(500, 10, 64, 16, 32, 0.5), (6000, 100, 4096, 16, 128, 0.3)])
+@pytest.mark.golden("crd")
 def test_the_loss_z_and_the_memory_update_match_the_float64_reference(n, classes, negatives, batch, dim,
                                                                       momentum) -> None:
     labels = labels_of(n, classes)
@@ -305,6 +306,7 @@ def test_the_state_dict_holds_the_memories_and_z_and_resumes_the_same_loss() -> 
         assert torch.equal(getattr(fresh, name), getattr(crd, name))
 
 
+@pytest.mark.golden("crd")
 def test_the_gradients_match_the_float64_reference() -> None:
     labels = labels_of(2000, 20)
     crd = distiller(labels, crd_negatives=512, crd_dim=32)

@@ -11,7 +11,7 @@ from toolbox.config.choices import parse_ranks
 from toolbox.distillation import Distiller, Step, distiller_for
 from toolbox.errors import UsageError
 from toolbox.methods import DISTILLERS
-from toolbox.methods.base import normalized_distance
+from toolbox.methods.featuremap import normalized_distance
 from toolbox.tucker import project, tucker
 
 SHAPE = (16, 64, 8, 8)
@@ -80,6 +80,7 @@ def test_normalized_distance_golden_value() -> None:
     assert normalized_distance(s, 2 * s, "l1").item() == pytest.approx(0.0)  # blind to scale
 
 
+@pytest.mark.golden("featuremap")
 @pytest.mark.parametrize("loss", ["l1", "l2"])
 def test_featuremap_loss_matches_reference(loss: str) -> None:
     teacher, student = outputs(0), outputs(1)
@@ -87,6 +88,7 @@ def test_featuremap_loss_matches_reference(loss: str) -> None:
     assert value.item() == pytest.approx(ref_distance(as_numpy(student)[0], as_numpy(teacher)[0], loss), rel=1e-5)
 
 
+@pytest.mark.golden("tucker")
 @pytest.mark.parametrize("rank", [32, 8])
 @pytest.mark.parametrize("loss", ["l1", "l2"])
 @pytest.mark.parametrize("core", ["original", "per_sample"])
@@ -110,6 +112,7 @@ def test_the_two_cores_give_different_losses() -> None:
     assert abs(losses[0] - losses[1]) > 0.01 * losses[0]
 
 
+@pytest.mark.golden("tucker_recomp")
 @pytest.mark.parametrize("target", ["teacher", "student", "both"])
 def test_tucker_recomp_loss_matches_reference(target: str) -> None:
     teacher, student = outputs(0), outputs(1)
@@ -121,6 +124,7 @@ def test_tucker_recomp_loss_matches_reference(target: str) -> None:
     assert distiller.soft_loss(teacher, student, STEP).item() == pytest.approx(ref_distance(s_view, t_view, "l1"), rel=1e-4)
 
 
+@pytest.mark.golden("kd")
 def test_kd_loss_matches_reference() -> None:
     teacher, student = outputs(0), outputs(1)
     t_logits, s_logits = as_numpy(teacher)[1] / 4.0, as_numpy(student)[1] / 4.0
@@ -209,3 +213,37 @@ def test_every_method_has_a_default_beta() -> None:
     assert (DISTILLERS["kd"].defaults["beta"], DISTILLERS["kd"].defaults["ce_weight"]) == (0.9, 0.1)  # RepDistiller's
     assert all(DISTILLERS[m].defaults["beta"] == 125.0 for m in ("featuremap", "tucker", "tucker_recomp", "noise"))
     assert all(distiller.defaults["ce_weight"] == 1.0 for name, distiller in DISTILLERS.items() if name != "kd")
+
+
+@pytest.mark.golden("noise")
+def test_noise_loss_and_gradients_match_reference(real_outputs: tuple) -> None:
+    """The student's map through the connector, plus --noise_std times the Gaussian noise the
+    distiller draws, through the generation module (conv, ReLU, conv), pulled towards the teacher's
+    map by the normalised L1 distance: the value and every gradient (the student's map, the
+    connector's and the generator's weights) against float64, on a trained network's maps."""
+    teacher_out, student_out, labels = real_outputs
+    student_out = [out.detach().clone().requires_grad_() for out in student_out]
+    distiller = distiller_for(parse_config(["--distillation", "noise", "--noise_std", "0.5"]), teacher_out, student_out)
+    torch.manual_seed(7)
+    value = distiller.soft_loss(list(teacher_out), student_out, Step(labels, torch.arange(len(labels)), 1))
+    value.backward()
+    with torch.no_grad():
+        mapped = distiller.connector(student_out[LAYER3])
+    torch.manual_seed(7)  # the distiller's one draw, repeated (in the map's memory format, as randn_like draws it)
+    noise = torch.randn_like(mapped).double()
+
+    params = {name: p.detach().double().requires_grad_() for name, p in distiller.named_parameters()}
+    student_map = student_out[LAYER3].detach().double().requires_grad_()
+    x = student_map if "connector.weight" not in params else torch.nn.functional.conv2d(student_map, params["connector.weight"])
+    x = torch.nn.functional.conv2d(x + 0.5 * noise, params["generator.0.weight"], params["generator.0.bias"], padding=1)
+    x = torch.nn.functional.conv2d(x.relu(), params["generator.2.weight"], params["generator.2.bias"], padding=1).flatten(1)
+    t = teacher_out[LAYER3].double().flatten(1)
+    expected = (x / x.norm(dim=1, keepdim=True) - t / t.norm(dim=1, keepdim=True)).abs().mean()
+    expected.backward()
+
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    pairs = [(student_out[LAYER3].grad, student_map.grad)]
+    pairs += [(p.grad, params[name].grad) for name, p in distiller.named_parameters()]
+    assert len(pairs) >= 5  # the map, the generator's two weights and biases (and the connector's weight)
+    for ours, reference in pairs:
+        torch.testing.assert_close(ours.double(), reference, rtol=1e-4, atol=1e-6 * reference.abs().max().item())

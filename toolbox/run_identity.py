@@ -4,7 +4,7 @@ A folder holds one experiment. Its default name spells out every flag that defin
 and differs from its default (``.../tucker/B-32-8-8/lr=0.01/seed0``), and a finished or resumed
 run is checked against the flags it was trained with. Kept apart from ``toolbox.rundir`` (one run
 folder: its files, lock and state), which re-exports what the tools import from it; how a value
-is written in a name, and which names are acceptable, is ``toolbox.naming``.
+is written in a name, and which names are acceptable, is ``toolbox.config.naming``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """runner.py's ``--config FILE``: training flags for every run of the grid, and a ``grid:`` section.
 
-The file is the one tucker_distillation.py reads (``toolbox.config_file``), with one more key:
+The file is the one tucker_distillation.py reads (``toolbox.config.file``), with one more key:
 ``grid:``, a mapping of flags to lists of values, the axes that ``--grid`` gives. A flag that
 defines a run becomes an axis of one value, as runner.py's own --dataset, --epochs, ... are; the
 others (where things are, speed) go to every run as if given after '--'. The command line wins:

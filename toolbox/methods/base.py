@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolbox.config.choices import IMAGE_SIZES
@@ -65,17 +64,6 @@ class Step:
 def stages(outputs: Sequence[Any]) -> Sequence[Any]:
     """The stages of an output list (or of its shapes): without the stem, the pooled features and the logits."""
     return outputs[1:-2]
-
-
-def normalized_distance(student: Tensor, teacher: Tensor, loss: str) -> Tensor:
-    """Mean L1 or squared-L2 distance between per-sample L2-normalised, flattened tensors.
-
-    Normalising makes the loss blind to the overall scale of either network's activations; it is
-    computed in float32 even under autocast.
-    """
-    s = F.normalize(student.float().flatten(1), dim=1)
-    t = F.normalize(teacher.float().flatten(1), dim=1)
-    return F.l1_loss(s, t) if loss == "l1" else F.mse_loss(s, t)
 
 
 def connector(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Module:
@@ -172,7 +160,7 @@ class Distiller(nn.Module):
         self.connector = connector(self.student_shape, self.teacher_shape) if self.reads_maps else nn.Identity()
 
     def phases(self) -> tuple[Phase, ...]:
-        """The phases trained before the run's --epochs, in order (``toolbox.phases``); none by default."""
+        """The phases trained before the run's --epochs, in order (``toolbox.methods.phases``); none by default."""
         return ()
 
     def trained_modules(self, student: nn.Module, phase: str | None) -> list[nn.Module]:

@@ -99,7 +99,7 @@ class Trainer:
         self.feature_shapes = {"teacher": teacher_shapes[config.feature_layer], "student": student_shapes[config.feature_layer]}
 
         self.phases = self.distiller.phases()
-        self.phase_history: list[dict[str, float]] = []  # a record per preliminary epoch done (toolbox.phases)
+        self.phase_history: list[dict[str, float]] = []  # a record per preliminary epoch done (toolbox.methods.phases)
         self.optimizer, self.scheduler = self.phase_optimizer()
         self.history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
         self.elapsed = 0.0  # seconds of training, summed over resumed sessions
@@ -244,7 +244,7 @@ class Trainer:
                     teacher_out = self.teacher_step(images, preact=self.distiller.teacher_preact)
             student_out, soft, distillation = self.learner(images, teacher_out, Step(labels, indices, epoch, phase and phase.name))
             hard = F.cross_entropy(student_out[-1].float(), labels)
-        if phase:  # a preliminary phase trains with its own weights of the method's loss (toolbox.phases)
+        if phase:  # a preliminary phase trains with its own weights of the method's loss (toolbox.methods.phases)
             self.optimizer.update(phase.ce_weight * hard, phase.beta * soft, weight)
         else:
             self.optimizer.update(self.config.ce_weight * hard, distillation, weight)  # gradients, then the step
@@ -263,7 +263,7 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.train(self.distiller.teacher_train_mode)
         named = f"{phase.name} " if phase else ""
-        data_epoch = -len(self.phase_history) - 1 if phase else self.epoch  # toolbox.phases: main epochs keep their order
+        data_epoch = -len(self.phase_history) - 1 if phase else self.epoch  # toolbox.methods.phases: main epochs keep their order
         done, self.position = self.position or Position(), None
         kept = done if world.is_writer else Position(done.batch)
         hard_sum, soft_sum, correct = (torch.tensor(value, device=self.device) for value in (kept.hard_sum, kept.soft_sum, kept.correct))
@@ -309,7 +309,7 @@ class Trainer:
         return {**final.means(), "images_per_s": (final.count - first_count) / (time.perf_counter() - started)}
 
     def train_phases(self, stop: StopFlag, say: Callable[[str], None]) -> None:
-        """The preliminary phases' epochs left (``toolbox.phases``), each saved to last.pt when done;
+        """The preliminary phases' epochs left (``toolbox.methods.phases``), each saved to last.pt when done;
         the main phase's optimiser is started after the last."""
         while (located := self.phase) is not None:
             phase, number = located
