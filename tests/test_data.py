@@ -21,16 +21,8 @@ import pytest
 import torch
 from torchvision.datasets import utils as tv_utils
 
-from toolbox.data_loader import (
-    CIFAR_NUM_CLASSES,
-    VERIFIED_MARKER,
-    augment,
-    cifar_class,
-    eval_batches,
-    load_dataset,
-    prepare_dataset,
-    train_batches,
-)
+from toolbox.data_loader import augment, cifar_class, eval_batches, load_dataset, prepare_dataset, train_batches
+from toolbox.datasets.cifar import CIFAR_NUM_CLASSES, VERIFIED_MARKER
 from toolbox.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent

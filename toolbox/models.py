@@ -9,7 +9,7 @@ stages' maps before their last ReLU instead (``toolbox.nets.common``), for the m
 them. The distillers pick what they need, and nothing has to hook into the model.
 
 The families live in ``toolbox.nets.cifar`` (the original study's ResNets; the field's ResNets,
-wide ResNets and VGGs), ``toolbox.models_mobile`` (MobileNetV2, ShuffleNetV1, ShuffleNetV2) and
+wide ResNets and VGGs), ``toolbox.nets.mobile`` (MobileNetV2, ShuffleNetV1, ShuffleNetV2) and
 ``toolbox.nets.imagenet`` (torchvision's ResNets, mdistiller's MobileNetV1).
 
 *The original study's ResNets* (``ResNet112``, ``ResNet110``, ``ResNet56``, ``ResNet32``,
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from toolbox.errors import UsageError, file_kind
-from toolbox.models_mobile import mobile_half, shuffle_v1, shuffle_v2
+from toolbox.nets.mobile import mobile_half, shuffle_v1, shuffle_v2
 from toolbox.nets.cifar import VGG, VGG_CONFIGS, BottleneckResNet, CifarResNet, ResNet, WideResNet
 from toolbox.nets.imagenet import IMAGENET_MODELS
 

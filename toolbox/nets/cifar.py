@@ -1,7 +1,7 @@
 """CIFAR architectures: the original study's ResNets and the field's ResNets, wide ResNets and VGGs.
 
 The registry that names them is ``toolbox.models``; the field's small mobile networks are in
-``toolbox.models_mobile``. ``forward(x, preact=False)`` returns ``[stem, stage 1, ..., stage k,
+``toolbox.nets.mobile``. ``forward(x, preact=False)`` returns ``[stem, stage 1, ..., stage k,
 pooled, logits]`` (``toolbox.nets.common``): RepDistiller's feature list (``is_feat=True``) plus the
 logits, with ``preact`` its ``preact=True`` list. The module names are the originals' state-dict keys.
 
@@ -22,7 +22,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolbox.models_mobile import normal_by_fan_out
+from toolbox.nets.mobile import normal_by_fan_out
 from toolbox.nets.common import PreactBlock, stem_and_stages
 
 # The original study's ResNets (and the field's 16-wide resnets)
