@@ -35,20 +35,11 @@ from typing import Callable, Optional, TypeVar
 
 from toolbox.cli import IO_ERROR, OneLineParser, os_error_line, quiet_on_closed_pipe
 from toolbox.config import Config
-from toolbox.config.choices import IMAGENET_PAIRS, RECOMP_TARGETS, SAME_ARCH_PAIRS, parse_ranks
+from toolbox.config.choices import RECOMP_TARGETS, parse_ranks
 from toolbox.config.naming import validate_experiment_name
 from toolbox.data_loader import prepare_dataset
 from toolbox.errors import Interrupted, UsageError
-from toolbox.methods import DISTILLERS
-from toolbox.scheduler import (
-    LocalScheduler,
-    PbsScheduler,
-    Resources,
-    Scheduler,
-    SchedulerError,
-    SlurmScheduler,
-    local_gpus,
-)
+from toolbox.methods import METHODS
 from toolbox.sweep import (
     Axes,
     JobSettings,
@@ -61,36 +52,14 @@ from toolbox.sweep import (
     status_table,
     submit_grid,
 )
-from toolbox.sweep_file import read_sweep_file
+from toolbox.sweep.file import read_sweep_file
+from toolbox.sweep.local import LocalScheduler, local_gpus
+from toolbox.sweep.pbs import PbsScheduler
+from toolbox.sweep.scheduler import Resources, Scheduler, SchedulerError
+from toolbox.sweep.slurm import SlurmScheduler
+from toolbox.sweep.studies import BENCHMARK, BENCHMARK_RUNS, BENCHMARKS, IMAGENET_BENCHMARK, STUDY, STUDY_RUNS
 
-DISTILLATIONS = [name for name in DISTILLERS if name != "none"]
-STUDY: Axes = {  # the original study: 17 configurations
-    "distillation": ["featuremap", "tucker", "tucker_recomp"],
-    "recomp_target": list(RECOMP_TARGETS),
-    "ranks": ["BATCH_SIZE,32,8,8", "BATCH_SIZE,24,8,8", "BATCH_SIZE,16,8,8", "BATCH_SIZE,8,8,8"],
-}
-BENCHMARK: Axes = {  # the CRD/DKD CIFAR-100 benchmark's same-architecture table, with the Tucker methods beside
-    "dataset": ["cifar100"],
-    "recipe": ["crd"],
-    "pair": [f"{teacher}-{student}" for teacher, student in SAME_ARCH_PAIRS],
-    "distillation": ["none", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd", "cc", "nst", "kdsvd", "dist",
-                     "ofd", "reviewkd", "ab", "ft", "fsp", "featuremap", "tucker", "tucker_recomp"],
-    "recomp_target": list(RECOMP_TARGETS),
-    "ranks": ["BATCH_SIZE,x0.5,x1,x1"],  # half the teacher's channels, as the study's rank 32 of 64
-}
-IMAGENET_BENCHMARK: Axes = {  # the field's ImageNet table (mdistiller's methods there), with the Tucker methods beside
-    "dataset": ["imagenet"],
-    "recipe": ["imagenet"],
-    "pair": [f"{teacher}-{student}" for teacher, student in IMAGENET_PAIRS],
-    "distillation": ["none", "kd", "at", "crd", "dkd", "dist", "ofd", "reviewkd", "featuremap", "tucker", "tucker_recomp"],
-    "recomp_target": list(RECOMP_TARGETS),
-    "ranks": ["BATCH_SIZE,x0.5,x1,x1"],
-}
-BENCHMARKS = {"cifar100": BENCHMARK, "imagenet": IMAGENET_BENCHMARK}
-"""``--benchmark NAME`` -> its grid's axes."""
-BENCHMARK_RUNS = {"imagenet": 1}
-"""Seeds per configuration where a benchmark's field reports single runs (ImageNet); else STUDY_RUNS."""
-STUDY_RUNS = 3
+DISTILLATIONS = [name for name in METHODS if name != "none"]
 OWN_FLAGS = {
     "distillation": "--distillations", "ranks": "--ranks_list", "recomp_target": "--recomp_targets",
     "seed": "--runs", "experiment_name": "--study", "dataset": "--dataset", "teacher": "--teacher",
@@ -193,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "teachers are trained first, or read from --teacher_dir. imagenet: the pairs "
                       f"{', '.join(IMAGENET_BENCHMARK['pair'])} x {{{', '.join(IMAGENET_BENCHMARK['distillation'])}}} x "
                       "--runs seeds (default 1, as the field reports ImageNet), --recipe imagenet, --dataset imagenet, "
-                      "distilled from torchvision's pretrained teachers in --teacher_dir (required). The flags below "
-                      "replace its axes")
+                      "distilled from torchvision's pretrained teachers in --teacher_dir (required). digits: "
+                      "./util.sh study's grid, README's 'What to expect' (a ResNet20 teacher, ResNetBaby students, 8 "
+                      "epochs on digits, both --tucker_core). The flags below replace its axes")
     grid.add_argument("--distillations", nargs="+", choices=["none", *DISTILLATIONS], metavar="METHOD",
                       help=f"methods to compare, from {', '.join(DISTILLATIONS)}, or none, the student without a teacher "
                       f"(default: {' '.join(STUDY['distillation'])})")
@@ -327,7 +297,7 @@ def check_teachers(args: argparse.Namespace) -> None:
     if args.benchmark == "imagenet" and args.teacher_dir is None:
         teachers = sorted({pair.partition("-")[0] for pair in IMAGENET_BENCHMARK["pair"]})
         raise UsageError(f"--benchmark imagenet distils from torchvision's pretrained teachers: pass --teacher_dir DIR "
-                         f"with {' and '.join(f'DIR/{arch}.pth' for arch in teachers)} (README, ImageNet)")
+                         f"with {' and '.join(f'DIR/{arch}.pth' for arch in teachers)} (docs/imagenet.md)")
 
 
 def teacher_files(teacher_dir: Optional[Path], runs_axes: Axes) -> dict[str, Path]:

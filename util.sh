@@ -47,7 +47,7 @@ case "${1:-help}" in
         printf '%s\n' "${summary[@]}"
         echo "demo finished in $((SECONDS - start)) s; runs are under experiments/digits/ (or the --experiments_dir given)"
         echo "what to expect from each method, with error bars: README.md, 'What to expect'"
-        echo "their curves: tensorboard --logdir experiments (README.md, 'Curves in TensorBoard')"
+        echo "their curves: tensorboard --logdir experiments (docs/training.md, 'Curves in TensorBoard')"
         echo "to run README's python commands, activate the project's environment first: source .venv/bin/activate" ;;
     study) # [runner.py flags] [-- training flags]  every method and baseline on digits, 3 seeds, 2 runs at a time; the table
         shift; ensure_venv
@@ -55,11 +55,10 @@ case "${1:-help}" in
         while [ $# -gt 0 ] && [ "$1" != -- ]; do runner_flags+=("$1"); shift; done
         [ $# -gt 0 ] && shift && training_flags=("$@")
         folder=${EXPERIMENTS_DIR:-experiments}/study start=$SECONDS
-        # Small enough for two CPU cores: a ResNet20 teacher and ResNetBaby students, 8 epochs each.
-        "$PYTHON" "$REPO/runner.py" --scheduler local --parallel 2 --experiments_dir "$folder" --dataset digits \
-            --teacher ResNet20 --student ResNetBaby --epochs 8 --batch_size 64 --ranks_list BATCH_SIZE,16,8,8 \
-            --distillations none featuremap tucker tucker_recomp noise kd fitnet at sp pkt rkd vid crd dkd \
-            --grid tucker_core=original,per_sample "${runner_flags[@]}" -- --lr 0.05 --threads 1 "${training_flags[@]}"
+        # Small enough for two CPU cores: a ResNet20 teacher and ResNetBaby students, 8 epochs each (the grid:
+        # toolbox/sweep/studies.py, DIGITS_STUDY).
+        "$PYTHON" "$REPO/runner.py" --benchmark digits --scheduler local --parallel 2 --experiments_dir "$folder" \
+            "${runner_flags[@]}" -- --threads 1 "${training_flags[@]}"
         case " ${runner_flags[*]} " in *" --dry_run "*|*" --status "*) exit 0 ;; esac
         echo "study finished in $((SECONDS - start)) s; runs are under $folder/"
         PYTHONPATH="$REPO" "$PYTHON" -c 'import sys; from toolbox import analysis; print(analysis.expectation_report(analysis.load_runs(sys.argv[1])))' "$folder" ;;

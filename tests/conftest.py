@@ -14,8 +14,9 @@ from typing import Any, Iterator
 import pytest
 
 from toolbox.config import parse_config
-from toolbox.rundir import QUIET_S, experiment_name
+from toolbox.rundir import experiment_name
 from toolbox.stop import StopFlag
+from toolbox.sweep.folders import QUIET_S
 from toolbox.training import train
 
 # Small batches so that a few epochs on digits' 1438 training images take a few seconds.

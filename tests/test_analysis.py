@@ -28,7 +28,8 @@ from toolbox.config.choices import CROSS_ARCH_PAIRS
 from toolbox.distillation import with_defaults
 from toolbox.errors import UsageError
 from toolbox.models import build_model
-from toolbox.rundir import CORRUPT, RunDir, resolve
+from toolbox.rundir import RunDir, resolve
+from toolbox.sweep.folders import CORRUPT, folder_state
 from toolbox.tucker import recompose, relative_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +143,7 @@ def test_a_fifo_in_place_of_a_run_file_is_refused_without_waiting(tmp_path: Path
     signal.alarm(20)
     try:
         runs = analysis.load_runs(tmp_path)
-        state = RunDir(fifo_metrics).state({}, "local")
+        state = folder_state(RunDir(fifo_metrics), {}, "local")
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)

@@ -191,7 +191,7 @@ def test_the_imagenet_benchmark_is_one_command_on_torchvisions_teachers(tmp_path
     assert runner.main(common) == 2
     assert capsys.readouterr().err == ("runner.py: error: --benchmark imagenet distils from torchvision's pretrained "
                                        "teachers: pass --teacher_dir DIR with DIR/resnet34.pth and DIR/resnet50.pth "
-                                       "(README, ImageNet)\n")
+                                       "(docs/imagenet.md)\n")
     for arch in ("resnet34", "resnet50"):  # torchvision's files, renamed: nothing reads them in a dry run
         (tmp_path / f"{arch}.pth").write_bytes(b"weights")
     assert runner.main([*common, "--teacher_dir", str(tmp_path)]) == 0

@@ -22,9 +22,10 @@ from tests.conftest import STUDENT, TINY, age, run_training
 from tests.test_run_identity import PLAIN, SCRIPT, TINY_RUN, clean, finished_tiny_run, script
 from toolbox.config import Config
 from toolbox.errors import Interrupted, UsageError
-from toolbox.rundir import CORRUPT, FAILED, RUNNING, RunDir, experiment_name, resolve
+from toolbox.rundir import RunDir, experiment_name, resolve
 from toolbox.stop import StopFlag
 from toolbox.sweep import exclusive
+from toolbox.sweep.folders import CORRUPT, FAILED, RUNNING, folder_state
 from toolbox.training import check_stop, train
 from toolbox.utils import atomic_write_json
 
@@ -117,7 +118,7 @@ def test_links_in_place_of_lock_and_temporary_files_are_never_written_through(tm
             pass
     with pytest.raises(UsageError, match="is in the way"):
         atomic_write_json(experiments / "job.json", {})
-    assert RunDir(run).state({}, "local").state == CORRUPT
+    assert folder_state(RunDir(run), {}, "local").state == CORRUPT
     age(experiments)
     assert clean(experiments) == []
     assert snapshot(tmp_path) == before
@@ -155,13 +156,13 @@ def test_damaged_config_and_job_files_are_listed_as_corrupt_and_the_rest_goes_on
     for run in (no_method, listed_job, crashed):
         (run / "metrics.json").unlink()
     age(tmp_path)
-    states = {run.name: RunDir(run).state({}, "local", resolve(Config())) for run in (no_method, listed_job)}
+    states = {run.name: folder_state(RunDir(run), {}, "local", resolve(Config())) for run in (no_method, listed_job)}
     assert states["a"].state == CORRUPT and "config.json is damaged ('config' has no text 'distillation')" in states["a"].detail
     assert states["b"].state == CORRUPT and "job.json is damaged ('job_id' is not a text)" in states["b"].detail
     before = snapshot(no_method), snapshot(listed_job)
     lines: list[str] = []
     import runner
-    from toolbox.scheduler import LocalScheduler
+    from toolbox.sweep.local import LocalScheduler
 
     assert runner.clean(tmp_path, LocalScheduler(1), confirm=lambda _: True, out=lines.append) == [crashed]
     assert any(line.startswith(f"kept {no_method}: corrupt:") for line in lines)
@@ -214,11 +215,11 @@ def test_a_local_job_of_another_runner_that_is_starting_is_running(tmp_path: Pat
         packed.create()
         packed.job.write_text(json.dumps({"run": "r2", "job_id": f"local-{job.pid}", "scheduler": "local",
                                           "script": str(run.script)}))
-        assert run.state({}, "local").state == packed.state({}, "local").state == RUNNING
+        assert folder_state(run, {}, "local").state == folder_state(packed, {}, "local").state == RUNNING
     finally:
         job.kill()
         job.wait()
-    assert run.state({}, "local").state == packed.state({}, "local").state == FAILED
+    assert folder_state(run, {}, "local").state == folder_state(packed, {}, "local").state == FAILED
 
 
 def test_a_failed_start_up_leaves_no_folder_and_clean_takes_lock_only_folders(tmp_path: Path) -> None:

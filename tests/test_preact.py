@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from toolbox.models import build_model, stage_shapes
-from toolbox.nets.mobile import channel_shuffle
 from toolbox.nets.common import bn_before_relu, feature_modules
+from toolbox.nets.mobile import channel_shuffle
 
 # architecture -> how its pre-activation stage maps relate to the activated ones
 FAMILIES = {

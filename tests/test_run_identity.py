@@ -27,18 +27,9 @@ from toolbox.config import Config
 from toolbox.errors import UsageError
 from toolbox.methods import DISTILLERS
 from toolbox.methods.noise import NoiseDistiller
-from toolbox.rundir import (
-    CORRUPT,
-    FAILED,
-    RUNNING,
-    RunDir,
-    defining_flags,
-    experiment_name,
-    method_default,
-    resolve,
-    teacher_config,
-)
-from toolbox.scheduler import LocalScheduler
+from toolbox.rundir import RunDir, defining_flags, experiment_name, method_default, resolve, teacher_config
+from toolbox.sweep.folders import CORRUPT, FAILED, RUNNING, folder_state
+from toolbox.sweep.local import LocalScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "tucker_distillation.py")
@@ -166,12 +157,12 @@ def test_a_second_process_is_refused_and_kill_9_leaves_no_stale_lock(tmp_path: P
         second = script(*flags)
         assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1
         assert f"is being trained by process {first.pid} on" in second.stderr
-        state = RunDir(tmp_path / "r").state({}, "local")
+        state = folder_state(RunDir(tmp_path / "r"), {}, "local")
         assert state.state == RUNNING and f"process {first.pid}" in state.detail
     finally:
         first.kill()  # SIGKILL: no handler runs, the kernel drops the lock
         first.wait()
-    assert RunDir(tmp_path / "r").state({}, "local").state == FAILED
+    assert folder_state(RunDir(tmp_path / "r"), {}, "local").state == FAILED
     resumed = script(*[f if f != "50" else "2" for f in flags])
     assert resumed.returncode == 2 and "--epochs 50 there, 2 here" in resumed.stderr  # and nothing was touched
     again = subprocess.Popen([sys.executable, SCRIPT, *TINY, *flags], cwd=ROOT, stdout=subprocess.PIPE,
@@ -315,7 +306,7 @@ def test_status_lists_a_corrupt_metrics_json_instead_of_crashing(tmp_path: Path)
     run = finished_tiny_run(tmp_path)
     for damaged in ("{", '{"best_test_acc": NaN}', '{"best_test_acc": true}', '{"best_test_acc": "91"}'):
         (run / "metrics.json").write_text(damaged)
-        state = RunDir(run).state({}, "local")
+        state = folder_state(RunDir(run), {}, "local")
         assert state.state == CORRUPT and "metrics.json" in state.detail, damaged
 
 

@@ -23,17 +23,10 @@ import runner
 from tests.conftest import age
 from toolbox import sweep
 from toolbox.rundir import RunDir
-from toolbox.scheduler import (
-    PENDING,
-    RUNNING,
-    LocalScheduler,
-    PbsScheduler,
-    Resources,
-    Scheduler,
-    SchedulerError,
-    SlurmScheduler,
-    local_gpus,
-)
+from toolbox.sweep.local import LocalScheduler, local_gpus
+from toolbox.sweep.pbs import PbsScheduler
+from toolbox.sweep.scheduler import PENDING, RUNNING, Resources, Scheduler, SchedulerError
+from toolbox.sweep.slurm import SlurmScheduler
 
 GOLDEN = Path(__file__).parent / "golden"
 TINY = ["--dataset", "digits", "--teacher", "ResNetBaby", "--student", "ResNetBaby", "--epochs", "2", "--batch_size", "64"]

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from toolbox.models import build_model
-from toolbox.scheduler import SlurmScheduler
+from toolbox.sweep.slurm import SlurmScheduler
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = "epochs=2,batch_size=64,max_batches=3"  # the grid's flags that differ from their defaults, as named

@@ -17,6 +17,7 @@ from toolbox.curves import EPOCH_TAGS, STEP_TAGS, open_curves
 from toolbox.errors import UsageError
 from toolbox.models import build_model
 from toolbox.rundir import EVENT_FILE, RunDir
+from toolbox.sweep.folders import remove_own_files
 
 HISTORY = ("train_hard_loss", "train_soft_loss", "train_acc", "test_loss", "test_acc")
 
@@ -56,7 +57,7 @@ def test_a_run_writes_its_epochs_and_every_nth_step(tmp_path: Path) -> None:
     assert min(value for _, value in steps[STEP_TAGS[1]]) > 0
 
     (run / "metrics.json").unlink()  # as an unfinished run: clean deletes every file the run wrote, steps/ too
-    RunDir(run).remove_own_files()
+    remove_own_files(RunDir(run))
     assert list(run.iterdir()) == []
 
 

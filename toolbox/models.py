@@ -39,9 +39,9 @@ import torch
 from torch import Tensor, nn
 
 from toolbox.errors import UsageError, file_kind
-from toolbox.nets.mobile import mobile_half, shuffle_v1, shuffle_v2
 from toolbox.nets.cifar import VGG, VGG_CONFIGS, BottleneckResNet, CifarResNet, ResNet, WideResNet
 from toolbox.nets.imagenet import IMAGENET_MODELS
+from toolbox.nets.mobile import mobile_half, shuffle_v1, shuffle_v2
 
 # ---------------------------------------------------------------------------------------------
 # Registry

@@ -21,14 +21,7 @@ from toolbox.config.choices import IMAGE_SIZES, parse_ranks
 from toolbox.config.naming import ranks_tag
 from toolbox.errors import UsageError
 from toolbox.models import stage_shapes
-from toolbox.rundir import (
-    CONFIG_FILE,
-    SWITCHED_FLAGS,
-    TEACHER_FLAGS,
-    RunDir,
-    defining_flags,
-    method_specific,
-)
+from toolbox.rundir import CONFIG_FILE, SWITCHED_FLAGS, TEACHER_FLAGS, RunDir, defining_flags, method_specific
 from toolbox.tucker import Ranks, absolute_ranks
 
 TUCKER_METHODS = ("tucker", "tucker_recomp")

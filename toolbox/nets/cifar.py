@@ -22,8 +22,8 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolbox.nets.mobile import normal_by_fan_out
 from toolbox.nets.common import PreactBlock, stem_and_stages
+from toolbox.nets.mobile import normal_by_fan_out
 
 # The original study's ResNets (and the field's 16-wide resnets)
 STAGE_WIDTHS = (16, 32, 64)

@@ -2,16 +2,17 @@
 
 ``runner.py`` and ``test_noise.py`` are command lines over this package. A grid is a set of axes
 (``beta=50,125,250``) crossed with each other; each point is one run folder, named by the training
-script's own rule (``toolbox.rundir``), which is also what decides a run's state. Schedulers
-(SLURM, PBS, local) are objects with ``submit``, ``live_jobs`` and ``cancel`` (``toolbox.scheduler``).
-
-This package is the face that ``runner.py``, ``test_noise.py``, ``toolbox.sweep_file`` and the tests
-import (``from toolbox import sweep``); each concern lives in its own module:
+script's own rule (``toolbox.rundir``). This package is the face they and the tests import
+(``from toolbox import sweep``); each concern lives in its own module:
 
 - ``grid``: axes -> the runs of the grid and the teacher runs they need, as a table;
-- ``folders``: a run folder's state, the run folders under an experiments folder, the runner's lock;
+- ``studies``: the study's and the benchmarks' grids;
+- ``file``: runner.py's ``--config`` file (flags and a ``grid:`` section);
+- ``folders``: a run folder's state, which folders clean may delete, the run folders under an
+  experiments folder, the runner's lock;
 - ``submit``: job scripts from ``run.job``, and the ``Submitter`` that skips, packs and submits;
-- ``manage``: the status table, cancelling the grid's jobs, cleaning its unfinished runs.
+- ``manage``: the status table, cancelling the grid's jobs, cleaning its unfinished runs;
+- ``scheduler`` (the interface, ``run.job`` rendering), ``slurm``, ``pbs``, ``local``: the schedulers.
 
 A name is looked up in the module that defines it: to replace one in a test, patch it there
 (``toolbox.sweep.submit.atomic_write``), not here.

@@ -2,7 +2,7 @@
 
 A grid is a set of axes (``beta=50,125,250``) crossed with each other; each point is one run
 folder, named as ``toolbox.rundir`` names it, with the teacher run it needs. Nothing here touches
-the disk or a scheduler, so ``runner.py``, ``test_noise.py`` and ``toolbox.sweep_file`` can plan a
+the disk or a scheduler, so ``runner.py``, ``test_noise.py`` and ``toolbox.sweep.file`` can plan a
 grid without submitting it.
 """
 

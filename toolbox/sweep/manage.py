@@ -10,21 +10,26 @@ from pathlib import Path
 from typing import Callable
 
 from toolbox.errors import UsageError
-from toolbox.rundir import (
+from toolbox.rundir import METRICS_FILE, RunDir
+from toolbox.sweep.folders import (
     CONFLICTING,
     CORRUPT,
     FAILED,
     FINISHED,
-    METRICS_FILE,
     NOT_STARTED,
     PENDING,
     QUIET_S,
     RUNNING,
-    RunDir,
+    folder_state,
+    is_ours,
+    job_script,
+    recently_changed,
+    remove_own_files,
+    run_folders,
+    run_state,
 )
-from toolbox.scheduler import Scheduler, SchedulerError
-from toolbox.sweep.folders import run_folders, run_state
 from toolbox.sweep.grid import Run, teachers
+from toolbox.sweep.scheduler import Scheduler, SchedulerError
 
 
 def status_table(runs: list[Run], scheduler: Scheduler) -> str:
@@ -54,8 +59,8 @@ def cancel_jobs(experiments_dir: Path, scheduler: Scheduler, out: Callable[[str]
     ids = []
     for path in run_folders(experiments_dir):
         run = RunDir(path)
-        state = run.state(live, scheduler.name)
-        if state.state in (RUNNING, PENDING) and scheduler.runs(state.job_id, live, lambda: run.job_script(run.read_job())):
+        state = folder_state(run, live, scheduler.name)
+        if state.state in (RUNNING, PENDING) and scheduler.runs(state.job_id, live, lambda: job_script(run, run.read_job())):
             ids.append(state.job_id)
             out(f"cancel {state.job_id} ({state.state})  {path.relative_to(experiments_dir)}")
     ids = list(dict.fromkeys(ids))  # a pack's job once
@@ -76,15 +81,15 @@ def clean(experiments_dir: Path, scheduler: Scheduler, confirm: Callable[[str], 
     doomed = []
     for path in run_folders(experiments_dir):
         run = RunDir(path)
-        state = run.state(live, scheduler.name)
+        state = folder_state(run, live, scheduler.name)
         job = run.read_job() if state.state != CORRUPT else None
         if state.state == CORRUPT:
             out(f"kept {path}: {CORRUPT}: {state.detail}")
         elif job is not None and job["scheduler"] != scheduler.name:
             out(f"kept {path}: its job {job['job_id']} went to {job['scheduler']}, whose queue --scheduler "
                 f"{scheduler.name} cannot see; clean with --scheduler {job['scheduler']}")
-        elif state.state in (FAILED, NOT_STARTED) and run.is_ours(experiments_dir) and not any(path.rglob(METRICS_FILE)):
-            if run.recently_changed():
+        elif state.state in (FAILED, NOT_STARTED) and is_ours(run, experiments_dir) and not any(path.rglob(METRICS_FILE)):
+            if recently_changed(run):
                 out(f"kept {path}: changed in the last {QUIET_S} s, it may be a run that is starting")
             else:
                 doomed.append(path)
@@ -100,7 +105,7 @@ def clean(experiments_dir: Path, scheduler: Scheduler, confirm: Callable[[str], 
         run = RunDir(path)
         try:
             with run.locked(wait_s=0):  # a training that started meanwhile keeps its folder
-                run.remove_own_files()
+                remove_own_files(run)
         except UsageError as error:
             out(f"kept {path}: {error}")
             continue

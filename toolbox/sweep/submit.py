@@ -18,24 +18,21 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from toolbox.errors import Interrupted
-from toolbox.rundir import (
+from toolbox.rundir import JOB_FILE, LAST_CHECKPOINT, PACKED_LOG, SCRIPT_FILE, RunDir
+from toolbox.sweep.folders import (
     CONFLICTING,
     CORRUPT,
     FAILED,
     FINISHED,
-    JOB_FILE,
-    LAST_CHECKPOINT,
     NOT_STARTED,
-    PACKED_LOG,
     PENDING,
     RUNNING,
-    SCRIPT_FILE,
-    RunDir,
     RunState,
+    run_state,
 )
-from toolbox.scheduler import LocalScheduler, NotStarted, Resources, Scheduler, SchedulerError, render
-from toolbox.sweep.folders import run_state
 from toolbox.sweep.grid import Run
+from toolbox.sweep.local import LocalScheduler
+from toolbox.sweep.scheduler import NotStarted, Resources, Scheduler, SchedulerError, render
 from toolbox.utils import atomic_write, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[2]

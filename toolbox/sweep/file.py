@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from toolbox.config.file import FIELDS, GRID, command_line, flag_value, known_flag, load_mapping
 from toolbox.config.naming import format_value
 from toolbox.errors import UsageError
-from toolbox.sweep import PAIR, Axes, axis_flags, split_pair
+from toolbox.sweep.grid import PAIR, Axes, axis_flags, split_pair
 
 RUNNER_SETS = {"experiment_name": "runner.py names every run (its --study adds a sub-folder)",
                "experiments_dir": "give it to runner.py as --experiments_dir"}

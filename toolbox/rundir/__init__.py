@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from toolbox.config import Config
 from toolbox.errors import IOFailure, NotRegular, UsageError, file_kind
-from toolbox.run_identity import (  # noqa: F401  (re-exported: the tools import a run's name and flags from here)
+from toolbox.rundir.identity import (  # noqa: F401  (re-exported: the tools import a run's name and flags from here)
     ABSENT,
     SWITCHED_FLAGS,
     TEACHER_FLAGS,
@@ -46,7 +46,6 @@ from toolbox.run_identity import (  # noqa: F401  (re-exported: the tools import
     teacher_command,
     teacher_config,
 )
-from toolbox.scheduler import LocalScheduler
 
 CONFIG_FILE = "config.json"
 LAST_CHECKPOINT = "last.pt"
@@ -58,8 +57,6 @@ PACKED_LOG = "job.out"
 """The output of a run trained beside others in one job (runner.py --runs_per_gpu)."""
 LOG_FILE = "train.log"
 PLOTS = ("Loss.png", "Accuracy.png")
-QUIET_S = 60
-"""A folder with a file changed more recently than this may belong to a run that is starting."""
 LAUNCH_FILES = re.compile(r"slurm-\d+\.out|td\.[A-Za-z0-9_.-]+\.[oe]\d+(\.\S+)?|local\.out|job\.out|run\.job|job\.json|\.(run\.job|job\.json)\.\d+\.tmp")
 """What runner.py puts in a run folder before its training starts: the job script, its record (and the
 temporary files of their atomic writes, which a job that starts at once may see), its logs."""
@@ -111,21 +108,8 @@ def read_regular_text(path: Path) -> str:
         return handle.read().decode()
 
 
-FINISHED, RUNNING, PENDING, FAILED, NOT_STARTED = "finished", "running", "pending", "failed", "not started"
-CONFLICTING, CORRUPT = "conflicting", "corrupt"
-
-
-@dataclass
-class RunState:
-    """What a run folder holds now, as the runner, ``util.sh status`` and ``clean`` see it."""
-
-    state: str
-    job_id: Optional[str] = None
-    detail: str = ""
-
-
 class RunDir:
-    """Paths, lock and state of one run folder."""
+    """Paths, lock and safe reads of one run folder (a sweep's view of its state: ``toolbox.sweep.folders``)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -316,12 +300,6 @@ class RunDir:
                 return handle.read().strip() or "another process"
             return None
 
-    def recently_changed(self) -> bool:
-        """Whether the folder or a file in it changed in the last ``QUIET_S`` seconds: a run that is
-        starting (before it holds its lock) looks like this."""
-        since = time.time() - QUIET_S
-        return any(path.lstat().st_mtime > since for path in (self.path, *self.path.iterdir()))
-
     def remove_stale_temporaries(self) -> None:
         """Temporary files left by a killed write of the training's own files. Only the lock
         holder writes those, so while it holds the lock every such temporary is stale. A folder of
@@ -329,90 +307,3 @@ class RunDir:
         for path in self.path.iterdir():
             if TRAINING_TEMPORARY.fullmatch(path.name) and (path.is_symlink() or not path.is_dir()):
                 path.unlink(missing_ok=True)
-
-    # -- state, as the runner and util.sh see it
-
-    def state(self, live: Mapping[str, str], scheduler: str, expected: Optional[Config] = None) -> RunState:
-        """finished, running (the lock is held, or its job runs), pending (its job waits),
-        conflicting (it holds other flags than ``expected``), corrupt (a damaged config.json,
-        job.json or metrics.json, a linked .lock), failed (started or submitted, but nothing alive)
-        or not started."""
-        job_id = None
-        try:
-            job = self.read_job()
-            job_id = job["job_id"] if job and job["scheduler"] == scheduler else None
-            saved = self.saved_config()
-            if self.finished:
-                metrics = self.read_json(self.metrics)
-                best = metrics.get("best_test_acc")
-                if not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best):
-                    return RunState(CORRUPT, job_id, f"{self.metrics} has no best_test_acc (a finite number)")
-            holder = self.holder()
-        except UsageError as error:
-            return RunState(CORRUPT, job_id, str(error))
-        changed = differences(saved, expected) if saved is not None and expected is not None else []
-        if changed:
-            return RunState(CONFLICTING, job_id, "; ".join(changed))
-        if self.finished:
-            return RunState(FINISHED, job_id, f"{metrics['best_test_acc']:.2f}")
-        if holder:
-            return RunState(RUNNING, job_id, holder)
-        if job_id in live:  # the scheduler's RUNNING or PENDING
-            return RunState(live[job_id].lower(), job_id)
-        if scheduler == LocalScheduler.name and LocalScheduler.alive(job_id, self.job_script(job)):  # another runner.py's job
-            return RunState(RUNNING, job_id, "starting")
-        started = job or saved is not None or self.last.exists()
-        return RunState(FAILED if started else NOT_STARTED, job_id)
-
-    def job_script(self, job: Optional[dict]) -> Path:
-        """The script of the job that ``job`` (this run's job.json) records: a packed run's is in the
-        folder of the pack's first run."""
-        return self.path / job["script"] if job and isinstance(job.get("script"), str) else self.script
-
-    # -- clean
-
-    def is_ours(self, experiments_dir: Path) -> bool:
-        """Provably a run folder of this project: strictly inside ``experiments_dir``, and its
-        config.json or job.json names this very folder as the run it belongs to, or it holds nothing
-        but a lock file as training writes it (a start-up that failed)."""
-        try:
-            name = self.path.resolve().relative_to(experiments_dir.resolve()).as_posix()
-        except ValueError:
-            return False
-        if name == ".":
-            return False
-        try:
-            saved, job = self.saved_config(), self.read_job() or {}
-        except UsageError:
-            return False
-        return (saved is not None and saved["experiment_name"] == name) or job.get("run") == name or self.only_lock()
-
-    def only_lock(self) -> bool:
-        """The folder holds a ``.lock`` file (no link) with what ``locked`` writes, and nothing else."""
-        if [entry.name for entry in self.path.iterdir()] != [LOCK_FILE] or not self.lock_file.is_file() \
-                or self.lock_file.is_symlink():
-            return False
-        return re.fullmatch(r"(process \d+ on \S+\n)?", self.lock_file.read_text(errors="replace")) is not None
-
-    def own_files(self) -> list[Path]:
-        """The files this project writes in a run folder (never metrics.json: a finished run is
-        never cleaned), so that clean deletes nothing else."""
-        saved = self.saved_config() or {}
-        names = {CONFIG_FILE, LAST_CHECKPOINT, LOCK_FILE, LOG_FILE, *PLOTS}
-        if isinstance(saved.get("student"), str):
-            names.add(f"{saved['student']}.pth")
-        temporaries = re.compile(r"\..+\.\d+\.tmp")
-        own = [path for path in self.path.iterdir() if path.is_file() and not path.is_symlink()
-               and (path.name in names or LAUNCH_FILES.fullmatch(path.name) or temporaries.fullmatch(path.name)
-                    or EVENT_FILE.fullmatch(path.name))]
-        if self.steps.is_dir() and not self.steps.is_symlink():
-            own += [path for path in self.steps.iterdir() if path.is_file() and not path.is_symlink()
-                    and EVENT_FILE.fullmatch(path.name)]
-        return sorted(own)
-
-    def remove_own_files(self) -> None:
-        """Delete ``own_files``, and the steps/ folder when that leaves it empty (clean)."""
-        for file in self.own_files():
-            file.unlink()
-        if self.steps.is_dir() and not self.steps.is_symlink() and not any(self.steps.iterdir()):
-            self.steps.rmdir()
