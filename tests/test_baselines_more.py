@@ -44,8 +44,8 @@ from toolbox.methods.dkd import LS_DKD
 from toolbox.methods.kd import LS_KD
 from toolbox.methods.loss import DistillationLoss
 from toolbox.models import build_model
-from toolbox.optimizers import DOT, make_optimizer
 from toolbox.rundir import experiment_name, resolve, teacher_config
+from toolbox.training.optimizers import DOT, make_optimizer
 
 PAIRS = [("resnet32x4", "resnet8x4"), ("vgg13", "MobileNetV2")]  # equal sizes; the student's last stage half the teacher's
 

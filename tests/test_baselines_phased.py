@@ -534,7 +534,7 @@ def test_ft_trains_the_paraphraser_alone_first_then_the_student_and_translator(
     ([{"train_hard_loss": 2.3, "train_soft_loss": float("nan"), "train_acc": 10.0}], "'phase_history' entry is not"),
 ])
 def test_a_damaged_phase_history_makes_last_pt_unusable(entry: Any, problem: Optional[str]) -> None:
-    from toolbox.lastpt import HISTORY_KEYS, last_pt_problem
+    from toolbox.training.resume import HISTORY_KEYS, last_pt_problem
 
     state = {"student": {}, "distiller": {}, "optimizer": {}, "scheduler": {}, "torch_rng": torch.get_rng_state(),
              "elapsed": 1.0, "teacher_sha256": None, "history": {key: [] for key in HISTORY_KEYS}, "position": None,

@@ -20,9 +20,10 @@ from toolbox.data_loader import CIFAR_MEAN_STD, Dataset
 from toolbox.errors import UsageError
 from toolbox.models import build_model
 from toolbox.rundir import RunDir, resolve
-from toolbox.speed import FullBatchCompiled, optimizer_kernels
 from toolbox.stop import StopFlag
 from toolbox.training import Trainer
+from toolbox.training.resume import restore, snapshot
+from toolbox.training.speed import FullBatchCompiled, optimizer_kernels
 
 MODEL, TEACHER = "ResNetBaby", "resnet8"  # of different classes: dynamo keeps one cache per forward function
 CLASSES = 10
@@ -151,10 +152,10 @@ def test_a_resumed_run_uses_its_own_devices_kernels(tmp_path: Path) -> None:
     CPU's kernels are used, not the saved ones."""
     trainer = kd_trainer(tmp_path, tiny_data())
     assert all(group["foreach"] and not group["fused"] for group in trainer.optimizer.param_groups)
-    state = trainer.state()
+    state = snapshot(trainer)
     for group in state["optimizer"]["param_groups"]:
         group.update(fused=True, foreach=False)
-    trainer.restore(state)
+    restore(trainer, state)
     assert [(group["fused"], group["foreach"]) for group in trainer.optimizer.param_groups] == [(False, True)]
 
 

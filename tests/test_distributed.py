@@ -29,10 +29,10 @@ import torch
 
 from tests.test_tensorboard import scalars
 from toolbox.config import parse_config
-from toolbox.curves import STEP_TAGS
 from toolbox.methods.phases import PHASE_RECORD
 from toolbox.rundir import EVENT_FILE
 from toolbox.training import train
+from toolbox.training.curves import STEP_TAGS
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY = str(REPO / "tests" / "distributed_entry.py")

@@ -18,7 +18,7 @@ from toolbox.errors import UsageError
 from toolbox.methods.base import connector
 from toolbox.models import build_model, stage_shapes
 from toolbox.rundir import default_teacher_checkpoint, experiment_name, resolve, teacher_config
-from toolbox.training import make_scheduler
+from toolbox.training.prepare import make_scheduler
 from toolbox.tucker import absolute_ranks, tucker
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,8 @@ from toolbox.rundir import RunDir, experiment_name, resolve
 from toolbox.stop import StopFlag
 from toolbox.sweep import exclusive
 from toolbox.sweep.folders import CORRUPT, FAILED, RUNNING, folder_state
-from toolbox.training import check_stop, train
+from toolbox.training import train
+from toolbox.training.resume import check_stop
 from toolbox.utils import atomic_write_json
 
 ROOT = Path(SCRIPT).parent

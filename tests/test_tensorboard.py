@@ -12,12 +12,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import STUDENT, run_training
-from toolbox import training
-from toolbox.curves import EPOCH_TAGS, STEP_TAGS, open_curves
 from toolbox.errors import UsageError
 from toolbox.models import build_model
 from toolbox.rundir import EVENT_FILE, RunDir
 from toolbox.sweep.folders import remove_own_files
+from toolbox.training import trainer as trainer_module
+from toolbox.training.curves import EPOCH_TAGS, STEP_TAGS, open_curves
 
 HISTORY = ("train_hard_loss", "train_soft_loss", "train_acc", "test_loss", "test_acc")
 
@@ -66,14 +66,14 @@ def test_a_resumed_run_shows_each_epoch_and_step_once(tmp_path: Path, monkeypatc
     and the first 2 steps of epoch 2 (--checkpoint_every 2): the resumed session trains step 6 and
     epoch 2 again, and TensorBoard shows its values, not the killed session's as well."""
     flags = [*kd_flags(tmp_path), "--epochs", "2", "--checkpoint_every", "2", "--tensorboard_every", "2"]
-    saved = training.atomic_torch_save  # train(), in toolbox.training itself, saves each epoch's last.pt
+    saved = trainer_module.atomic_torch_save  # the Trainer saves each epoch's last.pt
 
     def killed_before_saving_epoch_2(path: Path, state: dict) -> None:
         if path.name == "last.pt" and state["position"] is None and len(state["history"]["test_acc"]) == 2:
             raise KeyboardInterrupt
         saved(path, state)
 
-    monkeypatch.setattr(training, "atomic_torch_save", killed_before_saving_epoch_2)
+    monkeypatch.setattr(trainer_module, "atomic_torch_save", killed_before_saving_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run_training(tmp_path, *flags)
     run = tmp_path / "r"
@@ -82,7 +82,7 @@ def test_a_resumed_run_shows_each_epoch_and_step_once(tmp_path: Path, monkeypatc
     assert [step for step, _ in scalars(killed_epochs)["accuracy/test"]] == [1, 2]
     assert [step for step, _ in scalars(killed_steps)[STEP_TAGS[0]]] == [2, 4, 6]
 
-    monkeypatch.setattr(training, "atomic_torch_save", saved)
+    monkeypatch.setattr(trainer_module, "atomic_torch_save", saved)
     metrics = run_training(tmp_path, *flags)
     assert len([path for path in run.iterdir() if EVENT_FILE.fullmatch(path.name)]) == 2
     epochs, steps = scalars(run), scalars(run / "steps")

@@ -34,7 +34,7 @@ from typing import Iterable, Optional
 from torch import nn
 
 PHASE_RECORD = ("train_hard_loss", "train_soft_loss", "train_acc")
-"""What ``phase_history`` records of each preliminary epoch (``toolbox.progress.Position.means``)."""
+"""What ``phase_history`` records of each preliminary epoch (``toolbox.training.resume.Position.means``)."""
 
 
 @dataclass(frozen=True)

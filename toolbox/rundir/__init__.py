@@ -61,7 +61,7 @@ LAUNCH_FILES = re.compile(r"slurm-\d+\.out|td\.[A-Za-z0-9_.-]+\.[oe]\d+(\.\S+)?|
 """What runner.py puts in a run folder before its training starts: the job script, its record (and the
 temporary files of their atomic writes, which a job that starts at once may see), its logs."""
 EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.\S+\.\d+\.\d+")
-"""A TensorBoard event file as training writes them (``toolbox.curves``): events.out.tfevents.<second>.<host>.<pid>.<n>."""
+"""A TensorBoard event file as training writes them (``toolbox.training.curves``): events.out.tfevents.<second>.<host>.<pid>.<n>."""
 STEPS_FOLDER = "steps"
 """The sub-folder of a run's per-step curves (--tensorboard_every), which TensorBoard shows as a run of its own."""
 TRAINING_TEMPORARY = re.compile(r"\.(config\.json|last\.pt|metrics\.json|Loss\.png|Accuracy\.png|[A-Za-z0-9_]+\.pth)\.\d+\.tmp")

@@ -1,4 +1,5 @@
-"""A run's console: the lines it prints, kept in its train.log, and its closing line."""
+"""A run's console: the lines it prints (progress within an epoch, each epoch, the closing line), kept in
+its train.log."""
 
 from __future__ import annotations
 
@@ -46,3 +47,25 @@ class ConsoleLog:
 def final_line(metrics: dict[str, Any]) -> str:
     return (f"best test accuracy {metrics['best_test_acc']:.2f}% (epoch {metrics['best_epoch']}), "
             f"{metrics['wall_time_s']:.0f}s of training")
+
+
+def format_duration(seconds: float) -> str:
+    """``1:02:03`` (hours:minutes:seconds)."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def progress_line(epoch: int, epochs: int, batch: int, steps: int, images_per_s: float, means: dict[str, float],
+                  eta_s: float) -> str:
+    """One plain line for logs, within an epoch (tqdm draws a bar on a terminal only)."""
+    return (f"epoch {epoch}/{epochs}  step {batch}/{steps}  {images_per_s:.0f} images/s  "
+            f"cross-entropy {means['train_hard_loss']:.4f}  distillation {means['train_soft_loss']:.4g}  "
+            f"train {means['train_acc']:.2f}%  ETA {format_duration(eta_s)}")
+
+
+def epoch_line(name: str, record: dict[str, float], best: Optional[float], seconds: float) -> str:
+    """The line that ends an epoch (``name``: ``epoch 3/8``, ``init epoch 2/30``); the test accuracy
+    where the epoch was tested (``best`` so far)."""
+    tested = f"  test {record['test_acc']:.2f}% (best {best:.2f}%)" if best is not None else ""
+    return (f"{name}  cross-entropy {record['train_hard_loss']:.4f}  distillation {record['train_soft_loss']:.4g}  "
+            f"train {record['train_acc']:.2f}%{tested}  {seconds:.1f}s")

@@ -1,20 +1,20 @@
-"""The Trainer: the state of one run (models, optimiser, history, position) and the step, epoch and
-preliminary phases that advance it, with last.pt's state and its restoring.
+"""The Trainer: the state of one run (models, optimiser, history, position) and the steps, epochs and
+preliminary phases that advance it; ``fit`` trains every epoch left, in one place.
 
 Per-step metrics are summed on the device and read only where a progress line, a checkpoint or
-the epoch's end needs them, so a step never waits for the GPU. Within an epoch, last.pt is written
-every ``--checkpoint_every`` steps and where a stop signal arrives, with the position in the epoch
-(``toolbox.progress``). ``toolbox.training.train`` drives it over the main epochs.
+the epoch's end needs them, so a step never waits for the GPU. After every epoch, and within an
+epoch every ``--checkpoint_every`` steps and where a stop signal arrives, last.pt is written
+(``toolbox.training.resume``). Under torchrun every rank runs the same steps on its share of each
+batch; the world (``toolbox.distributed``) adds up their sums and agrees on stop and divergence.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,22 +22,20 @@ from torch import nn
 from tqdm import tqdm
 
 from toolbox.config import Config
-from toolbox.curves import Curves
 from toolbox.data_loader import DataSource
 from toolbox.datasets.sampling import share
 from toolbox.distillation import Distiller, Setup, Step, build_distiller
 from toolbox.distributed import World
 from toolbox.errors import DivergedError, UsageError
-from toolbox.lastpt import HISTORY_KEYS, KEEP_LAST
 from toolbox.methods import DISTILLERS
 from toolbox.methods.loss import DistillationLoss
 from toolbox.methods.phases import PHASE_RECORD, Phase, locate, set_modes, train_only
 from toolbox.models import build_model, load_checkpoint
-from toolbox.optimizers import SGD, make_optimizer
-from toolbox.progress import Position, progress_line
 from toolbox.rundir import RunDir
-from toolbox.speed import FullBatchCompiled, begin_step, optimizer_kernels, use_optimizer_kernels
 from toolbox.stop import StopFlag
+from toolbox.training.console import epoch_line, progress_line
+from toolbox.training.curves import Curves
+from toolbox.training.optimizers import SGD, make_optimizer
 from toolbox.training.prepare import (
     all_finite,
     check_teacher_exists,
@@ -47,8 +45,9 @@ from toolbox.training.prepare import (
     output_shapes,
     set_deterministic,
 )
-from toolbox.training.resume import check_stop
-from toolbox.utils import atomic_torch_save, evaluate, seed_everything, select_device
+from toolbox.training.resume import HISTORY_KEYS, Position, check_stop, snapshot
+from toolbox.training.speed import FullBatchCompiled, begin_step, optimizer_kernels
+from toolbox.utils import atomic_torch_save, evaluate, plot_curves, seed_everything, select_device
 
 
 class Learner(nn.Module):
@@ -107,7 +106,7 @@ class Trainer:
         self.position: Optional[Position] = None  # where the epoch to train next was saved, if within it
         self.position_saved = 0  # batches of the current epoch that last.pt holds (0: none)
         self.teacher_sha256: Optional[str] = None  # the teacher file's content, which a resumed run must keep
-        self.curves = Curves()  # writes nothing: train() opens the run's (toolbox.curves)
+        self.curves = Curves()  # writes nothing: train() opens the run's (toolbox.training.curves)
 
         self.student.to(memory_format=self.memory_format)
         if config.sync_bn and self.world.distributed:  # after the optimiser: the conversion keeps the parameters
@@ -156,6 +155,17 @@ class Trainer:
         """The preliminary phase the run is in and its epoch to train next (from 1); None in the main epochs."""
         return locate(self.phases, len(self.phase_history))
 
+    def where(self) -> str:
+        """Where the run stands, for the line a resumed run starts with (``epoch 3 of 8, at batch 5 of
+        epoch 4``; in a preliminary phase, its epochs)."""
+        located = self.phase
+        if located:
+            phase, number = located
+            done, ahead = f"{phase.name} epoch {number - 1} of {phase.epochs}", f"{phase.name} epoch {number}"
+        else:
+            done, ahead = f"epoch {self.epoch} of {self.config.epochs}", f"epoch {self.epoch + 1}"
+        return done + (f", at batch {self.position.batch} of {ahead}" if self.position else "")
+
     def phase_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         """The optimiser and schedule of the phase the run is in, over the parameters it trains (the
         others frozen): the run's in its --epochs, a constant learning rate in a preliminary phase."""
@@ -176,56 +186,6 @@ class Trainer:
         module the phase freezes are then the same on every rank)."""
         self.optimizer, self.scheduler = self.phase_optimizer()
         self.learner = self.world.wrap(Learner(self.student_step, self.loss))
-
-    def state(self, position: Optional[Position] = None) -> dict[str, Any]:
-        """What last.pt holds: at an epoch's end, or within an epoch at ``position``."""
-        state = {
-            "config": dataclasses.asdict(self.config),  # what a resume checks, even if config.json is lost
-            "student": self.student.state_dict(),
-            "distiller": self.distiller.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "history": self.history,
-            "phase_history": self.phase_history,
-            "elapsed": self.elapsed,
-            "teacher_sha256": self.teacher_sha256,
-            "torch_rng": torch.get_rng_state(),
-            "position": None if position is None else dataclasses.asdict(position),
-        }
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue from ``read_last``'s state; state dicts that do not fit this run's models (missing
-        keys, other shapes, e.g. CRD's memory bank of another data set) are a one-line error."""
-        self.phase_history = list(state.get("phase_history", []))
-        if self.phases:  # the optimiser of the phase the run is in is the one saved
-            self.enter_phase()
-        if set(state["scheduler"]) != set(self.scheduler.state_dict()):
-            raise UsageError(f"{self.run.last} does not fit this run: its 'scheduler' entry is not this run's "
-                             f"schedule; {KEEP_LAST}")
-        for key in ("student", "distiller", "optimizer"):
-            try:
-                getattr(self, key).load_state_dict(state[key])
-            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
-                detail = " ".join(str(error).split())[:200]
-                raise UsageError(f"{self.run.last} does not fit this run: its {key!r} entry ({detail}); {KEEP_LAST}") from None
-        use_optimizer_kernels(self.optimizer, self.device)
-        momenta = ((parameter, entry.get("momentum_buffer")) for parameter, entry in self.optimizer.state.items())
-        if any(buffer is not None and buffer.shape != parameter.shape for parameter, buffer in momenta):
-            raise UsageError(f"{self.run.last} does not fit this run: its 'optimizer' entry holds momentum of other "
-                             f"shapes than the parameters; {KEEP_LAST}")
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.history = state["history"]
-        self.elapsed = state["elapsed"]
-        self.position = Position(**state["position"]) if state.get("position") else None
-        if self.position and self.position.batch > self.steps_per_epoch:  # its epoch would be skipped, not resumed
-            raise UsageError(f"{self.run.last} does not fit this run: it holds batch {self.position.batch} of an epoch "
-                             f"of {self.steps_per_epoch} steps; {KEEP_LAST}")
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
              weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -298,7 +258,7 @@ class Trainer:
                 seconds = time.perf_counter() - started
                 position = at(batch)
                 say(named + progress_line(number, total, batch, n_batches, (position.count - first_count) / seconds,
-                                          position, seconds / (batch - done.batch) * (n_batches - batch)))
+                                          position.means(), seconds / (batch - done.batch) * (n_batches - batch)))
             stopping = world.any(stop.signal is not None)  # every rank stops after the same step
             if stopping or (config.checkpoint_every and batch % config.checkpoint_every == 0 and batch < n_batches):
                 self.save_position(at(batch))
@@ -308,25 +268,52 @@ class Trainer:
         final = at(n_batches)
         return {**final.means(), "images_per_s": (final.count - first_count) / (time.perf_counter() - started)}
 
-    def train_phases(self, stop: StopFlag, say: Callable[[str], None]) -> None:
-        """The preliminary phases' epochs left (``toolbox.methods.phases``), each saved to last.pt when done;
-        the main phase's optimiser is started after the last."""
+    def fit(self, stop: StopFlag, say: Callable[[str], None]) -> None:
+        """Every epoch left: the preliminary phases' (``toolbox.methods.phases``), then the run's
+        --epochs, each trained, checked finite, saved to last.pt and logged; a stop signal leaves
+        between two steps (``Interrupted``, after saving where it stopped)."""
         while (located := self.phase) is not None:
             phase, number = located
-            check_stop(stop, self.run, self.epoch, stopping=self.world.any(stop.signal is not None))
-            started = self.clock = time.perf_counter()
-            record = self.train_epoch(stop, say)
-            self.check_finite(record)
-            self.account_time()
+            record = self.run_epoch(stop, say)
             self.phase_history.append({key: record[key] for key in PHASE_RECORD})  # what last.pt keeps of it
             if self.phase is None or self.phase[0] is not phase:
-                self.enter_phase()
-            if self.world.is_writer:
-                atomic_torch_save(self.run.last, self.state())
-            self.position_saved = 0
-            say(f"{phase.name} epoch {number}/{phase.epochs}  cross-entropy {record['train_hard_loss']:.4f}  "
-                f"distillation {record['train_soft_loss']:.4g}  train {record['train_acc']:.2f}%  "
-                f"{time.perf_counter() - started:.1f}s")
+                self.enter_phase()  # the next phase's optimiser, or the main one's
+            self.save_epoch(best=False)
+            say(epoch_line(f"{phase.name} epoch {number}/{phase.epochs}", record, None, record["epoch_s"]))
+        while self.epoch < self.config.epochs:
+            lr = self.optimizer.param_groups[0]["lr"]  # the epoch's: the scheduler steps after it
+            record = self.run_epoch(stop, say, tested=True)
+            self.scheduler.step()
+            best = self.epoch == 0 or record["test_acc"] > max(self.history["test_acc"])
+            for key in HISTORY_KEYS:
+                self.history[key].append(record[key])
+            self.curves.write_epoch(self.epoch, {**record, "lr": lr})
+            self.curves.flush()  # before last.pt: an epoch it holds is never missing from the curves
+            self.save_epoch(best)
+            say(epoch_line(f"epoch {self.epoch}/{self.config.epochs}", record, max(self.history["test_acc"]),
+                           record["epoch_s"]))
+
+    def run_epoch(self, stop: StopFlag, say: Callable[[str], None], tested: bool = False) -> dict[str, float]:
+        """One epoch of the phase the run is in (tested: the test set after it), checked finite; its
+        record, with its seconds (``epoch_s``)."""
+        check_stop(stop, self.run, self.epoch, stopping=self.world.any(stop.signal is not None))
+        started = self.clock = time.perf_counter()
+        record = self.train_epoch(stop, say)
+        if tested:
+            record.update(self.test())
+        self.check_finite(record)
+        self.account_time()
+        return {**record, "epoch_s": time.perf_counter() - started}
+
+    def save_epoch(self, best: bool) -> None:
+        """last.pt at an epoch's end (the writer's), with the best weights and the plots after a tested epoch."""
+        if self.world.is_writer:
+            if best:
+                atomic_torch_save(self.run.best_checkpoint(self.config.student), {"weights": self.student.state_dict()})
+            atomic_torch_save(self.run.last, snapshot(self))
+            if self.history["test_acc"]:
+                plot_curves(self.history, self.run.path)
+        self.position_saved = 0
 
     def save_position(self, position: Position) -> None:
         """last.pt within an epoch, once its state is checked finite (``check_finite``); the writer's."""
@@ -334,7 +321,7 @@ class Trainer:
         self.account_time()
         self.curves.flush()
         if self.world.is_writer:
-            atomic_torch_save(self.run.last, self.state(position))
+            atomic_torch_save(self.run.last, snapshot(self, position))
         self.position_saved = position.batch
 
     def account_time(self) -> None:

@@ -21,7 +21,7 @@ from torch import Tensor
 from toolbox.config import Config
 from toolbox.distributed import World
 from toolbox.errors import UsageError
-from toolbox.speed import optimizer_kernels
+from toolbox.training.speed import optimizer_kernels
 
 
 class SGD(torch.optim.SGD):
