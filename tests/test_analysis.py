@@ -1,4 +1,4 @@
-"""toolbox.analysis on a hand-written experiments tree with known numbers, and toolbox.inspection
+"""toolbox.analysis on a hand-written experiments tree with known numbers, and toolbox.analysis.inspection
 against float64 numpy/scipy references."""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import scipy.linalg
 import scipy.stats
 import torch
 
-from toolbox import analysis, inspection
+from toolbox import analysis
+from toolbox.analysis import inspection
 from toolbox.config import Config, recipe_defaults
 from toolbox.config.choices import CROSS_ARCH_PAIRS
 from toolbox.distillation import with_defaults
@@ -543,7 +544,7 @@ def test_benchmark_of_an_empty_folder(tmp_path: Path) -> None:
     assert analysis.benchmark_table(runs).empty and analysis.benchmark_reports(runs) == {}
 
 
-# toolbox.inspection
+# toolbox.analysis.inspection
 
 
 @pytest.fixture(scope="module")

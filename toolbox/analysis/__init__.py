@@ -6,7 +6,7 @@ so a job still training never shows up as a result.
 
 Runs are grouped into configurations by the flags that change the experiment. Runtime flags and
 the seed never split a configuration, and neither do flags a method ignores (the ranks saved with
-a featuremap run, the reconstruction target of a plain tucker run): see ``toolbox.run_identity.defining_flags``.
+a featuremap run, the reconstruction target of a plain tucker run): see ``toolbox.rundir.identity.defining_flags``.
 Configurations are named as in the original study's table (``featuremap``, ``tucker_x0.5``,
 ``recomp_both_x0.25``: channel rank over the channels of the distilled map); a label adds the
 other flags in which the configurations of a folder differ (``tucker_x0.5 (beta=50)``). Plain
@@ -24,7 +24,9 @@ analysis``); each concern lives in its own module:
 - ``expectations``: t-intervals and paired t-tests against the student alone;
 - ``plots``: learning curves and accuracy against Tucker rank;
 - ``benchmark``: the CRD-layout benchmark table with the published CIFAR-100 numbers;
-- ``layout``: the benchmark table in a data set's published layout (ImageNet).
+- ``layout``: the benchmark table in a data set's published layout (ImageNet);
+- ``inspection``: inside the method, for the second notebook: reconstruction error against rank,
+  spectra, energy kept, principal angles (imported on its own: it loads torch).
 
 A name is looked up in the module that defines it: to replace one in a test, patch it there
 (``toolbox.analysis.summary.summarize``), not here.

@@ -101,7 +101,7 @@ def method_name(config: Mapping[str, Any]) -> str:
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The flags that make a run's configuration (``toolbox.run_identity.defining_flags``, the same rule
+    """The flags that make a run's configuration (``toolbox.rundir.identity.defining_flags``, the same rule
     that names and checks runs), in ``Config`` order, those its method ignores set to None. An
     unknown method keeps all its flags, so that its runs are split too finely rather than mixed."""
     relevant = set(defining_flags(config["distillation"], config))

@@ -6,7 +6,7 @@ after every epoch), ``<Arch>.pth`` (best epoch, ``{"weights": state_dict}``), ``
 run has finished, ``metrics.json``. So "metrics.json exists"
 means "finished", and every tool asks this module, not each other's code.
 
-A folder holds one experiment, named and checked by the flags that define it (``toolbox.run_identity``,
+A folder holds one experiment, named and checked by the flags that define it (``toolbox.rundir.identity``,
 whose names this module re-exports, so that the tools ask one module). One process trains a folder
 at a time: it holds an OS lock on ``.lock`` for the run's lifetime, which the kernel releases when
 the process dies, however it dies.
