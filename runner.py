@@ -61,10 +61,18 @@ from toolbox.sweep.studies import BENCHMARK, BENCHMARK_RUNS, BENCHMARKS, IMAGENE
 
 DISTILLATIONS = [name for name in METHODS if name != "none"]
 OWN_FLAGS = {
-    "distillation": "--distillations", "ranks": "--ranks_list", "recomp_target": "--recomp_targets",
-    "seed": "--runs", "experiment_name": "--study", "dataset": "--dataset", "teacher": "--teacher",
-    "student": "--student", "epochs": "--epochs", "batch_size": "--batch_size",
-    "experiments_dir": "--experiments_dir", "config": "--config",
+    "distillation": "--distillations",
+    "ranks": "--ranks_list",
+    "recomp_target": "--recomp_targets",
+    "seed": "--runs",
+    "experiment_name": "--study",
+    "dataset": "--dataset",
+    "teacher": "--teacher",
+    "student": "--student",
+    "epochs": "--epochs",
+    "batch_size": "--batch_size",
+    "experiments_dir": "--experiments_dir",
+    "config": "--config",
 }
 """Training flags runner.py sets for every run, and its own flag that sets each (or --grid)."""
 T = TypeVar("T")
@@ -72,6 +80,7 @@ MAX_SIGNAL_SECONDS = 65535  # sbatch refuses a --signal time above it
 
 
 # ---------------------------------------------------------------- flags
+
 
 def _time_limit(text: str) -> str:
     if text and not re.fullmatch(r"(\d+-)?\d{1,3}:[0-5]\d:[0-5]\d", text):
@@ -99,7 +108,9 @@ def _positive(text: str) -> int:
 
 def _signal_seconds(text: str) -> int:
     if _count(text) > MAX_SIGNAL_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_SIGNAL_SECONDS} (sbatch --signal's limit); got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_SIGNAL_SECONDS} (sbatch --signal's limit); got {text!r}"
+        )
     return int(text)
 
 
@@ -151,100 +162,227 @@ def _ranks(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    parser = OneLineParser(prog="runner.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog="Flags after '--' go to every run's tucker_distillation.py, e.g. -- --max_batches 3 --lr 0.05.")
+    parser = OneLineParser(
+        prog="runner.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Flags after '--' go to every run's tucker_distillation.py, e.g. -- --max_batches 3 --lr 0.05.",
+    )
     grid = parser.add_argument_group("the grid")
-    grid.add_argument("--benchmark", nargs="?", const="cifar100", choices=tuple(BENCHMARKS),
-                      help="a benchmark's grid instead of the study. cifar100 (the default): the CRD/DKD benchmark's seven "
-                      f"same-architecture pairs ({', '.join(BENCHMARK['pair'])}) x {{{', '.join(BENCHMARK['distillation'])}}} "
-                      f"(tucker_recomp with every target; Tucker ranks {BENCHMARK['ranks'][0]}) x --runs seeds, --recipe crd, "
-                      "less the pairs a method cannot train (fsp on wrn_40_2-wrn_40_1, N/A in RepDistiller's table); "
-                      "teachers are trained first, or read from --teacher_dir. imagenet: the pairs "
-                      f"{', '.join(IMAGENET_BENCHMARK['pair'])} x {{{', '.join(IMAGENET_BENCHMARK['distillation'])}}} x "
-                      "--runs seeds (default 1, as the field reports ImageNet), --recipe imagenet, --dataset imagenet, "
-                      "distilled from torchvision's pretrained teachers in --teacher_dir (required). digits: "
-                      "./util.sh study's grid, README's 'What to expect' (a ResNet20 teacher, ResNetBaby students, 8 "
-                      "epochs on digits, both --tucker_core). The flags below replace its axes")
-    grid.add_argument("--distillations", nargs="+", choices=["none", *DISTILLATIONS], metavar="METHOD",
-                      help=f"methods to compare, from {', '.join(DISTILLATIONS)}, or none, the student without a teacher "
-                      f"(default: {' '.join(STUDY['distillation'])})")
-    grid.add_argument("--ranks_list", nargs="+", type=_ranks, metavar="RANKS",
-                      help=f"Tucker ranks, one configuration each, for tucker and tucker_recomp (default: {' '.join(STUDY['ranks'])})")
-    grid.add_argument("--recomp_targets", nargs="+", choices=RECOMP_TARGETS, metavar="TARGET",
-                      help=f"tucker_recomp targets (default: all of {' '.join(RECOMP_TARGETS)})")
-    grid.add_argument("--runs", type=_positive, help=f"runs per configuration; run i has seed i (default: {STUDY_RUNS}; "
-                      f"{', '.join(f'{runs} for --benchmark {name}' for name, runs in BENCHMARK_RUNS.items())})")
+    grid.add_argument(
+        "--benchmark",
+        nargs="?",
+        const="cifar100",
+        choices=tuple(BENCHMARKS),
+        help="a benchmark's grid instead of the study. cifar100 (the default): the CRD/DKD benchmark's seven "
+        f"same-architecture pairs ({', '.join(BENCHMARK['pair'])}) x {{{', '.join(BENCHMARK['distillation'])}}} "
+        f"(tucker_recomp with every target; Tucker ranks {BENCHMARK['ranks'][0]}) x --runs seeds, --recipe crd, "
+        "less the pairs a method cannot train (fsp on wrn_40_2-wrn_40_1, N/A in RepDistiller's table); "
+        "teachers are trained first, or read from --teacher_dir. imagenet: the pairs "
+        f"{', '.join(IMAGENET_BENCHMARK['pair'])} x {{{', '.join(IMAGENET_BENCHMARK['distillation'])}}} x "
+        "--runs seeds (default 1, as the field reports ImageNet), --recipe imagenet, --dataset imagenet, "
+        "distilled from torchvision's pretrained teachers in --teacher_dir (required). digits: "
+        "./util.sh study's grid, README's 'What to expect' (a ResNet20 teacher, ResNetBaby students, 8 "
+        "epochs on digits, both --tucker_core). The flags below replace its axes",
+    )
+    grid.add_argument(
+        "--distillations",
+        nargs="+",
+        choices=["none", *DISTILLATIONS],
+        metavar="METHOD",
+        help=f"methods to compare, from {', '.join(DISTILLATIONS)}, or none, the student without a teacher "
+        f"(default: {' '.join(STUDY['distillation'])})",
+    )
+    grid.add_argument(
+        "--ranks_list",
+        nargs="+",
+        type=_ranks,
+        metavar="RANKS",
+        help="Tucker ranks, one configuration each, for tucker and tucker_recomp "
+        f"(default: {' '.join(STUDY['ranks'])})",
+    )
+    grid.add_argument(
+        "--recomp_targets",
+        nargs="+",
+        choices=RECOMP_TARGETS,
+        metavar="TARGET",
+        help=f"tucker_recomp targets (default: all of {' '.join(RECOMP_TARGETS)})",
+    )
+    grid.add_argument(
+        "--runs",
+        type=_positive,
+        help=f"runs per configuration; run i has seed i (default: {STUDY_RUNS}; "
+        f"{', '.join(f'{runs} for --benchmark {name}' for name, runs in BENCHMARK_RUNS.items())})",
+    )
     same = "as for tucker_distillation.py (default: %(default)s)"
     grid.add_argument("--dataset", help="as for tucker_distillation.py (default: cifar100)")
     grid.add_argument("--teacher", help="as for tucker_distillation.py (default: ResNet112)")
     grid.add_argument("--student", help="as for tucker_distillation.py (default: ResNet56)")
-    grid.add_argument("--epochs", type=_positive, help="as for tucker_distillation.py (default: the recipe's, 150 for the study)")
-    grid.add_argument("--batch_size", type=_positive, help="as for tucker_distillation.py (default: the recipe's, 512 for the study)")
+    grid.add_argument(
+        "--epochs", type=_positive, help="as for tucker_distillation.py (default: the recipe's, 150 for the study)"
+    )
+    grid.add_argument(
+        "--batch_size", type=_positive, help="as for tucker_distillation.py (default: the recipe's, 512 for the study)"
+    )
     grid.add_argument("--experiments_dir", default="experiments", help=same)
-    grid.add_argument("--teacher_dir", type=Path, metavar="DIR",
-                      help="distil from the teachers in DIR instead of training them: DIR/<arch>_vanilla/ckpt_epoch_240.pth "
-                      "(RepDistiller's and mdistiller's downloads) or DIR/<arch>.pth (torchvision's resnet34-b627a593.pth, "
-                      "renamed or linked as DIR/resnet34.pth), for every teacher the grid needs")
-    grid.add_argument("--grid", action="append", default=[], type=_axis, metavar="FLAG=V1,V2",
-                      help="an axis of the grid over any training flag that defines a run, crossed with the others; "
-                      "repeatable, e.g. --grid beta=50,125,250 --grid lr=0.1,0.05; ':' separates values that contain "
-                      "commas (--grid ranks=BATCH_SIZE,32,8,8:BATCH_SIZE,8,8,8); it replaces the flag above that "
-                      "sets the same training flag; flags a method does not read are dropped from its runs")
-    grid.add_argument("--config", type=Path, metavar="FILE",
-                      help="training flags for every run from a YAML (or .json) file, as tucker_distillation.py --config "
-                      "reads them, and a grid: section of axes beside --grid (flag: [values], e.g. 'beta: [50, 125]'); "
-                      "a flag that defines a run is an axis of one value; the flags here, --grid and those after '--' "
-                      "override the file's (README, Flags from a file)")
-    grid.add_argument("--study", default="", help="sub-folder of --experiments_dir for the students of this grid, e.g. to "
-                      "keep a variant with other flags after '--' apart (teachers are shared)")
+    grid.add_argument(
+        "--teacher_dir",
+        type=Path,
+        metavar="DIR",
+        help="distil from the teachers in DIR instead of training them: DIR/<arch>_vanilla/ckpt_epoch_240.pth "
+        "(RepDistiller's and mdistiller's downloads) or DIR/<arch>.pth (torchvision's resnet34-b627a593.pth, "
+        "renamed or linked as DIR/resnet34.pth), for every teacher the grid needs",
+    )
+    grid.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        type=_axis,
+        metavar="FLAG=V1,V2",
+        help="an axis of the grid over any training flag that defines a run, crossed with the others; "
+        "repeatable, e.g. --grid beta=50,125,250 --grid lr=0.1,0.05; ':' separates values that contain "
+        "commas (--grid ranks=BATCH_SIZE,32,8,8:BATCH_SIZE,8,8,8); it replaces the flag above that "
+        "sets the same training flag; flags a method does not read are dropped from its runs",
+    )
+    grid.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="training flags for every run from a YAML (or .json) file, as tucker_distillation.py --config "
+        "reads them, and a grid: section of axes beside --grid (flag: [values], e.g. 'beta: [50, 125]'); "
+        "a flag that defines a run is an axis of one value; the flags here, --grid and those after '--' "
+        "override the file's (README, Flags from a file)",
+    )
+    grid.add_argument(
+        "--study",
+        default="",
+        help="sub-folder of --experiments_dir for the students of this grid, e.g. to "
+        "keep a variant with other flags after '--' apart (teachers are shared)",
+    )
 
     jobs = parser.add_argument_group("the jobs (each flag's default comes from the environment variable named)")
-    jobs.add_argument("--scheduler", default=_from_env("TD_SCHEDULER", "slurm", _scheduler), choices=SCHEDULERS,
-                      help="TD_SCHEDULER; local runs the grid on this machine (default: %(default)s)")
-    jobs.add_argument("--partition", default=env("TD_PARTITION", ""), help="TD_PARTITION; the PBS queue (default: the cluster's)")
-    jobs.add_argument("--account", default=env("TD_ACCOUNT", ""), help="TD_ACCOUNT; the PBS project (default: the cluster's)")
-    jobs.add_argument("--time", type=_time_limit, default=_from_env("TD_TIME", "", _time_limit),
-                      help="TD_TIME; [D-]HH:MM:SS per job (default: the partition's)")
-    jobs.add_argument("--gpus", type=_count, default=_from_env("TD_GPUS", "1", _count),
-                      help="TD_GPUS; 0 asks for none (default: %(default)s)")
-    jobs.add_argument("--cpus", type=_count, default=_from_env("TD_CPUS", "4", _count),
-                      help="TD_CPUS; per training process; 0 asks for none: the scheduler's default (SLURM's: one per "
-                      "task, which the runs of a job then share) (default: %(default)s)")
-    jobs.add_argument("--mem", type=_memory, default=_from_env("TD_MEM", "16G", _memory),
-                      help="TD_MEM; per training process (default: %(default)s)")
-    jobs.add_argument("--nodes", type=_positive, default=_from_env("TD_NODES", "1", _positive),
-                      help="TD_NODES; nodes per run: with --gpus_per_node, each run trains data-parallel over "
-                      "nodes x gpus_per_node processes (SLURM only; README, Many GPUs and nodes) (default: %(default)s)")
-    jobs.add_argument("--gpus_per_node", type=_positive, default=_from_env("TD_GPUS_PER_NODE", "1", _positive),
-                      help="TD_GPUS_PER_NODE; training processes per node, one GPU each (CPU processes talking through "
-                      "gloo with --gpus 0); --batch_size stays the global batch (default: %(default)s)")
-    jobs.add_argument("--runs_per_gpu", type=_positive, default=_from_env("TD_RUNS_PER_GPU", "1", _positive),
-                      help="TD_RUNS_PER_GPU; runs trained side by side in one job on one GPU, each in its own folder, "
-                      "with --cpus and --mem each (students of one teacher share a job; teachers get one each) "
-                      "(default: %(default)s)")
-    jobs.add_argument("--mps", action=argparse.BooleanOptionalAction, default=_from_env("TD_MPS", "false", _switch),
-                      help="TD_MPS (true/false); the runs of a --runs_per_gpu job share their GPU through CUDA MPS, a "
-                      "daemon of the job's own, where the node has nvidia-cuda-mps-control (default: off)")
-    jobs.add_argument("--signal_seconds", type=_signal_seconds, default=_from_env("TD_SIGNAL_SECONDS", "300", _signal_seconds),
-                      help="TD_SIGNAL_SECONDS; SLURM warns a job this long before its time limit: it stops and "
-                      "requeues itself, to resume from the step where it stopped; 0: no warning; at most 65535 (default: %(default)s)")
-    jobs.add_argument("--env_setup", type=_one_line, default=_from_env("TD_ENV_SETUP", "", _one_line),
-                      help="TD_ENV_SETUP; a shell line each job runs first, e.g. 'module load cuda; source venv/bin/activate' "
-                      "(default: none, and jobs use this Python interpreter)")
-    jobs.add_argument("--python", default=env("TD_PYTHON", ""),
-                      help="TD_PYTHON; the interpreter jobs run (default: this one, or 'python' after --env_setup)")
-    jobs.add_argument("--parallel", type=_positive, default=1, help="local: jobs at a time, each of --runs_per_gpu runs; "
-                      "they share this machine's cores (default: %(default)s)")
+    jobs.add_argument(
+        "--scheduler",
+        default=_from_env("TD_SCHEDULER", "slurm", _scheduler),
+        choices=SCHEDULERS,
+        help="TD_SCHEDULER; local runs the grid on this machine (default: %(default)s)",
+    )
+    jobs.add_argument(
+        "--partition", default=env("TD_PARTITION", ""), help="TD_PARTITION; the PBS queue (default: the cluster's)"
+    )
+    jobs.add_argument(
+        "--account", default=env("TD_ACCOUNT", ""), help="TD_ACCOUNT; the PBS project (default: the cluster's)"
+    )
+    jobs.add_argument(
+        "--time",
+        type=_time_limit,
+        default=_from_env("TD_TIME", "", _time_limit),
+        help="TD_TIME; [D-]HH:MM:SS per job (default: the partition's)",
+    )
+    jobs.add_argument(
+        "--gpus",
+        type=_count,
+        default=_from_env("TD_GPUS", "1", _count),
+        help="TD_GPUS; 0 asks for none (default: %(default)s)",
+    )
+    jobs.add_argument(
+        "--cpus",
+        type=_count,
+        default=_from_env("TD_CPUS", "4", _count),
+        help="TD_CPUS; per training process; 0 asks for none: the scheduler's default (SLURM's: one per "
+        "task, which the runs of a job then share) (default: %(default)s)",
+    )
+    jobs.add_argument(
+        "--mem",
+        type=_memory,
+        default=_from_env("TD_MEM", "16G", _memory),
+        help="TD_MEM; per training process (default: %(default)s)",
+    )
+    jobs.add_argument(
+        "--nodes",
+        type=_positive,
+        default=_from_env("TD_NODES", "1", _positive),
+        help="TD_NODES; nodes per run: with --gpus_per_node, each run trains data-parallel over "
+        "nodes x gpus_per_node processes (SLURM only; README, Many GPUs and nodes) (default: %(default)s)",
+    )
+    jobs.add_argument(
+        "--gpus_per_node",
+        type=_positive,
+        default=_from_env("TD_GPUS_PER_NODE", "1", _positive),
+        help="TD_GPUS_PER_NODE; training processes per node, one GPU each (CPU processes talking through "
+        "gloo with --gpus 0); --batch_size stays the global batch (default: %(default)s)",
+    )
+    jobs.add_argument(
+        "--runs_per_gpu",
+        type=_positive,
+        default=_from_env("TD_RUNS_PER_GPU", "1", _positive),
+        help="TD_RUNS_PER_GPU; runs trained side by side in one job on one GPU, each in its own folder, "
+        "with --cpus and --mem each (students of one teacher share a job; teachers get one each) "
+        "(default: %(default)s)",
+    )
+    jobs.add_argument(
+        "--mps",
+        action=argparse.BooleanOptionalAction,
+        default=_from_env("TD_MPS", "false", _switch),
+        help="TD_MPS (true/false); the runs of a --runs_per_gpu job share their GPU through CUDA MPS, a "
+        "daemon of the job's own, where the node has nvidia-cuda-mps-control (default: off)",
+    )
+    jobs.add_argument(
+        "--signal_seconds",
+        type=_signal_seconds,
+        default=_from_env("TD_SIGNAL_SECONDS", "300", _signal_seconds),
+        help="TD_SIGNAL_SECONDS; SLURM warns a job this long before its time limit: it stops and "
+        "requeues itself, to resume from the step where it stopped; 0: no warning; at most 65535 "
+        "(default: %(default)s)",
+    )
+    jobs.add_argument(
+        "--env_setup",
+        type=_one_line,
+        default=_from_env("TD_ENV_SETUP", "", _one_line),
+        help="TD_ENV_SETUP; a shell line each job runs first, e.g. 'module load cuda; source venv/bin/activate' "
+        "(default: none, and jobs use this Python interpreter)",
+    )
+    jobs.add_argument(
+        "--python",
+        default=env("TD_PYTHON", ""),
+        help="TD_PYTHON; the interpreter jobs run (default: this one, or 'python' after --env_setup)",
+    )
+    jobs.add_argument(
+        "--parallel",
+        type=_positive,
+        default=1,
+        help="local: jobs at a time, each of --runs_per_gpu runs; "
+        "they share this machine's cores (default: %(default)s)",
+    )
 
     actions = parser.add_argument_group("what to do (default: submit what is missing)")
-    actions.add_argument("--max_queued", type=_count, default=0, help="stop submitting once you have this many jobs in the queue (0: no limit)")
-    actions.add_argument("--prepare_data", action="store_true", help="download and check the grid's data sets into their "
-                         "--data_dir, then exit (runner.py also does it before submitting; run this where there is internet)")
-    actions.add_argument("--dry_run", action="store_true", help="print what would be submitted, and the job scripts; submit nothing")
+    actions.add_argument(
+        "--max_queued",
+        type=_count,
+        default=0,
+        help="stop submitting once you have this many jobs in the queue (0: no limit)",
+    )
+    actions.add_argument(
+        "--prepare_data",
+        action="store_true",
+        help="download and check the grid's data sets into their "
+        "--data_dir, then exit (runner.py also does it before submitting; run this where there is internet)",
+    )
+    actions.add_argument(
+        "--dry_run", action="store_true", help="print what would be submitted, and the job scripts; submit nothing"
+    )
     only = actions.add_mutually_exclusive_group()
-    only.add_argument("--status", action="store_true", help="print the grid as a table: finished, running, pending, failed, not started")
-    only.add_argument("--cancel", action="store_true", help="cancel the live jobs recorded in any job.json under --experiments_dir")
-    only.add_argument("--clean", action="store_true", help="delete the folders of unfinished runs without a live job, after asking")
+    only.add_argument(
+        "--status",
+        action="store_true",
+        help="print the grid as a table: finished, running, pending, failed, not started",
+    )
+    only.add_argument(
+        "--cancel", action="store_true", help="cancel the live jobs recorded in any job.json under --experiments_dir"
+    )
+    only.add_argument(
+        "--clean", action="store_true", help="delete the folders of unfinished runs without a live job, after asking"
+    )
     actions.add_argument("--yes", action="store_true", help="--clean: do not ask")
     return parser
 
@@ -253,13 +391,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """runner.py's flags, and the training flags after ``--`` (refusing those it sets itself)."""
     cut = argv.index("--") if "--" in argv else len(argv)
     args = build_parser().parse_args(argv[:cut])
-    extra = argv[cut + 1:]
+    extra = argv[cut + 1 :]
     for token in extra:
         name = token[2:].split("=")[0] if token.startswith("--") else ""
         own = next((flag for flag in OWN_FLAGS if name and flag.startswith(name)), None)  # argparse takes prefixes
         if own:
-            raise UsageError(f"{token.split('=')[0]} cannot follow '--': runner.py sets --{own} for every run "
-                             f"from its own {OWN_FLAGS[own]}")
+            raise UsageError(
+                f"{token.split('=')[0]} cannot follow '--': runner.py sets --{own} for every run "
+                f"from its own {OWN_FLAGS[own]}"
+            )
     names = [name for name, _ in args.grid]
     twice = next((name for index, name in enumerate(names) if name in names[:index]), None)
     if twice is not None:
@@ -277,15 +417,29 @@ def grid_axes(args: argparse.Namespace) -> Axes:
     """The grid's axes: the study's or the benchmark's, the --config file's, the values of the flags
     above that were given, then each --grid axis (replacing the one for the same flag), seeds last."""
     axes: Axes = {**(BENCHMARKS[args.benchmark] if args.benchmark else STUDY), **args.file_axes}
-    given = {"dataset": args.dataset, "teacher": args.teacher, "student": args.student, "epochs": args.epochs,
-             "batch_size": args.batch_size, "distillation": args.distillations, "ranks": args.ranks_list,
-             "recomp_target": args.recomp_targets}
-    axes.update({name: [str(v) for v in value] if isinstance(value, list) else [str(value)]
-                 for name, value in given.items() if value is not None})
+    given = {
+        "dataset": args.dataset,
+        "teacher": args.teacher,
+        "student": args.student,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "distillation": args.distillations,
+        "ranks": args.ranks_list,
+        "recomp_target": args.recomp_targets,
+    }
+    axes.update(
+        {
+            name: [str(v) for v in value] if isinstance(value, list) else [str(value)]
+            for name, value in given.items()
+            if value is not None
+        }
+    )
     axes.update(dict(args.grid))
     if "pair" in axes and ({"teacher", "student"} & axes.keys()):
-        raise UsageError("--teacher/--student and the pairs (of --benchmark or --grid pair=...) both set the teacher and "
-                         "student; give one of them")
+        raise UsageError(
+            "--teacher/--student and the pairs (of --benchmark or --grid pair=...) both set the teacher and "
+            "student; give one of them"
+        )
     runs = args.runs or BENCHMARK_RUNS.get(args.benchmark, STUDY_RUNS)
     axes["seed"] = axes.pop("seed", [str(seed) for seed in range(runs)])
     return axes
@@ -296,8 +450,10 @@ def check_teachers(args: argparse.Namespace) -> None:
     than the whole grid, so it is refused without --teacher_dir rather than planned."""
     if args.benchmark == "imagenet" and args.teacher_dir is None:
         teachers = sorted({pair.partition("-")[0] for pair in IMAGENET_BENCHMARK["pair"]})
-        raise UsageError(f"--benchmark imagenet distils from torchvision's pretrained teachers: pass --teacher_dir DIR "
-                         f"with {' and '.join(f'DIR/{arch}.pth' for arch in teachers)} (docs/imagenet.md)")
+        raise UsageError(
+            f"--benchmark imagenet distils from torchvision's pretrained teachers: pass --teacher_dir DIR "
+            f"with {' and '.join(f'DIR/{arch}.pth' for arch in teachers)} (docs/imagenet.md)"
+        )
 
 
 def teacher_files(teacher_dir: Optional[Path], runs_axes: Axes) -> dict[str, Path]:
@@ -305,8 +461,10 @@ def teacher_files(teacher_dir: Optional[Path], runs_axes: Axes) -> dict[str, Pat
     if teacher_dir is None:
         return {}
     if not teacher_dir.is_dir():
-        raise UsageError(f"--teacher_dir {teacher_dir} is not a folder: pass the folder that holds the teachers' "
-                         "checkpoints (<arch>.pth, or <arch>_vanilla/ckpt_epoch_240.pth)")
+        raise UsageError(
+            f"--teacher_dir {teacher_dir} is not a folder: pass the folder that holds the teachers' "
+            "checkpoints (<arch>.pth, or <arch>_vanilla/ckpt_epoch_240.pth)"
+        )
     if "pair" in runs_axes:
         archs = {pair.partition("-")[0] for pair in runs_axes["pair"]}
     else:
@@ -316,8 +474,10 @@ def teacher_files(teacher_dir: Optional[Path], runs_axes: Axes) -> dict[str, Pat
         candidates = [teacher_dir / f"{arch}_vanilla" / "ckpt_epoch_240.pth", teacher_dir / f"{arch}.pth"]
         path = next((candidate for candidate in candidates if candidate.exists()), None)
         if path is None:
-            raise UsageError(f"--teacher_dir {teacher_dir} has no checkpoint for the teacher {arch}: put it at "
-                             f"{candidates[0]} or {candidates[1]}")
+            raise UsageError(
+                f"--teacher_dir {teacher_dir} has no checkpoint for the teacher {arch}: put it at "
+                f"{candidates[0]} or {candidates[1]}"
+            )
         if not path.is_file():
             raise UsageError(f"--teacher_dir: {path} is not a regular file; put the teacher {arch}'s checkpoint there")
         found[arch] = path.absolute()
@@ -333,17 +493,33 @@ def prepare_data(runs: list, workdir: Path) -> None:
 
 
 def job_settings(args: argparse.Namespace) -> JobSettings:
-    resources = Resources(args.partition, args.account, args.time, args.gpus, args.cpus, args.mem, args.signal_seconds,
-                          args.nodes, args.gpus_per_node, args.runs_per_gpu)
+    resources = Resources(
+        args.partition,
+        args.account,
+        args.time,
+        args.gpus,
+        args.cpus,
+        args.mem,
+        args.signal_seconds,
+        args.nodes,
+        args.gpus_per_node,
+        args.runs_per_gpu,
+    )
     if args.runs_per_gpu > 1 and resources.ranks > 1:
-        raise UsageError(f"--runs_per_gpu {args.runs_per_gpu} packs small runs onto one GPU; a run over "
-                         "--nodes/--gpus_per_node has GPUs of its own: give one of them")
+        raise UsageError(
+            f"--runs_per_gpu {args.runs_per_gpu} packs small runs onto one GPU; a run over "
+            "--nodes/--gpus_per_node has GPUs of its own: give one of them"
+        )
     if args.runs_per_gpu > 1 and args.gpus > 1:
-        raise UsageError(f"--runs_per_gpu {args.runs_per_gpu} packs runs onto one GPU, which they share; --gpus "
-                         f"{args.gpus} would give the job GPUs no run uses: pass --gpus 1 (the default), or 0 for CPU runs")
+        raise UsageError(
+            f"--runs_per_gpu {args.runs_per_gpu} packs runs onto one GPU, which they share; --gpus "
+            f"{args.gpus} would give the job GPUs no run uses: pass --gpus 1 (the default), or 0 for CPU runs"
+        )
     if resources.ranks > 1 and args.gpus > 1:
-        raise UsageError(f"--gpus {args.gpus} with --nodes/--gpus_per_node: each process gets one GPU; pass --gpus 1 "
-                         "(the default), or 0 for CPU processes, and the GPUs per node with --gpus_per_node")
+        raise UsageError(
+            f"--gpus {args.gpus} with --nodes/--gpus_per_node: each process gets one GPU; pass --gpus 1 "
+            "(the default), or 0 for CPU processes, and the GPUs per node with --gpus_per_node"
+        )
     python = args.python or ("python" if args.env_setup else sys.executable)
     return JobSettings(resources, python, args.env_setup, args.mps)
 
@@ -355,9 +531,11 @@ def check_ranks(runs: list, settings: JobSettings, scheduler: Scheduler) -> None
     ranks = settings.resources.ranks
     small = next((run for run in runs if run.config.batch_size < ranks), None)
     if small is not None:
-        raise UsageError(f"--batch_size {small.config.batch_size} of {small.name} is the global batch: with {ranks} "
-                         "processes (--nodes x --gpus_per_node) it needs at least one sample each; pass a larger "
-                         "--batch_size or fewer processes")
+        raise UsageError(
+            f"--batch_size {small.config.batch_size} of {small.name} is the global batch: with {ranks} "
+            "processes (--nodes x --gpus_per_node) it needs at least one sample each; pass a larger "
+            "--batch_size or fewer processes"
+        )
 
 
 def make_scheduler(args: argparse.Namespace) -> Scheduler:
@@ -377,11 +555,14 @@ def ask(question: str) -> bool:
 
 # ---------------------------------------------------------------- main
 
+
 def check_folder(path: Path, flag: str) -> None:
     """``path`` is, or can become, a folder: no file stands where it or a folder above it should be,
     and its name is one line (job scripts hold it on one)."""
     if "\n" in str(path) or "\r" in str(path):
-        raise UsageError(f"{flag} {str(path)!r} holds a line break, which no job script line can hold; pass another {flag}")
+        raise UsageError(
+            f"{flag} {str(path)!r} holds a line break, which no job script line can hold; pass another {flag}"
+        )
     existing = next(folder for folder in (path, *path.parents) if folder.exists())
     if not existing.is_dir():
         raise UsageError(f"{flag} {path} cannot be a folder: {existing} is not a folder; pass another {flag}")
@@ -404,8 +585,14 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
             return 0
         axes = grid_axes(args)
         check_teachers(args)
-        runs = build_grid(axes, extra, experiments_dir, args.study, teacher_files(args.teacher_dir, axes),
-                          leave_out_refused=bool(args.benchmark))
+        runs = build_grid(
+            axes,
+            extra,
+            experiments_dir,
+            args.study,
+            teacher_files(args.teacher_dir, axes),
+            leave_out_refused=bool(args.benchmark),
+        )
         if args.status:
             print(status_table(runs, scheduler))
             return 0
@@ -419,8 +606,9 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
             print("the grid's data sets are ready")
             return 0
         with contextlib.nullcontext() if args.dry_run else exclusive(experiments_dir), scheduler.stopping_on_signals():
-            summary = submit_grid(runs, scheduler, settings, args.max_queued, args.dry_run,
-                                  out=lambda line: print(line, flush=True))
+            summary = submit_grid(
+                runs, scheduler, settings, args.max_queued, args.dry_run, out=lambda line: print(line, flush=True)
+            )
         print(summary.report(args.max_queued, args.dry_run))
         if scheduler.stopped_by:
             raise Interrupted(f"stopped by {scheduler.stopped_by.name}: {scheduler.stop_outcome}")
@@ -437,8 +625,10 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
     except BrokenPipeError:  # not a failed write of ours: quiet_on_closed_pipe ends the script
         raise
     except OSError as error:  # a write failed: a full disk, a folder that became read-only, ...
-        print(f"runner.py: error: {os_error_line(error)}; fix that (free space, permissions) and run runner.py again",
-              file=sys.stderr)
+        print(
+            f"runner.py: error: {os_error_line(error)}; fix that (free space, permissions) and run runner.py again",
+            file=sys.stderr,
+        )
         return IO_ERROR
 
 

@@ -6,7 +6,8 @@ the teacher's (the ``noise`` method of ``toolbox/distillation.py``).
     python test_noise.py --dataset digits --teacher ResNet20 --student ResNetBaby --epochs 12
     python test_noise.py --noise_stds 0.5 1 2 --dataset digits --teacher ResNet20 --student ResNetBaby --epochs 12
 
-Every flag of tucker_distillation.py is accepted (--config and --recipe too), with --distillation fixed to noise. --noise_stds
+Every flag of tucker_distillation.py is accepted (--config and --recipe too), with --distillation fixed to noise.
+--noise_stds
 sweeps noise levels, one run folder per level (by default .../noise/std0.5/seed0, .../noise/std1/
 seed0, ...), planned by the same grid code as runner.py's --grid noise_std=...; every level is
 checked before the first one trains. As with tucker_distillation.py, a
@@ -35,8 +36,14 @@ def build_noise_parser() -> argparse.ArgumentParser:
     parser.set_defaults(distillation="noise")
     method = next(action for action in parser._actions if action.dest == "distillation")
     method.help = "only 'noise' here, the noise-injection study; the other methods train with tucker_distillation.py"
-    parser.add_argument("--noise_stds", type=float, nargs="+", metavar="STD", default=None,
-                        help="noise levels to sweep, one run each (instead of the single --noise_std)")
+    parser.add_argument(
+        "--noise_stds",
+        type=float,
+        nargs="+",
+        metavar="STD",
+        default=None,
+        help="noise levels to sweep, one run each (instead of the single --noise_std)",
+    )
     return parser
 
 
@@ -47,18 +54,24 @@ def sweep_configs(argv: Optional[Sequence[str]] = None) -> list[Config]:
     stds = namespace.noise_stds or [namespace.noise_std]
     try:
         if namespace.distillation != "noise":
-            raise UsageError(f"--distillation: test_noise.py trains the noise method only; use tucker_distillation.py "
-                             f"for {namespace.distillation!r}")
+            raise UsageError(
+                f"--distillation: test_noise.py trains the noise method only; use tucker_distillation.py "
+                f"for {namespace.distillation!r}"
+            )
         if namespace.noise_stds and namespace.noise_std != Config.noise_std:
             raise UsageError("give --noise_std (one level) or --noise_stds (several), not both")
         if len(set(stds)) < len(stds):
             raise UsageError(f"--noise_stds repeats a level: {' '.join(f'{std:g}' for std in stds)}")
         if len(stds) > 1 and namespace.experiment_name is not None:
-            raise UsageError("--experiment_name names a single run folder; leave it out when sweeping --noise_stds "
-                             "(each level gets its own default name)")
+            raise UsageError(
+                "--experiment_name names a single run folder; leave it out when sweeping --noise_stds "
+                "(each level gets its own default name)"
+            )
         points = grid_points({"distillation": ["noise"], "noise_std": [repr(std) for std in stds]})
-        return [config_from_namespace(argparse.Namespace(**{**vars(namespace), "noise_std": float(point["noise_std"])}))
-                for point in points]
+        return [
+            config_from_namespace(argparse.Namespace(**{**vars(namespace), "noise_std": float(point["noise_std"])}))
+            for point in points
+        ]
     except UsageError as error:
         parser.error(str(error))
         raise  # unreachable: parser.error exits

@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
             if config.evaluate:
                 result = evaluate_checkpoint(config)
-                print(f"{config.evaluate}: test accuracy {result['test_acc']:.2f}%, test loss {result['test_loss']:.4f} "
-                      f"({config.student} on {config.dataset})")
+                print(
+                    f"{config.evaluate}: test accuracy {result['test_acc']:.2f}%, test loss {result['test_loss']:.4f} "
+                    f"({config.student} on {config.dataset})"
+                )
                 return
             train(config)  # it prints (and logs in train.log) each epoch and the best accuracy
 

@@ -62,8 +62,11 @@ case "${1:-help}" in
         case " ${runner_flags[*]} " in *" --dry_run "*|*" --status "*) exit 0 ;; esac
         echo "study finished in $((SECONDS - start)) s; runs are under $folder/"
         PYTHONPATH="$REPO" "$PYTHON" -c 'import sys; from toolbox import analysis; print(analysis.expectation_report(analysis.load_runs(sys.argv[1])))' "$folder" ;;
-    test) # [pytest flags]  set up, then run the whole test suite
-        shift; ensure_venv; cd "$REPO"; exec "$PYTHON" -m pytest "$@" ;;
+    test) # [pytest flags]  set up, check lint and format (ruff), then run the whole test suite
+        shift; ensure_venv; cd "$REPO"
+        "$PYTHON" -m ruff check --quiet . && "$PYTHON" -m ruff format --check --quiet . \
+            || { echo "util.sh: ruff found the lines above (ruff check --fix . && ruff format . mends most)" >&2; exit 1; }
+        exec "$PYTHON" -m pytest "$@" ;;
     # ---- cluster: runner.py's grid of runs, and a SLURM cluster on this machine ----
     status) # [runner.py flags]  each run of the grid: finished / running / pending / failed / not started, best accuracy (a local sweep: add --scheduler local)
         shift; exec "$PYTHON" "$REPO/runner.py" --status "$@" ;;

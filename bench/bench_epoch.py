@@ -49,10 +49,24 @@ from toolbox.stop import StopFlag
 from toolbox.training import Trainer
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
-DEFAULTS = {"teacher": "ResNet112", "student": "ResNet56", "batch_size": 512, "train_size": 50_000, "test_size": 10_000,
-            "epochs": 2, "warmup_steps": 5}
-QUICK = {"teacher": "ResNet20", "student": "ResNetBaby", "batch_size": 32, "train_size": 128, "test_size": 64,
-         "epochs": 1, "warmup_steps": 1}
+DEFAULTS = {
+    "teacher": "ResNet112",
+    "student": "ResNet56",
+    "batch_size": 512,
+    "train_size": 50_000,
+    "test_size": 10_000,
+    "epochs": 2,
+    "warmup_steps": 5,
+}
+QUICK = {
+    "teacher": "ResNet20",
+    "student": "ResNetBaby",
+    "batch_size": 32,
+    "train_size": 128,
+    "test_size": 64,
+    "epochs": 1,
+    "warmup_steps": 1,
+}
 
 COLUMNS = [
     Column("method", "method"),
@@ -66,18 +80,38 @@ COLUMNS = [
 
 
 def build_trainer(args: argparse.Namespace, method: str, amp: str, compiled: bool, checkpoint: Path, data) -> Trainer:
-    flags = ["--distillation", method, "--teacher", args.teacher, "--student", args.student, "--teacher_checkpoint",
-             str(checkpoint), "--batch_size", str(args.batch_size), "--seed", str(args.seed), "--device", args.device,
-             "--amp", amp, "--compile" if compiled else "--no-compile", *args.flags]
+    flags = [
+        "--distillation",
+        method,
+        "--teacher",
+        args.teacher,
+        "--student",
+        args.student,
+        "--teacher_checkpoint",
+        str(checkpoint),
+        "--batch_size",
+        str(args.batch_size),
+        "--seed",
+        str(args.seed),
+        "--device",
+        args.device,
+        "--amp",
+        amp,
+        "--compile" if compiled else "--no-compile",
+        *args.flags,
+    ]
     return Trainer(resolve(parse_config(flags)), RunDir(checkpoint.parent / f"{method}-{amp}-{compiled}"), data)
 
 
-def measure(args: argparse.Namespace, method: str, amp: str, compiled: bool, checkpoint: Path, data,
-            device: torch.device) -> dict[str, Any]:
+def measure(
+    args: argparse.Namespace, method: str, amp: str, compiled: bool, checkpoint: Path, data, device: torch.device
+) -> dict[str, Any]:
     trainer = build_trainer(args, method, amp, compiled, checkpoint, data)
     trainer.student.train()
     trainer.distiller.train()
-    for images, labels, indices in itertools.islice(train_batches(data, args.batch_size, args.seed, 0), args.warmup_steps):
+    for images, labels, indices in itertools.islice(
+        train_batches(data, args.batch_size, args.seed, 0), args.warmup_steps
+    ):
         trainer.step(images, labels, indices)
     trainer.test()  # its first batches pay one-off costs (allocations); evaluation runs eagerly, compiled or not
     epochs, tests = [], []
@@ -94,24 +128,38 @@ def measure(args: argparse.Namespace, method: str, amp: str, compiled: bool, che
         trainer.history["test_acc"].append(0.0)  # the next epoch's data order, as training advances it
     epoch_s, test_s = median(epochs), median(tests)
     cifar_epoch_s = (epoch_s - test_s) * CIFAR_TRAIN / args.train_size + test_s * CIFAR_TEST / args.test_size
-    return {"method": method, "amp": amp, "compile": "yes" if compiled else "no", "epoch_s": epoch_s,
-            "train_images_per_s": args.train_size / (epoch_s - test_s), "test_s": test_s,
-            "run_hours": cifar_epoch_s * args.run_epochs / 3600}
+    return {
+        "method": method,
+        "amp": amp,
+        "compile": "yes" if compiled else "no",
+        "epoch_s": epoch_s,
+        "train_images_per_s": args.train_size / (epoch_s - test_s),
+        "test_s": test_s,
+        "run_hours": cifar_epoch_s * args.run_epochs / 3600,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_flags(parser)
     add_pair_flags(parser, DEFAULTS)
     parser.add_argument("--train_size", type=int, help="training images (default 50,000, CIFAR's)")
     parser.add_argument("--test_size", type=int, help="test images (default 10,000, CIFAR's)")
     parser.add_argument("--epochs", type=int, help="timed epochs per configuration (default 2)")
     parser.add_argument("--warmup_steps", type=int, help="untimed steps first (default 5)")
-    parser.add_argument("--run_epochs", type=int, default=150, help="epochs of a whole run, for the last column (default: %(default)s)")
-    parser.add_argument("--methods", nargs="+", choices=list(DISTILLERS), default=["featuremap", "tucker"], help="methods to time")
+    parser.add_argument(
+        "--run_epochs", type=int, default=150, help="epochs of a whole run, for the last column (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(DISTILLERS), default=["featuremap", "tucker"], help="methods to time"
+    )
     parser.add_argument("--amp", nargs="+", choices=("off", "bf16"), default=["off", "bf16"], help="precisions to time")
     parser.add_argument("--compile", action="store_true", help="also time each configuration with torch.compile")
-    parser.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="further tucker_distillation.py flags for every run")
+    parser.add_argument(
+        "--flags", nargs=argparse.REMAINDER, default=[], help="further tucker_distillation.py flags for every run"
+    )
     args = parser.parse_args()
     device = setup(args, DEFAULTS, QUICK)
     args.device = str(device)
@@ -120,15 +168,38 @@ def main() -> None:
         data = synthetic_data(args.train_size, device, args.test_size)
         checkpoint = Path(folder) / "teacher.pth"
         save_teacher(args.teacher, data, checkpoint)
-        rows = [measure(args, method, amp, compiled, checkpoint, data, device)
-                for method in args.methods for amp in args.amp for compiled in ((False, True) if args.compile else (False,))]
-    settings = {name: getattr(args, name) for name in ("teacher", "student", "batch_size", "train_size", "test_size", "epochs",
-                                                       "warmup_steps", "run_epochs", "methods", "amp", "compile", "flags")}
-    title = (f"One epoch, {args.teacher} -> {args.student}, batch {args.batch_size}, {args.train_size} training and "
-             f"{args.test_size} test images, {device.type}: median of {args.epochs}")
+        rows = [
+            measure(args, method, amp, compiled, checkpoint, data, device)
+            for method in args.methods
+            for amp in args.amp
+            for compiled in ((False, True) if args.compile else (False,))
+        ]
+    settings = {
+        name: getattr(args, name)
+        for name in (
+            "teacher",
+            "student",
+            "batch_size",
+            "train_size",
+            "test_size",
+            "epochs",
+            "warmup_steps",
+            "run_epochs",
+            "methods",
+            "amp",
+            "compile",
+            "flags",
+        )
+    }
+    title = (
+        f"One epoch, {args.teacher} -> {args.student}, batch {args.batch_size}, {args.train_size} training and "
+        f"{args.test_size} test images, {device.type}: median of {args.epochs}"
+    )
     fastest = min(rows, key=lambda row: row["epoch_s"])
-    headline = (f"fastest epoch {fastest['epoch_s']:.2f} s ({fastest['method']}, --amp {fastest['amp']}, compiled "
-                f"{fastest['compile']}): {fastest['run_hours']:.2f} h for {args.run_epochs} CIFAR epochs on {device.type}")
+    headline = (
+        f"fastest epoch {fastest['epoch_s']:.2f} s ({fastest['method']}, --amp {fastest['amp']}, compiled "
+        f"{fastest['compile']}): {fastest['run_hours']:.2f} h for {args.run_epochs} CIFAR epochs on {device.type}"
+    )
     finish(args, device, {title: (rows, COLUMNS)}, settings, load, headline)
 
 

@@ -62,15 +62,35 @@ from toolbox.rundir import RunDir, resolve
 from toolbox.training import Trainer
 
 METHODS = ("none", "kd", "featuremap", "tucker", "crd")
-MODES = {"eager": ["--no-compile"], "compiled": ["--compile"], "cudagraphs": ["--compile", "--compile_mode", "reduce-overhead"]}
+MODES = {
+    "eager": ["--no-compile"],
+    "compiled": ["--compile"],
+    "cudagraphs": ["--compile", "--compile_mode", "reduce-overhead"],
+}
 """How each mode runs a step: its tucker_distillation.py flags."""
 CUDA_ONLY_MODES = {"cudagraphs"}
 RANKS = "BATCH_SIZE,x0.5,x1,x1"  # half the teacher's channels on any map, as bench_step.py's pairs
 MPS_CONTROL = "nvidia-cuda-mps-control"
-DEFAULTS = {"teacher": "resnet32x4", "student": "resnet8x4", "batch_size": 64, "epoch_batches": 50, "steps": 300,
-            "warmup_steps": 20, "sample_steps": 10, "processes": [1, 2, 4, 8]}
-QUICK = {"teacher": "resnet8", "student": "ResNetBaby", "batch_size": 8, "epoch_batches": 4, "steps": 3,
-         "warmup_steps": 1, "sample_steps": 1, "processes": [1, 2]}
+DEFAULTS = {
+    "teacher": "resnet32x4",
+    "student": "resnet8x4",
+    "batch_size": 64,
+    "epoch_batches": 50,
+    "steps": 300,
+    "warmup_steps": 20,
+    "sample_steps": 10,
+    "processes": [1, 2, 4, 8],
+}
+QUICK = {
+    "teacher": "resnet8",
+    "student": "ResNetBaby",
+    "batch_size": 8,
+    "epoch_batches": 4,
+    "steps": 3,
+    "warmup_steps": 1,
+    "sample_steps": 1,
+    "processes": [1, 2],
+}
 
 GRID_COLUMNS = [
     Column("processes", "processes"),
@@ -91,9 +111,27 @@ STEP_COLUMNS = [
 
 def build_trainer(args: argparse.Namespace, method: str, mode: str, data: Dataset, checkpoint: Path) -> Trainer:
     """A trainer of ``method`` run in ``mode``, in training mode, from the shared random teacher."""
-    flags = ["--distillation", method, "--teacher", args.teacher, "--student", args.student, "--teacher_checkpoint",
-             str(checkpoint), "--batch_size", str(args.batch_size), "--seed", str(args.seed), "--device", args.device,
-             "--amp", args.amp, "--ranks", RANKS, *MODES[mode]]
+    flags = [
+        "--distillation",
+        method,
+        "--teacher",
+        args.teacher,
+        "--student",
+        args.student,
+        "--teacher_checkpoint",
+        str(checkpoint),
+        "--batch_size",
+        str(args.batch_size),
+        "--seed",
+        str(args.seed),
+        "--device",
+        args.device,
+        "--amp",
+        args.amp,
+        "--ranks",
+        RANKS,
+        *MODES[mode],
+    ]
     trainer = Trainer(resolve(parse_config(flags)), RunDir(checkpoint.parent / f"{method}-{mode}"), data)
     trainer.student.train()
     trainer.distiller.train()
@@ -117,10 +155,30 @@ def worker(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def worker_command(args: argparse.Namespace, checkpoint: Path) -> list[str]:
-    settings = ["--device", args.device, "--seed", str(args.seed), "--teacher", args.teacher, "--student", args.student,
-                "--batch_size", str(args.batch_size), "--epoch_batches", str(args.epoch_batches), "--steps", str(args.steps),
-                "--warmup_steps", str(args.warmup_steps), "--grid_method", args.grid_method, "--grid_mode", args.grid_mode,
-                "--amp", args.amp]
+    settings = [
+        "--device",
+        args.device,
+        "--seed",
+        str(args.seed),
+        "--teacher",
+        args.teacher,
+        "--student",
+        args.student,
+        "--batch_size",
+        str(args.batch_size),
+        "--epoch_batches",
+        str(args.epoch_batches),
+        "--steps",
+        str(args.steps),
+        "--warmup_steps",
+        str(args.warmup_steps),
+        "--grid_method",
+        args.grid_method,
+        "--grid_mode",
+        args.grid_mode,
+        "--amp",
+        args.amp,
+    ]
     settings += ["--threads", str(args.threads)] if args.threads else []
     return [sys.executable, str(Path(__file__).resolve()), "--worker", str(checkpoint), *settings]
 
@@ -131,8 +189,17 @@ class Workers:
 
     def __init__(self, args: argparse.Namespace, count: int, checkpoint: Path, environment: dict[str, str]) -> None:
         self.logs = [tempfile.TemporaryFile(mode="w+") for _ in range(count)]
-        self.processes = [subprocess.Popen(worker_command(args, checkpoint), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                           stderr=log, text=True, env=environment) for log in self.logs]
+        self.processes = [
+            subprocess.Popen(
+                worker_command(args, checkpoint),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=environment,
+            )
+            for log in self.logs
+        ]
 
     def __enter__(self) -> Workers:
         try:
@@ -154,8 +221,13 @@ class Workers:
             self.expect(index, line.startswith("{"))
             results.append(json.loads(line))
         span = max(result["end"] for result in results) - min(result["start"] for result in results)
-        return {"processes": count, "images_per_s": sum(result["images"] for result in results) / span,
-                "process_images_per_s": median([result["images"] / (result["end"] - result["start"]) for result in results])}
+        return {
+            "processes": count,
+            "images_per_s": sum(result["images"] for result in results) / span,
+            "process_images_per_s": median(
+                [result["images"] / (result["end"] - result["start"]) for result in results]
+            ),
+        }
 
     def expect(self, index: int, condition: bool) -> None:
         """A worker that did not answer as agreed ends the benchmark with the end of its stderr."""
@@ -182,7 +254,11 @@ class Workers:
 def mps_daemon(folder: Path) -> Iterator[dict[str, str]]:
     """A CUDA MPS control daemon of our own (its pipe and log folders under ``folder``); the
     environment under which processes become its clients. The daemon quits on leaving."""
-    environment = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
+    environment = {
+        **os.environ,
+        "CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"),
+        "CUDA_MPS_LOG_DIRECTORY": str(folder / "log"),
+    }
     for name in ("pipe", "log"):
         (folder / name).mkdir(parents=True, exist_ok=True)
     try:
@@ -202,12 +278,16 @@ def mps_choices(args: argparse.Namespace, device: torch.device) -> list[Optional
     return [False, True] if args.mps and shutil.which(MPS_CONTROL) else [False]
 
 
-def measure_grid(args: argparse.Namespace, device: torch.device, checkpoint: Path, folder: Path) -> list[dict[str, Any]]:
+def measure_grid(
+    args: argparse.Namespace, device: torch.device, checkpoint: Path, folder: Path
+) -> list[dict[str, Any]]:
     rows = []
     counts = sorted(set(args.processes))
     for mps in mps_choices(args, device):
-        with (mps_daemon(folder / "mps") if mps else contextlib.nullcontext(dict(os.environ))) as environment, \
-                Workers(args, counts[-1], checkpoint, environment) as workers:
+        with (
+            mps_daemon(folder / "mps") if mps else contextlib.nullcontext(dict(os.environ)) as environment,
+            Workers(args, counts[-1], checkpoint, environment) as workers,
+        ):
             rows += [{**workers.time(count), "mps": {None: "n/a", False: "off", True: "on"}[mps]} for count in counts]
     for row in rows:
         row["ratio"] = row["images_per_s"] / rows[0]["images_per_s"]
@@ -221,9 +301,14 @@ def measure_steps(args: argparse.Namespace, device: torch.device, checkpoint: Pa
     rows = []
     for method in args.methods:
         torch._dynamo.reset()  # each method's graphs alone in dynamo's caches (their size is limited)
-        candidates = {mode: training_steps(build_trainer(args, method, mode, data, checkpoint),
-                                           our_batches(data, args.batch_size, args.seed), args.sample_steps)
-                      for mode in modes}
+        candidates = {
+            mode: training_steps(
+                build_trainer(args, method, mode, data, checkpoint),
+                our_batches(data, args.batch_size, args.seed),
+                args.sample_steps,
+            )
+            for mode in modes
+        }
         samples = interleaved(candidates, device, args.repeats)
         row: dict[str, Any] = {"method": method}
         for mode in args.modes:
@@ -238,7 +323,9 @@ def headline(grid: list[dict[str, Any]], steps: list[dict[str, Any]], device: to
     """The most processes' ratio to one (with and without MPS where both ran), and the range of
     each non-eager mode's speed-up over the methods."""
     largest = [row for row in grid if row["processes"] == grid[-1]["processes"]]
-    ratios = " and ".join(f"{row['ratio']:.2f}x" + ("" if row["mps"] == "n/a" else f" (MPS {row['mps']})") for row in largest)
+    ratios = " and ".join(
+        f"{row['ratio']:.2f}x" + ("" if row["mps"] == "n/a" else f" (MPS {row['mps']})") for row in largest
+    )
     text = f"{largest[0]['processes']} processes side by side: {ratios} the images/s of one on {device.type}"
     for mode in ("compiled", "cudagraphs"):
         speedups = [row[f"{mode}_speedup"] for row in steps if isinstance(row.get(f"{mode}_speedup"), float)]
@@ -248,29 +335,52 @@ def headline(grid: list[dict[str, Any]], steps: list[dict[str, Any]], device: to
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_flags(parser)
     add_pair_flags(parser, DEFAULTS)
     parser.add_argument("--processes", type=int, nargs="+", help="numbers of processes side by side (default 1 2 4 8)")
-    parser.add_argument("--grid_method", default="tucker", choices=METHODS,
-                        help="the method the side-by-side processes train (default: %(default)s)")
-    parser.add_argument("--grid_mode", default="eager", choices=list(MODES), help="how they run their steps (default: %(default)s)")
+    parser.add_argument(
+        "--grid_method",
+        default="tucker",
+        choices=METHODS,
+        help="the method the side-by-side processes train (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--grid_mode", default="eager", choices=list(MODES), help="how they run their steps (default: %(default)s)"
+    )
     parser.add_argument("--steps", type=int, help="timed steps per process (default 300)")
     parser.add_argument("--warmup_steps", type=int, help="untimed steps per process first (default 20)")
     parser.add_argument("--epoch_batches", type=int, help="synthetic training set size, in batches (default 50)")
-    parser.add_argument("--mps", action=argparse.BooleanOptionalAction, default=True,
-                        help=f"on a GPU, also measure under CUDA MPS when {MPS_CONTROL} exists (default: on)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods whose step is timed")
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="eager, compiled, CUDA graphs (GPU only)")
-    parser.add_argument("--sample_steps", type=int, help="consecutive steps per timed sample of the step table (default 10)")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"),
-                        help="--amp of every trainer (default: %(default)s)")
-    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # a side-by-side process; its value: the teacher file
+    parser.add_argument(
+        "--mps",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"on a GPU, also measure under CUDA MPS when {MPS_CONTROL} exists (default: on)",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods whose step is timed"
+    )
+    parser.add_argument(
+        "--modes", nargs="+", choices=list(MODES), default=list(MODES), help="eager, compiled, CUDA graphs (GPU only)"
+    )
+    parser.add_argument(
+        "--sample_steps", type=int, help="consecutive steps per timed sample of the step table (default 10)"
+    )
+    parser.add_argument(
+        "--amp", default="auto", choices=("auto", "bf16", "off"), help="--amp of every trainer (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--worker", type=Path, help=argparse.SUPPRESS
+    )  # a side-by-side process; its value: the teacher file
     args = parser.parse_args()
     device = setup(args, DEFAULTS, QUICK)
     args.device = str(device)
     if min(args.processes + [args.steps, args.sample_steps, args.epoch_batches]) < 1 or args.warmup_steps < 0:
-        raise SystemExit("--processes, --steps, --sample_steps and --epoch_batches must be positive, --warmup_steps not negative")
+        raise SystemExit(
+            "--processes, --steps, --sample_steps and --epoch_batches must be positive, --warmup_steps not negative"
+        )
     if args.worker:
         worker(args, device)
         return
@@ -280,11 +390,29 @@ def main() -> None:
         save_teacher(args.teacher, synthetic_data(args.batch_size * args.epoch_batches, device), checkpoint)
         grid_rows = measure_grid(args, device, checkpoint, Path(folder))
         step_rows = measure_steps(args, device, checkpoint)
-    settings = {name: getattr(args, name) for name in ("teacher", "student", "batch_size", "processes", "grid_method", "grid_mode",
-                                                       "steps", "warmup_steps", "epoch_batches", "mps", "methods", "modes",
-                                                       "sample_steps", "amp", "repeats")}
+    settings = {
+        name: getattr(args, name)
+        for name in (
+            "teacher",
+            "student",
+            "batch_size",
+            "processes",
+            "grid_method",
+            "grid_mode",
+            "steps",
+            "warmup_steps",
+            "epoch_batches",
+            "mps",
+            "methods",
+            "modes",
+            "sample_steps",
+            "amp",
+            "repeats",
+        )
+    }
     tables = {
-        f"{args.teacher} -> {args.student} ({args.grid_method}, {args.grid_mode}), batch {args.batch_size}, {device.type}: "
+        f"{args.teacher} -> {args.student} ({args.grid_method}, {args.grid_mode}), batch {args.batch_size}, "
+        f"{device.type}: "
         f"processes side by side, {args.steps} timed steps each": (grid_rows, GRID_COLUMNS),
         f"One step per method, {args.teacher} -> {args.student}, batch {args.batch_size}, {device.type}: median of "
         f"{args.repeats} samples of {args.sample_steps} steps": (step_rows, STEP_COLUMNS),

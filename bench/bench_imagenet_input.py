@@ -61,7 +61,9 @@ def write_images(root: Path, classes: int, per_class: int, seed: int) -> None:
             folder = root / "imagenet" / split / f"n{label:08d}"
             folder.mkdir(parents=True)
             for i in range(per_class):
-                coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize(IMAGE_SIZE, Image.BILINEAR)
+                coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize(
+                    IMAGE_SIZE, Image.BILINEAR
+                )
                 grain = rng.integers(-12, 13, (IMAGE_SIZE[1], IMAGE_SIZE[0], 3))
                 pixels = np.clip(np.asarray(coarse, dtype=np.int64) + grain, 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{split}_{label}_{i}.JPEG", quality=90)
@@ -76,7 +78,11 @@ def spread(dataset: Any, count: int) -> Any:
 
 def torchvision_default(root: Path, split: str) -> ImageFolder:
     normalize = [transforms.ToTensor(), transforms.Normalize(*IMAGENET_MEAN_STD)]
-    crop = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()] if split == "train" else [transforms.Resize(256), transforms.CenterCrop(224)]
+    crop = (
+        [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()]
+        if split == "train"
+        else [transforms.Resize(256), transforms.CenterCrop(224)]
+    )
     return ImageFolder(str(root / "imagenet" / split), transform=transforms.Compose([*crop, *normalize]))
 
 
@@ -102,8 +108,12 @@ def measure(args: argparse.Namespace, root: Path, split: str, device: torch.devi
     reference_data = spread(torchvision_default(root, split), args.images)
     options = {"num_workers": args.workers, "pin_memory": device.type == "cuda", "persistent_workers": args.workers > 0}
     candidates = {
-        "ours": epoch_of(image_loader(ours_data, args.batch_size, train, args.seed, device, args.workers), device, normalize=True),
-        "torchvision": epoch_of(DataLoader(reference_data, args.batch_size, shuffle=train, **options), device, normalize=False),
+        "ours": epoch_of(
+            image_loader(ours_data, args.batch_size, train, args.seed, device, args.workers), device, normalize=True
+        ),
+        "torchvision": epoch_of(
+            DataLoader(reference_data, args.batch_size, shuffle=train, **options), device, normalize=False
+        ),
     }
     times = interleaved(candidates, device, args.repeats)
     count = len(ours_data)
@@ -116,14 +126,21 @@ def measure(args: argparse.Namespace, root: Path, split: str, device: torch.devi
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_flags(parser)
     parser.add_argument("--data_dir", type=Path, help="read DATA_DIR/imagenet/{train,val} instead of writing images")
     parser.add_argument("--images", type=int, help="with --data_dir: images read per split (default 2048)")
     parser.add_argument("--classes", type=int, help="classes of the written folder (default 4)")
     parser.add_argument("--per_class", type=int, help="images per class and split of the written folder (default 64)")
     parser.add_argument("--batch_size", type=int, help="batch size of both loaders (default 32)")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="DataLoader workers of both (default: the usable cores, %(default)s)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="DataLoader workers of both (default: the usable cores, %(default)s)",
+    )
     args = parser.parse_args()
     device = setup(args, DEFAULTS, QUICK)
     with LoadMonitor() as load, tempfile.TemporaryDirectory() as folder:
@@ -132,14 +149,26 @@ def main() -> None:
             root = Path(folder)
             write_images(root, args.classes, args.per_class, args.seed)
         rows = [measure(args, root, split, device) for split in SPLITS]
-    settings = {name: getattr(args, name) for name in ("data_dir", "images", "classes", "per_class", "batch_size", "workers", "repeats")}
-    settings["data_dir"] = str(args.data_dir) if args.data_dir else f"written: {args.classes} classes x {args.per_class} {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEGs"
-    title = (f"One epoch of JPEG decoding and augmentation into normalised float32 batches on {device.type}, "
-             f"{args.workers} workers, batch {args.batch_size}, median of {args.repeats} rounds")
+    settings = {
+        name: getattr(args, name)
+        for name in ("data_dir", "images", "classes", "per_class", "batch_size", "workers", "repeats")
+    }
+    settings["data_dir"] = (
+        str(args.data_dir)
+        if args.data_dir
+        else f"written: {args.classes} classes x {args.per_class} {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEGs"
+    )
+    title = (
+        f"One epoch of JPEG decoding and augmentation into normalised float32 batches on {device.type}, "
+        f"{args.workers} workers, batch {args.batch_size}, median of {args.repeats} rounds"
+    )
     train, val = rows
-    headline = (f"ours {train['speedup']:.2f}x torchvision's default on training ({train['ours_images_per_s']:.0f} vs "
-                f"{train['torchvision_images_per_s']:.0f} images/s), {val['speedup']:.2f}x on evaluation "
-                f"({val['ours_images_per_s']:.0f} vs {val['torchvision_images_per_s']:.0f}), {args.workers} workers, {device.type}")
+    headline = (
+        f"ours {train['speedup']:.2f}x torchvision's default on training ({train['ours_images_per_s']:.0f} vs "
+        f"{train['torchvision_images_per_s']:.0f} images/s), {val['speedup']:.2f}x on evaluation "
+        f"({val['ours_images_per_s']:.0f} vs {val['torchvision_images_per_s']:.0f}), {args.workers} workers, "
+        f"{device.type}"
+    )
     finish(args, device, {title: (rows, COLUMNS)}, settings, load, headline)
 
 

@@ -62,8 +62,24 @@ STEP_COLUMNS = [
 
 def distiller(method: str, teacher: str, student: str, device: torch.device) -> Distiller:
     """The distiller training builds for ``--recipe imagenet`` on this pair (layer3, the benchmark's ranks)."""
-    config = with_defaults(parse_config(["--dataset", "imagenet", "--recipe", "imagenet", "--distillation", method,
-                                         "--teacher", teacher, "--student", student, "--ranks", RANKS]))
+    config = with_defaults(
+        parse_config(
+            [
+                "--dataset",
+                "imagenet",
+                "--recipe",
+                "imagenet",
+                "--distillation",
+                method,
+                "--teacher",
+                teacher,
+                "--student",
+                student,
+                "--ranks",
+                RANKS,
+            ]
+        )
+    )
     shapes = [(*stage_shapes(arch, image_size=IMAGE), (CLASSES,), (CLASSES,)) for arch in (teacher, student)]
     return build_distiller(config, Setup(shapes[0], shapes[1], torch.zeros(0, dtype=torch.long))).to(device)
 
@@ -100,7 +116,9 @@ def training_step(method: str, batch: int, device: torch.device) -> Callable[[],
         student_out = student(images)
         with torch.no_grad():
             teacher_out = teacher(images)
-        loss = F.cross_entropy(student_out[-1], labels) + module.soft_loss(teacher_out, student_out, step)  # weights cost nothing
+        loss = F.cross_entropy(student_out[-1], labels) + module.soft_loss(
+            teacher_out, student_out, step
+        )  # weights cost nothing
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -111,13 +129,21 @@ def training_step(method: str, batch: int, device: torch.device) -> Callable[[],
 def measure_losses(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
     rows = []
     for teacher, student in PAIRS:
-        samples = interleaved({m: loss_and_backward(m, teacher, student, args.batch_size, device) for m in METHODS},
-                              device, args.repeats)
+        samples = interleaved(
+            {m: loss_and_backward(m, teacher, student, args.batch_size, device) for m in METHODS}, device, args.repeats
+        )
         times = {m: median(samples[m]) * 1e3 for m in METHODS}
         shape = stage_shapes(teacher, image_size=IMAGE)[3]
-        rows.append({"pair": f"{teacher} -> {student}", "maps": "x".join(map(str, shape)), "batch": args.batch_size,
-                     "featuremap_ms": times["featuremap"], "tucker_ms": times["tucker"],
-                     "ratio": times["tucker"] / times["featuremap"]})
+        rows.append(
+            {
+                "pair": f"{teacher} -> {student}",
+                "maps": "x".join(map(str, shape)),
+                "batch": args.batch_size,
+                "featuremap_ms": times["featuremap"],
+                "tucker_ms": times["tucker"],
+                "ratio": times["tucker"] / times["featuremap"],
+            }
+        )
     return rows
 
 
@@ -126,31 +152,55 @@ def measure_step(args: argparse.Namespace, device: torch.device) -> list[dict[st
     candidates = {f"{m}_step": training_step(m, batch, device) for m in METHODS}
     candidates["tucker_loss"] = loss_and_backward("tucker", *STEP_PAIR, batch, device)
     times = {name: median(samples) * 1e3 for name, samples in interleaved(candidates, device, args.repeats).items()}
-    return [{"pair": " -> ".join(STEP_PAIR), "batch": batch, "featuremap_step_ms": times["featuremap_step"],
-             "tucker_step_ms": times["tucker_step"], "tucker_loss_ms": times["tucker_loss"],
-             "tucker_share": times["tucker_loss"] / times["tucker_step"]}]
+    return [
+        {
+            "pair": " -> ".join(STEP_PAIR),
+            "batch": batch,
+            "featuremap_step_ms": times["featuremap_step"],
+            "tucker_step_ms": times["tucker_step"],
+            "tucker_loss_ms": times["tucker_loss"],
+            "tucker_share": times["tucker_loss"] / times["tucker_step"],
+        }
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(parser)
     parser.add_argument("--batch_size", type=int, help=f"maps per loss (default {DEFAULTS['batch_size']})")
-    parser.add_argument("--step_batch_size", type=int,
-                        help=f"images per whole training step (default {DEFAULTS['step_batch_size']})")
+    parser.add_argument(
+        "--step_batch_size", type=int, help=f"images per whole training step (default {DEFAULTS['step_batch_size']})"
+    )
     args = parser.parse_args()
     device = setup(args, DEFAULTS, QUICK)
     with LoadMonitor() as load:
         losses = measure_losses(args, device)
         steps = measure_step(args, device)
     share = steps[0]["tucker_share"]
-    headline = (f"tucker's loss and backward take {share:.1%} of a {' -> '.join(STEP_PAIR)} step at batch "
-                f"{args.step_batch_size} on {device.type}; on resnet50's 1024-channel maps it costs "
-                f"{losses[1]['ratio']:.1f}x featuremap's at batch {args.batch_size}")
-    finish(args, device, {
-        f"soft loss + backward, median ms (batch {args.batch_size})": (losses, LOSS_COLUMNS),
-        f"whole {' -> '.join(STEP_PAIR)} training step, median ms (batch {args.step_batch_size})": (steps, STEP_COLUMNS),
-    }, {"ranks": RANKS, "batch_size": args.batch_size, "step_batch_size": args.step_batch_size, "repeats": args.repeats},
-        load, headline)
+    headline = (
+        f"tucker's loss and backward take {share:.1%} of a {' -> '.join(STEP_PAIR)} step at batch "
+        f"{args.step_batch_size} on {device.type}; on resnet50's 1024-channel maps it costs "
+        f"{losses[1]['ratio']:.1f}x featuremap's at batch {args.batch_size}"
+    )
+    finish(
+        args,
+        device,
+        {
+            f"soft loss + backward, median ms (batch {args.batch_size})": (losses, LOSS_COLUMNS),
+            f"whole {' -> '.join(STEP_PAIR)} training step, median ms (batch {args.step_batch_size})": (
+                steps,
+                STEP_COLUMNS,
+            ),
+        },
+        {
+            "ranks": RANKS,
+            "batch_size": args.batch_size,
+            "step_batch_size": args.step_batch_size,
+            "repeats": args.repeats,
+        },
+        load,
+        headline,
+    )
 
 
 if __name__ == "__main__":

@@ -54,9 +54,22 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     data = synthetic_data(8 * args.batch_size, world.device)
     folder = Path(args.folder)
-    flags = ["--distillation", args.method, "--teacher", args.teacher, "--student", args.student,
-             "--teacher_checkpoint", str(folder / "teacher.pth"), "--batch_size", str(args.batch_size),
-             "--seed", str(args.seed), "--device", args.device]
+    flags = [
+        "--distillation",
+        args.method,
+        "--teacher",
+        args.teacher,
+        "--student",
+        args.student,
+        "--teacher_checkpoint",
+        str(folder / "teacher.pth"),
+        "--batch_size",
+        str(args.batch_size),
+        "--seed",
+        str(args.seed),
+        "--device",
+        args.device,
+    ]
     trainer = Trainer(resolve(parse_config(flags)), RunDir(folder / "run"), data, world)
     trainer.student.train()
     trainer.distiller.train()
@@ -83,15 +96,39 @@ def worker(args: argparse.Namespace) -> None:
 def candidates(args: argparse.Namespace, folder: Path, cpu: bool) -> dict[str, tuple[list[str], int, int]]:
     """name -> (command, processes, threads per process)."""
     all_threads = args.ranks * args.threads if cpu else args.threads
-    script = [str(Path(__file__).resolve()), "--worker", "--folder", str(folder), "--device", args.device,
-              "--teacher", args.teacher, "--student", args.student, "--batch_size", str(args.batch_size),
-              "--method", args.method, "--steps", str(args.steps), "--seed", str(args.seed)]
+    script = [
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--folder",
+        str(folder),
+        "--device",
+        args.device,
+        "--teacher",
+        args.teacher,
+        "--student",
+        args.student,
+        "--batch_size",
+        str(args.batch_size),
+        "--method",
+        args.method,
+        "--steps",
+        str(args.steps),
+        "--seed",
+        str(args.seed),
+    ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     return {
         "one process": ([sys.executable, *script, "--threads", str(all_threads)], 1, all_threads),
-        "torchrun, 1 rank": ([*torchrun, "--nproc_per_node", "1", *script, "--threads", str(all_threads)], 1, all_threads),
-        f"torchrun, {args.ranks} ranks": ([*torchrun, "--nproc_per_node", str(args.ranks), *script, "--threads",
-                                           str(args.threads)], args.ranks, args.threads),
+        "torchrun, 1 rank": (
+            [*torchrun, "--nproc_per_node", "1", *script, "--threads", str(all_threads)],
+            1,
+            all_threads,
+        ),
+        f"torchrun, {args.ranks} ranks": (
+            [*torchrun, "--nproc_per_node", str(args.ranks), *script, "--threads", str(args.threads)],
+            args.ranks,
+            args.threads,
+        ),
     }
 
 
@@ -111,7 +148,9 @@ def main() -> None:
     add_pair_flags(parser, DEFAULTS)
     parser.add_argument("--steps", type=int, help=f"timed steps per candidate (default {DEFAULTS['steps']})")
     parser.add_argument("--method", default="kd", help="the distillation method (default: %(default)s)")
-    parser.add_argument("--ranks", type=int, default=2, help="ranks of the data-parallel candidate (default: %(default)s)")
+    parser.add_argument(
+        "--ranks", type=int, default=2, help="ranks of the data-parallel candidate (default: %(default)s)"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -131,17 +170,34 @@ def main() -> None:
             for name in order if round_index % 2 == 0 else reversed(order):
                 samples.setdefault(name, []).append(measure(runs[name][0]))
     base = samples["one process"]
-    rows = [{"candidate": name, "processes": runs[name][1], "threads": runs[name][2],
-             "step_ms": 1000 * statistics.median(times), "images_per_s": args.batch_size / statistics.median(times),
-             "vs_one_process": statistics.median(t / b for t, b in zip(times, base))} for name, times in samples.items()]
-    columns = [Column("candidate", "candidate"), Column("processes", "processes"), Column("threads", "threads each"),
-               Column("step_ms", "ms / step", "{:.1f}"), Column("images_per_s", "images/s", "{:.0f}"),
-               Column("vs_one_process", "step time vs one process", "{:.2f}x")]
-    title = (f"{args.method}, {args.teacher} -> {args.student}, global batch {args.batch_size}, on {device} "
-             f"(median of {args.repeats} rounds of {args.steps} steps)")
+    rows = [
+        {
+            "candidate": name,
+            "processes": runs[name][1],
+            "threads": runs[name][2],
+            "step_ms": 1000 * statistics.median(times),
+            "images_per_s": args.batch_size / statistics.median(times),
+            "vs_one_process": statistics.median(t / b for t, b in zip(times, base)),
+        }
+        for name, times in samples.items()
+    ]
+    columns = [
+        Column("candidate", "candidate"),
+        Column("processes", "processes"),
+        Column("threads", "threads each"),
+        Column("step_ms", "ms / step", "{:.1f}"),
+        Column("images_per_s", "images/s", "{:.0f}"),
+        Column("vs_one_process", "step time vs one process", "{:.2f}x"),
+    ]
+    title = (
+        f"{args.method}, {args.teacher} -> {args.student}, global batch {args.batch_size}, on {device} "
+        f"(median of {args.repeats} rounds of {args.steps} steps)"
+    )
     ranks_row = rows[-1]
-    headline = (f"{args.ranks} ranks take {ranks_row['vs_one_process']:.2f}x the step time of one process "
-                f"({args.method}, batch {args.batch_size}, {device})")
+    headline = (
+        f"{args.ranks} ranks take {ranks_row['vs_one_process']:.2f}x the step time of one process "
+        f"({args.method}, batch {args.batch_size}, {device})"
+    )
     settings = {name: value for name, value in vars(args).items() if name not in ("json", "worker", "folder")}
     finish(args, device, {title: (rows, columns)}, {**settings, "warmup_steps": WARMUP_STEPS}, load, headline)
 

@@ -131,26 +131,54 @@ def our_batches(data: Dataset, batch_size: int, seed: int) -> Batches:
 
 def reference_batches(data: Dataset, batch_size: int, workers: int, seed: int, device: torch.device) -> Batches:
     """The original's input pipeline over the same images, its batches copied to ``device``."""
-    transform = transforms.Compose([
-        transforms.RandomCrop(IMAGE_SIZE, padding=PAD),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(MEAN, STD),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(IMAGE_SIZE, padding=PAD),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
     images = InMemoryImages(data.train_images.cpu().numpy(), data.train_labels.cpu().numpy(), transform)
     loader = torch.utils.data.DataLoader(
-        images, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
+        images,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )
     return (tuple(t.to(device, non_blocking=True) for t in batch) for batch in forever(lambda _: loader))
 
 
-def build_trainer(args: argparse.Namespace, method: str, pipeline: str, data: Dataset, checkpoint: Path, device: torch.device,
-                  *more: str) -> Trainer:
+def build_trainer(
+    args: argparse.Namespace,
+    method: str,
+    pipeline: str,
+    data: Dataset,
+    checkpoint: Path,
+    device: torch.device,
+    *more: str,
+) -> Trainer:
     """A trainer for one pipeline, in training mode; every one starts from the same weights."""
-    flags = ["--distillation", method, "--teacher", args.teacher, "--student", args.student,
-             "--teacher_checkpoint", str(checkpoint), "--batch_size", str(args.batch_size),
-             "--seed", str(args.seed), "--device", str(device), *more]
+    flags = [
+        "--distillation",
+        method,
+        "--teacher",
+        args.teacher,
+        "--student",
+        args.student,
+        "--teacher_checkpoint",
+        str(checkpoint),
+        "--batch_size",
+        str(args.batch_size),
+        "--seed",
+        str(args.seed),
+        "--device",
+        str(device),
+        *more,
+    ]
     if pipeline == "reference":
         flags += ["--amp", "off", "--no-channels_last", "--tucker_backend", "tensorly"]
     else:
@@ -177,7 +205,9 @@ def fetch_only(batches: Batches, count: int) -> Callable[[], None]:
     return lambda: sum(1 for _ in itertools.islice(batches, count))
 
 
-def measure_steps(args: argparse.Namespace, data: Dataset, checkpoint: Path, device: torch.device) -> list[dict[str, Any]]:
+def measure_steps(
+    args: argparse.Namespace, data: Dataset, checkpoint: Path, device: torch.device
+) -> list[dict[str, Any]]:
     candidates: dict[str, Callable[[], None]] = {}
     for method in args.methods:
         for pipeline in PIPELINES:
@@ -220,8 +250,10 @@ def measure_pairs(args: argparse.Namespace, data: Dataset, folder: Path, device:
         maps[name] = "x".join(map(str, trainer.feature_shapes["teacher"]))
         candidates[name] = training_steps(trainer, our_batches(data, batch_size, args.seed), args.steps)
     samples = interleaved(candidates, device, max(1, args.repeats // 2))
-    return [{"pair": name, "teacher_map": maps[name], "images_per_s": batch_size * args.steps / median(samples[name])}
-            for name in candidates]
+    return [
+        {"pair": name, "teacher_map": maps[name], "images_per_s": batch_size * args.steps / median(samples[name])}
+        for name in candidates
+    ]
 
 
 def passes(trainer: Trainer, images: Tensor, labels: Tensor) -> dict[str, Callable[[], None]]:
@@ -242,7 +274,9 @@ def passes(trainer: Trainer, images: Tensor, labels: Tensor) -> dict[str, Callab
     return {"teacher forward": teacher_forward, "student forward and backward": student_forward_backward}
 
 
-def measure_passes(args: argparse.Namespace, data: Dataset, checkpoint: Path, device: torch.device) -> list[dict[str, Any]]:
+def measure_passes(
+    args: argparse.Namespace, data: Dataset, checkpoint: Path, device: torch.device
+) -> list[dict[str, Any]]:
     """Channels-last against contiguous memory for the passes that make up most of a step."""
     images, labels, _ = next(our_batches(data, args.batch_size, args.seed))
     candidates: dict[str, Callable[[], None]] = {}
@@ -250,12 +284,15 @@ def measure_passes(args: argparse.Namespace, data: Dataset, checkpoint: Path, de
         trainer = build_trainer(args, "featuremap", pipeline, data, checkpoint, device)
         candidates.update({f"{name}/{pipeline}": run for name, run in passes(trainer, images, labels).items()})
     samples = interleaved(candidates, device, args.repeats)
-    return [{
-        "pass": name,
-        "channels_last_ms": 1e3 * median(samples[f"{name}/ours"]),
-        "contiguous_ms": 1e3 * median(samples[f"{name}/ours_contiguous"]),
-        "channels_last_gain": paired_ratio(samples[f"{name}/ours_contiguous"], samples[f"{name}/ours"]),
-    } for name in ("teacher forward", "student forward and backward")]
+    return [
+        {
+            "pass": name,
+            "channels_last_ms": 1e3 * median(samples[f"{name}/ours"]),
+            "contiguous_ms": 1e3 * median(samples[f"{name}/ours_contiguous"]),
+            "channels_last_gain": paired_ratio(samples[f"{name}/ours_contiguous"], samples[f"{name}/ours"]),
+        }
+        for name in ("teacher forward", "student forward and backward")
+    ]
 
 
 def measure_data(args: argparse.Namespace, data: Dataset, device: torch.device) -> list[dict[str, Any]]:
@@ -263,15 +300,19 @@ def measure_data(args: argparse.Namespace, data: Dataset, device: torch.device) 
     once-per-epoch augmentation of the whole data set is included."""
     candidates = {
         "ours": fetch_only(our_batches(data, args.batch_size, args.seed), args.epoch_batches),
-        "reference": fetch_only(reference_batches(data, args.batch_size, args.ref_workers, args.seed, device), args.epoch_batches),
+        "reference": fetch_only(
+            reference_batches(data, args.batch_size, args.ref_workers, args.seed, device), args.epoch_batches
+        ),
     }
     samples = interleaved(candidates, device, max(1, args.repeats // 2))
-    return [{
-        "data_path": "fetch, augment, normalise",
-        "ours_ms_per_batch": 1e3 * median(samples["ours"]) / args.epoch_batches,
-        "reference_ms_per_batch": 1e3 * median(samples["reference"]) / args.epoch_batches,
-        "speedup": paired_ratio(samples["reference"], samples["ours"]),
-    }]
+    return [
+        {
+            "data_path": "fetch, augment, normalise",
+            "ours_ms_per_batch": 1e3 * median(samples["ours"]) / args.epoch_batches,
+            "reference_ms_per_batch": 1e3 * median(samples["reference"]) / args.epoch_batches,
+            "speedup": paired_ratio(samples["reference"], samples["ours"]),
+        }
+    ]
 
 
 def headline(rows: list[dict[str, Any]], device: torch.device) -> str:
@@ -284,20 +325,39 @@ def headline(rows: list[dict[str, Any]], device: torch.device) -> str:
     )
     overhead = focus.get("overhead_vs_featuremap")
     if overhead is not None:
-        text += f"; overhead over featuremap {overhead:+.1%} (goal < {OVERHEAD_GOAL:.0%}: {'met' if overhead < OVERHEAD_GOAL else 'NOT met'})"
+        met = "met" if overhead < OVERHEAD_GOAL else "NOT met"
+        text += f"; overhead over featuremap {overhead:+.1%} (goal < {OVERHEAD_GOAL:.0%}: {met})"
     return text + f"; channels_last gain {focus['channels_last_gain']:.3f}x"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_flags(parser)
     add_pair_flags(parser, DEFAULTS)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="distillation methods to time")
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="distillation methods to time"
+    )
     parser.add_argument("--steps", type=int, help="consecutive steps per timed sample (default 3)")
-    parser.add_argument("--epoch_batches", type=int, help="synthetic training set size, in batches (default 391: CIFAR's 50,000 images)")
-    parser.add_argument("--ref_workers", type=int, default=0, help="the reference DataLoader's worker processes (their prefetching runs on while the other pipelines are timed)")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"), help="our pipelines' --amp (the reference is float32)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile our pipelines' models (compiled in the untimed warm-up round)")
+    parser.add_argument(
+        "--epoch_batches", type=int, help="synthetic training set size, in batches (default 391: CIFAR's 50,000 images)"
+    )
+    parser.add_argument(
+        "--ref_workers",
+        type=int,
+        default=0,
+        help="the reference DataLoader's worker processes (their prefetching runs on while the other pipelines "
+        "are timed)",
+    )
+    parser.add_argument(
+        "--amp", default="auto", choices=("auto", "bf16", "off"), help="our pipelines' --amp (the reference is float32)"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile our pipelines' models (compiled in the untimed warm-up round)",
+    )
     args = parser.parse_args()
     device = setup(args, DEFAULTS, QUICK)
 
@@ -309,14 +369,32 @@ def main() -> None:
         pass_rows = measure_passes(args, data, checkpoint, device)
         data_rows = measure_data(args, data, device)
         pair_rows = measure_pairs(args, data, Path(folder), device)
-    settings = {name: getattr(args, name) for name in ("teacher", "student", "batch_size", "methods", "steps", "epoch_batches", "ref_workers", "amp", "compile", "repeats")}
+    settings = {
+        name: getattr(args, name)
+        for name in (
+            "teacher",
+            "student",
+            "batch_size",
+            "methods",
+            "steps",
+            "epoch_batches",
+            "ref_workers",
+            "amp",
+            "compile",
+            "repeats",
+        )
+    }
     tables = {
         f"One training step, {args.teacher} -> {args.student}, batch {args.batch_size}, {device.type}: "
         f"median of {args.repeats} samples of {args.steps} steps": (step_rows, STEP_COLUMNS),
         f"Passes alone, {args.teacher} -> {args.student}, batch {args.batch_size}, --amp {args.amp}: "
         f"channels-last against contiguous": (pass_rows, PASS_COLUMNS),
-        f"Input pipeline alone, {args.epoch_batches} batches of {args.batch_size} (one epoch)": (data_rows, DATA_COLUMNS),
-        f"The benchmark's pairs: our tucker step ({PAIR_RANKS}, layer 3), batch {PAIR_BATCH['quick' if args.quick else 'full']}, "
+        f"Input pipeline alone, {args.epoch_batches} batches of {args.batch_size} (one epoch)": (
+            data_rows,
+            DATA_COLUMNS,
+        ),
+        f"The benchmark's pairs: our tucker step ({PAIR_RANKS}, layer 3), "
+        f"batch {PAIR_BATCH['quick' if args.quick else 'full']}, "
         f"{device.type}": (pair_rows, PAIR_COLUMNS),
     }
     finish(args, device, tables, settings, load, headline(step_rows, device))

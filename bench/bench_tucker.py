@@ -100,7 +100,9 @@ def tensorly_recompose(core: Tensor, factors: Factors) -> Tensor:
         return tl.tucker_to_tensor((core, factors))
 
 
-def original_loss(method: str, teacher: Tensor, student: Tensor, ranks: list[int], n_iter_max: int = HOOI_MAX_SWEEPS) -> Tensor:
+def original_loss(
+    method: str, teacher: Tensor, student: Tensor, ranks: list[int], n_iter_max: int = HOOI_MAX_SWEEPS
+) -> Tensor:
     """The original's soft loss (without BETA): ``tucker``, or ``tucker_recomp`` at its default
     target (the teacher's map reconstructed), in the maps' precision."""
     core, factors = tensorly_decompose(teacher, ranks, n_iter_max)
@@ -116,7 +118,9 @@ def loss_and_gradient(loss: Callable[[Tensor], Tensor], student: Tensor) -> tupl
     return value.item(), student.grad.double().flatten()
 
 
-def check_same_loss(name: str, candidate: Callable[[Tensor], Tensor], reference: Callable[[Tensor], Tensor], student: Tensor) -> tuple[float, float]:
+def check_same_loss(
+    name: str, candidate: Callable[[Tensor], Tensor], reference: Callable[[Tensor], Tensor], student: Tensor
+) -> tuple[float, float]:
     """The relative loss difference and gradient cosine of ``candidate`` (float32 maps) against
     ``reference`` (float64); a mismatch beyond the tolerances stops the benchmark."""
     value, gradient = loss_and_gradient(candidate, student)
@@ -124,8 +128,10 @@ def check_same_loss(name: str, candidate: Callable[[Tensor], Tensor], reference:
     difference = abs(value - expected) / abs(expected)
     cosine = F.cosine_similarity(gradient, expected_gradient, dim=0).item()
     if difference > LOSS_TOLERANCE or cosine < GRADIENT_COSINE:
-        raise SystemExit(f"{name} does not compute the original's loss: relative difference {difference:.1e} "
-                         f"(at most {LOSS_TOLERANCE:.0e}), gradient cosine {cosine:.6f} (at least {GRADIENT_COSINE})")
+        raise SystemExit(
+            f"{name} does not compute the original's loss: relative difference {difference:.1e} "
+            f"(at most {LOSS_TOLERANCE:.0e}), gradient cosine {cosine:.6f} (at least {GRADIENT_COSINE})"
+        )
     return difference, cosine
 
 
@@ -139,19 +145,29 @@ def loss_step(loss: Callable[[Tensor], Tensor], student: Tensor) -> Callable[[],
     return run
 
 
-def measure_case(batch: int, rank: int, layout: torch.memory_format, device: torch.device, rounds: int) -> list[dict[str, Any]]:
+def measure_case(
+    batch: int, rank: int, layout: torch.memory_format, device: torch.device, rounds: int
+) -> list[dict[str, Any]]:
     """The table rows of one (batch, rank) case, after checking that each pair computes the same loss."""
     ranks_text = f"{BATCH_TOKEN},{rank},{SIZE},{SIZE}"
     ranks = [batch, rank, SIZE, SIZE]
-    teacher, student = (torch.randn(batch, CHANNELS, SIZE, SIZE, device=device).relu_().contiguous(memory_format=layout) for _ in range(2))
+    teacher, student = (
+        torch.randn(batch, CHANNELS, SIZE, SIZE, device=device).relu_().contiguous(memory_format=layout)
+        for _ in range(2)
+    )
     student.requires_grad_()
     outputs = lambda stage: [stage if layer == 3 else torch.empty(0) for layer in range(6)]  # noqa: E731
     distillers = {
-        method: distiller_for(parse_config(["--distillation", method, "--ranks", ranks_text]), outputs(teacher), outputs(student)).to(device)
+        method: distiller_for(
+            parse_config(["--distillation", method, "--ranks", ranks_text]), outputs(teacher), outputs(student)
+        ).to(device)
         for method in ("featuremap", *TUCKER_METHODS)
     }
     step = Step(torch.zeros(batch, dtype=torch.long), torch.arange(batch), epoch=1)  # not read by these methods
-    ours_loss = {method: (lambda s, d=distiller: d.soft_loss(outputs(teacher), outputs(s), step)) for method, distiller in distillers.items()}
+    ours_loss = {
+        method: (lambda s, d=distiller: d.soft_loss(outputs(teacher), outputs(s), step))
+        for method, distiller in distillers.items()
+    }
     theirs_loss = {method: (lambda s, m=method: original_loss(m, teacher, s, ranks)) for method in TUCKER_METHODS}
 
     # The same loss, or no timing: ours and the original's float32 call, against the formula in float64.
@@ -161,13 +177,23 @@ def measure_case(batch: int, rank: int, layout: torch.memory_format, device: tor
         checks[method] = check_same_loss(f"ours ({method})", ours_loss[method], reference, student)
         check_same_loss(f"the original's float32 call ({method})", theirs_loss[method], reference, student)
     core, factors = tucker(teacher, tuple(ranks), n_iter=0)
-    hosvd = check_same_loss("ours (n_iter=0)", lambda s: F.l1_loss(FT(core), FT(project(s, factors))),
-                            lambda s: original_loss("tucker", teacher.double(), s, ranks, n_iter_max=0), student)
-    checks["decompose"] = max(hosvd[0], checks["tucker"][0]), min(hosvd[1], checks["tucker"][1])  # both pairs' core loss
+    hosvd = check_same_loss(
+        "ours (n_iter=0)",
+        lambda s: F.l1_loss(FT(core), FT(project(s, factors))),
+        lambda s: original_loss("tucker", teacher.double(), s, ranks, n_iter_max=0),
+        student,
+    )
+    checks["decompose"] = (
+        max(hosvd[0], checks["tucker"][0]),
+        min(hosvd[1], checks["tucker"][1]),
+    )  # both pairs' core loss
 
     ours, theirs = tucker(teacher, tuple(ranks)), tensorly_decompose(teacher, ranks)
-    errors = {"ours": relative_error(teacher, recompose(*ours)), "tensorly": relative_error(teacher, recompose(*theirs)),
-              "hosvd": relative_error(teacher, recompose(*tensorly_decompose(teacher, ranks, 0)))}
+    errors = {
+        "ours": relative_error(teacher, recompose(*ours)),
+        "tensorly": relative_error(teacher, recompose(*theirs)),
+        "hosvd": relative_error(teacher, recompose(*tensorly_decompose(teacher, ranks, 0))),
+    }
     candidates: dict[str, Callable[[], Any]] = {
         "decompose/ours": lambda: tucker(teacher, tuple(ranks)),
         "decompose/tensorly": lambda: tensorly_decompose(teacher, ranks),
@@ -206,9 +232,14 @@ def headline(rows: list[dict[str, Any]]) -> str:
     largest case run) and the worst one at that batch, with the largest loss difference, and the
     decomposition's speed-up, each against its goal."""
     losses = [row for row in rows if row["op"] == "loss tucker"]
-    focus = next((r for r in losses if (r["batch"], r["rank"]) == HEADLINE_CASE), max(losses, key=lambda r: (r["batch"], r["rank"])))
+    focus = next(
+        (r for r in losses if (r["batch"], r["rank"]) == HEADLINE_CASE),
+        max(losses, key=lambda r: (r["batch"], r["rank"])),
+    )
     worst = min((r for r in losses if r["batch"] == focus["batch"]), key=lambda r: r["tensorly_speedup"])
-    decompose = next(r for r in rows if r["op"] == "decompose" and (r["batch"], r["rank"]) == (focus["batch"], focus["rank"]))
+    decompose = next(
+        r for r in rows if r["op"] == "decompose" and (r["batch"], r["rank"]) == (focus["batch"], focus["rank"])
+    )
     difference = max(r["loss_difference"] for r in rows if "loss_difference" in r)
     error_gap = max(abs(r["ours_error"] - r["tensorly_error"]) for r in rows if r["op"] == "decompose")
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
@@ -223,19 +254,38 @@ def headline(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_common_flags(parser)
-    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True, help="layout of the maps")
+    parser.add_argument(
+        "--channels_last", action=argparse.BooleanOptionalAction, default=True, help="layout of the maps"
+    )
     args = parser.parse_args()
     device = setup(args)
     batches, ranks = (QUICK_BATCHES, QUICK_RANKS) if args.quick else (BATCHES, RANKS)
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     with LoadMonitor() as load:
-        rows = [row for batch in batches for rank in ranks for row in measure_case(batch, rank, layout, device, args.repeats)]
-    settings = {"channels": CHANNELS, "size": SIZE, "batches": batches, "ranks": ranks, "channels_last": args.channels_last, "repeats": args.repeats}
-    title = (f"Tucker decomposition and losses of {'channels-last' if args.channels_last else 'contiguous'} (B, {CHANNELS}, {SIZE}, {SIZE}) "
-             f"batches at ranks (B, rank, {SIZE}, {SIZE}) on {device.type}, median of {args.repeats} rounds; "
-             f"'original' is tensorly's tucker at its defaults, float32, as the original study called it")
+        rows = [
+            row
+            for batch in batches
+            for rank in ranks
+            for row in measure_case(batch, rank, layout, device, args.repeats)
+        ]
+    settings = {
+        "channels": CHANNELS,
+        "size": SIZE,
+        "batches": batches,
+        "ranks": ranks,
+        "channels_last": args.channels_last,
+        "repeats": args.repeats,
+    }
+    title = (
+        f"Tucker decomposition and losses of {'channels-last' if args.channels_last else 'contiguous'} "
+        f"(B, {CHANNELS}, {SIZE}, {SIZE}) "
+        f"batches at ranks (B, rank, {SIZE}, {SIZE}) on {device.type}, median of {args.repeats} rounds; "
+        f"'original' is tensorly's tucker at its defaults, float32, as the original study called it"
+    )
     finish(args, device, {title: (rows, COLUMNS)}, settings, load, headline(rows))
 
 

@@ -43,8 +43,15 @@ NUM_CLASSES = 100  # the synthetic data are CIFAR-100-shaped
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every benchmark takes."""
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few rounds (smoke test)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the tables, settings, machine record and headline here as JSON")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA when present, else the CPU), 'cpu', 'cuda', 'cuda:1'")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write the tables, settings, machine record and headline here as JSON",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (CUDA when present, else the CPU), 'cpu', 'cuda', 'cuda:1'"
+    )
     parser.add_argument("--repeats", type=int, help="timed rounds per measurement (default: 7, or 2 with --quick)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the synthetic data and the models")
@@ -57,8 +64,9 @@ def add_pair_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, Any])
     parser.add_argument("--batch_size", type=int, help=f"training batch size (default {defaults['batch_size']})")
 
 
-def setup(args: argparse.Namespace, defaults: Optional[Mapping[str, Any]] = None,
-          quick: Optional[Mapping[str, Any]] = None) -> torch.device:
+def setup(
+    args: argparse.Namespace, defaults: Optional[Mapping[str, Any]] = None, quick: Optional[Mapping[str, Any]] = None
+) -> torch.device:
     """Device, threads and seed from the common flags; the size flags left unset take their values
     from ``quick`` (with --quick) or ``defaults``, and ``args.repeats`` its own."""
     for name, value in ((quick if args.quick else defaults) or {}).items():

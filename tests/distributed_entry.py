@@ -43,9 +43,11 @@ def without_batchnorm(build: Callable[[int], nn.Module]) -> Callable[[int], nn.M
 def method_without_batchnorm(method: type[Distiller]) -> type[Distiller]:
     """``method`` (a subclass: its flags, defaults and checks are the method's) whose modules have
     an identity wherever they had a BatchNorm."""
+
     def __init__(self: Distiller, *args: Any, **kwargs: Any) -> None:
         method.__init__(self, *args, **kwargs)
         strip_batchnorm(self)
+
     return type(method.__name__, (method,), {"__init__": __init__})
 
 
@@ -66,6 +68,7 @@ def slow_steps(seconds: float) -> None:
     def slow(self: Trainer, *args: Any, **kwargs: Any) -> Any:
         time.sleep(seconds)
         return step(self, *args, **kwargs)
+
     Trainer.step = slow
 
 

@@ -47,9 +47,17 @@ def write_run(root: Path, test_acc: Optional[list[float]], **flags: Any) -> str:
     if test_acc is not None:
         best = int(np.argmax(test_acc))
         filler = [1.0] * len(test_acc)
-        metrics = {"train_hard_loss": filler, "train_soft_loss": filler, "train_acc": filler, "test_loss": filler,
-                   "test_acc": test_acc, "best_test_acc": test_acc[best], "best_epoch": best + 1,
-                   "epochs": len(test_acc), "wall_time_s": 1.0}
+        metrics = {
+            "train_hard_loss": filler,
+            "train_soft_loss": filler,
+            "train_acc": filler,
+            "test_loss": filler,
+            "test_acc": test_acc,
+            "best_test_acc": test_acc[best],
+            "best_epoch": best + 1,
+            "epochs": len(test_acc),
+            "wall_time_s": 1.0,
+        }
         (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder.relative_to(root).as_posix()
 
@@ -62,7 +70,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Flags featuremap ignores (ranks, recomp_target) differ between its seeds, and must not split it.
     write_run(root, [50, 60, 70], distillation="featuremap", seed=0, ranks="BATCH_SIZE,16,8,8", recomp_target="both")
     write_run(root, [52, 66, 64], distillation="featuremap", seed=1)
-    for seed, (acc, target) in enumerate([([55, 70, 72], "student"), ([57, 74, 70], "both"), ([56, 69, 71], "teacher")]):
+    for seed, (acc, target) in enumerate(
+        [([55, 70, 72], "student"), ([57, 74, 70], "both"), ([56, 69, 71], "teacher")]
+    ):
         write_run(root, acc, distillation="tucker", ranks="BATCH_SIZE,32,8,8", recomp_target=target, seed=seed)
     write_run(root, [60, 65, 64], distillation="tucker_recomp", recomp_target="both", ranks="BATCH_SIZE,16,8,8")
     write_run(root, [30, 35, 40], distillation="noise", noise_std=1.0)
@@ -97,7 +107,13 @@ def test_names_follow_the_original_table() -> None:
 
 
 def test_summary_numbers_match_hand_computed_values(summary: pd.DataFrame) -> None:
-    assert list(summary.index) == ["tucker_x0.5", "featuremap", "recomp_both_x0.25", "student alone", "noise_std1"]  # best first
+    assert list(summary.index) == [
+        "tucker_x0.5",
+        "featuremap",
+        "recomp_both_x0.25",
+        "student alone",
+        "noise_std1",
+    ]  # best first
     expected = {  # runs, best mean, best std, final mean, final std, max of the mean curve, diff featuremap, diff plain
         "student alone": (2, 51, math.sqrt(2), 48.5, math.sqrt(24.5), 49, -17, 0),
         "featuremap": (2, 68, math.sqrt(8), 67, math.sqrt(18), 67, 0, 17),
@@ -105,10 +121,20 @@ def test_summary_numbers_match_hand_computed_values(summary: pd.DataFrame) -> No
         "recomp_both_x0.25": (1, 65, np.nan, 64, np.nan, 65, -3, 14),
         "noise_std1": (1, 40, np.nan, 40, np.nan, 40, -28, -11),
     }
-    columns = ["runs", "best_test_acc_mean", "best_test_acc_std", "final_test_acc_mean", "final_test_acc_std",
-               "max_mean_test_acc", "diff_featuremap", "diff_plain"]
+    columns = [
+        "runs",
+        "best_test_acc_mean",
+        "best_test_acc_std",
+        "final_test_acc_mean",
+        "final_test_acc_std",
+        "max_mean_test_acc",
+        "diff_featuremap",
+        "diff_plain",
+    ]
     for method, values in expected.items():
-        assert summary.loc[method, columns].to_numpy(dtype=float) == pytest.approx(np.array(values, dtype=float), nan_ok=True), method
+        assert summary.loc[method, columns].to_numpy(dtype=float) == pytest.approx(
+            np.array(values, dtype=float), nan_ok=True
+        ), method
 
 
 def test_ignored_flags_do_not_split_configurations(summary: pd.DataFrame) -> None:
@@ -137,6 +163,7 @@ def test_a_fifo_in_place_of_a_run_file_is_refused_without_waiting(tmp_path: Path
     fifo_config = tmp_path / "fifo"
     fifo_config.mkdir()
     os.mkfifo(fifo_config / "config.json")
+
     def waited(*_: Any) -> None:
         pytest.fail("waited for a writer of a FIFO")  # not an OSError, which the readers catch
 
@@ -160,8 +187,16 @@ def test_damaged_numbers_are_listed_as_unreadable_naming_file_and_entry(tmp_path
     without its 'config') is one line naming the file and the entry, never a traceback or a NaN mean."""
     write_run(tmp_path, [40, 50], distillation="none")
     damages = {
-        "nan": ("metrics.json", lambda d: d.update(test_acc=[math.nan, 50.0]), "'test_acc' is not a list of finite numbers"),
-        "inf": ("metrics.json", lambda d: d.update(best_test_acc=math.inf), "'best_test_acc' is inf, not a finite number"),
+        "nan": (
+            "metrics.json",
+            lambda d: d.update(test_acc=[math.nan, 50.0]),
+            "'test_acc' is not a list of finite numbers",
+        ),
+        "inf": (
+            "metrics.json",
+            lambda d: d.update(best_test_acc=math.inf),
+            "'best_test_acc' is inf, not a finite number",
+        ),
         "text": ("metrics.json", lambda d: d.update(train_acc=["1"]), "'train_acc' is not a list of finite numbers"),
         "none": ("metrics.json", lambda d: d.update(best_test_acc=None), "'best_test_acc' is None"),
         "empty": ("metrics.json", lambda d: d.update(test_acc=[]), "holds no epoch"),
@@ -189,7 +224,9 @@ def test_a_copy_of_a_run_is_counted_once(tmp_path: Path) -> None:
     loaded = analysis.load_runs(tmp_path)
     assert sorted(loaded.finished["run"]) == runs
     status = loaded.pending.set_index("run")["status"]
-    assert status[f"a backup/{runs[0]}"] == f"duplicate of {runs[0]} (same configuration, seed and teacher): not counted"
+    assert (
+        status[f"a backup/{runs[0]}"] == f"duplicate of {runs[0]} (same configuration, seed and teacher): not counted"
+    )
     row = analysis.expectation_table(loaded).iloc[0]
     assert (row["n"], row["mean"], row["std"]) == (2, 48, pytest.approx(math.sqrt(8)))
     assert analysis.summarize(loaded)["runs"].tolist() == [2]
@@ -199,7 +236,13 @@ def test_students_of_two_teachers_with_one_seed_are_two_samples(tmp_path: Path) 
     """The same student flags and seed distilled from two teacher files (--teacher_checkpoint) are
     two runs of the configuration, not a copy of one."""
     for folder, acc in (("from-a", [60, 70]), ("from-b", [62, 64])):
-        write_run(tmp_path, acc, distillation="kd", experiment_name=folder, teacher_checkpoint=str(tmp_path / folder / "t.pth"))
+        write_run(
+            tmp_path,
+            acc,
+            distillation="kd",
+            experiment_name=folder,
+            teacher_checkpoint=str(tmp_path / folder / "t.pth"),
+        )
     loaded = analysis.load_runs(tmp_path)
     assert sorted(loaded.finished["run"]) == ["from-a", "from-b"] and loaded.pending.empty
 
@@ -249,9 +292,11 @@ def test_exports_never_write_through_a_link(tree: Path, tmp_path: Path) -> None:
     runs = analysis.load_runs(tree)
     theirs = tmp_path / "notes.md"
     theirs.write_text("mine")
-    for name, export in (("summary.md", lambda: analysis.export_summary(analysis.summarize(runs), tmp_path / "out")),
-                         ("what_to_expect.md", lambda: analysis.export_expectations(runs, tmp_path / "out")),
-                         ("benchmark_best.md", lambda: analysis.export_benchmark({"best": "table"}, tmp_path / "out"))):
+    for name, export in (
+        ("summary.md", lambda: analysis.export_summary(analysis.summarize(runs), tmp_path / "out")),
+        ("what_to_expect.md", lambda: analysis.export_expectations(runs, tmp_path / "out")),
+        ("benchmark_best.md", lambda: analysis.export_benchmark({"best": "table"}, tmp_path / "out")),
+    ):
         (tmp_path / "out").mkdir(exist_ok=True)
         (tmp_path / "out" / name).symlink_to(theirs)
         with pytest.raises(UsageError, match=f"{name} is a symbolic link"):
@@ -262,7 +307,10 @@ def test_exports_never_write_through_a_link(tree: Path, tmp_path: Path) -> None:
 
 def test_rank_table_places_tucker_variants_by_channel_rank(summary: pd.DataFrame) -> None:
     table = analysis.rank_table(summary.reset_index())
-    assert table[["line", "channel_rank", "channel_fraction"]].values.tolist() == [["recomp_both", 16, 0.25], ["tucker", 32, 0.5]]
+    assert table[["line", "channel_rank", "channel_fraction"]].values.tolist() == [
+        ["recomp_both", 16, 0.25],
+        ["tucker", 32, 0.5],
+    ]
 
 
 def test_labels_and_baselines_where_other_flags_differ(tmp_path: Path) -> None:
@@ -272,7 +320,13 @@ def test_labels_and_baselines_where_other_flags_differ(tmp_path: Path) -> None:
     write_run(tmp_path, [50, 63], distillation="tucker", beta=50.0, ranks="BATCH_SIZE,16,4,4")
     write_run(tmp_path, [50, 61], distillation="kd")
     summary = analysis.summarize(analysis.load_runs(tmp_path)).set_index("label")
-    assert set(summary.index) == {"featuremap (beta=125.0)", "featuremap (beta=50.0)", "tucker_x0.5", "tucker_x0.25_B-16-4-4", "kd"}
+    assert set(summary.index) == {
+        "featuremap (beta=125.0)",
+        "featuremap (beta=50.0)",
+        "tucker_x0.5",
+        "tucker_x0.25_B-16-4-4",
+        "kd",
+    }
     assert summary.loc["tucker_x0.5", "diff_featuremap"] == pytest.approx(3)  # the featuremap run with its beta
     assert summary.loc["tucker_x0.25_B-16-4-4", "diff_featuremap"] == pytest.approx(1)
     lines = analysis.rank_table(summary.reset_index())[["line", "channel_rank"]].values.tolist()
@@ -291,11 +345,13 @@ def test_plain_runs_are_named_by_their_role(tmp_path: Path) -> None:
     write_run(tmp_path, [40, 55, 45], distillation="kd", dataset="cifar10", teacher="ResNetBaby")
     runs = analysis.load_runs(tmp_path)
     roles = dict(zip(runs.finished["run"], runs.finished["method"]))
-    assert roles == {"digits/teacher/ResNet20/epochs=3/seed0": "teacher",
-                     "digits/teacher/ResNetBaby/epochs=3/seed0": "student alone",
-                     "digits/ResNet20-ResNetBaby/tucker/B-16-8-8/epochs=3/seed0": "tucker_x0.25",
-                     "cifar10/teacher/ResNetBaby/epochs=3/seed0": "teacher / student alone",
-                     "cifar10/ResNetBaby-ResNetBaby/kd/epochs=3/seed0": "kd"}
+    assert roles == {
+        "digits/teacher/ResNet20/epochs=3/seed0": "teacher",
+        "digits/teacher/ResNetBaby/epochs=3/seed0": "student alone",
+        "digits/ResNet20-ResNetBaby/tucker/B-16-8-8/epochs=3/seed0": "tucker_x0.25",
+        "cifar10/teacher/ResNetBaby/epochs=3/seed0": "teacher / student alone",
+        "cifar10/ResNetBaby-ResNetBaby/kd/epochs=3/seed0": "kd",
+    }
     summary = analysis.summarize(runs).set_index("label")
     assert set(summary.index) == {*roles.values()}  # the roles tell plain configurations apart
     assert summary.loc["kd", "diff_plain"] == 5  # kd's own cross-entropy weight (0.1) does not hide its student alone
@@ -303,7 +359,9 @@ def test_plain_runs_are_named_by_their_role(tmp_path: Path) -> None:
 
 def test_t_interval_is_the_textbook_one() -> None:
     """mean ± t(0.975, n − 1) s / √n; t(0.975, 2) = 4.303 and t(0.975, 1) = 12.706 from the tables."""
-    assert analysis.t_interval([1.0, 2.0, 3.0]) == pytest.approx((2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)))
+    assert analysis.t_interval([1.0, 2.0, 3.0]) == pytest.approx(
+        (2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3))
+    )
     assert analysis.t_interval([50.0, 52.0]) == pytest.approx((51 - 12.706205, 51 + 12.706205))
     assert analysis.t_interval([5.0, 5.0, 5.0]) == (5.0, 5.0)
     assert all(math.isnan(bound) for bound in analysis.t_interval([5.0]))
@@ -329,9 +387,13 @@ def test_expectation_table_and_its_markdown(tree: Path) -> None:
     # featuremap 70, 66 against the student alone's 50, 52 on the same seeds: differences 20, 14;
     # t = 17 / 3 with 1 degree of freedom: p = 1 − 2 atan(t) / π.
     featuremap = table.loc["featuremap"]
-    assert featuremap[["n", "mean", "std", "pairs", "difference"]].tolist() == pytest.approx([2, 68, math.sqrt(8), 2, 17])
+    assert featuremap[["n", "mean", "std", "pairs", "difference"]].tolist() == pytest.approx(
+        [2, 68, math.sqrt(8), 2, 17]
+    )
     assert (featuremap["ci_low"], featuremap["ci_high"]) == pytest.approx((68 - 12.706205 * 2, 68 + 12.706205 * 2))
-    assert (featuremap["difference_low"], featuremap["difference_high"]) == pytest.approx((17 - 12.706205 * 3, 17 + 12.706205 * 3))
+    assert (featuremap["difference_low"], featuremap["difference_high"]) == pytest.approx(
+        (17 - 12.706205 * 3, 17 + 12.706205 * 3)
+    )
     assert featuremap["p_value"] == pytest.approx(1 - 2 * math.atan(17 / 3) / math.pi)
     assert table.loc["recomp_both_x0.25", ["pairs", "difference"]].tolist() == [1, 15]  # one seed: no test
     assert table.loc["student alone", "pairs"] == 0
@@ -341,29 +403,57 @@ def test_expectation_table_and_its_markdown(tree: Path) -> None:
     assert lines[0] == "| method | n | mean ± std | 95% CI | Δ vs student alone [95% CI] | p (paired t) |"
     assert lines[2] == "| student alone | 2 | 51.00 ± 1.41 | [38.29, 63.71] | reference |  |"
     assert lines[4] == "| featuremap | 2 | 68.00 ± 2.83 | [42.59, 93.41] | +17.00 [-21.12, 55.12] | 0.111 |"
-    assert lines[3] == "| tucker_x0.5 | 3 | 72.33 ± 1.53 | [68.54, 76.13] | +22.00 [22.00, 22.00] (2 of 3 seeds paired) |  |"
+    assert (
+        lines[3]
+        == "| tucker_x0.5 | 3 | 72.33 ± 1.53 | [68.54, 76.13] | +22.00 [22.00, 22.00] (2 of 3 seeds paired) |  |"
+    )
     assert lines[5] == "| recomp_both_x0.25 | 1 | 65.00 |  | +15.00 |  |"
     report = analysis.expectation_report(runs, "last")
-    assert report.startswith("Test accuracy of the last epoch (the statistic RepDistiller reports)") and "**digits**" in report
+    assert (
+        report.startswith("Test accuracy of the last epoch (the statistic RepDistiller reports)")
+        and "**digits**" in report
+    )
     assert "| featuremap | 2 | 67.00 ± 4.24 |" in report
     assert analysis.expectation_report(analysis.load_runs(tree / "broken")).startswith("No finished runs")
 
 
-@pytest.mark.skipif(not (ROOT / ".venv" / ".installed").exists()
-                    or (ROOT / "requirements.txt").stat().st_mtime > (ROOT / ".venv" / ".installed").stat().st_mtime,
-                    reason="util.sh would install .venv first (./util.sh setup)")
+@pytest.mark.skipif(
+    not (ROOT / ".venv" / ".installed").exists()
+    or (ROOT / "requirements.txt").stat().st_mtime > (ROOT / ".venv" / ".installed").stat().st_mtime,
+    reason="util.sh would install .venv first (./util.sh setup)",
+)
 def test_study_grid(tmp_path: Path) -> None:
     """``./util.sh study --dry_run``: every method of the study and every baseline, tucker with both
     cores, 3 seeds, and the teacher they share, in their own folder."""
-    result = subprocess.run([str(ROOT / "util.sh"), "study", "--dry_run"], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "EXPERIMENTS_DIR": str(tmp_path)}, cwd=ROOT)
+    result = subprocess.run(
+        [str(ROOT / "util.sh"), "study", "--dry_run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "EXPERIMENTS_DIR": str(tmp_path)},
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     runs = re.findall(r"^\| \S+ \| .* \| (digits/\S+) \|$", result.stdout, re.MULTILINE)
     configurations = {run.rsplit("/", 1)[0] for run in runs}
     assert len(runs) == 51 and len(configurations) == 17 and "would submit 52 (teachers: 1)" in result.stdout
     prefix = "digits/ResNet20-ResNetBaby/"
     methods = {c.removeprefix(prefix).split("/")[0] for c in configurations if c.startswith(prefix)}
-    assert methods == {"featuremap", "tucker", "tucker_recomp", "noise", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd"}
+    assert methods == {
+        "featuremap",
+        "tucker",
+        "tucker_recomp",
+        "noise",
+        "kd",
+        "fitnet",
+        "at",
+        "sp",
+        "pkt",
+        "rkd",
+        "vid",
+        "crd",
+        "dkd",
+    }
     assert sum("tucker_core=per_sample" in c for c in configurations) == 1
     teacher = "--experiment_name digits/teacher/ResNet20/epochs=8,batch_size=64,lr=0.05/seed0"
     assert f"--lr 0.05 --threads 1 --experiments_dir {tmp_path}/study {teacher}" in result.stdout
@@ -389,12 +479,17 @@ CRD = {**recipe_defaults("crd", "wrn_16_2"), "recipe": "crd", "dataset": "cifar1
 WRN, RESNET, OTHER = "wrn_40_2→wrn_16_2", "resnet56→resnet20", "wrn_40_2→resnet8"
 
 
-def write_benchmark_runs(root: Path, pair: tuple[str, str], distillation: str, curves: list[list[float]], **flags: Any) -> None:
+def write_benchmark_runs(
+    root: Path, pair: tuple[str, str], distillation: str, curves: list[list[float]], **flags: Any
+) -> None:
     """One run per seed; plain training (``none``) of ``pair[1]``, as the teacher's run is written."""
     teacher, student = pair
     for seed, test_acc in enumerate(curves):
-        write_run(root, test_acc, **{**CRD, "teacher": teacher, "student": student, "distillation": distillation, "seed": seed,
-                                     **flags})
+        write_run(
+            root,
+            test_acc,
+            **{**CRD, "teacher": teacher, "student": student, "distillation": distillation, "seed": seed, **flags},
+        )
 
 
 def write_benchmark_tree(root: Path) -> Path:
@@ -402,15 +497,25 @@ def write_benchmark_tree(root: Path) -> Path:
     last-epoch and best-epoch statistics differ."""
     write_benchmark_runs(root, ("resnet56", "resnet20"), "kd", [[60, 72, 70], [72, 60, 72]])
     write_benchmark_runs(root, ("resnet56", "resnet20"), "noise", [[60, 65, 64]], noise_std=1.0)
-    write_benchmark_runs(root, ("resnet56", "resnet20"), "tucker_recomp", [[60, 69, 70]], recomp_target="both",
-                         ranks="BATCH_SIZE,x0.5,x1,x1")
+    write_benchmark_runs(
+        root,
+        ("resnet56", "resnet20"),
+        "tucker_recomp",
+        [[60, 69, 70]],
+        recomp_target="both",
+        ranks="BATCH_SIZE,x0.5,x1,x1",
+    )
     write_benchmark_runs(root, ("resnet56", "resnet20"), "featuremap", [[60, 70, 70]])
-    write_benchmark_runs(root, ("resnet56", "resnet20"), "dkd", [[60, 72, 71], [60, 73, 72]])  # dkd_beta 2 for this pair
+    write_benchmark_runs(
+        root, ("resnet56", "resnet20"), "dkd", [[60, 72, 71], [60, 73, 72]]
+    )  # dkd_beta 2 for this pair
     write_benchmark_runs(root, ("wrn_40_2", "wrn_16_2"), "dkd", [[60, 77, 76]])  # and 6 for this one: still one row
     write_benchmark_runs(root, ("wrn_40_2", "wrn_16_2"), "crd", [[60, 75, 75.5]])
     write_benchmark_runs(root, ("resnet56", "resnet20"), "fitnet", [[60, 69, 69]])
     write_benchmark_runs(root, ("wrn_40_2", "resnet8"), "kd", [[50, 55, 54]])
-    write_benchmark_runs(root, ("wrn_40_2", "wrn_16_2"), "tucker", [[60, 74, 75], [60, 76, 73]], ranks="BATCH_SIZE,x0.5,x1,x1")
+    write_benchmark_runs(
+        root, ("wrn_40_2", "wrn_16_2"), "tucker", [[60, 74, 75], [60, 76, 73]], ranks="BATCH_SIZE,x0.5,x1,x1"
+    )
     write_benchmark_runs(root, ("wrn_40_2", "wrn_16_2"), "tucker", [[60, 70, 71]], ranks="BATCH_SIZE,x0.25,x1,x1")
     write_benchmark_runs(root, ("wrn_40_2", "wrn_16_2"), "kd", [[60, 75, 74], [60, 76, 75], [60, 77, 76]])
     write_benchmark_runs(root, ("resnet20", "resnet20"), "none", [[60, 70, 69], [60, 68, 67]])
@@ -426,8 +531,19 @@ def benchmark_runs(tmp_path_factory: pytest.TempPathFactory) -> analysis.Runs:
     return analysis.load_runs(write_benchmark_tree(tmp_path_factory.mktemp("benchmark")))
 
 
-BENCHMARK_ROWS = ["teacher", "student", "kd", "fitnet", "crd", "dkd", "featuremap", "tucker_x0.25", "tucker_x0.5",
-                  "recomp_both_x0.5", "noise_std1"]
+BENCHMARK_ROWS = [
+    "teacher",
+    "student",
+    "kd",
+    "fitnet",
+    "crd",
+    "dkd",
+    "featuremap",
+    "tucker_x0.25",
+    "tucker_x0.5",
+    "recomp_both_x0.5",
+    "noise_std1",
+]
 BENCHMARK_COLUMNS = [WRN, "wrn_40_2→wrn_40_1", RESNET, OTHER]  # published order; wrn_40_1: its teacher has a run
 
 
@@ -454,14 +570,47 @@ def test_benchmark_table_cells_rows_and_columns(benchmark_runs: analysis.Runs) -
 
 
 def test_row_order_places_the_field_s_methods_first() -> None:
-    names = [("noise_std1", "noise"), ("toy", "toy"), ("recomp_both_x0.25", "recomp_both"), ("tucker_x0.5", "tucker"),
-             ("tucker_x0.25_B-16-4-4", "tucker"), ("featuremap", "featuremap"), ("dkd", "dkd"), ("crd", "crd"),
-             ("vid", "vid"), ("rkd", "rkd"), ("pkt", "pkt"), ("sp", "sp"), ("at", "at"), ("fitnet", "fitnet"),
-             ("kd", "kd"), ("student", "plain"), ("teacher", "plain"), ("recomp_teacher_x0.5", "recomp_teacher")]
+    names = [
+        ("noise_std1", "noise"),
+        ("toy", "toy"),
+        ("recomp_both_x0.25", "recomp_both"),
+        ("tucker_x0.5", "tucker"),
+        ("tucker_x0.25_B-16-4-4", "tucker"),
+        ("featuremap", "featuremap"),
+        ("dkd", "dkd"),
+        ("crd", "crd"),
+        ("vid", "vid"),
+        ("rkd", "rkd"),
+        ("pkt", "pkt"),
+        ("sp", "sp"),
+        ("at", "at"),
+        ("fitnet", "fitnet"),
+        ("kd", "kd"),
+        ("student", "plain"),
+        ("teacher", "plain"),
+        ("recomp_teacher_x0.5", "recomp_teacher"),
+    ]
     ordered = sorted(names, key=lambda n: analysis._row_order(n[0], n[0], n[1]))
     assert [name for name, _ in ordered] == [
-        "teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd", "featuremap",
-        "tucker_x0.25_B-16-4-4", "tucker_x0.5", "recomp_teacher_x0.5", "recomp_both_x0.25", "noise_std1", "toy"]
+        "teacher",
+        "student",
+        "kd",
+        "fitnet",
+        "at",
+        "sp",
+        "pkt",
+        "rkd",
+        "vid",
+        "crd",
+        "dkd",
+        "featuremap",
+        "tucker_x0.25_B-16-4-4",
+        "tucker_x0.5",
+        "recomp_teacher_x0.5",
+        "recomp_both_x0.25",
+        "noise_std1",
+        "toy",
+    ]
 
 
 def test_a_cell_never_mixes_recipes_or_settings(tmp_path: Path) -> None:
@@ -478,14 +627,25 @@ def test_a_cell_never_mixes_recipes_or_settings(tmp_path: Path) -> None:
     # Another recipe (here more epochs) in the same folder: refused, in one line, until one is picked.
     write_benchmark_runs(tmp_path, pair, "kd", [[60, 80, 80, 80]], epochs=4)
     runs = analysis.load_runs(tmp_path)
-    with pytest.raises(UsageError, match=r"2 recipes.*crd, epochs=3 \(3 configurations\); crd, epochs=4 \(1 configuration\)") as error:
+    with pytest.raises(
+        UsageError, match=r"2 recipes.*crd, epochs=3 \(3 configurations\); crd, epochs=4 \(1 configuration\)"
+    ) as error:
         analysis.benchmark_table(runs)
     assert "\n" not in str(error.value) and "where={'epochs': 3}" in str(error.value)
     assert analysis.benchmark_table(runs, where={"epochs": 3}).equals(table)
     assert analysis.benchmark_table(runs, where={"epochs": 4}).loc["kd", WRN] == "80.00"
     # The recipe's own learning rate for a MobileNetV2 student is the recipe, not a change to it.
-    write_run(tmp_path, [60, 65, 66], **{**CRD, "lr": recipe_defaults("crd", "MobileNetV2")["lr"], "distillation": "kd",
-                                          "teacher": "wrn_40_2", "student": "MobileNetV2"})
+    write_run(
+        tmp_path,
+        [60, 65, 66],
+        **{
+            **CRD,
+            "lr": recipe_defaults("crd", "MobileNetV2")["lr"],
+            "distillation": "kd",
+            "teacher": "wrn_40_2",
+            "student": "MobileNetV2",
+        },
+    )
     table = analysis.benchmark_table(analysis.load_runs(tmp_path), where={"epochs": 3})
     assert table.loc["kd (beta=0.9)", "wrn_40_2→MobileNetV2"] == "66.00"
     with pytest.raises(UsageError, match="'warmup' is not a flag"):
@@ -494,7 +654,9 @@ def test_a_cell_never_mixes_recipes_or_settings(tmp_path: Path) -> None:
 
 def test_published_numbers() -> None:
     published = analysis.published_results()
-    assert list(published.columns) == ["teacher", "student", "method", "top1", "source"] and len(published) == 77 + 68 + 21
+    assert (
+        list(published.columns) == ["teacher", "student", "method", "top1", "source"] and len(published) == 77 + 68 + 21
+    )
     indexed = published.set_index(["teacher", "student", "method"])
     assert indexed.loc[("wrn_40_2", "wrn_16_2", "teacher"), "top1"] == 75.61
     assert math.isnan(indexed.loc[("resnet110", "resnet20", "dkd"), "top1"])  # not published, not zero
@@ -503,17 +665,45 @@ def test_published_numbers() -> None:
     assert indexed.loc[("vgg13", "vgg8", "crd"), "top1"] == 73.94
     assert indexed.loc[("resnet32x4", "resnet8x4", "dkd"), "source"] == "https://github.com/megvii-research/mdistiller"
     repdistillers = ["teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "cc", "nst"]
-    assert set(published.loc[published["method"].isin(repdistillers), "source"]) == {"https://github.com/HobbitLong/RepDistiller"}
+    assert set(published.loc[published["method"].isin(repdistillers), "source"]) == {
+        "https://github.com/HobbitLong/RepDistiller"
+    }
     wide = analysis.published_table(published)
-    assert list(wide.index) == ["teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "ab", "ft", "fsp",
-                                "crd", "crd+kd", "dkd", "cc", "nst", "dist", "kd+ls", "dkd+ls", "kd_dot"]
+    assert list(wide.index) == [
+        "teacher",
+        "student",
+        "kd",
+        "fitnet",
+        "at",
+        "sp",
+        "pkt",
+        "rkd",
+        "vid",
+        "ab",
+        "ft",
+        "fsp",
+        "crd",
+        "crd+kd",
+        "dkd",
+        "cc",
+        "nst",
+        "dist",
+        "kd+ls",
+        "dkd+ls",
+        "kd_dot",
+    ]
     assert list(wide.columns) == [analysis.pair_label(*pair) for pair in (*analysis.BENCHMARK_PAIRS, *CROSS_ARCH_PAIRS)]
     assert wide.loc["student", "resnet110→resnet32"] == 71.14
 
 
 def test_benchmark_markdown_with_published_numbers(benchmark_runs: analysis.Runs, tmp_path: Path) -> None:
     table = analysis.with_published(analysis.benchmark_table(benchmark_runs, "last"))
-    assert table.loc["teacher"].tolist() == ["75.50 ± 0.71 (75.61)", "75.50 ± 0.71 (75.61)", "72.00 (72.34)", "75.50 ± 0.71"]
+    assert table.loc["teacher"].tolist() == [
+        "75.50 ± 0.71 (75.61)",
+        "75.50 ± 0.71 (75.61)",
+        "72.00 (72.34)",
+        "75.50 ± 0.71",
+    ]
     assert table.loc["kd"].tolist() == ["75.00 ± 1.00 (74.92)", "– (73.54)", "71.00 ± 1.41 (70.66)", "54.00"]
     assert table.loc["tucker_x0.5", WRN] == "74.00 ± 1.41"  # no published number: ours alone
     assert table.loc["dkd"].tolist() == ["76.00 (76.23)", "– (74.81)", "71.50 ± 0.71 (71.97)", ""]
@@ -532,10 +722,16 @@ def test_benchmark_markdown_with_published_numbers(benchmark_runs: analysis.Runs
     assert "last epoch" in reports["last"] and "published numbers in parentheses" in reports["last"]
     assert "| kd | 76.00 ± 1.00 (74.92) |" in reports["best"]
     digits = analysis.benchmark_reports(benchmark_runs, "digits")
-    assert "none is shown" in digits["last"] and "| kd | 30.00 |" in digits["last"] and "(" not in digits["last"].split("\n\n")[1]
+    assert (
+        "none is shown" in digits["last"]
+        and "| kd | 30.00 |" in digits["last"]
+        and "(" not in digits["last"].split("\n\n")[1]
+    )
     assert analysis.benchmark_reports(benchmark_runs, "cifar10") == {}
     paths = analysis.export_benchmark(reports, tmp_path)
-    assert [p.name for p in paths] == ["benchmark_last.md", "benchmark_best.md"] and paths[0].read_text() == reports["last"]
+    assert [p.name for p in paths] == ["benchmark_last.md", "benchmark_best.md"] and paths[0].read_text() == reports[
+        "last"
+    ]
     assert analysis.export_benchmark({}, tmp_path / "nothing") == []
 
 
@@ -595,16 +791,20 @@ def test_energy_kept_is_one_minus_squared_error(maps: torch.Tensor) -> None:
             energy = inspection.energy_kept(x, core)
             assert energy == pytest.approx(1 - relative_error(x, recompose(core, factors)) ** 2, abs=1e-10)
         core, _ = inspection.decompose(x, (None, 8, 8, 8), backend)
-        assert inspection.energy_kept(x, core) == pytest.approx((singular[:8] ** 2).sum() / (singular**2).sum(), rel=1e-10)
+        assert inspection.energy_kept(x, core) == pytest.approx(
+            (singular[:8] ** 2).sum() / (singular**2).sum(), rel=1e-10
+        )
 
 
 def test_rank_sweeps_fall_with_rank_and_backends_agree(maps: torch.Tensor) -> None:
     assert inspection.default_sweep(64) == [1, 2, 4, 8, 16, 32, 48, 64]
     assert inspection.default_sweep(8) == [1, 2, 4, 6, 8]
-    sweep = pd.concat([
-        inspection.rank_sweep(maps, "channel", [1, 4, 16, 48, 64]),
-        inspection.rank_sweep(maps, "spatial", [1, 3, 8], n_iter=20),  # HOOI on the fast side too
-    ])
+    sweep = pd.concat(
+        [
+            inspection.rank_sweep(maps, "channel", [1, 4, 16, 48, 64]),
+            inspection.rank_sweep(maps, "spatial", [1, 3, 8], n_iter=20),  # HOOI on the fast side too
+        ]
+    )
     for (_, backend), line in sweep.groupby(["sweep", "backend"]):
         assert line["relative_error"].is_monotonic_decreasing and line["relative_error"].iloc[-1] < 1e-5
     wide = inspection.compare_backends(sweep)
@@ -629,22 +829,36 @@ def test_reconstruction_figure_gives_the_batch_error_once_and_each_maps_own() ->
     figure = inspection.plot_reconstructions(x, [2, 8], image=1, channels=(0, 2))
     titles = [ax.get_title() for ax in figure.axes]
     assert sum("batch error" in title for title in titles) == 2  # once per rank, in the first row
-    assert sum("map error" in title for title in titles) == 4 and len(figure.axes) == 2 * 3 + 2  # and a colour bar per row
+    assert (
+        sum("map error" in title for title in titles) == 4 and len(figure.axes) == 2 * 3 + 2
+    )  # and a colour bar per row
     plt.close(figure)
 
 
 def imagenet_run(root: Path, acc: list[float], distillation: str, teacher: str, student: str, **flags: Any) -> str:
     """A run as ``--recipe imagenet --dataset imagenet`` resolves it."""
-    return write_run(root, acc, **{**recipe_defaults("imagenet", student, distillation), "recipe": "imagenet",
-                                   "dataset": "imagenet", "distillation": distillation, "teacher": teacher,
-                                   "student": student, **flags})
+    return write_run(
+        root,
+        acc,
+        **{
+            **recipe_defaults("imagenet", student, distillation),
+            "recipe": "imagenet",
+            "dataset": "imagenet",
+            "distillation": distillation,
+            "teacher": teacher,
+            "student": student,
+            **flags,
+        },
+    )
 
 
 def test_the_imagenet_layout_shows_both_pairs_and_every_published_row(tmp_path: Path) -> None:
     imagenet_run(tmp_path, [60.0, 69.5, 69.0], "none", "resnet34", "resnet18")
     imagenet_run(tmp_path, [61.0, 70.0, 71.25], "kd", "resnet34", "resnet18")
     imagenet_run(tmp_path, [62.0, 71.5, 71.0], "tucker", "resnet34", "resnet18", ranks="BATCH_SIZE,x0.5,x1,x1")
-    imagenet_run(tmp_path, [55.0, 68.0], "crd", "resnet50", "MobileNetV1", epochs=2)  # crd's batch 256, lr 0.1: its recipe
+    imagenet_run(
+        tmp_path, [55.0, 68.0], "crd", "resnet50", "MobileNetV1", epochs=2
+    )  # crd's batch 256, lr 0.1: its recipe
     write_run(tmp_path, [50, 60, 70], distillation="kd", teacher="ResNet20", student="ResNetBaby")  # another data set
     summary = analysis.summarize(analysis.load_runs(tmp_path))
     with pytest.raises(UsageError, match=r"2 recipes, .*: imagenet \(3 configurations\); imagenet, epochs=2 "):
@@ -652,7 +866,18 @@ def test_the_imagenet_layout_shows_both_pairs_and_every_published_row(tmp_path: 
     where = {"epochs": 100}
     last = analysis.layout_table(summary, "last", "imagenet", where)
     assert list(last.columns) == ["resnet34→resnet18", "resnet50→MobileNetV1"]  # both pairs, though one has no run
-    assert list(last.index) == ["teacher", "student", "kd", "at", "crd", "dkd", "reviewkd", "dist", "kd_dot", "tucker_x0.5"]
+    assert list(last.index) == [
+        "teacher",
+        "student",
+        "kd",
+        "at",
+        "crd",
+        "dkd",
+        "reviewkd",
+        "dist",
+        "kd_dot",
+        "tucker_x0.5",
+    ]
     assert last.loc["teacher"].tolist() == ["– (73.31)", "– (76.13)"]  # torchvision's teachers: never trained here
     assert last.loc["student"].tolist() == ["69.00 (69.76)", "– (–)"]  # no MobileNetV1 alone is published
     assert last.loc["crd"].tolist() == ["– (70.93)", "– (–)"]  # the epochs=2 run is not of this recipe

@@ -41,7 +41,9 @@ SP_RTOL, PKT_RTOL = RTOL, RTOL  # computed in float64 (in float32 they were 4.2e
 FORMULA_RTOL = 1e-10  # the distillers' own computation run in float64
 
 
-def fake_outputs(shapes: tuple[tuple[int, ...], ...], seed: int, grad: bool = False, batch: int = BATCH) -> list[Tensor]:
+def fake_outputs(
+    shapes: tuple[tuple[int, ...], ...], seed: int, grad: bool = False, batch: int = BATCH
+) -> list[Tensor]:
     """``[stem, stages..., pooled, logits]`` of a batch: non-negative maps and pooled features (as
     after ReLU), logits of a trained network's spread."""
     generator = torch.Generator().manual_seed(seed)
@@ -50,14 +52,22 @@ def fake_outputs(shapes: tuple[tuple[int, ...], ...], seed: int, grad: bool = Fa
     return [out.requires_grad_(grad) for out in outs]
 
 
-def build(method: str, teacher_out: list[Tensor], student_out: list[Tensor], teacher: str = "resnet32x4",
-          student: str = "resnet8x4", **flags) -> Distiller:
+def build(
+    method: str,
+    teacher_out: list[Tensor],
+    student_out: list[Tensor],
+    teacher: str = "resnet32x4",
+    student: str = "resnet8x4",
+    **flags,
+) -> Distiller:
     """The distiller with its method's defaults for this pair filled in."""
     config = Config(distillation=method, teacher=teacher, student=student, **flags)
     return build_distiller(with_defaults(config), Setup.of(teacher_out, student_out))
 
 
-def pair_outputs(teacher: str, student: str, grad: bool = False, batch: int = BATCH) -> tuple[list[Tensor], list[Tensor]]:
+def pair_outputs(
+    teacher: str, student: str, grad: bool = False, batch: int = BATCH
+) -> tuple[list[Tensor], list[Tensor]]:
     return fake_outputs(SHAPES[teacher], 0, grad, batch), fake_outputs(SHAPES[student], 1, grad, batch)
 
 
@@ -76,15 +86,17 @@ def assert_close(actual: Tensor, expected: float, rtol: float = RTOL) -> None:
     assert error <= rtol, f"relative error {error:.2e}"
 
 
-def assert_matches(distiller: Distiller, teacher: list[Tensor], student: list[Tensor], expected: float,
-                   rtol: float = RTOL) -> None:
+def assert_matches(
+    distiller: Distiller, teacher: list[Tensor], student: list[Tensor], expected: float, rtol: float = RTOL
+) -> None:
     """The float32 soft loss within ``rtol`` of the reference, and the same computation in float64
     (the distiller's modules too) within ``FORMULA_RTOL``: float32 rounding is all that differs."""
     at = step(batch=len(student[-1]))
     assert_close(distiller.soft_loss(teacher, student, at), expected, rtol)
     distiller.double()
-    in_float64 = distiller.compare([x.double() for x in distiller.select(teacher)],
-                                   [x.double() for x in distiller.select(student)], at)
+    in_float64 = distiller.compare(
+        [x.double() for x in distiller.select(teacher)], [x.double() for x in distiller.select(student)], at
+    )
     assert in_float64.dtype == torch.float64 and in_float64.item() == pytest.approx(expected, rel=FORMULA_RTOL)
 
 
@@ -150,9 +162,11 @@ def ref_rkd(t: np.ndarray, s: np.ndarray, w_distance: float, w_angle: float) -> 
     return w_distance * smooth_l1(distances(s), distances(t)) + w_angle * smooth_l1(angles(s), angles(t))
 
 
-def ref_dkd(t_logits: np.ndarray, s_logits: np.ndarray, labels: np.ndarray, alpha: float, beta: float,
-            temperature: float) -> float:
+def ref_dkd(
+    t_logits: np.ndarray, s_logits: np.ndarray, labels: np.ndarray, alpha: float, beta: float, temperature: float
+) -> float:
     """TCKD on the (target, rest) probabilities, NCKD on the softmax over the non-target classes."""
+
     def softmax(z: np.ndarray) -> np.ndarray:
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
@@ -177,7 +191,9 @@ def ref_vid(teacher: list[Tensor], student: list[Tensor], stages: nn.ModuleList)
     total = torch.zeros((), dtype=torch.float64)
     for s, t, stage in zip(student, teacher, stages):
         s, t = (torch.from_numpy(x) for x in ref_match(f64(s), f64(t)))
-        w1, w2, w3 = (conv.weight.detach().double()[:, :, 0, 0] for conv in stage.regressor if isinstance(conv, nn.Conv2d))
+        w1, w2, w3 = (
+            conv.weight.detach().double()[:, :, 0, 0] for conv in stage.regressor if isinstance(conv, nn.Conv2d)
+        )
         hidden = torch.einsum("oc,bchw->bohw", w2, torch.einsum("oc,bchw->bohw", w1, s).relu()).relu()
         mean = torch.einsum("oc,bchw->bohw", w3, hidden)
         variance = (torch.log1p(torch.exp(stage.log_scale.detach().double())) + 1e-5).view(1, -1, 1, 1)
@@ -265,24 +281,36 @@ def test_pkt_gradient_at_an_all_zero_feature_is_the_formulas_derivative() -> Non
     np.testing.assert_allclose(gradient, differences, rtol=1e-3)
 
 
-@pytest.mark.parametrize("teacher_name, student_name, flags", [
-    ("resnet32x4", "resnet8x4", {}), ("vgg13", "MobileNetV2", {"rkd_distance": 1.0, "rkd_angle": 2.0})])
+@pytest.mark.parametrize(
+    "teacher_name, student_name, flags",
+    [("resnet32x4", "resnet8x4", {}), ("vgg13", "MobileNetV2", {"rkd_distance": 1.0, "rkd_angle": 2.0})],
+)
 @pytest.mark.golden("rkd")
 def test_rkd_matches_reference(teacher_name: str, student_name: str, flags: dict[str, float]) -> None:
     teacher, student = pair_outputs(teacher_name, student_name)
     distiller = build("rkd", teacher, student, teacher_name, student_name, **flags)
-    expected = ref_rkd(f64(teacher[-2]), f64(student[-2]), flags.get("rkd_distance", 25.0), flags.get("rkd_angle", 50.0))
+    expected = ref_rkd(
+        f64(teacher[-2]), f64(student[-2]), flags.get("rkd_distance", 25.0), flags.get("rkd_angle", 50.0)
+    )
     assert_matches(distiller, teacher, student, expected)
 
 
-@pytest.mark.parametrize("teacher_name, student_name, flags", [("resnet32x4", "resnet8x4", {}),
-                                                                ("vgg13", "vgg8", {"kd_temperature": 2.0, "dkd_alpha": 0.5})])
+@pytest.mark.parametrize(
+    "teacher_name, student_name, flags",
+    [("resnet32x4", "resnet8x4", {}), ("vgg13", "vgg8", {"kd_temperature": 2.0, "dkd_alpha": 0.5})],
+)
 @pytest.mark.golden("dkd")
 def test_dkd_matches_reference(teacher_name: str, student_name: str, flags: dict[str, float]) -> None:
     teacher, student = pair_outputs(teacher_name, student_name)
     distiller = build("dkd", teacher, student, teacher_name, student_name, **flags)
-    expected = ref_dkd(f64(teacher[-1]), f64(student[-1]), step().labels.numpy(), flags.get("dkd_alpha", 1.0),
-                       DKD_BETA.get((teacher_name, student_name), 8.0), flags.get("kd_temperature", 4.0))
+    expected = ref_dkd(
+        f64(teacher[-1]),
+        f64(student[-1]),
+        step().labels.numpy(),
+        flags.get("dkd_alpha", 1.0),
+        DKD_BETA.get((teacher_name, student_name), 8.0),
+        flags.get("kd_temperature", 4.0),
+    )
     assert_matches(distiller, teacher, student, expected)
 
 
@@ -297,8 +325,14 @@ FITNET_CASES = [
 
 @pytest.mark.golden("fitnet")
 @pytest.mark.parametrize("teacher_shape, student_shape, transposed, kernel, stride, padding", FITNET_CASES)
-def test_fitnet_matches_reference(teacher_shape: tuple[int, ...], student_shape: tuple[int, ...], transposed: bool,
-                                  kernel: int, stride: int, padding: int) -> None:
+def test_fitnet_matches_reference(
+    teacher_shape: tuple[int, ...],
+    student_shape: tuple[int, ...],
+    transposed: bool,
+    kernel: int,
+    stride: int,
+    padding: int,
+) -> None:
     teacher = fake_outputs(((8, 32, 32), teacher_shape, (64,)), 0, batch=SMALL)
     student = fake_outputs(((8, 32, 32), student_shape, (64,)), 1, batch=SMALL)
     distiller = build("fitnet", teacher, student, feature_layer=1)
@@ -328,20 +362,40 @@ def test_registry_order_defaults_and_flags() -> None:
     assert {"fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "dkd"} <= DISTILLERS.keys()
     betas = {name: cls.defaults["beta"] for name, cls in BASELINE_CLASSES.items()}
     assert betas == {"fitnet": 100.0, "at": 1000.0, "sp": 3000.0, "pkt": 30000.0, "rkd": 1.0, "vid": 1.0, "dkd": 1.0}
-    assert all(cls.defaults["ce_weight"] == 1.0 and not cls.reads_maps and cls.needs_teacher for cls in BASELINE_CLASSES.values())
-    assert DISTILLERS["fitnet"].defaults["feature_layer"] == 2 and DISTILLERS["fitnet"].flags == ("feature_layer", "beta")
+    assert all(
+        cls.defaults["ce_weight"] == 1.0 and not cls.reads_maps and cls.needs_teacher
+        for cls in BASELINE_CLASSES.values()
+    )
+    assert DISTILLERS["fitnet"].defaults["feature_layer"] == 2 and DISTILLERS["fitnet"].flags == (
+        "feature_layer",
+        "beta",
+    )
     assert DISTILLERS["rkd"].flags == ("beta", "rkd_distance", "rkd_angle")
-    assert DISTILLERS["dkd"].flags == ("beta", "kd_temperature", "dkd_alpha", "dkd_beta", "dkd_warmup",
-                                       "logit_standardization")
+    assert DISTILLERS["dkd"].flags == (
+        "beta",
+        "kd_temperature",
+        "dkd_alpha",
+        "dkd_beta",
+        "dkd_warmup",
+        "logit_standardization",
+    )
     fields = {item.name for item in dataclasses.fields(Config)}
     assert all(set(cls.flags) <= fields and set(cls.defaults) <= fields for cls in BASELINE_CLASSES.values())
 
 
-@pytest.mark.parametrize("teacher, student, expected", [
-    ("resnet56", "resnet20", 2.0), ("resnet110", "resnet32", 2.0), ("vgg13", "vgg8", 6.0),
-    ("vgg13", "MobileNetV2", 6.0), ("wrn_40_2", "wrn_16_2", 6.0), ("wrn_40_2", "wrn_40_1", 6.0),
-    ("resnet32x4", "resnet8x4", 8.0), ("ResNet50", "MobileNetV2", 8.0),  # mdistiller's default
-])
+@pytest.mark.parametrize(
+    "teacher, student, expected",
+    [
+        ("resnet56", "resnet20", 2.0),
+        ("resnet110", "resnet32", 2.0),
+        ("vgg13", "vgg8", 6.0),
+        ("vgg13", "MobileNetV2", 6.0),
+        ("wrn_40_2", "wrn_16_2", 6.0),
+        ("wrn_40_2", "wrn_40_1", 6.0),
+        ("resnet32x4", "resnet8x4", 8.0),
+        ("ResNet50", "MobileNetV2", 8.0),  # mdistiller's default
+    ],
+)
 def test_dkd_beta_defaults_per_pair(teacher: str, student: str, expected: float) -> None:
     config = Config(distillation="dkd", teacher=teacher, student=student)
     assert DKDDistiller.defaults_for(config)["dkd_beta"] == expected
@@ -366,8 +420,11 @@ def test_dkd_warms_up_linearly(warmup: int, factors: dict[int, float]) -> None:
 @pytest.mark.parametrize("method", ["at", "vid"])
 def test_stagewise_methods_refuse_different_numbers_of_stages(method: str) -> None:
     teacher, student = pair_outputs("resnet32x4", "vgg8")
-    with pytest.raises(UsageError, match=f"^--distillation {method} needs the same number of stages in teacher and "
-                                         "student; resnet32x4 has 3, vgg8 has 4$"):
+    with pytest.raises(
+        UsageError,
+        match=f"^--distillation {method} needs the same number of stages in teacher and "
+        "student; resnet32x4 has 3, vgg8 has 4$",
+    ):
         build(method, teacher, student, "resnet32x4", "vgg8")
 
 
@@ -378,12 +435,22 @@ def test_fitnet_refuses_a_layer_that_is_no_map_and_sizes_it_cannot_map() -> None
         build("fitnet", teacher, student, "resnet32x4", "vgg8", feature_layer=4)
     teacher = fake_outputs(((8, 32, 32), (64, 8, 8), (64,)), 0, batch=SMALL)
     student = fake_outputs(((8, 32, 32), (32, 2, 2), (64,)), 1, batch=SMALL)  # ConvReg has no way from 2x2 up to 8x8
-    with pytest.raises(UsageError, match="^--feature_layer: the student's map 32x2x2 cannot be mapped onto the teacher's 64x8x8"):
+    with pytest.raises(
+        UsageError, match="^--feature_layer: the student's map 32x2x2 cannot be mapped onto the teacher's 64x8x8"
+    ):
         build("fitnet", teacher, student, feature_layer=1)
 
 
 # --- gradients, precision, memory format --------------------------------------------------------------
-USED = {"fitnet": [2], "at": [1, 2, 3], "sp": [3], "pkt": [4], "rkd": [4], "vid": [1, 2, 3], "dkd": [5]}  # resnet outputs
+USED = {
+    "fitnet": [2],
+    "at": [1, 2, 3],
+    "sp": [3],
+    "pkt": [4],
+    "rkd": [4],
+    "vid": [1, 2, 3],
+    "dkd": [5],
+}  # resnet outputs
 
 
 @pytest.mark.parametrize("method", list(USED))
@@ -406,7 +473,8 @@ def test_gradients_reach_the_student_and_own_modules_never_the_teacher(method: s
 def test_float32_under_autocast_and_on_channels_last_maps(method: str) -> None:
     """bf16 outputs under bf16 autocast: the loss of their float32 values, computed in float32."""
     teacher, student = (
-        [out.to(torch.bfloat16) for out in outs] for outs in pair_outputs("vgg13", "MobileNetV2", batch=SMALL))
+        [out.to(torch.bfloat16) for out in outs] for outs in pair_outputs("vgg13", "MobileNetV2", batch=SMALL)
+    )
     distiller = build(method, teacher, student, "vgg13", "MobileNetV2")
     at = step(batch=SMALL)
     expected = distiller.soft_loss([out.float() for out in teacher], [out.float() for out in student], at)
@@ -422,8 +490,9 @@ def test_float32_under_autocast_and_on_channels_last_maps(method: str) -> None:
 
 # --- on real feature maps (the session's ``real_outputs``, tests/conftest.py) --------------------------
 @pytest.mark.parametrize("method", ["at", "sp", "pkt", "rkd", "vid", "dkd"])
-def test_losses_and_gradients_on_real_feature_maps(real_outputs: tuple[list[Tensor], list[Tensor], Tensor],
-                                                   method: str) -> None:
+def test_losses_and_gradients_on_real_feature_maps(
+    real_outputs: tuple[list[Tensor], list[Tensor], Tensor], method: str
+) -> None:
     """The value against the float64 reference of the published formula; the float32 gradient
     against the same computation's in float64 (cosine), as training calls it."""
     teacher, student, labels = real_outputs

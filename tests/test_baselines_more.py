@@ -47,13 +47,17 @@ from toolbox.models import build_model
 from toolbox.rundir import experiment_name, resolve, teacher_config
 from toolbox.training.optimizers import DOT, make_optimizer
 
-PAIRS = [("resnet32x4", "resnet8x4"), ("vgg13", "MobileNetV2")]  # equal sizes; the student's last stage half the teacher's
+PAIRS = [
+    ("resnet32x4", "resnet8x4"),
+    ("vgg13", "MobileNetV2"),
+]  # equal sizes; the student's last stage half the teacher's
 
 
 # --- float64 references, from the published formulas -------------------------------------------------
 def ref_cc(teacher: np.ndarray, student: np.ndarray, distiller: torch.nn.Module) -> float:
     """RepDistiller's LinearEmbed of each network's pooled features (the distiller's weights), then
     the mean over consecutive samples of sum_j |d_ij| |d_i+1,j|, d the embeddings' difference."""
+
     def embed(x: np.ndarray, linear: torch.nn.Linear) -> np.ndarray:
         return x.reshape(len(x), -1) @ f64(linear.weight).T + f64(linear.bias)
 
@@ -63,9 +67,12 @@ def ref_cc(teacher: np.ndarray, student: np.ndarray, distiller: torch.nn.Module)
 
 def ref_nst(teacher: list[np.ndarray], student: list[np.ndarray]) -> float:
     """Per stage: channels flattened and L2-normalised; mean of (a_i . b_j)^2 kernels, tt + ss - 2 st."""
+
     def channels(f: np.ndarray) -> np.ndarray:
         f = f.reshape(f.shape[0], f.shape[1], -1)
-        return f / np.maximum(np.linalg.norm(f, axis=2, keepdims=True), 1e-12)  # F.normalize's: an all-zero channel stays 0
+        return f / np.maximum(
+            np.linalg.norm(f, axis=2, keepdims=True), 1e-12
+        )  # F.normalize's: an all-zero channel stays 0
 
     def kernel(a: np.ndarray, b: np.ndarray) -> float:
         return float((np.einsum("bin,bjn->bij", a, b) ** 2).mean())
@@ -90,7 +97,7 @@ def ref_kdsvd(teacher: list[np.ndarray], student: list[np.ndarray], k: int = 1) 
     for s, t in zip(student, teacher):
         s, t = ref_match(s, t)
         t_values, t_vectors = svd_of_maps(t)
-        s_vectors = svd_of_maps(s)[1][:, :, :k + 3]
+        s_vectors = svd_of_maps(s)[1][:, :, : k + 3]
         scale = t_values[:, :k] / np.linalg.norm(t_values[:, :k], axis=1, keepdims=True)
         t_vectors = t_vectors[:, :, :k]
         chosen = np.empty_like(t_vectors)
@@ -100,7 +107,10 @@ def ref_kdsvd(teacher: list[np.ndarray], student: list[np.ndarray], k: int = 1) 
             chosen[b] = s_vectors[b][:, best] * np.sign(cosine[best, np.arange(k)])
         current = (chosen * scale[:, None, :], t_vectors * scale[:, None, :])
         if previous is not None:
-            kernels = [np.exp(-(now[:, :, None, :] - before[:, None, :, :]) ** 2 / 8) for now, before in zip(current, previous)]
+            kernels = [
+                np.exp(-((now[:, :, None, :] - before[:, None, :, :]) ** 2) / 8)
+                for now, before in zip(current, previous)
+            ]
             total += float(((kernels[0] - kernels[1]) ** 2).sum())
         previous = current
     return total / len(student[0])
@@ -111,8 +121,9 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def ref_dist(teacher: np.ndarray, student: np.ndarray, temperature: float = 4.0, beta: float = 1.0,
-             gamma: float = 1.0) -> float:
+def ref_dist(
+    teacher: np.ndarray, student: np.ndarray, temperature: float = 4.0, beta: float = 1.0, gamma: float = 1.0
+) -> float:
     def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
         return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-8)
@@ -147,16 +158,21 @@ def test_cc_nst_kdsvd_dist_match_their_references(teacher_name: str, student_nam
 
 
 @pytest.mark.parametrize("method", ["cc", "nst", "kdsvd", "dist"])
-def test_losses_and_gradients_on_real_feature_maps(real_outputs: tuple[list[Tensor], list[Tensor], Tensor],
-                                                   method: str) -> None:
+def test_losses_and_gradients_on_real_feature_maps(
+    real_outputs: tuple[list[Tensor], list[Tensor], Tensor], method: str
+) -> None:
     """The value against the reference on maps with a trained network's structure (digits' maps are
     rank-deficient: KDSVD's SVD sees equal zero singular values, whose quotients torch's own SVD
     backward makes NaN); the float32 gradient against the float64 computation's (cosine)."""
     teacher, student, labels = real_outputs
     distiller = build(method, teacher, student, "ResNet20", "ResNetBaby")
     stages = ([f64(x) for x in teacher[1:-2]], [f64(x) for x in student[1:-2]])
-    expected = {"cc": lambda: ref_cc(f64(teacher[-2]), f64(student[-2]), distiller), "nst": lambda: ref_nst(*stages),
-                "kdsvd": lambda: ref_kdsvd(*stages), "dist": lambda: ref_dist(f64(teacher[-1]), f64(student[-1]))}[method]()
+    expected = {
+        "cc": lambda: ref_cc(f64(teacher[-2]), f64(student[-2]), distiller),
+        "nst": lambda: ref_nst(*stages),
+        "kdsvd": lambda: ref_kdsvd(*stages),
+        "dist": lambda: ref_dist(f64(teacher[-1]), f64(student[-1])),
+    }[method]()
     at = Step(labels, torch.arange(REAL_BATCH), epoch=40)
     student32 = [out.clone().requires_grad_() for out in student]
     assert_close(loss := distiller.soft_loss(teacher, student32, at), expected)
@@ -180,8 +196,13 @@ def test_kdsvds_gradient_is_torchs_svd_gradient_where_that_is_finite() -> None:
     maps = [out.detach().clone().requires_grad_() for out in student[1:-2]]
     total, previous = 0.0, None
     for s, t in zip(maps, teacher[1:-2]):  # the loss again, with torch.linalg.svd's own backward
-        s, t = (x.double() for x in (F.adaptive_avg_pool2d(s, t.shape[2:]) if s.shape[2] > t.shape[2] else s,
-                                     F.adaptive_avg_pool2d(t, s.shape[2:]) if t.shape[2] > s.shape[2] else t))
+        s, t = (
+            x.double()
+            for x in (
+                F.adaptive_avg_pool2d(s, t.shape[2:]) if s.shape[2] > t.shape[2] else s,
+                F.adaptive_avg_pool2d(t, s.shape[2:]) if t.shape[2] > s.shape[2] else t,
+            )
+        )
         vectors = []
         for x, n in ((t, 1), (s, 4)):
             _, values, right = torch.linalg.svd(x.reshape(len(x), -1, x.shape[3]), full_matrices=False)
@@ -210,9 +231,13 @@ def test_gradients_reach_the_student_and_own_modules_never_the_teacher(method: s
     distiller = build(method, teacher, student)
     distiller.soft_loss(teacher, student, step(batch=SMALL)).backward()
     assert all(out.grad is None for out in teacher)
-    assert [index for index, out in enumerate(student) if out.grad is not None and out.grad.abs().sum() > 0] == USED[method]
+    assert [index for index, out in enumerate(student) if out.grad is not None and out.grad.abs().sum() > 0] == USED[
+        method
+    ]
     parameters = dict(distiller.named_parameters())
-    assert set(parameters) == ({"embed_s.weight", "embed_s.bias", "embed_t.weight", "embed_t.bias"} if method == "cc" else set())
+    assert set(parameters) == (
+        {"embed_s.weight", "embed_s.bias", "embed_t.weight", "embed_t.bias"} if method == "cc" else set()
+    )
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in parameters.values())
 
 
@@ -222,8 +247,14 @@ def test_cc_of_a_single_sample_is_zero_not_nan() -> None:
 
 
 # --- the loss's additions -----------------------------------------------------------------------------
-def loss_of(method: str, teacher: list[Tensor], student: list[Tensor], teacher_name: str = "resnet32x4",
-            student_name: str = "resnet8x4", **flags) -> tuple[DistillationLoss, Config]:
+def loss_of(
+    method: str,
+    teacher: list[Tensor],
+    student: list[Tensor],
+    teacher_name: str = "resnet32x4",
+    student_name: str = "resnet8x4",
+    **flags,
+) -> tuple[DistillationLoss, Config]:
     """The run's distillation loss as training builds it, its flags resolved as the command line's."""
     argv = ["--distillation", method, "--teacher", teacher_name, "--student", student_name, "--recipe", "crd"]
     for name, value in flags.items():
@@ -247,8 +278,9 @@ def test_kd_weight_adds_kd_at_the_kd_temperature_to_any_method(method: str) -> N
 
 
 @pytest.mark.parametrize("teacher_name, student_name", [("resnet32x4", "resnet8x4"), ("vgg13", "MobileNetV2")])
-def test_logit_standardization_z_scores_kd_and_dkds_logits_at_the_published_settings(teacher_name: str,
-                                                                                    student_name: str) -> None:
+def test_logit_standardization_z_scores_kd_and_dkds_logits_at_the_published_settings(
+    teacher_name: str, student_name: str
+) -> None:
     teacher, student = pair_outputs(teacher_name, student_name)
     t, s = (ref_standardized(f64(x[-1])) for x in (teacher, student))
     temperature, weight = LS_KD[(teacher_name, student_name)]
@@ -259,13 +291,19 @@ def test_logit_standardization_z_scores_kd_and_dkds_logits_at_the_published_sett
     assert_close(distillation, weight * ref_kd(t, s, temperature))
     temperature, weight, beta = LS_DKD[(teacher_name, student_name)]
     dkd, config = loss_of("dkd", teacher, student, teacher_name, student_name, logit_standardization=True)
-    assert (config.kd_temperature, config.dkd_alpha, config.dkd_beta, config.beta) == (temperature, weight, weight * beta, 1.0)
+    assert (config.kd_temperature, config.dkd_alpha, config.dkd_beta, config.beta) == (
+        temperature,
+        weight,
+        weight * beta,
+        1.0,
+    )
     expected = ref_dkd(t, s, step().labels.numpy(), weight, weight * beta, temperature)
     assert_close(dkd(teacher, student, step())[0], expected)
 
 
 def test_logit_standardization_on_real_logits_reaches_the_students_logits_alone(
-        real_outputs: tuple[list[Tensor], list[Tensor], Tensor]) -> None:
+    real_outputs: tuple[list[Tensor], list[Tensor], Tensor],
+) -> None:
     teacher, student, labels = real_outputs
     student = [out.clone().requires_grad_() for out in student]
     loss, config = loss_of("kd", teacher, student, "ResNet20", "ResNetBaby", logit_standardization=True, kd_weight=0.5)
@@ -287,7 +325,9 @@ def test_dot_steps_as_mdistillers_trainer() -> None:
     data = [torch.randn(4, dtype=torch.float64) for _ in range(3)]
 
     def losses(p: dict[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
-        return ((p["shared"] * x).sum() + p["task"] @ x) ** 2, (p["shared"] - x).pow(2).sum() * (p["kd"] * x).sum().exp()
+        return ((p["shared"] * x).sum() + p["task"] @ x) ** 2, (p["shared"] - x).pow(2).sum() * (
+            p["kd"] * x
+        ).sum().exp()
 
     lr, momentum, delta, decay, weight = 0.1, 0.9, 0.075, 5e-4, 0.5
     ours = {name: value.clone().requires_grad_() for name, value in start.items()}
@@ -306,7 +346,9 @@ def test_dot_steps_as_mdistillers_trainer() -> None:
         params = {name: value.detach() for name, value in params.items()}
         for name, g in task.items():  # the task gradient (with weight decay), momentum m_task where kd reaches too
             g = g + decay * params[name]
-            task_buf[name] = g if name not in task_buf else (m_task if name in kd else (m_task + m_kd) / 2) * task_buf[name] + g
+            task_buf[name] = (
+                g if name not in task_buf else (m_task if name in kd else (m_task + m_kd) / 2) * task_buf[name] + g
+            )
             params[name] = params[name] - lr * task_buf[name]
         for name, g in kd.items():  # then the kd gradient: weight decay only where no task gradient carries it
             if name not in kd_buf:
@@ -324,8 +366,24 @@ def test_dot_steps_as_mdistillers_trainer() -> None:
 def test_dot_trains_end_to_end_and_checkpoints_its_two_momenta(tmp_path: Path) -> None:
     teacher = tmp_path / "teacher.pth"
     torch.save({"weights": build_model("ResNetBaby", 10).state_dict()}, teacher)
-    flags = ["--distillation", "fitnet", "--optimizer", "dot", "--teacher", "ResNetBaby", "--student", "ResNetBaby",
-             "--teacher_checkpoint", str(teacher), "--epochs", "1", "--max_batches", "2", "--batch_size", "32"]
+    flags = [
+        "--distillation",
+        "fitnet",
+        "--optimizer",
+        "dot",
+        "--teacher",
+        "ResNetBaby",
+        "--student",
+        "ResNetBaby",
+        "--teacher_checkpoint",
+        str(teacher),
+        "--epochs",
+        "1",
+        "--max_batches",
+        "2",
+        "--batch_size",
+        "32",
+    ]
     metrics = run_training(tmp_path, *flags)
     assert len(metrics["train_soft_loss"]) == 1 and metrics["train_soft_loss"][0] > 0
     name = experiment_name(resolve(parse_config(["--dataset", "digits", "--lr", "0.05", *flags])))
@@ -339,15 +397,25 @@ def test_dot_trains_end_to_end_and_checkpoints_its_two_momenta(tmp_path: Path) -
 
 
 # --- refusals ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("flags, message", [
-    (["--distillation", "at", "--logit_standardization"],
-     "--logit_standardization applies to kd and dkd, the methods it was published for; --distillation at is not one of them"),
-    (["--distillation", "none", "--kd_weight", "1"], "--kd_weight and --optimizer dot need a teacher's loss"),
-    (["--distillation", "none", "--optimizer", "dot"], "--kd_weight and --optimizer dot need a teacher's loss"),
-    (["--distillation", "kd", "--optimizer", "dot", "--dot_delta", "0.95"], "--dot_delta must be at most --momentum (0.9)"),
-])
-def test_what_cannot_apply_is_refused_in_one_line(flags: list[str], message: str, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--distillation", "at", "--logit_standardization"],
+            "--logit_standardization applies to kd and dkd, the methods it was published for; --distillation at is "
+            "not one of them",
+        ),
+        (["--distillation", "none", "--kd_weight", "1"], "--kd_weight and --optimizer dot need a teacher's loss"),
+        (["--distillation", "none", "--optimizer", "dot"], "--kd_weight and --optimizer dot need a teacher's loss"),
+        (
+            ["--distillation", "kd", "--optimizer", "dot", "--dot_delta", "0.95"],
+            "--dot_delta must be at most --momentum (0.9)",
+        ),
+    ],
+)
+def test_what_cannot_apply_is_refused_in_one_line(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert tucker_distillation.main(["--dataset", "digits", "--experiments_dir", str(tmp_path), *flags]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"error: {message}") and error.count("\n") == 1, error
@@ -366,19 +434,39 @@ def test_dot_refuses_ranks_and_negative_weights_are_flag_errors() -> None:
 # --- defaults, names, identity ----------------------------------------------------------------------------
 def test_defaults_flags_and_registry() -> None:
     assert {"cc", "nst", "kdsvd", "dist"} <= DISTILLERS.keys()
-    assert {name: DISTILLERS[name].defaults["beta"] for name in ("cc", "nst", "kdsvd", "dist")} == \
-        {"cc": 0.02, "nst": 50.0, "kdsvd": 1.0, "dist": 2.0}  # RepDistiller's -b, mdistiller's FEAT_WEIGHT, DIST's
+    assert {name: DISTILLERS[name].defaults["beta"] for name in ("cc", "nst", "kdsvd", "dist")} == {
+        "cc": 0.02,
+        "nst": 50.0,
+        "kdsvd": 1.0,
+        "dist": 2.0,
+    }  # RepDistiller's -b, mdistiller's FEAT_WEIGHT, DIST's
     assert all(DISTILLERS[name].defaults["ce_weight"] == 1.0 for name in ("cc", "nst", "kdsvd", "dist"))
     assert DISTILLERS["dist"].flags == ("beta", "kd_temperature", "dist_beta", "dist_gamma")
     assert {name for name, cls in DISTILLERS.items() if "logit_standardization" in cls.flags} == {"kd", "dkd"}
-    dist = resolve(parse_config(["--distillation", "dist", "--recipe", "imagenet", "--dataset", "imagenet",
-                                 "--teacher", "resnet34", "--student", "resnet18"]))
+    dist = resolve(
+        parse_config(
+            [
+                "--distillation",
+                "dist",
+                "--recipe",
+                "imagenet",
+                "--dataset",
+                "imagenet",
+                "--teacher",
+                "resnet34",
+                "--student",
+                "resnet18",
+            ]
+        )
+    )
     assert (dist.kd_temperature, dist.batch_size, dist.lr) == (1.0, 256, 0.1)  # DIST's ImageNet config
     assert dist.experiment_name == "imagenet/resnet34-resnet18/dist/recipe=imagenet/seed0"
 
 
 def name_of(*argv: str) -> str:
-    return resolve(parse_config(["--teacher", "resnet32x4", "--student", "resnet8x4", "--recipe", "crd", *argv])).experiment_name
+    return resolve(
+        parse_config(["--teacher", "resnet32x4", "--student", "resnet8x4", "--recipe", "crd", *argv])
+    ).experiment_name
 
 
 def test_the_additions_and_dot_are_part_of_a_runs_identity() -> None:
@@ -387,35 +475,65 @@ def test_the_additions_and_dot_are_part_of_a_runs_identity() -> None:
     assert name_of("--distillation", "crd", "--kd_weight", "1") == f"{base}/crd/kd_weight=1,recipe=crd/seed0"
     # the KD term's temperature counts once --kd_weight switches the term on; DOT's delta once DOT is on
     assert name_of("--distillation", "crd", "--kd_temperature", "2") == f"{base}/crd/recipe=crd/seed0"
-    assert name_of("--distillation", "crd", "--kd_weight", "1", "--kd_temperature", "2") == \
-        f"{base}/crd/kd_temperature=2,kd_weight=1,recipe=crd/seed0"
+    assert (
+        name_of("--distillation", "crd", "--kd_weight", "1", "--kd_temperature", "2")
+        == f"{base}/crd/kd_temperature=2,kd_weight=1,recipe=crd/seed0"
+    )
     assert name_of("--distillation", "kd", "--dot_delta", "0.05") == f"{base}/kd/recipe=crd/seed0"
-    assert name_of("--distillation", "kd", "--optimizer", "dot", "--dot_delta", "0.05") == \
-        f"{base}/kd/recipe=crd,optimizer=dot,dot_delta=0.05/seed0"
+    assert (
+        name_of("--distillation", "kd", "--optimizer", "dot", "--dot_delta", "0.05")
+        == f"{base}/kd/recipe=crd,optimizer=dot,dot_delta=0.05/seed0"
+    )
     # the published temperature and weight of logit standardisation are its defaults, not changes
-    assert name_of("--distillation", "kd", "--logit_standardization") == f"{base}/kd/logit_standardization=true,recipe=crd/seed0"
-    assert name_of("--distillation", "kd", "--logit_standardization", "--kd_temperature", "4") == \
-        f"{base}/kd/kd_temperature=4,logit_standardization=true,recipe=crd/seed0"
+    assert (
+        name_of("--distillation", "kd", "--logit_standardization")
+        == f"{base}/kd/logit_standardization=true,recipe=crd/seed0"
+    )
+    assert (
+        name_of("--distillation", "kd", "--logit_standardization", "--kd_temperature", "4")
+        == f"{base}/kd/kd_temperature=4,logit_standardization=true,recipe=crd/seed0"
+    )
     for flags in (["--kd_weight", "1"], ["--optimizer", "dot"], ["--logit_standardization"]):
         student = resolve(parse_config(["--distillation", "kd", "--teacher", "resnet32x4", "--recipe", "crd", *flags]))
         assert experiment_name(teacher_config(student)) == "cifar100/teacher/resnet32x4/recipe=crd/seed0"
 
 
 def test_a_grid_turns_logit_standardization_on_and_off_where_it_applies(tmp_path: Path) -> None:
-    args, common = runner.parse_args(["--grid", "pair=resnet32x4-resnet8x4", "--grid", "logit_standardization=true,false",
-                                      "--distillations", "kd", "at", "--runs", "1", "--", "--recipe", "crd"])
+    args, common = runner.parse_args(
+        [
+            "--grid",
+            "pair=resnet32x4-resnet8x4",
+            "--grid",
+            "logit_standardization=true,false",
+            "--distillations",
+            "kd",
+            "at",
+            "--runs",
+            "1",
+            "--",
+            "--recipe",
+            "crd",
+        ]
+    )
     runs = sweep.build_grid(runner.grid_axes(args), common, tmp_path)
     base = "cifar100/resnet32x4-resnet8x4"
-    assert [run.name for run in runs] == [f"{base}/kd/logit_standardization=true,recipe=crd/seed0",
-                                          f"{base}/kd/recipe=crd/seed0", f"{base}/at/recipe=crd/seed0"]
+    assert [run.name for run in runs] == [
+        f"{base}/kd/logit_standardization=true,recipe=crd/seed0",
+        f"{base}/kd/recipe=crd/seed0",
+        f"{base}/at/recipe=crd/seed0",
+    ]
     assert "--logit_standardization" in runs[0].flags and "--no-logit_standardization" in runs[1].flags
-    with pytest.raises(UsageError, match="^--grid logit_standardization: an on/off flag takes true or false; got 'yes'$"):
+    with pytest.raises(
+        UsageError, match="^--grid logit_standardization: an on/off flag takes true or false; got 'yes'$"
+    ):
         sweep.parse_axis("logit_standardization=yes")
 
 
 def test_analysis_names_the_published_rows() -> None:
     def named(**flags) -> str:
-        return analysis.method_name(dataclasses.asdict(with_defaults(Config(teacher="resnet32x4", student="resnet8x4", **flags))))
+        return analysis.method_name(
+            dataclasses.asdict(with_defaults(Config(teacher="resnet32x4", student="resnet8x4", **flags)))
+        )
 
     assert named(distillation="crd", kd_weight=1.0) == "crd+kd"
     assert named(distillation="kd", logit_standardization=True) == "kd+ls"
@@ -427,4 +545,8 @@ def test_analysis_names_the_published_rows() -> None:
     ours = published[published["method"].isin(["crd+kd", "kd+ls", "dkd+ls", "dist", "kd_dot"])]
     assert ours["source"].str.contains("arxiv.org/abs/1910.10699|logit-standardization-KD|DIST_KD|mdistiller").all()
     crd_kd = published[published["method"] == "crd+kd"].set_index(["teacher", "student"])["top1"]
-    assert len(crd_kd) == 13 and crd_kd[("resnet32x4", "resnet8x4")] == 75.46 and crd_kd[("wrn_40_2", "ShuffleV1")] == 76.27
+    assert (
+        len(crd_kd) == 13
+        and crd_kd[("resnet32x4", "resnet8x4")] == 75.46
+        and crd_kd[("wrn_40_2", "ShuffleV1")] == 76.27
+    )

@@ -44,7 +44,9 @@ SHAPES: dict[str, tuple[tuple[int, ...], ...]] = {  # stem, stages, pooled on 32
 INIT = "init"
 
 
-def fake_outputs(shapes: tuple[tuple[int, ...], ...], seed: int, grad: bool = False, batch: int = BATCH) -> list[Tensor]:
+def fake_outputs(
+    shapes: tuple[tuple[int, ...], ...], seed: int, grad: bool = False, batch: int = BATCH
+) -> list[Tensor]:
     """``[stem, stages..., pooled, logits]``: signed maps (pre-activation ones can be negative)."""
     generator = torch.Generator().manual_seed(seed)
     outs = [torch.randn(batch, *shape, generator=generator) for shape in shapes]
@@ -63,8 +65,15 @@ def perturbed(module: nn.Module, seed: int = 3) -> nn.Module:
     return module
 
 
-def build(method: str, teacher_out: list[Tensor], student_out: list[Tensor], teacher: str, student: str,
-          teacher_model: Optional[nn.Module] = None, **flags: Any) -> Distiller:
+def build(
+    method: str,
+    teacher_out: list[Tensor],
+    student_out: list[Tensor],
+    teacher: str,
+    student: str,
+    teacher_model: Optional[nn.Module] = None,
+    **flags: Any,
+) -> Distiller:
     config = with_defaults(Config(distillation=method, teacher=teacher, student=student, **flags))
     torch.manual_seed(0)  # the modules' initial weights
     return build_distiller(config, Setup.of(teacher_out, student_out, teacher=teacher_model))
@@ -120,13 +129,17 @@ def ref_margins(bn: nn.BatchNorm2d) -> Tensor:
 
 def ref_ofd(teacher: list[Tensor], student: list[Tensor], distiller: Distiller, norms: list[nn.BatchNorm2d]) -> float:
     total, count = 0.0, len(distiller.connectors)
-    for index, (t, s, (conv, bn)) in enumerate(zip(distiller.teacher_stages, distiller.student_stages, distiller.connectors)):
+    for index, (t, s, (conv, bn)) in enumerate(
+        zip(distiller.teacher_stages, distiller.student_stages, distiller.connectors)
+    ):
         source = ref_bn(ref_conv(f64(student[s]), conv), bn)
         target = ref_pool(f64(teacher[t]), source.shape[2])
         margin = ref_margins(norms[t - 1])
-        loss = ((source - margin) ** 2 * ((source > margin) & (target <= margin))
-                + (source - target) ** 2 * ((source > target) & (target > margin) & (target <= 0))
-                + (source - target) ** 2 * (target > 0))
+        loss = (
+            (source - margin) ** 2 * ((source > margin) & (target <= margin))
+            + (source - target) ** 2 * ((source > target) & (target > margin) & (target <= 0))
+            + (source - target) ** 2 * (target > 0)
+        )
         total += loss.mean(dim=0).sum().item() / 2 ** (count - index - 1)
     return total
 
@@ -201,7 +214,7 @@ def ref_ft(teacher: list[Tensor], student: list[Tensor], distiller: Distiller, p
     factor_s, factor_t = ref_pool(factor_s, size), ref_pool(factor_t, size)
 
     def attention(f: Tensor) -> Tensor:
-        a = (f ** 2).mean(dim=1).flatten(1)
+        a = (f**2).mean(dim=1).flatten(1)
         return a / a.norm(dim=1, keepdim=True)
 
     return (attention(factor_s) - attention(factor_t)).abs().mean().item()
@@ -244,16 +257,31 @@ def test_ofd_matches_reference(teacher_name: str, student_name: str) -> None:
     assert_close(distiller.soft_loss(teacher, student, step()), expected)
 
 
-@pytest.mark.parametrize("teacher, student, expected", [
-    ("resnet32x4", "resnet8x4", ([1, 2, 3], [1, 2, 3])),
-    ("vgg13", "MobileNetV2", ([1, 2, 3, 4], [1, 2, 3, 4])),
-    ("resnet50", "MobileNetV1", ([2, 3, 4], [2, 3, 4])),  # mdistiller's ImageNet pair: get_stage_channels has no stem
-    ("ResNet50", "vgg8", ([2, 3, 4], [2, 3, 4])),  # aligned on the last stages
-    ("resnet32x4", "vgg8", ([1, 2, 3], [2, 3, 4])),
-])
+@pytest.mark.parametrize(
+    "teacher, student, expected",
+    [
+        ("resnet32x4", "resnet8x4", ([1, 2, 3], [1, 2, 3])),
+        ("vgg13", "MobileNetV2", ([1, 2, 3, 4], [1, 2, 3, 4])),
+        (
+            "resnet50",
+            "MobileNetV1",
+            ([2, 3, 4], [2, 3, 4]),
+        ),  # mdistiller's ImageNet pair: get_stage_channels has no stem
+        ("ResNet50", "vgg8", ([2, 3, 4], [2, 3, 4])),  # aligned on the last stages
+        ("resnet32x4", "vgg8", ([1, 2, 3], [2, 3, 4])),
+    ],
+)
 def test_ofd_distils_mdistillers_stages(teacher: str, student: str, expected: tuple[list[int], list[int]]) -> None:
-    counts = {"resnet32x4": 3, "vgg13": 4, "MobileNetV2": 4, "resnet8x4": 3, "resnet50": 4, "MobileNetV1": 4,
-              "ResNet50": 4, "vgg8": 4}
+    counts = {
+        "resnet32x4": 3,
+        "vgg13": 4,
+        "MobileNetV2": 4,
+        "resnet8x4": 3,
+        "resnet50": 4,
+        "MobileNetV1": 4,
+        "ResNet50": 4,
+        "vgg8": 4,
+    }
     assert ofd_stages(teacher, student, counts[teacher], counts[student]) == expected
 
 
@@ -304,8 +332,11 @@ def real(briefly_trained: tuple) -> dict[str, Any]:
     teacher, student, images, _ = briefly_trained
     assert len(images) == REAL_BATCH
     with torch.no_grad():
-        return {"teacher": teacher, "plain": (teacher(images), student(images)),
-                "preact": (teacher(images, preact=True), student(images, preact=True))}
+        return {
+            "teacher": teacher,
+            "plain": (teacher(images), student(images)),
+            "preact": (teacher(images, preact=True), student(images, preact=True)),
+        }
 
 
 REAL_CASES: dict[str, tuple[Optional[str], Callable[..., float]]] = {
@@ -326,24 +357,42 @@ def test_losses_on_real_feature_maps(real: dict[str, Any], case: str) -> None:
     distiller = build(method, plain_t, plain_s, "ResNet20", "ResNetBaby", teacher_model=real["teacher"])
     teacher = real["preact" if distiller.teacher_preact else "plain"][0]
     student = real["preact" if distiller.student_preact else "plain"][1]
-    assert_close(distiller.soft_loss(teacher, student, step(phase, batch=REAL_BATCH)),
-                 reference(teacher, student, distiller, real))
+    assert_close(
+        distiller.soft_loss(teacher, student, step(phase, batch=REAL_BATCH)),
+        reference(teacher, student, distiller, real),
+    )
 
 
 # --- gradients -----------------------------------------------------------------------------------------
 STUDENT_MODEL = build_model("resnet8x4", CLASSES)  # the structure trained_modules reads (its head)
 # method, phase -> the student outputs its loss reads (resnet: 1..3 stages, 4 pooled)
-USED = {("ofd", None): [1, 2, 3], ("reviewkd", None): [1, 2, 3, 4], ("ab", INIT): [1, 2, 3], ("ab", None): [],
-        ("ft", INIT): [], ("ft", None): [3], ("fsp", INIT): [0, 1, 2, 3], ("fsp", None): []}
+USED = {
+    ("ofd", None): [1, 2, 3],
+    ("reviewkd", None): [1, 2, 3, 4],
+    ("ab", INIT): [1, 2, 3],
+    ("ab", None): [],
+    ("ft", INIT): [],
+    ("ft", None): [3],
+    ("fsp", INIT): [0, 1, 2, 3],
+    ("fsp", None): [],
+}
 
 
 @pytest.mark.parametrize("method, phase", list(USED))
-def test_gradients_reach_the_student_and_the_phases_modules_never_the_teacher(method: str, phase: Optional[str]) -> None:
+def test_gradients_reach_the_student_and_the_phases_modules_never_the_teacher(
+    method: str, phase: Optional[str]
+) -> None:
     teacher_name, student_name = "resnet32x4", "resnet8x4"
-    teacher, student = fake_outputs(SHAPES[teacher_name], 0, grad=True), fake_outputs(SHAPES[student_name], 1, grad=True)
+    teacher, student = (
+        fake_outputs(SHAPES[teacher_name], 0, grad=True),
+        fake_outputs(SHAPES[student_name], 1, grad=True),
+    )
     distiller = build(method, teacher, student, teacher_name, student_name, teacher_model=ofd_teacher(teacher_name))
-    own = [module for module in distiller.trained_modules(STUDENT_MODEL, phase) if module is not STUDENT_MODEL
-           and any(module is other for other in distiller.modules())]
+    own = [
+        module
+        for module in distiller.trained_modules(STUDENT_MODEL, phase)
+        if module is not STUDENT_MODEL and any(module is other for other in distiller.modules())
+    ]
     trained = train_only([distiller], own)  # as the training loop freezes what the phase does not train
     names = {id(parameter): name for name, parameter in distiller.named_parameters()}
     loss = distiller.soft_loss(teacher, student, step(phase))
@@ -372,52 +421,113 @@ def test_registry_defaults_and_flags() -> None:
     assert Config.init_epochs == 30 and Config.reviewkd_warmup == 20 and Config.reviewkd_student_preact is False
 
 
-@pytest.mark.parametrize("teacher, student, flags, expected", [
-    ("resnet32x4", "resnet8x4", [], {"beta": 5.0, "reviewkd_warmup": 20, "reviewkd_student_preact": False}),
-    ("resnet56", "resnet20", [], {"beta": 0.6}),
-    ("resnet32x4", "ShuffleV2", [], {"beta": 8.0}),
-    ("resnet34", "resnet18", ["--recipe", "imagenet", "--dataset", "imagenet"],
-     {"beta": 1.0, "reviewkd_warmup": 1, "reviewkd_student_preact": True, "batch_size": 256, "lr": 0.1}),
-    ("resnet50", "MobileNetV1", ["--recipe", "imagenet", "--dataset", "imagenet"], {"beta": 8.0}),
-])
-def test_reviewkd_weights_per_pair_and_the_imagenet_recipe(teacher: str, student: str, flags: list[str],
-                                                           expected: dict[str, Any]) -> None:
-    config = with_defaults(parse_config(["--distillation", "reviewkd", "--teacher", teacher, "--student", student, *flags]))
+@pytest.mark.parametrize(
+    "teacher, student, flags, expected",
+    [
+        ("resnet32x4", "resnet8x4", [], {"beta": 5.0, "reviewkd_warmup": 20, "reviewkd_student_preact": False}),
+        ("resnet56", "resnet20", [], {"beta": 0.6}),
+        ("resnet32x4", "ShuffleV2", [], {"beta": 8.0}),
+        (
+            "resnet34",
+            "resnet18",
+            ["--recipe", "imagenet", "--dataset", "imagenet"],
+            {"beta": 1.0, "reviewkd_warmup": 1, "reviewkd_student_preact": True, "batch_size": 256, "lr": 0.1},
+        ),
+        ("resnet50", "MobileNetV1", ["--recipe", "imagenet", "--dataset", "imagenet"], {"beta": 8.0}),
+    ],
+)
+def test_reviewkd_weights_per_pair_and_the_imagenet_recipe(
+    teacher: str, student: str, flags: list[str], expected: dict[str, Any]
+) -> None:
+    config = with_defaults(
+        parse_config(["--distillation", "reviewkd", "--teacher", teacher, "--student", student, *flags])
+    )
     assert {name: getattr(config, name) for name in expected} == expected
     assert REVIEWKD_BETA.get((teacher, student), 5.0) == config.beta
 
 
 def test_ofd_imagenet_recipe_and_ft_init_learning_rate() -> None:
-    ofd = with_defaults(parse_config(["--distillation", "ofd", "--teacher", "resnet50", "--student", "MobileNetV1",
-                                      "--recipe", "imagenet", "--dataset", "imagenet"]))
+    ofd = with_defaults(
+        parse_config(
+            [
+                "--distillation",
+                "ofd",
+                "--teacher",
+                "resnet50",
+                "--student",
+                "MobileNetV1",
+                "--recipe",
+                "imagenet",
+                "--dataset",
+                "imagenet",
+            ]
+        )
+    )
     assert (ofd.beta, ofd.batch_size, ofd.lr) == (1e-4, 128, 0.05)
     teacher, student = fake_outputs(SHAPES["vgg13"], 0), fake_outputs(SHAPES["MobileNetV2"], 1)
     shuffled = build("ft", teacher, student, "vgg13", "MobileNetV2", lr=0.01)
-    resnet = build("ft", fake_outputs(SHAPES["resnet32x4"], 0), fake_outputs(SHAPES["resnet8x4"], 1), "resnet32x4",
-                   "resnet8x4", lr=0.05)
+    resnet = build(
+        "ft",
+        fake_outputs(SHAPES["resnet32x4"], 0),
+        fake_outputs(SHAPES["resnet8x4"], 1),
+        "resnet32x4",
+        "resnet8x4",
+        lr=0.05,
+    )
     assert [(p.name, p.epochs, p.lr) for p in shuffled.phases()] == [(INIT, 30, 0.01)]
     assert [(p.name, p.epochs, p.lr) for p in resnet.phases()] == [(INIT, 30, 0.01)]  # RepDistiller's 0.01 for ResNets
     assert build("ab", teacher, student, "vgg13", "MobileNetV2", lr=0.05, init_epochs=0).phases() == ()
 
 
-@pytest.mark.parametrize("method, teacher, student, message", [
-    ("fsp", "wrn_40_2", "wrn_40_1", "^--distillation fsp compares FSP matrices entry by entry, so it needs the same "
-                                    "widths in teacher and student at the stem and every stage; wrn_40_2 has 16, 32, "
-                                    "64, 128; wrn_40_1 has 16, 16, 32, 64$"),
-    ("ofd", "ShuffleV1", "resnet8", "^--distillation ofd takes its margins from the BatchNorm before each of the "
-                                    "teacher's stage ReLUs, which ShuffleV1 does not have"),
-    ("ab", "resnet32x4", "vgg8", "^--distillation ab needs the same number of stages in teacher and student; "
-                                 "resnet32x4 has 3, vgg8 has 4$"),
-    ("reviewkd", "resnet32x4", "vgg8", "^--distillation reviewkd needs the same number of stages"),
-])
+@pytest.mark.parametrize(
+    "method, teacher, student, message",
+    [
+        (
+            "fsp",
+            "wrn_40_2",
+            "wrn_40_1",
+            "^--distillation fsp compares FSP matrices entry by entry, so it needs the same "
+            "widths in teacher and student at the stem and every stage; wrn_40_2 has 16, 32, "
+            "64, 128; wrn_40_1 has 16, 16, 32, 64$",
+        ),
+        (
+            "ofd",
+            "ShuffleV1",
+            "resnet8",
+            "^--distillation ofd takes its margins from the BatchNorm before each of the "
+            "teacher's stage ReLUs, which ShuffleV1 does not have",
+        ),
+        (
+            "ab",
+            "resnet32x4",
+            "vgg8",
+            "^--distillation ab needs the same number of stages in teacher and student; resnet32x4 has 3, vgg8 has 4$",
+        ),
+        ("reviewkd", "resnet32x4", "vgg8", "^--distillation reviewkd needs the same number of stages"),
+    ],
+)
 def test_pairs_a_method_cannot_train_are_refused(method: str, teacher: str, student: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         DISTILLERS[method].check(with_defaults(Config(distillation=method, teacher=teacher, student=student)))
 
 
 # --- phases in training ----------------------------------------------------------------------------------
-PHASED = ["--dataset", "digits", "--batch_size", "16", "--max_batches", "2", "--init_epochs", "1", "--epochs", "1",
-          "--student", "ResNetBaby", "--checkpoint_every", "1"]  # last.pt after each batch but an epoch's last
+PHASED = [
+    "--dataset",
+    "digits",
+    "--batch_size",
+    "16",
+    "--max_batches",
+    "2",
+    "--init_epochs",
+    "1",
+    "--epochs",
+    "1",
+    "--student",
+    "ResNetBaby",
+    "--checkpoint_every",
+    "1",
+]  # last.pt after each batch but an epoch's last
 
 
 @pytest.fixture(scope="module")
@@ -434,8 +544,10 @@ def teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def states(trainer: Trainer) -> dict[str, dict[str, Tensor]]:
-    return {key: {k: v.detach().clone() for k, v in getattr(trainer, key).state_dict().items()}
-            for key in ("student", "distiller")}
+    return {
+        key: {k: v.detach().clone() for k, v in getattr(trainer, key).state_dict().items()}
+        for key in ("student", "distiller")
+    }
 
 
 def moved(before: dict[str, Tensor], after: dict[str, Tensor]) -> set[str]:
@@ -447,8 +559,9 @@ def last_pt(folder: Path, flags: list[str]) -> dict[str, Any]:
     return torch.load(folder / name / "last.pt", weights_only=True)
 
 
-def train_recording(monkeypatch: pytest.MonkeyPatch, folder: Path, flags: list[str],
-                    stop_at: Optional[int] = None) -> tuple[list[dict], dict[str, Any]]:
+def train_recording(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, flags: list[str], stop_at: Optional[int] = None
+) -> tuple[list[dict], dict[str, Any]]:
     """Train with the state of student and distiller recorded before each epoch (a preliminary one
     too), stopping as if killed at the ``stop_at``-th step; the records and the run's last.pt."""
     records, steps = [], []
@@ -475,7 +588,8 @@ def train_recording(monkeypatch: pytest.MonkeyPatch, folder: Path, flags: list[s
 
 
 def test_each_phase_trains_its_modules_and_a_resumed_run_is_the_uninterrupted_one(
-        tmp_path: Path, teachers: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, teachers: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     flags = ["--distillation", "ab", "--teacher", "resnet8x4", "--teacher_checkpoint", str(teachers["resnet8x4"])]
     (before, after_init), whole = train_recording(monkeypatch, tmp_path / "whole", flags)
     assert len(whole["phase_history"]) == 1 and len(whole["history"]["test_acc"]) == 1
@@ -494,6 +608,7 @@ def test_each_phase_trains_its_modules_and_a_resumed_run_is_the_uninterrupted_on
     with pytest.raises(KeyboardInterrupt):
         train_recording(monkeypatch, folder, flags, stop_at=2)
     stopped = last_pt(folder, flags)
+
     def parameters(state: dict[str, Tensor], leave_out: set[str] = set()) -> int:
         return len({key for key in state if "running_" not in key and "num_batches" not in key} - leave_out)
 
@@ -503,7 +618,11 @@ def test_each_phase_trains_its_modules_and_a_resumed_run_is_the_uninterrupted_on
     with pytest.raises(KeyboardInterrupt):
         train_recording(monkeypatch, folder, flags, stop_at=3)  # step 4 of the run
     stopped = last_pt(folder, flags)
-    assert len(stopped["phase_history"]) == 1 and stopped["history"]["test_acc"] == [] and stopped["position"]["batch"] == 1
+    assert (
+        len(stopped["phase_history"]) == 1
+        and stopped["history"]["test_acc"] == []
+        and stopped["position"]["batch"] == 1
+    )
     assert len(stopped["optimizer"]["state"]) == parameters(before["student"])  # the student's, its head's too
     _, resumed = train_recording(monkeypatch, folder, flags)
     for key in ("student", "distiller"):
@@ -514,9 +633,20 @@ def test_each_phase_trains_its_modules_and_a_resumed_run_is_the_uninterrupted_on
 
 
 def test_ft_trains_the_paraphraser_alone_first_then_the_student_and_translator(
-        tmp_path: Path, teachers: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    flags = ["--distillation", "ft", "--teacher", "ResNet20", "--teacher_checkpoint", str(teachers["ResNet20"]),
-             "--init_epochs", "1", "--epochs", "1"]
+    tmp_path: Path, teachers: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flags = [
+        "--distillation",
+        "ft",
+        "--teacher",
+        "ResNet20",
+        "--teacher_checkpoint",
+        str(teachers["ResNet20"]),
+        "--init_epochs",
+        "1",
+        "--epochs",
+        "1",
+    ]
     records, last = train_recording(monkeypatch, tmp_path, flags)
     before, after_init = records
     paraphraser = {key for key in before["distiller"] if key.startswith("paraphraser.")}
@@ -526,18 +656,33 @@ def test_ft_trains_the_paraphraser_alone_first_then_the_student_and_translator(
     assert moved(after_init["distiller"], last["distiller"]) == set(before["distiller"]) - paraphraser
 
 
-@pytest.mark.parametrize("entry, problem", [
-    ([], None),
-    ([{"train_hard_loss": 2.3, "train_soft_loss": 0.5, "train_acc": 10.0}], None),
-    ("init", "its 'phase_history' entry is not a list of records of train_hard_loss, train_soft_loss, train_acc"),
-    ([{"train_soft_loss": 0.5}], "its 'phase_history' entry is not a list of records"),
-    ([{"train_hard_loss": 2.3, "train_soft_loss": float("nan"), "train_acc": 10.0}], "'phase_history' entry is not"),
-])
+@pytest.mark.parametrize(
+    "entry, problem",
+    [
+        ([], None),
+        ([{"train_hard_loss": 2.3, "train_soft_loss": 0.5, "train_acc": 10.0}], None),
+        ("init", "its 'phase_history' entry is not a list of records of train_hard_loss, train_soft_loss, train_acc"),
+        ([{"train_soft_loss": 0.5}], "its 'phase_history' entry is not a list of records"),
+        (
+            [{"train_hard_loss": 2.3, "train_soft_loss": float("nan"), "train_acc": 10.0}],
+            "'phase_history' entry is not",
+        ),
+    ],
+)
 def test_a_damaged_phase_history_makes_last_pt_unusable(entry: Any, problem: Optional[str]) -> None:
     from toolbox.training.resume import HISTORY_KEYS, last_pt_problem
 
-    state = {"student": {}, "distiller": {}, "optimizer": {}, "scheduler": {}, "torch_rng": torch.get_rng_state(),
-             "elapsed": 1.0, "teacher_sha256": None, "history": {key: [] for key in HISTORY_KEYS}, "position": None,
-             "phase_history": entry}
+    state = {
+        "student": {},
+        "distiller": {},
+        "optimizer": {},
+        "scheduler": {},
+        "torch_rng": torch.get_rng_state(),
+        "elapsed": 1.0,
+        "teacher_sha256": None,
+        "history": {key: [] for key in HISTORY_KEYS},
+        "position": None,
+        "phase_history": entry,
+    }
     found = last_pt_problem(state)
     assert found is None if problem is None else problem in found

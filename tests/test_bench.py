@@ -21,7 +21,18 @@ def run_benchmark(script: str, json_path: Path, *flags: str) -> tuple[str, dict[
     """Run ``bench/<script> --quick`` on the CPU; its stdout and its JSON file. One thread, so
     that tests of others running at the same time do not stall it (oversubscribed OpenMP threads
     wait on each other)."""
-    command = [sys.executable, str(ROOT / "bench" / script), "--quick", "--device", "cpu", "--threads", "1", "--json", str(json_path), *flags]
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / script),
+        "--quick",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--json",
+        str(json_path),
+        *flags,
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout, json.loads(json_path.read_text())
@@ -31,7 +42,9 @@ def check_common(stdout: str, report: dict[str, Any]) -> list[dict[str, Any]]:
     """What both benchmarks print and write: tables, the machine record, a final headline line."""
     lines = stdout.strip().splitlines()
     assert lines[-1].startswith("headline: ") and lines[-1] == f"headline: {report['headline']}"
-    assert {"date", "cpu", "cores", "torch", "torchvision", "tensorly", "numpy", "torch_threads"} <= set(report["machine"])
+    assert {"date", "cpu", "cores", "torch", "torchvision", "tensorly", "numpy", "torch_threads"} <= set(
+        report["machine"]
+    )
     assert report["machine"]["torch_threads"] == 1
     assert {"load_average_start", "load_average_end", "other_processes_cpu_share"} <= set(report["load"])
     for title, rows in report["tables"].items():
@@ -42,7 +55,14 @@ def check_common(stdout: str, report: dict[str, Any]) -> list[dict[str, Any]]:
 def test_bench_tucker_quick(tmp_path: Path) -> None:
     stdout, report = run_benchmark("bench_tucker.py", tmp_path / "tucker.json")
     rows = check_common(stdout, report)
-    assert {row["op"] for row in rows} == {"decompose", "project", "recompose", "loss featuremap", "loss tucker", "loss tucker_recomp"}
+    assert {row["op"] for row in rows} == {
+        "decompose",
+        "project",
+        "recompose",
+        "loss featuremap",
+        "loss tucker",
+        "loss tucker_recomp",
+    }
     for row in rows:
         assert row["ours_ms"] > 0
         if row["op"] != "loss featuremap":  # ours only: the baseline of the Tucker losses
@@ -60,7 +80,11 @@ def test_bench_step_quick(tmp_path: Path) -> None:
     stdout, report = run_benchmark("bench_step.py", tmp_path / "step.json")
     check_common(stdout, report)
     steps, passes, data, pairs = report["tables"].values()
-    assert [row["pair"] for row in pairs] == ["resnet32x4 -> resnet8x4", "vgg13 -> MobileNetV2", "wrn_40_2 -> ShuffleV1"]
+    assert [row["pair"] for row in pairs] == [
+        "resnet32x4 -> resnet8x4",
+        "vgg13 -> MobileNetV2",
+        "wrn_40_2 -> ShuffleV1",
+    ]
     assert all(row["images_per_s"] > 0 for row in pairs)
     assert [row["method"] for row in steps] == ["featuremap", "tucker", "tucker_recomp"]
     for row in steps:
@@ -75,23 +99,39 @@ def test_bench_step_quick(tmp_path: Path) -> None:
 
 
 def test_bench_epoch_quick(tmp_path: Path) -> None:
-    stdout, report = run_benchmark("bench_epoch.py", tmp_path / "epoch.json", "--methods", "none", "crd", "--amp", "off")
+    stdout, report = run_benchmark(
+        "bench_epoch.py", tmp_path / "epoch.json", "--methods", "none", "crd", "--amp", "off"
+    )
     (rows,) = report["tables"].values()
     check_common(stdout, report)
-    assert [(row["method"], row["amp"], row["compile"]) for row in rows] == [("none", "off", "no"), ("crd", "off", "no")]
+    assert [(row["method"], row["amp"], row["compile"]) for row in rows] == [
+        ("none", "off", "no"),
+        ("crd", "off", "no"),
+    ]
     for row in rows:
         assert 0 < row["test_s"] < row["epoch_s"] and row["train_images_per_s"] > 0
-        cifar_epoch_s = row["run_hours"] * 3600 / report["settings"]["run_epochs"]  # extrapolated from the measured rates
-        assert cifar_epoch_s == pytest.approx(50_000 / row["train_images_per_s"] + row["test_s"] * 10_000 / 64, rel=1e-6)
+        cifar_epoch_s = (
+            row["run_hours"] * 3600 / report["settings"]["run_epochs"]
+        )  # extrapolated from the measured rates
+        assert cifar_epoch_s == pytest.approx(
+            50_000 / row["train_images_per_s"] + row["test_s"] * 10_000 / 64, rel=1e-6
+        )
     assert "CIFAR epochs on cpu" in report["headline"]
 
 
 def test_bench_imagenet_input_quick(tmp_path: Path) -> None:
-    stdout, report = run_benchmark("bench_imagenet_input.py", tmp_path / "input.json", "--workers", "0")  # workers: test_imagenet_data.py
+    stdout, report = run_benchmark(
+        "bench_imagenet_input.py", tmp_path / "input.json", "--workers", "0"
+    )  # workers: test_imagenet_data.py
     rows = check_common(stdout, report)
     assert [row["split"] for row in rows] == ["train (RandomResizedCrop + flip)", "eval (Resize + CenterCrop)"]
     for row in rows:
-        assert row["images"] == 12 and row["ours_images_per_s"] > 0 and row["torchvision_images_per_s"] > 0 and row["speedup"] > 0
+        assert (
+            row["images"] == 12
+            and row["ours_images_per_s"] > 0
+            and row["torchvision_images_per_s"] > 0
+            and row["speedup"] > 0
+        )
     assert "torchvision's default on training" in report["headline"]
 
 
@@ -103,7 +143,8 @@ def test_bench_imagenet_share_quick(tmp_path: Path) -> None:
     assert all(row["featuremap_ms"] > 0 and row["tucker_ms"] > 0 for row in losses)
     (step,) = steps
     assert step["pair"] == "resnet34 -> resnet18" and step["tucker_share"] == pytest.approx(
-        step["tucker_loss_ms"] / step["tucker_step_ms"])
+        step["tucker_loss_ms"] / step["tucker_step_ms"]
+    )
     assert "of a resnet34 -> resnet18 step at batch 2 on cpu" in report["headline"]
 
 
@@ -112,7 +153,10 @@ def test_bench_ranks_quick(tmp_path: Path) -> None:
     stdout, report = run_benchmark("bench_ranks.py", tmp_path / "ranks.json", "--repeats", "1")
     rows = check_common(stdout, report)
     assert [(row["candidate"], row["processes"], row["threads"]) for row in rows] == [
-        ("one process", 1, 2), ("torchrun, 1 rank", 1, 2), ("torchrun, 2 ranks", 2, 1)]
+        ("one process", 1, 2),
+        ("torchrun, 1 rank", 1, 2),
+        ("torchrun, 2 ranks", 2, 1),
+    ]
     assert rows[0]["vs_one_process"] == 1.0
     for row in rows:
         assert row["step_ms"] > 0 and row["images_per_s"] == pytest.approx(16 / (row["step_ms"] / 1000))

@@ -37,8 +37,15 @@ def tiny_data() -> Dataset:
     images = torch.randint(0, 256, (TRAIN_SAMPLES + 24, 3, 32, 32), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, CLASSES, (TRAIN_SAMPLES + 24,), generator=generator)
     mean, std = ((torch.tensor(values) * 255).view(1, 3, 1, 1) for values in CIFAR_MEAN_STD["cifar10"])
-    return Dataset(images[:TRAIN_SAMPLES], labels[:TRAIN_SAMPLES], images[TRAIN_SAMPLES:], labels[TRAIN_SAMPLES:], mean, std,
-                   CLASSES)
+    return Dataset(
+        images[:TRAIN_SAMPLES],
+        labels[:TRAIN_SAMPLES],
+        images[TRAIN_SAMPLES:],
+        labels[TRAIN_SAMPLES:],
+        mean,
+        std,
+        CLASSES,
+    )
 
 
 def kd_trainer(folder: Path, data: Dataset, *flags: str) -> Trainer:
@@ -47,9 +54,29 @@ def kd_trainer(folder: Path, data: Dataset, *flags: str) -> Trainer:
     if not teacher.exists():
         torch.manual_seed(1)
         torch.save({"weights": build_model(TEACHER, CLASSES).state_dict()}, teacher)
-    config = parse_config(["--dataset", "cifar10", "--distillation", "kd", "--teacher", TEACHER, "--student", MODEL,
-                           "--teacher_checkpoint", str(teacher), "--batch_size", str(BATCH), "--lr", str(SGD["lr"]),
-                           "--device", "cpu", "--amp", "off", *flags])
+    config = parse_config(
+        [
+            "--dataset",
+            "cifar10",
+            "--distillation",
+            "kd",
+            "--teacher",
+            TEACHER,
+            "--student",
+            MODEL,
+            "--teacher_checkpoint",
+            str(teacher),
+            "--batch_size",
+            str(BATCH),
+            "--lr",
+            str(SGD["lr"]),
+            "--device",
+            "cpu",
+            "--amp",
+            "off",
+            *flags,
+        ]
+    )
     return Trainer(resolve(config), RunDir(folder / "run"), data)
 
 
@@ -70,8 +97,9 @@ def fresh_dynamo() -> Iterator[None]:
     torch._dynamo.reset()
 
 
-def test_compiled_training_reaches_eager_weights_compiling_each_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                          fresh_dynamo: None) -> None:
+def test_compiled_training_reaches_eager_weights_compiling_each_model_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_dynamo: None
+) -> None:
     """The trainer's wiring under --compile: the teacher's and the student's graphs each captured
     once, the last batch and the test set run eagerly on the same parameters, BatchNorm statistics
     written back. Captured by dynamo and AOTAutograd as inductor's are, but run by eager kernels
@@ -99,14 +127,24 @@ def test_inductor_steps_match_eager_and_a_smaller_batch_does_not_recompile(fresh
     after two epochs are eager training's within float32 rounding. Inductor writes scalar C++ here
     (``vec_isa_ok`` off), which compiles in half the time of its vectorised code on two cores."""
     torch.manual_seed(0)
-    eager = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, CLASSES))
+    eager = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, CLASSES),
+    )
     twin = copy.deepcopy(eager)
     compiled = FullBatchCompiled(twin, rows=8, mode=None)
     generator = torch.Generator().manual_seed(3)
-    batches = [(torch.randn(rows, 3, 8, 8, generator=generator), torch.randint(0, CLASSES, (rows,), generator=generator))
-               for rows in (8, 8, 4)]
-    optimizers = [torch.optim.SGD(model.parameters(), **SGD, **optimizer_kernels(torch.device("cpu"))) for model in (eager, twin)]
+    batches = [
+        (torch.randn(rows, 3, 8, 8, generator=generator), torch.randint(0, CLASSES, (rows,), generator=generator))
+        for rows in (8, 8, 4)
+    ]
+    optimizers = [
+        torch.optim.SGD(model.parameters(), **SGD, **optimizer_kernels(torch.device("cpu"))) for model in (eager, twin)
+    ]
     with torch._dynamo.config.patch(error_on_recompile=True), torch._inductor.config.patch({"cpp.vec_isa_ok": False}):
         for _ in range(2):
             for images, labels in batches:

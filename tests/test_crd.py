@@ -93,11 +93,13 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-@pytest.mark.parametrize("n, classes, negatives, batch, dim, momentum",
-                         [(500, 10, 64, 16, 32, 0.5), (6000, 100, 4096, 16, 128, 0.3)])
+@pytest.mark.parametrize(
+    "n, classes, negatives, batch, dim, momentum", [(500, 10, 64, 16, 32, 0.5), (6000, 100, 4096, 16, 128, 0.3)]
+)
 @pytest.mark.golden("crd")
-def test_the_loss_z_and_the_memory_update_match_the_float64_reference(n, classes, negatives, batch, dim,
-                                                                      momentum) -> None:
+def test_the_loss_z_and_the_memory_update_match_the_float64_reference(
+    n, classes, negatives, batch, dim, momentum
+) -> None:
     labels = labels_of(n, classes)
     crd = distiller(labels, batch=batch, crd_negatives=negatives, crd_dim=dim, crd_momentum=momentum)
     temperature = crd.temperature
@@ -109,8 +111,9 @@ def test_the_loss_z_and_the_memory_update_match_the_float64_reference(n, classes
         rng = torch.get_rng_state()
         contrast = crd.draw(indices)
         torch.set_rng_state(rng)  # soft_loss draws the same contrast set again
-        loss = crd.soft_loss(outputs(batch, TEACHER_DIM, 20 + step), outputs(batch, STUDENT_DIM, 10 + step),
-                             step_for(labels, indices))
+        loss = crd.soft_loss(
+            outputs(batch, TEACHER_DIM, 20 + step), outputs(batch, STUDENT_DIM, 10 + step), step_for(labels, indices)
+        )
         want_loss, want_z, want_memories = reference(f_s, f_t, before, indices, contrast, temperature, momentum)
         assert loss.dtype == torch.float32 and loss.shape == ()
         assert relative(loss, want_loss) <= 1e-6
@@ -188,11 +191,15 @@ def test_negatives_are_drawn_with_replacement_when_k_exceeds_the_other_samples()
     check_rows(crd, labels, indices, contrast)
     for i, row in enumerate(contrast[:, 1:]):  # 64 draws among 30 repeat; all 30 appear over 40 rows
         assert len(row.unique()) < 64
-    assert all(set(contrast[labels[indices] == c, 1:].unique().tolist()) == set((labels != c).nonzero()[:, 0].tolist())
-               for c in range(4))
+    assert all(
+        set(contrast[labels[indices] == c, 1:].unique().tolist()) == set((labels != c).nonzero()[:, 0].tolist())
+        for c in range(4)
+    )
 
 
-@pytest.mark.parametrize("dataset, mode", [("cifar100", "exact"), ("imagenet", "replace"), ("tiny-imagenet", "replace")])
+@pytest.mark.parametrize(
+    "dataset, mode", [("cifar100", "exact"), ("imagenet", "replace"), ("tiny-imagenet", "replace")]
+)
 def test_on_imagenet_negatives_are_drawn_with_replacement_whatever_k(dataset: str, mode: str) -> None:
     """mdistiller's ImageNet and Tiny ImageNet samplers draw with replacement even where a class
     leaves K others; RepDistiller's CIFAR-100 one does not."""
@@ -282,14 +289,24 @@ def test_the_state_dict_holds_the_memories_and_z_and_resumes_the_same_loss() -> 
     labels = labels_of(400, 8)
     crd = distiller(labels, crd_negatives=60, crd_dim=16)
     state = crd.state_dict()
-    assert set(state) == {"embed_s.weight", "embed_s.bias", "embed_t.weight", "embed_t.bias",
-                          "memory_s", "memory_t", "z"}
+    assert set(state) == {
+        "embed_s.weight",
+        "embed_s.bias",
+        "embed_t.weight",
+        "embed_t.bias",
+        "memory_s",
+        "memory_t",
+        "z",
+    }
     assert state["memory_s"].shape == state["memory_t"].shape == (400, 16) and state["z"].shape == (2,)
     assert bool((state["z"] < 0).all())  # not estimated before the first batch
     generator = torch.Generator().manual_seed(4)
     for _ in range(2):
-        crd.soft_loss(outputs(8, TEACHER_DIM, 1), outputs(8, STUDENT_DIM, 2),
-                      step_for(labels, torch.randperm(400, generator=generator)[:8]))
+        crd.soft_loss(
+            outputs(8, TEACHER_DIM, 1),
+            outputs(8, STUDENT_DIM, 2),
+            step_for(labels, torch.randperm(400, generator=generator)[:8]),
+        )
     assert bool((crd.z > 0).all())
     saved = {name: tensor.clone() for name, tensor in crd.state_dict().items()}
     rng = torch.get_rng_state()
@@ -313,8 +330,10 @@ def test_the_gradients_match_the_float64_reference() -> None:
     indices = torch.randperm(2000, generator=torch.Generator().manual_seed(3))[:16]
     contrast = crd.draw(indices)
     f_s, f_t = torch.randn(16, STUDENT_DIM).requires_grad_(True), torch.randn(16, TEACHER_DIM)
-    state = {name: tensor.detach().double().requires_grad_(name.startswith("embed"))
-             for name, tensor in crd.state_dict().items()}
+    state = {
+        name: tensor.detach().double().requires_grad_(name.startswith("embed"))
+        for name, tensor in crd.state_dict().items()
+    }
     f_s64 = f_s.detach().double().requires_grad_(True)
     want, _, _ = reference(f_s64, f_t, state, indices, contrast, crd.temperature, crd.momentum)
     want.backward()

@@ -120,19 +120,27 @@ def test_cifar_files_are_read_through_torchvision(tmp_path: Path, monkeypatch: p
     assert np.array_equal(data.train_images[0].numpy().reshape(-1), first["data"][0])  # CHW row order
     assert data.train_labels[:N].tolist() == first[LABEL_KEY[name]]
     assert data.test_labels.tolist() == pickle.loads(files[test[0]])[LABEL_KEY[name]]
-    assert [len(data.train_labels), len(data.test_labels), int(data.train_images.sum()), int(data.test_images.sum())] \
-        == expected_summary(name)
+    assert [
+        len(data.train_labels),
+        len(data.test_labels),
+        int(data.train_images.sum()),
+        int(data.test_images.sum()),
+    ] == expected_summary(name)
     assert (folder / VERIFIED_MARKER).exists()
 
 
-def test_verified_data_is_not_hashed_again_until_a_file_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verified_data_is_not_hashed_again_until_a_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     files = cifar_files("cifar10")
     apply(monkeypatch, "cifar10", class_patch("cifar10", files, None, tmp_path))
     folder = write_tree(tmp_path, "cifar10", files)
     prepare_dataset("cifar10", tmp_path, download=False)
     hashed = []
     real_md5 = tv_utils.calculate_md5
-    monkeypatch.setattr(tv_utils, "calculate_md5", lambda path, **kw: hashed.append(Path(path).name) or real_md5(path, **kw))
+    monkeypatch.setattr(
+        tv_utils, "calculate_md5", lambda path, **kw: hashed.append(Path(path).name) or real_md5(path, **kw)
+    )
     prepare_dataset("cifar10", tmp_path, download=False)
     assert hashed == []  # the marker matched: no 180 MB of hashing on every job start
     (folder / "data_batch_3").write_bytes(b"not a pickle")
@@ -140,7 +148,9 @@ def test_verified_data_is_not_hashed_again_until_a_file_changes(tmp_path: Path, 
         prepare_dataset("cifar10", tmp_path)
     message = str(error.value)
     assert "\n" not in message and "data_batch_3 is missing or corrupt" in message
-    assert f"move {folder} away and download again" in message and "runner.py --prepare_data --dataset cifar10" in message
+    assert (
+        f"move {folder} away and download again" in message and "runner.py --prepare_data --dataset cifar10" in message
+    )
 
 
 def test_corrupt_file_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,9 +169,17 @@ def test_download_checks_md5_then_extracts(tmp_path: Path, monkeypatch: pytest.M
     apply(monkeypatch, "cifar100", class_patch("cifar100", files, archive, tmp_path))
     data_dir = tmp_path / "data"
     data = load_dataset("cifar100", data_dir, "cpu")
-    assert [len(data.train_labels), len(data.test_labels), int(data.train_images.sum()), int(data.test_images.sum())] \
-        == expected_summary("cifar100")
-    assert sorted(p.name for p in data_dir.iterdir()) == [".cifar100.lock", "cifar-100-python", "cifar-100-python.tar.gz"]
+    assert [
+        len(data.train_labels),
+        len(data.test_labels),
+        int(data.train_images.sum()),
+        int(data.test_images.sum()),
+    ] == expected_summary("cifar100")
+    assert sorted(p.name for p in data_dir.iterdir()) == [
+        ".cifar100.lock",
+        "cifar-100-python",
+        "cifar-100-python.tar.gz",
+    ]
     assert (data_dir / "cifar-100-python" / VERIFIED_MARKER).exists()
 
 
@@ -170,7 +188,9 @@ def test_download_with_wrong_md5_leaves_nothing(tmp_path: Path, monkeypatch: pyt
     archive = make_archive(tmp_path, "cifar10", files)
     apply(monkeypatch, "cifar10", {**class_patch("cifar10", files, archive, tmp_path), "tgz_md5": "0" * 32})
     data_dir = tmp_path / "data"
-    with pytest.raises(UsageError, match="cifar-10-python.tar.gz downloaded from file://.* fails its MD5 check") as error:
+    with pytest.raises(
+        UsageError, match="cifar-10-python.tar.gz downloaded from file://.* fails its MD5 check"
+    ) as error:
         prepare_dataset("cifar10", data_dir)
     assert "\n" not in str(error.value)
     assert [p.name for p in data_dir.iterdir()] == [".cifar10.lock"]  # no archive, no folder, no staging
@@ -179,13 +199,17 @@ def test_download_with_wrong_md5_leaves_nothing(tmp_path: Path, monkeypatch: pyt
 def test_failed_download_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     apply(monkeypatch, "cifar10", class_patch("cifar10", cifar_files("cifar10"), None, tmp_path))
     data_dir = tmp_path / "data"
-    with pytest.raises(UsageError, match=r"could not download file://.*no-such-archive.*place the archive at .*data") as error:
+    with pytest.raises(
+        UsageError, match=r"could not download file://.*no-such-archive.*place the archive at .*data"
+    ) as error:
         load_dataset("cifar10", data_dir, "cpu")
     assert "\n" not in str(error.value)
     assert [p.name for p in data_dir.iterdir()] == [".cifar10.lock"]
 
 
-def test_without_download_missing_data_names_the_url_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_download_missing_data_names_the_url_and_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     files = cifar_files("cifar10")
     archive = make_archive(tmp_path, "cifar10", files)
     apply(monkeypatch, "cifar10", class_patch("cifar10", files, archive, tmp_path))
@@ -195,7 +219,10 @@ def test_without_download_missing_data_names_the_url_and_folder(tmp_path: Path, 
         prepare_dataset("cifar10", data_dir, download=False)
     message = str(error.value)
     assert "\n" not in message and "downloading is off" in message and archive.as_uri() in message
-    assert f"into {data_dir}/" in message and f"runner.py --prepare_data --dataset cifar10 -- --data_dir {data_dir}" in message
+    assert (
+        f"into {data_dir}/" in message
+        and f"runner.py --prepare_data --dataset cifar10 -- --data_dir {data_dir}" in message
+    )
     assert not (data_dir / "cifar-10-batches-py").exists()
     (data_dir / archive.name).write_bytes(archive.read_bytes())  # as the message says: an archive placed by hand
     data = load_dataset("cifar10", data_dir, "cpu", download=False)  # is extracted without any network
@@ -205,7 +232,9 @@ def test_without_download_missing_data_names_the_url_and_folder(tmp_path: Path, 
 def test_digits_needs_no_preparation() -> None:
     prepare_dataset("digits", "/nonexistent", download=False)
     prepare_dataset("imagenet", "/nonexistent", download=False)  # read from files where they are: nothing to prepare
-    with pytest.raises(UsageError, match="--dataset must be one of cifar10, cifar100, digits, imagenet, tiny-imagenet; got 'mnist'"):
+    with pytest.raises(
+        UsageError, match="--dataset must be one of cifar10, cifar100, digits, imagenet, tiny-imagenet; got 'mnist'"
+    ):
         prepare_dataset("mnist", "/nonexistent")
 
 
@@ -239,7 +268,8 @@ deadline = time.time() + 60
 while len(os.listdir(barrier)) < n and time.time() < deadline:
     time.sleep(0.01)
 data = load_dataset(name, data_dir, "cpu")
-print(json.dumps([len(data.train_labels), len(data.test_labels), int(data.train_images.sum()), int(data.test_images.sum())]))
+sums = [int(data.train_images.sum()), int(data.test_images.sum())]
+print(json.dumps([len(data.train_labels), len(data.test_labels), *sums]))
 """
 
 
@@ -248,8 +278,9 @@ def start_children(tmp_path: Path, name: str, patch: dict, n: int, hang: str = "
     barrier.mkdir()
     argument = json.dumps([name, str(tmp_path / "data"), patch, str(tmp_path / "counter"), str(barrier), n, hang])
     return [
-        subprocess.Popen([sys.executable, "-c", CHILD, argument], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, argument], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(n)
     ]
 
@@ -265,10 +296,16 @@ def test_concurrent_jobs_download_and_extract_once(tmp_path: Path) -> None:
     assert (tmp_path / "counter").read_text().split() == ["download", "extract"]
     assert any("waiting for another process preparing cifar10" in err for _, err in results)
     data_dir = tmp_path / "data"
-    assert sorted(p.name for p in data_dir.iterdir()) == [".cifar10.lock", "cifar-10-batches-py", "cifar-10-python.tar.gz"]
+    assert sorted(p.name for p in data_dir.iterdir()) == [
+        ".cifar10.lock",
+        "cifar-10-batches-py",
+        "cifar-10-python.tar.gz",
+    ]
 
 
-def test_a_job_killed_while_extracting_leaves_nothing_half_extracted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_job_killed_while_extracting_leaves_nothing_half_extracted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     files = cifar_files("cifar100")
     archive = make_archive(tmp_path, "cifar100", files)
     patch = class_patch("cifar100", files, archive, tmp_path)
@@ -284,7 +321,11 @@ def test_a_job_killed_while_extracting_leaves_nothing_half_extracted(tmp_path: P
     apply(monkeypatch, "cifar100", patch)
     data = load_dataset("cifar100", data_dir, "cpu")  # extracts again from the archive already downloaded
     assert len(data.train_labels) == N and counter.read_text().split().count("download") == 1
-    assert sorted(p.name for p in data_dir.iterdir()) == [".cifar100.lock", "cifar-100-python", "cifar-100-python.tar.gz"]
+    assert sorted(p.name for p in data_dir.iterdir()) == [
+        ".cifar100.lock",
+        "cifar-100-python",
+        "cifar-100-python.tar.gz",
+    ]
 
 
 def test_digits_is_cifar_shaped_with_a_fixed_split() -> None:
@@ -332,9 +373,23 @@ def test_a_stop_signal_ends_the_wait_for_the_data_lock_with_75(tmp_path: Path, c
     fcntl.flock(holder, fcntl.LOCK_EX)  # another process preparing cifar10
     try:
         process = subprocess.Popen(
-            [sys.executable, str(REPO / "tucker_distillation.py"), "--dataset", "cifar10", "--student", "ResNetBaby",
-             "--data_dir", str(data_dir), "--experiments_dir", str(tmp_path / "experiments"), *command],
-            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                str(REPO / "tucker_distillation.py"),
+                "--dataset",
+                "cifar10",
+                "--student",
+                "ResNetBaby",
+                "--data_dir",
+                str(data_dir),
+                "--experiments_dir",
+                str(tmp_path / "experiments"),
+                *command,
+            ],
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert "waiting for another process preparing cifar10" in process.stderr.readline()
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)

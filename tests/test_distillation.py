@@ -96,7 +96,9 @@ def test_tucker_core_loss_matches_reference(rank: int, loss: str, core: str) -> 
     """``original`` rotates the batch and spatial modes of both cores by the teacher's full-rank
     factors, as tensorly's tucker does; ``per_sample`` compares each sample's own core."""
     teacher, student = outputs(0), outputs(1)
-    value = make("tucker", "--ranks", f"BATCH_SIZE,{rank},8,8", "--loss", loss, "--tucker_core", core).soft_loss(teacher, student, STEP)
+    value = make("tucker", "--ranks", f"BATCH_SIZE,{rank},8,8", "--loss", loss, "--tucker_core", core).soft_loss(
+        teacher, student, STEP
+    )
     t, s = as_numpy(teacher)[0], as_numpy(student)[0]
     factor = ref_channel_factor(t, rank)
     t_core, s_core = ref_project(t, factor), ref_project(s, factor)
@@ -108,7 +110,10 @@ def test_tucker_core_loss_matches_reference(rank: int, loss: str, core: str) -> 
 
 def test_the_two_cores_give_different_losses() -> None:
     teacher, student = outputs(0), outputs(1)
-    losses = [make("tucker", "--tucker_core", core).soft_loss(teacher, student, STEP).item() for core in ("original", "per_sample")]
+    losses = [
+        make("tucker", "--tucker_core", core).soft_loss(teacher, student, STEP).item()
+        for core in ("original", "per_sample")
+    ]
     assert abs(losses[0] - losses[1]) > 0.01 * losses[0]
 
 
@@ -121,7 +126,9 @@ def test_tucker_recomp_loss_matches_reference(target: str) -> None:
     factor = ref_channel_factor(t, 16)
     t_view = ref_recompose(ref_project(t, factor), factor) if target != "student" else t
     s_view = ref_recompose(ref_project(s, factor), factor) if target != "teacher" else s
-    assert distiller.soft_loss(teacher, student, STEP).item() == pytest.approx(ref_distance(s_view, t_view, "l1"), rel=1e-4)
+    assert distiller.soft_loss(teacher, student, STEP).item() == pytest.approx(
+        ref_distance(s_view, t_view, "l1"), rel=1e-4
+    )
 
 
 @pytest.mark.golden("kd")
@@ -135,7 +142,9 @@ def test_kd_loss_matches_reference() -> None:
 
     p_t = np.exp(log_softmax(t_logits))
     expected = (p_t * (log_softmax(t_logits) - log_softmax(s_logits))).sum(axis=1).mean() * 16.0
-    assert make("kd", "--kd_temperature", "4").soft_loss(teacher, student, STEP).item() == pytest.approx(expected, rel=1e-5)
+    assert make("kd", "--kd_temperature", "4").soft_loss(teacher, student, STEP).item() == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_plain_training_has_no_soft_loss_and_needs_no_teacher() -> None:
@@ -152,7 +161,11 @@ def test_tucker_losses_do_not_depend_on_the_signs_or_order_of_factor_columns(met
     distiller = make(method, "--ranks", "BATCH_SIZE,16,8,8", "--recomp_target", "both")
     core, factors = tucker(teacher[LAYER3], parse_ranks("BATCH_SIZE,16,8,8"))
     generator = torch.Generator().manual_seed(0)
-    changed = [f[:, torch.randperm(f.shape[1], generator=generator)] * torch.where(torch.rand(f.shape[1], generator=generator) < 0.5, -1.0, 1.0) for f in factors]
+    changed = [
+        f[:, torch.randperm(f.shape[1], generator=generator)]
+        * torch.where(torch.rand(f.shape[1], generator=generator) < 0.5, -1.0, 1.0)
+        for f in factors
+    ]
     original = distiller.compare(teacher[LAYER3], student[LAYER3], core, factors)
     after = distiller.compare(teacher[LAYER3], student[LAYER3], project(teacher[LAYER3], changed), changed)
     assert after.item() == pytest.approx(original.item(), rel=1e-5)
@@ -188,11 +201,15 @@ def test_tucker_loss_stays_float32_under_autocast() -> None:
 
 
 # --- gradients --------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["featuremap", "tucker", "tucker_recomp", "kd", "noise"])  # the baselines: test_baselines.py
+@pytest.mark.parametrize(
+    "method", ["featuremap", "tucker", "tucker_recomp", "kd", "noise"]
+)  # the baselines: test_baselines.py
 def test_gradients_reach_the_student_and_connector_never_the_teacher(method: str) -> None:
     teacher, student = outputs(0, grad=True), outputs(1, channels=32, grad=True)
     distiller = make(method, "--ranks", "BATCH_SIZE,16,8,8", student_channels=32)
-    assert isinstance(distiller.connector, torch.nn.Identity if method == "kd" else torch.nn.Conv2d)  # 32 -> 64 channels
+    assert isinstance(
+        distiller.connector, torch.nn.Identity if method == "kd" else torch.nn.Conv2d
+    )  # 32 -> 64 channels
     distiller.soft_loss(teacher, student, STEP).backward()
     assert teacher[LAYER3].grad is None and teacher[LOGITS].grad is None
     used = student[LOGITS] if method == "kd" else student[LAYER3]
@@ -234,9 +251,15 @@ def test_noise_loss_and_gradients_match_reference(real_outputs: tuple) -> None:
 
     params = {name: p.detach().double().requires_grad_() for name, p in distiller.named_parameters()}
     student_map = student_out[LAYER3].detach().double().requires_grad_()
-    x = student_map if "connector.weight" not in params else torch.nn.functional.conv2d(student_map, params["connector.weight"])
+    x = (
+        student_map
+        if "connector.weight" not in params
+        else torch.nn.functional.conv2d(student_map, params["connector.weight"])
+    )
     x = torch.nn.functional.conv2d(x + 0.5 * noise, params["generator.0.weight"], params["generator.0.bias"], padding=1)
-    x = torch.nn.functional.conv2d(x.relu(), params["generator.2.weight"], params["generator.2.bias"], padding=1).flatten(1)
+    x = torch.nn.functional.conv2d(
+        x.relu(), params["generator.2.weight"], params["generator.2.bias"], padding=1
+    ).flatten(1)
     t = teacher_out[LAYER3].double().flatten(1)
     expected = (x / x.norm(dim=1, keepdim=True) - t / t.norm(dim=1, keepdim=True)).abs().mean()
     expected.backward()

@@ -42,7 +42,8 @@ AB = ("--distillation", "ab", "--init_epochs", "1", "--epochs", "1", "--batch_si
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or importlib.util.find_spec("torch.distributed.run") is None,
-    reason="torch was built without torch.distributed (torchrun)")
+    reason="torch was built without torch.distributed (torchrun)",
+)
 
 
 def free_port() -> int:
@@ -53,10 +54,32 @@ def free_port() -> int:
 
 def command(root: Path, name: str, *flags: str) -> list[str]:
     """The training command of run ``name``; ``flags``: the method, epochs and batches (``CRD``, ``AB``), and more."""
-    return [ENTRY, "--teacher", "ResNetBaby", "--teacher_checkpoint", str(root / "teacher.pth"),
-            "--student", "ResNetBaby", "--dataset", "digits", "--lr", "0.01", "--device", "cpu",
-            "--threads", "1", "--data_dir", str(root / "data"), "--experiments_dir", str(root / "runs"),
-            "--experiment_name", name, "--tensorboard_every", "1", *flags]
+    return [
+        ENTRY,
+        "--teacher",
+        "ResNetBaby",
+        "--teacher_checkpoint",
+        str(root / "teacher.pth"),
+        "--student",
+        "ResNetBaby",
+        "--dataset",
+        "digits",
+        "--lr",
+        "0.01",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--data_dir",
+        str(root / "data"),
+        "--experiments_dir",
+        str(root / "runs"),
+        "--experiment_name",
+        name,
+        "--tensorboard_every",
+        "1",
+        *flags,
+    ]
 
 
 def environment() -> dict[str, str]:
@@ -64,19 +87,48 @@ def environment() -> dict[str, str]:
 
 
 def torchrun(root: Path, name: str, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(free_port()), *command(root, name, *flags)],
-                            env=environment(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            *command(root, name, *flags),
+        ],
+        env=environment(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def start_ranks(root: Path, name: str, *flags: str, step_seconds: float = 0) -> list[subprocess.Popen]:
     """Two ranks started as torchrun starts them, to read each one's status and stderr; each step
     takes ``step_seconds`` longer (distributed_entry.slow_steps)."""
     port = str(free_port())
-    return [subprocess.Popen([sys.executable, *command(root, name, *flags)], cwd=REPO,
-                             env={**environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-                                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "ENTRY_STEP_SECONDS": str(step_seconds)},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    return [
+        subprocess.Popen(
+            [sys.executable, *command(root, name, *flags)],
+            cwd=REPO,
+            env={
+                **environment(),
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+                "ENTRY_STEP_SECONDS": str(step_seconds),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
 
 
 def last(root: Path, name: str) -> dict:
@@ -105,8 +157,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(1)
     torch.save({"weights": without_batchnorm(MODELS["ResNetBaby"])(10).state_dict()}, root / "teacher.pth")
-    one = subprocess.Popen([sys.executable, *command(root, "one", *CRD)], env=environment(), cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    one = subprocess.Popen(
+        [sys.executable, *command(root, "one", *CRD)],
+        env=environment(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     two = torchrun(root, "two", *CRD)
     with pytest.MonkeyPatch.context() as patch:
         remove_batchnorm(patch.setitem)
@@ -122,8 +180,11 @@ def test_two_ranks_train_as_one_process(runs: Path) -> None:
     one, two = last(runs, "one"), last(runs, "two")
     assert_close(one, two)
     assert one["history"]["test_acc"] == pytest.approx(two["history"]["test_acc"], abs=0.5)  # one image in 360 may flip
+
     def files(name: str) -> list[str]:
-        return sorted("<events>" if EVENT_FILE.fullmatch(path.name) else path.name for path in (runs / "runs" / name).iterdir())
+        return sorted(
+            "<events>" if EVENT_FILE.fullmatch(path.name) else path.name for path in (runs / "runs" / name).iterdir()
+        )
 
     assert files("two") == files("one") and files("two").count("<events>") == 1
     steps_one, steps_two = scalars(runs / "runs" / "one" / "steps"), scalars(runs / "runs" / "two" / "steps")

@@ -35,9 +35,13 @@ ROOT = Path(SCRIPT).parent
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` (links as links) -> the SHA-256 of its content or its target."""
-    return {path.relative_to(root).as_posix(): hashlib.sha256(os.readlink(path).encode() if path.is_symlink()
-                                                               else path.read_bytes()).hexdigest()
-            for path in sorted(root.rglob("*")) if path.is_symlink() or path.is_file()}
+    return {
+        path.relative_to(root).as_posix(): hashlib.sha256(
+            os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+        ).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_symlink() or path.is_file()
+    }
 
 
 def refused(result: subprocess.CompletedProcess, *named: str) -> None:
@@ -57,9 +61,14 @@ def test_a_folder_that_is_not_a_run_of_ours_is_refused_and_left_as_it_is(tmp_pat
     notes.mkdir()
     (notes / "todo.txt").write_text("keep")
     before = snapshot(tmp_path)
-    refused(script(*TINY_RUN, "--experiments_dir", str(tmp_path), "--experiment_name", "hf_model"), "hf_model/config.json")
-    refused(script(*TINY_RUN, "--experiments_dir", str(tmp_path), "--experiment_name", "notes"),
-            "notes is not a run folder", "todo.txt")
+    refused(
+        script(*TINY_RUN, "--experiments_dir", str(tmp_path), "--experiment_name", "hf_model"), "hf_model/config.json"
+    )
+    refused(
+        script(*TINY_RUN, "--experiments_dir", str(tmp_path), "--experiment_name", "notes"),
+        "notes is not a run folder",
+        "todo.txt",
+    )
     assert snapshot(tmp_path) == before and not (hf / ".lock").exists()
 
 
@@ -77,14 +86,24 @@ def test_a_job_that_starts_while_runner_py_writes_its_job_json_is_ours(tmp_path:
 
 
 def test_a_config_json_alone_still_guards_the_flags(tmp_path: Path) -> None:
-    config = resolve(Config(distillation="none", dataset="digits", student=STUDENT, experiments_dir=str(tmp_path),
-                            experiment_name="r", lr=0.1))
+    config = resolve(
+        Config(
+            distillation="none",
+            dataset="digits",
+            student=STUDENT,
+            experiments_dir=str(tmp_path),
+            experiment_name="r",
+            lr=0.1,
+        )
+    )
     run = tmp_path / "r"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config)}))
     before = snapshot(tmp_path)
-    refused(script(*TINY_RUN, "--lr", "0.5", "--experiments_dir", str(tmp_path), "--experiment_name", "r"),
-            "--lr 0.1 there, 0.5 here")
+    refused(
+        script(*TINY_RUN, "--lr", "0.5", "--experiments_dir", str(tmp_path), "--experiment_name", "r"),
+        "--lr 0.1 there, 0.5 here",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -93,8 +112,12 @@ def test_a_damaged_config_json_is_refused_and_kept_byte_for_byte(tmp_path: Path)
     (run / "metrics.json").unlink()
     (run / "config.json").write_text("{ not json")
     before = snapshot(tmp_path)
-    refused(script(*PLAIN, "--epochs", "2", "--max_batches", "1", "--experiments_dir", str(tmp_path),
-                   "--experiment_name", "r"), "config.json is unreadable")
+    refused(
+        script(
+            *PLAIN, "--epochs", "2", "--max_batches", "1", "--experiments_dir", str(tmp_path), "--experiment_name", "r"
+        ),
+        "config.json is unreadable",
+    )
     (run / "config.json").write_text(json.dumps({"config": {"epochs": 2}}))  # JSON, but not what a run writes
     before = snapshot(tmp_path)
     with pytest.raises(UsageError, match="config.json is damaged"):
@@ -113,7 +136,9 @@ def test_links_in_place_of_lock_and_temporary_files_are_never_written_through(tm
     temporary = experiments / f".job.json.{os.getpid()}.tmp"
     temporary.symlink_to(outside)
     before = snapshot(tmp_path)
-    refused(script(*TINY_RUN, "--experiments_dir", str(experiments), "--experiment_name", "r"), "r/.lock is a symbolic link")
+    refused(
+        script(*TINY_RUN, "--experiments_dir", str(experiments), "--experiment_name", "r"), "r/.lock is a symbolic link"
+    )
     with pytest.raises(UsageError, match="runner.lock is a symbolic link"):
         with exclusive(experiments):
             pass
@@ -129,9 +154,20 @@ def test_clean_during_a_start_up_keeps_the_run(tmp_path: Path) -> None:
     run = finished_tiny_run(tmp_path)
     (run / "metrics.json").unlink()
     age(run)
-    flags = [*PLAIN, "--epochs", "2", "--max_batches", "1", "--experiments_dir", str(tmp_path), "--experiment_name", "r"]
-    starting = subprocess.Popen([sys.executable, SCRIPT, *TINY, *flags], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+    flags = [
+        *PLAIN,
+        "--epochs",
+        "2",
+        "--max_batches",
+        "1",
+        "--experiments_dir",
+        str(tmp_path),
+        "--experiment_name",
+        "r",
+    ]
+    starting = subprocess.Popen(
+        [sys.executable, SCRIPT, *TINY, *flags], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 30
         while RunDir(run).holder() is None:  # taken before torch loads
@@ -158,7 +194,10 @@ def test_damaged_config_and_job_files_are_listed_as_corrupt_and_the_rest_goes_on
         (run / "metrics.json").unlink()
     age(tmp_path)
     states = {run.name: folder_state(RunDir(run), {}, "local", resolve(Config())) for run in (no_method, listed_job)}
-    assert states["a"].state == CORRUPT and "config.json is damaged ('config' has no text 'distillation')" in states["a"].detail
+    assert (
+        states["a"].state == CORRUPT
+        and "config.json is damaged ('config' has no text 'distillation')" in states["a"].detail
+    )
     assert states["b"].state == CORRUPT and "job.json is damaged ('job_id' is not a text)" in states["b"].detail
     before = snapshot(no_method), snapshot(listed_job)
     lines: list[str] = []
@@ -184,9 +223,12 @@ def test_other_spellings_of_the_ranks_are_the_same_run(tmp_path: Path) -> None:
     older = {name: value for name, value in dataclasses.asdict(base).items() if name != "loss"}  # before --loss existed
     run.config.write_text(json.dumps({"config": older}))  # the run of --loss's default, l1
     assert train(Config(**flags, ranks="BATCH_SIZE,8,8,8")) == {"best_test_acc": 50.0}
-    assert "--loss 'l1' there, 'l2' here" in str(pytest.raises(UsageError, train, Config(**flags, loss="l2",
-                                                                                          experiment_name=base.experiment_name)).value)
-    unknowable = {name: value for name, value in dataclasses.asdict(base).items() if name != "beta"}  # the method's default
+    assert "--loss 'l1' there, 'l2' here" in str(
+        pytest.raises(UsageError, train, Config(**flags, loss="l2", experiment_name=base.experiment_name)).value
+    )
+    unknowable = {
+        name: value for name, value in dataclasses.asdict(base).items() if name != "beta"
+    }  # the method's default
     run.config.write_text(json.dumps({"config": unknowable}))
     with pytest.raises(UsageError, match="--beta '<absent>' there") as error:  # named after its flags, not by hand
         train(Config(**flags, ranks="BATCH_SIZE,8,8,8"))
@@ -214,8 +256,9 @@ def test_a_local_job_of_another_runner_that_is_starting_is_running(tmp_path: Pat
         run.job.write_text(json.dumps({"run": "r", "job_id": f"local-{job.pid}", "scheduler": "local"}))
         packed = RunDir(tmp_path / "r2")  # trained by the same job (runner.py --runs_per_gpu)
         packed.create()
-        packed.job.write_text(json.dumps({"run": "r2", "job_id": f"local-{job.pid}", "scheduler": "local",
-                                          "script": str(run.script)}))
+        packed.job.write_text(
+            json.dumps({"run": "r2", "job_id": f"local-{job.pid}", "scheduler": "local", "script": str(run.script)})
+        )
         assert folder_state(run, {}, "local").state == folder_state(packed, {}, "local").state == RUNNING
     finally:
         job.kill()

@@ -31,15 +31,23 @@ PLAIN = ["--distillation", "none", "--student", STUDENT, "--epochs", "1", "--max
 
 def script(*args: str) -> subprocess.CompletedProcess:
     """The training script with the tiny settings; a timeout, so a read that blocks cannot hang the suite."""
-    return subprocess.run([sys.executable, str(ROOT / "tucker_distillation.py"), *TINY, *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tucker_distillation.py"), *TINY, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def digests(folder: Path) -> dict[str, str]:
     """The content of every regular file under ``folder`` (not the lock, which names its last holder,
     nor train.log, which records the error)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink() and p.name not in (".lock", "train.log")}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink() and p.name not in (".lock", "train.log")
+    }
 
 
 def one_line(result: subprocess.CompletedProcess | str) -> str:
@@ -57,6 +65,7 @@ def finished_run(experiments: Path) -> Path:
 
 
 # ---------------------------------------------------------------- checkpoints that are not files
+
 
 @pytest.mark.parametrize("flag", ["--evaluate", "--teacher_checkpoint"])
 def test_a_fifo_as_a_checkpoint_is_refused_at_once(tmp_path: Path, flag: str) -> None:
@@ -88,8 +97,23 @@ def test_a_symlink_to_a_checkpoint_is_read(tmp_path: Path) -> None:
 
 def test_runner_names_a_teacher_that_is_not_a_regular_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     os.mkfifo(tmp_path / f"{STUDENT}.pth")
-    status = runner.main(["--dataset", "digits", "--teacher", STUDENT, "--student", STUDENT, "--distillations", "kd",
-                          "--teacher_dir", str(tmp_path), "--experiments_dir", str(tmp_path / "e"), "--dry_run"])
+    status = runner.main(
+        [
+            "--dataset",
+            "digits",
+            "--teacher",
+            STUDENT,
+            "--student",
+            STUDENT,
+            "--distillations",
+            "kd",
+            "--teacher_dir",
+            str(tmp_path),
+            "--experiments_dir",
+            str(tmp_path / "e"),
+            "--dry_run",
+        ]
+    )
     assert status == 2
     assert f"{tmp_path / f'{STUDENT}.pth'} is not a regular file" in one_line(capsys.readouterr().err)
 
@@ -116,6 +140,7 @@ def test_a_refused_pickle_never_advises_weights_only_false(tmp_path: Path) -> No
 
 # ---------------------------------------------------------------- damaged state and metrics
 
+
 def damage_last(state: dict[str, Any], name: str) -> dict[str, Any]:
     damaged = dict(state)
     if name == "empty student":
@@ -133,21 +158,32 @@ def damage_last(state: dict[str, Any], name: str) -> dict[str, Any]:
     return damaged
 
 
-@pytest.mark.parametrize("name, message", [
-    ("empty student", "does not fit this run: its 'student' entry (Error(s) in loading state_dict"),
-    ("string config", "is not a last.pt of this project: its 'config' entry is not a dict of flags"),
-    ("no history", "is not a last.pt of this project: its 'history' entry is not a dict"),
-    ("history of strings", "its history's 'train_hard_loss' is not a list of finite numbers"),
-    ("elapsed string", "its 'elapsed' entry is not a number"),
-    ("crd bank of another shape", "does not fit this run: its 'distiller' entry (Error(s) in loading state_dict"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("empty student", "does not fit this run: its 'student' entry (Error(s) in loading state_dict"),
+        ("string config", "is not a last.pt of this project: its 'config' entry is not a dict of flags"),
+        ("no history", "is not a last.pt of this project: its 'history' entry is not a dict"),
+        ("history of strings", "its history's 'train_hard_loss' is not a list of finite numbers"),
+        ("elapsed string", "its 'elapsed' entry is not a number"),
+        ("crd bank of another shape", "does not fit this run: its 'distiller' entry (Error(s) in loading state_dict"),
+    ],
+)
 def test_a_damaged_last_pt_is_one_line_and_kept(tmp_path: Path, name: str, message: str) -> None:
     flags = [*PLAIN, "--epochs", "2", "--experiments_dir", str(tmp_path), "--experiment_name", "r"]
     if name.startswith("crd"):
         teacher = tmp_path / "t.pth"
         torch.save({"weights": build_model(STUDENT, 10).state_dict()}, teacher)
-        flags += ["--distillation", "crd", "--teacher", STUDENT, "--teacher_checkpoint", str(teacher),
-                  "--crd_negatives", "64"]
+        flags += [
+            "--distillation",
+            "crd",
+            "--teacher",
+            STUDENT,
+            "--teacher_checkpoint",
+            str(teacher),
+            "--crd_negatives",
+            "64",
+        ]
     run = tmp_path / "r"
     assert script(*flags).returncode == 0
     (run / "metrics.json").unlink()
@@ -170,13 +206,28 @@ def test_metrics_without_a_best_accuracy_is_one_line(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- flags out of range
 
-@pytest.mark.parametrize("flags, message", [
-    (["--seed", "-1"], "--seed must be from 0 to 2**32 - 1"),
-    (["--seed", "4294967296"], "--seed must be from 0 to 2**32 - 1"),
-    (["--device", "meta"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'meta'"),
-    (["--distillation", "crd", "--teacher", STUDENT, "--teacher_checkpoint", "TEACHER", "--crd_negatives", "100000000"],
-     "--crd_negatives must be at most 16384 on this training set of 1438 samples"),
-])
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seed", "-1"], "--seed must be from 0 to 2**32 - 1"),
+        (["--seed", "4294967296"], "--seed must be from 0 to 2**32 - 1"),
+        (["--device", "meta"], "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'meta'"),
+        (
+            [
+                "--distillation",
+                "crd",
+                "--teacher",
+                STUDENT,
+                "--teacher_checkpoint",
+                "TEACHER",
+                "--crd_negatives",
+                "100000000",
+            ],
+            "--crd_negatives must be at most 16384 on this training set of 1438 samples",
+        ),
+    ],
+)
 def test_flags_out_of_range_are_one_line(tmp_path: Path, flags: list[str], message: str) -> None:
     torch.save({"weights": build_model(STUDENT, 10).state_dict()}, tmp_path / "t.pth")
     flags = [str(tmp_path / "t.pth") if f == "TEACHER" else f for f in flags]
@@ -194,20 +245,39 @@ def test_an_empty_checkpoint_path_is_refused(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_runner_refuses_a_seed_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    status = runner.main(["--dataset", "digits", "--teacher", STUDENT, "--student", STUDENT, "--distillations", "kd",
-                          "--grid", "seed=-1", "--experiments_dir", str(tmp_path), "--dry_run"])
+    status = runner.main(
+        [
+            "--dataset",
+            "digits",
+            "--teacher",
+            STUDENT,
+            "--student",
+            STUDENT,
+            "--distillations",
+            "kd",
+            "--grid",
+            "seed=-1",
+            "--experiments_dir",
+            str(tmp_path),
+            "--dry_run",
+        ]
+    )
     assert status == 2 and "--seed must be from 0 to 2**32 - 1" in one_line(capsys.readouterr().err)
 
 
 # ---------------------------------------------------------------- read-only folders, failed writes
 
+
 def main(tmp_path: Path, *flags: str) -> int:
-    return tucker_distillation.main([*TINY, *PLAIN, "--experiments_dir", str(tmp_path), "--experiment_name", "r", *flags])
+    return tucker_distillation.main(
+        [*TINY, *PLAIN, "--experiments_dir", str(tmp_path), "--experiment_name", "r", *flags]
+    )
 
 
 def refuse_writing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The run folder as a read-only mount shows it (tests run as root, where chmod restricts nothing):
     the lock file opens for reading only."""
+
     def read_only_open(path: Path, flags: int) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
             raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(path))
@@ -217,8 +287,9 @@ def refuse_writing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rundir, "open_nofollow", read_only_open)
 
 
-def test_a_finished_run_in_a_read_only_folder_reports_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_a_finished_run_in_a_read_only_folder_reports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     finished_run(tmp_path)
     before = digests(tmp_path)
     refuse_writing(monkeypatch)
@@ -226,8 +297,9 @@ def test_a_finished_run_in_a_read_only_folder_reports_it(tmp_path: Path, monkeyp
     assert digests(tmp_path) == before
 
 
-def test_an_unfinished_run_in_a_read_only_folder_exits_74(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture) -> None:
+def test_an_unfinished_run_in_a_read_only_folder_exits_74(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     run = finished_run(tmp_path)
     (run / "metrics.json").unlink()
     before = digests(tmp_path)
@@ -237,21 +309,30 @@ def test_an_unfinished_run_in_a_read_only_folder_exits_74(tmp_path: Path, monkey
     assert digests(tmp_path) == before
 
 
-def test_a_run_folder_that_a_read_only_disk_refuses_exits_74(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_a_run_folder_that_a_read_only_disk_refuses_exits_74(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     def read_only_mkdir(path: Path, *args: Any, **kwargs: Any) -> None:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
 
     monkeypatch.setattr(rundir.Path, "mkdir", read_only_mkdir)
     assert main(tmp_path / "e") == 74
-    assert one_line(capsys.readouterr().err) == (f"error: cannot create the run folder {tmp_path / 'e' / 'r'}: Read-only "
-                                                 "file system; make --experiments_dir writable (or free space), then rerun")
+    assert one_line(capsys.readouterr().err) == (
+        f"error: cannot create the run folder {tmp_path / 'e' / 'r'}: Read-only "
+        "file system; make --experiments_dir writable (or free space), then rerun"
+    )
 
 
-@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
-                                     RuntimeError("[enforce fail at inline_container.cc:778] . unexpected pos 64 vs 0")])
-def test_a_failed_write_names_its_target_and_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture, failure: Exception) -> None:
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+        RuntimeError("[enforce fail at inline_container.cc:778] . unexpected pos 64 vs 0"),
+    ],
+)
+def test_a_failed_write_names_its_target_and_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, failure: Exception
+) -> None:
     def full_disk(obj: Any, path: Any) -> None:
         Path(path).write_bytes(b"part")
         raise failure
@@ -274,8 +355,9 @@ def test_config_json_that_is_a_folder_is_named(tmp_path: Path, capsys: pytest.Ca
     assert digests(tmp_path) == before
 
 
-def test_a_read_only_data_folder_is_not_called_a_run_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_a_read_only_data_folder_is_not_called_a_run_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from toolbox.training import prepare  # where data_set looks load_dataset up
 
     def read_only(*args: Any, **kwargs: Any) -> None:
@@ -290,13 +372,15 @@ def test_a_read_only_data_folder_is_not_called_a_run_write(tmp_path: Path, monke
 
 # ---------------------------------------------------------------- rkd on degenerate batches
 
+
 @pytest.mark.parametrize("batch", ["one sample", "identical samples"])
 def test_rkd_is_finite_on_degenerate_batches(batch: str) -> None:
     student = torch.randn(1, 16) if batch == "one sample" else torch.ones(4, 16)
     student.requires_grad_(True)
     teacher = torch.randn(len(student), 32)
-    loss = (torch.nn.functional.smooth_l1_loss(rkd_distances(student), rkd_distances(teacher))
-            + torch.nn.functional.smooth_l1_loss(rkd_angles(student), rkd_angles(teacher)))
+    loss = torch.nn.functional.smooth_l1_loss(
+        rkd_distances(student), rkd_distances(teacher)
+    ) + torch.nn.functional.smooth_l1_loss(rkd_angles(student), rkd_angles(teacher))
     loss.backward()
     assert torch.isfinite(loss) and bool(torch.isfinite(student.grad).all())
 
@@ -305,6 +389,20 @@ def test_rkd_trains_through_a_one_sample_last_batch(tmp_path: Path) -> None:
     teacher = tmp_path / "t.pth"
     torch.save({"weights": build_model(STUDENT, 10).state_dict()}, teacher)
     assert 1438 % 479 == 1  # digits' training set: the epoch's last batch holds one sample
-    result = script("--distillation", "rkd", "--teacher", STUDENT, "--student", STUDENT, "--teacher_checkpoint",
-                    str(teacher), "--epochs", "1", "--batch_size", "479", "--experiments_dir", str(tmp_path))
+    result = script(
+        "--distillation",
+        "rkd",
+        "--teacher",
+        STUDENT,
+        "--student",
+        STUDENT,
+        "--teacher_checkpoint",
+        str(teacher),
+        "--epochs",
+        "1",
+        "--batch_size",
+        "479",
+        "--experiments_dir",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr

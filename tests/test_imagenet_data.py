@@ -41,7 +41,9 @@ def imagenet(tmp_path: Path) -> Path:
         for i in range(PER_CLASS):
             write_jpeg(tmp_path / "imagenet" / "train" / wnid / f"{wnid}_{i}.JPEG", 80, 64, 10 * label + i)
         for i in range(2):
-            write_jpeg(tmp_path / "imagenet" / "val" / wnid / f"ILSVRC2012_val_{label}{i}.JPEG", 80, 64, 100 + 10 * label + i)
+            write_jpeg(
+                tmp_path / "imagenet" / "val" / wnid / f"ILSVRC2012_val_{label}{i}.JPEG", 80, 64, 100 + 10 * label + i
+            )
     return tmp_path
 
 
@@ -110,8 +112,10 @@ def test_epochs_are_seeded_and_resume_mid_epoch(tiny: Path) -> None:
     assert_same_batches(full, epoch(image_loader(train, 5, train=True, seed=3, device=CPU, workers=0), 1))
     other = epoch(loader, 2)
     assert not torch.equal(full[0][2], other[0][2])
-    images = {epoch_number: dict(zip(torch.cat([b[2] for b in batches]).tolist(), torch.cat([b[0] for b in batches])))
-              for epoch_number, batches in ((1, full), (2, other))}
+    images = {
+        epoch_number: dict(zip(torch.cat([b[2] for b in batches]).tolist(), torch.cat([b[0] for b in batches])))
+        for epoch_number, batches in ((1, full), (2, other))
+    }
     assert sum(not torch.equal(images[1][i], images[2][i]) for i in range(12)) >= 10  # augmented afresh each epoch
 
     decoded = []
@@ -138,13 +142,26 @@ def test_two_ranks_share_each_global_batch_of_one_process(tiny: Path) -> None:
     train, test = tiny_imagenet_datasets(tiny)
     one = epoch(image_loader(train, 5, train=True, seed=3, device=CPU, workers=0), 1)
     for start_batch in (0, 1):
-        parts = [epoch(image_loader(train, 5, train=True, seed=3, device=CPU, workers=0, rank=rank, ranks=2), 1,
-                       start_batch=start_batch) for rank in (0, 1)]
+        parts = [
+            epoch(
+                image_loader(train, 5, train=True, seed=3, device=CPU, workers=0, rank=rank, ranks=2),
+                1,
+                start_batch=start_batch,
+            )
+            for rank in (0, 1)
+        ]
         assert [len(batch[2]) for batch in parts[0]] == [3, 3, 1][start_batch:]  # the first rank takes the odd sample
         joined = [tuple(torch.cat(pair) for pair in zip(first, second)) for first, second in zip(*parts)]
         assert_same_batches(joined, one[start_batch:])
-    shares = [torch.cat([labels for _, labels in image_loader(test, 4, train=False, seed=0, device=CPU, workers=0,
-                                                             rank=rank, ranks=2)]) for rank in (0, 1)]
+    shares = [
+        torch.cat(
+            [
+                labels
+                for _, labels in image_loader(test, 4, train=False, seed=0, device=CPU, workers=0, rank=rank, ranks=2)
+            ]
+        )
+        for rank in (0, 1)
+    ]
     whole = torch.cat([labels for _, labels in image_loader(test, 4, train=False, seed=0, device=CPU, workers=0)])
     assert torch.equal(torch.cat(shares), whole) and all(len(part) > 0 for part in shares)
 

@@ -106,7 +106,10 @@ def test_mobilenet_v1_keys_are_mdistillers() -> None:
     assert len(keys) == MOBILENET_V1_ENTRIES
     assert (keys[0], keys[-2], keys[-1]) == ("model.0.0.weight", "fc.weight", "fc.bias")
     assert {key: tuple(state[key].shape) for key in MOBILENET_V1_KEYS} == MOBILENET_V1_KEYS
-    assert sum(value.numel() for key, value in state.items() if "running" not in key and "tracked" not in key) == MOBILENET_V1_PARAMS
+    assert (
+        sum(value.numel() for key, value in state.items() if "running" not in key and "tracked" not in key)
+        == MOBILENET_V1_PARAMS
+    )
 
 
 def test_mobilenet_v1_features_are_mdistillers() -> None:

@@ -27,8 +27,20 @@ from toolbox.training import Trainer, evaluate_checkpoint, train
 
 WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")
 TRAIN_PER_CLASS, VAL_PER_CLASS = 8, 2
-FAST = ["--batch_size", "4", "--eval_batch_size", "8", "--workers", "0", "--epochs", "1", "--device", "cpu",
-        "--log_every", "1"]
+FAST = [
+    "--batch_size",
+    "4",
+    "--eval_batch_size",
+    "8",
+    "--workers",
+    "0",
+    "--epochs",
+    "1",
+    "--device",
+    "cpu",
+    "--log_every",
+    "1",
+]
 
 
 def write_jpeg(path: Path, rng: np.random.Generator) -> None:
@@ -74,31 +86,73 @@ def run_flags(data_dir: Path, experiments: Path, *flags: str) -> list[str]:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_on_imagenet_networks_from_a_torchvision_teacher(
-        method: str, data_dir: Path, teachers: Path, tmp_path: Path) -> None:
-    flags = run_flags(data_dir, tmp_path, "--dataset", "tiny-imagenet", "--distillation", method, "--teacher", "resnet18",
-                      "--student", "resnet18", "--teacher_checkpoint", str(teachers / "resnet18.pth"),
-                      "--ranks", "BATCH_SIZE,x0.5,x1,x1", "--max_batches", "1", "--experiment_name", "run",
-                      "--init_epochs", "1")
+    method: str, data_dir: Path, teachers: Path, tmp_path: Path
+) -> None:
+    flags = run_flags(
+        data_dir,
+        tmp_path,
+        "--dataset",
+        "tiny-imagenet",
+        "--distillation",
+        method,
+        "--teacher",
+        "resnet18",
+        "--student",
+        "resnet18",
+        "--teacher_checkpoint",
+        str(teachers / "resnet18.pth"),
+        "--ranks",
+        "BATCH_SIZE,x0.5,x1,x1",
+        "--max_batches",
+        "1",
+        "--experiment_name",
+        "run",
+        "--init_epochs",
+        "1",
+    )
     metrics = train(parse_config(flags))
     assert {"config.json", "metrics.json", "last.pt", "resnet18.pth", "Loss.png", "Accuracy.png"} <= {
-        path.name for path in (tmp_path / "run").iterdir()}
+        path.name for path in (tmp_path / "run").iterdir()
+    }
     soft = [record["train_soft_loss"] for record in metrics.get("phase_history", [])][:1] or metrics["train_soft_loss"]
     assert np.isfinite(soft[0]) and (soft[0] == 0) == (method == "none")  # AB's and FSP's loss: in their initialisation
     assert metrics["test_acc"][0] >= 0 and np.isfinite(metrics["test_loss"][0])
 
 
 def test_imagenet_images_give_224_pixel_maps_through_workers_and_evaluate_reads_the_checkpoint(
-        data_dir: Path, teachers: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    flags = run_flags(data_dir, tmp_path, "--dataset", "imagenet", "--distillation", "tucker", "--teacher", "resnet34",
-                      "--student", "resnet18", "--teacher_checkpoint", str(teachers / "resnet34.pth"),
-                      "--ranks", "BATCH_SIZE,x0.5,x1,x1", "--max_batches", "2", "--workers", "1", "--experiment_name", "run")
+    data_dir: Path, teachers: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    flags = run_flags(
+        data_dir,
+        tmp_path,
+        "--dataset",
+        "imagenet",
+        "--distillation",
+        "tucker",
+        "--teacher",
+        "resnet34",
+        "--student",
+        "resnet18",
+        "--teacher_checkpoint",
+        str(teachers / "resnet34.pth"),
+        "--ranks",
+        "BATCH_SIZE,x0.5,x1,x1",
+        "--max_batches",
+        "2",
+        "--workers",
+        "1",
+        "--experiment_name",
+        "run",
+    )
     metrics = train(parse_config(flags))
     assert np.isfinite(metrics["train_soft_loss"][0]) and metrics["train_soft_loss"][0] > 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["feature_shapes"] == {"teacher": [256, 14, 14], "student": [256, 14, 14]}
     assert "step 1/2" in capsys.readouterr().out  # the progress line of --log_every 1
     result = evaluate_checkpoint(parse_config([*flags, "--evaluate", str(tmp_path / "run" / "resnet18.pth")]))
-    assert result["test_acc"] == pytest.approx(metrics["test_acc"][0]) and result["test_loss"] == pytest.approx(metrics["test_loss"][0])
+    assert result["test_acc"] == pytest.approx(metrics["test_acc"][0]) and result["test_loss"] == pytest.approx(
+        metrics["test_loss"][0]
+    )
 
 
 def stop_after(monkeypatch: pytest.MonkeyPatch, steps: int, how: str) -> None:
@@ -131,10 +185,27 @@ def assert_same_run(resumed: dict, uninterrupted: dict, resumed_run: Path, unint
 
 
 def test_a_run_stopped_within_an_epoch_of_jpegs_resumes_to_the_uninterrupted_weights(
-        data_dir: Path, teachers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    flags = ["--dataset", "tiny-imagenet", "--distillation", "crd", "--teacher", "resnet18", "--student", "resnet18",
-             "--teacher_checkpoint", str(teachers / "resnet18.pth"), "--epochs", "2", "--max_batches", "3",
-             "--deterministic", "--experiment_name", "run"]
+    data_dir: Path, teachers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flags = [
+        "--dataset",
+        "tiny-imagenet",
+        "--distillation",
+        "crd",
+        "--teacher",
+        "resnet18",
+        "--student",
+        "resnet18",
+        "--teacher_checkpoint",
+        str(teachers / "resnet18.pth"),
+        "--epochs",
+        "2",
+        "--max_batches",
+        "3",
+        "--deterministic",
+        "--experiment_name",
+        "run",
+    ]
     uninterrupted = train(parse_config(run_flags(data_dir, tmp_path / "a", *flags)))
     stop_after(monkeypatch, 5, "signal")  # step 2 of the second epoch
     with pytest.raises(Interrupted, match="holds epoch 2 up to batch 2"):
@@ -146,9 +217,26 @@ def test_a_run_stopped_within_an_epoch_of_jpegs_resumes_to_the_uninterrupted_wei
     assert_same_run(resumed, uninterrupted, tmp_path / "b" / "run", tmp_path / "a" / "run")
 
 
-def test_a_killed_digits_run_resumes_from_its_last_mid_epoch_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    flags = ["--distillation", "none", "--student", "ResNetBaby", "--epochs", "2", "--max_batches", "4",
-             "--checkpoint_every", "2", "--deterministic", "--device", "cpu", "--experiment_name", "run"]
+def test_a_killed_digits_run_resumes_from_its_last_mid_epoch_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flags = [
+        "--distillation",
+        "none",
+        "--student",
+        "ResNetBaby",
+        "--epochs",
+        "2",
+        "--max_batches",
+        "4",
+        "--checkpoint_every",
+        "2",
+        "--deterministic",
+        "--device",
+        "cpu",
+        "--experiment_name",
+        "run",
+    ]
     uninterrupted = run_training(tmp_path / "a", *flags)
     stop_after(monkeypatch, 7, "kill")  # step 3 of the second epoch: the checkpoint of step 2 remains
     with pytest.raises(KeyboardInterrupt):

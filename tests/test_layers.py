@@ -12,8 +12,14 @@ REPO = Path(__file__).resolve().parent.parent
 LAYERS = [  # bottom first; a module belongs to the first entry that names it or a package above it
     ["toolbox.errors", "toolbox.methods"],  # toolbox.methods: the torch-free list (its __init__)
     ["toolbox.config", "toolbox.cli", "toolbox.utils", "toolbox.stop"],
-    ["toolbox.data_loader", "toolbox.datasets", "toolbox.models", "toolbox.nets", "toolbox.distributed",
-     "toolbox.tucker"],
+    [
+        "toolbox.data_loader",
+        "toolbox.datasets",
+        "toolbox.models",
+        "toolbox.nets",
+        "toolbox.distributed",
+        "toolbox.tucker",
+    ],
     ["toolbox.methods.", "toolbox.distillation"],  # every module of the package but its __init__
     ["toolbox.rundir"],
     ["toolbox.training", "toolbox.analysis", "toolbox.sweep"],
@@ -49,22 +55,33 @@ def imports(path: Path, top_level_only: bool = False) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module.split(".")[0] in ("toolbox", "runner", "tucker_distillation", "test_noise"):
                 found.add(node.module)
-                found |= {f"{node.module}.{alias.name}" for alias in node.names
-                          if (REPO / node.module.replace(".", "/") / f"{alias.name}.py").exists()
-                          or (REPO / node.module.replace(".", "/") / alias.name / "__init__.py").exists()}
+                found |= {
+                    f"{node.module}.{alias.name}"
+                    for alias in node.names
+                    if (REPO / node.module.replace(".", "/") / f"{alias.name}.py").exists()
+                    or (REPO / node.module.replace(".", "/") / alias.name / "__init__.py").exists()
+                }
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "toolbox"}
     return found
 
 
 def sources() -> list[Path]:
-    return [*sorted((REPO / "toolbox").rglob("*.py")), REPO / "tucker_distillation.py", REPO / "runner.py",
-            REPO / "test_noise.py"]
+    return [
+        *sorted((REPO / "toolbox").rglob("*.py")),
+        REPO / "tucker_distillation.py",
+        REPO / "runner.py",
+        REPO / "test_noise.py",
+    ]
 
 
 def test_no_import_runs_up_a_layer() -> None:
-    upward = [f"{module_name(path)} imports {imported}" for path in sources() for imported in imports(path)
-              if layer(imported) > layer(module_name(path))]
+    upward = [
+        f"{module_name(path)} imports {imported}"
+        for path in sources()
+        for imported in imports(path)
+        if layer(imported) > layer(module_name(path))
+    ]
     assert not upward
 
 

@@ -37,10 +37,13 @@ def test_each_method_with_a_loss_has_a_golden_test() -> None:
     assert golden_methods() == set(METHODS) - {"none"}
 
 
-@pytest.mark.parametrize("page, pattern", [
-    ("README.md", "^\\| `{name}` \\| \\[toolbox/methods/{name}\\.py\\]\\(toolbox/methods/{name}\\.py\\) \\|"),
-    ("docs/methods.md", "`{name}`"),
-])
+@pytest.mark.parametrize(
+    "page, pattern",
+    [
+        ("README.md", "^\\| `{name}` \\| \\[toolbox/methods/{name}\\.py\\]\\(toolbox/methods/{name}\\.py\\) \\|"),
+        ("docs/methods.md", "`{name}`"),
+    ],
+)
 def test_each_method_is_documented(page: str, pattern: str) -> None:
     text = (REPO / page).read_text()
     missing = [name for name in METHODS if not re.search(pattern.format(name=name), text, re.MULTILINE)]

@@ -81,7 +81,10 @@ KEYS = {
          "fc.weight", "fc.bias"},
         {"layer1.0.downsample.0.weight", "layer2.1.downsample.0.weight", "linear.weight", "layer1.0.conv1.bias"},
     ),
-    "resnet8x4": ({"layer1.0.downsample.0.weight", "layer3.0.downsample.1.weight", "fc.weight"}, {"layer1.1.conv1.weight"}),
+    "resnet8x4": (
+        {"layer1.0.downsample.0.weight", "layer3.0.downsample.1.weight", "fc.weight"},
+        {"layer1.1.conv1.weight"},
+    ),
     "ResNet50": (
         {"conv1.weight", "layer1.0.conv3.weight", "layer1.0.shortcut.0.weight", "layer4.2.bn3.weight", "linear.weight"},
         {"layer1.1.shortcut.0.weight", "fc.weight"},
@@ -108,7 +111,8 @@ KEYS = {
         {"layer1.0.shortcut.0.weight"},
     ),
     "ShuffleV2": (
-        {"layer1.0.conv5.weight", "layer1.3.conv3.weight", "layer3.3.bn3.weight", "conv2.weight", "bn2.weight", "linear.weight"},
+        {"layer1.0.conv5.weight", "layer1.3.conv3.weight", "layer3.3.bn3.weight", "conv2.weight", "bn2.weight",
+         "linear.weight"},
         {"layer1.4.conv1.weight"},
     ),
 }  # fmt: skip
@@ -172,10 +176,20 @@ def test_depth_is_six_times_blocks_plus_two(name: str) -> None:
 def test_state_dict_keys_are_the_originals() -> None:
     keys = set(build_model("ResNet20", 100).state_dict())
     expected = {
-        "conv1.weight", "bn1.weight", "bn1.running_mean",
-        "layer1.0.conv1.weight", "layer1.0.bn1.bias", "layer1.2.conv2.weight", "layer1.2.bn2.num_batches_tracked",
-        "layer2.0.shortcut.0.weight", "layer2.0.shortcut.1.weight", "layer2.0.shortcut.1.running_var",
-        "layer3.0.shortcut.0.weight", "layer3.2.bn2.weight", "linear.weight", "linear.bias",
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.running_mean",
+        "layer1.0.conv1.weight",
+        "layer1.0.bn1.bias",
+        "layer1.2.conv2.weight",
+        "layer1.2.bn2.num_batches_tracked",
+        "layer2.0.shortcut.0.weight",
+        "layer2.0.shortcut.1.weight",
+        "layer2.0.shortcut.1.running_var",
+        "layer3.0.shortcut.0.weight",
+        "layer3.2.bn2.weight",
+        "linear.weight",
+        "linear.bias",
     }
     assert expected <= keys
     assert not any(k.startswith("layer1.0.shortcut") for k in keys)  # identity where shapes agree
@@ -290,7 +304,15 @@ def save_like_repdistiller(model: torch.nn.Module, path: Path) -> None:
     model.train()
     F.cross_entropy(model(torch.randn(2, 3, 32, 32))[-1], torch.tensor([0, 1])).backward()
     optimizer.step()  # momentum buffers: tensors in the optimizer's state
-    torch.save({"epoch": 240, "model": model.state_dict(), "accuracy": torch.tensor(77.3), "optimizer": optimizer.state_dict()}, path)
+    torch.save(
+        {
+            "epoch": 240,
+            "model": model.state_dict(),
+            "accuracy": torch.tensor(77.3),
+            "optimizer": optimizer.state_dict(),
+        },
+        path,
+    )
 
 
 @pytest.mark.parametrize("name", ["resnet110", "resnet32x4", "wrn_40_2", "vgg13"])
@@ -372,7 +394,9 @@ def test_a_missing_file_and_a_file_without_weights_are_one_line_usage_errors(tmp
         torch.save(content, tmp_path / file)
         with pytest.raises(UsageError) as excinfo:
             load_checkpoint(build_model("resnet8", 100), tmp_path / file, "teacher")
-        assert "is not a checkpoint of resnet8 (100 classes)" in one_line_usage_error(excinfo, "teacher", tmp_path / file)
+        assert "is not a checkpoint of resnet8 (100 classes)" in one_line_usage_error(
+            excinfo, "teacher", tmp_path / file
+        )
 
 
 class Payload:

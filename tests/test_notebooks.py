@@ -38,8 +38,18 @@ def experiments(digits_teacher: tuple[Path, dict[str, Any]], tmp_path_factory: p
     teacher_experiments, _ = digits_teacher
     root = tmp_path_factory.mktemp("notebook-experiments")
     shutil.copytree(teacher_experiments / TEACHER_RUN, root / TEACHER_RUN)
-    common = ["--teacher", TEACHER, "--student", STUDENT, "--epochs", "2", "--max_batches", "3",
-              "--teacher_checkpoint", str(root / TEACHER_RUN / f"{TEACHER}.pth")]
+    common = [
+        "--teacher",
+        TEACHER,
+        "--student",
+        STUDENT,
+        "--epochs",
+        "2",
+        "--max_batches",
+        "3",
+        "--teacher_checkpoint",
+        str(root / TEACHER_RUN / f"{TEACHER}.pth"),
+    ]
     for flags in [*STUDENT_RUNS, UNFINISHED]:
         run_training(root, *common, *flags)
     (root / UNFINISHED_RUN / "metrics.json").unlink()  # as if the job had been killed
@@ -49,8 +59,13 @@ def experiments(digits_teacher: tuple[Path, dict[str, Any]], tmp_path_factory: p
 def execute(notebook: Path, output: Path, **parameters: Any) -> nbformat.NotebookNode:
     """Run a notebook with papermill from the repository root; it raises on an error cell."""
     papermill.execute_notebook(
-        str(notebook), str(output), parameters=parameters, kernel_name="python3", cwd=str(ROOT),
-        progress_bar=False, log_output=False,
+        str(notebook),
+        str(output),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(ROOT),
+        progress_bar=False,
+        log_output=False,
     )
     return nbformat.read(output, as_version=4)
 
@@ -92,8 +107,14 @@ def test_notebooks_are_committed_without_outputs(notebook: Path) -> None:
 
 def test_aggregator_on_experiments(experiments: Path, tmp_path: Path) -> None:
     output = tmp_path / "analysis" / "digits"  # not there yet: the notebook creates it
-    notebook = execute(AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(experiments), SUMMARY_DIR=str(output),
-                       DATASET="digits", BENCHMARK_FLAGS={"epochs": 2})  # the students' runs; the teacher trained longer
+    notebook = execute(
+        AGGREGATOR,
+        tmp_path / "aggregator.ipynb",
+        EXPERIMENTS_DIR=str(experiments),
+        SUMMARY_DIR=str(output),
+        DATASET="digits",
+        BENCHMARK_FLAGS={"epochs": 2},
+    )  # the students' runs; the teacher trained longer
     assert_no_errors(notebook)
     printed = text(notebook)
     assert "7 finished runs in 6 configurations" in printed and "1 without results" in printed
@@ -125,15 +146,26 @@ def test_aggregator_on_empty_folder(tmp_path: Path) -> None:
     notebook = execute(AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(empty))
     assert_no_errors(notebook)
     assert f"No finished runs under {empty}" in text(notebook)
-    assert "The benchmark table is for cifar100 runs of a teacher→student pair (DATASET); there are none" in text(notebook)
+    assert "The benchmark table is for cifar100 runs of a teacher→student pair (DATASET); there are none" in text(
+        notebook
+    )
     assert list(empty.iterdir()) == []  # no summary written for nothing
 
 
 def test_inspection_notebook(experiments: Path, tmp_path: Path) -> None:
     notebook = execute(
-        INSPECTION, tmp_path / "inspection.ipynb", DATASET="digits", TEACHER=TEACHER, STUDENT=STUDENT,
-        EXPERIMENTS_DIR=str(experiments), STUDENT_CHECKPOINT=str(experiments / STUDENT_CHECKPOINT),
-        N_IMAGES=16, CHANNEL_RANKS=[4, 32, 64], SPATIAL_RANKS=[2, 8], SHOWN_RANKS=[4, 32], SUBSPACE_RANK=8,
+        INSPECTION,
+        tmp_path / "inspection.ipynb",
+        DATASET="digits",
+        TEACHER=TEACHER,
+        STUDENT=STUDENT,
+        EXPERIMENTS_DIR=str(experiments),
+        STUDENT_CHECKPOINT=str(experiments / STUDENT_CHECKPOINT),
+        N_IMAGES=16,
+        CHANNEL_RANKS=[4, 32, 64],
+        SPATIAL_RANKS=[2, 8],
+        SHOWN_RANKS=[4, 32],
+        SUBSPACE_RANK=8,
     )
     assert_no_errors(notebook)
     printed = text(notebook)
@@ -147,9 +179,13 @@ def test_aggregator_shows_the_imagenet_table_beside_the_published_numbers(tmp_pa
     from tests.test_analysis import imagenet_run
 
     experiments = tmp_path / "experiments"
-    imagenet_run(experiments, [61.0, 70.0, 71.25], "kd", "resnet34", "resnet18")  # fabricated: no ImageNet training here
+    imagenet_run(
+        experiments, [61.0, 70.0, 71.25], "kd", "resnet34", "resnet18"
+    )  # fabricated: no ImageNet training here
     imagenet_run(experiments, [60.0, 71.0, 70.5], "dkd", "resnet50", "MobileNetV1")
-    notebook = execute(AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(experiments), SUMMARY_DIR=str(tmp_path))
+    notebook = execute(
+        AGGREGATOR, tmp_path / "aggregator.ipynb", EXPERIMENTS_DIR=str(experiments), SUMMARY_DIR=str(tmp_path)
+    )
     assert_no_errors(notebook)
     printed = text(notebook)
     table = (tmp_path / "benchmark_imagenet_last.md").read_text()

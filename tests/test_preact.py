@@ -16,8 +16,13 @@ from toolbox.nets.mobile import channel_shuffle
 
 # architecture -> how its pre-activation stage maps relate to the activated ones
 FAMILIES = {
-    "ResNetBaby": "relu", "resnet8": "relu", "ResNet50": "relu", "vgg8": "relu", "ShuffleV1": "relu",
-    "resnet18": "relu", "MobileNetV1": "relu",
+    "ResNetBaby": "relu",
+    "resnet8": "relu",
+    "ResNet50": "relu",
+    "vgg8": "relu",
+    "ShuffleV1": "relu",
+    "resnet18": "relu",
+    "MobileNetV1": "relu",
     "wrn_16_2": "next_bn",  # RepDistiller: the next BatchNorm's output on the stage's map
     "MobileNetV2": "same",  # linear bottlenecks: no ReLU at the end of a stage
     "ShuffleV2": "shuffled",  # the concatenation before the last ReLU, unshuffled

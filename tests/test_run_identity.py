@@ -38,15 +38,49 @@ TINY_RUN = [*PLAIN, "--epochs", "1", "--max_batches", "1"]
 
 # A second value for every flag that can define an experiment (a different one from the default).
 OTHER_VALUES: dict[str, Any] = {
-    "teacher": "ResNet56", "beta": 7.0, "loss": "l2", "feature_layer": 1, "ranks": "BATCH_SIZE,16,8,8",
-    "recomp_target": "both", "tucker_backend": "tensorly", "hooi_iters": 3, "tucker_core": "per_sample",
-    "kd_temperature": 2.0, "noise_std": 0.5, "epochs": 12, "batch_size": 64, "lr": 0.01, "momentum": 0.5,
-    "weight_decay": 1e-4, "seed": 3, "max_batches": 3, "sync_bn": True, "dataset": "cifar10", "student": "ResNet20",
-    "recipe": "crd", "schedule": "step", "lr_milestones": "100,200", "lr_decay": 0.2, "ce_weight": 0.5,
-    "dkd_alpha": 2.0, "dkd_beta": 4.0, "dkd_warmup": 5, "crd_dim": 64, "crd_negatives": 100, "crd_temperature": 0.1,
-    "crd_momentum": 0.9, "rkd_distance": 10.0, "rkd_angle": 20.0,
-    "dist_beta": 2.0, "dist_gamma": 0.5, "kd_weight": 1.0, "logit_standardization": True, "optimizer": "dot",
-    "init_epochs": 5, "reviewkd_warmup": 5, "reviewkd_student_preact": True,
+    "teacher": "ResNet56",
+    "beta": 7.0,
+    "loss": "l2",
+    "feature_layer": 1,
+    "ranks": "BATCH_SIZE,16,8,8",
+    "recomp_target": "both",
+    "tucker_backend": "tensorly",
+    "hooi_iters": 3,
+    "tucker_core": "per_sample",
+    "kd_temperature": 2.0,
+    "noise_std": 0.5,
+    "epochs": 12,
+    "batch_size": 64,
+    "lr": 0.01,
+    "momentum": 0.5,
+    "weight_decay": 1e-4,
+    "seed": 3,
+    "max_batches": 3,
+    "sync_bn": True,
+    "dataset": "cifar10",
+    "student": "ResNet20",
+    "recipe": "crd",
+    "schedule": "step",
+    "lr_milestones": "100,200",
+    "lr_decay": 0.2,
+    "ce_weight": 0.5,
+    "dkd_alpha": 2.0,
+    "dkd_beta": 4.0,
+    "dkd_warmup": 5,
+    "crd_dim": 64,
+    "crd_negatives": 100,
+    "crd_temperature": 0.1,
+    "crd_momentum": 0.9,
+    "rkd_distance": 10.0,
+    "rkd_angle": 20.0,
+    "dist_beta": 2.0,
+    "dist_gamma": 0.5,
+    "kd_weight": 1.0,
+    "logit_standardization": True,
+    "optimizer": "dot",
+    "init_epochs": 5,
+    "reviewkd_warmup": 5,
+    "reviewkd_student_preact": True,
 }
 CASES = [(method, flag) for method in DISTILLERS for flag in defining_flags(method) if flag != "distillation"]
 
@@ -56,6 +90,7 @@ def script(*args: str, **kwargs: Any) -> subprocess.CompletedProcess:
 
 
 # ---------------------------------------------------------------- names and identity
+
 
 def test_every_defining_flag_has_a_test_value() -> None:
     assert {flag for _, flag in CASES} <= set(OTHER_VALUES)
@@ -90,14 +125,22 @@ def test_a_finished_run_is_never_returned_for_other_flags(tmp_path: Path, method
 def test_default_runs_keep_their_names() -> None:
     assert experiment_name(Config()) == "cifar100/ResNet112-ResNet56/tucker/B-32-8-8/seed0"
     assert experiment_name(Config(distillation="none")) == "cifar100/teacher/ResNet56/seed0"
-    assert (experiment_name(Config(distillation="tucker_recomp", recomp_target="both", ranks="BATCH_SIZE,8,8,8", seed=2))
-            == "cifar100/ResNet112-ResNet56/tucker_recomp/both/B-8-8-8/seed2")
-    assert experiment_name(Config(distillation="kd", beta=0.9, ce_weight=0.1)) == "cifar100/ResNet112-ResNet56/kd/seed0"  # kd's defaults
-    assert (experiment_name(Config(distillation="featuremap", lr=0.01, beta=50.0))
-            == "cifar100/ResNet112-ResNet56/featuremap/beta=50,lr=0.01/seed0")
+    assert (
+        experiment_name(Config(distillation="tucker_recomp", recomp_target="both", ranks="BATCH_SIZE,8,8,8", seed=2))
+        == "cifar100/ResNet112-ResNet56/tucker_recomp/both/B-8-8-8/seed2"
+    )
+    assert (
+        experiment_name(Config(distillation="kd", beta=0.9, ce_weight=0.1)) == "cifar100/ResNet112-ResNet56/kd/seed0"
+    )  # kd's defaults
+    assert (
+        experiment_name(Config(distillation="featuremap", lr=0.01, beta=50.0))
+        == "cifar100/ResNet112-ResNet56/featuremap/beta=50,lr=0.01/seed0"
+    )
     # flags a method does not read never name it
-    assert experiment_name(Config(distillation="featuremap", ranks="BATCH_SIZE,8,8,8", kd_temperature=2.0)) == \
-        "cifar100/ResNet112-ResNet56/featuremap/seed0"
+    assert (
+        experiment_name(Config(distillation="featuremap", ranks="BATCH_SIZE,8,8,8", kd_temperature=2.0))
+        == "cifar100/ResNet112-ResNet56/featuremap/seed0"
+    )
 
 
 def test_the_default_teacher_shares_the_students_recipe_not_its_method_flags() -> None:
@@ -119,10 +162,15 @@ def test_a_toy_method_with_its_own_flag_gets_its_own_folders(tmp_path: Path, mon
 
     monkeypatch.setitem(DISTILLERS, "toy", Toy)
     names = {experiment_name(Config(distillation="toy", noise_std=std)) for std in (0.5, 1.0, 2.0)}
-    assert names == {"cifar100/ResNet112-ResNet56/toy/seed0", "cifar100/ResNet112-ResNet56/toy/noise_std=0.5/seed0",
-                     "cifar100/ResNet112-ResNet56/toy/noise_std=2/seed0"}
+    assert names == {
+        "cifar100/ResNet112-ResNet56/toy/seed0",
+        "cifar100/ResNet112-ResNet56/toy/noise_std=0.5/seed0",
+        "cifar100/ResNet112-ResNet56/toy/noise_std=2/seed0",
+    }
     assert resolve(Config(distillation="toy")).beta == 7.0
-    assert experiment_name(Config(distillation="toy", ranks="BATCH_SIZE,8,8,8")) == "cifar100/ResNet112-ResNet56/toy/seed0"
+    assert (
+        experiment_name(Config(distillation="toy", ranks="BATCH_SIZE,8,8,8")) == "cifar100/ResNet112-ResNet56/toy/seed0"
+    )
 
 
 def test_the_two_commands_of_the_report_give_two_runs(tmp_path: Path) -> None:
@@ -131,15 +179,25 @@ def test_the_two_commands_of_the_report_give_two_runs(tmp_path: Path) -> None:
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     assert "has finished already" not in second.stdout
     metrics = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("metrics.json"))
-    assert metrics == ["digits/teacher/ResNetBaby/epochs=1,batch_size=64,lr=0.01,max_batches=1/seed0/metrics.json",
-                       "digits/teacher/ResNetBaby/epochs=1,batch_size=64,lr=0.05,max_batches=1/seed0/metrics.json"]
-    explicit = script(*TINY_RUN, "--lr", "0.02", "--experiments_dir", str(tmp_path), "--experiment_name",
-                      "digits/teacher/ResNetBaby/epochs=1,batch_size=64,lr=0.05,max_batches=1/seed0")
+    assert metrics == [
+        "digits/teacher/ResNetBaby/epochs=1,batch_size=64,lr=0.01,max_batches=1/seed0/metrics.json",
+        "digits/teacher/ResNetBaby/epochs=1,batch_size=64,lr=0.05,max_batches=1/seed0/metrics.json",
+    ]
+    explicit = script(
+        *TINY_RUN,
+        "--lr",
+        "0.02",
+        "--experiments_dir",
+        str(tmp_path),
+        "--experiment_name",
+        "digits/teacher/ResNetBaby/epochs=1,batch_size=64,lr=0.05,max_batches=1/seed0",
+    )
     assert explicit.returncode == 2 and len(explicit.stderr.strip().splitlines()) == 1
     assert "--lr 0.05 there, 0.02 here" in explicit.stderr
 
 
 # ---------------------------------------------------------------- one process per folder
+
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
@@ -149,9 +207,20 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> Non
 
 
 def test_a_second_process_is_refused_and_kill_9_leaves_no_stale_lock(tmp_path: Path) -> None:
-    flags = [*PLAIN, "--epochs", "50", "--max_batches", "2", "--experiments_dir", str(tmp_path), "--experiment_name", "r"]
-    first = subprocess.Popen([sys.executable, SCRIPT, *TINY, *flags], cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    flags = [
+        *PLAIN,
+        "--epochs",
+        "50",
+        "--max_batches",
+        "2",
+        "--experiments_dir",
+        str(tmp_path),
+        "--experiment_name",
+        "r",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, SCRIPT, *TINY, *flags], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_for(tmp_path / "r" / "last.pt", first)
         second = script(*flags)
@@ -165,8 +234,9 @@ def test_a_second_process_is_refused_and_kill_9_leaves_no_stale_lock(tmp_path: P
     assert folder_state(RunDir(tmp_path / "r"), {}, "local").state == FAILED
     resumed = script(*[f if f != "50" else "2" for f in flags])
     assert resumed.returncode == 2 and "--epochs 50 there, 2 here" in resumed.stderr  # and nothing was touched
-    again = subprocess.Popen([sys.executable, SCRIPT, *TINY, *flags], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+    again = subprocess.Popen(
+        [sys.executable, SCRIPT, *TINY, *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     first_line = again.stdout.readline()  # the lock was free: it resumes at once
     again.terminate()  # and stops cleanly after its current step
     assert again.wait(timeout=120) == 75 and first_line.startswith(f"resuming {tmp_path / 'r'} after epoch")
@@ -174,9 +244,21 @@ def test_a_second_process_is_refused_and_kill_9_leaves_no_stale_lock(tmp_path: P
 
 # ---------------------------------------------------------------- divergence
 
+
 def test_a_nan_test_loss_is_divergence_and_nothing_non_finite_is_saved(tmp_path: Path) -> None:
-    result = script(*PLAIN, "--lr", "1e6", "--max_batches", "1", "--epochs", "3", "--experiments_dir", str(tmp_path),
-                    "--experiment_name", "nan")
+    result = script(
+        *PLAIN,
+        "--lr",
+        "1e6",
+        "--max_batches",
+        "1",
+        "--epochs",
+        "3",
+        "--experiments_dir",
+        str(tmp_path),
+        "--experiment_name",
+        "nan",
+    )
     assert result.returncode == 1 and "diverged in epoch" in result.stderr, result.stderr
     run = tmp_path / "nan"
     assert not (run / "metrics.json").exists()
@@ -195,11 +277,25 @@ def test_a_nan_teacher_is_named(tmp_path: Path) -> None:
         next(teacher.parameters()).fill_(float("nan"))
     torch.save({"weights": teacher.state_dict()}, tmp_path / "t.pth")
     with pytest.raises(UsageError, match="NaN or infinite weights"):
-        run_training(tmp_path, "--distillation", "featuremap", "--teacher", STUDENT, "--student", STUDENT,
-                     "--teacher_checkpoint", str(tmp_path / "t.pth"), "--epochs", "1", "--max_batches", "1")
+        run_training(
+            tmp_path,
+            "--distillation",
+            "featuremap",
+            "--teacher",
+            STUDENT,
+            "--student",
+            STUDENT,
+            "--teacher_checkpoint",
+            str(tmp_path / "t.pth"),
+            "--epochs",
+            "1",
+            "--max_batches",
+            "1",
+        )
 
 
 # ---------------------------------------------------------------- damaged folders and bad places
+
 
 def finished_tiny_run(tmp_path: Path, name: str = "r") -> Path:
     run_training(tmp_path, *PLAIN, "--epochs", "2", "--max_batches", "1", "--experiment_name", name)
@@ -213,7 +309,9 @@ def test_a_corrupt_last_pt_is_a_one_line_error_that_keeps_it(tmp_path: Path, con
     data = (run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(data[: len(data) // 2] if content is None else content)
     damaged = (run / "last.pt").read_bytes()
-    result = script(*PLAIN, "--epochs", "2", "--max_batches", "1", "--experiments_dir", str(tmp_path), "--experiment_name", "r")
+    result = script(
+        *PLAIN, "--epochs", "2", "--max_batches", "1", "--experiments_dir", str(tmp_path), "--experiment_name", "r"
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "last.pt is unreadable" in result.stderr and "move it away" in result.stderr
     assert (run / "last.pt").read_bytes() == damaged
@@ -244,7 +342,9 @@ def test_stale_temporary_files_are_removed_on_resume(tmp_path: Path) -> None:
     assert not any(path.exists() for path in stale) and foreign.exists()
 
 
-def test_a_teacher_with_other_content_is_refused_on_resume_the_same_content_elsewhere_is_accepted(tmp_path: Path) -> None:
+def test_a_teacher_with_other_content_is_refused_on_resume_the_same_content_elsewhere_is_accepted(
+    tmp_path: Path,
+) -> None:
     from toolbox.models import build_model
 
     torch.manual_seed(0)
@@ -252,8 +352,18 @@ def test_a_teacher_with_other_content_is_refused_on_resume_the_same_content_else
     torch.save({"weights": build_model(STUDENT, 10).state_dict()}, tmp_path / "b.pth")
     (tmp_path / "moved").mkdir()
     (tmp_path / "moved" / "a.pth").write_bytes((tmp_path / "a.pth").read_bytes())
-    flags = ["--distillation", "featuremap", "--teacher", STUDENT, "--student", STUDENT, "--max_batches", "1",
-             "--experiment_name", "r"]
+    flags = [
+        "--distillation",
+        "featuremap",
+        "--teacher",
+        STUDENT,
+        "--student",
+        STUDENT,
+        "--max_batches",
+        "1",
+        "--experiment_name",
+        "r",
+    ]
     run_training(tmp_path, *flags, "--epochs", "1", "--teacher_checkpoint", str(tmp_path / "a.pth"))
     (tmp_path / "r" / "metrics.json").unlink()
     with pytest.raises(UsageError, match="is not the teacher .* was trained with"):
@@ -268,9 +378,20 @@ def test_a_failed_write_is_a_one_line_error_with_status_74_and_the_run_resumes(t
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
-    flags = [*PLAIN, "--epochs", "2", "--max_batches", "1", "--experiments_dir", str(tmp_path), "--experiment_name", "r"]
-    failed = subprocess.run([sys.executable, SCRIPT, *TINY, *flags], cwd=ROOT, capture_output=True, text=True,
-                            preexec_fn=small_files)
+    flags = [
+        *PLAIN,
+        "--epochs",
+        "2",
+        "--max_batches",
+        "1",
+        "--experiments_dir",
+        str(tmp_path),
+        "--experiment_name",
+        "r",
+    ]
+    failed = subprocess.run(
+        [sys.executable, SCRIPT, *TINY, *flags], cwd=ROOT, capture_output=True, text=True, preexec_fn=small_files
+    )
     assert failed.returncode == 74, failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1 and "rerun the same command" in failed.stderr
     assert not list((tmp_path / "r").glob(".*.tmp"))
@@ -291,8 +412,13 @@ def test_impossible_places_are_one_line_errors(tmp_path: Path, where: str) -> No
 
 
 def test_a_stop_signal_during_start_up_exits_75(tmp_path: Path) -> None:
-    process = subprocess.Popen([sys.executable, SCRIPT, *TINY, *TINY_RUN, "--experiments_dir", str(tmp_path)],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, *TINY, *TINY_RUN, "--experiments_dir", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.0)  # importing torch
     process.send_signal(signal.SIGUSR1)
     _, stderr = process.communicate(timeout=120)
@@ -301,6 +427,7 @@ def test_a_stop_signal_during_start_up_exits_75(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- status and clean
+
 
 def test_status_lists_a_corrupt_metrics_json_instead_of_crashing(tmp_path: Path) -> None:
     run = finished_tiny_run(tmp_path)
@@ -343,10 +470,20 @@ def test_clean_deletes_only_provable_runs_of_ours(tmp_path: Path) -> None:
 def test_clean_never_deletes_a_run_a_live_process_trains(tmp_path: Path) -> None:
     run = finished_tiny_run(tmp_path, "busy")
     (run / "metrics.json").unlink()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from toolbox.rundir import RunDir\n"
-        "with RunDir(sys.argv[2]).locked():\n    print('locked', flush=True); time.sleep(60)"), str(ROOT), str(run)],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; sys.path.insert(0, sys.argv[1]); from toolbox.rundir import RunDir\n"
+                "with RunDir(sys.argv[2]).locked():\n    print('locked', flush=True); time.sleep(60)"
+            ),
+            str(ROOT),
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert clean(tmp_path) == [] and (run / "last.pt").exists()

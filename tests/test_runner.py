@@ -29,7 +29,18 @@ from toolbox.sweep.scheduler import PENDING, RUNNING, Resources, Scheduler, Sche
 from toolbox.sweep.slurm import SlurmScheduler
 
 GOLDEN = Path(__file__).parent / "golden"
-TINY = ["--dataset", "digits", "--teacher", "ResNetBaby", "--student", "ResNetBaby", "--epochs", "2", "--batch_size", "64"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--teacher",
+    "ResNetBaby",
+    "--student",
+    "ResNetBaby",
+    "--epochs",
+    "2",
+    "--batch_size",
+    "64",
+]
 CHANGES = "epochs=2,batch_size=64"  # the flags of TINY that differ from their defaults name the runs
 TEACHER = f"digits/teacher/ResNetBaby/{CHANGES}/seed0"
 FEATUREMAP = f"digits/ResNetBaby-ResNetBaby/featuremap/{CHANGES}"
@@ -92,7 +103,9 @@ class FakeSlurm(SlurmScheduler):
     def submit(self, script: Path, dependency: Optional[str] = None) -> str:
         self.attempts += 1
         if any(part in str(script) for part in self.refuse):
-            raise SchedulerError("sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified")
+            raise SchedulerError(
+                "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified"
+            )
         self.submitted.append((script, dependency))
         job_id = str(100 + len(self.submitted))
         self.live[job_id] = PENDING
@@ -203,14 +216,18 @@ def make_run(experiments: Path, name: str, *files: str, job: Optional[str] = Non
 
 # ---------------------------------------------------------------- the grid
 
+
 def test_default_grid_is_17_configurations_of_3_runs(tmp_path: Path) -> None:
     args, extra = runner.parse_args(["--experiments_dir", str(tmp_path)])
     runs = plan(args, extra)
 
     pair = "cifar100/ResNet112-ResNet56"
     ranks = ["B-32-8-8", "B-24-8-8", "B-16-8-8", "B-8-8-8"]
-    expected = {f"{pair}/featuremap"} | {f"{pair}/tucker/{r}" for r in ranks} | {
-        f"{pair}/tucker_recomp/{target}/{r}" for target in ("teacher", "student", "both") for r in ranks}
+    expected = (
+        {f"{pair}/featuremap"}
+        | {f"{pair}/tucker/{r}" for r in ranks}
+        | {f"{pair}/tucker_recomp/{target}/{r}" for target in ("teacher", "student", "both") for r in ranks}
+    )
     assert len(expected) == 17
     assert len(runs) == 51
     assert {run.name.rsplit("/", 1)[0] for run in runs} == expected
@@ -225,8 +242,9 @@ def test_default_grid_is_17_configurations_of_3_runs(tmp_path: Path) -> None:
 
 
 def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(experiments: Path) -> None:
-    args, extra = runner.parse_args(grid(experiments, "--distillations", "featuremap", "--runs", "1",
-                                         "--study", "lr0.05", "--", "--lr", "0.05"))
+    args, extra = runner.parse_args(
+        grid(experiments, "--distillations", "featuremap", "--runs", "1", "--study", "lr0.05", "--", "--lr", "0.05")
+    )
     (run,) = plan(args, extra)
     assert run.name == f"lr0.05/{FEATUREMAP},lr=0.05/seed0"  # named after its flags, under the study
     assert run.teacher.name == f"digits/teacher/ResNetBaby/{CHANGES},lr=0.05/seed0"  # the same recipe, not in the study
@@ -234,30 +252,48 @@ def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(exper
         assert flags[flags.index("--lr") + 1] == "0.05"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist' (choose from"),
-    (["--student", "VGG16"], "argument --student: invalid choice"),
-    (["--distillations", "hint"], "argument --distillations: invalid choice: 'hint' (choose from 'none', 'featuremap'"),
-    (["--ranks_list", "BATCH_SIZE,32,8"], "argument --ranks_list: each value needs 4 comma-separated ranks"),
-    (["--recomp_targets", "neither"], "argument --recomp_targets: invalid choice"),
-    (["--runs", "0"], "argument --runs: must be a whole number, 1 or more; got '0'"),
-    (["--runs_per_gpu", "-1"], "argument --runs_per_gpu: must be a whole number, 1 or more; got '-1'"),  # not '0 or more'
-    (["--parallel", "1.5"], "argument --parallel: must be a whole number, 1 or more; got '1.5'"),
-    (["--mem", "lots"], "argument --mem: must be a whole number with K, M, G or T, e.g. 16G"),
-    (["--time", "90"], "argument --time: must be [D-]HH:MM:SS"),
-    (["--time", "99:99:99"], "argument --time: must be [D-]HH:MM:SS"),
-    (["--scheduler", "sge"], "argument --scheduler: invalid choice: 'sge' (choose from 'slurm', 'pbs', 'local')"),
-    (["--study", "../outside"], "--study must be a relative path"),
-    (["--study", "/etc"], "--study must be a relative path"),
-    (["--", "--seed", "5"], "--seed cannot follow '--': runner.py sets --seed for every run from its own --runs"),
-    (["--", "--experiment_name=x"], "--experiment_name cannot follow '--'"),
-    (["--", "--epoch", "9"], "--epoch cannot follow '--': runner.py sets --epochs for every run from its own --epochs"),
-    (["--", "--config", "x.yaml"], "--config cannot follow '--': runner.py sets --config for every run from its own --config"),
-    (["--", "--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
-    (["--env_setup", "module load a\nrm -rf /"], "argument --env_setup: must be one line"),
-    (["--teacher_dir", "/dev/null"], "--teacher_dir /dev/null is not a folder: pass the folder that holds the teachers'"),
-    (["--experiments_dir", ""], "--experiments_dir is empty: name the folder of the runs"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist' (choose from"),
+        (["--student", "VGG16"], "argument --student: invalid choice"),
+        (
+            ["--distillations", "hint"],
+            "argument --distillations: invalid choice: 'hint' (choose from 'none', 'featuremap'",
+        ),
+        (["--ranks_list", "BATCH_SIZE,32,8"], "argument --ranks_list: each value needs 4 comma-separated ranks"),
+        (["--recomp_targets", "neither"], "argument --recomp_targets: invalid choice"),
+        (["--runs", "0"], "argument --runs: must be a whole number, 1 or more; got '0'"),
+        (
+            ["--runs_per_gpu", "-1"],
+            "argument --runs_per_gpu: must be a whole number, 1 or more; got '-1'",
+        ),  # not '0 or more'
+        (["--parallel", "1.5"], "argument --parallel: must be a whole number, 1 or more; got '1.5'"),
+        (["--mem", "lots"], "argument --mem: must be a whole number with K, M, G or T, e.g. 16G"),
+        (["--time", "90"], "argument --time: must be [D-]HH:MM:SS"),
+        (["--time", "99:99:99"], "argument --time: must be [D-]HH:MM:SS"),
+        (["--scheduler", "sge"], "argument --scheduler: invalid choice: 'sge' (choose from 'slurm', 'pbs', 'local')"),
+        (["--study", "../outside"], "--study must be a relative path"),
+        (["--study", "/etc"], "--study must be a relative path"),
+        (["--", "--seed", "5"], "--seed cannot follow '--': runner.py sets --seed for every run from its own --runs"),
+        (["--", "--experiment_name=x"], "--experiment_name cannot follow '--'"),
+        (
+            ["--", "--epoch", "9"],
+            "--epoch cannot follow '--': runner.py sets --epochs for every run from its own --epochs",
+        ),
+        (
+            ["--", "--config", "x.yaml"],
+            "--config cannot follow '--': runner.py sets --config for every run from its own --config",
+        ),
+        (["--", "--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
+        (["--env_setup", "module load a\nrm -rf /"], "argument --env_setup: must be one line"),
+        (
+            ["--teacher_dir", "/dev/null"],
+            "--teacher_dir /dev/null is not a folder: pass the folder that holds the teachers'",
+        ),
+        (["--experiments_dir", ""], "--experiments_dir is empty: name the folder of the runs"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_flag(cli, experiments: Path, argv: list[str], message: str) -> None:
     fake = FakeSlurm()
     status, out, err = cli(grid(experiments, "--runs", "1", *argv), fake)
@@ -267,10 +303,13 @@ def test_bad_input_is_one_line_naming_the_flag(cli, experiments: Path, argv: lis
 
 
 def test_bad_input_from_the_command_line() -> None:
-    done = subprocess.run([sys.executable, "runner.py", "--dataset", "mnist"], capture_output=True, text=True,
-                          cwd=sweep.REPO)
+    done = subprocess.run(
+        [sys.executable, "runner.py", "--dataset", "mnist"], capture_output=True, text=True, cwd=sweep.REPO
+    )
     assert done.returncode == 2
-    assert done.stderr.startswith("runner.py: error: argument --dataset: invalid choice") and done.stderr.count("\n") == 1
+    assert (
+        done.stderr.startswith("runner.py: error: argument --dataset: invalid choice") and done.stderr.count("\n") == 1
+    )
 
 
 def test_run_folder_leaving_the_experiments_folder_is_refused(cli, tmp_path: Path, experiments: Path) -> None:
@@ -285,19 +324,38 @@ def test_run_folder_leaving_the_experiments_folder_is_refused(cli, tmp_path: Pat
 
 GOLDEN_SETTINGS = sweep.JobSettings(
     Resources(partition="gpu", account="proj-42", time="1-12:00:00", gpus=1, cpus=4, mem="16G", signal_seconds=300),
-    python="/opt/venv/bin/python", env_setup="module load cuda/12.1 && source /opt/venv/bin/activate", workdir=Path("/repo"))
+    python="/opt/venv/bin/python",
+    env_setup="module load cuda/12.1 && source /opt/venv/bin/activate",
+    workdir=Path("/repo"),
+)
 
 
 def golden_run() -> sweep.Run:
-    args, extra = runner.parse_args(["--experiments_dir", "/repo/experiments", "--distillations", "tucker_recomp",
-                                     "--recomp_targets", "both", "--ranks_list", "BATCH_SIZE,16,8,8", "--runs", "1",
-                                     "--", "--max_batches", "5"])
+    args, extra = runner.parse_args(
+        [
+            "--experiments_dir",
+            "/repo/experiments",
+            "--distillations",
+            "tucker_recomp",
+            "--recomp_targets",
+            "both",
+            "--ranks_list",
+            "BATCH_SIZE,16,8,8",
+            "--runs",
+            "1",
+            "--",
+            "--max_batches",
+            "5",
+        ]
+    )
     (run,) = plan(args, extra)
     return run
 
 
-@pytest.mark.parametrize("scheduler, golden", [
-    (SlurmScheduler("someone"), "slurm.job"), (PbsScheduler("someone"), "pbs.job"), (LocalScheduler(), "local.job")])
+@pytest.mark.parametrize(
+    "scheduler, golden",
+    [(SlurmScheduler("someone"), "slurm.job"), (PbsScheduler("someone"), "pbs.job"), (LocalScheduler(), "local.job")],
+)
 def test_rendered_job_matches_golden_file(scheduler: Scheduler, golden: str) -> None:
     text = sweep.render_job([golden_run()], scheduler, GOLDEN_SETTINGS)
     if os.environ.get("UPDATE_GOLDEN"):
@@ -309,20 +367,36 @@ def test_multi_node_job_matches_golden_file() -> None:
     """Two nodes of four GPUs: one srun task per GPU, their ranks from SLURM, the rendezvous on the
     first node, --cpus and the GPU per process, --mem per process times four per node."""
     resources = dataclasses.replace(GOLDEN_SETTINGS.resources, nodes=2, ranks_per_node=4)
-    text = sweep.render_job([golden_run()], SlurmScheduler("someone"), dataclasses.replace(GOLDEN_SETTINGS, resources=resources))
+    text = sweep.render_job(
+        [golden_run()], SlurmScheduler("someone"), dataclasses.replace(GOLDEN_SETTINGS, resources=resources)
+    )
     if os.environ.get("UPDATE_GOLDEN"):
         (GOLDEN / "slurm_multinode.job").write_text(text)
     assert text == (GOLDEN / "slurm_multinode.job").read_text()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--scheduler", "pbs", "--gpus_per_node", "2"], "--scheduler pbs starts one process per run; --nodes 1 --gpus_per_node 2 needs --scheduler slurm"),
-    (["--scheduler", "local", "--nodes", "2"], "--scheduler local starts one process per run; --nodes 2 --gpus_per_node 1 needs --scheduler slurm"),
-    (["--nodes", "2", "--gpus", "2"], "--gpus 2 with --nodes/--gpus_per_node: each process gets one GPU"),
-    (["--nodes", "16", "--gpus_per_node", "8", "--batch_size", "64"], "is the global batch: with 128 processes (--nodes x --gpus_per_node) it needs at least one sample each"),
-    (["--nodes", "0"], "argument --nodes: must be a whole number, 1 or more; got '0'"),
-])
-def test_several_processes_are_refused_where_they_cannot_run(cli, experiments: Path, flags: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--scheduler", "pbs", "--gpus_per_node", "2"],
+            "--scheduler pbs starts one process per run; --nodes 1 --gpus_per_node 2 needs --scheduler slurm",
+        ),
+        (
+            ["--scheduler", "local", "--nodes", "2"],
+            "--scheduler local starts one process per run; --nodes 2 --gpus_per_node 1 needs --scheduler slurm",
+        ),
+        (["--nodes", "2", "--gpus", "2"], "--gpus 2 with --nodes/--gpus_per_node: each process gets one GPU"),
+        (
+            ["--nodes", "16", "--gpus_per_node", "8", "--batch_size", "64"],
+            "is the global batch: with 128 processes (--nodes x --gpus_per_node) it needs at least one sample each",
+        ),
+        (["--nodes", "0"], "argument --nodes: must be a whole number, 1 or more; got '0'"),
+    ],
+)
+def test_several_processes_are_refused_where_they_cannot_run(
+    cli, experiments: Path, flags: list[str], message: str
+) -> None:
     scheduler = None if "--scheduler" in flags else FakeSlurm()  # pbs, local: runner.py's own
     status, _, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), *flags], scheduler)
     assert status == 2 and err.count("\n") == 1 and message in err, err
@@ -337,29 +411,43 @@ def test_processes_per_run_come_from_the_environment(cli, experiments: Path, mon
     assert "export WORLD_SIZE=6 MASTER_ADDR=" in out
 
 
-@pytest.mark.parametrize("variable, value, message", [
-    ("TD_SCHEDULER", "slrum", "TD_SCHEDULER must be one of slurm, pbs, local; got 'slrum'"),  # never the local default
-    ("TD_SCHEDULER", "", "TD_SCHEDULER must be one of slurm, pbs, local; got ''"),
-    ("TD_GPUS", "x", "TD_GPUS must be a whole number (0 or more); got 'x'"),
-    ("TD_RUNS_PER_GPU", "-2", "TD_RUNS_PER_GPU must be a whole number, 1 or more; got '-2'"),
-    ("TD_MPS", "yes", "TD_MPS must be true or false; got 'yes'"),
-    ("TD_SIGNAL_SECONDS", "70000", "TD_SIGNAL_SECONDS must be at most 65535"),
-])
-def test_a_bad_environment_variable_is_named(cli, experiments: Path, monkeypatch: pytest.MonkeyPatch, variable: str,
-                                             value: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        (
+            "TD_SCHEDULER",
+            "slrum",
+            "TD_SCHEDULER must be one of slurm, pbs, local; got 'slrum'",
+        ),  # never the local default
+        ("TD_SCHEDULER", "", "TD_SCHEDULER must be one of slurm, pbs, local; got ''"),
+        ("TD_GPUS", "x", "TD_GPUS must be a whole number (0 or more); got 'x'"),
+        ("TD_RUNS_PER_GPU", "-2", "TD_RUNS_PER_GPU must be a whole number, 1 or more; got '-2'"),
+        ("TD_MPS", "yes", "TD_MPS must be true or false; got 'yes'"),
+        ("TD_SIGNAL_SECONDS", "70000", "TD_SIGNAL_SECONDS must be at most 65535"),
+    ],
+)
+def test_a_bad_environment_variable_is_named(
+    cli, experiments: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
     monkeypatch.setenv(variable, value)
     status, out, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), "--dry_run"])
     assert status == 2 and err.count("\n") == 1 and err.startswith(f"runner.py: error: {message}"), err
     assert out == "" and not experiments.exists()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--grid", "beta=1", "--grid", "beta=2"], "--grid beta=... is given twice"),
-    (["--signal_seconds", "65536"], "argument --signal_seconds: must be at most 65535"),
-])
-def test_flags_a_scheduler_would_refuse_or_that_would_drop_runs(cli, experiments: Path, flags: list[str],
-                                                                message: str) -> None:
-    status, out, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), "--dry_run", *flags], FakeSlurm())
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--grid", "beta=1", "--grid", "beta=2"], "--grid beta=... is given twice"),
+        (["--signal_seconds", "65536"], "argument --signal_seconds: must be at most 65535"),
+    ],
+)
+def test_flags_a_scheduler_would_refuse_or_that_would_drop_runs(
+    cli, experiments: Path, flags: list[str], message: str
+) -> None:
+    status, out, err = cli(
+        [*grid(experiments, "--distillations", "kd", "--runs", "1"), "--dry_run", *flags], FakeSlurm()
+    )
     assert status == 2 and err.count("\n") == 1 and message in err and out == "", err
 
 
@@ -368,8 +456,13 @@ def test_empty_values_leave_their_directives_out() -> None:
     slurm = sweep.render_job([golden_run()], SlurmScheduler("someone"), settings)
     directives = [line for line in slurm.splitlines() if line.startswith("#SBATCH")]
     assert [d.split("=")[0] for d in directives] == [
-        "#SBATCH --job-name", "#SBATCH --output", "#SBATCH --cpus-per-task", "#SBATCH --mem", "#SBATCH --requeue",
-        "#SBATCH --open-mode"]
+        "#SBATCH --job-name",
+        "#SBATCH --output",
+        "#SBATCH --cpus-per-task",
+        "#SBATCH --mem",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode",
+    ]
     pbs = sweep.render_job([golden_run()], PbsScheduler("someone"), settings)
     assert [line for line in pbs.splitlines() if line.startswith("#PBS -l")] == ["#PBS -l select=1:ncpus=4:mem=16GB"]
     assert "#PBS -q" not in pbs and "#PBS -P" not in pbs and "#SBATCH" not in pbs
@@ -388,15 +481,20 @@ def test_every_value_reaches_the_training_script_intact(tmp_path: Path) -> None:
         script.write_text(sweep.render_job([teacher], scheduler, settings))
         subprocess.run(["bash", "-n", str(script)], check=True)
     subprocess.run(["bash", str(script)], cwd=tmp_path, check=True, timeout=60)
-    assert json.loads((teacher.path / "argv.json").read_text()) == [str(sweep.REPO / "tucker_distillation.py"), *teacher.flags]
+    assert json.loads((teacher.path / "argv.json").read_text()) == [
+        str(sweep.REPO / "tucker_distillation.py"),
+        *teacher.flags,
+    ]
     assert not list(tmp_path.rglob("PWNED")) and not (sweep.REPO / "PWNED").exists()
 
 
 @pytest.mark.parametrize("training", ["wait", "unprepared"])
-@pytest.mark.parametrize("signal_name, forwarded, requeued", [("USR1", "USR1", True), ("TERM", "TERM", False), ("INT", "TERM", False)])
+@pytest.mark.parametrize(
+    "signal_name, forwarded, requeued", [("USR1", "USR1", True), ("TERM", "TERM", False), ("INT", "TERM", False)]
+)
 def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
-        tmp_path: Path, experiments: Path, fake_bin: Path, signal_name: str, forwarded: str, requeued: bool,
-        training: str) -> None:
+    tmp_path: Path, experiments: Path, fake_bin: Path, signal_name: str, forwarded: str, requeued: bool, training: str
+) -> None:
     """USR1 (SLURM's warning before the time limit): the training stops with 75 and the job
     requeues itself. TERM (scancel, preemption) or INT (Ctrl-C on a local sweep, passed on as TERM):
     the training stops with 75, no requeue. A training killed by the forwarded signal (it came before
@@ -425,14 +523,21 @@ def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
 
 # ---------------------------------------------------------------- what gets submitted
 
+
 def test_teacher_is_submitted_first_and_students_wait_for_it(cli, experiments: Path) -> None:
     fake = FakeSlurm()
-    status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "tucker", "--ranks_list", "BATCH_SIZE,8,8,8",
-                              "--runs", "2"), fake)
+    status, out, _ = cli(
+        grid(experiments, "--distillations", "featuremap", "tucker", "--ranks_list", "BATCH_SIZE,8,8,8", "--runs", "2"),
+        fake,
+    )
     assert status == 0
-    assert fake.names() == [TEACHER, f"{FEATUREMAP}/seed0", f"{FEATUREMAP}/seed1",
-                            f"digits/ResNetBaby-ResNetBaby/tucker/B-8-8-8/{CHANGES}/seed0",
-                            f"digits/ResNetBaby-ResNetBaby/tucker/B-8-8-8/{CHANGES}/seed1"]
+    assert fake.names() == [
+        TEACHER,
+        f"{FEATUREMAP}/seed0",
+        f"{FEATUREMAP}/seed1",
+        f"digits/ResNetBaby-ResNetBaby/tucker/B-8-8-8/{CHANGES}/seed0",
+        f"digits/ResNetBaby-ResNetBaby/tucker/B-8-8-8/{CHANGES}/seed1",
+    ]
     assert [dependency for _, dependency in fake.submitted] == [None, "101", "101", "101", "101"]
     for script, _ in fake.submitted:
         assert script.name == "run.job" and script.read_text().startswith("#!/bin/bash\n")
@@ -441,15 +546,23 @@ def test_teacher_is_submitted_first_and_students_wait_for_it(cli, experiments: P
     assert "submitted 5 (teachers: 1), skipped as finished 0, skipped as queued or running 0, failed to submit 0" in out
 
 
-@pytest.mark.parametrize("teacher_files, teacher_job, submits_teacher, dependency", [
-    (["metrics.json", "ResNetBaby.pth", "last.pt"], None, False, None),  # trained
-    (["ResNetBaby.pth"], None, False, None),  # weights put there by hand
-    (["config.json", "ResNetBaby.pth"], "7", False, "7"),  # training now, between writing .pth and last.pt
-    (["config.json", "last.pt", "ResNetBaby.pth"], None, True, "101"),  # crashed half-way: resumed first
-])
+@pytest.mark.parametrize(
+    "teacher_files, teacher_job, submits_teacher, dependency",
+    [
+        (["metrics.json", "ResNetBaby.pth", "last.pt"], None, False, None),  # trained
+        (["ResNetBaby.pth"], None, False, None),  # weights put there by hand
+        (["config.json", "ResNetBaby.pth"], "7", False, "7"),  # training now, between writing .pth and last.pt
+        (["config.json", "last.pt", "ResNetBaby.pth"], None, True, "101"),  # crashed half-way: resumed first
+    ],
+)
 def test_students_wait_for_their_teacher_only_while_it_trains(
-        cli, experiments: Path, teacher_files: list[str], teacher_job: Optional[str], submits_teacher: bool,
-        dependency: Optional[str]) -> None:
+    cli,
+    experiments: Path,
+    teacher_files: list[str],
+    teacher_job: Optional[str],
+    submits_teacher: bool,
+    dependency: Optional[str],
+) -> None:
     make_run(experiments, TEACHER, *teacher_files, job=teacher_job)
     fake = FakeSlurm(live={"7": RUNNING})
     status, _, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "2"), fake)
@@ -495,13 +608,25 @@ def test_max_queued_stops_submitting_and_says_what_remains(cli, experiments: Pat
 def test_teachers_are_submitted_first_and_max_queued_holds_back_a_teacher_too(cli, experiments: Path) -> None:
     """Two pairs: both teachers before any student (a local job waits for its teacher before the
     next is started); the queue's limit reached at a teacher holds its students back, no traceback."""
-    pairs = [*TINY[:2], *TINY[6:], "--grid", "pair=ResNetBaby-ResNetBaby,ResNet20-ResNetBaby", "--distillations", "kd",
-             "--runs", "2"]
+    pairs = [
+        *TINY[:2],
+        *TINY[6:],
+        "--grid",
+        "pair=ResNetBaby-ResNetBaby,ResNet20-ResNetBaby",
+        "--distillations",
+        "kd",
+        "--runs",
+        "2",
+    ]
     fake = FakeSlurm()
     status, out, _ = cli([*pairs, "--experiments_dir", str(experiments)], fake)
     assert status == 0, out
-    assert [name.split("/")[1] for name in fake.names()] == ["teacher", "teacher", *["ResNetBaby-ResNetBaby"] * 2,
-                                                            *["ResNet20-ResNetBaby"] * 2]
+    assert [name.split("/")[1] for name in fake.names()] == [
+        "teacher",
+        "teacher",
+        *["ResNetBaby-ResNetBaby"] * 2,
+        *["ResNet20-ResNetBaby"] * 2,
+    ]
     fake = FakeSlurm()
     status, out, _ = cli([*pairs, "--experiments_dir", str(experiments / "limited"), "--max_queued", "1"], fake)
     assert status == 0 and len(fake.names()) == 1 and "--max_queued 1 reached: 4 runs remain" in out, out
@@ -534,7 +659,10 @@ def test_a_folder_holding_a_run_with_other_flags_is_refused_not_submitted(cli, e
     fake = FakeSlurm()
     status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "2"), fake)
     assert status == 1 and fake.names() == [TEACHER, f"{FEATUREMAP}/seed0"]
-    assert f"failed to submit {FEATUREMAP}/seed1: its folder holds a run with other flags (--lr 0.5 there, 0.1 here)" in out
+    assert (
+        f"failed to submit {FEATUREMAP}/seed1: its folder holds a run with other flags (--lr 0.5 there, 0.1 here)"
+        in out
+    )
 
 
 def test_a_run_trained_by_a_live_process_is_running_without_any_job(cli, experiments: Path) -> None:
@@ -564,11 +692,15 @@ def test_only_one_runner_at_a_time(cli, experiments: Path) -> None:
 
 # ---------------------------------------------------------------- the real scheduler classes, faked commands
 
+
 def test_slurm_commands(cli, tmp_path: Path, experiments: Path, fake_bin: Path) -> None:
     queue = tmp_path / "queue"
     queue.write_text("")
-    tool(fake_bin, "sbatch", f'echo "$*" >> {tmp_path}/sbatch.log\n'
-                             f'echo "$((200 + $(wc -l < {tmp_path}/sbatch.log)));dev"\n')
+    tool(
+        fake_bin,
+        "sbatch",
+        f'echo "$*" >> {tmp_path}/sbatch.log\necho "$((200 + $(wc -l < {tmp_path}/sbatch.log)));dev"\n',
+    )
     tool(fake_bin, "squeue", f'echo "$*" > {tmp_path}/squeue.args\ncat {queue}\n')
     argv = grid(experiments, "--distillations", "featuremap", "--runs", "2")
 
@@ -578,7 +710,8 @@ def test_slurm_commands(cli, tmp_path: Path, experiments: Path, fake_bin: Path) 
     assert (tmp_path / "sbatch.log").read_text().splitlines() == [
         f"--parsable {experiments}/{TEACHER}/run.job",
         f"--parsable --dependency=afterok:201 --kill-on-invalid-dep=yes {experiments}/{FEATUREMAP}/seed0/run.job",
-        f"--parsable --dependency=afterok:201 --kill-on-invalid-dep=yes {experiments}/{FEATUREMAP}/seed1/run.job"]
+        f"--parsable --dependency=afterok:201 --kill-on-invalid-dep=yes {experiments}/{FEATUREMAP}/seed1/run.job",
+    ]
     assert "--states=all --user tester" in (tmp_path / "squeue.args").read_text()
     assert json.loads((experiments / FEATUREMAP / "seed1/job.json").read_text())["job_id"] == "203"
 
@@ -594,22 +727,31 @@ def test_slurm_refusals_and_an_unreachable_queue(cli, experiments: Path, fake_bi
     tool(fake_bin, "sbatch", 'echo "sbatch: error: invalid partition specified: gpu" >&2; exit 1\n')
     status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "1", "--partition", "gpu"))
     assert status == 1
-    assert (f"failed to submit {FEATUREMAP}/seed0: its teacher {TEACHER} failed to submit: "
-            "sbatch: error: invalid partition specified: gpu") in out
+    assert (
+        f"failed to submit {FEATUREMAP}/seed0: its teacher {TEACHER} failed to submit: "
+        "sbatch: error: invalid partition specified: gpu"
+    ) in out
 
     tool(fake_bin, "squeue", 'echo "slurm_load_jobs error: Unable to contact slurm controller" >&2; exit 1\n')
     status, _, err = cli(grid(experiments, "--distillations", "featuremap", "--runs", "1"))
     assert status == 1
-    assert err == ("runner.py: error: cannot list the queue, so nothing was submitted: "
-                   "slurm_load_jobs error: Unable to contact slurm controller\n")
+    assert err == (
+        "runner.py: error: cannot list the queue, so nothing was submitted: "
+        "slurm_load_jobs error: Unable to contact slurm controller\n"
+    )
 
 
-@pytest.mark.parametrize("command, answer", [("sbatch", ""), ("sbatch", "Submitted batch job 7"), ("qsub", "job 7 queued")])
-def test_an_answer_that_is_not_a_job_id_is_a_failed_submission(cli, experiments: Path, fake_bin: Path, command: str,
-                                                                answer: str) -> None:
+@pytest.mark.parametrize(
+    "command, answer", [("sbatch", ""), ("sbatch", "Submitted batch job 7"), ("qsub", "job 7 queued")]
+)
+def test_an_answer_that_is_not_a_job_id_is_a_failed_submission(
+    cli, experiments: Path, fake_bin: Path, command: str, answer: str
+) -> None:
     tool(fake_bin, command, f'echo "{answer}"\n')
     tool(fake_bin, "squeue" if command == "sbatch" else "qstat", "")
-    argv = grid(experiments, "--scheduler", "slurm" if command == "sbatch" else "pbs", "--distillations", "kd", "--runs", "1")
+    argv = grid(
+        experiments, "--scheduler", "slurm" if command == "sbatch" else "pbs", "--distillations", "kd", "--runs", "1"
+    )
     status, out, _ = cli(argv)
     assert status == 1 and f"failed to submit: {command} answered {answer!r}, not a job id" in out
     assert not list(experiments.rglob("job.json"))
@@ -618,8 +760,10 @@ def test_an_answer_that_is_not_a_job_id_is_a_failed_submission(cli, experiments:
 def test_queue_and_account_lines_that_cannot_be_read(cli, experiments: Path, fake_bin: Path) -> None:
     tool(fake_bin, "squeue", 'echo "slurm_load_jobs: some warning"\n')
     status, _, err = cli(grid(experiments, "--distillations", "kd", "--runs", "1"))
-    assert status == 1 and err == ("runner.py: error: cannot list the queue, so nothing was submitted: squeue printed a "
-                                   "line runner.py cannot read: 'slurm_load_jobs: some warning'\n")
+    assert status == 1 and err == (
+        "runner.py: error: cannot list the queue, so nothing was submitted: squeue printed a "
+        "line runner.py cannot read: 'slurm_load_jobs: some warning'\n"
+    )
     tool(fake_bin, "sacct", 'echo "sacct: warning"; echo "7|TIMEOUT|0:0"\n')
     assert SlurmScheduler("tester").final_states(["7"]) == {"7": "TIMEOUT"}
 
@@ -635,20 +779,44 @@ def test_without_any_scheduler_a_dry_run_still_works(cli, experiments: Path, mon
 def test_pbs_commands(cli, tmp_path: Path, experiments: Path, fake_bin: Path) -> None:
     queue = tmp_path / "queue"
     queue.write_text("")
-    tool(fake_bin, "qsub", f'echo "$*" >> {tmp_path}/qsub.log\necho "$((3000 + $(wc -l < {tmp_path}/qsub.log))).pbs01"\n')
-    tool(fake_bin, "qstat", f'cat {queue}\n')
-    argv = grid(experiments, "--scheduler", "pbs", "--distillations", "featuremap", "--runs", "1", "--partition", "gpuvolta",
-                "--account", "ab12", "--time", "1-02:00:00", "--mem", "32G")
+    tool(
+        fake_bin, "qsub", f'echo "$*" >> {tmp_path}/qsub.log\necho "$((3000 + $(wc -l < {tmp_path}/qsub.log))).pbs01"\n'
+    )
+    tool(fake_bin, "qstat", f"cat {queue}\n")
+    argv = grid(
+        experiments,
+        "--scheduler",
+        "pbs",
+        "--distillations",
+        "featuremap",
+        "--runs",
+        "1",
+        "--partition",
+        "gpuvolta",
+        "--account",
+        "ab12",
+        "--time",
+        "1-02:00:00",
+        "--mem",
+        "32G",
+    )
 
     assert cli(argv)[0] == 0
 
     assert (tmp_path / "qsub.log").read_text().splitlines() == [
         f"{experiments}/{TEACHER}/run.job",
-        f"-W depend=afterok:3001 {experiments}/{FEATUREMAP}/seed0/run.job"]
+        f"-W depend=afterok:3001 {experiments}/{FEATUREMAP}/seed0/run.job",
+    ]
     script = (experiments / FEATUREMAP / "seed0/run.job").read_text()
-    for line in ("#PBS -N td.digits.ResNetBaby-ResNetBaby.featuremap.epochs.2.batch_size.64.seed0", "#PBS -q gpuvolta", "#PBS -P ab12",
-                 "#PBS -l select=1:ncpus=4:mem=32GB:ngpus=1", "#PBS -l walltime=26:00:00",
-                 f"#PBS -o {experiments}/{FEATUREMAP}/seed0/", f"#PBS -e {experiments}/{FEATUREMAP}/seed0/"):
+    for line in (
+        "#PBS -N td.digits.ResNetBaby-ResNetBaby.featuremap.epochs.2.batch_size.64.seed0",
+        "#PBS -q gpuvolta",
+        "#PBS -P ab12",
+        "#PBS -l select=1:ncpus=4:mem=32GB:ngpus=1",
+        "#PBS -l walltime=26:00:00",
+        f"#PBS -o {experiments}/{FEATUREMAP}/seed0/",
+        f"#PBS -e {experiments}/{FEATUREMAP}/seed0/",
+    ):
         assert line + "\n" in script
     assert "#SBATCH" not in script
 
@@ -657,17 +825,31 @@ def test_pbs_commands(cli, tmp_path: Path, experiments: Path, fake_bin: Path) ->
         "Job ID          Username Queue    Jobname    SessID NDS TSK Memory Time  S Time\n"
         "--------------- -------- -------- ---------- ------ --- --- ------ ----- - -----\n"
         "3001.pbs01      tester   gpuvolta td.digits.  12345   1   4   32gb 26:00 R 00:01\n"
-        "3002.pbs01      tester   gpuvolta td.digits.    --    1   4   32gb 26:00 H   -- \n")
+        "3002.pbs01      tester   gpuvolta td.digits.    --    1   4   32gb 26:00 H   -- \n"
+    )
     assert PbsScheduler("tester").live_jobs() == {"3001": RUNNING, "3002": PENDING}
     status, out, _ = cli(argv)
     assert status == 0 and len((tmp_path / "qsub.log").read_text().splitlines()) == 2
     assert f"pending      {FEATUREMAP}/seed0  job 3002" in out
 
 
-def test_local_scheduler_runs_the_grid_here(cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_scheduler_runs_the_grid_here(
+    cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     python = fake_training(tmp_path / "python")
-    argv = grid(experiments, "--scheduler", "local", "--parallel", "2", "--python", str(python),
-                "--distillations", "featuremap", "--runs", "2")
+    argv = grid(
+        experiments,
+        "--scheduler",
+        "local",
+        "--parallel",
+        "2",
+        "--python",
+        str(python),
+        "--distillations",
+        "featuremap",
+        "--runs",
+        "2",
+    )
 
     status, out, _ = cli(argv)
 
@@ -679,20 +861,48 @@ def test_local_scheduler_runs_the_grid_here(cli, tmp_path: Path, experiments: Pa
     assert "submitted 0" in cli(argv)[1]
 
     monkeypatch.setenv("FAKE_TRAINING", "fail_teacher")
-    status, out, _ = cli(grid(experiments, "--scheduler", "local", "--python", str(python), "--distillations", "kd",
-                              "--runs", "1", "--epochs", "3"))  # another teacher
+    status, out, _ = cli(
+        grid(
+            experiments,
+            "--scheduler",
+            "local",
+            "--python",
+            str(python),
+            "--distillations",
+            "kd",
+            "--runs",
+            "1",
+            "--epochs",
+            "3",
+        )
+    )  # another teacher
     assert status == 1
     assert "failed to submit digits/ResNetBaby-ResNetBaby/kd/epochs=3,batch_size=64/seed0: not run: job local-" in out
-    assert "failed while running digits/teacher/ResNetBaby/epochs=3,batch_size=64/seed0: exit status 1, see its local.out" in out
+    assert (
+        "failed while running digits/teacher/ResNetBaby/epochs=3,batch_size=64/seed0: exit status 1, see its local.out"
+        in out
+    )
 
 
-def test_local_scheduler_packs_runs_as_a_cluster_job_does(cli, tmp_path: Path, experiments: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_scheduler_packs_runs_as_a_cluster_job_does(
+    cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--scheduler local --runs_per_gpu 2: the same job script as on a cluster, run here; each run
     has its own job.out, and a failed run is named alone."""
     python = fake_training(tmp_path / "python")
-    argv = grid(experiments, "--scheduler", "local", "--runs_per_gpu", "2", "--python", str(python),
-                "--distillations", "featuremap", "--runs", "2")
+    argv = grid(
+        experiments,
+        "--scheduler",
+        "local",
+        "--runs_per_gpu",
+        "2",
+        "--python",
+        str(python),
+        "--distillations",
+        "featuremap",
+        "--runs",
+        "2",
+    )
     monkeypatch.setenv("FAKE_TRAINING", "fail_seed1")
 
     status, out, _ = cli(argv)
@@ -713,8 +923,9 @@ def test_local_scheduler_packs_runs_as_a_cluster_job_does(cli, tmp_path: Path, e
     assert (students[1] / "metrics.json").exists() and (students[1] / "local.out").exists()
 
 
-def test_job_logs_that_are_links_are_never_written_through(cli, tmp_path: Path, experiments: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_job_logs_that_are_links_are_never_written_through(
+    cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A job.out or local.out that is a symbolic link: the run it would log is not trained (its pack
     mate is), then not submitted; the file the link points to is left as it was."""
     monkeypatch.setenv("FAKE_TRAINING", "exit")
@@ -725,8 +936,19 @@ def test_job_logs_that_are_links_are_never_written_through(cli, tmp_path: Path, 
     students = [experiments / f"{FEATUREMAP}/seed{seed}" for seed in range(2)]
     students[1].mkdir(parents=True)
     (students[1] / "job.out").symlink_to(outside)
-    argv = grid(experiments, "--scheduler", "local", "--runs_per_gpu", "2", "--python", str(python),
-                "--distillations", "featuremap", "--runs", "2")
+    argv = grid(
+        experiments,
+        "--scheduler",
+        "local",
+        "--runs_per_gpu",
+        "2",
+        "--python",
+        str(python),
+        "--distillations",
+        "featuremap",
+        "--runs",
+        "2",
+    )
 
     status, out, _ = cli(argv)
 
@@ -743,7 +965,8 @@ def test_job_logs_that_are_links_are_never_written_through(cli, tmp_path: Path, 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_to_a_local_sweep_stops_its_jobs_and_starts_no_more(
-        cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch, stop: signal.Signals) -> None:
+    cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch, stop: signal.Signals
+) -> None:
     """Ctrl-C or SIGTERM on runner.py --scheduler local reaches the running job, whose trainings stop
     (75); the next job is not started, runner.py waits for the running one and exits 75 in one line."""
     python = fake_training(tmp_path / "python")
@@ -759,23 +982,43 @@ def test_a_stop_signal_to_a_local_sweep_stops_its_jobs_and_starts_no_more(
 
     before = signal.getsignal(stop)
     threading.Thread(target=signal_once_trainings_wait, daemon=True).start()
-    status, out, err = cli(grid(experiments, "--scheduler", "local", "--runs_per_gpu", "2", "--python", str(python),
-                                "--distillations", "featuremap", "--runs", "3"))
+    status, out, err = cli(
+        grid(
+            experiments,
+            "--scheduler",
+            "local",
+            "--runs_per_gpu",
+            "2",
+            "--python",
+            str(python),
+            "--distillations",
+            "featuremap",
+            "--runs",
+            "3",
+        )
+    )
 
-    assert status == 75 and err == (f"runner.py: error: stopped by {stop.name}: its running jobs were stopped, each run "
-                                    "keeping its last.pt; run runner.py again to resume them\n"), out + err
+    assert status == 75 and err == (
+        f"runner.py: error: stopped by {stop.name}: its running jobs were stopped, each run "
+        "keeping its last.pt; run runner.py again to resume them\n"
+    ), out + err
     assert [(run / "signal.txt").read_text() for run in students[:2]] == ["SIGTERM", "SIGTERM"]  # run.job's forward
     assert not (students[2] / "argv.json").exists()
-    summary = "submitted 2 (teachers: 0), skipped as finished 0, skipped as queued or running 0, failed to submit 0, stopped 2, not started 1"
+    summary = (
+        "submitted 2 (teachers: 0), skipped as finished 0, skipped as queued or running 0, failed to submit 0, "
+        "stopped 2, not started 1"
+    )
     assert summary in out and f"stopped {FEATUREMAP}/seed0: runner.py run again resumes it" in out
     assert signal.getsignal(stop) == before  # the handler was runner.py's for the sweep only
 
 
 def test_a_stop_signal_between_cluster_submissions_ends_the_sweep_and_keeps_what_was_submitted(
-        cli, experiments: Path) -> None:
+    cli, experiments: Path
+) -> None:
     """Ctrl-C on runner.py while it submits to SLURM takes effect between two submissions: the job
     submitted when it came has its job.json (a job no file records would be submitted twice), no
     further job is submitted, and runner.py exits 75 in one line; the next runner.py submits the rest."""
+
     class InterruptedSlurm(FakeSlurm):
         def submit(self, script: Path, dependency: Optional[str] = None) -> str:
             job_id = super().submit(script, dependency)
@@ -788,9 +1031,14 @@ def test_a_stop_signal_between_cluster_submissions_ends_the_sweep_and_keeps_what
     before = signal.getsignal(signal.SIGINT)
     status, out, err = cli(argv, fake := InterruptedSlurm())
 
-    assert status == 75 and err == ("runner.py: error: stopped by SIGINT: the jobs submitted before it stay queued; run "
-                                    "runner.py again to submit the rest\n"), out + err
-    assert len(fake.submitted) == 1 and json.loads((fake.submitted[0][0].parent / "job.json").read_text())["job_id"] == "101"
+    assert status == 75 and err == (
+        "runner.py: error: stopped by SIGINT: the jobs submitted before it stay queued; run "
+        "runner.py again to submit the rest\n"
+    ), out + err
+    assert (
+        len(fake.submitted) == 1
+        and json.loads((fake.submitted[0][0].parent / "job.json").read_text())["job_id"] == "101"
+    )
     assert "not started 2" in out and signal.getsignal(signal.SIGINT) == before
     status, out, _ = cli(argv, FakeSlurm(live=fake.live))
     assert status == 0 and "submitted 2 " in out and "skipped as queued or running 1" in out
@@ -806,20 +1054,37 @@ def test_ctrl_c_before_submitting_is_one_line(cli, experiments: Path, monkeypatc
     assert not fake.submitted and not list(experiments.rglob("job.json"))
 
 
-def test_the_data_is_made_ready_before_any_job_is_submitted(cli, tmp_path: Path, experiments: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_data_is_made_ready_before_any_job_is_submitted(
+    cli, tmp_path: Path, experiments: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torchvision
 
-    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", (tmp_path / "nowhere.tar.gz").as_uri())  # never the internet
+    monkeypatch.setattr(
+        torchvision.datasets.CIFAR10, "url", (tmp_path / "nowhere.tar.gz").as_uri()
+    )  # never the internet
     fake = FakeSlurm()
-    status, _, err = cli(grid(experiments, "--dataset", "cifar10", "--runs", "1", "--distillations", "featuremap",
-                              "--", "--data_dir", str(tmp_path / "offline")), fake)
+    status, _, err = cli(
+        grid(
+            experiments,
+            "--dataset",
+            "cifar10",
+            "--runs",
+            "1",
+            "--distillations",
+            "featuremap",
+            "--",
+            "--data_dir",
+            str(tmp_path / "offline"),
+        ),
+        fake,
+    )
     assert status == 2 and fake.attempts == 0 and len(err.strip().splitlines()) == 1
     assert "could not download" in err and "--prepare_data --dataset cifar10" in err
     assert not experiments.exists() or not any(experiments.rglob("*.job"))
 
 
 # ---------------------------------------------------------------- status, cancel, clean
+
 
 def test_status_table(cli, experiments: Path) -> None:
     make_run(experiments, TEACHER, "metrics.json", "ResNetBaby.pth", job="10", best=91.234)
@@ -833,9 +1098,13 @@ def test_status_table(cli, experiments: Path) -> None:
     assert status == 0 and fake.attempts == 0
     rows = [line.split() for line in out.splitlines()]
     assert rows[0] == ["state", "job", "best", "acc", "run"]
-    assert rows[1:6] == [["finished", "10", "91.23", TEACHER], ["running", "11", f"{FEATUREMAP}/seed0"],
-                         ["pending", "12", f"{FEATUREMAP}/seed1"], ["failed", "(TIMEOUT)", "13", f"{FEATUREMAP}/seed2"],
-                         ["not", "started", f"{FEATUREMAP}/seed3"]]
+    assert rows[1:6] == [
+        ["finished", "10", "91.23", TEACHER],
+        ["running", "11", f"{FEATUREMAP}/seed0"],
+        ["pending", "12", f"{FEATUREMAP}/seed1"],
+        ["failed", "(TIMEOUT)", "13", f"{FEATUREMAP}/seed2"],
+        ["not", "started", f"{FEATUREMAP}/seed3"],
+    ]
     assert rows[6] == "finished 1, running 1, pending 1, failed 1, not started 1".split()
 
 
@@ -863,9 +1132,14 @@ def test_cancel_stops_the_local_job_of_another_runner_once(cli, tmp_path: Path, 
         while b"run.job" not in Path(f"/proc/{job.pid}/cmdline").read_bytes():
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        for run, job_id, extra in ((first, job.pid, {}), (second, job.pid, {"script": str(script)}),
-                                   (make_run(experiments, "b/seed0", "config.json"), other.pid, {})):
-            (run / "job.json").write_text(json.dumps({"run": run.name, "job_id": f"local-{job_id}", "scheduler": "local", **extra}))
+        for run, job_id, extra in (
+            (first, job.pid, {}),
+            (second, job.pid, {"script": str(script)}),
+            (make_run(experiments, "b/seed0", "config.json"), other.pid, {}),
+        ):
+            (run / "job.json").write_text(
+                json.dumps({"run": run.name, "job_id": f"local-{job_id}", "scheduler": "local", **extra})
+            )
         status, out, _ = cli(["--cancel", "--scheduler", "local", "--experiments_dir", str(experiments)])
         assert status == 0 and "cancelled 1 jobs" in out and out.count(f"cancel local-{job.pid} (running)") == 2, out
         assert job.wait(timeout=10) == 75 and (tmp_path / "got").read_text() == "TERM\n"
@@ -912,7 +1186,9 @@ def test_local_runs_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "64")
     script = tmp_path / "run.job"
-    script.write_text(f'echo "$OMP_NUM_THREADS ${{SLURM_JOB_ID-none}} ${{SLURM_CPUS_PER_TASK-none}}" > {tmp_path / "seen"}\n')
+    script.write_text(
+        f'echo "$OMP_NUM_THREADS ${{SLURM_JOB_ID-none}} ${{SLURM_CPUS_PER_TASK-none}}" > {tmp_path / "seen"}\n'
+    )
     scheduler = LocalScheduler(parallel=2)
     scheduler.submit(script)
     killed = tmp_path / "killed.job"
@@ -968,11 +1244,18 @@ def test_util_sh_reads_relative_paths_from_where_it_is_called(tmp_path: Path) ->
     repo_experiments = sorted((sweep.REPO / "experiments").rglob("*"))
 
     def util(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(sweep.REPO / "util.sh"), *args], cwd=here, capture_output=True, text=True,
-                              env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+        return subprocess.run(
+            [str(sweep.REPO / "util.sh"), *args],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHON": sys.executable},
+            timeout=120,
+        )
 
-    status = util("status", "--scheduler", "local", *TINY, "--experiments_dir", "exp", "--distillations", "kd",
-                  "--runs", "1")
+    status = util(
+        "status", "--scheduler", "local", *TINY, "--experiments_dir", "exp", "--distillations", "kd", "--runs", "1"
+    )
     assert status.returncode == 0, status.stderr
     assert status.stdout.splitlines()[1].split() == ["finished", "91.23", TEACHER]
 
@@ -1000,29 +1283,38 @@ def test_util_sh_reads_relative_paths_from_where_it_is_called(tmp_path: Path) ->
 
 @pytest.mark.parametrize("command", [[], ["--status"], ["--clean", "--yes"], ["--cancel"]])
 def test_an_experiments_path_that_cannot_be_a_folder_is_one_line_with_status_2(
-        cli, tmp_path: Path, command: list[str]) -> None:
+    cli, tmp_path: Path, command: list[str]
+) -> None:
     taken = tmp_path / "taken"
     taken.write_text("a user's file")
     for experiments in (taken, taken / "experiments"):
         status, _, err = cli([*grid(experiments, "--distillations", "kd"), *command], FakeSlurm())
-        assert status == 2 and err == f"runner.py: error: --experiments_dir {experiments} cannot be a folder: {taken} " \
-                                      "is not a folder; pass another --experiments_dir\n"
+        assert (
+            status == 2
+            and err
+            == f"runner.py: error: --experiments_dir {experiments} cannot be a folder: {taken} "
+            "is not a folder; pass another --experiments_dir\n"
+        )
     assert taken.read_text() == "a user's file"
 
 
 def test_an_experiments_path_with_a_line_break_is_refused_before_anything_is_made(cli, tmp_path: Path) -> None:
     experiments = tmp_path / "two\nlines"
     status, _, err = cli(grid(experiments, "--distillations", "kd"), FakeSlurm())
-    assert status == 2 and err == (f"runner.py: error: --experiments_dir {str(experiments)!r} holds a line break, which no "
-                                   "job script line can hold; pass another --experiments_dir\n")
+    assert status == 2 and err == (
+        f"runner.py: error: --experiments_dir {str(experiments)!r} holds a line break, which no "
+        "job script line can hold; pass another --experiments_dir\n"
+    )
     assert not experiments.exists()
 
 
 @pytest.mark.parametrize("failing", ["atomic_write", "atomic_write_json"])
 def test_a_failed_write_is_one_line_with_status_74_and_leaves_no_run_folder(
-        cli, experiments: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    cli, experiments: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
     """The run.job (before submitting) or the job.json (after: the job is cancelled, else the next
     runner.py would submit the run twice) cannot be written, as on a full disk."""
+
     def full_disk(path: Path, *_) -> None:
         raise OSError(28, "No space left on device", str(path))
 
@@ -1030,26 +1322,39 @@ def test_a_failed_write_is_one_line_with_status_74_and_leaves_no_run_folder(
     fake = FakeSlurm()
     status, out, err = cli(grid(experiments, "--distillations", "kd", "--runs", "1"), fake)
     written = sweep.SCRIPT_FILE if failing == "atomic_write" else sweep.JOB_FILE
-    assert status == 74 and err == (f"runner.py: error: {experiments / TEACHER / written}: No space left on device; "
-                                    "fix that (free space, permissions) and run runner.py again\n")
+    assert status == 74 and err == (
+        f"runner.py: error: {experiments / TEACHER / written}: No space left on device; "
+        "fix that (free space, permissions) and run runner.py again\n"
+    )
     assert fake.cancelled == ([] if failing == "atomic_write" else ["101"]) and not fake.live
     assert [p.name for p in experiments.rglob("*")] == [".runner.lock"]  # no folder of the run, nor above it
 
 
 # ---------------------------------------------------------------- several runs per job
 
+
 def test_runs_per_gpu_packs_the_students_of_one_teacher_into_jobs(cli, experiments: Path) -> None:
     """Five students of a teacher being trained, three per job: the teacher alone, then two jobs
     after it; each run's job.json names the shared job and its members; the next runner.py submits
     nothing."""
     fake = FakeSlurm()
-    argv = [*grid(experiments, "--distillations", "featuremap", "--runs", "5"), "--runs_per_gpu", "3", "--cpus", "2",
-            "--mem", "8G"]
+    argv = [
+        *grid(experiments, "--distillations", "featuremap", "--runs", "5"),
+        "--runs_per_gpu",
+        "3",
+        "--cpus",
+        "2",
+        "--mem",
+        "8G",
+    ]
     status, out, _ = cli(argv, fake)
 
     assert status == 0, out
     assert [(script.parent.name, dependency) for script, dependency in fake.submitted] == [
-        ("seed0", None), ("seed0", "101"), ("seed3", "101")]  # the teacher's folder is seed0 too
+        ("seed0", None),
+        ("seed0", "101"),
+        ("seed3", "101"),
+    ]  # the teacher's folder is seed0 too
     first_pack = fake.submitted[1][0].read_text()
     assert "#SBATCH --cpus-per-task=6\n#SBATCH --mem=24G\n" in first_pack and "trainings=3\n" in first_pack
     assert first_pack.count("start /") == 3 and f"{FEATUREMAP}/seed2/job.out /" in first_pack
@@ -1089,7 +1394,9 @@ def test_a_pack_job_stops_every_run_and_reports_the_worst_status(tmp_path: Path,
 
 
 @pytest.mark.parametrize("starts", [True, False])
-def test_a_pack_job_shares_its_gpu_through_an_mps_daemon_of_its_own(tmp_path: Path, experiments: Path, starts: bool) -> None:
+def test_a_pack_job_shares_its_gpu_through_an_mps_daemon_of_its_own(
+    tmp_path: Path, experiments: Path, starts: bool
+) -> None:
     """--mps: the job starts a CUDA MPS control daemon in a folder it makes, its trainings are the
     daemon's clients, and it tells the daemon to quit and removes the folder when they have ended. A
     daemon that does not start leaves the runs to share the GPU without it. One run, or no GPU: no MPS."""
@@ -1098,8 +1405,9 @@ def test_a_pack_job_shares_its_gpu_through_an_mps_daemon_of_its_own(tmp_path: Pa
     runs = plan(args, extra)
     settings = sweep.JobSettings(Resources(gpus=1), str(python), mps=True)
     assert "\nmps=no\n" in sweep.render_job(runs[:1], SlurmScheduler("someone"), settings)
-    assert "\nmps=no\n" in sweep.render_job(runs, SlurmScheduler("someone"), dataclasses.replace(
-        settings, resources=Resources(gpus=0)))
+    assert "\nmps=no\n" in sweep.render_job(
+        runs, SlurmScheduler("someone"), dataclasses.replace(settings, resources=Resources(gpus=0))
+    )
     script = runs[0].path / "run.job"
     for run in runs:
         run.path.mkdir(parents=True)
@@ -1107,8 +1415,12 @@ def test_a_pack_job_shares_its_gpu_through_an_mps_daemon_of_its_own(tmp_path: Pa
     fake_bin, temporary, calls = tmp_path / "bin", tmp_path / "tmp", tmp_path / "mps.log"
     fake_bin.mkdir()
     temporary.mkdir()
-    tool(fake_bin, "nvidia-cuda-mps-control", f'echo "$* $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY '
-                                              f'$([ "$1" = -d ] || cat)" >> {calls}\n' + ("" if starts else "exit 1\n"))
+    tool(
+        fake_bin,
+        "nvidia-cuda-mps-control",
+        f'echo "$* $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY '
+        f'$([ "$1" = -d ] || cat)" >> {calls}\n' + ("" if starts else "exit 1\n"),
+    )
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "TMPDIR": str(temporary), "FAKE_TRAINING": "exit"}
 
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
@@ -1125,23 +1437,36 @@ def test_a_pack_job_shares_its_gpu_through_an_mps_daemon_of_its_own(tmp_path: Pa
 
 @pytest.mark.parametrize("stop, requeued", [(signal.SIGTERM, ""), (signal.SIGUSR1, "requeue 4242\n")])
 def test_a_stop_before_the_trainings_start_leaves_no_daemon_and_starts_none(
-        tmp_path: Path, experiments: Path, stop: signal.Signals, requeued: str) -> None:
+    tmp_path: Path, experiments: Path, stop: signal.Signals, requeued: str
+) -> None:
     """A signal while the job starts its MPS daemon (it used to end the job there, leaving the daemon
     running and its folder in $TMPDIR): no training starts, the daemon is told to quit, its folder is
     removed, and the job ends as stopped (75), requeued after USR1."""
     python = fake_training(tmp_path / "python")
     runs = kd_runs(experiments, 2)
     script = runs[0].path / "run.job"
-    script.write_text(sweep.render_job(runs, SlurmScheduler("someone"), sweep.JobSettings(Resources(gpus=1), str(python),
-                                                                                          mps=True)))
-    fake_bin, temporary, calls, starting, release = (tmp_path / name for name in ("bin", "tmp", "calls", "starting", "release"))
+    script.write_text(
+        sweep.render_job(runs, SlurmScheduler("someone"), sweep.JobSettings(Resources(gpus=1), str(python), mps=True))
+    )
+    fake_bin, temporary, calls, starting, release = (
+        tmp_path / name for name in ("bin", "tmp", "calls", "starting", "release")
+    )
     fake_bin.mkdir()
     temporary.mkdir()
-    tool(fake_bin, "nvidia-cuda-mps-control", f'echo "$* $([ "$1" = -d ] || cat)" >> {calls}\n'
-                                              f'if [ "$1" = -d ]; then touch {starting}; until [ -e {release} ]; do sleep 0.05; done; fi\n')
+    tool(
+        fake_bin,
+        "nvidia-cuda-mps-control",
+        f'echo "$* $([ "$1" = -d ] || cat)" >> {calls}\n'
+        f'if [ "$1" = -d ]; then touch {starting}; until [ -e {release} ]; do sleep 0.05; done; fi\n',
+    )
     tool(fake_bin, "scontrol", f'echo "$*" >> {calls}\n')
-    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "TMPDIR": str(temporary), "SLURM_JOB_ID": "4242",
-           "FAKE_TRAINING": "exit"}
+    env = {
+        **os.environ,
+        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        "TMPDIR": str(temporary),
+        "SLURM_JOB_ID": "4242",
+        "FAKE_TRAINING": "exit",
+    }
 
     job = subprocess.Popen(["bash", str(script)], env=env)
     deadline = time.monotonic() + 30
@@ -1156,19 +1481,32 @@ def test_a_stop_before_the_trainings_start_leaves_no_daemon_and_starts_none(
     assert calls.read_text() == "-d \n quit\n" + requeued
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--gpus_per_node", "2"], "--runs_per_gpu 2 packs small runs onto one GPU; a run over --nodes/--gpus_per_node"),
-    (["--gpus", "2"], "--runs_per_gpu 2 packs runs onto one GPU, which they share; --gpus 2 would give the job GPUs no run uses"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--gpus_per_node", "2"],
+            "--runs_per_gpu 2 packs small runs onto one GPU; a run over --nodes/--gpus_per_node",
+        ),
+        (
+            ["--gpus", "2"],
+            "--runs_per_gpu 2 packs runs onto one GPU, which they share; --gpus 2 would give the job GPUs no run uses",
+        ),
+    ],
+)
 def test_runs_per_gpu_is_refused_with_gpus_of_its_own(cli, experiments: Path, flags: list[str], message: str) -> None:
-    status, _, err = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), "--runs_per_gpu", "2", *flags], FakeSlurm())
+    status, _, err = cli(
+        [*grid(experiments, "--distillations", "kd", "--runs", "1"), "--runs_per_gpu", "2", *flags], FakeSlurm()
+    )
     assert status == 2 and err.count("\n") == 1, err
     assert message in err
     assert not experiments.exists()
 
 
-@pytest.mark.parametrize("environment, threads", [
-    ({"SLURM_CPUS_PER_TASK": "6"}, "2"), ({"OMP_NUM_THREADS": "8"}, "2"), ({"OMP_NUM_THREADS": "2"}, "1"), ({}, "")])
+@pytest.mark.parametrize(
+    "environment, threads",
+    [({"SLURM_CPUS_PER_TASK": "6"}, "2"), ({"OMP_NUM_THREADS": "8"}, "2"), ({"OMP_NUM_THREADS": "2"}, "1"), ({}, "")],
+)
 def test_the_runs_of_a_job_share_its_cpus(experiments: Path, environment: dict[str, str], threads: str) -> None:
     """Three runs in one job: SLURM's CPUs per task, or PBS's OMP_NUM_THREADS, divided among them
     (at least one each); no setting where neither scheduler gave one."""
@@ -1176,6 +1514,11 @@ def test_the_runs_of_a_job_share_its_cpus(experiments: Path, environment: dict[s
     script = sweep.render_job(plan(args, extra), SlurmScheduler("someone"), sweep.JobSettings(Resources(), "python"))
     lines = [line for line in script.splitlines() if line.startswith("trainings=") or "OMP_NUM_THREADS=" in line]
     env = {key: value for key, value in os.environ.items() if key not in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS")}
-    done = subprocess.run(["bash", "-c", "\n".join([*lines, 'echo "${OMP_NUM_THREADS:-}"'])], env={**env, **environment},
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["bash", "-c", "\n".join([*lines, 'echo "${OMP_NUM_THREADS:-}"'])],
+        env={**env, **environment},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert lines[0] == "trainings=3" and done.stdout.strip() == threads

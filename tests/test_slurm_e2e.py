@@ -71,8 +71,13 @@ def experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def runner(experiments: Path, *flags: str) -> str:
     """python runner.py ... as a user types it; its output (it must succeed)."""
-    done = subprocess.run([sys.executable, str(REPO / "runner.py"), "--experiments_dir", str(experiments), *JOBS, *flags],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "runner.py"), "--experiments_dir", str(experiments), *JOBS, *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -101,9 +106,27 @@ def log(run: Path, job: str) -> str:
 
 
 def test_grid_runs_through_sbatch_and_is_not_submitted_twice(slurm: SlurmScheduler, experiments: Path) -> None:
-    grid = [*TINY, "--epochs", "2", "--batch_size", "64", "--distillations", "featuremap", "tucker",
-            "--ranks_list", "BATCH_SIZE,8,8,8", "--runs", "1", *TRAINING, "--max_batches", "3"]
-    runs = [experiments / name for name in (TEACHER, f"{PAIR}/featuremap/{SMALL}/seed0", f"{PAIR}/tucker/B-8-8-8/{SMALL}/seed0")]
+    grid = [
+        *TINY,
+        "--epochs",
+        "2",
+        "--batch_size",
+        "64",
+        "--distillations",
+        "featuremap",
+        "tucker",
+        "--ranks_list",
+        "BATCH_SIZE,8,8,8",
+        "--runs",
+        "1",
+        *TRAINING,
+        "--max_batches",
+        "3",
+    ]
+    runs = [
+        experiments / name
+        for name in (TEACHER, f"{PAIR}/featuremap/{SMALL}/seed0", f"{PAIR}/tucker/B-8-8-8/{SMALL}/seed0")
+    ]
 
     out = runner(experiments, *grid)
 
@@ -126,8 +149,24 @@ def test_interrupted_jobs_resume_from_their_checkpoint(slurm: SlurmScheduler, ex
     long = "epochs=3,batch_size=8,max_batches=120"
     teacher = experiments.parent / "untrained-teacher.pth"
     torch.save({"weights": build_model("ResNetBaby", 10).state_dict()}, teacher)
-    grid = [*TINY, "--study", "interrupted", "--epochs", "3", "--batch_size", "8", "--distillations", "featuremap",
-            "--runs", "2", *TRAINING, "--max_batches", "120", "--teacher_checkpoint", str(teacher)]
+    grid = [
+        *TINY,
+        "--study",
+        "interrupted",
+        "--epochs",
+        "3",
+        "--batch_size",
+        "8",
+        "--distillations",
+        "featuremap",
+        "--runs",
+        "2",
+        *TRAINING,
+        "--max_batches",
+        "120",
+        "--teacher_checkpoint",
+        str(teacher),
+    ]
     cancelled, warned = (experiments / f"interrupted/{PAIR}/featuremap/{long}/seed{seed}" for seed in (0, 1))
 
     runner(experiments, *grid)
@@ -163,8 +202,26 @@ def test_two_process_run_stops_requeues_and_finishes(slurm: SlurmScheduler, expe
     two ranks resume from rank 0's last.pt; the finished folder holds what a one-process run's does."""
     teacher = experiments.parent / "untrained-teacher-ddp.pth"
     torch.save({"weights": build_model("ResNetBaby", 10).state_dict()}, teacher)
-    grid = [*TINY, "--study", "ranks", "--epochs", "2", "--batch_size", "8", "--distillations", "featuremap",
-            "--runs", "1", "--gpus_per_node", "2", *TRAINING, "--max_batches", "120", "--teacher_checkpoint", str(teacher)]
+    grid = [
+        *TINY,
+        "--study",
+        "ranks",
+        "--epochs",
+        "2",
+        "--batch_size",
+        "8",
+        "--distillations",
+        "featuremap",
+        "--runs",
+        "1",
+        "--gpus_per_node",
+        "2",
+        *TRAINING,
+        "--max_batches",
+        "120",
+        "--teacher_checkpoint",
+        str(teacher),
+    ]
     run = experiments / f"ranks/{PAIR}/featuremap/epochs=2,batch_size=8,max_batches=120/seed0"
 
     assert "#SBATCH --ntasks-per-node=2" in runner(experiments, "--dry_run", *grid)
@@ -186,8 +243,20 @@ def test_two_process_run_stops_requeues_and_finishes(slurm: SlurmScheduler, expe
     events = [path.name for path in run.iterdir() if path.name.startswith("events.out.tfevents.")]
     assert events  # rank 0's TensorBoard curves, a file per session
     assert sorted(path.name for path in run.iterdir() if path.name not in events) == sorted(
-        [".lock", "Accuracy.png", "Loss.png", "ResNetBaby.pth", "config.json", "job.json", "last.pt", "metrics.json", "run.job",
-         f"slurm-{job}.out", "train.log"])
+        [
+            ".lock",
+            "Accuracy.png",
+            "Loss.png",
+            "ResNetBaby.pth",
+            "config.json",
+            "job.json",
+            "last.pt",
+            "metrics.json",
+            "run.job",
+            f"slurm-{job}.out",
+            "train.log",
+        ]
+    )
     assert "submitted 0" in runner(experiments, *grid)
 
 
@@ -197,10 +266,32 @@ def test_runs_share_a_job_and_are_not_submitted_twice(slurm: SlurmScheduler, exp
     submits nothing."""
     teacher = experiments.parent / "untrained-teacher-pack.pth"
     torch.save({"weights": build_model("ResNetBaby", 10).state_dict()}, teacher)
-    grid = [*TINY, "--study", "packed", "--epochs", "2", "--batch_size", "64", "--distillations", "featuremap", "kd",
-            "--runs", "2", "--runs_per_gpu", "4", "--cpus", "0", *TRAINING, "--max_batches", "3",
-            "--teacher_checkpoint", str(teacher)]
-    runs = [experiments / f"packed/{PAIR}/{method}/{SMALL}/seed{seed}" for method in ("featuremap", "kd") for seed in (0, 1)]
+    grid = [
+        *TINY,
+        "--study",
+        "packed",
+        "--epochs",
+        "2",
+        "--batch_size",
+        "64",
+        "--distillations",
+        "featuremap",
+        "kd",
+        "--runs",
+        "2",
+        "--runs_per_gpu",
+        "4",
+        "--cpus",
+        "0",
+        *TRAINING,
+        "--max_batches",
+        "3",
+        "--teacher_checkpoint",
+        str(teacher),
+    ]
+    runs = [
+        experiments / f"packed/{PAIR}/{method}/{SMALL}/seed{seed}" for method in ("featuremap", "kd") for seed in (0, 1)
+    ]
 
     runner(experiments, *grid)
     job = job_id(runs[0])

@@ -13,7 +13,18 @@ from toolbox import analysis, sweep
 from toolbox.errors import UsageError
 
 GOLDEN = Path(__file__).parent / "golden" / "default_grid.txt"
-SMALL = ["--dataset", "digits", "--teacher", "ResNetBaby", "--student", "ResNetBaby", "--epochs", "2", "--batch_size", "64"]
+SMALL = [
+    "--dataset",
+    "digits",
+    "--teacher",
+    "ResNetBaby",
+    "--student",
+    "ResNetBaby",
+    "--epochs",
+    "2",
+    "--batch_size",
+    "64",
+]
 TRAINING = ["--", "--max_batches", "2", "--threads", "1", "--device", "cpu"]
 
 
@@ -29,11 +40,14 @@ def test_the_default_grid_is_unchanged(tmp_path: Path) -> None:
     assert names == GOLDEN.read_text().split()
 
 
-@pytest.mark.parametrize("text, axis", [
-    ("beta=50,125,250", ("beta", ["50", "125", "250"])),
-    ("ranks=BATCH_SIZE,32,8,8:BATCH_SIZE,8,8,8", ("ranks", ["BATCH_SIZE,32,8,8", "BATCH_SIZE,8,8,8"])),
-    ("lr=0.1,0.1,0.05", ("lr", ["0.1", "0.05"])),
-])
+@pytest.mark.parametrize(
+    "text, axis",
+    [
+        ("beta=50,125,250", ("beta", ["50", "125", "250"])),
+        ("ranks=BATCH_SIZE,32,8,8:BATCH_SIZE,8,8,8", ("ranks", ["BATCH_SIZE,32,8,8", "BATCH_SIZE,8,8,8"])),
+        ("lr=0.1,0.1,0.05", ("lr", ["0.1", "0.05"])),
+    ],
+)
 def test_axes_parse(text: str, axis: tuple) -> None:
     assert sweep.parse_axis(text) == axis
 
@@ -45,14 +59,32 @@ def test_bad_axes_are_one_line_errors(text: str) -> None:
 
 
 def test_axes_are_crossed_filtered_by_method_and_deduplicated(tmp_path: Path) -> None:
-    runs = plan([*SMALL, "--experiments_dir", str(tmp_path), "--distillations", "featuremap", "kd", "--runs", "1",
-                 "--grid", "kd_temperature=2,4", "--grid", "beta=50,125"])
+    runs = plan(
+        [
+            *SMALL,
+            "--experiments_dir",
+            str(tmp_path),
+            "--distillations",
+            "featuremap",
+            "kd",
+            "--runs",
+            "1",
+            "--grid",
+            "kd_temperature=2,4",
+            "--grid",
+            "beta=50,125",
+        ]
+    )
     names = [run.name.split("ResNetBaby-ResNetBaby/")[1] for run in runs]
     # featuremap reads beta, not the temperature; kd reads both, and its default beta is 1
-    assert names == ["featuremap/beta=50,epochs=2,batch_size=64/seed0", "featuremap/epochs=2,batch_size=64/seed0",
-                     "kd/beta=50,kd_temperature=2,epochs=2,batch_size=64/seed0",
-                     "kd/beta=125,kd_temperature=2,epochs=2,batch_size=64/seed0",
-                     "kd/beta=50,epochs=2,batch_size=64/seed0", "kd/beta=125,epochs=2,batch_size=64/seed0"]
+    assert names == [
+        "featuremap/beta=50,epochs=2,batch_size=64/seed0",
+        "featuremap/epochs=2,batch_size=64/seed0",
+        "kd/beta=50,kd_temperature=2,epochs=2,batch_size=64/seed0",
+        "kd/beta=125,kd_temperature=2,epochs=2,batch_size=64/seed0",
+        "kd/beta=50,epochs=2,batch_size=64/seed0",
+        "kd/beta=125,epochs=2,batch_size=64/seed0",
+    ]
     assert all("--kd_temperature" not in run.flags for run in runs if run.config.distillation == "featuremap")
     assert len(sweep.teachers(runs)) == 1  # one teacher for all
 
@@ -63,27 +95,78 @@ def test_a_grid_axis_and_the_same_flag_after_dashes_are_refused() -> None:
 
 
 def test_dry_run_prints_the_grid_as_a_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    status = runner.main([*SMALL, "--experiments_dir", str(tmp_path), "--distillations", "featuremap", "--runs", "1",
-                          "--grid", "beta=50,250", "--scheduler", "local", "--dry_run"])
+    status = runner.main(
+        [
+            *SMALL,
+            "--experiments_dir",
+            str(tmp_path),
+            "--distillations",
+            "featuremap",
+            "--runs",
+            "1",
+            "--grid",
+            "beta=50,250",
+            "--scheduler",
+            "local",
+            "--dry_run",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0 and out.startswith("the grid: 2 runs\n| beta | run |")  # columns where the runs differ
     assert "| 50 | digits/ResNetBaby-ResNetBaby/featuremap/beta=50,epochs=2,batch_size=64/seed0 |" in out
     assert not list(tmp_path.rglob("*.json"))  # a dry run writes nothing
 
-    status = runner.main([*SMALL, "--experiments_dir", str(tmp_path), "--distillations", "featuremap", "tucker", "--runs", "1",
-                          "--ranks_list", "BATCH_SIZE,8,8,8", "BATCH_SIZE,4,8,8", "--scheduler", "local", "--dry_run"])
+    status = runner.main(
+        [
+            *SMALL,
+            "--experiments_dir",
+            str(tmp_path),
+            "--distillations",
+            "featuremap",
+            "tucker",
+            "--runs",
+            "1",
+            "--ranks_list",
+            "BATCH_SIZE,8,8,8",
+            "BATCH_SIZE,4,8,8",
+            "--scheduler",
+            "local",
+            "--dry_run",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0 and out.startswith("the grid: 3 runs\n| distillation | ranks | run |")
-    assert "| featuremap | - | digits/ResNetBaby-ResNetBaby/featuremap/epochs=2,batch_size=64/seed0 |" in out  # ranks unread
-    assert "| tucker | BATCH_SIZE,4,8,8 | digits/ResNetBaby-ResNetBaby/tucker/B-4-8-8/epochs=2,batch_size=64/seed0 |" in out
+    assert (
+        "| featuremap | - | digits/ResNetBaby-ResNetBaby/featuremap/epochs=2,batch_size=64/seed0 |" in out
+    )  # ranks unread
+    assert (
+        "| tucker | BATCH_SIZE,4,8,8 | digits/ResNetBaby-ResNetBaby/tucker/B-4-8-8/epochs=2,batch_size=64/seed0 |"
+        in out
+    )
 
 
-@pytest.mark.parametrize("axis, method, column", [("beta=50,250", "featuremap", "beta"),
-                                                  ("noise_std=0.5,2", "noise", "noise_std")])
-def test_a_sweep_end_to_end_gives_one_row_per_value(tmp_path: Path, capsys: pytest.CaptureFixture, axis: str,
-                                                     method: str, column: str) -> None:
-    argv = [*SMALL, "--experiments_dir", str(tmp_path), "--distillations", method, "--runs", "1", "--grid", axis,
-            "--scheduler", "local", "--parallel", "2", *TRAINING]
+@pytest.mark.parametrize(
+    "axis, method, column", [("beta=50,250", "featuremap", "beta"), ("noise_std=0.5,2", "noise", "noise_std")]
+)
+def test_a_sweep_end_to_end_gives_one_row_per_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture, axis: str, method: str, column: str
+) -> None:
+    argv = [
+        *SMALL,
+        "--experiments_dir",
+        str(tmp_path),
+        "--distillations",
+        method,
+        "--runs",
+        "1",
+        "--grid",
+        axis,
+        "--scheduler",
+        "local",
+        "--parallel",
+        "2",
+        *TRAINING,
+    ]
     assert runner.main(argv) == 0, capsys.readouterr()
     assert "submitted 3 (teachers: 1)" in capsys.readouterr().out
     summary = analysis.summarize(analysis.load_runs(tmp_path))

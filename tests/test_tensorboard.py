@@ -33,8 +33,20 @@ def kd_flags(tmp_path: Path) -> list[str]:
     """kd from an untrained ResNetBaby: a distillation loss without training a teacher first."""
     teacher = tmp_path / "teacher.pth"
     torch.save({"weights": build_model(STUDENT, 10).state_dict()}, teacher)
-    return ["--distillation", "kd", "--teacher", STUDENT, "--student", STUDENT, "--teacher_checkpoint", str(teacher),
-            "--max_batches", "3", "--experiment_name", "r"]
+    return [
+        "--distillation",
+        "kd",
+        "--teacher",
+        STUDENT,
+        "--student",
+        STUDENT,
+        "--teacher_checkpoint",
+        str(teacher),
+        "--max_batches",
+        "3",
+        "--experiment_name",
+        "r",
+    ]
 
 
 def test_a_run_writes_its_epochs_and_every_nth_step(tmp_path: Path) -> None:
@@ -45,8 +57,12 @@ def test_a_run_writes_its_epochs_and_every_nth_step(tmp_path: Path) -> None:
     for key in HISTORY:
         assert [step for step, _ in epochs[EPOCH_TAGS[key]]] == [1, 2]
         assert [value for _, value in epochs[EPOCH_TAGS[key]]] == pytest.approx(metrics[key], rel=1e-6)
-    assert [value for _, value in epochs["schedule/learning_rate"]] == pytest.approx([0.05, 0.025])  # cosine over 2 epochs
-    assert all(value > 0 for tag in ("speed/epoch_seconds", "speed/train_images_per_second") for _, value in epochs[tag])
+    assert [value for _, value in epochs["schedule/learning_rate"]] == pytest.approx(
+        [0.05, 0.025]
+    )  # cosine over 2 epochs
+    assert all(
+        value > 0 for tag in ("speed/epoch_seconds", "speed/train_images_per_second") for _, value in epochs[tag]
+    )
 
     steps = scalars(run / "steps")
     assert set(steps) == set(STEP_TAGS) and [step for step, _ in steps[STEP_TAGS[0]]] == [1, 2, 3, 4, 5, 6]
@@ -108,11 +124,14 @@ def test_curves_are_never_written_through_a_link(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="events.out.tfevents.1700000000.node7.42.0 is a symbolic link"):
         open_curves(run, 0, 0, 0, writer=True)
     assert list(elsewhere.iterdir()) == [] and sorted(path.name for path in run.path.iterdir()) == [
-        "events.out.tfevents.1700000000.node7.42.0", "steps"]
+        "events.out.tfevents.1700000000.node7.42.0",
+        "steps",
+    ]
 
 
-def test_a_full_disk_under_the_event_writer_is_one_error_naming_the_file(tmp_path: Path,
-                                                                        capfd: pytest.CaptureFixture) -> None:
+def test_a_full_disk_under_the_event_writer_is_one_error_naming_the_file(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     """The writer's thread meets the failure; the training's next call raises it, named, with no
     traceback of the thread on stderr (the entry point prints one line, exit status 74)."""
     curves = open_curves(RunDir(tmp_path), 0, 0, 0, writer=True)

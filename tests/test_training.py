@@ -35,7 +35,9 @@ def test_teacher_learns_digits(digits_teacher: tuple[Path, dict]) -> None:
     assert metrics["best_test_acc"] >= 90.0
     run = teacher_run(experiments)
     assert run == experiments / "digits/teacher" / TEACHER / "epochs=6,batch_size=64,lr=0.05/seed0"
-    assert {"config.json", "metrics.json", f"{TEACHER}.pth", "Loss.png", "Accuracy.png"} <= {p.name for p in run.iterdir()}
+    assert {"config.json", "metrics.json", f"{TEACHER}.pth", "Loss.png", "Accuracy.png"} <= {
+        p.name for p in run.iterdir()
+    }
     saved = json.loads((run / "config.json").read_text())
     assert saved["config"]["distillation"] == "none" and saved["environment"]["torch"] == torch.__version__
 
@@ -55,9 +57,20 @@ def test_teacher_learns_digits(digits_teacher: tuple[Path, dict]) -> None:
     ],
     ids=lambda v: "-".join(a.strip("-") for a in v[1::2]),
 )
-def test_each_variant_writes_a_finished_run(tmp_path: Path, digits_teacher: tuple[Path, dict], variant: list[str]) -> None:
-    metrics = run_training(tmp_path, *variant, *teacher_flags(digits_teacher), "--epochs", "2", "--max_batches", "4",
-                           "--experiment_name", "run")
+def test_each_variant_writes_a_finished_run(
+    tmp_path: Path, digits_teacher: tuple[Path, dict], variant: list[str]
+) -> None:
+    metrics = run_training(
+        tmp_path,
+        *variant,
+        *teacher_flags(digits_teacher),
+        "--epochs",
+        "2",
+        "--max_batches",
+        "4",
+        "--experiment_name",
+        "run",
+    )
     run = tmp_path / "run"
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     saved = json.loads((run / "metrics.json").read_text())
@@ -72,8 +85,22 @@ def test_each_variant_writes_a_finished_run(tmp_path: Path, digits_teacher: tupl
 
 
 def test_default_run_name_and_teacher_path(tmp_path: Path, digits_teacher: tuple[Path, dict]) -> None:
-    run_training(tmp_path, "--distillation", "tucker_recomp", "--recomp_target", "both", "--ranks", "BATCH_SIZE,24,8,8",
-                 *teacher_flags(digits_teacher), "--epochs", "1", "--max_batches", "1", "--seed", "4")
+    run_training(
+        tmp_path,
+        "--distillation",
+        "tucker_recomp",
+        "--recomp_target",
+        "both",
+        "--ranks",
+        "BATCH_SIZE,24,8,8",
+        *teacher_flags(digits_teacher),
+        "--epochs",
+        "1",
+        "--max_batches",
+        "1",
+        "--seed",
+        "4",
+    )
     changes = "epochs=1,batch_size=64,lr=0.05,max_batches=1"
     assert (tmp_path / f"digits/{TEACHER}-{STUDENT}/tucker_recomp/both/B-24-8-8/{changes}/seed4/metrics.json").exists()
 
@@ -110,8 +137,20 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch:
 
 
 def test_finished_run_is_left_untouched(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    flags = ["--distillation", "none", "--student", STUDENT, "--epochs", "1", "--max_batches", "1", "--experiment_name", "done"]
+    flags = [
+        "--distillation",
+        "none",
+        "--student",
+        STUDENT,
+        "--epochs",
+        "1",
+        "--max_batches",
+        "1",
+        "--experiment_name",
+        "done",
+    ]
     first = run_training(tmp_path, *flags)
+
     def files() -> dict:  # the lock file names the process that looked last: not a result
         return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "done").iterdir() if p.name != ".lock"}
 
@@ -125,21 +164,49 @@ def test_finished_run_is_left_untouched(tmp_path: Path, capsys: pytest.CaptureFi
 def test_divergence_stops_and_keeps_the_last_good_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     original_step = Trainer.step
 
-    def nan_in_second_epoch(self: Trainer, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *rest: float):
+    def nan_in_second_epoch(
+        self: Trainer, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, *rest: float
+    ):
         hard, soft, correct = original_step(self, images, labels, indices, *rest)
         return (hard * float("nan"), soft, correct) if self.epoch == 1 else (hard, soft, correct)
 
     monkeypatch.setattr(Trainer, "step", nan_in_second_epoch)
     with pytest.raises(DivergedError, match="diverged in epoch 2.*keeps the last good epoch \\(1\\)"):
-        run_training(tmp_path, "--distillation", "none", "--student", STUDENT, "--epochs", "3", "--max_batches", "2",
-                     "--experiment_name", "nan")
+        run_training(
+            tmp_path,
+            "--distillation",
+            "none",
+            "--student",
+            STUDENT,
+            "--epochs",
+            "3",
+            "--max_batches",
+            "2",
+            "--experiment_name",
+            "nan",
+        )
     state = torch.load(tmp_path / "nan" / "last.pt", weights_only=True)
     assert len(state["history"]["test_acc"]) == 1 and not (tmp_path / "nan" / "metrics.json").exists()
 
 
 def test_signal_saves_and_exits_75_then_the_rerun_finishes(tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "tucker_distillation.py"), *TINY, "--distillation", "none", "--student", STUDENT,
-               "--epochs", "8", "--max_batches", "2", "--experiments_dir", str(tmp_path), "--experiment_name", "sig"]
+    command = [
+        sys.executable,
+        str(ROOT / "tucker_distillation.py"),
+        *TINY,
+        "--distillation",
+        "none",
+        "--student",
+        STUDENT,
+        "--epochs",
+        "8",
+        "--max_batches",
+        "2",
+        "--experiments_dir",
+        str(tmp_path),
+        "--experiment_name",
+        "sig",
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = tmp_path / "sig" / "last.pt"
     deadline = time.monotonic() + 120
@@ -178,7 +245,9 @@ def test_signal_saves_and_exits_75_then_the_rerun_finishes(tmp_path: Path) -> No
         (["--device", "tpu"], "--device must be"),
     ],
 )
-def test_bad_flags_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str) -> None:
+def test_bad_flags_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         status = tucker_distillation.main([*TINY, "--experiments_dir", str(tmp_path), "--distillation", "none", *flags])
         raise SystemExit(status)
@@ -194,14 +263,17 @@ def test_rank_above_the_channels_names_the_flag(tmp_path: Path, digits_teacher: 
 
 
 def test_missing_teacher_prints_the_command_that_trains_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    status = tucker_distillation.main([*TINY, "--experiments_dir", str(tmp_path), "--teacher", "ResNet32", "--student", STUDENT])
+    status = tucker_distillation.main(
+        [*TINY, "--experiments_dir", str(tmp_path), "--teacher", "ResNet32", "--student", STUDENT]
+    )
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1
     expected_path = tmp_path / "digits/teacher/ResNet32/batch_size=64,lr=0.05/seed0/ResNet32.pth"  # same recipe
     assert f"teacher checkpoint {expected_path} not found" in err
-    assert (f"python tucker_distillation.py --distillation none --dataset digits --student ResNet32 --seed 0 "
-            f"--batch_size 64 --lr 0.05 --experiments_dir {tmp_path}") in err
-
+    assert (
+        f"python tucker_distillation.py --distillation none --dataset digits --student ResNet32 --seed 0 "
+        f"--batch_size 64 --lr 0.05 --experiments_dir {tmp_path}"
+    ) in err
 
 
 def test_a_missing_teacher_is_reported_before_the_data_is_loaded(tmp_path: Path) -> None:
@@ -211,6 +283,7 @@ def test_a_missing_teacher_is_reported_before_the_data_is_loaded(tmp_path: Path)
     with pytest.raises(UsageError, match="teacher checkpoint .*ResNet112.pth not found; train the teacher first"):
         train(parse_config(["--experiments_dir", str(tmp_path / "experiments"), "--data_dir", str(data_dir)]))
     assert not data_dir.exists()
+
 
 @pytest.mark.parametrize("teacher, classes", [("ResNet56", 10), (TEACHER, 100)])  # wrong depth; wrong classes
 def test_wrong_teacher_checkpoint_is_a_clear_error(tmp_path: Path, teacher: str, classes: int) -> None:

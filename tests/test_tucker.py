@@ -13,7 +13,9 @@ from toolbox.tucker import check_ranks, mode_dot, project, recompose, relative_e
 def low_rank_tensor(shape: tuple[int, ...], ranks: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     core = torch.randn(ranks, generator=generator, dtype=torch.float64)
-    factors = [torch.linalg.qr(torch.randn(n, r, generator=generator, dtype=torch.float64))[0] for n, r in zip(shape, ranks)]
+    factors = [
+        torch.linalg.qr(torch.randn(n, r, generator=generator, dtype=torch.float64))[0] for n, r in zip(shape, ranks)
+    ]
     return recompose(core, factors)
 
 
@@ -23,7 +25,9 @@ def test_reconstruction_error_matches_tensorly_for_the_studys_ranks(ranks: str) 
     x = torch.randn(32, 64, 8, 8, generator=torch.Generator().manual_seed(1))
     core, factors = tucker(x, parse_ranks(ranks))
     ref_core, ref_factors = tucker(x, parse_ranks(ranks), backend="tensorly")
-    assert relative_error(x, recompose(core, factors)) == pytest.approx(relative_error(x, recompose(ref_core, ref_factors)), abs=1e-5)
+    assert relative_error(x, recompose(core, factors)) == pytest.approx(
+        relative_error(x, recompose(ref_core, ref_factors)), abs=1e-5
+    )
     assert core.shape == ref_core.shape
 
 

@@ -101,7 +101,9 @@ def FT(x: Tensor) -> Tensor:
     return F.normalize(x.reshape(x.size(0), -1))
 
 
-def original_loss(method: str, target: Optional[str], teacher: Tensor, student: Tensor, decomposition: Optional[Decomposition]) -> Tensor:
+def original_loss(
+    method: str, target: Optional[str], teacher: Tensor, student: Tensor, decomposition: Optional[Decomposition]
+) -> Tensor:
     """The original's tucker_distillation, tucker_recomp_distillation and feature_map_distillation
     soft losses (without BETA), in float64."""
     teacher, student = teacher.double(), student.double()
@@ -137,7 +139,15 @@ def outputs(feature_map: Tensor, layer: int) -> list[Tensor]:
     return [feature_map if index == layer else torch.empty(0) for index in range(6)]
 
 
-def distiller_case(maps: Maps, decomposition: Optional[Decomposition], method: str, target: Optional[str], layer: int, batch: int, ranks: Optional[str]) -> None:
+def distiller_case(
+    maps: Maps,
+    decomposition: Optional[Decomposition],
+    method: str,
+    target: Optional[str],
+    layer: int,
+    batch: int,
+    ranks: Optional[str],
+) -> None:
     """The distiller as training calls it (float32, channels-last maps) against the original."""
     teacher, student = (m[:batch].contiguous(memory_format=torch.channels_last) for m in maps[layer])
     flags = ["--distillation", method, "--feature_layer", str(layer)]
@@ -171,10 +181,17 @@ def test_float64_decomposition_is_the_originals(maps: Maps, original, layer: int
     core, factors = tucker(teacher, parse_ranks(ranks))
     reference = original(layer, batch, ranks)
     ours = loss_and_gradient(lambda s: F.l1_loss(FT(core), FT(project(s, factors))), student)
-    assert_close(ours, loss_and_gradient(lambda s: original_loss("tucker", None, teacher, s, reference), student), FLOAT64_TOLERANCE, FLOAT64_COSINE)
+    assert_close(
+        ours,
+        loss_and_gradient(lambda s: original_loss("tucker", None, teacher, s, reference), student),
+        FLOAT64_TOLERANCE,
+        FLOAT64_COSINE,
+    )
     with tl.backend_context("pytorch"):
         expected = tl.tucker_to_tensor(reference)
-    assert torch.linalg.vector_norm(recompose(core, factors) - expected) <= FLOAT64_TOLERANCE * torch.linalg.vector_norm(expected)
+    assert torch.linalg.vector_norm(
+        recompose(core, factors) - expected
+    ) <= FLOAT64_TOLERANCE * torch.linalg.vector_norm(expected)
 
 
 def test_the_maps_are_ill_conditioned_like_real_ones(maps: Maps) -> None:

@@ -65,13 +65,19 @@ def main_guard(run, *args) -> int:
         if not lost_rank(error):
             raise
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"error: rank {os.environ.get('RANK', '0')} lost another rank of this run ({first_line[-200:]}); the run "
-              "folder holds its last save: rerun the same command to resume", file=sys.stderr)
+        print(
+            f"error: rank {os.environ.get('RANK', '0')} lost another rank of this run ({first_line[-200:]}); the run "
+            "folder holds its last save: rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 1
     except OSError as error:  # a full disk, a folder that became read-only, ...
         if speaks:
-            print(f"error: {os_error_line(error)}; fix that (free space, permissions) and rerun the same "
-                  f"command: the run resumes from its last save", file=sys.stderr)
+            print(
+                f"error: {os_error_line(error)}; fix that (free space, permissions) and rerun the same "
+                f"command: the run resumes from its last save",
+                file=sys.stderr,
+            )
         return IO_ERROR
     return 0
 
@@ -85,7 +91,8 @@ def lost_rank(error: RuntimeError) -> bool:
 
     text = str(error)
     return isinstance(error, torch.distributed.DistError) or any(
-        clue in text for clue in ("Connection reset by peer", "Connection closed by peer", "NCCL", "gloo"))
+        clue in text for clue in ("Connection reset by peer", "Connection closed by peer", "NCCL", "gloo")
+    )
 
 
 def os_error_line(error: OSError) -> str:

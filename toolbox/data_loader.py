@@ -22,8 +22,17 @@ from toolbox.datasets.on_device import PAD, Dataset, DataSource, augment, eval_b
 from toolbox.errors import UsageError
 
 __all__ = [
-    "CIFAR_MEAN_STD", "IMAGE_SIZE", "PAD", "DataSource", "Dataset", "augment", "cifar_class", "eval_batches",
-    "load_dataset", "prepare_dataset", "train_batches",
+    "CIFAR_MEAN_STD",
+    "IMAGE_SIZE",
+    "PAD",
+    "DataSource",
+    "Dataset",
+    "augment",
+    "cifar_class",
+    "eval_batches",
+    "load_dataset",
+    "prepare_dataset",
+    "train_batches",
 ]
 
 
@@ -37,8 +46,9 @@ def prepare_dataset(name: str, data_dir: str | Path, download: bool = True) -> N
         raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}; got {name!r}")
 
 
-def load_dataset(name: str, data_dir: str | Path, device: torch.device | str, download: bool = True,
-                 workers: Optional[int] = None) -> DataSource:
+def load_dataset(
+    name: str, data_dir: str | Path, device: torch.device | str, download: bool = True, workers: Optional[int] = None
+) -> DataSource:
     """Load a data set by name for ``device``: CIFAR (downloaded once) and digits onto it; ImageNet
     and Tiny-ImageNet as files read by ``workers`` processes."""
     if name in FILE_DATASETS:

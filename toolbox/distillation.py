@@ -35,8 +35,9 @@ def build_distiller(config: Config, setup: Setup) -> Distiller:
     return distiller_class(config.distillation)(config, setup)
 
 
-def distiller_for(config: Config, teacher_out: Sequence[Tensor], student_out: Sequence[Tensor],
-                  train_labels: Optional[Tensor] = None) -> Distiller:
+def distiller_for(
+    config: Config, teacher_out: Sequence[Tensor], student_out: Sequence[Tensor], train_labels: Optional[Tensor] = None
+) -> Distiller:
     """The distiller of ``config`` (its method's defaults filled in) for networks with outputs like
     these: for tests, benchmarks and notebooks that hold outputs rather than models."""
     return build_distiller(with_defaults(config), Setup.of(teacher_out, student_out, train_labels))

@@ -64,9 +64,11 @@ class World:
         if max_batches is not None and max_batches * batch_size <= samples:
             last = 0
         if self.distributed and (batch_size < self.size or 0 < last < self.size):
-            raise UsageError(f"--batch_size {batch_size} is the global batch: with {self.size} ranks every batch "
-                             f"needs at least {self.size} samples (the epoch's last has {last or batch_size}); "
-                             "pass another --batch_size")
+            raise UsageError(
+                f"--batch_size {batch_size} is the global batch: with {self.size} ranks every batch "
+                f"needs at least {self.size} samples (the epoch's last has {last or batch_size}); "
+                "pass another --batch_size"
+            )
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         """The sum over ranks (in place, and returned); a CPU tensor goes through the gloo group."""
@@ -92,10 +94,10 @@ class World:
         dist.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
         longest = int(max(sizes).item())
         padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-        padded[:len(tensor)] = tensor
+        padded[: len(tensor)] = tensor
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         dist.all_gather(parts, padded)
-        return [part[:int(n.item())] for part, n in zip(parts, sizes)]
+        return [part[: int(n.item())] for part, n in zip(parts, sizes)]
 
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm's running statistics, which each rank keeps from its own
@@ -134,7 +136,9 @@ def join(device_name: str) -> World:
     rank, local_rank = launched_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if device.index not in (None, local_rank):
-            raise UsageError(f"--device {device_name}: under torchrun each rank uses cuda:LOCAL_RANK; pass --device cuda or auto")
+            raise UsageError(
+                f"--device {device_name}: under torchrun each rank uses cuda:LOCAL_RANK; pass --device cuda or auto"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"

@@ -26,6 +26,7 @@ their module names are those repositories' state-dict keys, so their released te
 ``shortcut``/``linear``). ``vgg8`` and ``vgg13`` are the BatchNorm variants (``vgg8_bn``,
 ``vgg13_bn``), as both repositories register them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -108,7 +109,9 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     return model
 
 
-def stage_shapes(name: str, num_classes: int = 100, image_size: int = CIFAR_IMAGE_SIZE) -> tuple[tuple[int, int, int], ...]:
+def stage_shapes(
+    name: str, num_classes: int = 100, image_size: int = CIFAR_IMAGE_SIZE
+) -> tuple[tuple[int, int, int], ...]:
     """(C, H, W) of the model's outputs f0 (stem) .. fk (last stage) on ``image_size`` images, so
     ``len(...) - 1`` is its number of stages (``model.stages``). The number of classes changes no
     map; it is accepted for symmetry with ``build_model``. A network whose pooling is sized for
@@ -117,8 +120,10 @@ def stage_shapes(name: str, num_classes: int = 100, image_size: int = CIFAR_IMAG
         return _traced_shapes(name, image_size)
     except RuntimeError:
         fitting = [other for other in MODELS if _takes(other, image_size)]
-        raise UsageError(f"{name} cannot take {image_size}x{image_size} images: its pooling is sized for smaller ones; "
-                         f"for this --dataset pick --teacher and --student from {', '.join(fitting)}") from None
+        raise UsageError(
+            f"{name} cannot take {image_size}x{image_size} images: its pooling is sized for smaller ones; "
+            f"for this --dataset pick --teacher and --student from {', '.join(fitting)}"
+        ) from None
 
 
 def _takes(name: str, image_size: int) -> bool:
@@ -167,7 +172,7 @@ def state_dict_of(checkpoint: Any) -> dict[str, Tensor]:
     state = dict(state)
     for prefix in WRAPPER_PREFIXES:
         if all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix):]: value for key, value in state.items()}
+            state = {key[len(prefix) :]: value for key, value in state.items()}
     return state
 
 
@@ -218,8 +223,15 @@ def describe_mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> Optional
     return "; ".join(problems) or None
 
 
-TORCH_ADVICE = ("weights_only", "safe_globals", "trust", "file an issue", "documentation", "can still be loaded",
-                "following error message")
+TORCH_ADVICE = (
+    "weights_only",
+    "safe_globals",
+    "trust",
+    "file an issue",
+    "documentation",
+    "can still be loaded",
+    "following error message",
+)
 """Words of torch's advice on how to load a refused file anyway: never repeated to the user."""
 
 
@@ -252,8 +264,10 @@ def _check_zip(handle: Any, size: int) -> None:
     handle.seek(0)
     declared = sum(entry.file_size for entry in zipfile.ZipFile(handle).infolist())
     if declared > 2 * size + ZIP_SLACK:
-        raise NotACheckpoint(f"is not a torch checkpoint: its entries are compressed to {size} bytes from {declared} "
-                             "(torch.save stores them uncompressed)")
+        raise NotACheckpoint(
+            f"is not a torch checkpoint: its entries are compressed to {size} bytes from {declared} "
+            "(torch.save stores them uncompressed)"
+        )
 
 
 def read_checkpoint(path: Union[str, Path], map_location: Any) -> Any:
@@ -307,7 +321,11 @@ def load_checkpoint(model: nn.Module, path: Path, what: str) -> None:
     except ValueError as error:
         raise UsageError(f"{what} {path} is not a checkpoint of {expected}: {error}") from None
     for key, buffer in model.state_dict().items():
-        if key.endswith("num_batches_tracked") and key not in state and key.rsplit(".", 1)[0] + ".running_mean" in state:
+        if (
+            key.endswith("num_batches_tracked")
+            and key not in state
+            and key.rsplit(".", 1)[0] + ".running_mean" in state
+        ):
             state[key] = torch.zeros_like(buffer, device="cpu")
     problem = describe_mismatch(model, state)
     if problem is None:

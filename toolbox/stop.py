@@ -47,8 +47,9 @@ class StopFlag:
             self.raise_interrupted("while")
 
     def raise_interrupted(self, when: str) -> None:
-        raise Interrupted(f"stopped by signal {self.name} {when} {self.waiting_for}; nothing was lost: rerun the same "
-                          "command")
+        raise Interrupted(
+            f"stopped by signal {self.name} {when} {self.waiting_for}; nothing was lost: rerun the same command"
+        )
 
     @contextlib.contextmanager
     def interruptible(self, waiting_for: str) -> Iterator[None]:

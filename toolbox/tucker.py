@@ -42,8 +42,10 @@ Factors = list[Optional[Tensor]]  # None: a mode kept at full rank and left unro
 def absolute_ranks(ranks: RankSpec, feature_shape: Sequence[int], flag: str = "--ranks") -> Ranks:
     """The ranks for a (C, H, W) map: fractions become whole ranks (at least 1), and a rank larger
     than its mode is an error that names the map's shape."""
-    concrete = (ranks[0], *(max(1, round(r * size)) if isinstance(r, float) else r
-                            for r, size in zip(ranks[1:], feature_shape)))
+    concrete = (
+        ranks[0],
+        *(max(1, round(r * size)) if isinstance(r, float) else r for r, size in zip(ranks[1:], feature_shape)),
+    )
     check_ranks(concrete, feature_shape, flag)
     return concrete
 

@@ -37,7 +37,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             if error.errno == errno.EISDIR:  # a folder in the way is bad input, not a failed write
                 raise NotRegular(path, "a folder") from None
             raise OSError(error.errno, error.strerror or str(error), str(path)) from None
-        except RuntimeError as error:  # torch.save reports a failed write this way ("unexpected pos ..."), without the reason
+        except (
+            RuntimeError
+        ) as error:  # torch.save reports a failed write this way ("unexpected pos ..."), without the reason
             if shutil.disk_usage(path.parent).free < 1 << 20:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
             raise OSError(errno.EIO, f"writing failed ({' '.join(str(error).split())[:120]})", str(path)) from None
@@ -54,8 +56,10 @@ def create_temporary(temporary: Path) -> None:
             return
         except FileExistsError:
             if attempt or temporary.is_symlink():
-                raise UsageError(f"{temporary} is in the way (a symbolic link or a file being written); it was left "
-                                 "as it is: remove it, then rerun") from None
+                raise UsageError(
+                    f"{temporary} is in the way (a symbolic link or a file being written); it was left "
+                    "as it is: remove it, then rerun"
+                ) from None
             temporary.unlink()
 
 
@@ -79,8 +83,11 @@ def markdown_cell(value: Any, digits: int = 2) -> str:
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[bool] = ()) -> str:
     """A GitHub Markdown table of ready-made cells; ``right[i]`` right-aligns column ``i``."""
     align = [right[i] if i < len(right) else False for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if r else "---" for r in align) + "|",
-             *("| " + " | ".join(row) + " |" for row in rows)]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if r else "---" for r in align) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -104,8 +111,12 @@ def select_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], autocast: Callable,
-             reduce: Callable[[Tensor], Tensor] = lambda sums: sums) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    autocast: Callable,
+    reduce: Callable[[Tensor], Tensor] = lambda sums: sums,
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy in percent; sums stay on the device until the end, where
     ``reduce`` adds up the (loss, correct, count) sums of the ranks that share the test set."""
     model.eval()
@@ -116,7 +127,9 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], autocas
         loss_sum = loss_sum + F.cross_entropy(logits.float(), labels, reduction="sum")
         correct = correct + (logits.argmax(1) == labels).sum()
         count += len(labels)
-    loss_sum, correct, count = reduce(torch.tensor([float(loss_sum), float(correct), count], dtype=torch.float64)).tolist()
+    loss_sum, correct, count = reduce(
+        torch.tensor([float(loss_sum), float(correct), count], dtype=torch.float64)
+    ).tolist()
     return loss_sum / count, 100.0 * correct / count
 
 
@@ -156,9 +169,12 @@ def environment() -> dict[str, Any]:
     import tensorly
 
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {

@@ -26,12 +26,39 @@ from toolbox.utils import markdown_table
 PUBLISHED_CSV = Path(__file__).resolve().parents[1] / "published" / "crd_cifar100.csv"
 """The published CIFAR-100 numbers of the benchmark, with their sources (``CIFAR_SOURCES``)."""
 PUBLISHED_DATASET = "cifar100"
-CIFAR_SOURCES = ("RepDistiller's README; DKD and kd_dot from mdistiller's README, crd+kd from the CRD paper, kd+ls and "
-                 "dkd+ls from Sun et al.'s README, dist from DIST's README")
+CIFAR_SOURCES = (
+    "RepDistiller's README; DKD and kd_dot from mdistiller's README, crd+kd from the CRD paper, kd+ls and "
+    "dkd+ls from Sun et al.'s README, dist from DIST's README"
+)
 BENCHMARK_PAIRS = SAME_ARCH_PAIRS
 """The published table's teacher->student pairs (same architectural type), in its column order."""
-BENCHMARK_ROWS = ("teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "ab", "ft", "fsp", "crd", "crd+kd",
-                  "dkd", "cc", "nst", "kdsvd", "ofd", "reviewkd", "dist", "kd+ls", "dkd+ls", "kd_dot", "featuremap")
+BENCHMARK_ROWS = (
+    "teacher",
+    "student",
+    "kd",
+    "fitnet",
+    "at",
+    "sp",
+    "pkt",
+    "rkd",
+    "vid",
+    "ab",
+    "ft",
+    "fsp",
+    "crd",
+    "crd+kd",
+    "dkd",
+    "cc",
+    "nst",
+    "kdsvd",
+    "ofd",
+    "reviewkd",
+    "dist",
+    "kd+ls",
+    "dkd+ls",
+    "kd_dot",
+    "featuremap",
+)
 """Rows in this order, then the Tucker variants (``TUCKER_FAMILIES``), then any other method by name."""
 TUCKER_FAMILIES = ("tucker", "recomp_teacher", "recomp_student", "recomp_both")
 BENCHMARK_STATISTICS = {
@@ -61,13 +88,18 @@ def _recipe(row: pd.Series, training: Sequence[str]) -> str:
     """``crd`` or ``crd, epochs=2, max_batches=3``: the configuration's recipe and the training
     flags that differ from the recipe's defaults for its architecture (so the CRD recipe's lower
     learning rate for a MobileNetV2 student is part of the recipe, not a change to it)."""
-    recipe, distillation = (row[flag] if flag in row.index and _isset(row[flag]) else default
-                            for flag, default in (("recipe", "original"), ("distillation", "none")))
+    recipe, distillation = (
+        row[flag] if flag in row.index and _isset(row[flag]) else default
+        for flag, default in (("recipe", "original"), ("distillation", "none"))
+    )
     defaults = {item.name: item.default for item in dataclasses.fields(Config)}
     if recipe in RECIPES:
         defaults.update(recipe_defaults(recipe, row["student"], distillation))
-    changes = [f"{f}={format_value(row[f] if _isset(row[f]) else None)}"
-               for f in training if f != "recipe" and (row[f] if _isset(row[f]) else None) != defaults.get(f, ABSENT)]
+    changes = [
+        f"{f}={format_value(row[f] if _isset(row[f]) else None)}"
+        for f in training
+        if f != "recipe" and (row[f] if _isset(row[f]) else None) != defaults.get(f, ABSENT)
+    ]
     return ", ".join([recipe, *changes])
 
 
@@ -86,8 +118,10 @@ def _select(summary: pd.DataFrame, dataset: str, where: Optional[Mapping[str, An
         found = "; ".join(f"{recipe} ({count} configuration{'s' * (count > 1)})" for recipe, count in counts)
         flag = next((f for f in training if selected[f].map(repr).nunique() > 1), "recipe")
         value = selected.loc[recipes == counts[0][0], flag].iloc[0]
-        raise UsageError(f"the {dataset} runs were trained with {len(counts)} recipes, which one benchmark table must not "
-                         f"mix: {found}; keep one with where={{{flag!r}: {value!r}}} (BENCHMARK_FLAGS in the notebook)")
+        raise UsageError(
+            f"the {dataset} runs were trained with {len(counts)} recipes, which one benchmark table must not "
+            f"mix: {found}; keep one with where={{{flag!r}: {value!r}}} (BENCHMARK_FLAGS in the notebook)"
+        )
     return selected
 
 
@@ -104,7 +138,7 @@ def _pairs(selected: pd.DataFrame) -> list[tuple[str, str]]:
 def _fraction(name: str, prefix: str) -> float:
     """The channel fraction in ``tucker_x0.5_B-32-4-4``."""
     try:
-        return float(name[len(prefix):].removeprefix("_x").split("_")[0])
+        return float(name[len(prefix) :].removeprefix("_x").split("_")[0])
     except ValueError:
         return math.inf
 
@@ -142,15 +176,19 @@ def _cells(selected: pd.DataFrame) -> tuple[dict[tuple[str, str], pd.Series], li
     for (base, pair), group in _group(entries, lambda entry: (entry[0], entry[2])).items():
         varying = [f for f in flags if len({repr(c[f] if _isset(c[f]) else None) for *_, c in group}) > 1]
         if [f for f in varying if f not in settings]:  # _select's recipe check leaves none; never average them
-            raise UsageError(f"cell {base}, {pair_label(*pair)} would mix runs of different flags "
-                             f"({', '.join(f for f in varying if f not in settings)}); restrict it with where=...")
+            raise UsageError(
+                f"cell {base}, {pair_label(*pair)} would mix runs of different flags "
+                f"({', '.join(f for f in varying if f not in settings)}); restrict it with where=..."
+            )
         details[base] = [f for f in flags if f in varying or f in details.get(base, [])]
     cells, order = {}, {}
     for base, family_name, pair, config in entries:
         shown = ", ".join(f"{f}={format_value(config[f])}" for f in details.get(base, []) if _isset(config[f]))
         label = f"{base} ({shown})" if shown else base
         if (label, pair_label(*pair)) in cells:  # unreachable: configurations differ in some flag; never average them
-            raise UsageError(f"cell {label}, {pair_label(*pair)} would hold two configurations; restrict it with where=...")
+            raise UsageError(
+                f"cell {label}, {pair_label(*pair)} would hold two configurations; restrict it with where=..."
+            )
         cells[(label, pair_label(*pair))] = config
         order[label] = _row_order(label, base, family_name)
     for role in ("teacher", "student"):  # the reference rows are always there, empty until trained
@@ -170,8 +208,12 @@ def _mean_std(mean: float, std: float, runs: int, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if runs > 1 else f"{mean:.{digits}f}"
 
 
-def benchmark_table(runs: Runs | pd.DataFrame, statistic: str = "last", dataset: str = PUBLISHED_DATASET,
-                    where: Optional[Mapping[str, Any]] = None) -> pd.DataFrame:
+def benchmark_table(
+    runs: Runs | pd.DataFrame,
+    statistic: str = "last",
+    dataset: str = PUBLISHED_DATASET,
+    where: Optional[Mapping[str, Any]] = None,
+) -> pd.DataFrame:
     """The table the field compares (the CRD layout): a row per method, a column per
     teacher→student pair, each cell ``"mean ± std"`` of ``statistic`` over the seeds of one
     configuration (sample standard deviation; a configuration with a single run shows its value
@@ -214,7 +256,9 @@ def published_results(path: str | Path = PUBLISHED_CSV) -> pd.DataFrame:
     where none is published: DKD for resnet110→resnet20) and ``source`` (the README's repository).
     ``method`` is ``teacher``/``student`` for plain training of the pair's architectures, else our
     ``--distillation`` key."""
-    return pd.read_csv(path, comment="#", dtype={"teacher": str, "student": str, "method": str, "top1": float, "source": str})
+    return pd.read_csv(
+        path, comment="#", dtype={"teacher": str, "student": str, "method": str, "top1": float, "source": str}
+    )
 
 
 def published_table(published: Optional[pd.DataFrame] = None) -> pd.DataFrame:
@@ -246,12 +290,17 @@ def with_published(table: pd.DataFrame, published: Optional[pd.DataFrame] = None
 
 def benchmark_markdown(table: pd.DataFrame) -> str:
     """A benchmark table in GitHub Markdown, the pairs' columns right-aligned."""
-    rows = [[str(label), *(str(v) for v in values)] for label, values in zip(table.index, table.itertuples(index=False))]
-    return markdown_table([table.index.name or "method", *map(str, table.columns)], rows, [False] + [True] * len(table.columns))
+    rows = [
+        [str(label), *(str(v) for v in values)] for label, values in zip(table.index, table.itertuples(index=False))
+    ]
+    return markdown_table(
+        [table.index.name or "method", *map(str, table.columns)], rows, [False] + [True] * len(table.columns)
+    )
 
 
-def benchmark_reports(runs: Runs | pd.DataFrame, dataset: str = PUBLISHED_DATASET,
-                      where: Optional[Mapping[str, Any]] = None) -> dict[str, str]:
+def benchmark_reports(
+    runs: Runs | pd.DataFrame, dataset: str = PUBLISHED_DATASET, where: Optional[Mapping[str, Any]] = None
+) -> dict[str, str]:
     """Per statistic (``last``, ``best``), a caption and the benchmark table in Markdown, with the
     published numbers beside ours when ``dataset`` is cifar100 (they are CIFAR-100's; for another
     data set ours stand alone and the caption says so); empty when there is no pair to show.
@@ -262,7 +311,9 @@ def benchmark_reports(runs: Runs | pd.DataFrame, dataset: str = PUBLISHED_DATASE
         table = benchmark_table(summary, statistic, dataset, where)
         if table.empty:
             return {}
-        caption = f"{dataset}, {meaning}, %: mean ± sample standard deviation over seeds (a single seed: its value alone)"
+        caption = (
+            f"{dataset}, {meaning}, %: mean ± sample standard deviation over seeds (a single seed: its value alone)"
+        )
         if dataset == PUBLISHED_DATASET:
             table = with_published(table)
             caption += f"; published numbers in parentheses: {CIFAR_SOURCES} (toolbox/published/crd_cifar100.csv)."

@@ -50,7 +50,9 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple
     return float(values.mean() - half), float(values.mean() + half)
 
 
-def paired_t_test(method: Mapping[int, float], reference: Mapping[int, float], confidence: float = CONFIDENCE) -> PairedTest:
+def paired_t_test(
+    method: Mapping[int, float], reference: Mapping[int, float], confidence: float = CONFIDENCE
+) -> PairedTest:
     """The paired t-test of ``method`` against ``reference``, both ``{seed: accuracy}``. Runs are
     paired by seed because a seed fixes the data order, the augmentation and the student's initial
     weights, whatever the method: pairing removes the share of the spread that the seed causes in
@@ -67,8 +69,21 @@ def paired_t_test(method: Mapping[int, float], reference: Mapping[int, float], c
     return PairedTest(len(seeds), float(differences.mean()), low, high, float(p_value))
 
 
-EXPECTATION_COLUMNS = ("method", "family", "dataset", "n", "mean", "std", "ci_low", "ci_high", "pairs", "difference",
-                       "difference_low", "difference_high", "p_value")
+EXPECTATION_COLUMNS = (
+    "method",
+    "family",
+    "dataset",
+    "n",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "pairs",
+    "difference",
+    "difference_low",
+    "difference_high",
+    "p_value",
+)
 
 
 def expectation_table(runs: Runs, statistic: str = "best") -> pd.DataFrame:
@@ -87,13 +102,23 @@ def expectation_table(runs: Runs, statistic: str = "best") -> pd.DataFrame:
         values = list(by_seed[row["key"]].values())
         reference = baseline(summary, row, "none") if row["distillation"] != "none" else None
         test = paired_t_test(by_seed[row["key"]], by_seed[reference["key"]]) if reference is not None else None
-        rows.append({
-            "method": row["label"], "family": row["family"], "dataset": row["dataset"], "n": len(values), "mean": np.mean(values),
-            "std": np.std(values, ddof=1) if len(values) > 1 else math.nan, **dict(zip(("ci_low", "ci_high"), t_interval(values))),
-            **dict(zip(EXPECTATION_COLUMNS[8:], dataclasses.astuple(test) if test else (0, *[math.nan] * 4))),
-        })
+        rows.append(
+            {
+                "method": row["label"],
+                "family": row["family"],
+                "dataset": row["dataset"],
+                "n": len(values),
+                "mean": np.mean(values),
+                "std": np.std(values, ddof=1) if len(values) > 1 else math.nan,
+                **dict(zip(("ci_low", "ci_high"), t_interval(values))),
+                **dict(zip(EXPECTATION_COLUMNS[8:], dataclasses.astuple(test) if test else (0, *[math.nan] * 4))),
+            }
+        )
     table = _table(rows, EXPECTATION_COLUMNS[3:], EXPECTATION_COLUMNS)
-    order = [(dataset, _role_rank(family_name), -mean) for dataset, family_name, mean in zip(table["dataset"], table["family"], table["mean"])]
+    order = [
+        (dataset, _role_rank(family_name), -mean)
+        for dataset, family_name, mean in zip(table["dataset"], table["family"], table["mean"])
+    ]
     return table.iloc[sorted(range(len(table)), key=order.__getitem__)].reset_index(drop=True)
 
 
@@ -116,12 +141,24 @@ def expectation_markdown(table: pd.DataFrame) -> str:
     for _, row in table.iterrows():
         if row["pairs"]:
             fewer = f"({row['pairs']} of {row['n']} seeds paired)" if row["pairs"] < row["n"] else ""
-            delta = " ".join(filter(None, (f"{row['difference']:+.2f}", _interval(row["difference_low"], row["difference_high"]), fewer)))
+            delta = " ".join(
+                filter(
+                    None, (f"{row['difference']:+.2f}", _interval(row["difference_low"], row["difference_high"]), fewer)
+                )
+            )
             p_value = f"{row['p_value']:.3f}" if _isset(row["p_value"]) else ""
         else:
             delta, p_value = ("reference", "") if REFERENCE in row["family"].split(" / ") else ("", "")
-        rows.append([row["method"], str(row["n"]), _mean_std(row["mean"], row["std"], row["n"]),
-                     _interval(row["ci_low"], row["ci_high"]), delta, p_value])
+        rows.append(
+            [
+                row["method"],
+                str(row["n"]),
+                _mean_std(row["mean"], row["std"], row["n"]),
+                _interval(row["ci_low"], row["ci_high"]),
+                delta,
+                p_value,
+            ]
+        )
     header = ["method", "n", "mean ± std", f"{level} CI", f"Δ vs student alone [{level} CI]", "p (paired t)"]
     return markdown_table(header, rows, [False, True, True, True, True, True])
 
@@ -133,12 +170,22 @@ def expectation_report(runs: Runs, statistic: str = "best") -> str:
         return f"No finished runs under {runs.folder}: nothing to expect yet."
     level = f"{CONFIDENCE:.0%}"
     meaning = BENCHMARK_STATISTICS[statistic][1]
-    caption = (f"{meaning[0].upper()}{meaning[1:]}, %, over n seeds: mean ± sample standard deviation; "
-               f"{level} CI: the Student-t interval of the mean; Δ vs student alone: the mean over seeds of (method − "
-               f"student alone), each distilled run paired with the student-alone run of the same seed (same data order "
-               f"and initial weights), with its {level} t-interval and the two-sided p-value of the paired t-test "
-               f"(scipy.stats.ttest_rel).")
-    return "\n\n".join([caption, *(f"**{dataset}**\n\n{expectation_markdown(group)}" for dataset, group in table.groupby("dataset", sort=False))])
+    caption = (
+        f"{meaning[0].upper()}{meaning[1:]}, %, over n seeds: mean ± sample standard deviation; "
+        f"{level} CI: the Student-t interval of the mean; Δ vs student alone: the mean over seeds of (method − "
+        f"student alone), each distilled run paired with the student-alone run of the same seed (same data order "
+        f"and initial weights), with its {level} t-interval and the two-sided p-value of the paired t-test "
+        f"(scipy.stats.ttest_rel)."
+    )
+    return "\n\n".join(
+        [
+            caption,
+            *(
+                f"**{dataset}**\n\n{expectation_markdown(group)}"
+                for dataset, group in table.groupby("dataset", sort=False)
+            ),
+        ]
+    )
 
 
 def export_expectations(runs: Runs, folder: str | Path, statistic: str = "best") -> list[Path]:

@@ -40,14 +40,18 @@ def load_network(arch: str, checkpoint: str | Path, num_classes: int, device: to
     """A trained network in eval mode from a ``{"weights": state_dict}`` file."""
     path = Path(checkpoint)
     if not path.exists():
-        raise UsageError(f"checkpoint {path} not found: train that network first, or point the notebook's parameters at its .pth file")
+        raise UsageError(
+            f"checkpoint {path} not found: train that network first, or point the notebook's parameters at its "
+            ".pth file"
+        )
     model = build_model(arch, num_classes)
     load_checkpoint(model, path, f"{arch} checkpoint")
     return model.to(device).eval()
 
 
-def teacher_checkpoint(experiments_dir: str | Path, dataset: str, teacher: str,
-                       student_checkpoint: Optional[str | Path] = None) -> Path:
+def teacher_checkpoint(
+    experiments_dir: str | Path, dataset: str, teacher: str, student_checkpoint: Optional[str | Path] = None
+) -> Path:
     """The teacher a student's run distilled from (its config.json), else the plain run of
     ``teacher`` at the default flags."""
     if student_checkpoint:
@@ -113,11 +117,16 @@ def rank_sweep(
             started = time.perf_counter()
             core, factors = decompose(x, truncation, backend, n_iter)
             seconds = time.perf_counter() - started
-            rows.append({
-                "sweep": sweep, "rank": rank, "backend": backend,
-                "relative_error": relative_error(x, recompose(core, factors)),
-                "energy_kept": energy_kept(x, core), "seconds": seconds,
-            })
+            rows.append(
+                {
+                    "sweep": sweep,
+                    "rank": rank,
+                    "backend": backend,
+                    "relative_error": relative_error(x, recompose(core, factors)),
+                    "energy_kept": energy_kept(x, core),
+                    "seconds": seconds,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -144,7 +153,9 @@ def mode_spectra(x: Tensor) -> dict[str, np.ndarray]:
 def channel_subspace(x: Tensor, rank: int) -> Tensor:
     """An orthonormal basis (C, rank) of the leading channel subspace of a batch of maps: the
     channel factor that the tucker method projects on (float64)."""
-    _, factors = tucker(x.double(), sweep_ranks(x.shape, "channel", rank), core="per_sample")  # a subspace: no rotations
+    _, factors = tucker(
+        x.double(), sweep_ranks(x.shape, "channel", rank), core="per_sample"
+    )  # a subspace: no rotations
     return factors[1] if factors[1] is not None else torch.eye(x.shape[1], dtype=torch.float64)
 
 
@@ -176,11 +187,13 @@ def subspace_angles(maps: dict[str, Tensor], rank: int, seed: int = 0) -> pd.Dat
     basis = channel_subspace(reference, rank)
     bases = {name: channel_subspace(x, rank) for name, x in others}
     bases["random subspace"] = random_subspace(basis.shape[0], rank, seed)
-    return pd.DataFrame([
-        {"reference": reference_name, "compared": name, "index": index + 1, "angle_deg": float(np.degrees(angle))}
-        for name, other in bases.items()
-        for index, angle in enumerate(principal_angles(basis, other))
-    ])
+    return pd.DataFrame(
+        [
+            {"reference": reference_name, "compared": name, "index": index + 1, "angle_deg": float(np.degrees(angle))}
+            for name, other in bases.items()
+            for index, angle in enumerate(principal_angles(basis, other))
+        ]
+    )
 
 
 def plot_rank_sweeps(table: pd.DataFrame, value: str = "relative_error") -> Figure:
@@ -213,10 +226,20 @@ def plot_subspace_angles(angles: pd.DataFrame, ax: Optional[Axes] = None) -> Axe
     """Principal angles against their index, a line per compared subspace."""
     ax = ax or plt.subplots(figsize=(7, 4))[1]
     for name, line in angles.groupby("compared", sort=False):
-        ax.plot(line["index"], line["angle_deg"], marker=".", linestyle=":" if name == "random subspace" else "-", label=name)
+        ax.plot(
+            line["index"],
+            line["angle_deg"],
+            marker=".",
+            linestyle=":" if name == "random subspace" else "-",
+            label=name,
+        )
     reference = angles["reference"].iloc[0]
-    ax.set(xlabel="index", ylabel="principal angle (degrees)", ylim=(0, 90),
-           title=f"Channel subspace of {reference} against others")
+    ax.set(
+        xlabel="index",
+        ylabel="principal angle (degrees)",
+        ylim=(0, 90),
+        title=f"Channel subspace of {reference} against others",
+    )
     ax.legend(fontsize="small")
     return ax
 
@@ -233,32 +256,46 @@ def _show(ax: Axes, image: Tensor, title: str, limit: float) -> AxesImage:
 def plot_maps(maps: dict[str, Tensor], image: int = 0, channels: int = 8) -> Figure:
     """The first ``channels`` channels of one image's maps, a row per network, each row on one
     colour scale (its colour bar at the right)."""
-    figure, axes = plt.subplots(len(maps), channels, figsize=(1.6 * channels + 1, 1.9 * len(maps)), squeeze=False,
-                                layout="constrained")
+    figure, axes = plt.subplots(
+        len(maps), channels, figsize=(1.6 * channels + 1, 1.9 * len(maps)), squeeze=False, layout="constrained"
+    )
     for row, (name, x) in zip(axes, maps.items()):
         limit = float(x[image, :channels].abs().max())
         for channel, ax in enumerate(row):
-            shown = _show(ax, x[image, channel], f"{name}\nchannel {channel}" if channel == 0 else f"channel {channel}", limit)
+            shown = _show(
+                ax, x[image, channel], f"{name}\nchannel {channel}" if channel == 0 else f"channel {channel}", limit
+            )
         figure.colorbar(shown, ax=row, shrink=0.8)
     return figure
 
 
 def channel_errors(x: Tensor, approximation: Tensor, image: int) -> Tensor:
     """Relative reconstruction error of each channel of one image's map, (C,)."""
-    return torch.linalg.vector_norm(x[image] - approximation[image], dim=(1, 2)) / torch.linalg.vector_norm(x[image], dim=(1, 2))
+    return torch.linalg.vector_norm(x[image] - approximation[image], dim=(1, 2)) / torch.linalg.vector_norm(
+        x[image], dim=(1, 2)
+    )
 
 
-def plot_reconstructions(x: Tensor, ranks: Sequence[int], image: int = 0, channels: Sequence[int] = (0, 1, 2, 3)) -> Figure:
+def plot_reconstructions(
+    x: Tensor, ranks: Sequence[int], image: int = 0, channels: Sequence[int] = (0, 1, 2, 3)
+) -> Figure:
     """A few channels of one image's map beside their reconstructions from channel-rank
     truncations of the whole batch (fast backend): each column's title gives the relative error
     of the whole batch, each map's the relative error of that channel of that image. A row per
     channel, on one colour scale (its colour bar at the right)."""
     approximations = {rank: recompose(*decompose(x, sweep_ranks(x.shape, "channel", rank))) for rank in ranks}
-    figure, axes = plt.subplots(len(channels), 1 + len(ranks), figsize=(2.2 * (1 + len(ranks)) + 1, 2.3 * len(channels)),
-                                squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(
+        len(channels),
+        1 + len(ranks),
+        figsize=(2.2 * (1 + len(ranks)) + 1, 2.3 * len(channels)),
+        squeeze=False,
+        layout="constrained",
+    )
     for index, (row, channel) in enumerate(zip(axes, channels)):
         limit = float(x[image, channel].abs().max())
-        shown = _show(row[0], x[image, channel], f"map\nchannel {channel}" if index == 0 else f"channel {channel}", limit)
+        shown = _show(
+            row[0], x[image, channel], f"map\nchannel {channel}" if index == 0 else f"channel {channel}", limit
+        )
         for ax, (rank, approximation) in zip(row[1:], approximations.items()):
             error = f"map error {float(channel_errors(x, approximation, image)[channel]):.3f}"
             header = f"rank {rank}\nbatch error {relative_error(x, approximation):.3f}\n" if index == 0 else ""

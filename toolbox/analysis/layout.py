@@ -42,20 +42,28 @@ class BenchmarkLayout:
 
 
 IMAGENET_PUBLISHED_CSV = PUBLISHED_CSV.parent / "imagenet.csv"
-"""The published ImageNet numbers (mdistiller's README; torchvision's weights; torchdistill's and ReviewKD's READMEs)."""
+"""The published ImageNet numbers (mdistiller's README; torchvision's weights; torchdistill's and ReviewKD's
+READMEs)."""
 BENCHMARK_LAYOUTS = {
     "cifar100": BenchmarkLayout(BENCHMARK_PAIRS, PUBLISHED_CSV, CIFAR_SOURCES),
-    "imagenet": BenchmarkLayout(IMAGENET_PAIRS, IMAGENET_PUBLISHED_CSV,
-                                "kd, dkd and kd_dot (KD with mdistiller's DOT) from mdistiller's README, trained with "
-                                "mdistiller's solver (--recipe imagenet); teacher and student: torchvision's weights, "
-                                "trained by torchvision's own recipe; at, crd: torchdistill's README, its own recipe; dist: "
-                                "DIST's README, its own recipe; reviewkd: ReviewKD's README, its authors' recipe"),
+    "imagenet": BenchmarkLayout(
+        IMAGENET_PAIRS,
+        IMAGENET_PUBLISHED_CSV,
+        "kd, dkd and kd_dot (KD with mdistiller's DOT) from mdistiller's README, trained with "
+        "mdistiller's solver (--recipe imagenet); teacher and student: torchvision's weights, "
+        "trained by torchvision's own recipe; at, crd: torchdistill's README, its own recipe; dist: "
+        "DIST's README, its own recipe; reviewkd: ReviewKD's README, its authors' recipe",
+    ),
 }
 """``dataset`` -> its ``BenchmarkLayout``: the data sets whose benchmark table has published numbers."""
 
 
-def layout_table(runs: Runs | pd.DataFrame, statistic: str = "last", dataset: str = "imagenet",
-                 where: Optional[Mapping[str, Any]] = None) -> pd.DataFrame:
+def layout_table(
+    runs: Runs | pd.DataFrame,
+    statistic: str = "last",
+    dataset: str = "imagenet",
+    where: Optional[Mapping[str, Any]] = None,
+) -> pd.DataFrame:
     """``benchmark_table`` in ``dataset``'s published layout, with the published number beside each
     of ours (``with_published``): every pair of the layout is a column and every published row a
     row, even before a run fills it, so the table says what is still to run; a pair or method of
@@ -76,13 +84,17 @@ def layout_table(runs: Runs | pd.DataFrame, statistic: str = "last", dataset: st
             return (0, BENCHMARK_ROWS.index(base), ours.index(label) if label in ours else -1)
         return (1, ours.index(label), "") if label in ours else (2, 0, label)
 
-    table = table.reindex(index=sorted(rows, key=order), columns=[*columns, *(c for c in table.columns if c not in columns)],
-                          fill_value="")
+    table = table.reindex(
+        index=sorted(rows, key=order),
+        columns=[*columns, *(c for c in table.columns if c not in columns)],
+        fill_value="",
+    )
     return with_published(table.rename_axis(index="method"), published)
 
 
-def layout_reports(runs: Runs | pd.DataFrame, dataset: str = "imagenet",
-                   where: Optional[Mapping[str, Any]] = None) -> dict[str, str]:
+def layout_reports(
+    runs: Runs | pd.DataFrame, dataset: str = "imagenet", where: Optional[Mapping[str, Any]] = None
+) -> dict[str, str]:
     """Per statistic, keyed ``<dataset>_<statistic>`` (so ``export_benchmark`` writes
     ``benchmark_imagenet_last.md`` beside the CIFAR-100 tables), a caption and ``layout_table`` in
     Markdown; empty when ``dataset`` has no run of a pair. Raises ``UsageError`` as ``benchmark_table``."""
@@ -94,7 +106,9 @@ def layout_reports(runs: Runs | pd.DataFrame, dataset: str = "imagenet",
         table = layout_table(summary, statistic, dataset, where)
         if table.empty:
             return {}
-        caption = (f"{dataset}, top-1 {meaning}, %: mean ± sample standard deviation over seeds (a single seed: its "
-                   f"value alone); published numbers in parentheses ({source}): {layout.sources}.")
+        caption = (
+            f"{dataset}, top-1 {meaning}, %: mean ± sample standard deviation over seeds (a single seed: its "
+            f"value alone); published numbers in parentheses ({source}): {layout.sources}."
+        )
         reports[f"{dataset}_{statistic}"] = f"{caption}\n\n{benchmark_markdown(table)}"
     return reports

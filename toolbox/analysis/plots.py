@@ -35,10 +35,17 @@ def curves(runs: Runs, curve: str) -> pd.DataFrame:
     frames = []
     for label, group in runs.finished.groupby("label", sort=False):
         stack = _curve_stack(group, curve)
-        frames.append(pd.DataFrame({
-            "label": label, "epoch": stack.columns + 1, "mean": stack.mean().values,
-            "std": stack.std(ddof=1).values, "runs": stack.count().values,
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "label": label,
+                    "epoch": stack.columns + 1,
+                    "mean": stack.mean().values,
+                    "std": stack.std(ddof=1).values,
+                    "runs": stack.count().values,
+                }
+            )
+        )
     columns = ["label", "epoch", "mean", "std", "runs"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
@@ -75,13 +82,15 @@ def rank_table(summary: pd.DataFrame) -> pd.DataFrame:
     for _, row in summary[summary["distillation"].isin(TUCKER_METHODS)].iterrows():
         ranks = absolute_ranks(parse_ranks(row["ranks"]), feature_map_shape(row))
         others = "" if _keeps_other_modes_whole(ranks, row) else f" {_other_modes_tag(ranks)}"
-        rows.append({
-            "method": row["method"],
-            "line": row["family"] + others + (f" ({row['details']})" if row["details"] else ""),
-            "channel_rank": ranks[1],
-            "channel_fraction": ranks[1] / feature_map_shape(row)[0],
-            **{c: row[c] for c in ("best_test_acc_mean", "best_test_acc_std", "runs")},
-        })
+        rows.append(
+            {
+                "method": row["method"],
+                "line": row["family"] + others + (f" ({row['details']})" if row["details"] else ""),
+                "channel_rank": ranks[1],
+                "channel_fraction": ranks[1] / feature_map_shape(row)[0],
+                **{c: row[c] for c in ("best_test_acc_mean", "best_test_acc_std", "runs")},
+            }
+        )
     columns = ["method", "line", "channel_rank", "channel_fraction", "best_test_acc_mean", "best_test_acc_std", "runs"]
     return pd.DataFrame(rows, columns=columns).sort_values(["line", "channel_rank"], kind="stable", ignore_index=True)
 
@@ -94,15 +103,36 @@ def plot_accuracy_vs_rank(summary: pd.DataFrame, ax: Optional[Axes] = None) -> A
     if table.empty:
         return _no_data(ax, "no finished tucker or tucker_recomp runs")
     for line, points in table.groupby("line", sort=False):
-        ax.errorbar(points["channel_rank"], points["best_test_acc_mean"], yerr=points["best_test_acc_std"].fillna(0),
-                    marker="o", capsize=3, label=line)
+        ax.errorbar(
+            points["channel_rank"],
+            points["best_test_acc_mean"],
+            yerr=points["best_test_acc_std"].fillna(0),
+            marker="o",
+            capsize=3,
+            label=line,
+        )
     tucker = summary[summary["distillation"].isin(TUCKER_METHODS)]
     for style, distillation in zip(("--", ":"), BASELINES.values()):
-        references = {base["key"]: base for _, row in tucker.iterrows() if (base := baseline(summary, row, distillation)) is not None}
+        references = {
+            base["key"]: base
+            for _, row in tucker.iterrows()
+            if (base := baseline(summary, row, distillation)) is not None
+        }
         for reference in references.values():
             ax.axhline(reference["best_test_acc_mean"], linestyle=style, color="grey", linewidth=1)
-            ax.annotate(reference["label"], (0, reference["best_test_acc_mean"]), xycoords=("axes fraction", "data"),
-                        textcoords="offset points", xytext=(4, 2), fontsize="small", color="grey")
-    ax.set(xlabel="channel rank", ylabel="best test accuracy (%)", title="Accuracy against channel rank, mean ± 1 std over seeds")
+            ax.annotate(
+                reference["label"],
+                (0, reference["best_test_acc_mean"]),
+                xycoords=("axes fraction", "data"),
+                textcoords="offset points",
+                xytext=(4, 2),
+                fontsize="small",
+                color="grey",
+            )
+    ax.set(
+        xlabel="channel rank",
+        ylabel="best test accuracy (%)",
+        title="Accuracy against channel rank, mean ± 1 std over seeds",
+    )
     ax.legend(fontsize="small")
     return ax

@@ -45,8 +45,14 @@ BASELINES = {"featuremap": "featuremap", "plain": "none"}
 
 NAME_COLUMNS = ("method", "family", "label", "details", "key")
 RUN_STATS = ("seed", "best_test_acc", "final_test_acc", "best_epoch", "wall_time_s")
-SUMMARY_NUMBERS = ("runs", "best_test_acc_mean", "best_test_acc_std", "final_test_acc_mean", "final_test_acc_std",
-                   "max_mean_test_acc")
+SUMMARY_NUMBERS = (
+    "runs",
+    "best_test_acc_mean",
+    "best_test_acc_std",
+    "final_test_acc_mean",
+    "final_test_acc_std",
+    "max_mean_test_acc",
+)
 SUMMARY_STATS = ("runs", "seeds", *SUMMARY_NUMBERS[1:], *(f"diff_{name}" for name in BASELINES))
 PENDING_COLUMNS = ("run", "status", "distillation", "dataset", "teacher", "student", "seed", "epochs")
 NOT_FLAG_COLUMNS = frozenset({"run", *NAME_COLUMNS, *RUN_STATS, *SUMMARY_STATS, *CURVES})
@@ -143,7 +149,8 @@ def _with_labels(finished: pd.DataFrame) -> pd.DataFrame:
         ", ".join(f"{c}={row[c]}" for c in varying[row["family"]] if _isset(row[c])) for _, row in finished.iterrows()
     ]
     finished["label"] = [
-        f"{method} ({details})" if details else method for method, details in zip(finished["method"], finished["details"])
+        f"{method} ({details})" if details else method
+        for method, details in zip(finished["method"], finished["details"])
     ]
     return finished
 
@@ -171,21 +178,32 @@ def _check_record(run: RunDir, config: Mapping[str, Any], metrics: Mapping[str, 
     """Refuse, naming the file and the entry, what training never writes: a table built from it
     would fail far from the cause (a text where a number belongs) or turn a whole configuration's
     mean into NaN (one NaN accuracy)."""
-    bad = next((flag for flag, value in config.items() if not (value is None or isinstance(value, (str, int, float)))), None)
+    bad = next(
+        (flag for flag, value in config.items() if not (value is None or isinstance(value, (str, int, float)))), None
+    )
     if bad is not None or not _is_number(config.get("seed")) or config["seed"] != int(config["seed"]):
-        raise UsageError(f"{run.config} is damaged ({bad or 'seed'!r} is {config.get(bad or 'seed')!r}); it was left as it is")
+        raise UsageError(
+            f"{run.config} is damaged ({bad or 'seed'!r} is {config.get(bad or 'seed')!r}); it was left as it is"
+        )
     for curve in CURVES:
         values = metrics.get(curve)
-        if not isinstance(values, list) or not all(_is_number(v) for v in values) or (
-                curve in ACCURACY_CURVES and not all(math.isfinite(v) for v in values)):
-            raise UsageError(f"{run.metrics} is damaged ({curve!r} is not a list of "
-                             f"{'finite ' if curve in ACCURACY_CURVES else ''}numbers); it was left as it is")
+        if (
+            not isinstance(values, list)
+            or not all(_is_number(v) for v in values)
+            or (curve in ACCURACY_CURVES and not all(math.isfinite(v) for v in values))
+        ):
+            raise UsageError(
+                f"{run.metrics} is damaged ({curve!r} is not a list of "
+                f"{'finite ' if curve in ACCURACY_CURVES else ''}numbers); it was left as it is"
+            )
     if not metrics["test_acc"]:
         raise UsageError(f"{run.metrics} holds no epoch (its 'test_acc' is empty); it was left as it is")
     for entry in ("best_test_acc", "best_epoch", "wall_time_s"):
         if not _is_number(metrics.get(entry)) or not math.isfinite(metrics[entry]):
-            raise UsageError(f"{run.metrics} is damaged ({entry!r} is {metrics.get(entry)!r}, not a finite number); "
-                             "it was left as it is")
+            raise UsageError(
+                f"{run.metrics} is damaged ({entry!r} is {metrics.get(entry)!r}, not a finite number); "
+                "it was left as it is"
+            )
 
 
 def _run_record(name: str, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -232,28 +250,37 @@ def _config_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     inside), and the folders that could not be listed with the reason: ``Path.rglob`` skips those
     silently, and a whole method would be missing from the tables without a word."""
     closed: list[tuple[Path, str]] = []
-    found = [Path(parent) / CONFIG_FILE for parent, _, files in
-             os.walk(folder, onerror=lambda error: closed.append((Path(error.filename), error.strerror or str(error))))
-             if CONFIG_FILE in files]
+    found = [
+        Path(parent) / CONFIG_FILE
+        for parent, _, files in os.walk(
+            folder, onerror=lambda error: closed.append((Path(error.filename), error.strerror or str(error)))
+        )
+        if CONFIG_FILE in files
+    ]
     return sorted(found), sorted(closed)
 
 
-def _one_run_per_seed(finished: list[dict[str, Any]], at_home: set[str],
-                      teachers: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _one_run_per_seed(
+    finished: list[dict[str, Any]], at_home: set[str], teachers: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The runs with one run per configuration, seed and teacher file, and the others as pending.
     Two runs of the same flags and seed from the same teacher (a copy of a run, a backup inside the
     experiments folder, the same run trained on two machines) are one sample: counting both would
     shrink the spread over seeds, and pairing by seed would keep one at random. The run in the
     folder its config.json names is kept, else the first by folder name. Students of different
     teachers (``--teacher_checkpoint``) stay separate samples."""
+
     def sample(record: dict[str, Any]) -> tuple[str, int, str]:
         return record["key"], record["seed"], json.dumps(teachers.get(record["run"]))
 
     kept: dict[tuple[str, int, str], str] = {}
     for record in sorted(finished, key=lambda record: record["run"] not in at_home):  # stable: folder order
         kept.setdefault(sample(record), record["run"])
-    duplicates = [{"run": record["run"], "status": f"duplicate of {original} (same configuration, seed and teacher): "
-                   "not counted"} for record in finished if (original := kept[sample(record)]) != record["run"]]
+    duplicates = [
+        {"run": record["run"], "status": f"duplicate of {original} (same configuration, seed and teacher): not counted"}
+        for record in finished
+        if (original := kept[sample(record)]) != record["run"]
+    ]
     return [record for record in finished if kept[sample(record)] == record["run"]], duplicates
 
 
@@ -265,8 +292,13 @@ def load_runs(experiments_dir: str | Path) -> Runs:
         raise UsageError(f"experiments folder {folder} does not exist (set EXPERIMENTS_DIR to a folder of runs)")
     finished, pending, teacher_folders, at_home, teachers = [], [], set(), set(), {}
     config_paths, closed = _config_files(folder)
-    pending += [{"run": path.relative_to(folder).as_posix(), "status": f"unreadable folder ({reason}): runs in it, if "
-                 "any, are not counted"} for path, reason in closed]
+    pending += [
+        {
+            "run": path.relative_to(folder).as_posix(),
+            "status": f"unreadable folder ({reason}): runs in it, if any, are not counted",
+        }
+        for path, reason in closed
+    ]
     for config_path in config_paths:
         run = RunDir(config_path.parent)
         name = run.path.relative_to(folder).as_posix()

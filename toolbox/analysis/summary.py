@@ -43,25 +43,35 @@ def summarize(runs: Runs) -> pd.DataFrame:
     rows = []
     for key, group in finished.groupby("key", sort=False):
         first = group.iloc[0]
-        rows.append({
-            **{c: first[c] for c in (*NAME_COLUMNS, *flags)},
-            "runs": len(group),
-            "seeds": ",".join(str(s) for s in sorted(group["seed"])),
-            "best_test_acc_mean": group["best_test_acc"].mean(),
-            "best_test_acc_std": group["best_test_acc"].std(ddof=1),
-            "final_test_acc_mean": group["final_test_acc"].mean(),
-            "final_test_acc_std": group["final_test_acc"].std(ddof=1),
-            "max_mean_test_acc": _curve_stack(group, "test_acc").mean().max(),
-        })
-    summary = _table(rows, SUMMARY_NUMBERS, [*NAME_COLUMNS, *flags, *SUMMARY_STATS[:-len(BASELINES)]])
+        rows.append(
+            {
+                **{c: first[c] for c in (*NAME_COLUMNS, *flags)},
+                "runs": len(group),
+                "seeds": ",".join(str(s) for s in sorted(group["seed"])),
+                "best_test_acc_mean": group["best_test_acc"].mean(),
+                "best_test_acc_std": group["best_test_acc"].std(ddof=1),
+                "final_test_acc_mean": group["final_test_acc"].mean(),
+                "final_test_acc_std": group["final_test_acc"].std(ddof=1),
+                "max_mean_test_acc": _curve_stack(group, "test_acc").mean().max(),
+            }
+        )
+    summary = _table(rows, SUMMARY_NUMBERS, [*NAME_COLUMNS, *flags, *SUMMARY_STATS[: -len(BASELINES)]])
     for name, distillation in BASELINES.items():
-        summary[f"diff_{name}"] = pd.Series([
-            row["best_test_acc_mean"] - base["best_test_acc_mean"] if (base := baseline(summary, row, distillation)) is not None else np.nan
-            for _, row in summary.iterrows()
-        ], index=summary.index, dtype=float)
+        summary[f"diff_{name}"] = pd.Series(
+            [
+                row["best_test_acc_mean"] - base["best_test_acc_mean"]
+                if (base := baseline(summary, row, distillation)) is not None
+                else np.nan
+                for _, row in summary.iterrows()
+            ],
+            index=summary.index,
+            dtype=float,
+        )
     if summary.empty:
         return summary
-    return summary.sort_values(["dataset", "best_test_acc_mean"], ascending=[True, False], kind="stable", ignore_index=True)
+    return summary.sort_values(
+        ["dataset", "best_test_acc_mean"], ascending=[True, False], kind="stable", ignore_index=True
+    )
 
 
 def baseline(summary: pd.DataFrame, row: pd.Series, distillation: str) -> Optional[pd.Series]:
@@ -104,8 +114,10 @@ def write_output(path: Path, write: Callable[[Path], None]) -> None:
     through a symbolic link: a link planted at ``summary.md`` would have the user's file it points
     to overwritten."""
     if path.is_symlink():
-        raise UsageError(f"{path} is a symbolic link, and the analysis never writes through one; it was left as it is: "
-                         "remove it, or choose another SUMMARY_DIR")
+        raise UsageError(
+            f"{path} is a symbolic link, and the analysis never writes through one; it was left as it is: "
+            "remove it, or choose another SUMMARY_DIR"
+        )
     atomic_write(path, write)
 
 

@@ -10,6 +10,15 @@ from toolbox.config.parser import build_parser, config_from_namespace, parse_con
 from toolbox.config.recipes import RECIPES, recipe_defaults, run_recipe
 
 __all__ = [
-    "RECIPES", "RUNTIME_FIELDS", "Config", "build_parser", "config_from_namespace", "flag_default", "milestones",
-    "parse_config", "parse_flags", "recipe_defaults", "run_recipe",
+    "RECIPES",
+    "RUNTIME_FIELDS",
+    "Config",
+    "build_parser",
+    "config_from_namespace",
+    "flag_default",
+    "milestones",
+    "parse_config",
+    "parse_flags",
+    "recipe_defaults",
+    "run_recipe",
 ]

@@ -53,7 +53,9 @@ def load_mapping(path: Path) -> dict[Any, Any]:
         raise UsageError(f"--config {path} nests too deeply to be read; flags are one level of keys") from None
     if not isinstance(data, dict):
         held = {type(None): "nothing", list: "a list", str: "a text", bool: "a boolean"}.get(type(data), "a number")
-        raise UsageError(f"--config {path} must hold a mapping of flag names to values (e.g. 'lr: 0.05'); it holds {held}")
+        raise UsageError(
+            f"--config {path} must hold a mapping of flag names to values (e.g. 'lr: 0.05'); it holds {held}"
+        )
     return data
 
 
@@ -68,7 +70,9 @@ def parse_json(text: str, path: Path) -> Any:
     try:
         return json.loads(text, object_pairs_hook=distinct)
     except json.JSONDecodeError as error:
-        raise UsageError(f"--config {path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+        raise UsageError(
+            f"--config {path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+        ) from None
 
 
 def parse_yaml(text: str, path: Path) -> Any:
@@ -92,15 +96,19 @@ def strict_loader() -> type:
     bool_tag = "tag:yaml.org,2002:bool"
 
     class StrictLoader(yaml.SafeLoader):
-        yaml_implicit_resolvers = {first: [(tag, pattern) for tag, pattern in resolvers if tag != bool_tag]
-                                   for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+        yaml_implicit_resolvers = {
+            first: [(tag, pattern) for tag, pattern in resolvers if tag != bool_tag]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
 
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
             seen = set()
             for key, _ in node.value:
                 if isinstance(key, yaml.ScalarNode):
                     if key.value in seen:
-                        raise yaml.constructor.ConstructorError(None, None, f"the key {key.value!r} is given twice", key.start_mark)
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"the key {key.value!r} is given twice", key.start_mark
+                        )
                     seen.add(key.value)
             return super().construct_mapping(node, deep)
 

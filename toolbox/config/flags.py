@@ -212,9 +212,7 @@ class Config:
     lr_milestones: str = flag("150,180,210", "step schedule: the epochs after which the learning rate decays")
     lr_decay: float = flag(0.1, "step schedule: the factor applied at each milestone")
     seed: int = flag(0, "seed for initialisation, data order and augmentation")
-    max_batches: Optional[int] = flag(
-        None, "stop each training epoch after this many batches (smoke runs)", type=int
-    )
+    max_batches: Optional[int] = flag(None, "stop each training epoch after this many batches (smoke runs)", type=int)
     sync_bn: bool = flag(
         False,
         "under torchrun: BatchNorm normalises with the statistics of the whole global batch (SyncBatchNorm) "
@@ -336,13 +334,44 @@ class Config:
                 raise UsageError(f"--{name} needs the path of a checkpoint file; got ''")
 
 
-NON_NEGATIVE = ("beta", "ce_weight", "momentum", "weight_decay", "noise_std", "hooi_iters", "dkd_alpha", "dkd_beta",
-                "dkd_warmup", "rkd_distance", "rkd_angle", "dist_beta", "dist_gamma", "kd_weight", "dot_delta",
-                "init_epochs", "reviewkd_warmup")
+NON_NEGATIVE = (
+    "beta",
+    "ce_weight",
+    "momentum",
+    "weight_decay",
+    "noise_std",
+    "hooi_iters",
+    "dkd_alpha",
+    "dkd_beta",
+    "dkd_warmup",
+    "rkd_distance",
+    "rkd_angle",
+    "dist_beta",
+    "dist_gamma",
+    "kd_weight",
+    "dot_delta",
+    "init_epochs",
+    "reviewkd_warmup",
+)
 """Flags that may be zero but not negative."""
 RUNTIME_FIELDS = frozenset(
-    {"deterministic", "evaluate", "device", "amp", "compile", "compile_mode", "channels_last", "eval_batch_size",
-     "threads", "data_dir", "experiments_dir", "teacher_checkpoint", "workers", "log_every", "tensorboard_every",
-     "checkpoint_every"}
+    {
+        "deterministic",
+        "evaluate",
+        "device",
+        "amp",
+        "compile",
+        "compile_mode",
+        "channels_last",
+        "eval_batch_size",
+        "threads",
+        "data_dir",
+        "experiments_dir",
+        "teacher_checkpoint",
+        "workers",
+        "log_every",
+        "tensorboard_every",
+        "checkpoint_every",
+    }
 )
 """Fields that may differ when a run resumes: they change speed or location, not the experiment."""

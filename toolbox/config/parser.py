@@ -54,16 +54,18 @@ def flag_help(item: dataclasses.Field) -> str:
 
 def build_parser(prog: Optional[str] = None, description: str = DESCRIPTION) -> argparse.ArgumentParser:
     """A parser with one flag per ``Config`` field, grouped as ``Config``'s sections."""
-    parser = OneLineParser(prog=prog, description=description, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(
+        prog=prog, description=description, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     group = parser
     for item in dataclasses.fields(Config):
         meta = item.metadata
         if item.name in FLAG_GROUPS:
             group = parser.add_argument_group(FLAG_GROUPS[item.name])
         if isinstance(item.default, bool):
-            group.add_argument(f"--{item.name}", action=argparse.BooleanOptionalAction, default=item.default,
-                               help=flag_help(item))
+            group.add_argument(
+                f"--{item.name}", action=argparse.BooleanOptionalAction, default=item.default, help=flag_help(item)
+            )
             continue
         group.add_argument(
             f"--{item.name}",
@@ -82,9 +84,11 @@ def config_from_namespace(namespace: argparse.Namespace) -> Config:
     return config
 
 
-CONFIG_HELP = ("read training flags from a YAML (or .json) file: keys are the flag names without '--', as in a run's "
-               "config.json, e.g. 'lr: 0.05'; flags given on the command line override the file's. The run is the "
-               "one those flags give on the command line (its folder, its config.json)")
+CONFIG_HELP = (
+    "read training flags from a YAML (or .json) file: keys are the flag names without '--', as in a run's "
+    "config.json, e.g. 'lr: 0.05'; flags given on the command line override the file's. The run is the "
+    "one those flags give on the command line (its folder, its config.json)"
+)
 
 
 def parse_config(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Config:

@@ -16,12 +16,28 @@ from toolbox.methods import distiller_class
 
 RECIPES: dict[str, dict[str, Any]] = {
     "original": {},  # the flags' own defaults
-    "crd": {"epochs": 240, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
-            "lr_milestones": "150,180,210", "lr_decay": 0.1},
+    "crd": {
+        "epochs": 240,
+        "batch_size": 64,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "step",
+        "lr_milestones": "150,180,210",
+        "lr_decay": 0.1,
+    },
     # mdistiller's ImageNet solver (configs/imagenet/*/*.yaml, SOLVER)
-    "imagenet": {"epochs": 100, "batch_size": 512, "lr": 0.2, "momentum": 0.9, "weight_decay": 1e-4,
-                 "schedule": "step", "lr_milestones": "30,60,90", "lr_decay": 0.1,
-                 "dot_delta": 0.09},  # configs/imagenet/*/dot.yaml's DOT.DELTA
+    "imagenet": {
+        "epochs": 100,
+        "batch_size": 512,
+        "lr": 0.2,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "schedule": "step",
+        "lr_milestones": "30,60,90",
+        "lr_decay": 0.1,
+        "dot_delta": 0.09,
+    },  # configs/imagenet/*/dot.yaml's DOT.DELTA
 }
 """Training recipes: what each changes from the flags' defaults."""
 RECIPE_STUDENT_LR = {"crd": {"MobileNetV2": 0.01, "ShuffleV1": 0.01, "ShuffleV2": 0.01}}

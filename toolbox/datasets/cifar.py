@@ -78,8 +78,18 @@ def cifar_class(name: str) -> Any:
 
 def fetch_command(name: str, data_dir: Path) -> str:
     """The command that downloads ``name`` into ``data_dir``, for error messages."""
-    return shlex.join(["python", str(REPO / "runner.py"), "--prepare_data", "--dataset", name, "--",
-                       "--data_dir", str(Path(data_dir).absolute())])
+    return shlex.join(
+        [
+            "python",
+            str(REPO / "runner.py"),
+            "--prepare_data",
+            "--dataset",
+            name,
+            "--",
+            "--data_dir",
+            str(Path(data_dir).absolute()),
+        ]
+    )
 
 
 def _one_line(error: BaseException) -> str:
@@ -106,8 +116,14 @@ def data_lock(data_dir: Path, name: str, shared: bool = False) -> Iterator[None]
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
-            with interruptible(f"waiting for the lock {path}"):  # a stop signal ends the wait, not just the job after it
-                print(f"waiting for another process preparing {name} in {data_dir} (lock {path})", file=sys.stderr, flush=True)
+            with interruptible(
+                f"waiting for the lock {path}"
+            ):  # a stop signal ends the wait, not just the job after it
+                print(
+                    f"waiting for another process preparing {name} in {data_dir} (lock {path})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 fcntl.flock(fd, mode)
         yield
     finally:
@@ -175,7 +191,9 @@ def prepare_cifar(name: str, data_dir: str | Path, download: bool = True) -> Non
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise UsageError(f"cannot create the data folder {data_dir} ({_one_line(error)}); pass another --data_dir") from None
+            raise UsageError(
+                f"cannot create the data folder {data_dir} ({_one_line(error)}); pass another --data_dir"
+            ) from None
     elif not data_dir.is_dir():
         raise _missing_error(name, cls, data_dir)
     with data_lock(data_dir, name):
@@ -204,8 +222,14 @@ def _prepare_locked(name: str, cls: Any, data_dir: Path, download: bool) -> None
     if folder.is_dir():
         if _marker_is_current(folder, cls):
             return
-        _verify(folder, cls, lambda bad: f"{folder / bad} is missing or corrupt (MD5 differs from torchvision's); "
-                f"move {folder} away and download again: {fetch_command(name, data_dir)}")
+        _verify(
+            folder,
+            cls,
+            lambda bad: (
+                f"{folder / bad} is missing or corrupt (MD5 differs from torchvision's); "
+                f"move {folder} away and download again: {fetch_command(name, data_dir)}"
+            ),
+        )
         return
     for stale in data_dir.glob(f".{name}-extracting-*"):  # left by a process that died while extracting
         shutil.rmtree(stale, ignore_errors=True)
@@ -269,8 +293,14 @@ def _extract(name: str, cls: Any, data_dir: Path, archive: Path, folder: Path) -
                 f"again: {fetch_command(name, data_dir)}"
             ) from None
         extracted = staging / cls.base_folder
-        _verify(extracted, cls, lambda bad: f"{archive} passes its MD5 check but its {cls.base_folder}/{bad} is "
-                f"missing or differs from torchvision's MD5; nothing was extracted; delete {archive} and download again")
+        _verify(
+            extracted,
+            cls,
+            lambda bad: (
+                f"{archive} passes its MD5 check but its {cls.base_folder}/{bad} is "
+                f"missing or differs from torchvision's MD5; nothing was extracted; delete {archive} and download again"
+            ),
+        )
         os.rename(extracted, folder)  # atomic: the folder appears complete or not at all
     finally:
         shutil.rmtree(staging, ignore_errors=True)

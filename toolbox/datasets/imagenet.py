@@ -59,7 +59,8 @@ TINY_IMAGENET_LAYOUT = (
     "val/images/*.JPEG and val/val_annotations.txt"
 )
 VALPREP = (
-    "sort them into <wnid>/ folders with the standard valprep.sh, or let torchvision.datasets.ImageNet(DATA_DIR/imagenet, "
+    "sort them into <wnid>/ folders with the standard valprep.sh, or let "
+    "torchvision.datasets.ImageNet(DATA_DIR/imagenet, "
     "split='val') parse ILSVRC2012_img_val.tar with the devkit"
 )
 
@@ -69,7 +70,9 @@ class ImageFiles(VisionDataset):
     ``targets``, ``classes``, ``class_to_idx``, items (transformed image, label); ``loader``
     opens a file as an RGB PIL image."""
 
-    def __init__(self, root: Path, samples: list[tuple[str, int]], classes: list[str], transform: Callable[[Image.Image], Any]) -> None:
+    def __init__(
+        self, root: Path, samples: list[tuple[str, int]], classes: list[str], transform: Callable[[Image.Image], Any]
+    ) -> None:
         super().__init__(str(root), transform=transform)
         self.samples, self.classes = samples, classes
         self.targets = [label for _, label in samples]
@@ -86,9 +89,14 @@ class ImageFiles(VisionDataset):
 
 # ---------------------------------------------------------------- transforms and normalisation
 
+
 def imagenet_transform(train: bool) -> transforms.Compose:
     """RandomResizedCrop(224) + flip to train, Resize(256) + CenterCrop(224) to evaluate; uint8 CHW."""
-    steps = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()] if train else [transforms.Resize(256), transforms.CenterCrop(224)]
+    steps = (
+        [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()]
+        if train
+        else [transforms.Resize(256), transforms.CenterCrop(224)]
+    )
     return transforms.Compose([*steps, transforms.PILToTensor()])
 
 
@@ -113,6 +121,7 @@ def normalize_on_device(batch: Tensor, mean_std: MeanStd = IMAGENET_MEAN_STD) ->
 
 # ---------------------------------------------------------------- reading the layouts
 
+
 def _folder(path: Path, layout: str) -> Path:
     if not path.is_dir():
         raise UsageError(f"{path} is not a folder; expected {layout}")
@@ -122,7 +131,11 @@ def _folder(path: Path, layout: str) -> Path:
 def _image_names(folder: Path) -> list[str]:
     """The image files directly in ``folder`` (ImageFolder's extensions), sorted."""
     with os.scandir(folder) as entries:
-        return sorted(entry.name for entry in entries if entry.is_file() and has_file_allowed_extension(entry.name, IMG_EXTENSIONS))
+        return sorted(
+            entry.name
+            for entry in entries
+            if entry.is_file() and has_file_allowed_extension(entry.name, IMG_EXTENSIONS)
+        )
 
 
 def _images_of_class(folder: Path, layout: str) -> list[str]:
@@ -158,15 +171,19 @@ def imagenet_datasets(data_dir: str | Path) -> tuple[ImageFiles, ImageFiles]:
     root = Path(data_dir) / "imagenet"
     classes, train = _class_folders(root / "train", None)
     _, val = _class_folders(root / "val", classes)
-    return (ImageFiles(root / "train", train, classes, imagenet_transform(train=True)),
-            ImageFiles(root / "val", val, classes, imagenet_transform(train=False)))
+    return (
+        ImageFiles(root / "train", train, classes, imagenet_transform(train=True)),
+        ImageFiles(root / "val", val, classes, imagenet_transform(train=False)),
+    )
 
 
 def _read_lines(path: Path) -> list[str]:
     try:
         return [line for line in path.read_text().splitlines() if line.strip()]
     except OSError as error:
-        raise UsageError(f"{path} cannot be read ({error.strerror or error}); expected {TINY_IMAGENET_LAYOUT}") from None
+        raise UsageError(
+            f"{path} cannot be read ({error.strerror or error}); expected {TINY_IMAGENET_LAYOUT}"
+        ) from None
 
 
 def tiny_imagenet_datasets(data_dir: str | Path) -> tuple[ImageFiles, ImageFiles]:
@@ -176,7 +193,9 @@ def tiny_imagenet_datasets(data_dir: str | Path) -> tuple[ImageFiles, ImageFiles
     train = [
         (path, label)
         for label, wnid in enumerate(classes)
-        for path in _images_of_class(_folder(root / "train" / wnid / "images", TINY_IMAGENET_LAYOUT), TINY_IMAGENET_LAYOUT)
+        for path in _images_of_class(
+            _folder(root / "train" / wnid / "images", TINY_IMAGENET_LAYOUT), TINY_IMAGENET_LAYOUT
+        )
     ]
     images = _folder(root / "val" / "images", TINY_IMAGENET_LAYOUT)
     present = set(_image_names(images))
@@ -194,8 +213,10 @@ def tiny_imagenet_datasets(data_dir: str | Path) -> tuple[ImageFiles, ImageFiles
         if problem:
             raise UsageError(f"{annotations} line {number} {problem}; expected {TINY_IMAGENET_LAYOUT}")
         val.append((str(images / fields[0]), index[fields[1]]))
-    return (ImageFiles(root / "train", train, classes, tiny_imagenet_transform(train=True)),
-            ImageFiles(root / "val", val, classes, tiny_imagenet_transform(train=False)))
+    return (
+        ImageFiles(root / "train", train, classes, tiny_imagenet_transform(train=True)),
+        ImageFiles(root / "val", val, classes, tiny_imagenet_transform(train=False)),
+    )
 
 
 IMAGE_DATASETS: dict[str, Callable[[str | Path], tuple[ImageFiles, ImageFiles]]] = {
@@ -206,8 +227,17 @@ IMAGE_DATASETS: dict[str, Callable[[str | Path], tuple[ImageFiles, ImageFiles]]]
 
 # ---------------------------------------------------------------- loading
 
-def image_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, device: torch.device, workers: int,
-                 rank: int = 0, ranks: int = 1) -> DataLoader:
+
+def image_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    device: torch.device,
+    workers: int,
+    rank: int = 0,
+    ranks: int = 1,
+) -> DataLoader:
     """Batches of ``dataset``'s uint8 images (an ``ImageFiles`` or a subset of one) decoded by
     ``workers`` processes (kept alive across epochs), pinned when they go to a GPU.
 
@@ -225,7 +255,9 @@ def image_loader(dataset: Dataset, batch_size: int, train: bool, seed: int, devi
     if train:
         sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank, ranks)
         return DataLoader(SeededSamples(dataset), batch_sampler=sampler, **options)
-    return DataLoader(Subset(dataset, range(*share(0, len(dataset), rank, ranks))), batch_size=batch_size, shuffle=False, **options)
+    return DataLoader(
+        Subset(dataset, range(*share(0, len(dataset), rank, ranks))), batch_size=batch_size, shuffle=False, **options
+    )
 
 
 def default_workers() -> int:
@@ -251,20 +283,33 @@ class FileImages:
     def _loader(self, train: bool, batch_size: int, seed: int, rank: int, ranks: int) -> DataLoader:
         key = (train, batch_size, seed, rank, ranks)
         if key not in self._loaders:
-            self._loaders[key] = image_loader(self.train if train else self.test, batch_size, train, seed, self.device,
-                                              self.workers, rank, ranks)
+            self._loaders[key] = image_loader(
+                self.train if train else self.test, batch_size, train, seed, self.device, self.workers, rank, ranks
+            )
         return self._loaders[key]
 
     def _to_device(self, tensor: Tensor) -> Tensor:
         return tensor.to(self.device, non_blocking=True)
 
-    def train_batches(self, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
-                      max_batches: int | None = None, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def train_batches(
+        self,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start_batch: int = 0,
+        max_batches: int | None = None,
+        rank: int = 0,
+        ranks: int = 1,
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         loader = self._loader(True, batch_size, seed, rank, ranks)
         loader.batch_sampler.set_epoch(epoch, start_batch)
         count = None if max_batches is None else max(0, max_batches - start_batch)
         for images, labels, indices in itertools.islice(loader, count):
-            yield normalize_on_device(self._to_device(images), self.mean_std), self._to_device(labels), self._to_device(indices)
+            yield (
+                normalize_on_device(self._to_device(images), self.mean_std),
+                self._to_device(labels),
+                self._to_device(indices),
+            )
 
     def eval_batches(self, batch_size: int, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
         for images, labels in self._loader(False, batch_size, 0, rank, ranks):

@@ -32,8 +32,16 @@ class DataSource(Protocol):
     @property
     def image_size(self) -> int: ...  # the side of the images fed to the models
 
-    def train_batches(self, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
-                      max_batches: Optional[int] = None, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def train_batches(
+        self,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start_batch: int = 0,
+        max_batches: Optional[int] = None,
+        rank: int = 0,
+        ranks: int = 1,
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """The epoch's batches from ``start_batch`` on (normalised images, labels, sample indices,
         on the device): the same ones an uninterrupted epoch sees there. ``batch_size`` is global:
         of each batch, rank ``rank`` of ``ranks`` gets its part (``toolbox.datasets.sampling.share``),
@@ -64,21 +72,37 @@ class Dataset:
     def image_size(self) -> int:
         return self.train_images.shape[-1]
 
-    def train_batches(self, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
-                      max_batches: Optional[int] = None, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def train_batches(
+        self,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start_batch: int = 0,
+        max_batches: Optional[int] = None,
+        rank: int = 0,
+        ranks: int = 1,
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         return train_batches(self, batch_size, seed, epoch, max_batches, start_batch, rank, ranks)
 
     def eval_batches(self, batch_size: int, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
         return eval_batches(self, batch_size, rank, ranks)
 
 
-def on_device(arrays: tuple[np.ndarray, ...], mean: Tensor, std: Tensor, num_classes: int,
-              device: torch.device | str) -> Dataset:
+def on_device(
+    arrays: tuple[np.ndarray, ...], mean: Tensor, std: Tensor, num_classes: int, device: torch.device | str
+) -> Dataset:
     """A ``Dataset`` on ``device`` from (train images, train labels, test images, test labels) and the
     per-channel statistics of the training images, in [0, 1] units."""
     train_x, train_y, test_x, test_y = (torch.from_numpy(np.ascontiguousarray(array)).to(device) for array in arrays)
-    return Dataset(train_x, train_y, test_x, test_y, mean=(mean * 255).view(1, 3, 1, 1).to(device),
-                   std=(std * 255).view(1, 3, 1, 1).to(device), num_classes=num_classes)
+    return Dataset(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        mean=(mean * 255).view(1, 3, 1, 1).to(device),
+        std=(std * 255).view(1, 3, 1, 1).to(device),
+        num_classes=num_classes,
+    )
 
 
 def augment(images: Tensor, generator: torch.Generator) -> Tensor:
@@ -97,8 +121,14 @@ def augment(images: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def train_batches(
-    dataset: Dataset, batch_size: int, seed: int, epoch: int, max_batches: int | None = None, start_batch: int = 0,
-    rank: int = 0, ranks: int = 1,
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    max_batches: int | None = None,
+    start_batch: int = 0,
+    rank: int = 0,
+    ranks: int = 1,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Shuffled, augmented, normalised training batches (images, labels, and the samples' indices
     in the training set); the last one may be smaller. From ``start_batch`` on, the epoch's whole

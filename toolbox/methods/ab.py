@@ -33,8 +33,9 @@ def activation_boundary(source: Tensor, target: Tensor, margin: float = AB_MARGI
     """RepDistiller's ``criterion_alternative_l2``: a squared hinge pushing the student's
     pre-activation below -margin where the teacher's neuron is off and above +margin where it is
     on; summed."""
-    loss = ((source + margin) ** 2 * ((source > -margin) & (target <= 0))
-            + (source - margin) ** 2 * ((source <= margin) & (target > 0)))
+    loss = (source + margin) ** 2 * ((source > -margin) & (target <= 0)) + (source - margin) ** 2 * (
+        (source <= margin) & (target > 0)
+    )
     return loss.abs().sum()
 
 

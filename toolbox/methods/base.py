@@ -39,12 +39,19 @@ class Setup:
     teacher_shapes: tuple[Shape, ...]  # per sample, of every output: stem, stages, pooled, logits
     student_shapes: tuple[Shape, ...]
     train_labels: Tensor  # of the whole training set, by sample index (CRD draws negatives from other classes)
-    world: World = field(default_factory=World)  # the ranks training together (CRD's memory bank sees all their batches)
+    world: World = field(
+        default_factory=World
+    )  # the ranks training together (CRD's memory bank sees all their batches)
     teacher: nn.Module | None = None  # the trained teacher, read once (OFD's margins come from its BatchNorms)
 
     @classmethod
-    def of(cls, teacher_out: Sequence[Tensor], student_out: Sequence[Tensor], train_labels: Tensor | None = None,
-           teacher: nn.Module | None = None) -> Setup:
+    def of(
+        cls,
+        teacher_out: Sequence[Tensor],
+        student_out: Sequence[Tensor],
+        train_labels: Tensor | None = None,
+        teacher: nn.Module | None = None,
+    ) -> Setup:
         """The setup of two networks' outputs on one batch (tests, benchmarks, notebooks)."""
         shapes = [tuple(tuple(out.shape[1:]) for out in outs) for outs in (teacher_out, student_out)]
         labels = train_labels if train_labels is not None else torch.zeros(0, dtype=torch.long)
@@ -80,8 +87,10 @@ def connector(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.
         return nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
     if s_h >= t_h and s_w >= t_w:
         return nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
-    raise UsageError(f"--feature_layer: the student's map {'x'.join(map(str, student_shape))} cannot be mapped onto the "
-                     f"teacher's {'x'.join(map(str, teacher_shape))}; choose another --feature_layer")
+    raise UsageError(
+        f"--feature_layer: the student's map {'x'.join(map(str, student_shape))} cannot be mapped onto the "
+        f"teacher's {'x'.join(map(str, teacher_shape))}; choose another --feature_layer"
+    )
 
 
 class Distiller(nn.Module):
@@ -89,8 +98,15 @@ class Distiller(nn.Module):
 
     needs_teacher = True
     reads_maps = True  # False: no connector is built (it would be trained and saved for nothing)
-    defaults: dict[str, Any] = {"beta": 125.0, "ce_weight": 1.0, "feature_layer": 3,  # the original study's
-                                "kd_weight": 0.0, "logit_standardization": False, "optimizer": "sgd", "dot_delta": 0.075}
+    defaults: dict[str, Any] = {
+        "beta": 125.0,
+        "ce_weight": 1.0,
+        "feature_layer": 3,  # the original study's
+        "kd_weight": 0.0,
+        "logit_standardization": False,
+        "optimizer": "sgd",
+        "dot_delta": 0.075,
+    }
     """Values of flags left unset (None) on the command line, where they depend on the method (the
     loss's additions and the optimiser are here so that a teacher's run never inherits a student's)."""
     flags: tuple[str, ...] = ("feature_layer", "loss", "beta")
@@ -119,20 +135,28 @@ class Distiller(nn.Module):
         archs = [config.student, config.teacher] if cls.needs_teacher else [config.student]
         last = min(len(stage_shapes(arch, image_size=IMAGE_SIZES[config.dataset])) - 1 for arch in archs)
         if not 0 <= config.feature_layer <= last:
-            raise UsageError(f"--feature_layer must be from 0 (the stem) to {last} for {' and '.join(archs)}; "
-                             f"got {config.feature_layer}")
+            raise UsageError(
+                f"--feature_layer must be from 0 (the stem) to {last} for {' and '.join(archs)}; "
+                f"got {config.feature_layer}"
+            )
         if not cls.needs_teacher and (config.kd_weight or config.optimizer == "dot"):
-            raise UsageError(f"--kd_weight and --optimizer dot need a teacher's loss; --distillation {config.distillation} "
-                             "trains without a teacher: leave them out")
+            raise UsageError(
+                f"--kd_weight and --optimizer dot need a teacher's loss; --distillation {config.distillation} "
+                "trains without a teacher: leave them out"
+            )
         if config.optimizer == "dot" and (config.dot_delta or 0.0) > config.momentum:
-            raise UsageError(f"--dot_delta must be at most --momentum ({config.momentum:g}): the cross-entropy's momentum "
-                             f"is their difference; got {config.dot_delta:g}")
+            raise UsageError(
+                f"--dot_delta must be at most --momentum ({config.momentum:g}): the cross-entropy's momentum "
+                f"is their difference; got {config.dot_delta:g}"
+            )
         if config.logit_standardization and "logit_standardization" not in cls.flags:
             from toolbox.methods import DISTILLERS
 
             published = [name for name, method in DISTILLERS.items() if "logit_standardization" in method.flags]
-            raise UsageError(f"--logit_standardization applies to {' and '.join(published)}, the methods it was "
-                             f"published for; --distillation {config.distillation} is not one of them: leave it out")
+            raise UsageError(
+                f"--logit_standardization applies to {' and '.join(published)}, the methods it was "
+                f"published for; --distillation {config.distillation} is not one of them: leave it out"
+            )
 
     @classmethod
     def defaults_for(cls, config: Config) -> dict[str, Any]:

@@ -58,8 +58,10 @@ class StageWiseDistiller(BaselineDistiller):
         size = IMAGE_SIZES[config.dataset]
         teacher, student = (len(stage_shapes(arch, image_size=size)) - 1 for arch in (config.teacher, config.student))
         if teacher != student:
-            raise UsageError(f"--distillation {config.distillation} needs the same number of stages in teacher and "
-                             f"student; {config.teacher} has {teacher}, {config.student} has {student}")
+            raise UsageError(
+                f"--distillation {config.distillation} needs the same number of stages in teacher and "
+                f"student; {config.teacher} has {teacher}, {config.student} has {student}"
+            )
 
     def select(self, outputs: Sequence[Tensor]) -> Sequence[Tensor]:
         return stages(outputs)
@@ -83,7 +85,8 @@ class InitialisedDistiller(BaselineDistiller):
 
     @classmethod
     def init_lr_for(cls, config: Config) -> float:
-        """RepDistiller's ``opt.learning_rate``: the run's (0.01 for MobileNetV2 and ShuffleNet students with --recipe crd)."""
+        """RepDistiller's ``opt.learning_rate``: the run's (0.01 for MobileNetV2 and ShuffleNet students with
+        --recipe crd)."""
         return config.lr
 
     def phases(self) -> tuple[Phase, ...]:

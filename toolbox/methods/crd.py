@@ -110,12 +110,15 @@ class CRDDistiller(Distiller):
         # drawn with replacement where a class has fewer others): more only repeats samples, at B x K memory a step.
         largest = max(int(others[present].max()), Config.crd_negatives)
         if self.negatives > largest:
-            raise UsageError(f"--crd_negatives must be at most {largest} on this training set of {self.n_data} samples "
-                             f"(each sample's negatives come from the other classes; got {self.negatives})")
+            raise UsageError(
+                f"--crd_negatives must be at most {largest} on this training set of {self.n_data} samples "
+                f"(each sample's negatives come from the other classes; got {self.negatives})"
+            )
         # np.random.choice(..., replace=K > len(cls_negative)) per class; always on ImageNet (mdistiller's)
         replace = (self.negatives > others) | (config.dataset in ALWAYS_REPLACED)
-        self.mode = ("replace" if bool(replace[present].all()) else
-                     "exact" if not bool(replace[present].any()) else "mixed")
+        self.mode = (
+            "replace" if bool(replace[present].all()) else "exact" if not bool(replace[present].any()) else "mixed"
+        )
         device = labels.device
         self.register_buffer("labels", labels, persistent=False)
         self.register_buffer("class_replace", replace.to(device), persistent=False)
@@ -171,7 +174,9 @@ class CRDDistiller(Distiller):
             with torch.no_grad():
                 sums = self.world.all_reduce_sum(torch.stack([out_s.sum(), out_t.sum()]))
                 scores = self.world.all_reduce_sum(torch.tensor(float(out_s.numel()), device=sums.device))
-                z = torch.where(self.z < 0, sums / scores * self.n_data, self.z)  # set once, on the first batch, then kept
+                z = torch.where(
+                    self.z < 0, sums / scores * self.n_data, self.z
+                )  # set once, on the first batch, then kept
                 self.z.copy_(z)
                 everyone = torch.cat(self.world.all_gather(indices))
                 v_s_all, v_t_all = (torch.cat(self.world.all_gather(v.detach())) for v in (v_s, v_t))
@@ -185,6 +190,8 @@ class CRDDistiller(Distiller):
     def soft_loss(self, teacher_out: list[Tensor], student_out: list[Tensor], step: Step) -> Tensor:
         indices = step.indices.to(self.labels.device).long()
         parts = self.world.all_gather(indices)
-        first = sum(len(part) for part in parts[:self.world.rank])
-        contrast = self.draw(torch.cat(parts))[first:first + len(indices)]  # the global batch's draws, this rank's rows
+        first = sum(len(part) for part in parts[: self.world.rank])
+        contrast = self.draw(torch.cat(parts))[
+            first : first + len(indices)
+        ]  # the global batch's draws, this rank's rows
         return self.contrast_loss(student_out[-2], teacher_out[-2], indices, contrast)

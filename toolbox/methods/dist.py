@@ -24,8 +24,9 @@ def row_correlation(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + PEARSON_EPS)
 
 
-def dist_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float, inter_weight: float,
-              intra_weight: float) -> Tensor:
+def dist_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, inter_weight: float, intra_weight: float
+) -> Tensor:
     """DIST's loss: T^2 times the weighted sum of 1 - the mean correlation between the two networks'
     softmax outputs at temperature T, across each sample's classes (inter-class relation) and
     across each class's samples of the batch (intra-class relation)."""

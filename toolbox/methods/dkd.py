@@ -91,7 +91,9 @@ class DKDDistiller(BaselineDistiller):
         def target_vs_rest(probabilities: Tensor) -> Tensor:
             return torch.stack([(probabilities * target).sum(1), (probabilities * ~target).sum(1)], dim=1)
 
-        tckd = F.kl_div(target_vs_rest(F.softmax(s_logits, 1)).log(), target_vs_rest(F.softmax(t_logits, 1)), reduction="sum")
+        tckd = F.kl_div(
+            target_vs_rest(F.softmax(s_logits, 1)).log(), target_vs_rest(F.softmax(t_logits, 1)), reduction="sum"
+        )
         # mdistiller's trick: subtracting 1000 from the target logit leaves a softmax over the other classes
         other_t = F.softmax(t_logits - 1000.0 * target, dim=1)
         other_s = F.log_softmax(s_logits - 1000.0 * target, dim=1)

@@ -46,11 +46,16 @@ class FSPDistiller(InitialisedDistiller):
     def check(cls, config: Config) -> None:
         super().check(config)
         size = IMAGE_SIZES[config.dataset]
-        widths = {arch: [shape[0] for shape in stage_shapes(arch, image_size=size)] for arch in (config.teacher, config.student)}
+        widths = {
+            arch: [shape[0] for shape in stage_shapes(arch, image_size=size)]
+            for arch in (config.teacher, config.student)
+        }
         if widths[config.teacher] != widths[config.student]:
             listed = "; ".join(f"{arch} has {', '.join(map(str, channels))}" for arch, channels in widths.items())
-            raise UsageError(f"--distillation fsp compares FSP matrices entry by entry, so it needs the same widths in "
-                             f"teacher and student at the stem and every stage; {listed}")
+            raise UsageError(
+                f"--distillation fsp compares FSP matrices entry by entry, so it needs the same widths in "
+                f"teacher and student at the stem and every stage; {listed}"
+            )
 
     def trained_modules(self, student: nn.Module, phase: str | None) -> list[nn.Module]:
         return feature_modules(student) if phase == INIT else [student]

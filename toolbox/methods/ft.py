@@ -24,8 +24,22 @@ FT_FACTOR_RATE = 0.5  # RepDistiller's Paraphraser / Translator k
 FT_INIT_LR = 0.01
 
 
-FT_SMALL_LR_STUDENTS = frozenset({"resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
-                                  "resnet8x4", "resnet32x4", "wrn_16_2", "wrn_40_1", "wrn_40_2"})
+FT_SMALL_LR_STUDENTS = frozenset(
+    {
+        "resnet8",
+        "resnet14",
+        "resnet20",
+        "resnet32",
+        "resnet44",
+        "resnet56",
+        "resnet110",
+        "resnet8x4",
+        "resnet32x4",
+        "wrn_16_2",
+        "wrn_40_1",
+        "wrn_40_2",
+    }
+)
 """The students RepDistiller's ``pretrain.init`` trains FT's paraphraser for at lr 0.01."""
 
 
@@ -60,10 +74,14 @@ class FTDistiller(InitialisedDistiller):
         super().__init__(config, setup)
         teacher_width, student_width = stages(setup.teacher_shapes)[-1][0], stages(setup.student_shapes)[-1][0]
         factor = int(teacher_width * FT_FACTOR_RATE)
-        self.paraphraser = nn.ModuleDict({
-            "encoder": conv_layers((teacher_width, teacher_width, factor, factor), batch_norm=False),
-            "decoder": conv_layers((factor, factor, teacher_width, teacher_width), batch_norm=False, transposed=True),
-        })
+        self.paraphraser = nn.ModuleDict(
+            {
+                "encoder": conv_layers((teacher_width, teacher_width, factor, factor), batch_norm=False),
+                "decoder": conv_layers(
+                    (factor, factor, teacher_width, teacher_width), batch_norm=False, transposed=True
+                ),
+            }
+        )
         self.translator = conv_layers((student_width, student_width, factor, factor), batch_norm=True)
 
     def trained_modules(self, student: nn.Module, phase: str | None) -> list[nn.Module]:

@@ -47,7 +47,9 @@ class RightSingularVectors(torch.autograd.Function):
         squares = values.pow(2)
         gaps = squares[:, None, :n] - squares[:, :, None]  # (B, W, n): s_j^2 - s_i^2
         off_diagonal = ~torch.eye(squares.shape[1], n, dtype=torch.bool, device=grad.device)
-        weights = torch.where(off_diagonal, (vectors.transpose(1, 2) @ grad) / torch.where(off_diagonal, gaps, 1.0), 0.0)
+        weights = torch.where(
+            off_diagonal, (vectors.transpose(1, 2) @ grad) / torch.where(off_diagonal, gaps, 1.0), 0.0
+        )
         grad_gram = vectors @ weights @ vectors[:, :, :n].transpose(1, 2)
         return matrices @ (grad_gram + grad_gram.transpose(1, 2)), None
 
@@ -96,8 +98,10 @@ class KDSVDDistiller(StageWiseDistiller):
             scale = t_values.unsqueeze(1)
             current = (aligned(s_vectors, t_vectors) * scale, t_vectors * scale)
             if previous is not None:
-                s_kernel, t_kernel = (torch.exp(-(now.unsqueeze(2) - before.unsqueeze(1)).pow(2) / RBF_WIDTH)
-                                      for now, before in zip(current, previous))
+                s_kernel, t_kernel = (
+                    torch.exp(-(now.unsqueeze(2) - before.unsqueeze(1)).pow(2) / RBF_WIDTH)
+                    for now, before in zip(current, previous)
+                )
                 total = total + finite((s_kernel - t_kernel.detach()).pow(2)).sum()
             previous = current
         return total / len(student[0])

@@ -36,7 +36,9 @@ class DistillationLoss(nn.Module):
         self.temperature = config.kd_temperature
         self.standardize = bool(config.logit_standardization)
 
-    def forward(self, teacher_out: Optional[list[Tensor]], student_out: list[Tensor], step: Step) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, teacher_out: Optional[list[Tensor]], student_out: list[Tensor], step: Step
+    ) -> tuple[Tensor, Tensor]:
         """The method's soft loss (logged) and the weighted distillation loss (trained)."""
         if self.standardize:
             teacher_out, student_out = with_standardized_logits(teacher_out), with_standardized_logits(student_out)

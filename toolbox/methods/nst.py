@@ -34,6 +34,7 @@ class NSTDistiller(StageWiseDistiller):
         total = student[0].new_zeros(())
         for s, t in zip(student, teacher):
             s, t = (F.normalize(x.flatten(2), dim=2) for x in match_spatial(s, t))
-            total = total + (mean_squared_similarity(t, t) + mean_squared_similarity(s, s)
-                             - 2 * mean_squared_similarity(s, t))
+            total = total + (
+                mean_squared_similarity(t, t) + mean_squared_similarity(s, s) - 2 * mean_squared_similarity(s, t)
+            )
         return total

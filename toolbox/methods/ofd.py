@@ -35,10 +35,12 @@ MARGIN_CDF_FLOOR = 0.001  # mdistiller: below this probability of a negative pre
 def ofd_stages(teacher: str, student: str, teacher_stages: int, student_stages: int) -> tuple[list[int], list[int]]:
     """The stages OFD distils (output indices, 1..k) of teacher and student: mdistiller's
     ``get_stage_channels()[1:]`` of each, aligned on their last entries (``_align_list``)."""
-    ours = [list(range(2 if arch in NO_STEM_ENTRY else 1, count + 1))
-            for arch, count in ((teacher, teacher_stages), (student, student_stages))]
+    ours = [
+        list(range(2 if arch in NO_STEM_ENTRY else 1, count + 1))
+        for arch, count in ((teacher, teacher_stages), (student, student_stages))
+    ]
     kept = min(len(indices) for indices in ours)
-    return ours[0][len(ours[0]) - kept:], ours[1][len(ours[1]) - kept:]
+    return ours[0][len(ours[0]) - kept :], ours[1][len(ours[1]) - kept :]
 
 
 def ofd_margin(bn: nn.BatchNorm2d) -> Tensor:
@@ -56,9 +58,11 @@ def partial_l2(source: Tensor, target: Tensor, margin: Tensor) -> Tensor:
     the margin or the student is below a negative teacher value; squared error elsewhere (against
     the margin where the teacher is at or below it). Summed over channels and positions, averaged
     over the batch."""
-    loss = ((source - margin) ** 2 * ((source > margin) & (target <= margin))
-            + (source - target) ** 2 * ((source > target) & (target > margin) & (target <= 0))
-            + (source - target) ** 2 * (target > 0))
+    loss = (
+        (source - margin) ** 2 * ((source > margin) & (target <= margin))
+        + (source - target) ** 2 * ((source > target) & (target > margin) & (target <= 0))
+        + (source - target) ** 2 * (target > 0)
+    )
     return loss.abs().mean(dim=0).sum()
 
 
@@ -88,19 +92,23 @@ class OFDDistiller(BaselineDistiller):
         with torch.device("meta"):
             teacher = MODELS[config.teacher](1)
         if not hasattr(teacher, "bn_before_relu"):
-            raise UsageError(f"--distillation ofd takes its margins from the BatchNorm before each of the teacher's "
-                             f"stage ReLUs, which {config.teacher} does not have (as in mdistiller); choose another --teacher")
+            raise UsageError(
+                f"--distillation ofd takes its margins from the BatchNorm before each of the teacher's "
+                f"stage ReLUs, which {config.teacher} does not have (as in mdistiller); choose another --teacher"
+            )
 
     def __init__(self, config: Config, setup: Setup) -> None:
         super().__init__(config, setup)
         if setup.teacher is None:
             raise UsageError("ofd needs the teacher network (Setup.teacher): its margins come from its BatchNorms")
         self.teacher_stages, self.student_stages = ofd_stages(
-            config.teacher, config.student, len(stages(setup.teacher_shapes)), len(stages(setup.student_shapes)))
+            config.teacher, config.student, len(stages(setup.teacher_shapes)), len(stages(setup.student_shapes))
+        )
         norms = bn_before_relu(setup.teacher)
         self.connectors = nn.ModuleList(
             ofd_connector(setup.student_shapes[s][0], setup.teacher_shapes[t][0])
-            for t, s in zip(self.teacher_stages, self.student_stages))
+            for t, s in zip(self.teacher_stages, self.student_stages)
+        )
         for index, stage in enumerate(self.teacher_stages):
             self.register_buffer(f"margin{index}", ofd_margin(norms[stage - 1]), persistent=False)
 

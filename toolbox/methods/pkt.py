@@ -1,4 +1,5 @@
-"""``--distillation pkt``: Probabilistic Knowledge Transfer (Passalis & Tefas, ECCV 2018), as RepDistiller computes it."""
+"""``--distillation pkt``: Probabilistic Knowledge Transfer (Passalis & Tefas, ECCV 2018), as RepDistiller
+computes it."""
 
 from __future__ import annotations
 

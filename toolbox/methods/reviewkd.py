@@ -43,8 +43,9 @@ class AttentionFusion(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
-        self.conv2 = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
-                                   nn.BatchNorm2d(out_channels))
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels)
+        )
         self.att_conv = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
         nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
         nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
@@ -101,8 +102,10 @@ class ReviewKDDistiller(StageWiseDistiller):
         student = [*stages(setup.student_shapes), setup.student_shapes[-2]]
         teacher = [*stages(setup.teacher_shapes), setup.teacher_shapes[-2]]
         mid = min(MAX_MID_CHANNELS, student[-1][0])
-        fusions = [AttentionFusion(s[0], mid, t[0], fuse=index < len(student) - 1)
-                   for index, (s, t) in enumerate(zip(student, teacher))]
+        fusions = [
+            AttentionFusion(s[0], mid, t[0], fuse=index < len(student) - 1)
+            for index, (s, t) in enumerate(zip(student, teacher))
+        ]
         self.fusions = nn.ModuleList(fusions[::-1])  # deepest first
         self.sizes = [1, *(shape[1] for shape in student[-2::-1])]
         self.out_sizes = [1, *(shape[1] for shape in teacher[-2::-1])]
@@ -114,7 +117,9 @@ class ReviewKDDistiller(StageWiseDistiller):
         deepest_first = student[::-1]
         out, fused = self.fusions[0](deepest_first[0], None, self.sizes[0], self.out_sizes[0])
         results = [out]
-        for features, fusion, size, out_size in zip(deepest_first[1:], self.fusions[1:], self.sizes[1:], self.out_sizes[1:]):
+        for features, fusion, size, out_size in zip(
+            deepest_first[1:], self.fusions[1:], self.sizes[1:], self.out_sizes[1:]
+        ):
             out, fused = fusion(features, fused, size, out_size)
             results.insert(0, out)
         warm = min(step.epoch / self.warmup, 1.0) if self.warmup else 1.0

@@ -32,7 +32,9 @@ class VIDStage(nn.Module):
             nn.Conv2d(teacher_channels, teacher_channels, kernel_size=1, bias=False),
         )
         # softplus(log_scale) + eps starts at the initial variance
-        self.log_scale = nn.Parameter(torch.full((teacher_channels,), math.log(math.expm1(self.init_variance - self.eps))))
+        self.log_scale = nn.Parameter(
+            torch.full((teacher_channels,), math.log(math.expm1(self.init_variance - self.eps)))
+        )
 
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         student, teacher = match_spatial(student, teacher)

@@ -39,8 +39,12 @@ def last_block_both(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     return block.forward_both(x)
 
 
-def run_stage(stage: nn.Sequential, x: Tensor, preact: bool,
-              both: Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]] = last_block_both) -> tuple[Tensor, Tensor]:
+def run_stage(
+    stage: nn.Sequential,
+    x: Tensor,
+    preact: bool,
+    both: Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]] = last_block_both,
+) -> tuple[Tensor, Tensor]:
     """A stage of blocks: its output and the map the feature list reports, which with ``preact`` is
     its last block's map before the final ReLU (``both(block, x)`` gives the output and that map;
     RepDistiller's ``is_last`` blocks), else the output itself."""
@@ -53,7 +57,9 @@ def run_stage(stage: nn.Sequential, x: Tensor, preact: bool,
     return both(last, x)
 
 
-def stem_and_stages(model: nn.Module, x: Tensor, stages: Sequence[nn.Sequential], preact: bool) -> tuple[list[Tensor], Tensor]:
+def stem_and_stages(
+    model: nn.Module, x: Tensor, stages: Sequence[nn.Sequential], preact: bool
+) -> tuple[list[Tensor], Tensor]:
     """The maps of ``model``'s stem (``conv1``, ``bn1``, ReLU) and of each of its ``stages`` (see
     ``run_stage``), and the last stage's output, from which each family computes its head."""
     feats = [F.relu(model.bn1(model.conv1(x)))]

@@ -81,7 +81,9 @@ class ImageNetResNet(TorchvisionResNet):
         return feats + [pooled, self.fc(pooled)]
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, stride: int, groups: int = 1, kernel_size: int = 3) -> list[nn.Module]:
+def _conv_bn_relu(
+    in_channels: int, out_channels: int, stride: int, groups: int = 1, kernel_size: int = 3
+) -> list[nn.Module]:
     return [
         nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_channels),

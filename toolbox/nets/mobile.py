@@ -185,7 +185,9 @@ class ShuffleNetV1(nn.Module):
             units = []
             for index in range(count):
                 # the first unit concatenates its pooled input, so it makes only the difference
-                units.append(ShuffleUnitV1(in_planes, planes - (in_planes if index == 0 else 0), 2 if index == 0 else 1, groups))
+                units.append(
+                    ShuffleUnitV1(in_planes, planes - (in_planes if index == 0 else 0), 2 if index == 0 else 1, groups)
+                )
                 in_planes = planes
             layers.append(nn.Sequential(*units))
         self.layer1, self.layer2, self.layer3 = layers
@@ -266,14 +268,18 @@ class ShuffleNetV2(nn.Module):
     stages = 3
     head_modules = ("conv2", "bn2", "linear")
 
-    def __init__(self, out_channels: tuple[int, int, int, int], num_blocks: tuple[int, int, int], num_classes: int) -> None:
+    def __init__(
+        self, out_channels: tuple[int, int, int, int], num_blocks: tuple[int, int, int], num_classes: int
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 24, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
         in_channels = 24
         layers = []
         for channels, count in zip(out_channels[:3], num_blocks):
-            layers.append(nn.Sequential(DownUnitV2(in_channels, channels), *(ShuffleUnitV2(channels) for _ in range(count))))
+            layers.append(
+                nn.Sequential(DownUnitV2(in_channels, channels), *(ShuffleUnitV2(channels) for _ in range(count)))
+            )
             in_channels = channels
         self.layer1, self.layer2, self.layer3 = layers
         self.conv2 = nn.Conv2d(out_channels[2], out_channels[3], 1, stride=1, padding=0, bias=False)

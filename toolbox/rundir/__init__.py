@@ -57,14 +57,19 @@ PACKED_LOG = "job.out"
 """The output of a run trained beside others in one job (runner.py --runs_per_gpu)."""
 LOG_FILE = "train.log"
 PLOTS = ("Loss.png", "Accuracy.png")
-LAUNCH_FILES = re.compile(r"slurm-\d+\.out|td\.[A-Za-z0-9_.-]+\.[oe]\d+(\.\S+)?|local\.out|job\.out|run\.job|job\.json|\.(run\.job|job\.json)\.\d+\.tmp")
+LAUNCH_FILES = re.compile(
+    r"slurm-\d+\.out|td\.[A-Za-z0-9_.-]+\.[oe]\d+(\.\S+)?|local\.out|job\.out|run\.job|job\.json|\.(run\.job|job\.json)\.\d+\.tmp"
+)
 """What runner.py puts in a run folder before its training starts: the job script, its record (and the
 temporary files of their atomic writes, which a job that starts at once may see), its logs."""
 EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.\S+\.\d+\.\d+")
-"""A TensorBoard event file as training writes them (``toolbox.training.curves``): events.out.tfevents.<second>.<host>.<pid>.<n>."""
+"""A TensorBoard event file as training writes them (``toolbox.training.curves``):
+events.out.tfevents.<second>.<host>.<pid>.<n>."""
 STEPS_FOLDER = "steps"
 """The sub-folder of a run's per-step curves (--tensorboard_every), which TensorBoard shows as a run of its own."""
-TRAINING_TEMPORARY = re.compile(r"\.(config\.json|last\.pt|metrics\.json|Loss\.png|Accuracy\.png|[A-Za-z0-9_]+\.pth)\.\d+\.tmp")
+TRAINING_TEMPORARY = re.compile(
+    r"\.(config\.json|last\.pt|metrics\.json|Loss\.png|Accuracy\.png|[A-Za-z0-9_]+\.pth)\.\d+\.tmp"
+)
 """The temporary file of an atomic write of training's own files (``toolbox.utils.atomic_write``): one
 that a killed write left is removed when the run resumes."""
 _HELD: set[str] = set()
@@ -86,8 +91,10 @@ def open_nofollow(path: Path, flags: int) -> int:
             raise NotRegular(path, "a FIFO" if error.errno == errno.ENXIO else "a folder") from None
         if error.errno != errno.ELOOP:
             raise
-        raise UsageError(f"{path} is a symbolic link, and the project never writes through one; it was left as it is: "
-                         "remove the link, then rerun") from None
+        raise UsageError(
+            f"{path} is a symbolic link, and the project never writes through one; it was left as it is: "
+            "remove the link, then rerun"
+        ) from None
     kind = file_kind(os.fstat(descriptor).st_mode)
     if kind is not None:
         os.close(descriptor)
@@ -136,11 +143,15 @@ class RunDir:
         try:
             data = json.loads(read_regular_text(path))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise UsageError(f"{path} is unreadable ({error}); it was left as it is: restore it, or move the run "
-                             f"folder {self.path} away and start the run afresh") from None
+            raise UsageError(
+                f"{path} is unreadable ({error}); it was left as it is: restore it, or move the run "
+                f"folder {self.path} away and start the run afresh"
+            ) from None
         if not isinstance(data, dict):
-            raise UsageError(f"{path} does not hold a JSON object; it was left as it is: restore it, or move the run "
-                             f"folder {self.path} away and start the run afresh")
+            raise UsageError(
+                f"{path} does not hold a JSON object; it was left as it is: restore it, or move the run "
+                f"folder {self.path} away and start the run afresh"
+            )
         return data
 
     def saved_config(self) -> Optional[dict[str, Any]]:
@@ -151,22 +162,29 @@ class RunDir:
             return None
         config = saved.get("config")
         if not isinstance(config, dict):
-            raise UsageError(f"{self.config} is not a config.json of this project (no 'config' entry); it was left as "
-                             f"it is: {self.path} is not a run of this project, choose another --experiment_name")
+            raise UsageError(
+                f"{self.config} is not a config.json of this project (no 'config' entry); it was left as "
+                f"it is: {self.path} is not a run of this project, choose another --experiment_name"
+            )
         for name in ("distillation", "experiment_name"):
             if not isinstance(config.get(name), str):
-                raise UsageError(f"{self.config} is damaged ('config' has no text '{name}'); it was left as it is: "
-                                 f"restore it, or move the run folder {self.path} away and start the run afresh")
+                raise UsageError(
+                    f"{self.config} is damaged ('config' has no text '{name}'); it was left as it is: "
+                    f"restore it, or move the run folder {self.path} away and start the run afresh"
+                )
         return config
 
     def read_job(self) -> Optional[dict[str, Any]]:
         """What runner.py recorded about the run's last submission (None without job.json); a damaged
         one is a one-line error that keeps it."""
         job = self.read_json(self.job)
-        bad = [name for name in ("run", "job_id", "scheduler") if job is not None and not isinstance(job.get(name), str)]
+        bad = [
+            name for name in ("run", "job_id", "scheduler") if job is not None and not isinstance(job.get(name), str)
+        ]
         if bad:
-            raise UsageError(f"{self.job} is damaged ('{bad[0]}' is not a text); it was left as it is: restore it, "
-                             f"or move it away")
+            raise UsageError(
+                f"{self.job} is damaged ('{bad[0]}' is not a text); it was left as it is: restore it, or move it away"
+            )
         return job
 
     # -- one process per run folder
@@ -179,14 +197,20 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise UsageError(f"cannot create the run folder {self.path}: a file stands in its way "
-                             f"(check --experiments_dir and --experiment_name)") from None
+            raise UsageError(
+                f"cannot create the run folder {self.path}: a file stands in its way "
+                f"(check --experiments_dir and --experiment_name)"
+            ) from None
         except OSError as error:
             if error.errno in WRITE_FAILURES:  # the folder is right, the disk refuses: README's 74
-                raise IOFailure(f"cannot create the run folder {self.path}: {error.strerror}; make --experiments_dir "
-                                "writable (or free space), then rerun") from None
-            raise UsageError(f"cannot create the run folder {self.path}: {error.strerror} "
-                             f"(check --experiments_dir and its permissions)") from None
+                raise IOFailure(
+                    f"cannot create the run folder {self.path}: {error.strerror}; make --experiments_dir "
+                    "writable (or free space), then rerun"
+                ) from None
+            raise UsageError(
+                f"cannot create the run folder {self.path}: {error.strerror} "
+                f"(check --experiments_dir and its permissions)"
+            ) from None
         return top
 
     def check_ours(self, name: str) -> None:
@@ -197,19 +221,27 @@ class RunDir:
         saved = self.saved_config()
         if saved is not None:
             if saved["experiment_name"] != name:
-                raise UsageError(f"{self.config} belongs to the run {saved['experiment_name']!r}, not {name!r}; it was "
-                                 "left as it is: move the folder back, or choose another --experiment_name")
+                raise UsageError(
+                    f"{self.config} belongs to the run {saved['experiment_name']!r}, not {name!r}; it was "
+                    "left as it is: move the folder back, or choose another --experiment_name"
+                )
             return
         job = self.read_job()
         if (job is not None and job["run"] == name) or self.last.exists():
             return
-        foreign = sorted(entry.name for entry in self.path.iterdir()
-                         if entry.name != LOCK_FILE and not LAUNCH_FILES.fullmatch(entry.name)
-                         and not TRAINING_TEMPORARY.fullmatch(entry.name))  # the first config.json's write, killed
+        foreign = sorted(
+            entry.name
+            for entry in self.path.iterdir()
+            if entry.name != LOCK_FILE
+            and not LAUNCH_FILES.fullmatch(entry.name)
+            and not TRAINING_TEMPORARY.fullmatch(entry.name)
+        )  # the first config.json's write, killed
         if foreign:
-            raise UsageError(f"{self.path} is not a run folder of this project (it holds {', '.join(foreign[:3])}"
-                             f"{' ...' if len(foreign) > 3 else ''}); it was left as it is: choose another "
-                             "--experiment_name, or move those files away")
+            raise UsageError(
+                f"{self.path} is not a run folder of this project (it holds {', '.join(foreign[:3])}"
+                f"{' ...' if len(foreign) > 3 else ''}); it was left as it is: choose another "
+                "--experiment_name, or move those files away"
+            )
 
     @contextmanager
     def claimed(self, name: str) -> Iterator[None]:
@@ -257,11 +289,15 @@ class RunDir:
             descriptor = open_nofollow(self.lock_file, os.O_RDWR | os.O_CREAT)
         except OSError as error:
             if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise UsageError(f"cannot write in the run folder {self.path}: {error.strerror}; "
-                                 "check its permissions and the free space") from None
+                raise UsageError(
+                    f"cannot write in the run folder {self.path}: {error.strerror}; "
+                    "check its permissions and the free space"
+                ) from None
             if not (self.finished and self.lock_file.is_file()):
-                raise IOFailure(f"the run folder {self.path} is read-only / permission denied ({error.strerror}); "
-                                "make it writable, then rerun") from None
+                raise IOFailure(
+                    f"the run folder {self.path} is read-only / permission denied ({error.strerror}); "
+                    "make it writable, then rerun"
+                ) from None
             # a finished run is only read, and flock works on a read-only file
             descriptor = open_nofollow(self.lock_file, os.O_RDONLY)
             writable = False
@@ -274,8 +310,10 @@ class RunDir:
                 except BlockingIOError:
                     if time.monotonic() > deadline:
                         holder = handle.read().strip() or "another process"
-                        raise UsageError(f"{self.path} is being trained by {holder}; wait for it to finish "
-                                         "or stop that process, then rerun") from None
+                        raise UsageError(
+                            f"{self.path} is being trained by {holder}; wait for it to finish "
+                            "or stop that process, then rerun"
+                        ) from None
                     time.sleep(0.1)
             if writable:
                 handle.truncate()

@@ -33,6 +33,7 @@ def distillers() -> dict[str, type[Distiller]]:
 
     return DISTILLERS
 
+
 NAME_FIELDS = ("distillation", "dataset", "teacher", "student", "seed")
 """Flags that the structure of every default run name spells out."""
 
@@ -40,6 +41,7 @@ NAME_FIELDS = ("distillation", "dataset", "teacher", "student", "seed")
 def method_specific() -> frozenset[str]:
     """Flags that only some methods read (ranks, beta, the KD temperature, ...), as registered now."""
     return frozenset(flag for distiller in distillers().values() for flag in distiller.flags)
+
 
 ABSENT = "<absent>"
 """A flag that a saved config.json does not have (written before the flag existed) and whose value
@@ -78,7 +80,8 @@ def defining_flags(distillation: str, config: Optional[Mapping[str, Any]] = None
     own = set(distiller.flags) if distiller else specific | set(SWITCHED_FLAGS)
     own |= {name for name, switched_on in SWITCHED_FLAGS.items() if config is not None and switched_on(config)}
     return [
-        item.name for item in dataclasses.fields(Config)
+        item.name
+        for item in dataclasses.fields(Config)
         if item.name not in RUNTIME_FIELDS | {"experiment_name"}
         and (item.name in own or (item.name not in specific and item.name not in SWITCHED_FLAGS))
         and not (item.name in TEACHER_FLAGS and distiller is not None and not distiller.needs_teacher)
@@ -144,8 +147,15 @@ def teacher_config(config: Config) -> Config:
     own = run_recipe(config)
     theirs = recipe_defaults(config.recipe, config.teacher)
     per_run = {name: theirs.get(name, flag_default(name)) for name in own if getattr(config, name) == own[name]}
-    return dataclasses.replace(config, **{**per_run, **dict.fromkeys(method_defaulted())}, distillation="none",
-                               student=config.teacher, seed=TEACHER_SEED, experiment_name=None, teacher_checkpoint=None)
+    return dataclasses.replace(
+        config,
+        **{**per_run, **dict.fromkeys(method_defaulted())},
+        distillation="none",
+        student=config.teacher,
+        seed=TEACHER_SEED,
+        experiment_name=None,
+        teacher_checkpoint=None,
+    )
 
 
 def default_teacher_checkpoint(config: Config) -> Path:
@@ -157,10 +167,22 @@ def default_teacher_checkpoint(config: Config) -> Path:
 def teacher_command(config: Config) -> str:
     """The command that trains the teacher ``config`` needs, where it is found by default."""
     teacher = teacher_config(config)
-    args = ["python", "tucker_distillation.py", "--distillation", "none", "--dataset", teacher.dataset,
-            "--student", teacher.student, "--seed", str(TEACHER_SEED)]
+    args = [
+        "python",
+        "tucker_distillation.py",
+        "--distillation",
+        "none",
+        "--dataset",
+        teacher.dataset,
+        "--student",
+        teacher.student,
+        "--seed",
+        str(TEACHER_SEED),
+    ]
     for name, value in changed_flags(teacher).items():
-        args += [f"--{name}" if value is not False else f"--no-{name}"] + ([] if isinstance(value, bool) else [str(value)])
+        args += [f"--{name}" if value is not False else f"--no-{name}"] + (
+            [] if isinstance(value, bool) else [str(value)]
+        )
     for name in ("data_dir", "experiments_dir"):
         if getattr(config, name) != getattr(Config, name):  # the class attribute is the default
             args += [f"--{name}", getattr(config, name)]
@@ -171,14 +193,19 @@ def resolve(config: Config) -> Config:
     """Fill in what depends on other flags (the run's name, the method's defaults, the teacher's
     path), so that config.json says what ran and two spellings of one run compare equal."""
     distiller = distillers()[config.distillation]
-    config = dataclasses.replace(config, experiment_name=config.experiment_name or experiment_name(config),
-                                 ranks=format_ranks(parse_ranks(config.ranks)))  # one spelling: ' 8' and '８' are 8
+    config = dataclasses.replace(
+        config,
+        experiment_name=config.experiment_name or experiment_name(config),
+        ranks=format_ranks(parse_ranks(config.ranks)),
+    )  # one spelling: ' 8' and '８' are 8
     teacher_checkpoint = config.teacher_checkpoint
     if teacher_checkpoint is None and distiller.needs_teacher:
         teacher_checkpoint = str(default_teacher_checkpoint(config))
     from toolbox.distillation import with_defaults
 
-    config = with_defaults(dataclasses.replace(config, teacher_checkpoint=teacher_checkpoint if distiller.needs_teacher else None))
+    config = with_defaults(
+        dataclasses.replace(config, teacher_checkpoint=teacher_checkpoint if distiller.needs_teacher else None)
+    )
     distiller.check(config)
     return config
 

@@ -18,8 +18,10 @@ from toolbox.config.naming import format_value
 from toolbox.errors import UsageError
 from toolbox.sweep.grid import PAIR, Axes, axis_flags, split_pair
 
-RUNNER_SETS = {"experiment_name": "runner.py names every run (its --study adds a sub-folder)",
-               "experiments_dir": "give it to runner.py as --experiments_dir"}
+RUNNER_SETS = {
+    "experiment_name": "runner.py names every run (its --study adds a sub-folder)",
+    "experiments_dir": "give it to runner.py as --experiments_dir",
+}
 """Training flags a runner.py file may not set, and why."""
 
 
@@ -29,7 +31,9 @@ def grid_axis(name: Any, values: Any, path: Path) -> list[str]:
     if name not in axis_flags():
         raise UsageError(f"{where}: not a flag that defines a run; an axis is one of {', '.join(sorted(axis_flags()))}")
     if name != PAIR and isinstance(FIELDS[name].default, bool):
-        raise UsageError(f"{where}: an on/off flag, which an axis cannot vary; run the grid once with it and once without")
+        raise UsageError(
+            f"{where}: an on/off flag, which an axis cannot vary; run the grid once with it and once without"
+        )
     if not isinstance(values, list) or not values or None in values:
         raise UsageError(f"{where}: must be a list of values, e.g. [50, 125]; got {values!r}")
     if name == PAIR:
@@ -54,7 +58,9 @@ def read_sweep_file(path: Path, extra: Sequence[str], runs_given: bool) -> tuple
     data = load_mapping(path)
     grid = data.pop(GRID, None)
     if grid is not None and (not isinstance(grid, dict) or not grid):
-        raise UsageError(f"--config {path}: {GRID}: must be a mapping of flags to lists of values, e.g. 'beta: [50, 125]'")
+        raise UsageError(
+            f"--config {path}: {GRID}: must be a mapping of flags to lists of values, e.g. 'beta: [50, 125]'"
+        )
     flags = {known_flag(key, path): flag_value(key, value, path) for key, value in data.items()}
     refused = next((name for name in flags if name in RUNNER_SETS), None)
     if refused:
@@ -63,8 +69,11 @@ def read_sweep_file(path: Path, extra: Sequence[str], runs_given: bool) -> tuple
     twice = next((name for name in grid if name in flags), None)
     if twice:
         raise UsageError(f"--config {path}: {twice} is both a flag and a {GRID}: axis; give it once")
-    one_valued = {name: [format_value(value)] for name, value in flags.items()
-                  if name in axis_flags() and value is not None and not isinstance(value, bool)}
+    one_valued = {
+        name: [format_value(value)]
+        for name, value in flags.items()
+        if name in axis_flags() and value is not None and not isinstance(value, bool)
+    }
     axes = {**one_valued, **{name: grid_axis(name, values, path) for name, values in grid.items()}}
     overridden = named_flags(extra) | ({"seed"} if runs_given else set())
     common = {name: value for name, value in flags.items() if name not in one_valued and name not in overridden}

@@ -85,21 +85,26 @@ def folder_state(run: RunDir, live: Mapping[str, str], scheduler: str, expected:
         return RunState(RUNNING, job_id, holder)
     if job_id in live:  # the scheduler's RUNNING or PENDING
         return RunState(live[job_id].lower(), job_id)
-    if scheduler == LocalScheduler.name and LocalScheduler.alive(job_id, job_script(run, job)):  # another runner.py's job
+    if scheduler == LocalScheduler.name and LocalScheduler.alive(
+        job_id, job_script(run, job)
+    ):  # another runner.py's job
         return RunState(RUNNING, job_id, "starting")
     started = job or saved is not None or run.last.exists()
     return RunState(FAILED if started else NOT_STARTED, job_id)
+
 
 def job_script(run: RunDir, job: Optional[dict]) -> Path:
     """The script of the job that ``job`` (this run's job.json) records: a packed run's is in the
     folder of the pack's first run."""
     return run.path / job["script"] if job and isinstance(job.get("script"), str) else run.script
 
+
 def recently_changed(run: RunDir) -> bool:
     """Whether the folder or a file in it changed in the last ``QUIET_S`` seconds: a run that is
     starting (before it holds its lock) looks like this."""
     since = time.time() - QUIET_S
     return any(path.lstat().st_mtime > since for path in (run.path, *run.path.iterdir()))
+
 
 def is_ours(run: RunDir, experiments_dir: Path) -> bool:
     """Provably a run folder of this project: strictly inside ``experiments_dir``, and its
@@ -117,12 +122,17 @@ def is_ours(run: RunDir, experiments_dir: Path) -> bool:
         return False
     return (saved is not None and saved["experiment_name"] == name) or job.get("run") == name or only_lock(run)
 
+
 def only_lock(run: RunDir) -> bool:
     """The folder holds a ``.lock`` file (no link) with what ``locked`` writes, and nothing else."""
-    if [entry.name for entry in run.path.iterdir()] != [LOCK_FILE] or not run.lock_file.is_file() \
-            or run.lock_file.is_symlink():
+    if (
+        [entry.name for entry in run.path.iterdir()] != [LOCK_FILE]
+        or not run.lock_file.is_file()
+        or run.lock_file.is_symlink()
+    ):
         return False
     return re.fullmatch(r"(process \d+ on \S+\n)?", run.lock_file.read_text(errors="replace")) is not None
+
 
 def own_files(run: RunDir) -> list[Path]:
     """The files this project writes in a run folder (never metrics.json: a finished run is
@@ -132,13 +142,26 @@ def own_files(run: RunDir) -> list[Path]:
     if isinstance(saved.get("student"), str):
         names.add(f"{saved['student']}.pth")
     temporaries = re.compile(r"\..+\.\d+\.tmp")
-    own = [path for path in run.path.iterdir() if path.is_file() and not path.is_symlink()
-           and (path.name in names or LAUNCH_FILES.fullmatch(path.name) or temporaries.fullmatch(path.name)
-                or EVENT_FILE.fullmatch(path.name))]
+    own = [
+        path
+        for path in run.path.iterdir()
+        if path.is_file()
+        and not path.is_symlink()
+        and (
+            path.name in names
+            or LAUNCH_FILES.fullmatch(path.name)
+            or temporaries.fullmatch(path.name)
+            or EVENT_FILE.fullmatch(path.name)
+        )
+    ]
     if run.steps.is_dir() and not run.steps.is_symlink():
-        own += [path for path in run.steps.iterdir() if path.is_file() and not path.is_symlink()
-                and EVENT_FILE.fullmatch(path.name)]
+        own += [
+            path
+            for path in run.steps.iterdir()
+            if path.is_file() and not path.is_symlink() and EVENT_FILE.fullmatch(path.name)
+        ]
     return sorted(own)
+
 
 def remove_own_files(run: RunDir) -> None:
     """Delete ``own_files``, and the steps/ folder when that leaves it empty (clean)."""

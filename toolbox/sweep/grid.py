@@ -88,8 +88,10 @@ def parse_axis(text: str) -> tuple[str, list[str]]:
     name, sep, values = text.partition("=")
     fields = axis_flags()
     if not sep or name not in fields:
-        raise UsageError(f"--grid takes FLAG=VALUE,VALUE,... with FLAG a training flag that defines a run, or pair "
-                         f"(teacher-student, e.g. pair=resnet56-resnet20,vgg13-vgg8) ({', '.join(sorted(fields))}); got {text!r}")
+        raise UsageError(
+            f"--grid takes FLAG=VALUE,VALUE,... with FLAG a training flag that defines a run, or pair "
+            f"(teacher-student, e.g. pair=resnet56-resnet20,vgg13-vgg8) ({', '.join(sorted(fields))}); got {text!r}"
+        )
     parts = values.split(":" if ":" in values else ",")
     if not all(parts):
         raise UsageError(f"--grid {name}: empty value in {values!r}")
@@ -105,7 +107,9 @@ def split_pair(text: str) -> tuple[str, str]:
     """``resnet56-resnet20`` -> ("resnet56", "resnet20"), as run folders spell a pair."""
     teacher, sep, student = text.partition("-")
     if not sep or teacher not in MODELS or student not in MODELS:
-        raise UsageError(f"--grid pair: each value is TEACHER-STUDENT with both among {', '.join(MODELS)}; got {text!r}")
+        raise UsageError(
+            f"--grid pair: each value is TEACHER-STUDENT with both among {', '.join(MODELS)}; got {text!r}"
+        )
     return teacher, student
 
 
@@ -127,8 +131,13 @@ def grid_points(axes: Axes) -> Iterator[dict[str, str]]:
 
 def as_flags(point: dict[str, str]) -> list[str]:
     """A grid point as command-line flags: an on/off flag's ``true`` is ``--flag``, ``false`` ``--no-flag``."""
-    return [token for name, value in point.items()
-            for token in ([f"--{name}" if value == "true" else f"--no-{name}"] if name in SWITCHES else [f"--{name}", value])]
+    return [
+        token
+        for name, value in point.items()
+        for token in (
+            [f"--{name}" if value == "true" else f"--no-{name}"] if name in SWITCHES else [f"--{name}", value]
+        )
+    ]
 
 
 def refused(flags: list[str]) -> bool:
@@ -142,8 +151,14 @@ def refused(flags: list[str]) -> bool:
     return False
 
 
-def build_grid(axes: Axes, common: list[str], experiments_dir: Path, study: str = "",
-               teacher_files: Mapping[str, Path] | None = None, leave_out_refused: bool = False) -> list[Run]:
+def build_grid(
+    axes: Axes,
+    common: list[str],
+    experiments_dir: Path,
+    study: str = "",
+    teacher_files: Mapping[str, Path] | None = None,
+    leave_out_refused: bool = False,
+) -> list[Run]:
     """The student runs of the grid, in submission order, deduplicated by run name; each points to
     the teacher run it needs (the plain run of its teacher with seed 0 and the same training flags,
     shared by all the students that need it, and kept outside ``study``), or to the file that
@@ -167,8 +182,11 @@ def build_grid(axes: Axes, common: list[str], experiments_dir: Path, study: str 
             continue
         if needs_teacher:
             # the teacher's run shares the student's training flags, never its method's (teacher_config)
-            general = {name: value for name, value in point.items()
-                       if name in defining_flags("none") and name not in method_defaulted()}
+            general = {
+                name: value
+                for name, value in point.items()
+                if name in defining_flags("none") and name not in method_defaulted()
+            }
             general.update(distillation="none", student=run.config.teacher, seed=str(TEACHER_SEED))
             teacher = make_run([*as_flags(general), *common], experiments_dir)
             attach_teacher(run, teacher_runs.setdefault(teacher.name, teacher))

@@ -31,8 +31,9 @@ def local_gpus() -> list[str]:
     if not shutil.which("nvidia-smi"):
         return []
     try:
-        listed = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                                text=True, timeout=60)
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     return listed.stdout.split() if listed.returncode == 0 else []
@@ -59,7 +60,7 @@ class LocalScheduler(Scheduler):
 
     def _next_gpus(self) -> list[str]:
         busy = Counter(gpu for job_id in self.live_jobs() for gpu in self._job_gpus[job_id])
-        return sorted(self.gpus, key=lambda gpu: busy[gpu])[:self.gpus_per_job]  # sorted() is stable: in order on ties
+        return sorted(self.gpus, key=lambda gpu: busy[gpu])[: self.gpus_per_job]  # sorted() is stable: in order on ties
 
     def submit(self, script: Path, dependency: Optional[str] = None) -> str:
         if dependency is not None:
@@ -90,11 +91,14 @@ class LocalScheduler(Scheduler):
         except OSError as error:
             if error.errno != errno.ELOOP:
                 raise
-            raise SchedulerError(f"{log_path} is a symbolic link, and the project never writes through one; it was "
-                                 "left as it is: remove the link, then rerun") from None
+            raise SchedulerError(
+                f"{log_path} is a symbolic link, and the project never writes through one; it was "
+                "left as it is: remove the link, then rerun"
+            ) from None
         with os.fdopen(descriptor, "ab") as log:
-            process = subprocess.Popen(["bash", str(script)], stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env)
+            process = subprocess.Popen(
+                ["bash", str(script)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
         job_id = f"local-{process.pid}"
         self._jobs[job_id] = process
         self._job_gpus[job_id] = gpus

@@ -45,11 +45,23 @@ def status_table(runs: list[Run], scheduler: Scheduler) -> str:
     for run, state in rows:
         counts[state.state] = counts.get(state.state, 0) + 1
         accuracy = state.detail if state.state == FINISHED else ""
-        shown = f"{state.state} ({ended[state.job_id]})" if state.job_id in ended and state.state == FAILED else state.state
-        why = f"  ({state.detail})" if state.state in (CONFLICTING, CORRUPT) or (state.state == RUNNING and not state.job_id) else ""
+        shown = (
+            f"{state.state} ({ended[state.job_id]})" if state.job_id in ended and state.state == FAILED else state.state
+        )
+        why = (
+            f"  ({state.detail})"
+            if state.state in (CONFLICTING, CORRUPT) or (state.state == RUNNING and not state.job_id)
+            else ""
+        )
         lines.append(f"{shown:<24} {state.job_id or '':<12} {accuracy:>8}  {run.name}{why}")
     shown_states = (FINISHED, RUNNING, PENDING, FAILED, NOT_STARTED, CONFLICTING, CORRUPT)
-    lines.append(", ".join(f"{state} {counts.get(state, 0)}" for state in shown_states if counts.get(state) or state in shown_states[:5]))
+    lines.append(
+        ", ".join(
+            f"{state} {counts.get(state, 0)}"
+            for state in shown_states
+            if counts.get(state) or state in shown_states[:5]
+        )
+    )
     return "\n".join(lines) + note
 
 
@@ -60,7 +72,9 @@ def cancel_jobs(experiments_dir: Path, scheduler: Scheduler, out: Callable[[str]
     for path in run_folders(experiments_dir):
         run = RunDir(path)
         state = folder_state(run, live, scheduler.name)
-        if state.state in (RUNNING, PENDING) and scheduler.runs(state.job_id, live, lambda: job_script(run, run.read_job())):
+        if state.state in (RUNNING, PENDING) and scheduler.runs(
+            state.job_id, live, lambda: job_script(run, run.read_job())
+        ):
             ids.append(state.job_id)
             out(f"cancel {state.job_id} ({state.state})  {path.relative_to(experiments_dir)}")
     ids = list(dict.fromkeys(ids))  # a pack's job once
@@ -69,8 +83,9 @@ def cancel_jobs(experiments_dir: Path, scheduler: Scheduler, out: Callable[[str]
     return ids
 
 
-def clean(experiments_dir: Path, scheduler: Scheduler, confirm: Callable[[str], bool],
-          out: Callable[[str], None] = print) -> list[Path]:
+def clean(
+    experiments_dir: Path, scheduler: Scheduler, confirm: Callable[[str], bool], out: Callable[[str], None] = print
+) -> list[Path]:
     """Delete unfinished runs that nothing is training, once ``confirm`` agrees. Only folders that
     are provably this project's runs (``RunDir.is_ours``) qualify, never one holding a metrics.json
     (its own or below it), never one whose lock a live process holds, never one whose job went to
@@ -86,9 +101,13 @@ def clean(experiments_dir: Path, scheduler: Scheduler, confirm: Callable[[str], 
         if state.state == CORRUPT:
             out(f"kept {path}: {CORRUPT}: {state.detail}")
         elif job is not None and job["scheduler"] != scheduler.name:
-            out(f"kept {path}: its job {job['job_id']} went to {job['scheduler']}, whose queue --scheduler "
-                f"{scheduler.name} cannot see; clean with --scheduler {job['scheduler']}")
-        elif state.state in (FAILED, NOT_STARTED) and is_ours(run, experiments_dir) and not any(path.rglob(METRICS_FILE)):
+            out(
+                f"kept {path}: its job {job['job_id']} went to {job['scheduler']}, whose queue --scheduler "
+                f"{scheduler.name} cannot see; clean with --scheduler {job['scheduler']}"
+            )
+        elif (
+            state.state in (FAILED, NOT_STARTED) and is_ours(run, experiments_dir) and not any(path.rglob(METRICS_FILE))
+        ):
             if recently_changed(run):
                 out(f"kept {path}: changed in the last {QUIET_S} s, it may be a run that is starting")
             else:

@@ -117,12 +117,14 @@ def run_command(command: list[str]) -> str:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
-        raise SchedulerError(f"{command[0]} not found: run this on the cluster's login node, "
-                             f"or choose another --scheduler (slurm, pbs, local)") from None
+        raise SchedulerError(
+            f"{command[0]} not found: run this on the cluster's login node, "
+            f"or choose another --scheduler (slurm, pbs, local)"
+        ) from None
     except subprocess.TimeoutExpired:
         raise SchedulerError(f"{command[0]} did not answer within 120 s") from None
     if done.returncode != 0:
-        message = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}")
+        message = done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}"
         raise SchedulerError(" ".join(message.split()))
     return done.stdout
 
@@ -132,8 +134,10 @@ def parse_job_id(command: str, answer: str, pattern: str) -> str:
     the scheduler's error, not a job id to record and to make students wait for."""
     match = re.fullmatch(pattern, answer.strip())
     if not match:
-        raise SchedulerError(f"{command} answered {' '.join(answer.split())!r}, not a job id; check the job "
-                             f"in the queue, as it may have been submitted")
+        raise SchedulerError(
+            f"{command} answered {' '.join(answer.split())!r}, not a job id; check the job "
+            f"in the queue, as it may have been submitted"
+        )
     return match[1]
 
 
@@ -164,9 +168,11 @@ class Scheduler(ABC):
         """What starts the training's processes, before its command: nothing for one process. A
         scheduler that cannot start several refuses them."""
         if resources.ranks > 1:
-            raise UsageError(f"--scheduler {self.name} starts one process per run; --nodes {resources.nodes} "
-                             f"--gpus_per_node {resources.ranks_per_node} needs --scheduler slurm, or torchrun in a job "
-                             "script of your own (README, Many GPUs and nodes)")
+            raise UsageError(
+                f"--scheduler {self.name} starts one process per run; --nodes {resources.nodes} "
+                f"--gpus_per_node {resources.ranks_per_node} needs --scheduler slurm, or torchrun in a job "
+                "script of your own (README, Many GPUs and nodes)"
+            )
         return []
 
     @abstractmethod
@@ -200,6 +206,7 @@ class Scheduler(ABC):
         """For the block, a stop signal to runner.py ends the sweep between two submissions, never
         inside one (a job submitted with no job.json to record it would be submitted twice):
         ``stopped_by`` is set and ``on_stop`` called; the sweep submits no further job."""
+
         def stop(signum: int, frame: object) -> None:
             self.stopped_by = signal.Signals(signum)
             self.on_stop(self.stopped_by)

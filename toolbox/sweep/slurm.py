@@ -1,4 +1,5 @@
-"""SLURM: jobs submitted with ``sbatch``, listed with ``squeue``, cancelled with ``scancel``, their ends read with ``sacct``."""
+"""SLURM: jobs submitted with ``sbatch``, listed with ``squeue``, cancelled with ``scancel``, their ends read
+with ``sacct``."""
 
 from __future__ import annotations
 
@@ -21,8 +22,19 @@ class SlurmScheduler(Scheduler):
     name = "slurm"
     directive = "#SBATCH"
     _running_states = frozenset({"RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"})
-    _ended_states = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
-                               "OUT_OF_MEMORY", "REVOKED"})
+    _ended_states = frozenset(
+        {
+            "COMPLETED",
+            "CANCELLED",
+            "FAILED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "BOOT_FAIL",
+            "DEADLINE",
+            "OUT_OF_MEMORY",
+            "REVOKED",
+        }
+    )
 
     def __init__(self, user: str) -> None:
         self.user = user
@@ -55,20 +67,27 @@ class SlurmScheduler(Scheduler):
         or finish leave together (not ``--kill-on-bad-exit``: 75, a clean stop, counts as bad)."""
         if resources.ranks == 1:
             return []
-        as_rank = 'export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID" LOCAL_WORLD_SIZE="$SLURM_NTASKS_PER_NODE"; exec "$@"'
+        as_rank = (
+            'export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID" LOCAL_WORLD_SIZE="$SLURM_NTASKS_PER_NODE"; '
+            'exec "$@"'
+        )
         return ["srun", "--wait=60", "bash", "-c", as_rank, "rank"]
 
     def submit(self, script: Path, dependency: Optional[str] = None) -> str:
         # kill-on-invalid-dep: if the teacher fails, its students leave the queue instead of
         # waiting forever, and the next runner.py resubmits them with a new teacher job.
         after = [f"--dependency=afterok:{dependency}", "--kill-on-invalid-dep=yes"] if dependency else []
-        return parse_job_id("sbatch", run_command(["sbatch", "--parsable", *after, str(script)]), r"(\d+(?:_\d+)?)(?:;\S*)?")
+        return parse_job_id(
+            "sbatch", run_command(["sbatch", "--parsable", *after, str(script)]), r"(\d+(?:_\d+)?)(?:;\S*)?"
+        )
 
     def live_jobs(self) -> dict[str, str]:
         # All states, not squeue's default few: a job between two states (being requeued, say)
         # must still count as live, or it would be submitted twice. Only an ended job is not.
         jobs = {}
-        for line in run_command(["squeue", "--noheader", "--states=all", "--user", self.user, "--format=%i %T"]).splitlines():
+        for line in run_command(
+            ["squeue", "--noheader", "--states=all", "--user", self.user, "--format=%i %T"]
+        ).splitlines():
             job_id, state = split_fields("squeue", line, 2)
             if state not in self._ended_states:
                 jobs[job_id] = RUNNING if state in self._running_states else PENDING
@@ -84,8 +103,17 @@ class SlurmScheduler(Scheduler):
         if not ids:
             return {}
         try:
-            out = run_command(["sacct", "--noheader", "--allocations", "--parsable2",
-                        "--format=JobID,State,ExitCode", "--jobs", ",".join(ids)])
+            out = run_command(
+                [
+                    "sacct",
+                    "--noheader",
+                    "--allocations",
+                    "--parsable2",
+                    "--format=JobID,State,ExitCode",
+                    "--jobs",
+                    ",".join(ids),
+                ]
+            )
         except SchedulerError:
             return {}  # no accounting on this cluster
         states = {}

@@ -59,9 +59,15 @@ def job_name(run_name: str) -> str:
 def render_job(runs: Sequence[Run], scheduler: Scheduler, settings: JobSettings) -> str:
     """The job script that trains ``runs`` side by side (more than one: each run's output goes to
     its own ``job.out``; one: to the job's log)."""
-    launcher = [*scheduler.launcher(settings.resources), settings.python, str(settings.workdir / "tucker_distillation.py")]
-    starts = [shlex.join(["start", str(run.path / PACKED_LOG) if len(runs) > 1 else "", *launcher, *run.flags])
-              for run in runs]
+    launcher = [
+        *scheduler.launcher(settings.resources),
+        settings.python,
+        str(settings.workdir / "tucker_distillation.py"),
+    ]
+    starts = [
+        shlex.join(["start", str(run.path / PACKED_LOG) if len(runs) > 1 else "", *launcher, *run.flags])
+        for run in runs
+    ]
     values = {
         "job_name": job_name(runs[0].name) + (f".and{len(runs) - 1}" if len(runs) > 1 else ""),
         "workdir": str(settings.workdir),
@@ -93,8 +99,11 @@ class Summary:
     not_started: int = 0  # local runs not started because a stop signal ended the sweep
 
     def report(self, max_queued: int, dry_run: bool = False) -> str:
-        lines = [f"{'would submit' if dry_run else 'submitted'} {len(self.submitted)} (teachers: {self.teachers}), skipped as finished "
-                 f"{len(self.finished)}, skipped as queued or running {len(self.queued)}, failed to submit {len(self.failed)}"]
+        lines = [
+            f"{'would submit' if dry_run else 'submitted'} {len(self.submitted)} (teachers: {self.teachers}), "
+            f"skipped as finished {len(self.finished)}, skipped as queued or running {len(self.queued)}, "
+            f"failed to submit {len(self.failed)}"
+        ]
         if self.crashed:
             lines[0] += f", failed while running {len(self.crashed)}"
         if self.stopped or self.not_started:
@@ -110,9 +119,21 @@ class Summary:
 class Submitter:
     """Walks the grid once: skips what is finished or live, submits the rest, teachers first."""
 
-    def __init__(self, scheduler: Scheduler, settings: JobSettings, max_queued: int = 0, dry_run: bool = False,
-                 out: Callable[[str], None] = print) -> None:
-        self.scheduler, self.settings, self.max_queued, self.dry_run, self.out = scheduler, settings, max_queued, dry_run, out
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        settings: JobSettings,
+        max_queued: int = 0,
+        dry_run: bool = False,
+        out: Callable[[str], None] = print,
+    ) -> None:
+        self.scheduler, self.settings, self.max_queued, self.dry_run, self.out = (
+            scheduler,
+            settings,
+            max_queued,
+            dry_run,
+            out,
+        )
         self.live = self._live_jobs()
         self.queued = len(self.live)
         self.new_jobs: dict[str, str] = {}  # run name -> job submitted now
@@ -143,8 +164,11 @@ class Submitter:
             self.summary.queued.append(run.name)
             self.out(f"{state.state:<12} {run.name}  " + (f"job {state.job_id}" if state.job_id else state.detail))
         elif state.state in (CONFLICTING, CORRUPT):  # never submitted: training would refuse it anyway
-            message = (f"its folder holds a run with other flags ({state.detail}); give this grid its own --study"
-                       if state.state == CONFLICTING else state.detail)
+            message = (
+                f"its folder holds a run with other flags ({state.detail}); give this grid its own --study"
+                if state.state == CONFLICTING
+                else state.detail
+            )
             self.summary.failed.append((run.name, message))
             self.out(f"{'refused':<12} {run.name}: {message}")
         else:
@@ -196,7 +220,9 @@ class Submitter:
         state, job_id = teacher_state.state, teacher_state.job_id
         has_weights = run.teacher_checkpoint.exists()
         if state == FINISHED and not has_weights:
-            self.broken_teachers[teacher.name] = f"teacher {teacher.name} finished but {run.teacher_checkpoint} is missing"
+            self.broken_teachers[teacher.name] = (
+                f"teacher {teacher.name} finished but {run.teacher_checkpoint} is missing"
+            )
             raise SchedulerError(self.broken_teachers[teacher.name])
         if state == FINISHED or (state == NOT_STARTED and has_weights):
             return None  # trained, or weights put in place by hand
@@ -204,8 +230,10 @@ class Submitter:
             self.broken_teachers[teacher.name] = f"its teacher {teacher.name} cannot be trained: {teacher_state.detail}"
             raise SchedulerError(self.broken_teachers[teacher.name])
         if state == RUNNING and job_id is None:  # trained by a process no job records: nothing to wait for
-            self.broken_teachers[teacher.name] = (f"its teacher {teacher.name} is being trained by {teacher_state.detail}, "
-                                                  "outside any job to wait for; run runner.py again once it has finished")
+            self.broken_teachers[teacher.name] = (
+                f"its teacher {teacher.name} is being trained by {teacher_state.detail}, "
+                "outside any job to wait for; run runner.py again once it has finished"
+            )
             raise SchedulerError(self.broken_teachers[teacher.name])
         if state in (RUNNING, PENDING):
             return job_id
@@ -228,11 +256,17 @@ class Submitter:
         resumes = [" (resumes from last.pt)" if (run.path / LAST_CHECKPOINT).exists() else "" for run in runs]
         if self.dry_run:
             job_id = f"dry-run-{len(set(self.new_jobs.values())) + 1}"
-            self.out("\n".join(f"{'would submit':<12} {run.name}{after}{note}" for run, note in zip(runs, resumes)) + f"\n{script}")
+            self.out(
+                "\n".join(f"{'would submit':<12} {run.name}{after}{note}" for run, note in zip(runs, resumes))
+                + f"\n{script}"
+            )
         else:
             script_path = runs[0].path / SCRIPT_FILE
-            created = [folder for run in runs
-                       for folder in itertools.takewhile(lambda folder: not folder.exists(), [run.path, *run.path.parents])]
+            created = [
+                folder
+                for run in runs
+                for folder in itertools.takewhile(lambda folder: not folder.exists(), [run.path, *run.path.parents])
+            ]
             try:
                 for run in runs:
                     run.path.mkdir(parents=True, exist_ok=True)
@@ -240,18 +274,29 @@ class Submitter:
                 job_id = self.scheduler.submit(script_path, dependency)
                 try:
                     for run in runs:
-                        atomic_write_json(run.path / JOB_FILE, {
-                            "run": run.name, "job_id": job_id, "scheduler": self.scheduler.name, "dependency": dependency,
-                            "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "script": SCRIPT_FILE if run is runs[0] else str(script_path),
-                            **({"pack": [member.name for member in runs]} if len(runs) > 1 else {}),
-                        })
+                        atomic_write_json(
+                            run.path / JOB_FILE,
+                            {
+                                "run": run.name,
+                                "job_id": job_id,
+                                "scheduler": self.scheduler.name,
+                                "dependency": dependency,
+                                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                "script": SCRIPT_FILE if run is runs[0] else str(script_path),
+                                **({"pack": [member.name for member in runs]} if len(runs) > 1 else {}),
+                            },
+                        )
                 except OSError:  # a job no job.json records would be submitted again by the next runner.py
                     self.scheduler.cancel([job_id])
                     raise
             except (SchedulerError, OSError):  # leave no folder that only a run.job says is a run
                 remove_created(script_path, runs, sorted(set(created), key=lambda folder: -len(folder.parts)))
                 raise
-            self.out("\n".join(f"{'submitted':<12} {run.name}  job {job_id}{after}{note}" for run, note in zip(runs, resumes)))
+            self.out(
+                "\n".join(
+                    f"{'submitted':<12} {run.name}  job {job_id}{after}{note}" for run, note in zip(runs, resumes)
+                )
+            )
         self.queued += 1
         self.job_runs[job_id] = runs
         for run in runs:
@@ -286,8 +331,14 @@ def remove_created(script_path: Path, runs: list[Run], created: list[Path]) -> N
             folder.rmdir()
 
 
-def submit_grid(runs: list[Run], scheduler: Scheduler, settings: JobSettings, max_queued: int = 0,
-                dry_run: bool = False, out: Callable[[str], None] = print) -> Summary:
+def submit_grid(
+    runs: list[Run],
+    scheduler: Scheduler,
+    settings: JobSettings,
+    max_queued: int = 0,
+    dry_run: bool = False,
+    out: Callable[[str], None] = print,
+) -> Summary:
     submitter = Submitter(scheduler, settings, max_queued, dry_run, out)
     for run in runs:  # the teachers first: a local student job waits for its teacher before the next is started
         if run.teacher and submitter.state(run).state in (FAILED, NOT_STARTED):

@@ -58,7 +58,9 @@ class Curves:
     """A session's TensorBoard scalars. Without writers (another rank than the writer, a benchmark)
     it writes nothing, but it still keeps the steps' losses: every rank takes part in their mean."""
 
-    def __init__(self, every: int = 0, epochs: Optional[SummaryWriter] = None, steps: Optional[SummaryWriter] = None) -> None:
+    def __init__(
+        self, every: int = 0, epochs: Optional[SummaryWriter] = None, steps: Optional[SummaryWriter] = None
+    ) -> None:
         self.every = every
         self.epoch_writer = epochs
         self.step_writer = steps
@@ -132,11 +134,17 @@ def naming_the_file(writer: SummaryWriter | Path) -> Iterator[None]:
     except OSError as error:
         if error.filename:
             raise
-        where = writer if isinstance(writer, Path) else getattr(writer.file_writer.event_writer, "_file_name", writer.get_logdir())
+        where = (
+            writer
+            if isinstance(writer, Path)
+            else getattr(writer.file_writer.event_writer, "_file_name", writer.get_logdir())
+        )
         raise OSError(error.errno, error.strerror or str(error), str(where)) from None
 
 
-def quiet_writer_threads(printing_hook: Callable[[threading.ExceptHookArgs], object], args: threading.ExceptHookArgs) -> None:
+def quiet_writer_threads(
+    printing_hook: Callable[[threading.ExceptHookArgs], object], args: threading.ExceptHookArgs
+) -> None:
     """``threading.excepthook`` while a run's curves are open: a failed write of TensorBoard's writer
     thread is left unprinted (the thread keeps the error, and the training's next call on the writer
     raises it, as one line); any other thread's error goes to ``printing_hook``, the hook before."""
@@ -148,17 +156,22 @@ def curves_folder(folder: Path) -> Path:
     """``folder`` (the run folder or its steps/), made if needed, ready for a new event file:
     neither it nor an event file in it may be a symbolic link, which the writer would follow."""
     if folder.is_symlink():
-        raise UsageError(f"{folder} is a symbolic link, and the project never writes through one; it was left as it is: "
-                         "remove the link, then rerun")
+        raise UsageError(
+            f"{folder} is a symbolic link, and the project never writes through one; it was left as it is: "
+            "remove the link, then rerun"
+        )
     try:
         folder.mkdir(exist_ok=True)
     except FileExistsError:
-        raise UsageError(f"{folder} is not a folder, and the run's curves go there; it was left as it is: move it away, "
-                         "then rerun") from None
+        raise UsageError(
+            f"{folder} is not a folder, and the run's curves go there; it was left as it is: move it away, then rerun"
+        ) from None
     linked = sorted(entry for entry in folder.iterdir() if EVENT_FILE.fullmatch(entry.name) and entry.is_symlink())
     if linked:
-        raise UsageError(f"{linked[0]} is a symbolic link, and the project never writes through one; it was left as it "
-                         "is: remove the link, then rerun")
+        raise UsageError(
+            f"{linked[0]} is a symbolic link, and the project never writes through one; it was left as it "
+            "is: remove the link, then rerun"
+        )
     return folder
 
 
@@ -167,8 +180,12 @@ def after_earlier_sessions(folders: list[Path]) -> None:
     second the file was opened: a session that starts within the second of the newest file there (a
     run resumed at once, in the same process) waits for the next one, or its purge mark would come
     first. A clock more than two seconds behind the newest file is not waited for."""
-    stamps = [int(match.group(1)) for folder in folders for entry in os.scandir(folder)
-              if (match := EVENT_FILE.fullmatch(entry.name))]
+    stamps = [
+        int(match.group(1))
+        for folder in folders
+        for entry in os.scandir(folder)
+        if (match := EVENT_FILE.fullmatch(entry.name))
+    ]
     wait = max(stamps, default=0) + 1 - time.time()
     if 0 < wait <= 2:
         time.sleep(wait)
@@ -183,8 +200,10 @@ def open_curves(run: RunDir, every: int, epochs_done: int, steps_done: int, writ
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
-        raise UsageError(f"TensorBoard is not installed ({error}), and every run writes its curves with it: install "
-                         "requirements.txt (pip install -r requirements.txt), then rerun") from None
+        raise UsageError(
+            f"TensorBoard is not installed ({error}), and every run writes its curves with it: install "
+            "requirements.txt (pip install -r requirements.txt), then rerun"
+        ) from None
     epoch_folder, step_folder = curves_folder(run.path), curves_folder(run.steps) if every else None
     after_earlier_sessions([epoch_folder, *([step_folder] if step_folder else [])])
     with naming_the_file(epoch_folder):

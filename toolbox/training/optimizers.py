@@ -42,14 +42,25 @@ class DOT(torch.optim.Optimizer):
     in every checkpoint."""
 
     def __init__(self, params: Iterable[Tensor], lr: float, momentum: float, delta: float, weight_decay: float) -> None:
-        super().__init__(params, {"lr": lr, "task_momentum": momentum - delta, "kd_momentum": momentum + delta,
-                                  "weight_decay": weight_decay})
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "task_momentum": momentum - delta,
+                "kd_momentum": momentum + delta,
+                "weight_decay": weight_decay,
+            },
+        )
 
     def update(self, task: Tensor, distillation: Tensor, weight: float = 1.0) -> None:
         self.zero_grad(set_to_none=True)
         (distillation * weight).backward(retain_graph=True)
-        kd_grads = {parameter: parameter.grad for group in self.param_groups for parameter in group["params"]
-                    if parameter.grad is not None}
+        kd_grads = {
+            parameter: parameter.grad
+            for group in self.param_groups
+            for parameter in group["params"]
+            if parameter.grad is not None
+        }
         self.zero_grad(set_to_none=True)
         (task * weight).backward()
         self.step(kd_grads)
@@ -67,7 +78,9 @@ class DOT(torch.optim.Optimizer):
                     if "momentum_buffer" not in state:
                         state["momentum_buffer"] = gradient.clone()
                     else:
-                        state["momentum_buffer"].mul_(task_momentum if kd_grad is not None else lone_momentum).add_(gradient)
+                        state["momentum_buffer"].mul_(task_momentum if kd_grad is not None else lone_momentum).add_(
+                            gradient
+                        )
                     parameter.add_(state["momentum_buffer"], alpha=-lr)
                 if kd_grad is not None:
                     if "momentum_kd_buffer" not in state:
@@ -84,9 +97,18 @@ def make_optimizer(config: Config, parameters: list[Tensor], world: World) -> SG
     """``--optimizer``'s optimiser over ``parameters``. DOT trains in one process: its two backward
     passes per forward pass are one too many for DDP's gradient averaging."""
     if config.optimizer != "dot":
-        return SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                   **optimizer_kernels(world.device))
+        return SGD(
+            parameters,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            **optimizer_kernels(world.device),
+        )
     if world.distributed:
-        raise UsageError("--optimizer dot trains in one process (its two backward passes per step do not fit DDP's "
-                         "gradient averaging); run it without torchrun, or use --optimizer sgd")
-    return DOT(parameters, lr=config.lr, momentum=config.momentum, delta=config.dot_delta, weight_decay=config.weight_decay)
+        raise UsageError(
+            "--optimizer dot trains in one process (its two backward passes per step do not fit DDP's "
+            "gradient averaging); run it without torchrun, or use --optimizer sgd"
+        )
+    return DOT(
+        parameters, lr=config.lr, momentum=config.momentum, delta=config.dot_delta, weight_decay=config.weight_decay
+    )

@@ -53,9 +53,11 @@ def data_set(config: Config, device: torch.device) -> DataSource:
         return load_dataset(config.dataset, config.data_dir, device, workers=config.workers)
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
-        raise IOFailure(f"{where}{error.strerror or error}, while preparing --dataset {config.dataset} in --data_dir "
-                        f"{config.data_dir}; make that folder readable and writable (or pass another --data_dir), "
-                        "then rerun") from None
+        raise IOFailure(
+            f"{where}{error.strerror or error}, while preparing --dataset {config.dataset} in --data_dir "
+            f"{config.data_dir}; make that folder readable and writable (or pass another --data_dir), "
+            "then rerun"
+        ) from None
 
 
 def make_autocast(config: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -63,7 +65,6 @@ def make_autocast(config: Config, device: torch.device) -> Callable[[], contextl
     if config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
-
 
 
 def check_teacher_exists(config: Config) -> None:

@@ -51,11 +51,15 @@ class Position:
     def means(self) -> dict[str, float]:
         """The epoch's training metrics so far, as the history records them."""
         count = max(self.count, 1)
-        return {"train_hard_loss": self.hard_sum / count, "train_soft_loss": self.soft_sum / count,
-                "train_acc": 100.0 * self.correct / count}
+        return {
+            "train_hard_loss": self.hard_sum / count,
+            "train_soft_loss": self.soft_sum / count,
+            "train_acc": 100.0 * self.correct / count,
+        }
 
 
 # -- last.pt, written
+
 
 def snapshot(trainer: Trainer, position: Optional[Position] = None) -> dict[str, Any]:
     """What last.pt holds: at an epoch's end, or within an epoch at ``position``."""
@@ -79,6 +83,7 @@ def snapshot(trainer: Trainer, position: Optional[Position] = None) -> dict[str,
 
 # -- last.pt, read and checked
 
+
 def position_problem(entry: Any) -> Optional[str]:
     """What makes a last.pt's ``position`` entry unusable, or None (None itself: an epoch's end)."""
     if entry is None:
@@ -86,9 +91,13 @@ def position_problem(entry: Any) -> Optional[str]:
     names = {item.name for item in dataclasses.fields(Position)}
     if not isinstance(entry, dict) or set(entry) != names:
         return f"its 'position' entry is not a dict of {', '.join(sorted(names))}"
-    counts_ok = all(isinstance(entry[key], int) and not isinstance(entry[key], bool) and entry[key] >= 0
-                    for key in ("batch", "count"))
-    sums_ok = all(isinstance(entry[key], float) and math.isfinite(entry[key]) for key in ("hard_sum", "soft_sum", "correct"))
+    counts_ok = all(
+        isinstance(entry[key], int) and not isinstance(entry[key], bool) and entry[key] >= 0
+        for key in ("batch", "count")
+    )
+    sums_ok = all(
+        isinstance(entry[key], float) and math.isfinite(entry[key]) for key in ("hard_sum", "soft_sum", "correct")
+    )
     return None if counts_ok and sums_ok else "its 'position' entry holds other than counts and finite sums"
 
 
@@ -118,8 +127,11 @@ def last_pt_problem(state: Any) -> Optional[str]:
         return "its history's lists have different lengths"
     phases = state.get("phase_history", [])  # absent before preliminary phases existed: none done
     if not isinstance(phases, list) or not all(
-            isinstance(record, dict) and set(record) == set(PHASE_RECORD)
-            and all(isinstance(v, float) and math.isfinite(v) for v in record.values()) for record in phases):
+        isinstance(record, dict)
+        and set(record) == set(PHASE_RECORD)
+        and all(isinstance(v, float) and math.isfinite(v) for v in record.values())
+        for record in phases
+    ):
         return f"its 'phase_history' entry is not a list of records of {', '.join(PHASE_RECORD)}"
     return position_problem(state.get("position"))
 
@@ -159,15 +171,19 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
     use_optimizer_kernels(trainer.optimizer, trainer.device)
     momenta = ((parameter, entry.get("momentum_buffer")) for parameter, entry in trainer.optimizer.state.items())
     if any(buffer is not None and buffer.shape != parameter.shape for parameter, buffer in momenta):
-        raise UsageError(f"{last} does not fit this run: its 'optimizer' entry holds momentum of other shapes than "
-                         f"the parameters; {KEEP_LAST}")
+        raise UsageError(
+            f"{last} does not fit this run: its 'optimizer' entry holds momentum of other shapes than "
+            f"the parameters; {KEEP_LAST}"
+        )
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.history = state["history"]
     trainer.elapsed = state["elapsed"]
     trainer.position = Position(**state["position"]) if state.get("position") else None
     if trainer.position and trainer.position.batch > trainer.steps_per_epoch:  # its epoch would be skipped
-        raise UsageError(f"{last} does not fit this run: it holds batch {trainer.position.batch} of an epoch of "
-                         f"{trainer.steps_per_epoch} steps; {KEEP_LAST}")
+        raise UsageError(
+            f"{last} does not fit this run: it holds batch {trainer.position.batch} of an epoch of "
+            f"{trainer.steps_per_epoch} steps; {KEEP_LAST}"
+        )
     torch.set_rng_state(state["torch_rng"].cpu())
     if "cuda_rng" in state and trainer.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda_rng"].cpu(), trainer.device)
@@ -175,18 +191,25 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
 
 # -- what a rerun finds, and the stop a run leaves by
 
+
 def check_same_run(saved: dict[str, Any], config: Config, path: Path, named: bool) -> None:
     """A folder holds one experiment: returning or resuming it for other flags would report or mix
     two experiments as one. ``named``: the folder was given with --experiment_name."""
     changed = differences(saved, config)
     if changed:
-        advice = ("leave out --experiment_name (runs are named after their flags) or choose another one for a separate run"
-                  if named else "move that folder away to train these flags there")
-        raise UsageError(f"{path} holds a run with other flags ({'; '.join(changed)}); rerun with its flags to use it, "
-                         f"or {advice}")
+        advice = (
+            "leave out --experiment_name (runs are named after their flags) or choose another one for a separate run"
+            if named
+            else "move that folder away to train these flags there"
+        )
+        raise UsageError(
+            f"{path} holds a run with other flags ({'; '.join(changed)}); rerun with its flags to use it, or {advice}"
+        )
 
 
-def check_stop(stop: StopFlag, run: RunDir, epoch: int, batch: Optional[int] = None, stopping: Optional[bool] = None) -> None:
+def check_stop(
+    stop: StopFlag, run: RunDir, epoch: int, batch: Optional[int] = None, stopping: Optional[bool] = None
+) -> None:
     """Leave through ``Interrupted`` (exit 75, the job requeues) once a stop signal has arrived
     (``stopping``: the ranks' agreed answer, here or on another rank); ``batch``: the epoch's
     position was saved after that many batches."""
@@ -194,21 +217,27 @@ def check_stop(stop: StopFlag, run: RunDir, epoch: int, batch: Optional[int] = N
         kept = f"{run.last} holds epoch {epoch}" if run.last.exists() else "no epoch has been saved yet"
         if batch is not None:
             kept = f"{run.last} holds epoch {epoch + 1} up to batch {batch}"
-        raise Interrupted(f"stopped by signal {stop.name or 'on another rank'} during epoch {epoch + 1}; {kept}: rerun "
-                          "the same command to resume")
+        raise Interrupted(
+            f"stopped by signal {stop.name or 'on another rank'} during epoch {epoch + 1}; {kept}: rerun "
+            "the same command to resume"
+        )
 
 
 def finished_metrics(run: RunDir, config: Config, named: bool) -> dict[str, Any]:
     """A finished run's metrics, once its config.json shows it was trained with these flags."""
     saved = run.saved_config()
     if saved is None:
-        raise UsageError(f"{run.path} has finished but has no config.json, so the flags it was trained with cannot be "
-                         "checked; restore its config.json, or choose another --experiment_name")
+        raise UsageError(
+            f"{run.path} has finished but has no config.json, so the flags it was trained with cannot be "
+            "checked; restore its config.json, or choose another --experiment_name"
+        )
     check_same_run(saved, config, run.path, named)
     metrics = run.read_json(run.metrics)
     best = metrics.get("best_test_acc")
     if not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best):
-        raise UsageError(f"{run.metrics} has no numeric 'best_test_acc'; it was left as it is: restore it, or move it "
-                         "away and rerun: it is written again from last.pt")
+        raise UsageError(
+            f"{run.metrics} has no numeric 'best_test_acc'; it was left as it is: restore it, or move it "
+            "away and rerun: it is written again from last.pt"
+        )
     print(f"{run.path} has finished already (best test accuracy {best:.2f}%); nothing to do")
     return metrics

@@ -53,16 +53,19 @@ def train(config: Config) -> dict[str, Any]:
         return finish(trainer, log)
 
 
-def open_run(config: Config, run: RunDir, world: World, stop: StopFlag, log: Callable[[str], None],
-             named: bool) -> Trainer:
+def open_run(
+    config: Config, run: RunDir, world: World, stop: StopFlag, log: Callable[[str], None], named: bool
+) -> Trainer:
     """The run's trainer, resumed from last.pt when there is one (checked: same flags, same
     teacher), and its config.json written."""
     with stop.interruptible(f"reading {run.last}"):
         state = read_last(run, torch.device("cpu"))
     saved, recorded = run.saved_config(), state.get("config") if state else None
     if state is not None and saved is None and recorded is None:
-        raise UsageError(f"{run.last} does not record its flags and {run.config} is missing, so resuming cannot be "
-                         "checked; move last.pt away to restart the run from epoch 0")
+        raise UsageError(
+            f"{run.last} does not record its flags and {run.config} is missing, so resuming cannot be "
+            "checked; move last.pt away to restart the run from epoch 0"
+        )
     for flags in (saved, recorded):
         if flags is not None:
             check_same_run(flags, config, run.path, named)
@@ -73,9 +76,11 @@ def open_run(config: Config, run: RunDir, world: World, stop: StopFlag, log: Cal
         trainer.teacher_sha256 = file_digest(Path(config.teacher_checkpoint))
     if state is not None:
         if state.get("teacher_sha256") != trainer.teacher_sha256:
-            raise UsageError(f"--teacher_checkpoint {config.teacher_checkpoint} is not the teacher {run.path} was "
-                             "trained with (its content differs); pass that teacher's file to resume, or choose "
-                             "another --experiment_name for a run with this teacher")
+            raise UsageError(
+                f"--teacher_checkpoint {config.teacher_checkpoint} is not the teacher {run.path} was "
+                "trained with (its content differs); pass that teacher's file to resume, or choose "
+                "another --experiment_name for a run with this teacher"
+            )
         restore(trainer, state)
         starting = f"resuming {run.path} after {trainer.where()}"
     else:
@@ -84,13 +89,16 @@ def open_run(config: Config, run: RunDir, world: World, stop: StopFlag, log: Cal
         starting = f"training {run.path} on {where} ({config.distillation}: {what})"
     if world.is_writer:
         previous = run.read_json(run.config) if state is not None else None  # keep the environment the run started in
-        atomic_write_json(run.config, {  # the flags as they are now (a moved teacher's new path)
-            "config": dataclasses.asdict(config),
-            "environment": (previous or {}).get("environment") or environment(),
-            "teacher_sha256": trainer.teacher_sha256,
-            "feature_shapes": trainer.feature_shapes,  # the distilled maps, (C, H, W), for the notebooks
-            "world_size": world.size,  # ranks of this session: a run may resume with another number
-        })
+        atomic_write_json(
+            run.config,
+            {  # the flags as they are now (a moved teacher's new path)
+                "config": dataclasses.asdict(config),
+                "environment": (previous or {}).get("environment") or environment(),
+                "teacher_sha256": trainer.teacher_sha256,
+                "feature_shapes": trainer.feature_shapes,  # the distilled maps, (C, H, W), for the notebooks
+                "world_size": world.size,  # ranks of this session: a run may resume with another number
+            },
+        )
     log(starting)  # train.log only ever stands beside the config.json that makes the folder a run of ours
     return trainer
 
@@ -124,7 +132,9 @@ def evaluate_checkpoint(config: Config) -> dict[str, float]:
         load_checkpoint(model, Path(config.evaluate), "--evaluate")
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         model.to(device, memory_format=memory_format)
-        batches = ((images.contiguous(memory_format=memory_format), labels)
-                   for images, labels in data.eval_batches(config.eval_batch_size))
+        batches = (
+            (images.contiguous(memory_format=memory_format), labels)
+            for images, labels in data.eval_batches(config.eval_batch_size)
+        )
         loss, accuracy = evaluate(model, batches, make_autocast(config, device))
     return {"test_loss": loss, "test_acc": accuracy}

@@ -58,8 +58,9 @@ class Learner(nn.Module):
         super().__init__()
         self.student, self.loss = student, loss
 
-    def forward(self, images: torch.Tensor, teacher_out: Optional[list[torch.Tensor]],
-                step: Step) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, teacher_out: Optional[list[torch.Tensor]], step: Step
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """The student's outputs, the method's soft loss and the weighted distillation loss."""
         student_out = self.student(images, preact=self.loss.distiller.student_preact)
         return student_out, *self.loss(teacher_out, student_out, step)
@@ -68,7 +69,9 @@ class Learner(nn.Module):
 class Trainer:
     """The state of one run (models, optimiser, history) and the steps that advance it."""
 
-    def __init__(self, config: Config, run: RunDir, data: Optional[DataSource] = None, world: Optional[World] = None) -> None:
+    def __init__(
+        self, config: Config, run: RunDir, data: Optional[DataSource] = None, world: Optional[World] = None
+    ) -> None:
         """``data`` replaces the data set named by the config (benchmarks use synthetic data);
         ``world``: the ranks training together (default: this process alone, on --device)."""
         self.config = config
@@ -95,7 +98,10 @@ class Trainer:
             teacher_shapes = output_shapes(self.teacher, self.device, self.data.image_size)
         setup = Setup(teacher_shapes, student_shapes, self.data.train_labels, self.world, self.teacher)
         self.distiller: Distiller = build_distiller(config, setup).to(self.device)
-        self.feature_shapes = {"teacher": teacher_shapes[config.feature_layer], "student": student_shapes[config.feature_layer]}
+        self.feature_shapes = {
+            "teacher": teacher_shapes[config.feature_layer],
+            "student": student_shapes[config.feature_layer],
+        }
 
         self.phases = self.distiller.phases()
         self.phase_history: list[dict[str, float]] = []  # a record per preliminary epoch done (toolbox.methods.phases)
@@ -114,13 +120,17 @@ class Trainer:
             self.distiller = nn.SyncBatchNorm.convert_sync_batchnorm(self.distiller)
         first, end = share(0, min(config.batch_size, len(self.data.train_labels)), self.world.rank, self.world.size)
         full_rows = end - first  # this rank's rows of a full batch: the one shape --compile compiles for
-        self.student_step = FullBatchCompiled(self.student, full_rows, config.compile_mode) if config.compile else self.student
+        self.student_step = (
+            FullBatchCompiled(self.student, full_rows, config.compile_mode) if config.compile else self.student
+        )
         self.loss = DistillationLoss(config, self.distiller)
         self.learner = self.world.wrap(Learner(self.student_step, self.loss))
         self.teacher_step = self.teacher
         if self.teacher is not None:
             self.teacher.to(memory_format=self.memory_format)
-            self.teacher_step = FullBatchCompiled(self.teacher, full_rows, config.compile_mode) if config.compile else self.teacher
+            self.teacher_step = (
+                FullBatchCompiled(self.teacher, full_rows, config.compile_mode) if config.compile else self.teacher
+            )
 
     def _load_teacher(self) -> nn.Module:
         config = self.config
@@ -128,8 +138,10 @@ class Trainer:
         teacher = build_model(config.teacher, self.data.num_classes)
         load_checkpoint(teacher, path, "--teacher_checkpoint")
         if not all_finite(teacher):
-            raise UsageError(f"--teacher_checkpoint {path} holds NaN or infinite weights (a diverged teacher); "
-                             "retrain the teacher or pass another checkpoint")
+            raise UsageError(
+                f"--teacher_checkpoint {path} holds NaN or infinite weights (a diverged teacher); "
+                "retrain the teacher or pass another checkpoint"
+            )
         teacher.to(self.device).eval()
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
@@ -173,8 +185,13 @@ class Trainer:
         trained = self.distiller.trained_modules(self.student, located and located[0].name)
         parameters = train_only([self.student, self.distiller], trained)
         if located:  # RepDistiller's initialisation: plain SGD at the phase's constant learning rate
-            optimizer = SGD(parameters, lr=located[0].lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                            **optimizer_kernels(self.device))
+            optimizer = SGD(
+                parameters,
+                lr=located[0].lr,
+                momentum=config.momentum,
+                weight_decay=config.weight_decay,
+                **optimizer_kernels(self.device),
+            )
             return optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
         optimizer = make_optimizer(config, parameters, self.world)
         return optimizer, make_scheduler(config, optimizer)
@@ -187,8 +204,9 @@ class Trainer:
         self.optimizer, self.scheduler = self.phase_optimizer()
         self.learner = self.world.wrap(Learner(self.student_step, self.loss))
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
-             weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, weight: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimisation step on the training samples ``indices``; returns the cross-entropy,
         the soft loss and the number of correct predictions as device tensors (reading them would
         make the step wait). ``weight`` scales the loss (``World.loss_weight``)."""
@@ -202,7 +220,9 @@ class Trainer:
             if self.teacher_step is not None:
                 with torch.no_grad():
                     teacher_out = self.teacher_step(images, preact=self.distiller.teacher_preact)
-            student_out, soft, distillation = self.learner(images, teacher_out, Step(labels, indices, epoch, phase and phase.name))
+            student_out, soft, distillation = self.learner(
+                images, teacher_out, Step(labels, indices, epoch, phase and phase.name)
+            )
             hard = F.cross_entropy(student_out[-1].float(), labels)
         if phase:  # a preliminary phase trains with its own weights of the method's loss (toolbox.methods.phases)
             self.optimizer.update(phase.ce_weight * hard, phase.beta * soft, weight)
@@ -223,17 +243,29 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.train(self.distiller.teacher_train_mode)
         named = f"{phase.name} " if phase else ""
-        data_epoch = -len(self.phase_history) - 1 if phase else self.epoch  # toolbox.methods.phases: main epochs keep their order
+        data_epoch = (
+            -len(self.phase_history) - 1 if phase else self.epoch
+        )  # toolbox.methods.phases: main epochs keep their order
         done, self.position = self.position or Position(), None
         kept = done if world.is_writer else Position(done.batch)
-        hard_sum, soft_sum, correct = (torch.tensor(value, device=self.device) for value in (kept.hard_sum, kept.soft_sum, kept.correct))
+        hard_sum, soft_sum, correct = (
+            torch.tensor(value, device=self.device) for value in (kept.hard_sum, kept.soft_sum, kept.correct)
+        )
         count = kept.count
         samples = len(self.data.train_labels)
         n_batches = self.steps_per_epoch
-        batches = self.data.train_batches(config.batch_size, config.seed, data_epoch, done.batch, config.max_batches,
-                                          world.rank, world.size)
-        progress = tqdm(batches, initial=done.batch, total=n_batches, desc=f"{named}epoch {number}/{total}",
-                        leave=False, disable=not (sys.stderr.isatty() and world.is_writer), file=sys.stderr)
+        batches = self.data.train_batches(
+            config.batch_size, config.seed, data_epoch, done.batch, config.max_batches, world.rank, world.size
+        )
+        progress = tqdm(
+            batches,
+            initial=done.batch,
+            total=n_batches,
+            desc=f"{named}epoch {number}/{total}",
+            leave=False,
+            disable=not (sys.stderr.isatty() and world.is_writer),
+            file=sys.stderr,
+        )
 
         def at(batch: int) -> Position:
             """The epoch's sums over all ranks after ``batch`` batches (reads the device; every rank calls it),
@@ -257,8 +289,18 @@ class Trainer:
             if config.log_every and batch % config.log_every == 0:
                 seconds = time.perf_counter() - started
                 position = at(batch)
-                say(named + progress_line(number, total, batch, n_batches, (position.count - first_count) / seconds,
-                                          position.means(), seconds / (batch - done.batch) * (n_batches - batch)))
+                say(
+                    named
+                    + progress_line(
+                        number,
+                        total,
+                        batch,
+                        n_batches,
+                        (position.count - first_count) / seconds,
+                        position.means(),
+                        seconds / (batch - done.batch) * (n_batches - batch),
+                    )
+                )
             stopping = world.any(stop.signal is not None)  # every rank stops after the same step
             if stopping or (config.checkpoint_every and batch % config.checkpoint_every == 0 and batch < n_batches):
                 self.save_position(at(batch))
@@ -290,8 +332,11 @@ class Trainer:
             self.curves.write_epoch(self.epoch, {**record, "lr": lr})
             self.curves.flush()  # before last.pt: an epoch it holds is never missing from the curves
             self.save_epoch(best)
-            say(epoch_line(f"epoch {self.epoch}/{self.config.epochs}", record, max(self.history["test_acc"]),
-                           record["epoch_s"]))
+            say(
+                epoch_line(
+                    f"epoch {self.epoch}/{self.config.epochs}", record, max(self.history["test_acc"]), record["epoch_s"]
+                )
+            )
 
     def run_epoch(self, stop: StopFlag, say: Callable[[str], None], tested: bool = False) -> dict[str, float]:
         """One epoch of the phase the run is in (tested: the test set after it), checked finite; its
@@ -341,8 +386,10 @@ class Trainer:
         if self.position_saved:
             kept = f"{self.run.last} keeps the last good state (batch {self.position_saved} of epoch {self.epoch + 1})"
         shown = ", ".join(f"{key} {value:.4g}" for key, value in losses.items())
-        raise DivergedError(f"the run diverged in epoch {self.epoch + 1} ({shown}, or a weight is NaN or infinite); "
-                            f"{kept}; try a lower --lr or --beta")
+        raise DivergedError(
+            f"the run diverged in epoch {self.epoch + 1} ({shown}, or a weight is NaN or infinite); "
+            f"{kept}; try a lower --lr or --beta"
+        )
 
     def test(self) -> dict[str, float]:
         """Each rank evaluates its share of the test set with rank 0's BatchNorm statistics; the
