@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training flags for every run from a YAML (or .json) file, as tucker_distillation.py --config "
         "reads them, and a grid: section of axes beside --grid (flag: [values], e.g. 'beta: [50, 125]'); "
         "a flag that defines a run is an axis of one value; the flags here, --grid and those after '--' "
-        "override the file's (README, Flags from a file)",
+        "override the file's (docs/training.md, Flags from a file)",
     )
     grid.add_argument(
         "--study",
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=_from_env("TD_NODES", "1", _positive),
         help="TD_NODES; nodes per run: with --gpus_per_node, each run trains data-parallel over "
-        "nodes x gpus_per_node processes (SLURM only; README, Many GPUs and nodes) (default: %(default)s)",
+        "nodes x gpus_per_node processes (SLURM only; docs/many-gpus.md) (default: %(default)s)",
     )
     jobs.add_argument(
         "--gpus_per_node",

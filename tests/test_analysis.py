@@ -456,7 +456,9 @@ def test_study_grid(tmp_path: Path) -> None:
     }
     assert sum("tucker_core=per_sample" in c for c in configurations) == 1
     teacher = "--experiment_name digits/teacher/ResNet20/epochs=8,batch_size=64,lr=0.05/seed0"
-    assert f"--lr 0.05 --threads 1 --experiments_dir {tmp_path}/study {teacher}" in result.stdout
+    assert f"--lr 0.05 --distillation none --seed 0 --threads 1 --experiments_dir {tmp_path}/study {teacher}" in (
+        result.stdout
+    )
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 

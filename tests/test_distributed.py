@@ -36,7 +36,8 @@ from toolbox.training.curves import STEP_TAGS
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY = str(REPO / "tests" / "distributed_entry.py")
-TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}  # float32 rounding of sums in another order (measured figures: README)
+# float32 rounding of sums in another order (measured figures: docs/many-gpus.md)
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 CRD = ("--distillation", "crd", "--epochs", "2", "--batch_size", "501")
 AB = ("--distillation", "ab", "--init_epochs", "1", "--epochs", "1", "--batch_size", "201", "--max_batches", "3")
 

@@ -1,7 +1,7 @@
 """What both scripts share at their edge: the one-line argument parser, exit statuses, the main guard
 that turns the project's errors into one line and a status, quiet closed pipes.
 
-The exit statuses (README.md and docs/run-folder.md list them): 0 done, 1 diverged or a lost rank, 2
+The exit statuses (docs/run-folder.md lists them): 0 done, 1 diverged or a lost rank, 2
 bad input, 74 a failed write, 75 stopped by a signal (rerun to resume), 141 a closed pipe.
 """
 
@@ -51,7 +51,7 @@ def quiet_on_closed_pipe(main: Callable[[], int]) -> int:
 
 def main_guard(run, *args) -> int:
     """Run an entry point, turning the project's errors into one line on stderr and an exit code
-    (README.md lists them)."""
+    (docs/run-folder.md lists them)."""
     speaks = os.environ.get("RANK", "0") == "0"  # under torchrun every rank meets the same error: rank 0 says it
     try:
         run(*args)

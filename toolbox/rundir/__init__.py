@@ -202,7 +202,7 @@ class RunDir:
                 f"(check --experiments_dir and --experiment_name)"
             ) from None
         except OSError as error:
-            if error.errno in WRITE_FAILURES:  # the folder is right, the disk refuses: README's 74
+            if error.errno in WRITE_FAILURES:  # the folder is right, the disk refuses: exit status 74
                 raise IOFailure(
                     f"cannot create the run folder {self.path}: {error.strerror}; make --experiments_dir "
                     "writable (or free space), then rerun"

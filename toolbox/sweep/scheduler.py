@@ -171,7 +171,7 @@ class Scheduler(ABC):
             raise UsageError(
                 f"--scheduler {self.name} starts one process per run; --nodes {resources.nodes} "
                 f"--gpus_per_node {resources.ranks_per_node} needs --scheduler slurm, or torchrun in a job "
-                "script of your own (README, Many GPUs and nodes)"
+                "script of your own (docs/many-gpus.md)"
             )
         return []
 
