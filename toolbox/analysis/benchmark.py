@@ -59,7 +59,8 @@ BENCHMARK_ROWS = (
     "kd_dot",
     "featuremap",
 )
-"""Rows in this order, then the Tucker variants (``TUCKER_FAMILIES``), then any other method by name."""
+"""Rows in this order (deliberately the published tables' order, not a list of the methods), then the Tucker
+variants (``TUCKER_FAMILIES``), then any other method by name."""
 TUCKER_FAMILIES = ("tucker", "recomp_teacher", "recomp_student", "recomp_both")
 BENCHMARK_STATISTICS = {
     "last": ("final_test_acc", "test accuracy of the last epoch (the statistic RepDistiller reports)"),
