@@ -11,7 +11,7 @@ Each run lives in ``experiments/<experiment_name>/`` (config.json, last.pt, <Arc
 Accuracy.png, train.log, TensorBoard event files, and metrics.json once finished). Rerunning an
 unfinished run resumes it; rerunning a finished one does nothing (after checking that it was
 trained with these flags). Exit status: 0 done, 2 bad input, 1 diverged (or another rank died),
-75 stopped by SIGUSR1/SIGTERM (rerun to resume), 74 a write failed. Every flag, its default and its meaning:
+75 stopped by SIGUSR1, SIGTERM or Ctrl-C (rerun to resume), 74 a write failed. Every flag, its default and its meaning:
 ``--help``.
 """
 
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import signal
 
-# First of all, with nothing but signal: a SLURM warning during start-up still means "stop and requeue"
+# First of all, with nothing but signal: a SLURM warning (or Ctrl-C) during start-up still means "stop"
 # (toolbox/stop.py). StopFlag takes over what these record while the modules load.
 early_signals: list[int] = []
-for stop_signal in (signal.SIGUSR1, signal.SIGTERM):
+for stop_signal in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
     signal.signal(stop_signal, lambda signum, frame: early_signals.append(signum))
 
 import sys  # noqa: E402
@@ -75,4 +75,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(quiet_on_closed_pipe(main))
+    status = quiet_on_closed_pipe(main)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run has said how it ended: a late Ctrl-C changes nothing
+    sys.exit(status)

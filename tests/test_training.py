@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -189,7 +190,8 @@ def test_divergence_stops_and_keeps_the_last_good_epoch(tmp_path: Path, monkeypa
     assert len(state["history"]["test_acc"]) == 1 and not (tmp_path / "nan" / "metrics.json").exists()
 
 
-def test_signal_saves_and_exits_75_then_the_rerun_finishes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGUSR1, signal.SIGINT], ids=["SIGUSR1", "Ctrl-C"])
+def test_signal_saves_and_exits_75_then_the_rerun_finishes(tmp_path: Path, stop: signal.Signals) -> None:
     command = [
         sys.executable,
         str(ROOT / "tucker_distillation.py"),
@@ -212,10 +214,10 @@ def test_signal_saves_and_exits_75_then_the_rerun_finishes(tmp_path: Path) -> No
     deadline = time.monotonic() + 120
     while not last.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
-    process.send_signal(signal.SIGUSR1)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 75, stderr
-    assert "SIGUSR1" in stderr and "rerun the same command to resume" in stderr
+    assert stderr.count("\n") == 1 and stop.name in stderr and "rerun the same command to resume" in stderr
     assert not (tmp_path / "sig" / "metrics.json").exists()
     epochs_done = len(torch.load(last, weights_only=True)["history"]["test_acc"])
     assert 1 <= epochs_done < 8
@@ -294,3 +296,48 @@ def test_wrong_teacher_checkpoint_is_a_clear_error(tmp_path: Path, teacher: str,
     checkpoint.write_bytes(b"garbage")
     with pytest.raises(UsageError, match="cannot be read as a torch checkpoint"):
         run_training(tmp_path, "--teacher", TEACHER, "--student", STUDENT, "--teacher_checkpoint", str(checkpoint))
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_run_resumes(tmp_path: Path) -> None:
+    """The first Ctrl-C lets the step end and saves there; a second, during that step, stops the run at
+    once: one line, exit 75, last.pt holding the last save, and the rerun finishes."""
+    flags = [
+        *TINY,
+        "--distillation",
+        "none",
+        "--student",
+        STUDENT,
+        "--epochs",
+        "2",
+        "--max_batches",
+        "4",
+        "--log_every",
+        "1",
+        "--experiments_dir",
+        str(tmp_path),
+        "--experiment_name",
+        "twice",
+    ]
+    entry = [sys.executable, str(ROOT / "tests" / "distributed_entry.py")]
+    process = subprocess.Popen(
+        [*entry, *flags],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ENTRY_STEP_SECONDS": "8"},
+    )
+    assert "step 1/4" in next(line for line in process.stdout if "step 1/4" in line or "best" in line)
+    time.sleep(2)  # step 2 has begun: it waits 8 s before it trains
+    process.send_signal(signal.SIGINT)
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 75 and stderr.count("\n") == 1, stderr
+    assert "stopped at once by a second SIGINT" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "twice" / "metrics.json").exists()
+    finished = subprocess.run(
+        [sys.executable, str(ROOT / "tucker_distillation.py"), *flags], cwd=ROOT, capture_output=True, text=True
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert len(json.loads((tmp_path / "twice" / "metrics.json").read_text())["test_acc"]) == 2

@@ -27,7 +27,7 @@ class IOFailure(Exception):
 
 
 class Interrupted(BaseException):
-    """SIGUSR1/SIGTERM arrived (preemption, time limit): exit 75 so the job can be requeued. Like
+    """SIGUSR1, SIGTERM (preemption, time limit) or SIGINT (Ctrl-C) arrived: exit 75 so the job can be requeued. Like
     KeyboardInterrupt, a ``BaseException``: the signal handler may raise it inside any code
     (toolbox/stop.py), whose ``except Exception`` must not take it for a failure of its own."""
 

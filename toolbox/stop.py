@@ -1,4 +1,4 @@
-"""SIGUSR1/SIGTERM (preemption, a time limit) stop a run cleanly with exit status 75.
+"""SIGUSR1/SIGTERM (preemption, a time limit) and SIGINT (Ctrl-C) stop a run cleanly with exit status 75.
 
 Python's default for these signals kills the process (status 138/143), which a SLURM job script
 cannot tell from a crash. The training script installs ``StopFlag`` before its heavy imports, so a
@@ -11,7 +11,9 @@ data-set lock, a download, reading checkpoints, an evaluation) ``interruptible``
 raise ``Interrupted`` at once: Python resumes a blocking call (flock, a socket read, sleep) that a
 signal interrupted unless the handler raises, so a flag alone would be noticed after the wait, if ever.
 ``Interrupted`` is a ``BaseException`` so that no ``except Exception`` in the code it crosses takes it
-for an error of its own.
+for an error of its own. Ctrl-C is one of them: the run saves where it is and says so in one line; a
+second Ctrl-C stops it at once (last.pt keeps the last save; a temporary file a write was making is
+removed when the run resumes).
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from typing import Any, Iterator, Optional, Sequence
 
 from toolbox.errors import Interrupted
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
 class StopFlag:
-    """Set by SIGUSR1/SIGTERM; the training loop reads it between steps."""
+    """Set by SIGUSR1, SIGTERM or SIGINT; the training loop reads it between steps."""
 
     def __init__(self) -> None:
         self.signal: Optional[int] = None
@@ -42,7 +44,13 @@ class StopFlag:
         return previous
 
     def _handle(self, signum: int, frame: Any) -> None:
+        again = self.signal is not None and signum == signal.SIGINT  # a second Ctrl-C: stop now
         self.signal = signum
+        if again:
+            raise Interrupted(
+                "stopped at once by a second SIGINT; the run folder keeps its last save: rerun the same "
+                "command to resume from it"
+            )
         if self.waiting_for is not None:
             self.raise_interrupted("while")
 

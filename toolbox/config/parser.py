@@ -31,7 +31,8 @@ exit status:
   1   the run diverged (last.pt keeps the last good epoch), or under torchrun another rank died: rerun to resume
   2   bad input: a flag, a file or a folder (one line on stderr says which and what to do)
   74  a write failed (a full disk, permissions): fix it and rerun, the run resumes
-  75  stopped by SIGUSR1 or SIGTERM: rerun the same command to resume"""
+  75  stopped by SIGUSR1, SIGTERM or Ctrl-C (SIGINT; a second one stops at once): rerun the same command to
+      resume"""
 
 FLAG_GROUPS = {
     "distillation": "what to train",
