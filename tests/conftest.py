@@ -19,6 +19,17 @@ from toolbox.stop import StopFlag
 from toolbox.sweep.folders import QUIET_S
 from toolbox.training import train
 
+PATIENCE = 10
+"""How much longer than on quiet cores a test waits for a process or a file before it gives up: a
+hard limit only stops a test that hangs, and on a machine at load 12 the same work can take ten
+times as long. Every wait in the suite goes through ``patience``."""
+
+
+def patience(seconds: float) -> float:
+    """A wait of ``seconds`` on quiet cores, allowed for a busy machine."""
+    return seconds * PATIENCE
+
+
 # Small batches so that a few epochs on digits' 1438 training images take a few seconds.
 TINY = ["--dataset", "digits", "--batch_size", "64", "--lr", "0.05"]
 TEACHER = "ResNet20"

@@ -22,6 +22,7 @@ import scipy.linalg
 import scipy.stats
 import torch
 
+from tests.conftest import patience
 from toolbox import analysis
 from toolbox.analysis import inspection
 from toolbox.config import Config, recipe_defaults
@@ -429,7 +430,7 @@ def test_study_grid(tmp_path: Path) -> None:
         [str(ROOT / "util.sh"), "study", "--dry_run"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patience(300),
         env={**os.environ, "EXPERIMENTS_DIR": str(tmp_path)},
         cwd=ROOT,
     )

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import torch
 
+from tests.conftest import patience
+
 ROOT = Path(__file__).resolve().parent.parent
 ERROR_TOLERANCE = 1e-5
 
@@ -33,7 +35,7 @@ def run_benchmark(script: str, json_path: Path, *flags: str) -> tuple[str, dict[
         str(json_path),
         *flags,
     ]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=patience(120))
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout, json.loads(json_path.read_text())
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, run_training
+from tests.conftest import TINY, patience, run_training
 from toolbox.config import parse_config
 from toolbox.config.choices import METHODS, SAME_ARCH_PAIRS
 from toolbox.models import build_model
@@ -201,7 +201,7 @@ def test_the_benchmark_grid_is_one_runner_command() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patience(300),
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -228,7 +228,7 @@ def runner(*argv: str) -> subprocess.CompletedProcess:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patience(300),
     )
 
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 from torchvision.datasets import utils as tv_utils
 
+from tests.conftest import patience
 from toolbox.data_loader import augment, cifar_class, eval_batches, load_dataset, prepare_dataset, train_batches
 from toolbox.datasets.cifar import CIFAR_NUM_CLASSES, VERIFIED_MARKER
 from toolbox.errors import UsageError
@@ -289,7 +290,7 @@ def test_concurrent_jobs_download_and_extract_once(tmp_path: Path) -> None:
     files = cifar_files("cifar10")
     archive = make_archive(tmp_path, "cifar10", files)
     children = start_children(tmp_path, "cifar10", class_patch("cifar10", files, archive, tmp_path), 4)
-    results = [child.communicate(timeout=120) for child in children]
+    results = [child.communicate(timeout=patience(120)) for child in children]
     for child, (out, err) in zip(children, results):
         assert child.returncode == 0, err
         assert json.loads(out.splitlines()[-1]) == expected_summary("cifar10")  # every one read complete data
@@ -317,7 +318,7 @@ def test_a_job_killed_while_extracting_leaves_nothing_half_extracted(
     data_dir = tmp_path / "data"
     assert not (data_dir / "cifar-100-python").exists() and list(data_dir.glob(".cifar100-extracting-*"))
     os.kill(child.pid, signal.SIGKILL)  # the kernel releases its lock
-    child.communicate(timeout=30)
+    child.communicate(timeout=patience(30))
     apply(monkeypatch, "cifar100", patch)
     data = load_dataset("cifar100", data_dir, "cpu")  # extracts again from the archive already downloaded
     assert len(data.train_labels) == N and counter.read_text().split().count("download") == 1
@@ -393,7 +394,7 @@ def test_a_stop_signal_ends_the_wait_for_the_data_lock_with_75(tmp_path: Path, c
         assert "waiting for another process preparing cifar10" in process.stderr.readline()
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        _, stderr = process.communicate(timeout=patience(30))
         assert process.returncode == 75, stderr
         assert time.monotonic() - sent < 5
         assert f"stopped by signal SIGTERM while waiting for the lock {data_dir / '.cifar10.lock'}" in stderr

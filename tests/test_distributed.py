@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import patience
 from tests.test_tensorboard import scalars
 from toolbox.config import parse_config
 from toolbox.methods.phases import PHASE_RECORD
@@ -171,7 +172,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         remove_batchnorm(patch.setitem)
         train(parse_config(command(root, "ab_one", *AB)[1:]))
     for process in (one, two):
-        output = process.communicate(timeout=120)[0]
+        output = process.communicate(timeout=patience(120))[0]
         assert process.returncode == 0, output
     return root
 
@@ -205,7 +206,7 @@ def test_crd_bank_is_the_same_on_one_and_two_ranks(runs: Path) -> None:
 
 
 def wait_for(path: Path, text: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while time.monotonic() < deadline and process.poll() is None:
         if path.exists() and text in path.read_text():
             return
@@ -221,19 +222,19 @@ def test_stopped_and_killed_runs_resume_to_the_uninterrupted_one(runs: Path) -> 
     ranks = start_ranks(runs, "stopped", *CRD, "--log_every", "1", step_seconds=0.5)
     wait_for(log, "step 1/3", ranks[0])
     ranks[1].send_signal(signal.SIGUSR1)
-    errors = [rank.communicate(timeout=60)[1] for rank in ranks]
+    errors = [rank.communicate(timeout=patience(60))[1] for rank in ranks]
     assert [rank.returncode for rank in ranks] == [75, 75], errors
     assert "error: stopped by signal on another rank" in errors[0] and errors[1] == "", errors
 
     ranks = start_ranks(runs, "stopped", *CRD, "--log_every", "1")
     wait_for(log, "step 3/3", ranks[0])
     ranks[1].kill()
-    error = ranks[0].communicate(timeout=60)[1]
+    error = ranks[0].communicate(timeout=patience(60))[1]
     assert ranks[0].returncode == 1 and error.count("\n") == 1, error
     assert error.startswith("error: rank 0 lost another rank of this run (") and "rerun the same command" in error
 
     job = torchrun(runs, "stopped", *CRD)
-    output = job.communicate(timeout=120)[0]
+    output = job.communicate(timeout=patience(120))[0]
     assert job.returncode == 0 and "resuming" in output, output
     assert_close(last(runs, "two"), last(runs, "stopped"), exact=True)
     assert scalars(runs / "runs" / "stopped" / "steps") == scalars(runs / "runs" / "two" / "steps")
@@ -247,13 +248,13 @@ def test_a_two_phase_run_stopped_in_its_first_phase_trains_as_one_process(runs: 
     ranks = start_ranks(runs, "ab_two", *AB, "--log_every", "1", step_seconds=1)  # the signal lands within the epoch
     wait_for(runs / "runs" / "ab_two" / "train.log", "init epoch 1/1  step 1/3", ranks[0])
     ranks[1].send_signal(signal.SIGUSR1)
-    errors = [rank.communicate(timeout=60)[1] for rank in ranks]
+    errors = [rank.communicate(timeout=patience(60))[1] for rank in ranks]
     assert [rank.returncode for rank in ranks] == [75, 75], errors
     stopped = last(runs, "ab_two")
     assert stopped["phase_history"] == [] and stopped["position"] is not None  # within the initialisation's epoch
 
     job = torchrun(runs, "ab_two", *AB)
-    output = job.communicate(timeout=120)[0]
+    output = job.communicate(timeout=patience(120))[0]
     assert job.returncode == 0 and "resuming" in output, output
     one, two = last(runs, "ab_one"), last(runs, "ab_two")
     assert_close(one, two)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import patience
 from toolbox import models
 from toolbox.cli import CLOSED_PIPE
 from toolbox.config import RUNTIME_FIELDS, Config, build_parser, choices
@@ -27,7 +28,9 @@ def test_the_vocabularies_are_the_registries() -> None:
 
 
 def run_without_torch(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", NO_TORCH + code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH + code], cwd=REPO, capture_output=True, text=True, timeout=patience(60)
+    )
 
 
 def test_help_and_flag_errors_need_no_torch() -> None:
@@ -115,7 +118,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path, command: list[str], status: 
             stdout=write,
             stderr=subprocess.PIPE,
             text=True,
-            timeout=120,
+            timeout=patience(120),
         )
     finally:
         os.close(write)
@@ -131,6 +134,11 @@ def test_threads_wait_passively_unless_told_or_on_cores_of_their_own(environment
     code = "import os, sys, tucker_distillation; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "SLURM_CPUS_PER_TASK")}
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env={**clean, **environment}, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**clean, **environment},
+        capture_output=True,
+        text=True,
+        timeout=patience(60),
     )
     assert done.stdout.split() == [str(policy), "False"], done.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import STUDENT, TINY, age, run_training
+from tests.conftest import STUDENT, TINY, age, patience, run_training
 from tests.test_run_identity import PLAIN, SCRIPT, TINY_RUN, clean, finished_tiny_run, script
 from toolbox.config import Config
 from toolbox.errors import Interrupted, UsageError
@@ -169,7 +169,7 @@ def test_clean_during_a_start_up_keeps_the_run(tmp_path: Path) -> None:
         [sys.executable, SCRIPT, *TINY, *flags], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + patience(30)
         while RunDir(run).holder() is None:  # taken before torch loads
             assert starting.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
@@ -249,7 +249,7 @@ def test_a_local_job_of_another_runner_that_is_starting_is_running(tmp_path: Pat
     run.script.write_text("sleep 30 &\nwait $!\n")  # as run.job waits for its training (bash stays the process)
     job = subprocess.Popen(["bash", str(run.script)])
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + patience(10)
         while b"bash" not in Path(f"/proc/{job.pid}/cmdline").read_bytes():  # until bash runs it
             assert time.monotonic() < deadline
             time.sleep(0.01)

@@ -19,7 +19,7 @@ import torch
 
 import runner
 import tucker_distillation
-from tests.conftest import STUDENT, TINY
+from tests.conftest import STUDENT, TINY, patience
 from toolbox import rundir, utils
 from toolbox.errors import UsageError
 from toolbox.methods.rkd import rkd_angles, rkd_distances
@@ -36,7 +36,7 @@ def script(*args: str) -> subprocess.CompletedProcess:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=patience(120),
     )
 
 

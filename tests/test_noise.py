@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import SMOKE_CHANGES, STUDENT, TEACHER, TINY, teacher_run
 
+from tests.conftest import patience
 from toolbox import analysis
 from toolbox.config import parse_config
 from toolbox.rundir import RunDir, resolve
@@ -155,7 +156,7 @@ def test_command_line_reports_a_missing_teacher_in_one_line(tmp_path: Path) -> N
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=patience(120),
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "teacher checkpoint" in result.stderr

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import runner
-from tests.conftest import STUDENT, TINY, age, run_training
+from tests.conftest import STUDENT, TINY, age, patience, run_training
 from toolbox.config import Config
 from toolbox.errors import UsageError
 from toolbox.methods import DISTILLERS
@@ -200,7 +200,7 @@ def test_the_two_commands_of_the_report_give_two_runs(tmp_path: Path) -> None:
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while not path.exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.1)
@@ -239,7 +239,7 @@ def test_a_second_process_is_refused_and_kill_9_leaves_no_stale_lock(tmp_path: P
     )
     first_line = again.stdout.readline()  # the lock was free: it resumes at once
     again.terminate()  # and stops cleanly after its current step
-    assert again.wait(timeout=120) == 75 and first_line.startswith(f"resuming {tmp_path / 'r'} after epoch")
+    assert again.wait(timeout=patience(120)) == 75 and first_line.startswith(f"resuming {tmp_path / 'r'} after epoch")
 
 
 # ---------------------------------------------------------------- divergence
@@ -421,7 +421,7 @@ def test_a_stop_signal_during_start_up_exits_75(tmp_path: Path) -> None:
     )
     time.sleep(1.0)  # importing torch
     process.send_signal(signal.SIGUSR1)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=patience(120))
     assert process.returncode == 75, stderr
     assert not list(tmp_path.rglob("metrics.json"))
 

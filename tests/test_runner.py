@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Optional
 import pytest
 
 import runner
-from tests.conftest import age
+from tests.conftest import age, patience
 from toolbox import sweep
 from toolbox.rundir import RunDir
 from toolbox.sweep.local import LocalScheduler, local_gpus
@@ -480,7 +480,7 @@ def test_every_value_reaches_the_training_script_intact(tmp_path: Path) -> None:
         script = tmp_path / "run.job"
         script.write_text(sweep.render_job([teacher], scheduler, settings))
         subprocess.run(["bash", "-n", str(script)], check=True)
-    subprocess.run(["bash", str(script)], cwd=tmp_path, check=True, timeout=60)
+    subprocess.run(["bash", str(script)], cwd=tmp_path, check=True, timeout=patience(60))
     assert json.loads((teacher.path / "argv.json").read_text()) == [
         str(sweep.REPO / "tucker_distillation.py"),
         *teacher.flags,
@@ -509,13 +509,13 @@ def test_run_job_forwards_the_signal_and_requeues_only_before_the_time_limit(
     script.write_text(sweep.render_job([run], SlurmScheduler("someone"), sweep.JobSettings(Resources(), str(python))))
 
     job = subprocess.Popen(["bash", str(script)], env={**os.environ, "FAKE_TRAINING": training, "SLURM_JOB_ID": "4242"})
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + patience(30)
     while not (run.path / "ready").exists():
         assert time.monotonic() < deadline and job.poll() is None, "the stand-in training never started"
         time.sleep(0.05)
     job.send_signal(getattr(signal, f"SIG{signal_name}"))
 
-    assert job.wait(timeout=30) == 75
+    assert job.wait(timeout=patience(30)) == 75
     if training == "wait":
         assert (run.path / "signal.txt").read_text() == f"SIG{forwarded}"
     assert (scontrol_log.read_text() if scontrol_log.exists() else "") == ("requeue 4242\n" if requeued else "")
@@ -975,7 +975,7 @@ def test_a_stop_signal_to_a_local_sweep_stops_its_jobs_and_starts_no_more(
     monkeypatch.setenv("FAKE_TRAINING", "wait")
 
     def signal_once_trainings_wait() -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + patience(30)
         while not all((run / "ready").exists() for run in students[:2]) and time.monotonic() < deadline:
             time.sleep(0.05)
         os.kill(os.getpid(), stop)
@@ -1128,7 +1128,7 @@ def test_cancel_stops_the_local_job_of_another_runner_once(cli, tmp_path: Path, 
     job = subprocess.Popen(["bash", str(script)])
     other = subprocess.Popen(["sleep", "60"])  # a process id recorded by a job.json, now another program's
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + patience(10)
         while b"run.job" not in Path(f"/proc/{job.pid}/cmdline").read_bytes():
             assert time.monotonic() < deadline
             time.sleep(0.01)
@@ -1142,7 +1142,7 @@ def test_cancel_stops_the_local_job_of_another_runner_once(cli, tmp_path: Path, 
             )
         status, out, _ = cli(["--cancel", "--scheduler", "local", "--experiments_dir", str(experiments)])
         assert status == 0 and "cancelled 1 jobs" in out and out.count(f"cancel local-{job.pid} (running)") == 2, out
-        assert job.wait(timeout=10) == 75 and (tmp_path / "got").read_text() == "TERM\n"
+        assert job.wait(timeout=patience(10)) == 75 and (tmp_path / "got").read_text() == "TERM\n"
         assert other.poll() is None
     finally:
         for process in (job, other):
@@ -1250,7 +1250,7 @@ def test_util_sh_reads_relative_paths_from_where_it_is_called(tmp_path: Path) ->
             capture_output=True,
             text=True,
             env={**os.environ, "PYTHON": sys.executable},
-            timeout=120,
+            timeout=patience(120),
         )
 
     status = util(
@@ -1379,16 +1379,16 @@ def test_a_pack_job_stops_every_run_and_reports_the_worst_status(tmp_path: Path,
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
 
     job = subprocess.Popen(["bash", str(script)], env={**env, "FAKE_TRAINING": "wait"})
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + patience(30)
     while not all((run.path / "ready").exists() for run in runs):
         assert time.monotonic() < deadline and job.poll() is None, "the stand-in trainings never started"
         time.sleep(0.05)
     job.send_signal(signal.SIGUSR1)
-    assert job.wait(timeout=30) == 75
+    assert job.wait(timeout=patience(30)) == 75
     assert [(run.path / "signal.txt").read_text() for run in runs] == ["SIGUSR1", "SIGUSR1"]
     assert scontrol_log.read_text() == "requeue 4242\n"
 
-    done = subprocess.run(["bash", str(script)], env={**env, "FAKE_TRAINING": "finish"}, timeout=60)
+    done = subprocess.run(["bash", str(script)], env={**env, "FAKE_TRAINING": "finish"}, timeout=patience(60))
     assert done.returncode == 3  # the stand-in students find no teacher weights
     assert all((run.path / "job.out").exists() for run in runs)
 
@@ -1423,7 +1423,7 @@ def test_a_pack_job_shares_its_gpu_through_an_mps_daemon_of_its_own(
     )
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "TMPDIR": str(temporary), "FAKE_TRAINING": "exit"}
 
-    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=patience(60))
 
     assert done.returncode == 0, done.stdout + done.stderr
     folders = [(run.path / "mps.txt").read_text() for run in runs]
@@ -1469,14 +1469,14 @@ def test_a_stop_before_the_trainings_start_leaves_no_daemon_and_starts_none(
     }
 
     job = subprocess.Popen(["bash", str(script)], env=env)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + patience(30)
     while not starting.exists():
         assert time.monotonic() < deadline and job.poll() is None, "the stand-in daemon never started"
         time.sleep(0.05)
     job.send_signal(stop)
     release.touch()
 
-    assert job.wait(timeout=30) == 75
+    assert job.wait(timeout=patience(30)) == 75
     assert not any((run.path / "argv.json").exists() for run in runs) and list(temporary.iterdir()) == []
     assert calls.read_text() == "-d \n quit\n" + requeued
 

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import pytest
 import torch
 
+from tests.conftest import patience
 from toolbox.models import build_model
 from toolbox.sweep.slurm import SlurmScheduler
 
@@ -55,12 +56,12 @@ def slurm() -> Iterator[SlurmScheduler]:
     if unable():
         skip_or_fail(unable())
     was_up = shutil.which("scontrol") and subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0
-    up = subprocess.run([str(REPO / "util.sh"), "slurm-up"], capture_output=True, text=True, timeout=900)
+    up = subprocess.run([str(REPO / "util.sh"), "slurm-up"], capture_output=True, text=True, timeout=patience(900))
     if up.returncode != 0:
         skip_or_fail(f"util.sh slurm-up failed: {up.stderr.strip()[-500:]}")
     yield SlurmScheduler("root")
     if not was_up:
-        subprocess.run([str(REPO / "util.sh"), "slurm-down"], capture_output=True, timeout=120)
+        subprocess.run([str(REPO / "util.sh"), "slurm-down"], capture_output=True, timeout=patience(120))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def runner(experiments: Path, *flags: str) -> str:
         [sys.executable, str(REPO / "runner.py"), "--experiments_dir", str(experiments), *JOBS, *flags],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=patience(120),
         cwd=REPO,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -87,7 +88,7 @@ def job_id(run: Path) -> str:
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 150) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
@@ -171,7 +172,7 @@ def test_interrupted_jobs_resume_from_their_checkpoint(slurm: SlurmScheduler, ex
 
     runner(experiments, *grid)
     first, second = job_id(cancelled), job_id(warned)
-    wait_until(lambda: (cancelled / "last.pt").exists(), "the first epoch of the run to cancel", timeout=400)
+    wait_until(lambda: (cancelled / "last.pt").exists(), "the first epoch of the run to cancel", timeout=patience(400))
     subprocess.run(["scancel", first], check=True)
     wait_until(lambda: (warned / "last.pt").exists(), "the first epoch of the run to warn")
     subprocess.run(["scancel", "--signal=USR1", "--batch", second], check=True)
@@ -227,7 +228,7 @@ def test_two_process_run_stops_requeues_and_finishes(slurm: SlurmScheduler, expe
     assert "#SBATCH --ntasks-per-node=2" in runner(experiments, "--dry_run", *grid)
     runner(experiments, *grid)
     job = job_id(run)
-    wait_until(lambda: (run / "last.pt").exists(), "the first epoch of the two-process run", timeout=400)
+    wait_until(lambda: (run / "last.pt").exists(), "the first epoch of the two-process run", timeout=patience(400))
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
     wait_until(lambda: "requeueing job" in log(run, job), "the two-process job to requeue itself")
     wait_for_jobs(slurm, [job])
@@ -296,7 +297,7 @@ def test_runs_share_a_job_and_are_not_submitted_twice(slurm: SlurmScheduler, exp
     runner(experiments, *grid)
     job = job_id(runs[0])
     assert [job_id(run) for run in runs] == [job] * 4
-    wait_for_jobs(slurm, [job], timeout=400)  # four trainings on one CPU, on a machine that may be busy
+    wait_for_jobs(slurm, [job], timeout=patience(400))  # four trainings on one CPU, on a machine that may be busy
     for run in runs:
         assert (run / "metrics.json").exists(), (run / "job.out").read_text()
         assert metrics(run)["epochs"] == 2 and "best test accuracy" in (run / "job.out").read_text()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import tucker_distillation
-from tests.conftest import STUDENT, TEACHER, TINY, run_training, teacher_run
+from tests.conftest import STUDENT, TEACHER, TINY, patience, run_training, teacher_run
 from toolbox.config import parse_config
 from toolbox.errors import DivergedError, UsageError
 from toolbox.models import build_model
@@ -211,11 +211,11 @@ def test_signal_saves_and_exits_75_then_the_rerun_finishes(tmp_path: Path, stop:
     ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = tmp_path / "sig" / "last.pt"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + patience(120)
     while not last.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
     process.send_signal(stop)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=patience(120))
     assert process.returncode == 75, stderr
     assert stderr.count("\n") == 1 and stop.name in stderr and "rerun the same command to resume" in stderr
     assert not (tmp_path / "sig" / "metrics.json").exists()
@@ -332,7 +332,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_run_resumes(tmp_path: Path) -> No
     process.send_signal(signal.SIGINT)
     time.sleep(2)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=300)
+    _, stderr = process.communicate(timeout=patience(300))
     assert process.returncode == 75 and stderr.count("\n") == 1, stderr
     assert "stopped at once by a second SIGINT" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "twice" / "metrics.json").exists()
