@@ -2,7 +2,7 @@
 """Submit the study's grid of runs to a batch scheduler; run it again later to fill the gaps.
 
     python runner.py                       # the whole study (17 configurations x 3 runs) on SLURM
-    python runner.py --dry_run             # what it would submit, with the rendered job scripts
+    python runner.py --dry_run             # what it would submit (--scripts: with the rendered job scripts)
     python runner.py --dataset digits --teacher ResNetBaby --student ResNetBaby --epochs 2 -- --max_batches 3
                                            # the same 51 runs, tiny (and their teacher: 52 jobs)
     python runner.py --scheduler local --parallel 2      # no cluster: the grid on this machine
@@ -90,7 +90,13 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
             return 0
         with contextlib.nullcontext() if args.dry_run else exclusive(experiments_dir), scheduler.stopping_on_signals():
             summary = submit_grid(
-                runs, scheduler, settings, args.max_queued, args.dry_run, out=lambda line: print(line, flush=True)
+                runs,
+                scheduler,
+                settings,
+                args.max_queued,
+                args.dry_run,
+                out=lambda line: print(line, flush=True),
+                scripts=args.scripts,
             )
         print(summary.report(args.max_queued, args.dry_run))
         if scheduler.stopped_by:

@@ -427,7 +427,7 @@ def test_study_grid(tmp_path: Path) -> None:
     """``./util.sh study --dry_run``: every method of the study and every baseline, tucker with both
     cores, 3 seeds, and the teacher they share, in their own folder."""
     result = subprocess.run(
-        [str(ROOT / "util.sh"), "study", "--dry_run"],
+        [str(ROOT / "util.sh"), "study", "--dry_run", "--scripts"],
         capture_output=True,
         text=True,
         timeout=patience(300),

@@ -268,7 +268,7 @@ def test_teachers_come_from_teacher_dir_in_the_downloads_layout(tmp_path: Path) 
     ) in missing.stderr
 
     (tmp_path / f"{archs[0]}.pth").write_bytes(b"weights")
-    given = runner("--benchmark", "--teacher_dir", str(tmp_path), "--runs", "1")
+    given = runner("--benchmark", "--teacher_dir", str(tmp_path), "--runs", "1", "--scripts")
     assert given.returncode == 0, given.stderr
     assert "would submit cifar100/teacher/resnet56/recipe=crd/seed0" not in given.stdout  # nothing to train first
     assert f"--teacher_checkpoint {tmp_path / 'resnet56_vanilla' / 'ckpt_epoch_240.pth'}" in given.stdout
@@ -287,6 +287,7 @@ def test_the_imagenet_benchmark_is_one_command_on_torchvisions_teachers(
         "--benchmark",
         "imagenet",
         "--dry_run",
+        "--scripts",
         "--scheduler",
         "local",
         "--experiments_dir",

@@ -406,7 +406,9 @@ def test_several_processes_are_refused_where_they_cannot_run(
 def test_processes_per_run_come_from_the_environment(cli, experiments: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TD_NODES", "3")
     monkeypatch.setenv("TD_GPUS_PER_NODE", "2")
-    status, out, _ = cli([*grid(experiments, "--distillations", "kd", "--runs", "1"), "--dry_run"], FakeSlurm())
+    status, out, _ = cli(
+        [*grid(experiments, "--distillations", "kd", "--runs", "1"), "--dry_run", "--scripts"], FakeSlurm()
+    )
     assert status == 0 and "#SBATCH --nodes=3\n#SBATCH --ntasks-per-node=2\n#SBATCH --gpus-per-node=2\n" in out
     assert "export WORLD_SIZE=6 MASTER_ADDR=" in out
 
@@ -632,9 +634,13 @@ def test_teachers_are_submitted_first_and_max_queued_holds_back_a_teacher_too(cl
     assert status == 0 and len(fake.names()) == 1 and "--max_queued 1 reached: 4 runs remain" in out, out
 
 
-def test_dry_run_prints_the_scripts_and_submits_and_writes_nothing(cli, experiments: Path) -> None:
+def test_dry_run_prints_the_plan_the_scripts_on_request_and_submits_and_writes_nothing(cli, experiments: Path) -> None:
     fake = FakeSlurm()
-    status, out, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "2", "--dry_run"), fake)
+    status, plan, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "2", "--dry_run"), fake)
+    assert status == 0 and f"would submit {TEACHER}\n" in plan and "#!/bin/bash" not in plan
+    status, out, _ = cli(
+        grid(experiments, "--distillations", "featuremap", "--runs", "2", "--dry_run", "--scripts"), fake
+    )
     assert status == 0 and fake.attempts == 0 and not experiments.exists()
     assert f"would submit {TEACHER}\n#!/bin/bash\n" in out
     assert f"would submit {FEATUREMAP}/seed1 after job dry-run-1\n" in out
@@ -858,7 +864,16 @@ def test_local_scheduler_runs_the_grid_here(
         assert (experiments / name / "metrics.json").exists()  # students found their teacher's weights
         assert json.loads((experiments / name / "job.json").read_text())["scheduler"] == "local"
         assert (experiments / name / "local.out").exists()
-    assert "submitted 0" in cli(argv)[1]
+    assert (
+        out.splitlines()[-1]
+        == "the sweep: finished 3, failed 0, stopped 0, not started 0, skipped 0 (finished or running before)"
+    )
+    again = cli(argv)[1]
+    assert "submitted 0" in again
+    assert (
+        again.splitlines()[-1]
+        == "the sweep: finished 0, failed 0, stopped 0, not started 0, skipped 2 (finished or running before)"
+    )
 
     monkeypatch.setenv("FAKE_TRAINING", "fail_teacher")
     status, out, _ = cli(
@@ -877,6 +892,10 @@ def test_local_scheduler_runs_the_grid_here(
         )
     )  # another teacher
     assert status == 1
+    assert (
+        out.splitlines()[-1]
+        == "the sweep: finished 0, failed 1, stopped 0, not started 1, skipped 0 (finished or running before)"
+    )
     assert "failed to submit digits/ResNetBaby-ResNetBaby/kd/epochs=3,batch_size=64/seed0: not run: job local-" in out
     assert (
         "failed while running digits/teacher/ResNetBaby/epochs=3,batch_size=64/seed0: exit status 1, see its local.out"

@@ -225,7 +225,7 @@ def test_two_process_run_stops_requeues_and_finishes(slurm: SlurmScheduler, expe
     ]
     run = experiments / f"ranks/{PAIR}/featuremap/epochs=2,batch_size=8,max_batches=120/seed0"
 
-    assert "#SBATCH --ntasks-per-node=2" in runner(experiments, "--dry_run", *grid)
+    assert "#SBATCH --ntasks-per-node=2" in runner(experiments, "--dry_run", "--scripts", *grid)
     runner(experiments, *grid)
     job = job_id(run)
     wait_until(lambda: (run / "last.pt").exists(), "the first epoch of the two-process run", timeout=patience(400))

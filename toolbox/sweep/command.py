@@ -344,8 +344,9 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         "--data_dir, then exit (runner.py also does it before submitting; run this where there is internet)",
     )
     actions.add_argument(
-        "--dry_run", action="store_true", help="print what would be submitted, and the job scripts; submit nothing"
+        "--dry_run", action="store_true", help="print the grid as a table and what would be submitted; submit nothing"
     )
+    actions.add_argument("--scripts", action="store_true", help="--dry_run: print each job's script too")
     only = actions.add_mutually_exclusive_group()
     only.add_argument(
         "--status",

@@ -97,6 +97,7 @@ class Summary:
     stopped: list[str] = field(default_factory=list)  # local runs that a stop signal stopped (75): they resume
     held_back: int = 0  # not submitted because of --max_queued
     not_started: int = 0  # local runs not started because a stop signal ended the sweep
+    ran_here: bool = False  # the scheduler ran the jobs on this machine and waited for them (local)
 
     def report(self, max_queued: int, dry_run: bool = False) -> str:
         lines = [
@@ -113,6 +114,13 @@ class Summary:
         lines += [f"stopped {name}: runner.py run again resumes it" for name in self.stopped]
         if self.held_back:
             lines.append(f"--max_queued {max_queued} reached: {self.held_back} runs remain; run runner.py again later")
+        if self.ran_here and not dry_run:
+            ended = len(self.submitted) - len(self.crashed) - len(self.stopped)
+            lines.append(
+                f"the sweep: finished {ended}, failed {len(self.crashed)}, stopped {len(self.stopped)}, "
+                f"not started {self.not_started + len(self.failed)}, skipped {len(self.finished) + len(self.queued)} "
+                "(finished or running before)"
+            )
         return "\n".join(lines)
 
 
@@ -126,7 +134,9 @@ class Submitter:
         max_queued: int = 0,
         dry_run: bool = False,
         out: Callable[[str], None] = print,
+        scripts: bool = False,
     ) -> None:
+        """``scripts``: a dry run prints each job's script too, not only which runs it trains."""
         self.scheduler, self.settings, self.max_queued, self.dry_run, self.out = (
             scheduler,
             settings,
@@ -134,6 +144,7 @@ class Submitter:
             dry_run,
             out,
         )
+        self.scripts = scripts
         self.live = self._live_jobs()
         self.queued = len(self.live)
         self.new_jobs: dict[str, str] = {}  # run name -> job submitted now
@@ -256,10 +267,8 @@ class Submitter:
         resumes = [" (resumes from last.pt)" if (run.path / LAST_CHECKPOINT).exists() else "" for run in runs]
         if self.dry_run:
             job_id = f"dry-run-{len(set(self.new_jobs.values())) + 1}"
-            self.out(
-                "\n".join(f"{'would submit':<12} {run.name}{after}{note}" for run, note in zip(runs, resumes))
-                + f"\n{script}"
-            )
+            planned = "\n".join(f"{'would submit':<12} {run.name}{after}{note}" for run, note in zip(runs, resumes))
+            self.out(planned + (f"\n{script}" if self.scripts else ""))
         else:
             script_path = runs[0].path / SCRIPT_FILE
             created = [
@@ -307,6 +316,7 @@ class Submitter:
     def wait_local(self) -> None:
         """Where the scheduler runs the jobs itself, wait for them and count the failures: a job's
         runs that did not finish (all of them if each did, yet the job failed)."""
+        self.summary.ran_here = isinstance(self.scheduler, LocalScheduler)
         for job_id, status in self.scheduler.wait_all().items():
             runs = self.job_runs[job_id]
             log = PACKED_LOG if len(runs) > 1 else LocalScheduler.log_name
@@ -338,8 +348,9 @@ def submit_grid(
     max_queued: int = 0,
     dry_run: bool = False,
     out: Callable[[str], None] = print,
+    scripts: bool = False,
 ) -> Summary:
-    submitter = Submitter(scheduler, settings, max_queued, dry_run, out)
+    submitter = Submitter(scheduler, settings, max_queued, dry_run, out, scripts)
     for run in runs:  # the teachers first: a local student job waits for its teacher before the next is started
         if run.teacher and submitter.state(run).state in (FAILED, NOT_STARTED):
             with contextlib.suppress(SchedulerError, QueueFull, NotStarted):  # reported with each student by visit
