@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,7 +132,9 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch:
         assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-4, abs=1e-6)
 
     # train.log holds what both sessions printed, the second appended to the first
-    lines = (run / "train.log").read_text().splitlines()
+    stamped = (run / "train.log").read_text().splitlines()
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  .*", line) for line in stamped)  # when, then what
+    lines = [line.split("  ", 1)[1] for line in stamped]
     assert [line.split()[0] for line in lines] == ["training", "epoch", "error:", "resuming", "epoch", "epoch", "best"]
     assert lines[1].startswith("epoch 1/3 ") and lines[2] == "error: KeyboardInterrupt: "
     assert lines[3] == f"resuming {run} after epoch 1 of 3" and lines[5].startswith("epoch 3/3 ")

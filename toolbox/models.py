@@ -39,9 +39,9 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from toolbox.config import choices
 from toolbox.errors import UsageError, file_kind
 from toolbox.nets.cifar import VGG, VGG_CONFIGS, BottleneckResNet, CifarResNet, ResNet, WideResNet
-from toolbox.nets.imagenet import IMAGENET_MODELS
 from toolbox.nets.mobile import mobile_half, shuffle_v1, shuffle_v2
 
 # ---------------------------------------------------------------------------------------------
@@ -98,6 +98,21 @@ FIELD_MODELS: dict[str, Callable[[int], nn.Module]] = {
 CIFAR_MODELS: dict[str, Callable[[int], nn.Module]] = {**ORIGINAL_MODELS, **FIELD_MODELS}
 # ImageNet's (``toolbox.nets.imagenet``): torchvision's resnet18/34/50, with torchvision's keys, and
 # mdistiller's MobileNetV1; ``resnet50`` is torchvision's, ``ResNet50`` the CIFAR bottleneck network.
+
+
+def _imagenet(name: str) -> Callable[[int], nn.Module]:
+    """The builder of ImageNet network ``name``, which loads torchvision (over a second of start-up) only
+    when one is built."""
+
+    def build(num_classes: int) -> nn.Module:
+        from toolbox.nets.imagenet import IMAGENET_MODELS
+
+        return IMAGENET_MODELS[name](num_classes)
+
+    return build
+
+
+IMAGENET_MODELS: dict[str, Callable[[int], nn.Module]] = {name: _imagenet(name) for name in choices.IMAGENET_MODELS}
 MODELS: dict[str, Callable[[int], nn.Module]] = {**CIFAR_MODELS, **IMAGENET_MODELS}
 CIFAR_IMAGE_SIZE = 32
 
@@ -136,10 +151,11 @@ def _takes(name: str, image_size: int) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _traced_shapes(name: str, image_size: int) -> tuple[tuple[int, int, int], ...]:
-    """Traced on the meta device: no memory, no arithmetic."""
-    with torch.device("meta"):
-        model = MODELS[name](1).eval()
-    outputs = model(torch.empty(1, 3, image_size, image_size, device="meta"))
+    """Traced on the CPU, one image through a fresh model in eval mode (milliseconds for a CIFAR network).
+    Not on the meta device: torch computes its initialisations there through code that loads
+    torch._dynamo, a second of start-up for every command that names a run."""
+    with torch.no_grad():
+        outputs = MODELS[name](1).eval()(torch.zeros(1, 3, image_size, image_size))
     return tuple(tuple(out.shape[1:]) for out in outputs[:-2])
 
 

@@ -14,7 +14,6 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure  # drawn without pyplot: no backend, no display, no global state
 from torch import Tensor, nn
 
 from toolbox.errors import NotRegular, UsageError
@@ -137,6 +136,8 @@ def plot_curves(history: dict[str, list[float]], folder: Path) -> None:
     """``Loss.png`` (log scale; train dotted, test solid; the distillation loss only for a run that
     has one) and ``Accuracy.png`` (a line and a mark at the best test accuracy, named in the
     legend), drawn as the original study drew them."""
+    from matplotlib.figure import Figure  # loaded when a run first plots; no pyplot: no backend, no display
+
     epochs = range(1, len(history["test_acc"]) + 1)
 
     figure = Figure(figsize=(7, 4.5))

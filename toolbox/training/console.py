@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any, Optional
 
 from toolbox.errors import DivergedError, Interrupted, UsageError
 from toolbox.rundir import RunDir, open_nofollow
+
+STAMP = "%Y-%m-%d %H:%M:%S"
+"""When each train.log line was written (local time), before the line as it was printed."""
 
 
 class ConsoleLog:
@@ -29,7 +33,7 @@ class ConsoleLog:
         with os.fdopen(
             open_nofollow(self.run.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8"
         ) as log:
-            log.write(line + "\n")
+            log.write(f"{time.strftime(STAMP)}  {line}\n")
 
     def __call__(self, line: str) -> None:
         if self.writer:
