@@ -10,6 +10,7 @@ statistics: the distillers' modules train).
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from tests.conftest import run_training
 from toolbox.config import Config, parse_config
 from toolbox.distillation import Distiller, Setup, Step, build_distiller, with_defaults
-from toolbox.errors import UsageError
+from toolbox.errors import Interrupted, UsageError
 from toolbox.methods import DISTILLERS
 from toolbox.methods.ofd import ofd_stages
 from toolbox.methods.phases import train_only
@@ -686,3 +687,20 @@ def test_a_damaged_phase_history_makes_last_pt_unusable(entry: Any, problem: Opt
     }
     found = last_pt_problem(state)
     assert found is None if problem is None else problem in found
+
+
+def test_a_stop_signal_in_the_initialisation_phase_names_it(
+    tmp_path: Path, teachers: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during RepDistiller's initialisation says so (``init epoch 1``), not ``epoch 1``."""
+    step = Trainer.step
+
+    def step_then_stop(self: Trainer, *args: Any) -> Any:
+        result = step(self, *args)
+        signal.getsignal(signal.SIGTERM).__self__.signal = signal.SIGTERM  # the installed StopFlag
+        return result
+
+    monkeypatch.setattr(Trainer, "step", step_then_stop)
+    flags = ["--distillation", "ab", "--teacher", "resnet8x4", "--teacher_checkpoint", str(teachers["resnet8x4"])]
+    with pytest.raises(Interrupted, match=r"SIGTERM during init epoch 1; .*last.pt holds init epoch 1 up to batch 1"):
+        run_training(tmp_path, *PHASED, *flags)

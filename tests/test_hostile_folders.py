@@ -239,7 +239,7 @@ def test_a_stop_without_last_pt_says_so(tmp_path: Path) -> None:
     stop = StopFlag()
     stop.signal = 15
     with pytest.raises(Interrupted) as error:
-        check_stop(stop, RunDir(tmp_path), 0)
+        check_stop(stop, RunDir(tmp_path), "epoch 1", "epoch 0")
     assert "no epoch has been saved yet" in str(error.value) and "holds epoch" not in str(error.value)
 
 

@@ -208,18 +208,24 @@ def check_same_run(saved: dict[str, Any], config: Config, path: Path, named: boo
 
 
 def check_stop(
-    stop: StopFlag, run: RunDir, epoch: int, batch: Optional[int] = None, stopping: Optional[bool] = None
+    stop: StopFlag,
+    run: RunDir,
+    current: str,
+    done: str,
+    batch: Optional[int] = None,
+    stopping: Optional[bool] = None,
 ) -> None:
     """Leave through ``Interrupted`` (exit 75, the job requeues) once a stop signal has arrived
-    (``stopping``: the ranks' agreed answer, here or on another rank); ``batch``: the epoch's
-    position was saved after that many batches."""
+    (``stopping``: the ranks' agreed answer, here or on another rank); ``current``: the epoch being
+    trained (``epoch 3``, ``init epoch 2``), ``done``: the last one saved; ``batch``: the current
+    epoch's position was saved after that many batches."""
     if stop.signal is not None if stopping is None else stopping:
-        kept = f"{run.last} holds epoch {epoch}" if run.last.exists() else "no epoch has been saved yet"
+        kept = f"{run.last} holds {done}" if run.last.exists() else "no epoch has been saved yet"
         if batch is not None:
-            kept = f"{run.last} holds epoch {epoch + 1} up to batch {batch}"
+            kept = f"{run.last} holds {current} up to batch {batch}"
         raise Interrupted(
-            f"stopped by signal {stop.name or 'on another rank'} during epoch {epoch + 1}; {kept}: rerun "
-            "the same command to resume"
+            f"stopped by signal {stop.name or 'on another rank'} during {current}; {kept}: rerun the same command "
+            "to resume"
         )
 
 

@@ -178,6 +178,21 @@ class Trainer:
             done, ahead = f"epoch {self.epoch} of {self.config.epochs}", f"epoch {self.epoch + 1}"
         return done + (f", at batch {self.position.batch} of {ahead}" if self.position else "")
 
+    def check_stop(self, stop: StopFlag, batch: Optional[int] = None, stopping: Optional[bool] = None) -> None:
+        """``resume.check_stop`` with the epoch being trained and the last one saved named as the run
+        counts them (``init epoch 2`` in RepDistiller's initialisation phase)."""
+        located = self.phase
+        if located:
+            phase, number = located
+            current = f"{phase.name} epoch {number}"
+            done = f"{phase.name} epoch {number - 1}" if number > 1 else "the epochs before it"
+        else:
+            current = f"epoch {self.epoch + 1}"
+            done = (
+                f"epoch {self.epoch}" if self.epoch else f"its {self.phases[-1].name} phase" if self.phases else "none"
+            )
+        check_stop(stop, self.run, current, done, batch, stopping)
+
     def phase_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         """The optimiser and schedule of the phase the run is in, over the parameters it trains (the
         others frozen): the run's in its --epochs, a constant learning rate in a preliminary phase."""
@@ -306,7 +321,7 @@ class Trainer:
                 self.save_position(at(batch))
             if stopping:  # all ranks leave together, once the writer has saved: a launcher that ends the
                 world.barrier()  # others when one exits never cuts the writer off mid-save
-            check_stop(stop, self.run, self.epoch, batch, stopping)
+            self.check_stop(stop, batch, stopping)
         final = at(n_batches)
         return {**final.means(), "images_per_s": (final.count - first_count) / (time.perf_counter() - started)}
 
@@ -341,7 +356,7 @@ class Trainer:
     def run_epoch(self, stop: StopFlag, say: Callable[[str], None], tested: bool = False) -> dict[str, float]:
         """One epoch of the phase the run is in (tested: the test set after it), checked finite; its
         record, with its seconds (``epoch_s``)."""
-        check_stop(stop, self.run, self.epoch, stopping=self.world.any(stop.signal is not None))
+        self.check_stop(stop, stopping=self.world.any(stop.signal is not None))
         started = self.clock = time.perf_counter()
         record = self.train_epoch(stop, say)
         if tested:
