@@ -122,6 +122,20 @@ FIFO = "<a FIFO>"
         ("deep.yaml", "[" * 100_000, "deep.yaml nests too deeply to be read"),
         ("deep.json", "[" * 100_000, "deep.json nests too deeply to be read"),
         ("fifo.yaml", FIFO, "fifo.yaml is not a regular file; name a file"),  # reading it would wait for a writer
+        # YAML 1.1's base 60 and dates are texts here, as on the command line; an alias could expand a
+        # few hundred bytes into a huge value (9 levels of 9: 387 million strings): refused where it stands
+        ("a.yaml", "epochs: 1:30\n", "a.yaml: epochs: must be a whole number; got '1:30'"),
+        ("a.yaml", "seed: 2024-01-01\n", "a.yaml: seed: must be a whole number; got '2024-01-01'"),
+        ("a.yaml", "epochs: 0x10\n", "a.yaml: epochs: must be a whole number; got '0x10'"),
+        ("a.yaml", "epochs: !!int 0x10\n", "a.yaml is not valid YAML"),
+        (
+            "bomb.yaml",
+            "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+            + "".join(f"{c}: &{c} [{', '.join([f'*{chr(ord(c) - 1)}'] * 9)}]\n" for c in "bcdefghi")
+            + "lr: *i\n",
+            "bomb.yaml is not valid YAML (line 2, column 8: an alias (*name): write the value out instead)",
+        ),
+        ("a.yaml", f"ranks: {list(range(500))}\n", "ranks: must be one value, as on the command line; got [0, 1, 2"),
     ],
 )
 def test_a_bad_file_is_one_line_and_status_2(
@@ -133,7 +147,7 @@ def test_a_bad_file_is_one_line_and_status_2(
     with pytest.raises(SystemExit) as exit_info:
         raise SystemExit(tucker_distillation.main(["--config", str(path), "--experiments_dir", str(tmp_path)]))
     lines = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    assert exit_info.value.code == 2 and len(lines) == 1 and len(lines[0]) < 400, lines
     assert f"error: --config {tmp_path}/" in lines[0] and message in lines[0]
     assert not (tmp_path / "digits").exists() and not (tmp_path / "cifar100").exists()
 
@@ -228,3 +242,18 @@ def test_a_bad_sweep_file_is_one_line_and_status_2(
     assert runner.main(["--config", str(config_file), "--experiments_dir", str(tmp_path), "--dry_run"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("runner.py: error: --config ") and message in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "text, values",
+    [
+        ("epochs: 010\nbatch_size: 0100\nseed: 017\n", {"epochs": 10, "batch_size": 100, "seed": 17}),
+        ("lr: 1e-3\nbeta: .5\namp: off\n", {"lr": 0.001, "beta": 0.5, "amp": "off"}),
+    ],
+    ids=["leading zeros are decimal", "numbers and texts"],
+)
+def test_a_file_reads_values_as_the_command_line_does(tmp_path: Path, text: str, values: dict) -> None:
+    """YAML 1.1 reads 010 as octal 8; the command line, and so the file, reads 10."""
+    config = parse_config(["--config", str(write(tmp_path / "a.yaml", text))])
+    assert {name: getattr(config, name) for name in values} == values
+    assert config == parse_config([token for name, value in values.items() for token in (f"--{name}", str(value))])

@@ -29,6 +29,13 @@ SUFFIXES = (".yaml", ".yml", ".json")
 GRID = "grid"
 """runner.py's section of grid axes."""
 KINDS = {int: "a whole number", float: "a number", str: "a text"}
+SHOWN_CHARS = 60
+
+
+def shown(value: Any) -> str:
+    """``value`` as an error line quotes it, cut short: a line must stay one line of a terminal."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 def load_mapping(path: Path) -> dict[Any, Any]:
@@ -80,6 +87,8 @@ def parse_yaml(text: str, path: Path) -> Any:
 
     try:
         return yaml.load(text, Loader=strict_loader())  # noqa: S506 (a SafeLoader)
+    except ValueError as error:  # an explicitly tagged value that is none (!!int 0x10)
+        raise UsageError(f"--config {path} is not valid YAML ({shown(str(error))})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -89,17 +98,26 @@ def parse_yaml(text: str, path: Path) -> Any:
 
 @functools.cache
 def strict_loader() -> type:
-    """PyYAML's safe loader with YAML 1.2's booleans, true and false only (so ``amp: off`` is the
-    text 'off', as on the command line, not YAML 1.1's false), and no key given twice."""
+    """PyYAML's safe loader, reading scalars as YAML 1.2 (and the command line) read them: true and
+    false only as booleans (``amp: off`` is the text 'off', not YAML 1.1's false), numbers in decimal
+    (``epochs: 010`` is 10, not YAML 1.1's octal 8; ``1:30`` a text, not base 60's 90), no dates
+    (``seed: 2024-01-01`` is a text); and no key given twice, no alias (``*name``: flags are one
+    level, and an alias can expand a short file into a huge value)."""
     import yaml
 
-    bool_tag = "tag:yaml.org,2002:bool"
+    replaced = {f"tag:yaml.org,2002:{kind}" for kind in ("bool", "int", "float", "timestamp")}
 
     class StrictLoader(yaml.SafeLoader):
         yaml_implicit_resolvers = {
-            first: [(tag, pattern) for tag, pattern in resolvers if tag != bool_tag]
+            first: [(tag, pattern) for tag, pattern in resolvers if tag not in replaced]
             for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
         }
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.events.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, "an alias (*name): write the value out instead", mark)
+            return super().compose_node(parent, index)
 
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
             seen = set()
@@ -112,7 +130,22 @@ def strict_loader() -> type:
                     seen.add(key.value)
             return super().construct_mapping(node, deep)
 
-    StrictLoader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    def decimal(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+        return int(loader.construct_scalar(node), 10)
+
+    digits = list("-+0123456789")
+    StrictLoader.add_constructor("tag:yaml.org,2002:int", decimal)
+    StrictLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
+    StrictLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), digits)
+    StrictLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        ),
+        [*digits, "."],
+    )
     return StrictLoader
 
 
@@ -133,22 +166,22 @@ def convert(item: dataclasses.Field, value: Any) -> Any:
     if isinstance(item.default, bool):
         if isinstance(value, bool):
             return value
-        raise ValueError(f"must be true or false; got {value!r}")
+        raise ValueError(f"must be true or false; got {shown(value)}")
     if value is None:
         if item.default is None:
             return None  # as when the flag is left out: the method's or the recipe's default
         raise ValueError("has no value; give one, or leave the key out for the default")
     if isinstance(value, (list, dict)):
-        raise ValueError(f"must be one value, as on the command line; got {value!r}")
+        raise ValueError(f"must be one value, as on the command line; got {shown(value)}")
     if isinstance(value, bool) or (kind is int and isinstance(value, float)):
-        raise ValueError(f"must be {KINDS[kind]}; got {value!r}")
+        raise ValueError(f"must be {KINDS[kind]}; got {shown(value)}")
     try:
         converted = kind(value)
-    except ValueError:
-        raise ValueError(f"must be {KINDS[kind]}; got {value!r}") from None
+    except (ValueError, TypeError):
+        raise ValueError(f"must be {KINDS[kind]}; got {shown(value)}") from None
     choices = item.metadata["choices"]
     if choices and converted not in choices:
-        raise ValueError(f"must be one of {', '.join(map(str, choices))}; got {converted!r}")
+        raise ValueError(f"must be one of {', '.join(map(str, choices))}; got {shown(converted)}")
     return converted
 
 
