@@ -261,3 +261,13 @@ def test_a_two_phase_run_stopped_in_its_first_phase_trains_as_one_process(runs: 
     assert len(two["phase_history"]) == len(one["phase_history"]) == 1
     for key in PHASE_RECORD:
         assert two["phase_history"][0][key] == pytest.approx(one["phase_history"][0][key], rel=1e-5), key
+
+
+def test_sync_bn_on_cpu_ranks_is_one_line_before_any_folder(tmp_path: Path) -> None:
+    """SyncBatchNorm runs on CUDA only: under torchrun on the CPU, --sync_bn is refused by every rank
+    (rank 0 says it), exit 2, and no run folder is made."""
+    ranks = start_ranks(tmp_path, "sync", "--distillation", "none", "--epochs", "1", "--sync_bn")
+    errors = [rank.communicate(timeout=patience(60))[1] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [2, 2], errors
+    assert errors[0].count("\n") == 1 and "--sync_bn synchronises BatchNorm over GPUs" in errors[0] and errors[1] == ""
+    assert not (tmp_path / "runs").exists()

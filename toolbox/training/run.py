@@ -39,6 +39,12 @@ def train(config: Config) -> dict[str, Any]:
     config = resolve(config)
     run = RunDir(Path(config.experiments_dir) / config.experiment_name)
     world = join(config.device)
+    if config.sync_bn and world.distributed and world.device.type != "cuda":
+        world.close()
+        raise UsageError(
+            "--sync_bn synchronises BatchNorm over GPUs (torch's SyncBatchNorm runs on CUDA only), and these ranks "
+            "train on the CPU: leave it out"
+        )
     claimed = run.claimed(config.experiment_name) if world.is_writer else contextlib.nullcontext()
     with contextlib.closing(world), claimed, stop_flag() as stop, ConsoleLog(run, world.is_writer) as log:
         if world.is_writer:
