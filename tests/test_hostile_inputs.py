@@ -406,3 +406,18 @@ def test_rkd_trains_through_a_one_sample_last_batch(tmp_path: Path) -> None:
         str(tmp_path),
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_reviewkd_refuses_a_one_sample_last_batch_before_training(tmp_path: Path) -> None:
+    """ReviewKD's fusion of the pooled features normalises over the batch at a 1x1 map, which one sample
+    cannot (mdistiller fails there too): refused in one line before any epoch, no folder left."""
+    teacher = tmp_path / "t.pth"
+    torch.save({"weights": build_model(STUDENT, 10).state_dict()}, teacher)
+    flags = ["--distillation", "reviewkd", "--teacher", STUDENT, "--student", STUDENT, "--teacher_checkpoint"]
+    result = script(
+        *flags, str(teacher), "--epochs", "1", "--batch_size", "479", "--experiments_dir", str(tmp_path / "e")
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--distillation reviewkd trains on batches of at least 2 samples" in result.stderr
+    assert "leaves 1 in the epoch's last batch of 1438 training images" in result.stderr
+    assert not (tmp_path / "e").exists()

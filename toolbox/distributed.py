@@ -58,12 +58,18 @@ class World:
         ``size * rows / batch_rows``, exactly 1 where the ranks' parts are equal (and for one process)."""
         return self.size * rows / batch_rows
 
-    def check_batches(self, samples: int, batch_size: int, max_batches: Optional[int]) -> None:
-        """Every rank needs rows in every step (DDP waits for all of them, BatchNorm needs them)."""
+    def fewest_rows(self, samples: int, batch_size: int, max_batches: Optional[int]) -> int:
+        """The fewest samples a rank gets in a step of an epoch (its part of the smallest batch, the
+        last, which ``max_batches`` may leave out)."""
         last = samples % batch_size
         if max_batches is not None and max_batches * batch_size <= samples:
             last = 0
-        if self.distributed and (batch_size < self.size or 0 < last < self.size):
+        return min(rows // self.size for rows in (batch_size, last) if rows)
+
+    def check_batches(self, samples: int, batch_size: int, max_batches: Optional[int]) -> None:
+        """Every rank needs rows in every step (DDP waits for all of them, BatchNorm needs them)."""
+        if self.fewest_rows(samples, batch_size, max_batches) < 1:
+            last = samples % batch_size
             raise UsageError(
                 f"--batch_size {batch_size} is the global batch: with {self.size} ranks every batch "
                 f"needs at least {self.size} samples (the epoch's last has {last or batch_size}); "

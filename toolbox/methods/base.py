@@ -118,6 +118,9 @@ class Distiller(nn.Module):
     student_preact = False
     teacher_preact = False
     """Whether the method reads that network's stages before their last ReLU (``forward(x, preact=True)``)."""
+    min_rows = 1
+    """The fewest samples a batch (each rank's part of it) may hold for the method's modules to train:
+    2 where one normalises over the batch at a 1x1 map (ReviewKD's fusion of the pooled features)."""
     teacher_train_mode = False
     """Whether the teacher runs in training mode (BatchNorm on the batch's statistics) while the
     student trains: OFD's published code does so; the teacher is never trained either way."""

@@ -86,6 +86,7 @@ class ReviewKDDistiller(StageWiseDistiller):
     widths, which its configs spell out per pair. Trained: the fusion modules."""
 
     teacher_preact = True
+    min_rows = 2  # the pooled features' fusion ends in BatchNorm over (B, C, 1, 1): one sample has no statistics
     defaults: dict[str, Any] = {**Distiller.defaults, "beta": 5.0}  # configs/cifar100/reviewkd.yaml (CE_WEIGHT 1)
     flags = ("beta", "reviewkd_warmup", "reviewkd_student_preact")
     # REVIEWKD.WARMUP_EPOCHS, STU_PREACT (REVIEWKD_WEIGHT per pair: REVIEWKD_BETA)

@@ -98,6 +98,14 @@ class Trainer:
             teacher_shapes = output_shapes(self.teacher, self.device, self.data.image_size)
         setup = Setup(teacher_shapes, student_shapes, self.data.train_labels, self.world, self.teacher)
         self.distiller: Distiller = build_distiller(config, setup).to(self.device)
+        fewest = self.world.fewest_rows(len(self.data.train_labels), config.batch_size, config.max_batches)
+        if fewest < self.distiller.min_rows:
+            raise UsageError(
+                f"--distillation {config.distillation} trains on batches of at least {self.distiller.min_rows} "
+                f"samples{' per rank' if self.world.distributed else ''}, and --batch_size {config.batch_size} leaves "
+                f"{fewest} in the epoch's last batch of {len(self.data.train_labels)} training images: pass another "
+                "--batch_size"
+            )
         self.feature_shapes = {
             "teacher": teacher_shapes[config.feature_layer],
             "student": student_shapes[config.feature_layer],
