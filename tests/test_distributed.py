@@ -2,8 +2,8 @@
 
 The runs distil with CRD (the method that shares state across ranks: its memory bank) on digits,
 through ``distributed_entry.py`` (no BatchNorm: see there), for two epochs of 3 steps at a global
-batch of 501 of the 1437 images, so every step splits unevenly (251 + 250) and the last batch is
-smaller (435 = 218 + 217); and with AB, whose initialisation phase trains other parameters with
+batch of 501 of the 1438 images, so the full steps split unevenly (251 + 250) and the last batch is
+smaller (436 = 218 + 218); and with AB, whose initialisation phase trains other parameters with
 its own optimiser (each phase its own DDP module), for an epoch of 3 steps of 201 (101 + 100) in
 each phase. One process and two ranks reach the same weights and banks to float32 rounding of the
 per-rank sums (a few steps at a low lr only: without BatchNorm, at lr 0.1,
