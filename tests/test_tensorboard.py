@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,27 @@ def test_a_full_disk_under_the_event_writer_is_one_error_naming_the_file(
             curves.flush()
     assert raised.value.errno == errno.ENOSPC and EVENT_FILE.fullmatch(Path(raised.value.filename).name)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_full_disk_when_the_event_file_opens_is_one_error_without_a_thread_traceback(
+    tmp_path: Path, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up as the writers open: their threads fail at their first write, before the
+    training holds the curves; still one error, naming the file, and no thread's traceback."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    def full(self: RecordWriter, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(RecordWriter, "write", full)
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)  # Python's: it prints (pytest's keeps)
+    hook = threading.excepthook
+    with pytest.raises(OSError) as raised:
+        curves = open_curves(RunDir(tmp_path), 2, 0, 0, writer=True)
+        time.sleep(0.5)  # the threads have met the full disk
+        with curves:
+            curves.flush()
+    where = Path(raised.value.filename)
+    assert raised.value.errno == errno.ENOSPC and (where == tmp_path or EVENT_FILE.fullmatch(where.name)), where
+    time.sleep(0.5)  # a thread that could still fail has had the time to
+    assert "Exception in thread" not in capfd.readouterr().err and threading.excepthook is hook

@@ -59,11 +59,18 @@ class Curves:
     it writes nothing, but it still keeps the steps' losses: every rank takes part in their mean."""
 
     def __init__(
-        self, every: int = 0, epochs: Optional[SummaryWriter] = None, steps: Optional[SummaryWriter] = None
+        self,
+        every: int = 0,
+        epochs: Optional[SummaryWriter] = None,
+        steps: Optional[SummaryWriter] = None,
+        printing_hook: Optional[Callable[[threading.ExceptHookArgs], object]] = None,
     ) -> None:
+        """``printing_hook``: the writers were opened with the writer threads' failures left
+        unprinted already (``open_curves``), and this is the hook that was there before."""
         self.every = every
         self.epoch_writer = epochs
         self.step_writer = steps
+        self.printing_hook = printing_hook
         self.kept: list[tuple[int, int, Tensor]] = []  # (step, rows, [cross-entropy, distillation]), on the device
 
     def add_step(self, step: int, hard: Tensor, soft: Tensor, rows: int) -> None:
@@ -109,8 +116,8 @@ class Curves:
                 writer.close()
 
     def __enter__(self) -> Curves:
-        self.printing_hook = threading.excepthook
-        threading.excepthook = functools.partial(quiet_writer_threads, self.printing_hook)
+        if self.printing_hook is None:
+            self.printing_hook = quiet_threads()
         return self
 
     def __exit__(self, kind: Optional[type], error: Optional[BaseException], traceback: Any) -> None:
@@ -150,6 +157,14 @@ def quiet_writer_threads(
     raises it, as one line); any other thread's error goes to ``printing_hook``, the hook before."""
     if not (type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)):
         printing_hook(args)
+
+
+def quiet_threads() -> Callable[[threading.ExceptHookArgs], object]:
+    """Leave the writer threads' failed writes unprinted from now on (``quiet_writer_threads``); the
+    hook that was there, to put back."""
+    printing_hook = threading.excepthook
+    threading.excepthook = functools.partial(quiet_writer_threads, printing_hook)
+    return printing_hook
 
 
 def curves_folder(folder: Path) -> Path:
@@ -206,10 +221,17 @@ def open_curves(run: RunDir, every: int, epochs_done: int, steps_done: int, writ
         ) from None
     epoch_folder, step_folder = curves_folder(run.path), curves_folder(run.steps) if every else None
     after_earlier_sessions([epoch_folder, *([step_folder] if step_folder else [])])
-    with naming_the_file(epoch_folder):
-        epochs = SummaryWriter(str(epoch_folder), purge_step=epochs_done + 1)
-    steps = None
-    if step_folder:
-        with naming_the_file(step_folder):
-            steps = SummaryWriter(str(step_folder), purge_step=steps_done + 1)
-    return Curves(every, epochs, steps)
+    printing_hook = quiet_threads()  # from the first write: a writer's thread can fail as soon as it starts
+    opened: list[SummaryWriter] = []
+    try:
+        for folder, purge_step in ((epoch_folder, epochs_done + 1), (step_folder, steps_done + 1)):
+            if folder is not None:
+                with naming_the_file(folder):
+                    opened.append(SummaryWriter(str(folder), purge_step=purge_step))
+    except BaseException:
+        for writer in opened:
+            with contextlib.suppress(OSError):
+                writer.close()
+        threading.excepthook = printing_hook
+        raise
+    return Curves(every, opened[0], opened[1] if step_folder else None, printing_hook)
