@@ -16,6 +16,8 @@ from torchvision.datasets import ImageFolder
 
 from toolbox.datasets.imagenet import (
     IMAGENET_MEAN_STD,
+    BadImage,
+    FileImages,
     image_loader,
     imagenet_datasets,
     normalize_on_device,
@@ -213,7 +215,7 @@ def test_imagenet_layout_errors(imagenet: Path, tmp_path: Path) -> None:
         write_jpeg(root / "val" / f"ILSVRC2012_val_0000000{i}.JPEG", 8, 8, i)
     message = one_line_error(imagenet_datasets, imagenet)
     assert str(root / "val") in message and "3 images but no class folders" in message
-    assert "valprep.sh" in message and "torchvision.datasets.ImageNet" in message
+    assert "valprep.sh run inside val/" in message and "move val/ aside" in message  # torchvision sorts none else
 
     shutil.rmtree(root / "train")
     (root / "train").mkdir()
@@ -243,3 +245,88 @@ def test_tiny_imagenet_layout_errors(tiny: Path, tmp_path: Path) -> None:
     (root / "wnids.txt").unlink()
     assert str(root / "wnids.txt") in one_line_error(tiny_imagenet_datasets, tiny)
     assert str(tmp_path / "none" / "tiny-imagenet-200") in one_line_error(tiny_imagenet_datasets, tmp_path / "none")
+
+
+# ---------------------------------------------------------------- files that are no image, odd folders
+
+
+def truncated_jpeg(path: Path) -> bytes:
+    write_jpeg(path.with_suffix(".JPEG"), 80, 64, 0)
+    return path.with_suffix(".JPEG").read_bytes()[:121]
+
+
+def bomb_png(path: Path) -> bytes:
+    """15000x15000 pixels (over twice PIL's limit against decompression bombs) in a few kilobytes."""
+    Image.new("1", (15000, 15000)).save(path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (lambda path: b"", "cannot identify image file"),
+        (lambda path: b"a text, not an image\n", "cannot identify image file"),
+        (truncated_jpeg, "truncated"),
+        (bomb_png, "decompression bomb"),
+    ],
+    ids=["empty", "text", "truncated", "bomb"],
+)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_file_that_is_no_image_is_one_line_naming_it(
+    imagenet: Path, tmp_path: Path, content, reason: str, workers: int
+) -> None:
+    bad = imagenet / "imagenet" / "train" / WNIDS[0] / f"{WNIDS[0]}_bad.JPEG"
+    bad.write_bytes(content(tmp_path / "source.png"))
+    train, _ = imagenet_datasets(imagenet)
+    loader = image_loader(train, 8, True, 0, CPU, workers)
+    loader.batch_sampler.set_epoch(0)
+    with pytest.raises(BadImage) as raised:
+        list(FileImages._batches(loader))
+    line = str(raised.value)
+    assert "\n" not in line and line.startswith(f"{bad} cannot be read as an image (") and reason in line.lower()
+
+
+def test_a_tiny_imagenet_image_of_another_size_is_one_line_naming_it(tiny: Path) -> None:
+    odd = tiny / "tiny-imagenet-200" / "val" / "images" / "val_3.JPEG"
+    write_jpeg(odd, 80, 64, 0)  # every image must be 64x64: the batches stack them
+    _, val = tiny_imagenet_datasets(tiny)
+    index = next(i for i, (path, _) in enumerate(val.samples) if path == str(odd))
+    with pytest.raises(BadImage, match=rf"^{odd} cannot be read as an image \(it is 80x64, not 64x64\)"):
+        val[index]
+
+
+def test_class_folders_are_read_as_imagefolder_reads_them_but_hidden_ones(
+    imagenet: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Images in sub-folders of a class count (ImageFolder walks them); a hidden folder
+    (.ipynb_checkpoints) is no class; a class that val/ lacks is said in one warning line."""
+    train_dir = imagenet / "imagenet" / "train"
+    write_jpeg(train_dir / WNIDS[1] / "extra" / "nested.JPEG", 80, 64, 1)
+    write_jpeg(train_dir / ".ipynb_checkpoints" / "x.JPEG", 80, 64, 2)
+    shutil.rmtree(imagenet / "imagenet" / "val" / WNIDS[3])
+    train, val = imagenet_datasets(imagenet)
+    shutil.rmtree(train_dir / ".ipynb_checkpoints")  # which ImageFolder would take for a class
+    reference = ImageFolder(str(train_dir))
+    assert train.classes == WNIDS and train.samples == reference.samples
+    assert str(train_dir / WNIDS[1] / "extra" / "nested.JPEG") in dict(train.samples)
+    assert sorted(set(val.targets)) == [0, 1, 2]  # the labels of train/'s classes
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and f"lacks 1 of the 4 classes of train/ ({WNIDS[3]})" in warning
+
+
+def test_a_loop_of_links_is_named(imagenet: Path) -> None:
+    train_dir = imagenet / "imagenet" / "train"
+    (train_dir / WNIDS[0] / "again").symlink_to(".")  # ImageFolder would read the class 40 times over
+    with pytest.raises(UsageError, match=rf"^{train_dir / WNIDS[0] / 'again'} leads back to .*loop of symbolic links"):
+        imagenet_datasets(imagenet)
+    (train_dir / WNIDS[0] / "again").unlink()
+    (train_dir / "self").symlink_to("self")
+    with pytest.raises(UsageError, match=rf"^{train_dir / 'self'} cannot be listed \(Too many levels of symbolic"):
+        imagenet_datasets(imagenet)
+
+
+def test_val_annotations_that_label_a_file_twice_are_refused(tiny: Path) -> None:
+    annotations = tiny / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    annotations.write_text(annotations.read_text() + f"val_0.JPEG\t{WNIDS[2]}\t0\t0\t63\t63\n")
+    with pytest.raises(UsageError, match="val_annotations.txt line 7 labels val_0.JPEG again \\(line 1 did\\)"):
+        tiny_imagenet_datasets(tiny)

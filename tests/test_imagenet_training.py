@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +22,13 @@ import torch
 import torchvision
 from PIL import Image
 
-from tests.conftest import forget_stop_signal, run_training
+from tests.conftest import forget_stop_signal, patience, run_training
 from toolbox.config import parse_config
 from toolbox.config.choices import METHODS
 from toolbox.errors import Interrupted
 from toolbox.training import Trainer, evaluate_checkpoint, train
 
+ROOT = Path(__file__).resolve().parents[1]
 WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361")
 TRAIN_PER_CLASS, VAL_PER_CLASS = 8, 2
 FAST = [
@@ -246,3 +250,44 @@ def test_a_killed_digits_run_resumes_from_its_last_mid_epoch_checkpoint(
     monkeypatch.undo()
     resumed = run_training(tmp_path / "b", *flags)
     assert_same_run(resumed, uninterrupted, tmp_path / "b" / "run", tmp_path / "a" / "run")
+
+
+def test_a_bad_image_is_one_line_and_a_bad_validation_image_costs_no_training(data_dir: Path, tmp_path: Path) -> None:
+    """A file in train/ that is no image: one line naming it, exit 2, through worker processes too.
+    One in val/: met in the epoch's test, after the epoch's training was saved (last.pt at its last
+    batch), so that the rerun, once the file is replaced, tests the epoch without training it again."""
+    data = tmp_path / "data"
+    shutil.copytree(data_dir / "imagenet", data / "imagenet")
+    script = [sys.executable, str(ROOT / "tucker_distillation.py"), *run_flags(data, tmp_path / "e")]
+    plain = [
+        *script,
+        "--dataset",
+        "imagenet",
+        "--distillation",
+        "none",
+        "--student",
+        "resnet18",
+        "--workers",
+        "2",
+        "--experiment_name",
+        "r",
+    ]
+    bad = data / "imagenet" / "train" / WNIDS[1] / "bad.JPEG"
+    bad.write_text("not an image")
+    result = subprocess.run(plain, capture_output=True, text=True, timeout=patience(300))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {bad} cannot be read as an image (cannot identify image file")
+    bad.unlink()
+
+    val = data / "imagenet" / "val" / WNIDS[2] / f"val_{WNIDS[2]}_0.JPEG"
+    good = val.read_bytes()
+    val.write_bytes(good[:50])
+    result = subprocess.run(plain, capture_output=True, text=True, timeout=patience(300))
+    assert result.returncode == 2 and f"error: {val} cannot be read as an image" in result.stderr, result.stderr
+    saved = torch.load(tmp_path / "e" / "r" / "last.pt", weights_only=True)
+    steps = TRAIN_PER_CLASS * len(WNIDS) // 4  # --batch_size 4
+    assert saved["position"]["batch"] == steps and saved["history"]["test_acc"] == []
+    val.write_bytes(good)
+    result = subprocess.run(plain, capture_output=True, text=True, timeout=patience(300))
+    assert result.returncode == 0, result.stderr
+    assert f"after epoch 0 of 1, at batch {steps} of epoch 1" in result.stdout and "step 1/" not in result.stdout

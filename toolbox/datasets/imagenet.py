@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -44,6 +45,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from toolbox.config.choices import IMAGE_SIZES
 from toolbox.datasets.sampling import EpochBatchSampler, SeededSamples, share
+from toolbox.distributed import launched_rank
 from toolbox.errors import UsageError
 
 MeanStd = tuple[tuple[float, float, float], tuple[float, float, float]]
@@ -59,10 +61,19 @@ TINY_IMAGENET_LAYOUT = (
     "val/images/*.JPEG and val/val_annotations.txt"
 )
 VALPREP = (
-    "sort them into <wnid>/ folders with the standard valprep.sh, or let "
-    "torchvision.datasets.ImageNet(DATA_DIR/imagenet, "
-    "split='val') parse ILSVRC2012_img_val.tar with the devkit"
+    "sort them into <wnid>/ folders with the standard valprep.sh run inside val/, or move val/ aside "
+    "(torchvision sorts the archive only where no val/ exists) and run "
+    "torchvision.datasets.ImageNet('DATA_DIR/imagenet', split='val') with ILSVRC2012_img_val.tar and "
+    "ILSVRC2012_devkit_t12.tar.gz in DATA_DIR/imagenet"
 )
+BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+"""What PIL raises for a file that is no image it can decode: a corrupt, empty, truncated or text file
+(UnidentifiedImageError is an OSError), a decompression bomb."""
+
+
+class BadImage(UsageError):
+    """An image file that cannot be read as one, named: bad input (exit status 2), not a failed write.
+    Raised in a DataLoader worker too, whose wrapping ``FileImages`` undoes (``one_line``)."""
 
 
 class ImageFiles(VisionDataset):
@@ -71,10 +82,17 @@ class ImageFiles(VisionDataset):
     opens a file as an RGB PIL image."""
 
     def __init__(
-        self, root: Path, samples: list[tuple[str, int]], classes: list[str], transform: Callable[[Image.Image], Any]
+        self,
+        root: Path,
+        samples: list[tuple[str, int]],
+        classes: list[str],
+        transform: Callable[[Image.Image], Any],
+        size: tuple[int, int] | None = None,
     ) -> None:
+        """``size``: (width, height) every image must have (Tiny-ImageNet's 64x64, which its
+        transforms keep); None: any."""
         super().__init__(str(root), transform=transform)
-        self.samples, self.classes = samples, classes
+        self.samples, self.classes, self.size = samples, classes, size
         self.targets = [label for _, label in samples]
         self.class_to_idx = {name: index for index, name in enumerate(classes)}
         self.loader: Callable[[str], Image.Image] = pil_loader
@@ -84,7 +102,16 @@ class ImageFiles(VisionDataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
-        return self.transform(self.loader(path)), label
+        try:
+            image = self.loader(path)
+            if self.size is not None and image.size != self.size:
+                raise ValueError(f"it is {image.size[0]}x{image.size[1]}, not {self.size[0]}x{self.size[1]}")
+            return self.transform(image), label
+        except BAD_IMAGE as error:
+            reason = " ".join(str(error).split())[:200] or type(error).__name__
+            raise BadImage(
+                f"{path} cannot be read as an image ({reason}); replace or remove that file, then rerun"
+            ) from None
 
 
 # ---------------------------------------------------------------- transforms and normalisation
@@ -138,18 +165,53 @@ def _image_names(folder: Path) -> list[str]:
         )
 
 
-def _images_of_class(folder: Path, layout: str) -> list[str]:
-    names = _image_names(folder)
-    if not names:
+def _images_of_class(folder: Path, layout: str, walk: bool = False) -> list[str]:
+    """The images of a class folder, sorted; ``walk``: in its sub-folders too, as ImageFolder finds
+    them (``os.walk``, links followed)."""
+    if walk:
+        found, seen = [], set()
+        for root, _, names in os.walk(folder, followlinks=True, onerror=_unreadable):
+            real = os.path.realpath(root)
+            if real in seen:  # ImageFolder would read the folder's images again, level after level
+                raise UsageError(
+                    f"{root} leads back to {real}, a folder read already (a loop of symbolic links); "
+                    "remove the link, then rerun"
+                )
+            seen.add(real)
+            found.append((root, names))
+        paths = [
+            os.path.join(root, name)
+            for root, names in sorted(found)
+            for name in sorted(names)
+            if has_file_allowed_extension(name, IMG_EXTENSIONS)
+        ]
+    else:
+        paths = [str(folder / name) for name in _image_names(folder)]
+    if not paths:
         raise UsageError(f"{folder} holds no images ({', '.join(IMG_EXTENSIONS)}); expected {layout}")
-    return [str(folder / name) for name in names]
+    return paths
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is a folder (a link to one too); a link that cannot be followed (a loop) is
+    bad input, named."""
+    try:
+        return entry.is_dir()
+    except OSError as error:
+        _unreadable(error)
+        raise  # unreachable: _unreadable raises
+
+
+def _unreadable(error: OSError) -> None:
+    """A folder that cannot be listed (no permission, a symbolic link to itself) is bad input."""
+    raise UsageError(f"{error.filename} cannot be listed ({error.strerror or error}); fix or remove it, then rerun")
 
 
 def _class_folders(split: Path, classes: Sequence[str] | None) -> tuple[list[str], list[tuple[str, int]]]:
     """The classes (sorted sub-folder names) and samples of one ImageNet split; ``classes`` (the
     training split's) fixes the labels of the validation split."""
-    with os.scandir(_folder(split, IMAGENET_LAYOUT)) as entries:
-        found = sorted(entry.name for entry in entries if entry.is_dir())
+    with os.scandir(_folder(split, IMAGENET_LAYOUT)) as entries:  # hidden folders (.ipynb_checkpoints) are no class
+        found = sorted(entry.name for entry in entries if _is_folder(entry) and not entry.name.startswith("."))
     if not found:
         loose = len(_image_names(split))
         fix = f"it holds {loose} images but no class folders: {VALPREP}" if loose else "it holds no class folders"
@@ -162,7 +224,16 @@ def _class_folders(split: Path, classes: Sequence[str] | None) -> tuple[list[str
             f"{split / strays[0]} is a class that {split.parent / 'train'} lacks ({len(strays)} such folders); "
             f"both splits need the same <wnid> folders: {IMAGENET_LAYOUT}"
         )
-    samples = [(path, index[name]) for name in found for path in _images_of_class(split / name, IMAGENET_LAYOUT)]
+    samples = [
+        (path, index[name]) for name in found for path in _images_of_class(split / name, IMAGENET_LAYOUT, walk=True)
+    ]
+    missing = [name for name in classes if name not in found]
+    if missing and launched_rank() == 0:  # evaluated on the others' images: said, not refused (a choice one may make)
+        print(
+            f"warning: {split} lacks {len(missing)} of the {len(classes)} classes of train/ ({', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}): accuracy is measured on the others",
+            file=sys.stderr,
+        )
     return list(classes), samples
 
 
@@ -202,20 +273,25 @@ def tiny_imagenet_datasets(data_dir: str | Path) -> tuple[ImageFiles, ImageFiles
     annotations = root / "val" / "val_annotations.txt"
     index = {name: label for label, name in enumerate(classes)}
     val = []
+    listed: dict[str, int] = {}  # file -> the line that labels it
     for number, line in enumerate(_read_lines(annotations), 1):
         fields = line.split("\t")
         problem = (
             "has fewer than 2 tab-separated fields" if len(fields) < 2
             else f"names {fields[0]}, which {images} lacks" if fields[0] not in present
             else f"names the class {fields[1]}, which wnids.txt lacks" if fields[1] not in index
+            else f"labels {fields[0]} again (line {listed[fields[0]]} did)" if fields[0] in listed
             else None
         )  # fmt: skip
+        if fields[0] not in listed:
+            listed[fields[0]] = number
         if problem:
             raise UsageError(f"{annotations} line {number} {problem}; expected {TINY_IMAGENET_LAYOUT}")
         val.append((str(images / fields[0]), index[fields[1]]))
+    size = (IMAGE_SIZES["tiny-imagenet"],) * 2  # the transforms keep it: another would not stack into a batch
     return (
-        ImageFiles(root / "train", train, classes, tiny_imagenet_transform(train=True)),
-        ImageFiles(root / "val", val, classes, tiny_imagenet_transform(train=False)),
+        ImageFiles(root / "train", train, classes, tiny_imagenet_transform(train=True), size),
+        ImageFiles(root / "val", val, classes, tiny_imagenet_transform(train=False), size),
     )
 
 
@@ -260,6 +336,13 @@ def image_loader(
     )
 
 
+def one_line(error: BadImage) -> str:
+    """A ``BadImage``'s own line: raised in a worker, DataLoader re-raises it with the worker's
+    traceback around it, whose last line is ``...BadImage: <the line>``."""
+    last = str(error).strip().splitlines()[-1]
+    return last.split("BadImage: ", 1)[-1]
+
+
 def default_workers() -> int:
     """min(8, the CPUs this process may use): torchvision's references' default, within the job's share."""
     return min(8, len(os.sched_getaffinity(0)))
@@ -269,6 +352,8 @@ class FileImages:
     """A ``toolbox.data_loader.DataSource`` of ImageNet or Tiny-ImageNet: the workers decode uint8
     batches into pinned memory, which are copied to the device without blocking and normalised
     there. A loader (and its persistent workers) is built once per split and batch size."""
+
+    reads_files = True  # an epoch can fail on a file after hours: the trainer saves it before its test
 
     def __init__(self, name: str, data_dir: str | Path, device: torch.device, workers: int | None) -> None:
         self.train, self.test = IMAGE_DATASETS[name](data_dir)
@@ -291,6 +376,15 @@ class FileImages:
     def _to_device(self, tensor: Tensor) -> Tensor:
         return tensor.to(self.device, non_blocking=True)
 
+    @staticmethod
+    def _batches(loader: DataLoader, count: int | None = None) -> Iterator[Any]:
+        """The loader's batches; a bad image a worker met is its one line (``BadImage``), not the
+        worker's traceback that DataLoader wraps it in."""
+        try:
+            yield from itertools.islice(loader, count)
+        except BadImage as error:
+            raise BadImage(one_line(error)) from None
+
     def train_batches(
         self,
         batch_size: int,
@@ -304,7 +398,7 @@ class FileImages:
         loader = self._loader(True, batch_size, seed, rank, ranks)
         loader.batch_sampler.set_epoch(epoch, start_batch)
         count = None if max_batches is None else max(0, max_batches - start_batch)
-        for images, labels, indices in itertools.islice(loader, count):
+        for images, labels, indices in self._batches(loader, count):
             yield (
                 normalize_on_device(self._to_device(images), self.mean_std),
                 self._to_device(labels),
@@ -312,5 +406,5 @@ class FileImages:
             )
 
     def eval_batches(self, batch_size: int, rank: int = 0, ranks: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
-        for images, labels in self._loader(False, batch_size, 0, rank, ranks):
+        for images, labels in self._batches(self._loader(False, batch_size, 0, rank, ranks)):
             yield normalize_on_device(self._to_device(images), self.mean_std), self._to_device(labels)

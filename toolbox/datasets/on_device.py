@@ -28,6 +28,7 @@ class DataSource(Protocol):
 
     num_classes: int
     train_labels: Tensor  # (N,) on the training device, by sample index (CRD draws negatives by class)
+    reads_files: bool  # its epochs read files, and may fail on one: each is saved before its test
 
     @property
     def image_size(self) -> int: ...  # the side of the images fed to the models
@@ -64,6 +65,7 @@ class Dataset:
     mean: Tensor  # (1, 3, 1, 1) float, in [0, 255] units
     std: Tensor
     num_classes: int
+    reads_files = False  # all on the device: nothing to read during an epoch
 
     def normalize(self, images: Tensor) -> Tensor:
         return (images.float() - self.mean) / self.std

@@ -331,6 +331,8 @@ class Trainer:
                 world.barrier()  # others when one exits never cuts the writer off mid-save
             self.check_stop(stop, batch, stopping)
         final = at(n_batches)
+        if phase is None and self.data.reads_files:  # its test reads files too: a bad one must not cost the epoch
+            self.save_position(final)
         return {**final.means(), "images_per_s": (final.count - first_count) / (time.perf_counter() - started)}
 
     def fit(self, stop: StopFlag, say: Callable[[str], None]) -> None:
