@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -104,6 +104,27 @@ class World:
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         dist.all_gather(parts, padded)
         return [part[: int(n.item())] for part, n in zip(parts, sizes)]
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (a small picklable one: flags, a digest) in rank order, through the
+        CPU group."""
+        if not self.distributed:
+            return [value]
+        gathered: list[Any] = [None] * self.size
+        dist.all_gather_object(gathered, value, group=self.control)
+        return gathered
+
+    def check_agreement(self, what: str, value: Any, describe: Callable[[Any, Any], str]) -> None:
+        """Every rank must hold the same ``value`` (what defines the run, the state it resumes from):
+        where one differs, every rank stops with a one-line ``UsageError`` (rank 0 says it) naming the
+        first rank that differs and, through ``describe(theirs, rank 0's)``, how."""
+        values = self.gather_objects(value)
+        other = next((rank for rank, theirs in enumerate(values) if theirs != values[0]), None)
+        if other is not None:
+            raise UsageError(
+                f"rank {other} of this run was started with other {what} than rank 0 "
+                f"({describe(values[other], values[0])}); start every rank with the same command and files, then rerun"
+            )
 
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm's running statistics, which each rank keeps from its own

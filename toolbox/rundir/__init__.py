@@ -39,6 +39,7 @@ from toolbox.rundir.identity import (  # noqa: F401  (re-exported: the tools imp
     differences,
     experiment_name,
     file_digest,
+    identity,
     method_default,
     method_defaulted,
     method_specific,

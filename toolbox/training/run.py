@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +23,7 @@ from toolbox.config import Config
 from toolbox.distributed import World, join
 from toolbox.errors import UsageError
 from toolbox.models import build_model, load_checkpoint
-from toolbox.rundir import RunDir, file_digest, resolve
+from toolbox.rundir import RunDir, file_digest, identity, resolve
 from toolbox.stop import StopFlag, interruptible, stop_flag
 from toolbox.training.console import ConsoleLog, final_line
 from toolbox.training.curves import open_curves
@@ -45,6 +46,13 @@ def train(config: Config) -> dict[str, Any]:
             "--sync_bn synchronises BatchNorm over GPUs (torch's SyncBatchNorm runs on CUDA only), and these ranks "
             "train on the CPU: leave it out"
         )
+    try:  # before the folder is touched: ranks started with other flags would train another run than rank 0's
+        world.check_agreement(
+            "flags", {"experiment_name": config.experiment_name, **identity(asdict(config))}, flag_differences
+        )
+    except BaseException:
+        world.close()
+        raise
     claimed = run.claimed(config.experiment_name) if world.is_writer else contextlib.nullcontext()
     with contextlib.closing(world), claimed, stop_flag() as stop, ConsoleLog(run, world.is_writer) as log:
         if world.is_writer:
@@ -65,6 +73,12 @@ def open_run(
     """The run's trainer, resumed from last.pt when there is one (checked: same flags, same
     teacher), and its config.json written."""
     with stop.interruptible(f"reading {run.last}"):
+        if world.distributed:  # a stale copy on one node's view of a shared file system would resume another state
+            world.check_agreement(
+                f"files in {run.path}",
+                file_digest(run.last) if run.last.is_file() else None,
+                lambda theirs, ours: f"its last.pt is {'missing' if theirs is None else 'another file'}",
+            )
         state = read_last(run, torch.device("cpu"))
     saved, recorded = run.saved_config(), state.get("config") if state else None
     if state is not None and saved is None and recorded is None:
@@ -107,6 +121,15 @@ def open_run(
         )
     log(starting)  # train.log only ever stands beside the config.json that makes the folder a run of ours
     return trainer
+
+
+def flag_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> str:
+    """``--lr 5.0 there, 0.05 on rank 0`` for each flag in which two ranks' runs differ."""
+    return "; ".join(
+        f"--{name} {theirs.get(name)!r} there, {value!r} on rank 0"
+        for name, value in ours.items()
+        if theirs.get(name) != value
+    )
 
 
 def finish(trainer: Trainer, log: Callable[[str], None]) -> dict[str, Any]:
