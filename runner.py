@@ -43,6 +43,7 @@ from toolbox.sweep.command import (
     make_scheduler,
     parse_args,
     prepare_data,
+    record_grid,
     teacher_files,
 )
 from toolbox.sweep.grid import build_grid
@@ -81,6 +82,8 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
             return 0
         settings = job_settings(args)
         check_ranks(runs, settings, scheduler)
+        if args.study and not args.dry_run:  # what --study NAME alone names from now on
+            record_grid(experiments_dir / args.study, sys.argv[1:] if argv is None else argv)
         if args.dry_run:
             print(grid_table(runs, axes))
         else:  # data before jobs: compute nodes may have no internet, and many jobs start at once

@@ -1541,3 +1541,38 @@ def test_the_runs_of_a_job_share_its_cpus(experiments: Path, environment: dict[s
         check=True,
     )
     assert lines[0] == "trainings=3" and done.stdout.strip() == threads
+
+
+def test_a_study_remembers_its_grid(cli, tmp_path: Path, experiments: Path) -> None:
+    """``--study NAME`` records the grid it submits; later, ``--status --study NAME`` alone shows that
+    grid (not the default study's), and a flag given then replaces the recorded one."""
+    python = fake_training(tmp_path / "python")
+    argv = grid(experiments, "--scheduler", "local", "--python", str(python), "--study", "s1")
+    status, out, _ = cli([*argv, "--distillations", "featuremap", "kd", "--runs", "1", "--grid", "beta=50,60"])
+    assert status == 0, out
+    recorded = json.loads((experiments / "s1" / "grid.json").read_text())["argv"]
+    assert "--distillations" in recorded and "--status" not in recorded
+
+    status, table, _ = cli(["--experiments_dir", str(experiments), "--study", "s1", "--scheduler", "local", "--status"])
+    assert status == 0, table
+    finished = [line for line in table.splitlines() if line.startswith("finished ")]
+    assert table.splitlines()[-1] == "finished 5, running 0, pending 0, failed 0, not started 0", table
+    assert sum(" s1/digits/" in line for line in finished) == 4  # featuremap and kd, beta 50 and 60; and the teacher
+
+    status, table, _ = cli(
+        [
+            "--experiments_dir",
+            str(experiments),
+            "--study",
+            "s1",
+            "--scheduler",
+            "local",
+            "--status",
+            "--grid",
+            "beta=50",
+        ]
+    )
+    assert status == 0 and table.splitlines()[-1].startswith("finished 3, "), table
+    (experiments / "s1" / "grid.json").write_text("[1, 2]")
+    status, _, err = cli(["--experiments_dir", str(experiments), "--study", "s1", "--status"])
+    assert status == 2 and "grid.json is not a grid runner.py recorded; it was left as it is" in err

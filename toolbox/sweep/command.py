@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import re
 import sys
@@ -22,6 +23,7 @@ from toolbox.config.naming import validate_experiment_name
 from toolbox.data_loader import prepare_dataset
 from toolbox.errors import UsageError
 from toolbox.methods import METHODS
+from toolbox.rundir import read_regular_text
 from toolbox.sweep import (
     Axes,
     JobSettings,
@@ -33,6 +35,7 @@ from toolbox.sweep.pbs import PbsScheduler
 from toolbox.sweep.scheduler import Resources, Scheduler
 from toolbox.sweep.slurm import SlurmScheduler
 from toolbox.sweep.studies import BENCHMARK, BENCHMARK_RUNS, BENCHMARKS, IMAGENET_BENCHMARK, STUDY, STUDY_RUNS
+from toolbox.utils import atomic_write_json
 
 DISTILLATIONS = [name for name in METHODS if name != "none"]
 OWN_FLAGS = {
@@ -232,7 +235,9 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         "--study",
         default="",
         help="sub-folder of --experiments_dir for the students of this grid, e.g. to "
-        "keep a variant with other flags after '--' apart (teachers are shared)",
+        "keep a variant with other flags after '--' apart (teachers are shared); runner.py records the grid it "
+        "submits there (grid.json), so that later --study NAME alone names it (with --status too); flags given "
+        "then replace the recorded ones",
     )
 
     jobs = parser.add_argument_group("the jobs (each flag's default comes from the environment variable named)")
@@ -363,8 +368,69 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
+GRID_RECORD = "grid.json"
+"""A study's grid as runner.py last submitted it (``--experiments_dir``/STUDY/grid.json): the command's
+flags, which ``--study STUDY`` reads back, so that ``--status`` and a later submission need no more."""
+ACTIONS = ("--status", "--cancel", "--clean", "--yes", "--dry_run", "--scripts", "--prepare_data")
+"""runner.py's flags that say what to do with a grid, not which grid: never recorded."""
+
+
+def record_grid(folder: Path, argv: list[str]) -> None:
+    """Record the grid of ``argv`` for ``--study`` (folder: the study's), written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / GRID_RECORD, {"argv": [token for token in argv if token not in ACTIONS]})
+
+
+def recorded_grid(folder: Path) -> Optional[list[str]]:
+    """The flags ``record_grid`` wrote in ``folder`` (None: none); a damaged record is one line."""
+    path = folder / GRID_RECORD
+    if not path.exists():
+        return None
+    try:
+        argv = json.loads(read_regular_text(path)).get("argv")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        argv = None
+    if not isinstance(argv, list) or not all(isinstance(token, str) for token in argv):
+        raise UsageError(f"{path} is not a grid runner.py recorded; it was left as it is: move it away, then rerun")
+    return argv
+
+
+def with_recorded_grid(argv: list[str], recorded: list[str]) -> list[str]:
+    """The recorded command with ``argv``'s flags after its own, so that a flag given now wins
+    (a --grid axis given now replaces the recorded one of that flag); the training flags likewise."""
+
+    def split(tokens: list[str]) -> tuple[list[str], list[str]]:
+        cut = tokens.index("--") if "--" in tokens else len(tokens)
+        return tokens[:cut], tokens[cut + 1 :]
+
+    def axes(tokens: list[str]) -> list[tuple[int, str]]:
+        """(position, flag name) of each --grid axis, as ``--grid NAME=...`` or ``--grid=NAME=...``."""
+        found = [(i, tokens[i + 1]) for i in range(len(tokens) - 1) if tokens[i] == "--grid"]
+        found += [(i, token.removeprefix("--grid=")) for i, token in enumerate(tokens) if token.startswith("--grid=")]
+        return [(i, value.split("=")[0]) for i, value in found]
+
+    (ours, our_training), (theirs, their_training) = split(argv), split(recorded)
+    given = {name for _, name in axes(ours)}
+    dropped: set[int] = set()
+    for index, name in axes(theirs):
+        if name in given:
+            dropped |= {index, index + 1} if theirs[index] == "--grid" else {index}
+    kept = [token for index, token in enumerate(theirs) if index not in dropped]
+    return [*kept, *ours, "--", *their_training, *our_training]
+
+
 def parse_args(argv: list[str], description: str = "") -> tuple[argparse.Namespace, list[str]]:
-    """runner.py's flags, and the training flags after ``--`` (refusing those it sets itself)."""
+    """runner.py's flags, and the training flags after ``--`` (refusing those it sets itself); with
+    ``--study`` of a recorded grid, that grid's flags under the ones given."""
+    args, extra = parse_command(argv, description)
+    recorded = recorded_grid(Path(args.experiments_dir) / args.study) if args.study and args.experiments_dir else None
+    if recorded is not None:
+        args, extra = parse_command(with_recorded_grid(argv, recorded), description)
+    return args, extra
+
+
+def parse_command(argv: list[str], description: str = "") -> tuple[argparse.Namespace, list[str]]:
+    """``argv`` as runner.py's flags and the training flags after ``--``."""
     cut = argv.index("--") if "--" in argv else len(argv)
     args = build_parser(description).parse_args(argv[:cut])
     extra = argv[cut + 1 :]
