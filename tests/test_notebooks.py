@@ -119,7 +119,10 @@ def test_aggregator_on_experiments(experiments: Path, tmp_path: Path) -> None:
     printed = text(notebook)
     assert "7 finished runs in 6 configurations" in printed and "1 without results" in printed
     assert UNFINISHED_RUN in printed and "unfinished" in printed
-    assert figures(notebook) == 3  # accuracy curves, both loss panels in one figure, accuracy against rank
+    # test accuracy, cross-entropy, the distillation losses (a panel per method), accuracy against rank
+    assert figures(notebook) == 4
+    pngs = ("test_accuracy.png", "train_cross_entropy.png", "train_distillation_loss.png", "accuracy_vs_rank.png")
+    assert all((output / name).read_bytes().startswith(b"\x89PNG") for name in pngs)  # readable outside the notebook
     summary = (output / "summary.csv").read_text()
     for name in ("featuremap", "tucker_x0.25", "tucker_x0.5", "recomp_both_x0.25", "teacher", "student alone"):
         assert f"\n{name}," in summary

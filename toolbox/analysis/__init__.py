@@ -71,7 +71,14 @@ from toolbox.analysis.layout import (
     layout_reports,
     layout_table,
 )
-from toolbox.analysis.plots import curves, plot_accuracy_vs_rank, plot_curves, rank_table
+from toolbox.analysis.plots import (
+    curves,
+    plot_accuracy_vs_rank,
+    plot_curves,
+    plot_distillation_losses,
+    rank_table,
+    save_figure,
+)
 from toolbox.analysis.runs import (
     ADDITIONS,
     BASELINES,

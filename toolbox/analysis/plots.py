@@ -1,15 +1,19 @@
-"""Learning curves over seeds and accuracy against Tucker rank, as tables and as matplotlib plots.
+"""Learning curves over seeds and accuracy against Tucker rank, as tables and as matplotlib plots,
+each figure also saved as a PNG file beside the tables (``save_figure``).
 
 The only part of the analysis that draws, so matplotlib is imported here alone.
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Optional, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from toolbox.analysis.runs import (
     BASELINES,
@@ -21,7 +25,7 @@ from toolbox.analysis.runs import (
     _other_modes_tag,
     feature_map_shape,
 )
-from toolbox.analysis.summary import baseline
+from toolbox.analysis.summary import _output_folder, baseline, write_output
 from toolbox.config.choices import parse_ranks
 from toolbox.errors import UsageError
 from toolbox.tucker import absolute_ranks
@@ -72,6 +76,47 @@ def plot_curves(runs: Runs, curve: str, ax: Optional[Axes] = None, labels: Optio
     ax.set(xlabel="epoch", ylabel=CURVES[curve], title=f"{CURVES[curve]}, mean ± 1 std over seeds")
     ax.legend(fontsize="small")
     return ax
+
+
+def plot_distillation_losses(runs: Runs, columns: int = 4) -> Figure:
+    """The training distillation loss of each method on axes of its own, a line per configuration:
+    their scales differ by orders of magnitude (kd's KL divergence against the normalised distances
+    of featuremap and tucker), so that one axis would flatten all but the largest to 0."""
+    table = curves(runs, "train_soft_loss")
+    methods = runs.finished.drop_duplicates("label").set_index("label")["distillation"]
+    table = table[table["label"].map(methods) != "none"]
+    groups = list(table.groupby(table["label"].map(methods), sort=False))
+    if not groups:
+        figure, ax = plt.subplots(figsize=(8, 3))
+        _no_data(ax, "no finished run with a distillation loss")
+        return figure
+    width = min(columns, len(groups))
+    figure, axes = plt.subplots(
+        math.ceil(len(groups) / width),
+        width,
+        figsize=(4.5 * width, 3.2 * math.ceil(len(groups) / width)),
+        squeeze=False,
+    )
+    for ax, (method, lines) in zip(axes.flat, groups):
+        for label, line in lines.groupby("label", sort=False):
+            band = line["std"].fillna(0)
+            ax.plot(line["epoch"], line["mean"], label=f"{label} (n={line['runs'].max()})")
+            ax.fill_between(line["epoch"], line["mean"] - band, line["mean"] + band, alpha=0.2)
+        ax.set(title=method, xlabel="epoch", ylabel="distillation loss")
+        ax.legend(fontsize="x-small")
+    for ax in axes.flat[len(groups) :]:
+        ax.set_axis_off()
+    figure.suptitle("training distillation loss per method, mean ± 1 std over seeds (each on its own scale)")
+    figure.tight_layout()
+    return figure
+
+
+def save_figure(figure: Figure, folder: str | Path, name: str) -> Path:
+    """``figure`` as the PNG file ``name`` in ``folder``, written as the tables are (atomically, never
+    through a symbolic link): a notebook's figures stay readable outside the executed notebook."""
+    path = _output_folder(folder) / name
+    write_output(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight"))
+    return path
 
 
 def rank_table(summary: pd.DataFrame) -> pd.DataFrame:
