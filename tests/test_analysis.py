@@ -901,3 +901,21 @@ def test_every_published_imagenet_number_names_its_source() -> None:
     assert set(zip(published["teacher"], published["student"])) == set(analysis.IMAGENET_PAIRS)
     assert published["source"].str.contains("mdistiller|torchvision|torchdistill|DIST_KD|ReviewKD").all()
     assert not published.duplicated(["teacher", "student", "method"]).any()
+
+
+def test_a_study_folder_shows_its_shared_teacher(tmp_path: Path) -> None:
+    """runner.py --study puts the students in a sub-folder and shares their teacher one level up: the
+    analysis of the study's folder still fills the teacher row, from the teacher the students name."""
+    write_run(tmp_path, [90.0, 97.5], distillation="none", student="ResNet20")
+    study = tmp_path / "s1"
+    write_run(
+        study,
+        [80.0, 85.0],
+        distillation="kd",
+        teacher_checkpoint=str(tmp_path / "digits" / "teacher" / "ResNet20" / "epochs=3" / "seed0" / "ResNet20.pth"),
+    )
+    write_run(study, [70.0, 75.0], distillation="none")
+    runs = analysis.load_runs(study)
+    methods = dict(zip(runs.finished["method"], runs.finished["best_test_acc"]))
+    assert methods == {"teacher": 97.5, "kd": 85.0, "student alone": 75.0}
+    assert analysis.expectation_table(runs).iloc[0]["method"] == "teacher"

@@ -319,6 +319,7 @@ def load_runs(experiments_dir: str | Path) -> Runs:
                     at_home.add(name)
         except (UsageError, KeyError, TypeError, IndexError, ValueError) as error:
             pending.append({"run": name, "status": f"unreadable ({type(error).__name__}: {error})"})
+    finished += _teachers_elsewhere(folder, teacher_folders)
     finished, duplicates = _one_run_per_seed(finished, at_home, teachers)
     pending += duplicates
     empty_columns = ["run", *NAME_COLUMNS, *SHOWN_FLAGS, "feature_layer", *RUN_STATS, *CURVES]
@@ -327,6 +328,26 @@ def load_runs(experiments_dir: str | Path) -> Runs:
     finished_table.loc[roles.index, "method"] = finished_table.loc[roles.index, "family"] = roles
     finished_table = _with_labels(finished_table)
     return Runs(folder, finished_table, pd.DataFrame(pending, columns=list(PENDING_COLUMNS)))
+
+
+def _teachers_elsewhere(folder: Path, teacher_folders: set[str]) -> list[dict[str, Any]]:
+    """The finished plain runs outside ``folder`` that its runs distilled from: a study's folder
+    (runner.py --study) holds its students, and their teachers are shared, one level up; their rows
+    (``teacher``) are filled from there. Named by their folder as the students' config.json name it."""
+    records = []
+    for teacher_folder in sorted(teacher_folders):
+        run = RunDir(teacher_folder)
+        if run.path.resolve().is_relative_to(folder.resolve()) or not run.finished:
+            continue
+        try:
+            config, metrics = run.saved_config(), run.read_json(run.metrics)
+            if config is None or config.get("distillation") != "none":
+                continue
+            _check_record(run, config, metrics)
+            records.append(_run_record(teacher_folder, config, metrics))
+        except (UsageError, KeyError, TypeError, IndexError, ValueError):
+            continue  # a teacher row left empty, as when the teacher is gone; its students still count
+    return records
 
 
 def describe(runs: Runs) -> str:
