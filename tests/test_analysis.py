@@ -536,7 +536,7 @@ def benchmark_runs(tmp_path_factory: pytest.TempPathFactory) -> analysis.Runs:
 
 BENCHMARK_ROWS = [
     "teacher",
-    "student",
+    "student alone",
     "kd",
     "fitnet",
     "crd",
@@ -554,7 +554,7 @@ def test_benchmark_table_cells_rows_and_columns(benchmark_runs: analysis.Runs) -
     last = analysis.benchmark_table(benchmark_runs, "last", "cifar100")
     assert list(last.index) == BENCHMARK_ROWS and list(last.columns) == BENCHMARK_COLUMNS
     assert last.loc["teacher"].tolist() == ["75.50 ± 0.71", "75.50 ± 0.71", "72.00", "75.50 ± 0.71"]  # one seed: no ±
-    assert last.loc["student"].tolist() == ["72.00 ± 1.00", "", "68.00 ± 1.41", ""]
+    assert last.loc["student alone"].tolist() == ["72.00 ± 1.00", "", "68.00 ± 1.41", ""]
     assert last.loc["kd"].tolist() == ["75.00 ± 1.00", "", "71.00 ± 1.41", "54.00"]
     assert last.loc["tucker_x0.5", WRN] == "74.00 ± 1.41" and last.loc["tucker_x0.25", WRN] == "71.00"
     assert last.loc["recomp_both_x0.5", RESNET] == "70.00" and last.loc["noise_std1", RESNET] == "64.00"
@@ -566,7 +566,7 @@ def test_benchmark_table_cells_rows_and_columns(benchmark_runs: analysis.Runs) -
     assert best.loc["kd"].tolist() == ["76.00 ± 1.00", "", "72.00 ± 0.00", "55.00"]
     assert best.loc["tucker_x0.5", WRN] == "75.50 ± 0.71" and best.loc["noise_std1", RESNET] == "65.00"
     digits = analysis.benchmark_table(benchmark_runs, "last", "digits")
-    assert list(digits.index) == ["teacher", "student", "kd"] and list(digits.columns) == ["ResNet20→ResNetBaby"]
+    assert list(digits.index) == ["teacher", "student alone", "kd"] and list(digits.columns) == ["ResNet20→ResNetBaby"]
     assert analysis.benchmark_table(benchmark_runs, "last", "cifar10").empty
     with pytest.raises(UsageError, match="statistic must be one of last, best"):
         analysis.benchmark_table(benchmark_runs, "mean")
@@ -589,14 +589,14 @@ def test_row_order_places_the_field_s_methods_first() -> None:
         ("at", "at"),
         ("fitnet", "fitnet"),
         ("kd", "kd"),
-        ("student", "plain"),
+        ("student alone", "plain"),
         ("teacher", "plain"),
         ("recomp_teacher_x0.5", "recomp_teacher"),
     ]
     ordered = sorted(names, key=lambda n: analysis._row_order(n[0], n[0], n[1]))
     assert [name for name, _ in ordered] == [
         "teacher",
-        "student",
+        "student alone",
         "kd",
         "fitnet",
         "at",
@@ -625,7 +625,7 @@ def test_a_cell_never_mixes_recipes_or_settings(tmp_path: Path) -> None:
     # Another setting of the method: its own row, labelled with the setting.
     write_benchmark_runs(tmp_path, pair, "kd", [[60, 60, 60]], beta=0.5)
     table = analysis.benchmark_table(analysis.load_runs(tmp_path))
-    assert list(table.index) == ["teacher", "student", "kd (beta=0.5)", "kd (beta=0.9)"]
+    assert list(table.index) == ["teacher", "student alone", "kd (beta=0.5)", "kd (beta=0.9)"]
     assert table[WRN].tolist() == ["75.00", "", "60.00", "71.00 ± 1.41"]
     # Another recipe (here more epochs) in the same folder: refused, in one line, until one is picked.
     write_benchmark_runs(tmp_path, pair, "kd", [[60, 80, 80, 80]], epochs=4)
@@ -667,14 +667,14 @@ def test_published_numbers() -> None:
     assert indexed.loc[("resnet32x4", "resnet8x4", "ab"), "top1"] == 73.17
     assert indexed.loc[("vgg13", "vgg8", "crd"), "top1"] == 73.94
     assert indexed.loc[("resnet32x4", "resnet8x4", "dkd"), "source"] == "https://github.com/megvii-research/mdistiller"
-    repdistillers = ["teacher", "student", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "cc", "nst"]
+    repdistillers = ["teacher", "student alone", "kd", "fitnet", "at", "sp", "pkt", "rkd", "vid", "crd", "cc", "nst"]
     assert set(published.loc[published["method"].isin(repdistillers), "source"]) == {
         "https://github.com/HobbitLong/RepDistiller"
     }
     wide = analysis.published_table(published)
     assert list(wide.index) == [
         "teacher",
-        "student",
+        "student alone",
         "kd",
         "fitnet",
         "at",
@@ -696,7 +696,7 @@ def test_published_numbers() -> None:
         "kd_dot",
     ]
     assert list(wide.columns) == [analysis.pair_label(*pair) for pair in (*analysis.BENCHMARK_PAIRS, *CROSS_ARCH_PAIRS)]
-    assert wide.loc["student", "resnet110→resnet32"] == 71.14
+    assert wide.loc["student alone", "resnet110→resnet32"] == 71.14
 
 
 def test_benchmark_markdown_with_published_numbers(benchmark_runs: analysis.Runs, tmp_path: Path) -> None:
@@ -871,7 +871,7 @@ def test_the_imagenet_layout_shows_both_pairs_and_every_published_row(tmp_path: 
     assert list(last.columns) == ["resnet34→resnet18", "resnet50→MobileNetV1"]  # both pairs, though one has no run
     assert list(last.index) == [
         "teacher",
-        "student",
+        "student alone",
         "kd",
         "at",
         "crd",
@@ -882,7 +882,7 @@ def test_the_imagenet_layout_shows_both_pairs_and_every_published_row(tmp_path: 
         "tucker_x0.5",
     ]
     assert last.loc["teacher"].tolist() == ["– (73.31)", "– (76.13)"]  # torchvision's teachers: never trained here
-    assert last.loc["student"].tolist() == ["69.00 (69.76)", "– (–)"]  # no MobileNetV1 alone is published
+    assert last.loc["student alone"].tolist() == ["69.00 (69.76)", "– (–)"]  # no MobileNetV1 alone is published
     assert last.loc["crd"].tolist() == ["– (70.93)", "– (–)"]  # the epochs=2 run is not of this recipe
     assert last.loc["kd"].tolist() == ["71.25 (71.03)", "– (70.50)"]
     assert last.loc["tucker_x0.5"].tolist() == ["71.00", ""]  # ours alone: nothing is published for it

@@ -114,7 +114,7 @@ def test_the_aggregator_renders_the_crd_layout_table(tiny_grid: tuple[Path, dict
     rows = [line.split("|")[1].strip() for line in lines[2:]]
     assert rows[:21] == [
         "teacher",
-        "student",
+        "student alone",
         "kd",
         "fitnet",
         "at",

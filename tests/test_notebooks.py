@@ -138,7 +138,14 @@ def test_aggregator_on_experiments(experiments: Path, tmp_path: Path) -> None:
     assert f"| method | {TEACHER}→{STUDENT} |" in printed and "none is shown beside these digits runs" in printed
     benchmark = (output / "benchmark_last.md").read_text()
     rows = [line.split(" | ")[0] for line in benchmark.splitlines() if line.startswith("| ")][1:]
-    assert rows == ["| teacher", "| student", "| featuremap", "| tucker_x0.25", "| tucker_x0.5", "| recomp_both_x0.25"]
+    assert rows == [
+        "| teacher",
+        "| student alone",
+        "| featuremap",
+        "| tucker_x0.25",
+        "| tucker_x0.5",
+        "| recomp_both_x0.25",
+    ]
     assert "| teacher |  |" in benchmark and " ± " in benchmark.split("| tucker_x0.5 |")[1].splitlines()[0]  # two seeds
     assert "best epoch" in (output / "benchmark_best.md").read_text()
 

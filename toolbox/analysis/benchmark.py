@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from toolbox.analysis.runs import Runs, _isset, flag_columns
+from toolbox.analysis.runs import PLAIN_ROLES, Runs, _isset, flag_columns
 from toolbox.analysis.summary import _method_settings, _output_folder, summarize, write_output
 from toolbox.config import RECIPES, Config, recipe_defaults
 from toolbox.config.choices import CROSS_ARCH_PAIRS, SAME_ARCH_PAIRS
@@ -34,7 +34,7 @@ BENCHMARK_PAIRS = SAME_ARCH_PAIRS
 """The published table's teacher->student pairs (same architectural type), in its column order."""
 BENCHMARK_ROWS = (
     "teacher",
-    "student",
+    "student alone",
     "kd",
     "fitnet",
     "at",
@@ -166,7 +166,7 @@ def _cells(selected: pd.DataFrame) -> tuple[dict[tuple[str, str], pd.Series], li
     for _, config in selected.iterrows():
         if config["distillation"] == "none":
             for teacher, student in pairs:
-                for role, architecture in (("teacher", teacher), ("student", student)):
+                for role, architecture in zip(PLAIN_ROLES, (teacher, student)):
                     if config["student"] == architecture:
                         entries.append((role, "plain", (teacher, student), config))
         elif (config["teacher"], config["student"]) in pairs:
@@ -192,7 +192,7 @@ def _cells(selected: pd.DataFrame) -> tuple[dict[tuple[str, str], pd.Series], li
             )
         cells[(label, pair_label(*pair))] = config
         order[label] = _row_order(label, base, family_name)
-    for role in ("teacher", "student"):  # the reference rows are always there, empty until trained
+    for role in PLAIN_ROLES:  # the reference rows are always there, empty until trained
         if pairs and not any(label == role or label.startswith(f"{role} (") for label in order):
             order[role] = _row_order(role, role, "plain")
     return cells, sorted(order, key=order.__getitem__), [pair_label(*pair) for pair in pairs]
@@ -255,11 +255,12 @@ def benchmark_table(
 def published_results(path: str | Path = PUBLISHED_CSV) -> pd.DataFrame:
     """The published CIFAR-100 numbers, one row per (teacher, student, method): ``top1`` (%, NaN
     where none is published: DKD for resnet110→resnet20) and ``source`` (the README's repository).
-    ``method`` is ``teacher``/``student`` for plain training of the pair's architectures, else our
-    ``--distillation`` key."""
-    return pd.read_csv(
+    ``method`` is ``teacher``/``student alone`` for plain training of the pair's architectures (the
+    file's ``student``, named as every table of the analysis names it), else our ``--distillation`` key."""
+    published = pd.read_csv(
         path, comment="#", dtype={"teacher": str, "student": str, "method": str, "top1": float, "source": str}
     )
+    return published.replace({"method": {"student": PLAIN_ROLES[1]}})
 
 
 def published_table(published: Optional[pd.DataFrame] = None) -> pd.DataFrame:
