@@ -178,3 +178,15 @@ def test_bench_grid_quick(tmp_path: Path) -> None:
     for row in steps:
         assert row["eager_ms"] > 0 and (row["cudagraphs_ms"], row["cudagraphs_speedup"]) == ("n/a", "n/a")  # GPU only
     assert "| n/a |" in stdout and "processes side by side" in report["headline"]
+
+
+def test_bench_startup_quick(tmp_path: Path) -> None:
+    stdout, report = run_benchmark("bench_startup.py", tmp_path / "startup.json", "--repeats", "1")
+    rows = check_common(stdout, report)
+    assert [row["command"] for row in rows][:3] == [
+        "tucker_distillation.py --help",
+        "tucker_distillation.py, a bad flag",
+        "tucker_distillation.py, a finished run",
+    ]
+    assert all(row["cpu_s"] > 0 and row["wall_s"] > 0 for row in rows)
+    assert report["headline"].startswith("a finished run's rerun costs ")
