@@ -31,7 +31,7 @@ from typing import Optional
 
 from toolbox.cli import IO_ERROR, os_error_line, quiet_on_closed_pipe
 from toolbox.errors import Interrupted, UsageError
-from toolbox.sweep import cancel_jobs, clean, exclusive, grid_table, status_table, submit_grid
+from toolbox.sweep import cancel_jobs, clean, exclusive, grid_table, status_table, submit_grid, teacher_report
 from toolbox.sweep.command import (
     DISTILLATIONS,
     ask,
@@ -88,6 +88,8 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
             print(grid_table(runs, axes))
         else:  # data before jobs: compute nodes may have no internet, and many jobs start at once
             prepare_data(runs, settings.workdir)
+        for line in teacher_report(runs):  # which teacher the students distil from, and whether it is a weak one
+            print(line, flush=True)
         if args.prepare_data:
             print("the grid's data sets are ready")
             return 0

@@ -638,6 +638,9 @@ def test_dry_run_prints_the_plan_the_scripts_on_request_and_submits_and_writes_n
     fake = FakeSlurm()
     status, plan, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "2", "--dry_run"), fake)
     assert status == 0 and f"would submit {TEACHER}\n" in plan and "#!/bin/bash" not in plan
+    # which teacher the students distil from, and that 2 epochs are fewer than the recipe's
+    assert f"teacher {TEACHER}: 2 epochs, trained first, for 2 students\n" in plan
+    assert "warning: its students distil from a teacher of 2 epochs, fewer than --recipe original's 150" in plan
     status, out, _ = cli(
         grid(experiments, "--distillations", "featuremap", "--runs", "2", "--dry_run", "--scripts"), fake
     )

@@ -172,7 +172,7 @@ def test_interrupted_jobs_resume_from_their_checkpoint(slurm: SlurmScheduler, ex
 
     runner(experiments, *grid)
     first, second = job_id(cancelled), job_id(warned)
-    wait_until(lambda: (cancelled / "last.pt").exists(), "the first epoch of the run to cancel", timeout=patience(400))
+    wait_until(lambda: (cancelled / "last.pt").exists(), "the first epoch of the run to cancel", timeout=400)
     subprocess.run(["scancel", first], check=True)
     wait_until(lambda: (warned / "last.pt").exists(), "the first epoch of the run to warn")
     subprocess.run(["scancel", "--signal=USR1", "--batch", second], check=True)
@@ -228,7 +228,7 @@ def test_two_process_run_stops_requeues_and_finishes(slurm: SlurmScheduler, expe
     assert "#SBATCH --ntasks-per-node=2" in runner(experiments, "--dry_run", "--scripts", *grid)
     runner(experiments, *grid)
     job = job_id(run)
-    wait_until(lambda: (run / "last.pt").exists(), "the first epoch of the two-process run", timeout=patience(400))
+    wait_until(lambda: (run / "last.pt").exists(), "the first epoch of the two-process run", timeout=400)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
     wait_until(lambda: "requeueing job" in log(run, job), "the two-process job to requeue itself")
     wait_for_jobs(slurm, [job])
@@ -297,7 +297,7 @@ def test_runs_share_a_job_and_are_not_submitted_twice(slurm: SlurmScheduler, exp
     runner(experiments, *grid)
     job = job_id(runs[0])
     assert [job_id(run) for run in runs] == [job] * 4
-    wait_for_jobs(slurm, [job], timeout=patience(400))  # four trainings on one CPU, on a machine that may be busy
+    wait_for_jobs(slurm, [job], timeout=400)  # four trainings on one CPU, on a machine that may be busy
     for run in runs:
         assert (run / "metrics.json").exists(), (run / "job.out").read_text()
         assert metrics(run)["epochs"] == 2 and "best test accuracy" in (run / "job.out").read_text()

@@ -36,6 +36,7 @@ from toolbox.sweep.grid import (
     parse_axis,
     refused,
     split_pair,
+    teacher_report,
     teachers,
     training_config,
 )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
-from toolbox.config import RUNTIME_FIELDS, Config, parse_config
+from toolbox.config import RUNTIME_FIELDS, Config, flag_default, parse_config, recipe_defaults
 from toolbox.config.choices import MODELS
 from toolbox.config.naming import format_value, validate_experiment_name
 from toolbox.distillation import with_defaults
@@ -24,6 +24,7 @@ from toolbox.errors import UsageError
 from toolbox.methods import DISTILLERS
 from toolbox.rundir import (
     TEACHER_SEED,
+    RunDir,
     default_teacher_checkpoint,
     defining_flags,
     experiment_name,
@@ -224,3 +225,25 @@ def attach_teacher(run: Run, teacher: Run) -> None:
 
 def teachers(runs: list[Run]) -> list[Run]:
     return list({run.teacher.name: run.teacher for run in runs if run.teacher}.values())
+
+
+def teacher_report(runs: list[Run]) -> list[str]:
+    """A line per teacher the grid's students distil from by default: its run, its epochs, whether it
+    is trained already (or is trained first), and a warning where it trains for fewer epochs than
+    its recipe: a teacher of a few epochs (runner.py --epochs sets the teacher's too) bounds every
+    student's accuracy, and nothing else would say so."""
+    lines = []
+    for teacher in teachers(runs):
+        students = sum(run.teacher is not None and run.teacher.name == teacher.name for run in runs)
+        state = "trained" if RunDir(teacher.path).finished else "trained first"
+        plural = "" if students == 1 else "s"
+        lines.append(f"teacher {teacher.name}: {teacher.config.epochs} epochs, {state}, for {students} student{plural}")
+        recipe = teacher.config.recipe
+        epochs = recipe_defaults(recipe, teacher.config.student).get("epochs", flag_default("epochs"))
+        if teacher.config.epochs < epochs:
+            lines.append(
+                f"warning: its students distil from a teacher of {teacher.config.epochs} epochs, fewer than "
+                f"--recipe {recipe}'s {epochs}: its accuracy bounds theirs; train the teacher with the recipe's "
+                "epochs, or give every student one with -- --teacher_checkpoint FILE"
+            )
+    return lines

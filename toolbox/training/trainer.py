@@ -188,7 +188,12 @@ class Trainer:
 
     def check_stop(self, stop: StopFlag, batch: Optional[int] = None, stopping: Optional[bool] = None) -> None:
         """``resume.check_stop`` with the epoch being trained and the last one saved named as the run
-        counts them (``init epoch 2`` in RepDistiller's initialisation phase)."""
+        counts them (``init epoch 2`` in RepDistiller's initialisation phase). ``stopping``: the ranks'
+        agreed answer; all ranks then leave together, once the writer has saved, between epochs as
+        within one: a launcher that ends the others when one exits never cuts the writer off mid-save,
+        and no rank tears its connections down while another still uses them."""
+        if stopping:
+            self.world.barrier()
         located = self.phase
         if located:
             phase, number = located
@@ -327,8 +332,6 @@ class Trainer:
             stopping = world.any(stop.signal is not None)  # every rank stops after the same step
             if stopping or (config.checkpoint_every and batch % config.checkpoint_every == 0 and batch < n_batches):
                 self.save_position(at(batch))
-            if stopping:  # all ranks leave together, once the writer has saved: a launcher that ends the
-                world.barrier()  # others when one exits never cuts the writer off mid-save
             self.check_stop(stop, batch, stopping)
         final = at(n_batches)
         if phase is None and self.data.reads_files:  # its test reads files too: a bad one must not cost the epoch
