@@ -54,7 +54,8 @@ __all__ = ["DISTILLATIONS", "clean", "grid_axes", "main", "parse_args"]
 
 def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None) -> int:
     try:
-        args, extra = parse_args(sys.argv[1:] if argv is None else argv, __doc__)
+        argv = sys.argv[1:] if argv is None else argv
+        args, extra = parse_args(argv, __doc__)
         scheduler = scheduler or make_scheduler(args)
         if not args.experiments_dir:
             raise UsageError("--experiments_dir is empty: name the folder of the runs, e.g. experiments")
@@ -83,7 +84,7 @@ def main(argv: Optional[list[str]] = None, scheduler: Optional[Scheduler] = None
         settings = job_settings(args)
         check_ranks(runs, settings, scheduler)
         if args.study and not args.dry_run:  # what --study NAME alone names from now on
-            record_grid(experiments_dir / args.study, sys.argv[1:] if argv is None else argv)
+            record_grid(experiments_dir / args.study, argv)
         if args.dry_run:
             print(grid_table(runs, axes))
         else:  # data before jobs: compute nodes may have no internet, and many jobs start at once

@@ -108,13 +108,15 @@ def torchrun(root: Path, name: str, *flags: str) -> subprocess.Popen:
     )
 
 
-def start_ranks(root: Path, name: str, *flags: str, step_seconds: float = 0) -> list[subprocess.Popen]:
+def start_ranks(
+    root: Path, name: str, *flags: str, step_seconds: float = 0, rank_flags: tuple[list[str], ...] = ([], [])
+) -> list[subprocess.Popen]:
     """Two ranks started as torchrun starts them, to read each one's status and stderr; each step
-    takes ``step_seconds`` longer (distributed_entry.slow_steps)."""
+    takes ``step_seconds`` longer (distributed_entry.slow_steps); rank r adds ``rank_flags[r]``."""
     port = str(free_port())
     return [
         subprocess.Popen(
-            [sys.executable, *command(root, name, *flags)],
+            [sys.executable, *command(root, name, *flags), *rank_flags[rank]],
             cwd=REPO,
             env={
                 **environment(),
@@ -273,34 +275,12 @@ def test_sync_bn_on_cpu_ranks_is_one_line_before_any_folder(tmp_path: Path) -> N
     assert not (tmp_path / "runs").exists()
 
 
-def ranks_with(root: Path, flags: list[list[str]]) -> list[subprocess.Popen]:
-    """Two ranks as torchrun starts them, rank r with ``flags[r]`` after the common ones."""
-    port = str(free_port())
-    return [
-        subprocess.Popen(
-            [sys.executable, *command(root, "r", "--distillation", "none", "--epochs", "1"), *flags[rank]],
-            cwd=REPO,
-            env={
-                **environment(),
-                "RANK": str(rank),
-                "LOCAL_RANK": str(rank),
-                "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": port,
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-
-
 def test_ranks_started_with_other_flags_or_files_stop_in_one_line_before_writing(tmp_path: Path) -> None:
     """Two nodes of one run whose flags differ would train rank 0's run with another's batches; a
     node that sees another last.pt (a stale copy) would resume another state: every rank stops,
     rank 0 says how in one line, exit 2, and nothing is written."""
-    ranks = ranks_with(tmp_path, [["--lr", "0.05"], ["--lr", "5", "--seed", "7"]])
+    plain = ("r", "--distillation", "none", "--epochs", "1")
+    ranks = start_ranks(tmp_path, *plain, rank_flags=(["--lr", "0.05"], ["--lr", "5", "--seed", "7"]))
     errors = [rank.communicate(timeout=patience(60))[1] for rank in ranks]
     assert [rank.returncode for rank in ranks] == [2, 2] and errors[1] == "", errors
     assert errors[0].count("\n") == 1 and "rank 1 of this run was started with other flags than rank 0" in errors[0]
@@ -310,7 +290,7 @@ def test_ranks_started_with_other_flags_or_files_stop_in_one_line_before_writing
     stale = tmp_path / "stale"
     (stale / "r").mkdir(parents=True)
     (stale / "r" / "last.pt").write_bytes(b"rank 1 sees this copy")
-    ranks = ranks_with(tmp_path, [[], ["--experiments_dir", str(stale)]])
+    ranks = start_ranks(tmp_path, *plain, rank_flags=([], ["--experiments_dir", str(stale)]))
     errors = [rank.communicate(timeout=patience(60))[1] for rank in ranks]
     assert [rank.returncode for rank in ranks] == [2, 2] and errors[1] == "", errors
     assert errors[0].count("\n") == 1 and "rank 1 of this run was started with other files in" in errors[0]

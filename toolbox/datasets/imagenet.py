@@ -33,7 +33,7 @@ import itertools
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 import torch
 from PIL import Image
@@ -199,10 +199,9 @@ def _is_folder(entry: os.DirEntry) -> bool:
         return entry.is_dir()
     except OSError as error:
         _unreadable(error)
-        raise  # unreachable: _unreadable raises
 
 
-def _unreadable(error: OSError) -> None:
+def _unreadable(error: OSError) -> NoReturn:
     """A folder that cannot be listed (no permission, a symbolic link to itself) is bad input."""
     raise UsageError(f"{error.filename} cannot be listed ({error.strerror or error}); fix or remove it, then rerun")
 
