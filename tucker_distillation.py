@@ -25,7 +25,6 @@ early_signals: list[int] = []
 for stop_signal in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
     signal.signal(stop_signal, lambda signum, frame: early_signals.append(signum))
 
-import sys  # noqa: E402
 
 from toolbox.stop import StopFlag  # noqa: E402
 
@@ -35,7 +34,7 @@ import contextlib  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from toolbox.cli import main_guard, quiet_on_closed_pipe, wait_passively  # noqa: E402
+from toolbox.cli import exit_process, main_guard, quiet_on_closed_pipe, wait_passively  # noqa: E402
 from toolbox.config import Config, parse_config  # noqa: E402
 from toolbox.rundir import RunDir  # noqa: E402  (no torch)
 
@@ -77,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     status = quiet_on_closed_pipe(main)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run has said how it ended: a late Ctrl-C changes nothing
-    sys.exit(status)
+    exit_process(status)

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from common import Column, LoadMonitor, add_common_flags, add_pair_flags, finish, save_teacher, setup, synthetic_data
 
+from toolbox.cli import exit_process
 from toolbox.config import parse_config
 from toolbox.distributed import join
 from toolbox.rundir import RunDir, resolve
@@ -156,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         worker(args)
-        return
+        exit_process(0)
     args.threads = args.threads or 1
     device = setup(args, DEFAULTS, QUICK)
     args.device = str(device)

@@ -296,3 +296,19 @@ def test_ranks_started_with_other_flags_or_files_stop_in_one_line_before_writing
     assert errors[0].count("\n") == 1 and "rank 1 of this run was started with other files in" in errors[0]
     assert "(its last.pt is another file)" in errors[0]
     assert sorted(path.name for path in (stale / "r").iterdir()) == ["last.pt"]  # nothing written
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_rank_exits_with_its_status_and_its_output_but_skips_the_teardown(world_size: str) -> None:
+    """A rank leaves through os._exit (the interpreter's teardown races gloo's worker threads, which
+    DDP keeps alive, and aborts a finished run at random): its status and its buffered output stay,
+    and the teardown (atexit) is skipped there only; a process on its own exits as any script does."""
+    script = (
+        "import atexit, sys; from toolbox.cli import exit_process; "
+        "atexit.register(lambda: print('teardown')); print('done', end=''); print('said', file=sys.stderr, end=''); "
+        "exit_process(75)"
+    )
+    env = {**os.environ, "WORLD_SIZE": world_size, "PYTHONPATH": str(REPO)}
+    ended = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO)
+    assert ended.returncode == 75 and ended.stderr == "said"
+    assert ended.stdout == ("done" if world_size == "2" else "doneteardown\n")
