@@ -31,19 +31,21 @@ case "${1:-help}" in
         ensure_venv ;;
     demo) # [training flags]  set up, train a ResNet20 teacher on digits, distil a ResNetBaby with tucker
         shift; ensure_venv
-        common=(--dataset digits --batch_size 64 --lr 0.05 --epochs 12 "$@")
+        # the teacher by digits' teacher recipe (toolbox/config/recipes.py), where the students look for it
+        teacher=(--dataset digits "$@" --epochs 8 --batch_size 64 --lr 0.05)
+        students=(--dataset digits --batch_size 64 --lr 0.05 --epochs 12 "$@")
         log=$(mktemp); trap 'rm -f "$log"' EXIT
         summary=()
         demo_run() { # LABEL FLAGS...: one training run; its last line (the best accuracy) goes to the summary
             local label=$1; shift
-            "$PYTHON" "$REPO/tucker_distillation.py" "$@" "${common[@]}" | tee "$log"
+            "$PYTHON" "$REPO/tucker_distillation.py" "$@" | tee "$log"
             summary+=("$label $(tail -n 1 "$log")")
         }
         start=$SECONDS
-        demo_run "teacher  ResNet20                :" --distillation none --student ResNet20
+        demo_run "teacher  ResNet20                :" --distillation none --student ResNet20 "${teacher[@]}"
         demo_run "student  ResNetBaby, tucker      :" --distillation tucker --ranks BATCH_SIZE,16,8,8 \
-            --teacher ResNet20 --student ResNetBaby
-        demo_run "baseline ResNetBaby, no teacher  :" --distillation none --student ResNetBaby
+            --teacher ResNet20 --student ResNetBaby "${students[@]}"
+        demo_run "baseline ResNetBaby, no teacher  :" --distillation none --student ResNetBaby "${students[@]}"
         printf '%s\n' "${summary[@]}"
         echo "(tucker is the original study's loss: on digits it is expected to land below the student alone, as in"
         echo " README's 'What to expect', 16 points below over 3 seeds, because it rotates the batch mode and weighs"

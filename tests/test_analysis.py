@@ -339,19 +339,20 @@ def test_labels_and_baselines_where_other_flags_differ(tmp_path: Path) -> None:
 
 def test_plain_runs_are_named_by_their_role(tmp_path: Path) -> None:
     """The teacher the students distilled from, the student alone, and a network that is both."""
-    write_run(tmp_path, [80, 90, 85], distillation="none", student="ResNet20")  # where the students find their teacher
+    recipe = {"epochs": 8, "batch_size": 64, "lr": 0.05}  # digits' teacher recipe: where students find their teacher
+    write_run(tmp_path, [80, 90, 85], distillation="none", student="ResNet20", **recipe)
     write_run(tmp_path, [50, 60, 55], distillation="none")
     write_run(tmp_path, [60, 70, 65], distillation="tucker", ranks="BATCH_SIZE,16,8,8")
     write_run(tmp_path, [40, 50, 45], distillation="none", dataset="cifar10", student="ResNetBaby")
-    write_run(tmp_path, [40, 55, 45], distillation="kd", dataset="cifar10", teacher="ResNetBaby")
+    write_run(tmp_path, [40, 55, 45], distillation="kd", dataset="cifar10", teacher="ResNetBaby", teacher_epochs=3)
     runs = analysis.load_runs(tmp_path)
     roles = dict(zip(runs.finished["run"], runs.finished["method"]))
     assert roles == {
-        "digits/teacher/ResNet20/epochs=3/seed0": "teacher",
+        "digits/teacher/ResNet20/epochs=8,batch_size=64,lr=0.05/seed0": "teacher",
         "digits/teacher/ResNetBaby/epochs=3/seed0": "student alone",
         "digits/ResNet20-ResNetBaby/tucker/B-16-8-8/epochs=3/seed0": "tucker_x0.25",
         "cifar10/teacher/ResNetBaby/epochs=3/seed0": "teacher / student alone",
-        "cifar10/ResNetBaby-ResNetBaby/kd/epochs=3/seed0": "kd",
+        "cifar10/ResNetBaby-ResNetBaby/kd/epochs=3,teacher_epochs=3/seed0": "kd",
     }
     summary = analysis.summarize(runs).set_index("label")
     assert set(summary.index) == {*roles.values()}  # the roles tell plain configurations apart
@@ -457,7 +458,8 @@ def test_study_grid(tmp_path: Path) -> None:
     }
     assert sum("tucker_core=per_sample" in c for c in configurations) == 1
     teacher = "--experiment_name digits/teacher/ResNet20/epochs=8,batch_size=64,lr=0.05/seed0"
-    assert f"--lr 0.05 --distillation none --seed 0 --threads 1 --experiments_dir {tmp_path}/study {teacher}" in (
+    training = "--epochs 8 --batch_size 64 --lr 0.05"  # digits' teacher recipe (the study's students have the same)
+    assert f"--distillation none --seed 0 --threads 1 --experiments_dir {tmp_path}/study {training} {teacher}" in (
         result.stdout
     )
     assert not list(tmp_path.iterdir())  # a dry run writes nothing

@@ -63,6 +63,9 @@ OTHER_VALUES: dict[str, Any] = {
     "schedule": "step",
     "lr_milestones": "100,200",
     "lr_decay": 0.2,
+    "teacher_epochs": 5,
+    "teacher_batch_size": 32,
+    "teacher_lr": 0.02,
     "ce_weight": 0.5,
     "dkd_alpha": 2.0,
     "dkd_beta": 4.0,
@@ -143,9 +146,23 @@ def test_default_runs_keep_their_names() -> None:
     )
 
 
-def test_the_default_teacher_shares_the_students_recipe_not_its_method_flags() -> None:
-    student = Config(distillation="tucker", lr=0.05, epochs=12, beta=50.0, ranks="BATCH_SIZE,8,8,8", seed=4)
-    assert experiment_name(teacher_config(student)) == "cifar100/teacher/ResNet112/epochs=12,lr=0.05/seed0"
+def test_the_default_teacher_follows_the_teacher_recipe_not_the_students_training() -> None:
+    """The student's data flags (--max_batches) reach its teacher; its training and method flags do not:
+    the teacher recipe's do (the flags' defaults, digits' own, the CRD recipe's 240 epochs), with the
+    --teacher_* flags on top."""
+    student = Config(
+        distillation="tucker", lr=0.05, epochs=12, beta=50.0, ranks="BATCH_SIZE,8,8,8", seed=4, max_batches=3
+    )
+    assert experiment_name(teacher_config(student)) == "cifar100/teacher/ResNet112/max_batches=3/seed0"
+    overridden = dataclasses.replace(student, teacher_epochs=30, teacher_batch_size=128, teacher_lr=0.02)
+    assert experiment_name(teacher_config(overridden)) == (
+        "cifar100/teacher/ResNet112/epochs=30,batch_size=128,lr=0.02,max_batches=3/seed0"
+    )
+    digits = Config(distillation="kd", dataset="digits", teacher="ResNet20", student="ResNetBaby", epochs=3, lr=0.2)
+    assert experiment_name(teacher_config(digits)) == "digits/teacher/ResNet20/epochs=8,batch_size=64,lr=0.05/seed0"
+    crd = teacher_config(Config(distillation="kd", recipe="crd", teacher="resnet56", student="resnet20", epochs=3))
+    assert (crd.epochs, crd.batch_size, crd.lr, crd.lr_milestones) == (240, 64, 0.05, "150,180,210")
+    assert experiment_name(crd) == "cifar100/teacher/resnet56/recipe=crd/seed0"
 
 
 def test_a_toy_method_with_its_own_flag_gets_its_own_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

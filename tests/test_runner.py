@@ -42,7 +42,7 @@ TINY = [
     "64",
 ]
 CHANGES = "epochs=2,batch_size=64"  # the flags of TINY that differ from their defaults name the runs
-TEACHER = f"digits/teacher/ResNetBaby/{CHANGES}/seed0"
+TEACHER = "digits/teacher/ResNetBaby/epochs=8,batch_size=64,lr=0.05/seed0"  # digits' teacher recipe, not TINY's
 FEATUREMAP = f"digits/ResNetBaby-ResNetBaby/featuremap/{CHANGES}"
 
 # Stands in for `python tucker_distillation.py FLAGS`: records its flags in the run folder, then
@@ -242,14 +242,17 @@ def test_default_grid_is_17_configurations_of_3_runs(tmp_path: Path) -> None:
 
 
 def test_study_keeps_students_apart_and_flags_after_dashes_reach_every_run(experiments: Path) -> None:
+    """Flags after -- reach the teacher's run too, but for its training flags: the teacher recipe's."""
     args, extra = runner.parse_args(
-        grid(experiments, "--distillations", "featuremap", "--runs", "1", "--study", "lr0.05", "--", "--lr", "0.05")
+        grid(experiments, "--distillations", "featuremap", "--runs", "1", "--study", "lr0.02")
+        + ["--", "--lr", "0.02", "--max_batches", "3"]
     )
     (run,) = plan(args, extra)
-    assert run.name == f"lr0.05/{FEATUREMAP},lr=0.05/seed0"  # named after its flags, under the study
-    assert run.teacher.name == f"digits/teacher/ResNetBaby/{CHANGES},lr=0.05/seed0"  # the same recipe, not in the study
-    for flags in (run.flags, run.teacher.flags):
-        assert flags[flags.index("--lr") + 1] == "0.05"
+    assert run.name == f"lr0.02/{FEATUREMAP},lr=0.02,max_batches=3/seed0"  # named after its flags, under the study
+    assert run.teacher.name == "digits/teacher/ResNetBaby/epochs=8,batch_size=64,lr=0.05,max_batches=3/seed0"
+    for flags, lr in ((run.flags, "0.02"), (run.teacher.flags, "0.05")):
+        assert flags[flags.index("--max_batches") + 1] == "3"
+        assert flags[len(flags) - 1 - flags[::-1].index("--lr") + 1] == lr  # the last --lr is the one that counts
 
 
 @pytest.mark.parametrize(
@@ -638,9 +641,8 @@ def test_dry_run_prints_the_plan_the_scripts_on_request_and_submits_and_writes_n
     fake = FakeSlurm()
     status, plan, _ = cli(grid(experiments, "--distillations", "featuremap", "--runs", "2", "--dry_run"), fake)
     assert status == 0 and f"would submit {TEACHER}\n" in plan and "#!/bin/bash" not in plan
-    # which teacher the students distil from, and that 2 epochs are fewer than the recipe's
-    assert f"teacher {TEACHER}: 2 epochs, trained first, for 2 students\n" in plan
-    assert "warning: its students distil from a teacher of 2 epochs, fewer than --recipe original's 150" in plan
+    # which teacher the students distil from: the teacher recipe's, not one of the students' 2 epochs
+    assert f"teacher {TEACHER}: 8 epochs, trained first, for 2 students\n" in plan and "warning" not in plan
     status, out, _ = cli(
         grid(experiments, "--distillations", "featuremap", "--runs", "2", "--dry_run", "--scripts"), fake
     )
@@ -890,20 +892,18 @@ def test_local_scheduler_runs_the_grid_here(
             "kd",
             "--runs",
             "1",
-            "--epochs",
-            "3",
         )
+        + ["--", "--teacher_epochs", "3"]
     )  # another teacher
     assert status == 1
     assert (
         out.splitlines()[-1]
         == "the sweep: finished 0, failed 1, stopped 0, not started 1, skipped 0 (finished or running before)"
     )
-    assert "failed to submit digits/ResNetBaby-ResNetBaby/kd/epochs=3,batch_size=64/seed0: not run: job local-" in out
-    assert (
-        "failed while running digits/teacher/ResNetBaby/epochs=3,batch_size=64/seed0: exit status 1, see its local.out"
-        in out
-    )
+    student = "digits/ResNetBaby-ResNetBaby/kd/epochs=2,batch_size=64,teacher_epochs=3/seed0"
+    assert f"failed to submit {student}: not run: job local-" in out
+    teacher = "digits/teacher/ResNetBaby/epochs=3,batch_size=64,lr=0.05/seed0"
+    assert f"failed while running {teacher}: exit status 1, see its local.out" in out
 
 
 def test_local_scheduler_packs_runs_as_a_cluster_job_does(

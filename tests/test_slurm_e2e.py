@@ -28,7 +28,7 @@ from toolbox.sweep.slurm import SlurmScheduler
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = "epochs=2,batch_size=64,max_batches=3"  # the grid's flags that differ from their defaults, as named
-TEACHER = f"digits/teacher/ResNetBaby/{SMALL}/seed0"
+TEACHER = "digits/teacher/ResNetBaby/epochs=8,batch_size=64,lr=0.05,max_batches=3/seed0"  # digits' teacher recipe
 PAIR = "digits/ResNetBaby-ResNetBaby"
 # Tiny jobs: 1 CPU and 1 GB each, so that two run at once on 2 cores.
 JOBS = ["--gpus", "0", "--cpus", "1", "--mem", "1G", "--time", "00:10:00"]
@@ -136,9 +136,9 @@ def test_grid_runs_through_sbatch_and_is_not_submitted_twice(slurm: SlurmSchedul
     for student in runs[1:]:
         assert json.loads((student / "job.json").read_text())["dependency"] == teacher_job
     wait_for_jobs(slurm, [job_id(run) for run in runs])
-    for run in runs:
+    for run, epochs in zip(runs, (8, 2, 2)):  # the teacher by digits' teacher recipe, the students by the grid
         assert (run / "metrics.json").exists(), log(run, job_id(run))
-        assert metrics(run)["epochs"] == 2 and len(metrics(run)["test_acc"]) == 2
+        assert metrics(run)["epochs"] == epochs and len(metrics(run)["test_acc"]) == epochs
     assert "submitted 0 (teachers: 0), skipped as finished 2" in runner(experiments, *grid)
 
 

@@ -175,10 +175,23 @@ def test_a_sweep_end_to_end_gives_one_row_per_value(
     assert runner.main(argv) == 0 and "skipped as finished 2" in capsys.readouterr().out
 
 
-def test_a_sweep_over_a_method_flag_shares_one_teacher_trained_with_the_defaults(tmp_path: Path) -> None:
-    """beta, ce_weight, ...: the students' own weights; their teacher is the plain run they all
-    look for (teacher_config), not one per value."""
-    axes = {"dataset": ["digits"], "distillation": ["featuremap", "kd"], "ce_weight": ["0.5", "1"], "beta": ["2"]}
+def test_a_sweep_of_short_students_shares_one_teacher_trained_by_the_teacher_recipe(tmp_path: Path) -> None:
+    """beta, ce_weight, --epochs: the students' own; their teacher is the plain run they all look for
+    (teacher_config), trained by the teacher recipe (digits': 8 epochs), not one per value nor one of
+    the students' 3 epochs. --teacher_epochs names another teacher, and the report warns of it."""
+    axes = {
+        "dataset": ["digits"],
+        "distillation": ["featuremap", "kd"],
+        "ce_weight": ["0.5", "1"],
+        "beta": ["2"],
+        "epochs": ["3"],
+    }
     runs = sweep.build_grid(axes, [], tmp_path)
-    assert len(runs) == 4 and {run.teacher.name for run in runs} == {"digits/teacher/ResNet112/seed0"}
-    assert all(run.teacher_checkpoint == tmp_path / "digits/teacher/ResNet112/seed0/ResNet112.pth" for run in runs)
+    name = "digits/teacher/ResNet112/epochs=8,batch_size=64,lr=0.05/seed0"
+    assert len(runs) == 4 and {run.teacher.name for run in runs} == {name}
+    assert all(run.teacher_checkpoint == tmp_path / name / "ResNet112.pth" for run in runs)
+    assert sweep.teacher_report(runs) == [f"teacher {name}: 8 epochs, trained first, for 4 students"]
+    short = sweep.build_grid({**axes, "teacher_epochs": ["2"]}, [], tmp_path)
+    assert {run.teacher.name for run in short} == {"digits/teacher/ResNet112/epochs=2,batch_size=64,lr=0.05/seed0"}
+    assert all(run.config.teacher_checkpoint == str(run.teacher_checkpoint) for run in short)
+    assert "fewer than the teacher recipe's 8" in sweep.teacher_report(short)[1]

@@ -140,6 +140,34 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch:
     assert lines[3] == f"resuming {run} after epoch 1 of 3" and lines[5].startswith("epoch 3/3 ")
 
 
+def test_a_resumed_student_keeps_the_teacher_it_started_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A student started from one teacher file (a default teacher that has moved since: another
+    teacher recipe) resumes from that file, though rerun without --teacher_checkpoint; a teacher given
+    explicitly still wins, and one of other content is refused."""
+    tiny = ["--epochs", "2", "--max_batches", "1"]
+    run_training(tmp_path / "old", "--distillation", "none", "--student", STUDENT, *tiny)
+    (old_teacher,) = (tmp_path / "old").rglob(f"{STUDENT}.pth")
+    student = ["--distillation", "kd", "--teacher", STUDENT, "--student", STUDENT, *tiny]
+    original_test = Trainer.test
+
+    def crash_in_second_epoch(self: Trainer) -> dict:
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return original_test(self)
+
+    monkeypatch.setattr(Trainer, "test", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(tmp_path / "runs", *student, "--teacher_checkpoint", str(old_teacher))
+    monkeypatch.setattr(Trainer, "test", original_test)
+    other = tmp_path / "other.pth"
+    other.write_bytes(old_teacher.read_bytes() + b"\0")
+    with pytest.raises(UsageError, match=f"--teacher_checkpoint {other} is not the teacher"):
+        run_training(tmp_path / "runs", *student, "--teacher_checkpoint", str(other))
+    assert len(run_training(tmp_path / "runs", *student)["test_acc"]) == 2  # the recorded one: no default exists
+    (config,) = (tmp_path / "runs").rglob("config.json")
+    assert json.loads(config.read_text())["config"]["teacher_checkpoint"] == str(old_teacher)
+
+
 def test_finished_run_is_left_untouched(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     flags = [
         "--distillation",
@@ -273,11 +301,12 @@ def test_missing_teacher_prints_the_command_that_trains_it(tmp_path: Path, capsy
     )
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1
-    expected_path = tmp_path / "digits/teacher/ResNet32/batch_size=64,lr=0.05/seed0/ResNet32.pth"  # same recipe
+    # digits' teacher recipe, not the student's training flags
+    expected_path = tmp_path / "digits/teacher/ResNet32/epochs=8,batch_size=64,lr=0.05/seed0/ResNet32.pth"
     assert f"teacher checkpoint {expected_path} not found" in err
     assert (
         f"python tucker_distillation.py --distillation none --dataset digits --student ResNet32 --seed 0 "
-        f"--batch_size 64 --lr 0.05 --experiments_dir {tmp_path}"
+        f"--epochs 8 --batch_size 64 --lr 0.05 --experiments_dir {tmp_path}"
     ) in err
 
 

@@ -7,11 +7,12 @@ files), ``recipes``, ``choices`` (the flags' vocabularies), ``naming`` (values i
 
 from toolbox.config.flags import RUNTIME_FIELDS, Config, flag_default, milestones
 from toolbox.config.parser import build_parser, config_from_namespace, parse_config, parse_flags
-from toolbox.config.recipes import RECIPES, recipe_defaults, run_recipe
+from toolbox.config.recipes import RECIPES, TEACHER_TRAINING, recipe_defaults, run_recipe, teacher_recipe
 
 __all__ = [
     "RECIPES",
     "RUNTIME_FIELDS",
+    "TEACHER_TRAINING",
     "Config",
     "build_parser",
     "config_from_namespace",
@@ -21,4 +22,5 @@ __all__ = [
     "parse_flags",
     "recipe_defaults",
     "run_recipe",
+    "teacher_recipe",
 ]

@@ -211,6 +211,23 @@ class Config:
     )
     lr_milestones: str = flag("150,180,210", "step schedule: the epochs after which the learning rate decays")
     lr_decay: float = flag(0.1, "step schedule: the factor applied at each milestone")
+    teacher_epochs: Optional[int] = flag(
+        None,
+        "methods with a teacher: epochs of the run that trains the default teacher; not given: the teacher recipe's, "
+        "whatever the student's --epochs (--recipe's for the teacher; under 'original' the data set's own, digits 8, "
+        "else 150)",
+        type=int,
+    )
+    teacher_batch_size: Optional[int] = flag(
+        None,
+        "methods with a teacher: batch size of the default teacher's run; not given: the teacher recipe's",
+        type=int,
+    )
+    teacher_lr: Optional[float] = flag(
+        None,
+        "methods with a teacher: learning rate of the default teacher's run; not given: the teacher recipe's",
+        type=float,
+    )
     seed: int = flag(0, "seed for initialisation, data order and augmentation")
     max_batches: Optional[int] = flag(None, "stop each training epoch after this many batches (smoke runs)", type=int)
     sync_bn: bool = flag(
@@ -231,8 +248,9 @@ class Config:
     teacher_checkpoint: Optional[str] = flag(
         None,
         "teacher weights: ours or the original's ({'weights': state_dict}), a RepDistiller/mdistiller "
-        "ckpt_epoch_*.pth, or a torchvision state dict; default: the plain run of --teacher with seed 0 and the same "
-        "training flags under --experiments_dir (a resumed run refuses a teacher file of other content)",
+        "ckpt_epoch_*.pth, or a torchvision state dict; default: the plain run of --teacher with seed 0 under "
+        "--experiments_dir, trained by the teacher recipe (--teacher_epochs) with the student's other flags; a "
+        "resumed run keeps the teacher it started with and refuses a teacher file of other content",
         type=str,
     )
     # Speed (none of these changes which run it is: a run may resume with other values)
@@ -297,7 +315,8 @@ class Config:
 
     def validate(self) -> None:
         """Reject values that parse but make no sense, naming the flag and what would be valid."""
-        for name in ("epochs", "batch_size", "eval_batch_size", "max_batches", "threads", "crd_dim", "crd_negatives"):
+        positive = ("epochs", "batch_size", "teacher_epochs", "teacher_batch_size", "eval_batch_size", "max_batches")
+        for name in (*positive, "threads", "crd_dim", "crd_negatives"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be a positive integer; got {value}")
@@ -310,9 +329,9 @@ class Config:
             raise UsageError(f"--crd_momentum must be in [0, 1); got {self.crd_momentum}")
         if not 0 < self.lr_decay <= 1:
             raise UsageError(f"--lr_decay must be in (0, 1]; got {self.lr_decay}")
-        for name in ("lr", "kd_temperature", "crd_temperature"):
+        for name in ("lr", "teacher_lr", "kd_temperature", "crd_temperature"):
             value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
+            if value is not None and not (value > 0 and math.isfinite(value)):
                 raise UsageError(f"--{name} must be a positive number; got {value}")
         for name in NON_NEGATIVE:
             value = getattr(self, name)

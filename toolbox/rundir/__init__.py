@@ -46,6 +46,7 @@ from toolbox.rundir.identity import (  # noqa: F401  (re-exported: the tools imp
     resolve,
     teacher_command,
     teacher_config,
+    teacher_training,
 )
 
 CONFIG_FILE = "config.json"

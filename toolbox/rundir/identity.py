@@ -15,7 +15,15 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from toolbox.config import RUNTIME_FIELDS, Config, flag_default, recipe_defaults, run_recipe
+from toolbox.config import (
+    RUNTIME_FIELDS,
+    TEACHER_TRAINING,
+    Config,
+    flag_default,
+    recipe_defaults,
+    run_recipe,
+    teacher_recipe,
+)
 from toolbox.config.choices import format_ranks, parse_ranks
 from toolbox.config.naming import format_value, validate_experiment_name
 
@@ -57,11 +65,14 @@ def saved_value(config: Mapping[str, Any], name: str) -> Any:
     if name in config:
         return config[name]
     default = flag_default(name)
-    return ABSENT if default is None else default
+    return ABSENT if default is None and name in method_defaulted() else default
 
 
-TEACHER_FLAGS = ("teacher", "kd_weight", "optimizer")
-"""Flags that only a method with a teacher reads (--kd_weight's KD term and DOT split a teacher's loss)."""
+TEACHER_OVERRIDES = {"epochs": "teacher_epochs", "batch_size": "teacher_batch_size", "lr": "teacher_lr"}
+"""The teacher recipe's flags that a student's run may set for its default teacher's run."""
+TEACHER_FLAGS = ("teacher", "kd_weight", "optimizer", *TEACHER_OVERRIDES.values())
+"""Flags that only a method with a teacher reads (--kd_weight's KD term and DOT split a teacher's loss; the
+default teacher's training)."""
 SWITCHED_FLAGS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
     "kd_temperature": lambda config: float(config.get("kd_weight") or 0) != 0,  # the temperature of --kd_weight's KD
     "dot_delta": lambda config: config.get("optimizer") == "dot",
@@ -139,17 +150,31 @@ def experiment_name(config: Config) -> str:
     return validate_experiment_name("/".join(parts), "the run name derived from the flags")
 
 
+def teacher_training(config: Config) -> dict[str, Any]:
+    """The training flags of the run that trains the teacher of ``config`` by default: the teacher
+    recipe's (``teacher_recipe``), with --teacher_epochs, --teacher_batch_size and --teacher_lr on top,
+    never the student's own: a sweep of short students still distils from a fully trained teacher."""
+    values = {name: flag_default(name) for name in TEACHER_TRAINING}
+    values.update(teacher_recipe(config.recipe, config.dataset, config.teacher))
+    for name, override in TEACHER_OVERRIDES.items():
+        if getattr(config, override) is not None:
+            values[name] = getattr(config, override)
+    return values
+
+
 def teacher_config(config: Config) -> Config:
-    """The plain run that trains the teacher of ``config`` by default: the same recipe and flags,
-    seed 0; a flag the recipe sets per architecture or per method (the CRD recipe's lr, the ImageNet
-    recipe's batch for crd) takes the teacher's plain run's value unless the student's was given
-    explicitly."""
-    own = run_recipe(config)
-    theirs = recipe_defaults(config.recipe, config.teacher)
-    per_run = {name: theirs.get(name, flag_default(name)) for name in own if getattr(config, name) == own[name]}
+    """The plain run that trains the teacher of ``config`` by default: ``teacher_training``'s flags,
+    the student's others (data set, --max_batches, ...) less those of its method (and less what the
+    recipe sets for the method: the ImageNet recipe's KD temperature), seed 0."""
+    plain = recipe_defaults(config.recipe, config.teacher)
     return dataclasses.replace(
         config,
-        **{**per_run, **dict.fromkeys(method_defaulted())},
+        **{
+            **dict.fromkeys(method_defaulted()),
+            **dict.fromkeys(set(TEACHER_FLAGS) - {"teacher"}),
+            **{name: plain.get(name, flag_default(name)) for name in run_recipe(config)},
+            **teacher_training(config),
+        },
         distillation="none",
         student=config.teacher,
         seed=TEACHER_SEED,

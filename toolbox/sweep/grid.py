@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
-from toolbox.config import RUNTIME_FIELDS, Config, flag_default, parse_config, recipe_defaults
+from toolbox.config import RUNTIME_FIELDS, TEACHER_TRAINING, Config, flag_default, parse_config, teacher_recipe
 from toolbox.config.choices import MODELS
 from toolbox.config.naming import format_value, validate_experiment_name
 from toolbox.distillation import with_defaults
@@ -30,6 +30,7 @@ from toolbox.rundir import (
     experiment_name,
     method_defaulted,
     resolve,
+    teacher_training,
 )
 from toolbox.utils import markdown_table
 
@@ -161,7 +162,7 @@ def build_grid(
     leave_out_refused: bool = False,
 ) -> list[Run]:
     """The student runs of the grid, in submission order, deduplicated by run name; each points to
-    the teacher run it needs (the plain run of its teacher with seed 0 and the same training flags,
+    the teacher run it needs (the plain run of its teacher with seed 0, trained by the teacher recipe,
     shared by all the students that need it, and kept outside ``study``), or to the file that
     ``teacher_files`` gives for its teacher architecture. A point whose method cannot train its pair
     is refused, or with ``leave_out_refused`` (a benchmark's every method on every pair) left out."""
@@ -182,14 +183,21 @@ def build_grid(
         if run.name in runs:
             continue
         if needs_teacher:
-            # the teacher's run shares the student's training flags, never its method's (teacher_config)
+            # the teacher's run (teacher_config): the student's flags but its method's, then the teacher recipe's
             general = {
                 name: value
                 for name, value in point.items()
-                if name in defining_flags("none") and name not in method_defaulted()
+                if name in defining_flags("none") and name not in method_defaulted() and name not in TEACHER_TRAINING
             }
             general.update(distillation="none", student=run.config.teacher, seed=str(TEACHER_SEED))
-            teacher = make_run([*as_flags(general), *common], experiments_dir)
+            flags = [*as_flags(general), *common]
+            inherited = training_config(flags)
+            training = {  # the teacher recipe's values where the flags above would give others
+                name: format_value(value)
+                for name, value in teacher_training(run.config).items()
+                if getattr(inherited, name) != value
+            }
+            teacher = make_run([*flags, *as_flags(training)], experiments_dir)
             attach_teacher(run, teacher_runs.setdefault(teacher.name, teacher))
         runs[run.name] = run
     return list(runs.values())
@@ -229,21 +237,19 @@ def teachers(runs: list[Run]) -> list[Run]:
 
 def teacher_report(runs: list[Run]) -> list[str]:
     """A line per teacher the grid's students distil from by default: its run, its epochs, whether it
-    is trained already (or is trained first), and a warning where it trains for fewer epochs than
-    its recipe: a teacher of a few epochs (runner.py --epochs sets the teacher's too) bounds every
-    student's accuracy, and nothing else would say so."""
+    is trained already (or is trained first), and a warning where --teacher_epochs trains it for fewer
+    epochs than the teacher recipe: such a teacher bounds every student's accuracy."""
     lines = []
     for teacher in teachers(runs):
         students = sum(run.teacher is not None and run.teacher.name == teacher.name for run in runs)
         state = "trained" if RunDir(teacher.path).finished else "trained first"
         plural = "" if students == 1 else "s"
-        lines.append(f"teacher {teacher.name}: {teacher.config.epochs} epochs, {state}, for {students} student{plural}")
-        recipe = teacher.config.recipe
-        epochs = recipe_defaults(recipe, teacher.config.student).get("epochs", flag_default("epochs"))
-        if teacher.config.epochs < epochs:
+        config = teacher.config
+        lines.append(f"teacher {teacher.name}: {config.epochs} epochs, {state}, for {students} student{plural}")
+        epochs = teacher_recipe(config.recipe, config.dataset, config.student).get("epochs", flag_default("epochs"))
+        if config.epochs < epochs:
             lines.append(
-                f"warning: its students distil from a teacher of {teacher.config.epochs} epochs, fewer than "
-                f"--recipe {recipe}'s {epochs}: its accuracy bounds theirs; train the teacher with the recipe's "
-                "epochs, or give every student one with -- --teacher_checkpoint FILE"
+                f"warning: its students distil from a teacher of {config.epochs} epochs (--teacher_epochs), fewer "
+                f"than the teacher recipe's {epochs}: its accuracy bounds theirs"
             )
     return lines

@@ -36,7 +36,7 @@ from toolbox.utils import atomic_write_json, environment, evaluate, select_devic
 def train(config: Config) -> dict[str, Any]:
     """Train (or resume, or skip when finished) the run that ``config`` describes; its metrics.
     The run's folder is locked for the whole call: a second process on it fails at once."""
-    named = config.experiment_name is not None
+    named, teacher_given = config.experiment_name is not None, config.teacher_checkpoint is not None
     config = resolve(config)
     run = RunDir(Path(config.experiments_dir) / config.experiment_name)
     world = join(config.device)
@@ -60,7 +60,7 @@ def train(config: Config) -> dict[str, Any]:
         world.barrier()
         if run.finished:
             return finished_metrics(run, config, named)
-        trainer = open_run(config, run, world, stop, log, named)
+        trainer = open_run(config, run, world, stop, log, named, teacher_given)
         trainer.curves = open_curves(run, config.tensorboard_every, trainer.epoch, trainer.steps_done, world.is_writer)
         with trainer.curves:
             trainer.fit(stop, log)
@@ -68,10 +68,16 @@ def train(config: Config) -> dict[str, Any]:
 
 
 def open_run(
-    config: Config, run: RunDir, world: World, stop: StopFlag, log: Callable[[str], None], named: bool
+    config: Config,
+    run: RunDir,
+    world: World,
+    stop: StopFlag,
+    log: Callable[[str], None],
+    named: bool,
+    teacher_given: bool = False,
 ) -> Trainer:
     """The run's trainer, resumed from last.pt when there is one (checked: same flags, same
-    teacher), and its config.json written."""
+    teacher: the one it started with unless ``teacher_given``), and its config.json written."""
     with stop.interruptible(f"reading {run.last}"):
         if world.distributed:  # a stale copy on one node's view of a shared file system would resume another state
             world.check_agreement(
@@ -89,6 +95,9 @@ def open_run(
     for flags in (saved, recorded):
         if flags is not None:
             check_same_run(flags, config, run.path, named)
+    if state is not None and not teacher_given and saved and isinstance(saved.get("teacher_checkpoint"), str):
+        # the default teacher may have moved since the run started (another teacher recipe): keep its own
+        config = dataclasses.replace(config, teacher_checkpoint=saved["teacher_checkpoint"])
 
     with stop.interruptible("loading the data set and the teacher"):
         trainer = Trainer(config, run, world=world)
