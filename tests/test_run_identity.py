@@ -78,6 +78,8 @@ OTHER_VALUES: dict[str, Any] = {
     "rkd_angle": 20.0,
     "dist_beta": 2.0,
     "dist_gamma": 0.5,
+    "nkd_temperature": 2.0,
+    "nkd_gamma": 2.5,
     "kd_weight": 1.0,
     "logit_standardization": True,
     "optimizer": "dot",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -107,18 +108,23 @@ def test_default_run_name_and_teacher_path(tmp_path: Path, digits_teacher: tuple
     assert (tmp_path / f"digits/{TEACHER}-{STUDENT}/tucker_recomp/both/B-24-8-8/{changes}/seed4/metrics.json").exists()
 
 
+def crashing_in_second_epoch(test: Callable[[Trainer], dict]) -> Callable[[Trainer], dict]:
+    """``Trainer.test`` that stops the run in its second epoch, as if the process were killed mid-epoch."""
+
+    def crash(self: Trainer) -> dict:
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return test(self)
+
+    return crash
+
+
 def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     flags = ["--distillation", "none", "--student", STUDENT, "--epochs", "3", "--max_batches", "3"]
     uninterrupted = run_training(tmp_path / "a", *flags)
 
     original_test = Trainer.test
-
-    def crash_in_second_epoch(self: Trainer) -> dict:
-        if self.epoch == 1:
-            raise KeyboardInterrupt  # as if the process were killed mid-epoch
-        return original_test(self)
-
-    monkeypatch.setattr(Trainer, "test", crash_in_second_epoch)
+    monkeypatch.setattr(Trainer, "test", crashing_in_second_epoch(original_test))
     with pytest.raises(KeyboardInterrupt):
         run_training(tmp_path / "b", *flags)
     run = tmp_path / "b" / experiment_name(parse_config([*TINY, *flags]))
@@ -149,13 +155,7 @@ def test_a_resumed_student_keeps_the_teacher_it_started_with(tmp_path: Path, mon
     (old_teacher,) = (tmp_path / "old").rglob(f"{STUDENT}.pth")
     student = ["--distillation", "kd", "--teacher", STUDENT, "--student", STUDENT, *tiny]
     original_test = Trainer.test
-
-    def crash_in_second_epoch(self: Trainer) -> dict:
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-        return original_test(self)
-
-    monkeypatch.setattr(Trainer, "test", crash_in_second_epoch)
+    monkeypatch.setattr(Trainer, "test", crashing_in_second_epoch(original_test))
     with pytest.raises(KeyboardInterrupt):
         run_training(tmp_path / "runs", *student, "--teacher_checkpoint", str(old_teacher))
     monkeypatch.setattr(Trainer, "test", original_test)

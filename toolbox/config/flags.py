@@ -163,6 +163,10 @@ class Config:
     dist_gamma: float = flag(
         1.0, "dist: weight of the intra-class relation (each class's probabilities over the batch, Pearson-correlated)"
     )
+    nkd_temperature: float = flag(
+        3.0, "nkd: temperature of the non-target classes' distributions (the target term is at 1; --recipe imagenet: 1)"
+    )
+    nkd_gamma: float = flag(3.5, "nkd: weight of the non-target term (--recipe imagenet: 1.5)")
     kd_weight: Optional[float] = flag(
         None,
         "weight of a KD term (Hinton's, at --kd_temperature) added to any method's loss with a teacher (default 0: "
@@ -329,7 +333,7 @@ class Config:
             raise UsageError(f"--crd_momentum must be in [0, 1); got {self.crd_momentum}")
         if not 0 < self.lr_decay <= 1:
             raise UsageError(f"--lr_decay must be in (0, 1]; got {self.lr_decay}")
-        for name in ("lr", "teacher_lr", "kd_temperature", "crd_temperature"):
+        for name in ("lr", "teacher_lr", "kd_temperature", "crd_temperature", "nkd_temperature"):
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise UsageError(f"--{name} must be a positive number; got {value}")
@@ -367,6 +371,7 @@ NON_NEGATIVE = (
     "rkd_angle",
     "dist_beta",
     "dist_gamma",
+    "nkd_gamma",
     "kd_weight",
     "dot_delta",
     "init_epochs",

@@ -39,6 +39,7 @@ METHODS: dict[str, str] = {
     "ab": "ABDistiller",
     "ft": "FTDistiller",
     "fsp": "FSPDistiller",
+    "nkd": "NKDDistiller",
 }
 """``--distillation NAME`` -> the name of its class in ``toolbox/methods/NAME.py``, in ``--help``'s order."""
 

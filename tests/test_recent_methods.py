@@ -1,0 +1,87 @@
+"""The field's methods since 2022 against float64 references written here from their authors' code:
+NKD (yzd-v/cls_KD's ``nkd.py``). As in ``tests/test_baselines.py`` the distillers compute in float32
+on float32 outputs, the references in float64 on the same values; gradients against the formula's
+derivative on a trained pair's outputs; the published settings as defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from tests.conftest import REAL_BATCH
+from tests.test_baselines import assert_close, assert_matches, build, f64, pair_outputs, step
+from toolbox.config import Config, parse_config
+from toolbox.distillation import Step
+from toolbox.rundir import experiment_name, resolve
+
+
+def ref_log_softmax(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def ref_nkd(teacher: np.ndarray, student: np.ndarray, labels: np.ndarray, temperature: float, gamma: float) -> float:
+    """Per sample, -p[y] log q[y] (teacher p and student q at T 1), plus gamma T^2 times the cross-entropy
+    between the non-target classes' distributions (each a softmax of the other logits at T); the mean over
+    the batch."""
+    total = 0.0
+    for z_t, z_s, y in zip(teacher, student, labels):
+        total -= np.exp(ref_log_softmax(z_t))[y] * ref_log_softmax(z_s)[y]
+        rest_t, rest_s = np.delete(z_t, y) / temperature, np.delete(z_s, y) / temperature
+        total -= gamma * temperature**2 * (np.exp(ref_log_softmax(rest_t)) * ref_log_softmax(rest_s)).sum()
+    return total / len(labels)
+
+
+def ref_nkd_gradient(
+    teacher: np.ndarray, student: np.ndarray, labels: np.ndarray, temperature: float, gamma: float
+) -> np.ndarray:
+    """The derivative of ``ref_nkd`` by the student's logits: p[y] (q - onehot(y)) from the target term,
+    and gamma T (q' - p') over the other classes from the non-target one (q', p' their distributions at T)."""
+    gradient = np.zeros_like(student)
+    for row, (z_t, z_s, y) in enumerate(zip(teacher, student, labels)):
+        gradient[row] = np.exp(ref_log_softmax(z_t))[y] * np.exp(ref_log_softmax(z_s))
+        gradient[row, y] -= np.exp(ref_log_softmax(z_t))[y]
+        rest = np.arange(len(z_s)) != y
+        q_rest, p_rest = (np.exp(ref_log_softmax(z[rest] / temperature)) for z in (z_s, z_t))
+        gradient[row, rest] += gamma * temperature * (q_rest - p_rest)
+    return gradient / len(labels)
+
+
+@pytest.mark.golden("nkd")
+@pytest.mark.parametrize("temperature, gamma", [(3.0, 3.5), (1.0, 1.5)])  # CIFAR-100's, ImageNet's
+def test_nkd_matches_its_reference(temperature: float, gamma: float) -> None:
+    teacher, student = pair_outputs("resnet32x4", "resnet8x4")
+    distiller = build("nkd", teacher, student, nkd_temperature=temperature, nkd_gamma=gamma)
+    expected = ref_nkd(f64(teacher[-1]), f64(student[-1]), step().labels.numpy(), temperature, gamma)
+    assert_matches(distiller, teacher, student, expected)
+
+
+def test_nkds_gradient_on_a_trained_pair_is_the_formulas(
+    real_outputs: tuple[list[Tensor], list[Tensor], Tensor],
+) -> None:
+    """Only the student's logits get a gradient (the teacher's are a fixed target), the formula's."""
+    teacher, student, labels = real_outputs
+    distiller = build("nkd", teacher, student, "ResNet20", "ResNetBaby")
+    student = [out.clone().requires_grad_() for out in student]
+    loss = distiller.soft_loss(teacher, student, Step(labels, torch.arange(REAL_BATCH), epoch=1))
+    arguments = (f64(teacher[-1]), f64(student[-1]), labels.numpy(), 3.0, 3.5)
+    assert_close(loss, ref_nkd(*arguments))
+    loss.backward()
+    assert all(out.grad is None for out in student[:-1])
+    np.testing.assert_allclose(student[-1].grad.double().numpy(), ref_nkd_gradient(*arguments), rtol=1e-4, atol=1e-7)
+
+
+def test_nkds_published_settings_are_its_defaults() -> None:
+    config = resolve(Config(distillation="nkd"))
+    assert (config.beta, config.ce_weight, config.nkd_temperature, config.nkd_gamma) == (1.0, 1.0, 3.0, 3.5)
+    assert config.experiment_name == "cifar100/ResNet112-ResNet56/nkd/seed0"
+    imagenet = parse_config(
+        ["--distillation", "nkd", "--recipe", "imagenet", "--dataset", "imagenet", "--teacher", "resnet34"]
+        + ["--student", "resnet18"]
+    )
+    assert (imagenet.nkd_temperature, imagenet.nkd_gamma) == (1.0, 1.5)
+    assert resolve(imagenet).experiment_name == "imagenet/resnet34-resnet18/nkd/recipe=imagenet/seed0"
+    named = resolve(Config(distillation="nkd", nkd_gamma=2.0))
+    assert named.experiment_name == experiment_name(named) == "cifar100/ResNet112-ResNet56/nkd/nkd_gamma=2/seed0"
