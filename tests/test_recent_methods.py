@@ -1,7 +1,8 @@
 """The field's methods since 2022 against float64 references written here from their authors' code:
-NKD (yzd-v/cls_KD's ``nkd.py``). As in ``tests/test_baselines.py`` the distillers compute in float32
-on float32 outputs, the references in float64 on the same values; gradients against the formula's
-derivative on a trained pair's outputs; the published settings as defaults."""
+NKD (yzd-v/cls_KD's ``nkd.py``), TTM and WTTM (zkxufo/TTM's ``distiller_zoo/ttm.py`` and ``wttm.py``).
+As in ``tests/test_baselines.py`` the distillers compute in float32 on float32 outputs, the references
+in float64 on the same values; gradients against the formula's derivative on a trained pair's outputs;
+the published settings as defaults."""
 
 from __future__ import annotations
 
@@ -85,3 +86,67 @@ def test_nkds_published_settings_are_its_defaults() -> None:
     assert resolve(imagenet).experiment_name == "imagenet/resnet34-resnet18/nkd/recipe=imagenet/seed0"
     named = resolve(Config(distillation="nkd", nkd_gamma=2.0))
     assert named.experiment_name == experiment_name(named) == "cifar100/ResNet112-ResNet56/nkd/nkd_gamma=2/seed0"
+
+
+def ref_transformed_kl(teacher: np.ndarray, student: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: KL(t || q) with t the teacher's softmax to the power gamma, renormalised, and q the
+    student's softmax (T 1); and the renormalisation's sum."""
+    divergences, sums = [], []
+    for z_t, z_s in zip(teacher, student):
+        powered = np.exp(ref_log_softmax(z_t)) ** gamma
+        target = powered / powered.sum()
+        terms = np.where(target > 0, target * (np.log(np.where(target > 0, target, 1)) - ref_log_softmax(z_s)), 0)
+        divergences.append(terms.sum())
+        sums.append(powered.sum())
+    return np.array(divergences), np.array(sums)
+
+
+def ref_ttm(teacher: np.ndarray, student: np.ndarray, gamma: float, weighted: bool) -> float:
+    """TTM: the batch's mean KL; WTTM: the mean of each sample's sum times its KL."""
+    divergences, sums = ref_transformed_kl(teacher, student, gamma)
+    return float(np.mean(sums * divergences if weighted else divergences))
+
+
+def ref_ttm_gradient(teacher: np.ndarray, student: np.ndarray, gamma: float, weighted: bool) -> np.ndarray:
+    """The derivative by the student's logits: (q - t) per sample (times its sum for WTTM), over the batch size."""
+    gradient = np.zeros_like(student)
+    for row, (z_t, z_s) in enumerate(zip(teacher, student)):
+        powered = np.exp(ref_log_softmax(z_t)) ** gamma
+        gradient[row] = (np.exp(ref_log_softmax(z_s)) - powered / powered.sum()) * (powered.sum() if weighted else 1)
+    return gradient / len(student)
+
+
+@pytest.mark.golden("ttm", "wttm")
+@pytest.mark.parametrize("method, weighted", [("ttm", False), ("wttm", True)])
+@pytest.mark.parametrize("gamma", [0.1, 0.5])
+def test_ttm_and_wttm_match_their_references(method: str, weighted: bool, gamma: float) -> None:
+    teacher, student = pair_outputs("resnet32x4", "resnet8x4")
+    distiller = build(method, teacher, student, ttm_gamma=gamma)
+    assert_matches(distiller, teacher, student, ref_ttm(f64(teacher[-1]), f64(student[-1]), gamma, weighted))
+
+
+@pytest.mark.parametrize("method, weighted, gamma", [("ttm", False, 0.1), ("wttm", True, 0.2)])
+def test_ttm_and_wttms_gradients_on_a_trained_pair_are_the_formulas(
+    real_outputs: tuple[list[Tensor], list[Tensor], Tensor], method: str, weighted: bool, gamma: float
+) -> None:
+    teacher, student, labels = real_outputs
+    distiller = build(method, teacher, student, "ResNet20", "ResNetBaby")
+    student = [out.clone().requires_grad_() for out in student]
+    loss = distiller.soft_loss(teacher, student, Step(labels, torch.arange(REAL_BATCH), epoch=1))
+    # float32 as the authors compute it: the KL of a cross-entropy and an entropy close to it keeps 4 digits
+    assert_close(loss, ref_ttm(f64(teacher[-1]), f64(student[-1]), gamma, weighted), rtol=1e-4)
+    loss.backward()
+    assert all(out.grad is None for out in student[:-1])
+    expected = ref_ttm_gradient(f64(teacher[-1]), f64(student[-1]), gamma, weighted)
+    # q - t of close distributions: float32's absolute error, within 1e-4 of the largest entry
+    np.testing.assert_allclose(student[-1].grad.double().numpy(), expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+def test_ttm_and_wttms_published_settings_are_their_defaults() -> None:
+    ttm, wttm = resolve(Config(distillation="ttm")), resolve(Config(distillation="wttm"))
+    assert (ttm.beta, ttm.ce_weight, ttm.ttm_gamma) == (45.0, 1.0, 0.1)
+    assert (wttm.beta, wttm.ce_weight, wttm.ttm_gamma) == (4.0, 1.0, 0.2)
+    assert ttm.experiment_name == "cifar100/ResNet112-ResNet56/ttm/seed0"
+    assert resolve(Config(distillation="wttm", ttm_gamma=0.1)).experiment_name == (
+        "cifar100/ResNet112-ResNet56/wttm/ttm_gamma=0.1/seed0"
+    )

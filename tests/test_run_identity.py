@@ -80,6 +80,7 @@ OTHER_VALUES: dict[str, Any] = {
     "dist_gamma": 0.5,
     "nkd_temperature": 2.0,
     "nkd_gamma": 2.5,
+    "ttm_gamma": 0.3,
     "kd_weight": 1.0,
     "logit_standardization": True,
     "optimizer": "dot",

@@ -167,6 +167,12 @@ class Config:
         3.0, "nkd: temperature of the non-target classes' distributions (the target term is at 1; --recipe imagenet: 1)"
     )
     nkd_gamma: float = flag(3.5, "nkd: weight of the non-target term (--recipe imagenet: 1.5)")
+    ttm_gamma: Optional[float] = flag(
+        None,
+        "ttm, wttm: exponent of the power transform of the teacher's probabilities, a temperature of 1/gamma on the "
+        "teacher alone (ttm 0.1, wttm 0.2 when not given)",
+        type=float,
+    )
     kd_weight: Optional[float] = flag(
         None,
         "weight of a KD term (Hinton's, at --kd_temperature) added to any method's loss with a teacher (default 0: "
@@ -333,7 +339,7 @@ class Config:
             raise UsageError(f"--crd_momentum must be in [0, 1); got {self.crd_momentum}")
         if not 0 < self.lr_decay <= 1:
             raise UsageError(f"--lr_decay must be in (0, 1]; got {self.lr_decay}")
-        for name in ("lr", "teacher_lr", "kd_temperature", "crd_temperature", "nkd_temperature"):
+        for name in ("lr", "teacher_lr", "kd_temperature", "crd_temperature", "nkd_temperature", "ttm_gamma"):
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise UsageError(f"--{name} must be a positive number; got {value}")

@@ -40,6 +40,8 @@ METHODS: dict[str, str] = {
     "ft": "FTDistiller",
     "fsp": "FSPDistiller",
     "nkd": "NKDDistiller",
+    "ttm": "TTMDistiller",
+    "wttm": "WTTMDistiller",
 }
 """``--distillation NAME`` -> the name of its class in ``toolbox/methods/NAME.py``, in ``--help``'s order."""
 
