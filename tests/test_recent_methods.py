@@ -1,14 +1,16 @@
-"""The field's methods since 2022 against float64 references written here from their authors' code:
-NKD (yzd-v/cls_KD's ``nkd.py``), TTM and WTTM (zkxufo/TTM's ``distiller_zoo/ttm.py`` and ``wttm.py``).
-As in ``tests/test_baselines.py`` the distillers compute in float32 on float32 outputs, the references
-in float64 on the same values; gradients against the formula's derivative on a trained pair's outputs;
-the published settings as defaults."""
+"""The field's newer methods against float64 references written here from their authors' code: NKD
+(yzd-v/cls_KD's ``nkd.py``), TTM and WTTM (zkxufo/TTM's ``distiller_zoo/ttm.py`` and ``wttm.py``), ICKD
+(ADLab-AutoDrive/ICKD's ``distiller_zoo/ICKD.py``). As in ``tests/test_baselines.py`` the distillers
+compute in float32 on float32 outputs, the references in float64 on the same values; gradients against
+the float64 computation's (or the formula's derivative) on a trained pair's outputs; the published
+settings as defaults."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from tests.conftest import REAL_BATCH
@@ -150,3 +152,56 @@ def test_ttm_and_wttms_published_settings_are_their_defaults() -> None:
     assert resolve(Config(distillation="wttm", ttm_gamma=0.1)).experiment_name == (
         "cifar100/ResNet112-ResNet56/wttm/ttm_gamma=0.1/seed0"
     )
+
+
+def ref_ickd(teacher: np.ndarray, student: np.ndarray, weight: np.ndarray) -> float:
+    """The student's (B, C, H, W) map through the 1x1 convolution ``weight`` and a fresh BatchNorm in
+    training mode (batch statistics, biased variance, eps 1e-5); per sample the (C, C) Gram matrix of
+    each network's channels, rows over their L2 norms; the squared difference summed, over C times B."""
+    embedded = np.einsum("oc,bchw->bohw", weight, student)
+    mean, variance = embedded.mean(axis=(0, 2, 3), keepdims=True), embedded.var(axis=(0, 2, 3), keepdims=True)
+    embedded = (embedded - mean) / np.sqrt(variance + 1e-5)
+
+    def correlations(maps: np.ndarray) -> np.ndarray:
+        flat = maps.reshape(maps.shape[0], maps.shape[1], -1)
+        gram = flat @ flat.transpose(0, 2, 1)
+        return gram / np.maximum(np.linalg.norm(gram, axis=2, keepdims=True), 1e-12)
+
+    rows, channels = embedded.shape[:2]
+    return float(((correlations(embedded) - correlations(teacher)) ** 2).sum() / (channels * rows))
+
+
+@pytest.mark.golden("ickd")
+@pytest.mark.parametrize("teacher_name, student_name", [("resnet32x4", "resnet8x4"), ("vgg13", "MobileNetV2")])
+def test_ickd_matches_its_reference(teacher_name: str, student_name: str) -> None:
+    """Same channels, and a student of other channels and a smaller last stage (the Gram is over positions)."""
+    teacher, student = pair_outputs(teacher_name, student_name)
+    distiller = build("ickd", teacher, student, teacher_name, student_name)
+    weight = distiller.embed[0].weight.detach().double().numpy()[:, :, 0, 0]
+    assert_matches(distiller, teacher, student, ref_ickd(f64(teacher[-3]), f64(student[-3]), weight))
+
+
+def test_ickds_gradient_on_a_trained_pair_is_the_float64_ones(
+    real_outputs: tuple[list[Tensor], list[Tensor], Tensor],
+) -> None:
+    """The gradient reaches the student's last stage and the embedding, as in float64."""
+    teacher, student, labels = real_outputs
+    distiller = build("ickd", teacher, student, "ResNet20", "ResNetBaby")
+    at = Step(labels, torch.arange(REAL_BATCH), epoch=1)
+    student32 = [out.clone().requires_grad_() for out in student]
+    weight = distiller.embed[0].weight.detach().double().numpy()[:, :, 0, 0]
+    loss = distiller.soft_loss(teacher, student32, at)
+    assert_close(loss, ref_ickd(f64(teacher[-3]), f64(student[-3]), weight), rtol=1e-5)
+    loss.backward()
+    assert [index for index, out in enumerate(student32) if out.grad is not None] == [len(student) - 3]
+    distiller.double()
+    student64 = student[-3].double().requires_grad_()
+    distiller.compare([teacher[-3].double()], [student64], at).backward()
+    cosine = F.cosine_similarity(student32[-3].grad.flatten().double(), student64.grad.flatten(), dim=0)
+    assert cosine.item() >= 0.99999 and distiller.embed[0].weight.grad is not None
+
+
+def test_ickds_published_weight_is_its_default() -> None:
+    config = resolve(Config(distillation="ickd"))
+    assert (config.beta, config.ce_weight) == (4.0, 1.0)
+    assert config.experiment_name == "cifar100/ResNet112-ResNet56/ickd/seed0"

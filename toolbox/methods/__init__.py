@@ -42,6 +42,7 @@ METHODS: dict[str, str] = {
     "nkd": "NKDDistiller",
     "ttm": "TTMDistiller",
     "wttm": "WTTMDistiller",
+    "ickd": "ICKDDistiller",
 }
 """``--distillation NAME`` -> the name of its class in ``toolbox/methods/NAME.py``, in ``--help``'s order."""
 
