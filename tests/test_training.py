@@ -20,7 +20,7 @@ from tests.conftest import STUDENT, TEACHER, TINY, patience, run_training, teach
 from toolbox.config import parse_config
 from toolbox.errors import DivergedError, UsageError
 from toolbox.models import build_model
-from toolbox.rundir import experiment_name
+from toolbox.rundir import experiment_name, resolve
 from toolbox.training import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,25 +147,35 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, monkeypatch:
 
 
 def test_a_resumed_student_keeps_the_teacher_it_started_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A student started from one teacher file (a default teacher that has moved since: another
-    teacher recipe) resumes from that file, though rerun without --teacher_checkpoint; a teacher given
-    explicitly still wins, and one of other content is refused."""
+    """Two students started from one teacher file (as if the default teacher had moved since: another
+    teacher recipe), rerun without --teacher_checkpoint: the first resumes from the file its config.json
+    records, as no default teacher exists; the second, once that file has moved to the default path (a
+    folder read from elsewhere), from the default. A teacher given explicitly still wins, and one of other
+    content is refused."""
     tiny = ["--epochs", "2", "--max_batches", "1"]
     run_training(tmp_path / "old", "--distillation", "none", "--student", STUDENT, *tiny)
     (old_teacher,) = (tmp_path / "old").rglob(f"{STUDENT}.pth")
     student = ["--distillation", "kd", "--teacher", STUDENT, "--student", STUDENT, *tiny]
     original_test = Trainer.test
     monkeypatch.setattr(Trainer, "test", crashing_in_second_epoch(original_test))
-    with pytest.raises(KeyboardInterrupt):
-        run_training(tmp_path / "runs", *student, "--teacher_checkpoint", str(old_teacher))
+    for seed in ("1", "2"):
+        with pytest.raises(KeyboardInterrupt):
+            run_training(tmp_path / "runs", *student, "--seed", seed, "--teacher_checkpoint", str(old_teacher))
     monkeypatch.setattr(Trainer, "test", original_test)
     other = tmp_path / "other.pth"
     other.write_bytes(old_teacher.read_bytes() + b"\0")
     with pytest.raises(UsageError, match=f"--teacher_checkpoint {other} is not the teacher"):
-        run_training(tmp_path / "runs", *student, "--teacher_checkpoint", str(other))
-    assert len(run_training(tmp_path / "runs", *student)["test_acc"]) == 2  # the recorded one: no default exists
-    (config,) = (tmp_path / "runs").rglob("config.json")
-    assert json.loads(config.read_text())["config"]["teacher_checkpoint"] == str(old_teacher)
+        run_training(tmp_path / "runs", *student, "--seed", "1", "--teacher_checkpoint", str(other))
+    assert len(run_training(tmp_path / "runs", *student, "--seed", "1")["test_acc"]) == 2  # the recorded one
+    default = Path(
+        resolve(parse_config([*TINY, "--experiments_dir", str(tmp_path / "runs"), *student])).teacher_checkpoint
+    )
+    default.parent.mkdir(parents=True)
+    old_teacher.rename(default)
+    assert len(run_training(tmp_path / "runs", *student, "--seed", "2")["test_acc"]) == 2  # the default, moved there
+    configs = {path.parent.name: json.loads(path.read_text()) for path in (tmp_path / "runs").rglob("config.json")}
+    assert configs["seed1"]["config"]["teacher_checkpoint"] == str(old_teacher)
+    assert configs["seed2"]["config"]["teacher_checkpoint"] == str(default)
 
 
 def test_finished_run_is_left_untouched(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -96,8 +96,8 @@ def open_run(
         if flags is not None:
             check_same_run(flags, config, run.path, named)
     if state is not None and not teacher_given and saved and isinstance(saved.get("teacher_checkpoint"), str):
-        # the default teacher may have moved since the run started (another teacher recipe): keep its own
-        config = dataclasses.replace(config, teacher_checkpoint=saved["teacher_checkpoint"])
+        teacher = started_teacher(config.teacher_checkpoint, saved["teacher_checkpoint"], state.get("teacher_sha256"))
+        config = dataclasses.replace(config, teacher_checkpoint=teacher)
 
     with stop.interruptible("loading the data set and the teacher"):
         trainer = Trainer(config, run, world=world)
@@ -130,6 +130,16 @@ def open_run(
         )
     log(starting)  # train.log only ever stands beside the config.json that makes the folder a run of ours
     return trainer
+
+
+def started_teacher(default: str | None, recorded: str, digest: Any) -> str | None:
+    """The teacher file a resumed run started from, found by its content: the default teacher (as the
+    current flags and folder name it), else the path config.json recorded (a default teacher that has
+    moved since: another teacher recipe); the default where neither holds it, for its one-line error."""
+    for path in (default, recorded):
+        if path is not None and Path(path).is_file() and file_digest(Path(path)) == digest:
+            return path
+    return default
 
 
 def flag_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> str:
