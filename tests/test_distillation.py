@@ -268,5 +268,7 @@ def test_noise_loss_and_gradients_match_reference(real_outputs: tuple) -> None:
     pairs = [(student_out[LAYER3].grad, student_map.grad)]
     pairs += [(p.grad, params[name].grad) for name, p in distiller.named_parameters()]
     assert len(pairs) >= 5  # the map, the generator's two weights and biases (and the connector's weight)
-    for ours, reference in pairs:
-        torch.testing.assert_close(ours.double(), reference, rtol=1e-4, atol=1e-6 * reference.abs().max().item())
+    for ours, reference in pairs:  # as a whole: where an element of the L1 difference is within float32's rounding
+        # of 0, float32 and float64 may take its sign either way, and the inputs under it get a gradient of other sign
+        cosine = torch.nn.functional.cosine_similarity(ours.double().flatten(), reference.flatten(), dim=0)
+        assert cosine.item() >= 0.99999 and ours.norm().item() == pytest.approx(reference.norm().item(), rel=1e-3)
